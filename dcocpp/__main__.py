@@ -1,0 +1,5 @@
+import sys
+
+from dcocpp.cli import main
+
+sys.exit(main())

@@ -1,0 +1,180 @@
+"""`dcocpp` / `python -m dcocpp`: the operator's entry point.
+
+Exit status: 0 after a clean stop (Ctrl-C, SIGTERM), 2 for a usage or configuration error,
+1 for a runtime error, EXIT_HARD_RESET after the central system asked for a hard reset (so that a
+supervisor such as systemd with `Restart=on-failure` starts the charger again).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import signal
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+import trio
+
+from dcocpp import __version__, statecharts
+from dcocpp.config import ChargerConfig, ConfigError, load_charger_config
+from dcocpp.logs import LoggingSetup
+from dcocpp.ocpp.configuration import ConfigurationError
+from dcocpp.storage import StorageError
+
+log = logging.getLogger("dcocpp")
+
+EXIT_OK = 0
+EXIT_RUNTIME_ERROR = 1
+EXIT_USAGE = 2
+EXIT_HARD_RESET = 3
+DEFAULT_CONFIG = Path("configs/charger.json")
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="dcocpp",
+        description="Controller of a multi-gun DC fast charger: OCPP 1.6J to the central "
+        "system, CAN to the relay/meter PLCs, one state machine per gun.",
+    )
+    parser.add_argument("--version", action="version", version=f"dcocpp {__version__}")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    run = commands.add_parser(
+        "run",
+        help="run the charger",
+        description="Run the charger: connect to the central system and keep serving it "
+        "(reconnecting forever) until Ctrl-C or SIGTERM. Exits with status "
+        f"{EXIT_HARD_RESET} after a hard Reset from the central system.",
+    )
+    _config_argument(run)
+    run.add_argument("--csms", metavar="URL", help="central system URL (ws:// or wss://), "
+                     "overrides chargePoint.centralSystemURI; the charge point id is appended")
+    run.add_argument("--data-dir", metavar="DIR", type=Path,
+                     help="directory for persistent state (database, changed OCPP keys)")
+    run.add_argument("--log-dir", metavar="DIR", type=Path,
+                     help="directory for the OCPP message log")
+    run.add_argument("--log-level", default="INFO",
+                     choices=["DEBUG", "INFO", "WARNING", "ERROR"], help="console log level")
+
+    check = commands.add_parser(
+        "check-config",
+        help="validate a configuration and print every problem",
+        description="Validate charger.json and the OCPP key file it names; print every "
+        "problem with its field path and exit non-zero if there is any.",
+    )
+    check.add_argument("config", nargs="?", type=Path, default=DEFAULT_CONFIG, metavar="PATH",
+                       help=f"charger.json (default: {DEFAULT_CONFIG})")
+
+    charts = commands.add_parser(
+        "statecharts",
+        help="export the state machine diagrams",
+        description="Write every state machine as Mermaid (.mmd) and, when Graphviz is "
+        "installed, SVG. With --check, write nothing and fail if a committed diagram is stale.",
+    )
+    charts.add_argument("--output", type=Path, default=Path("statecharts"), metavar="DIR",
+                        help="where the diagrams go (default: ./statecharts)")
+    charts.add_argument("--check", action="store_true",
+                        help="exit 1 and name the file when a diagram is missing or stale")
+    return parser
+
+
+def _config_argument(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--config", type=Path, default=DEFAULT_CONFIG, metavar="PATH",
+                        help=f"charger.json (default: {DEFAULT_CONFIG})")
+
+
+def _load(args: argparse.Namespace) -> ChargerConfig:
+    return load_charger_config(
+        args.config,
+        csms=getattr(args, "csms", None),
+        data_dir=getattr(args, "data_dir", None),
+        log_dir=getattr(args, "log_dir", None),
+    )
+
+
+def _check_config(args: argparse.Namespace) -> int:
+    from dcocpp.station import load_configuration_store
+
+    try:
+        config = _load(args)
+        load_configuration_store(config)
+    except (ConfigError, ConfigurationError) as exc:
+        print(f"{args.config}: invalid configuration", file=sys.stderr)
+        for line in str(exc).splitlines():
+            print(f"  {line}", file=sys.stderr)
+        return EXIT_USAGE
+    print(f"{args.config}: OK ({len(config.connectors)} connectors, "
+          f"central system {config.charge_point.central_system_uri})")
+    return EXIT_OK
+
+
+def _statecharts(args: argparse.Namespace) -> int:
+    if args.check:
+        problems = statecharts.stale(args.output)
+        for problem in problems:
+            print(problem, file=sys.stderr)
+        return 1 if problems else EXIT_OK
+    for path in statecharts.export(args.output):
+        print(path)
+    return EXIT_OK
+
+
+async def _serve(config: ChargerConfig) -> None:
+    from dcocpp.station import Station
+
+    station = Station(config)
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(_stop_on_signal, nursery.cancel_scope)
+        await station.run()
+        nursery.cancel_scope.cancel()
+
+
+async def _stop_on_signal(scope: trio.CancelScope) -> None:
+    with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+        async for signum in signals:
+            log.info("%s received: stopping", signal.Signals(signum).name)
+            scope.cancel()
+            return
+
+
+def _run(args: argparse.Namespace) -> int:
+    from dcocpp.station import HardReset
+
+    try:
+        config = _load(args)
+    except ConfigError as exc:
+        print(f"{args.config}: invalid configuration, not starting", file=sys.stderr)
+        for line in str(exc).splitlines():
+            print(f"  {line}", file=sys.stderr)
+        return EXIT_USAGE
+    logging_setup = LoggingSetup()
+    logging_setup.start(args.log_level, config.log_dir)
+    status = EXIT_OK
+    try:
+        log.info("dcocpp %s starting with %s", __version__, config.path)
+        trio.run(_serve, config)
+        log.info("stopped")
+    except* HardReset:
+        log.warning("exiting with status %d for the hard reset", EXIT_HARD_RESET)
+        status = EXIT_HARD_RESET
+    except* ConfigurationError as group:
+        for exc in group.exceptions:
+            log.error("invalid OCPP configuration, not starting:\n%s", exc)
+        status = EXIT_USAGE
+    except* StorageError as group:
+        for exc in group.exceptions:
+            log.error("cannot run: %s", exc)
+        status = EXIT_RUNTIME_ERROR
+    finally:
+        logging_setup.stop()
+    return status
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    if args.command == "run":
+        return _run(args)
+    if args.command == "check-config":
+        return _check_config(args)
+    return _statecharts(args)

@@ -1,0 +1,55 @@
+"""What the OCPP layer asks of the charger it represents.
+
+The session never touches connectors or hardware; the station implements this protocol and the
+session (and its handlers) only call it. Keeping the surface here, in the OCPP layer, keeps the
+import direction one way: station -> ocpp, never back.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Protocol
+
+import attrs
+from ocpp.v16.enums import (
+    AvailabilityStatus,
+    ChargePointErrorCode,
+    ChargePointStatus,
+    ResetStatus,
+    ResetType,
+)
+
+
+@attrs.frozen
+class ConnectorStatus:
+    """A connector's (or, for id 0, the charge point's) status as OCPP reports it."""
+
+    connector_id: int
+    status: ChargePointStatus
+    error_code: ChargePointErrorCode = ChargePointErrorCode.no_error
+    info: str | None = None
+    vendor_error_code: str | None = None
+    timestamp: str | None = None  # when the status was entered (OCPP dateTime)
+
+
+class ChargePointControl(Protocol):
+    @property
+    def connector_ids(self) -> Sequence[int]:
+        """The connector ids 1..N."""
+        ...
+
+    def statuses(self) -> list[ConnectorStatus]:
+        """The current status of connector 0 and every connector, in id order."""
+        ...
+
+    def change_availability(self, connector_id: int, operative: bool) -> AvailabilityStatus:
+        """Apply (or schedule, while busy) an availability change; persisted before it returns."""
+        ...
+
+    def reset_allowed(self, kind: ResetType) -> ResetStatus:
+        """Whether a Reset of this kind is accepted; it is performed by `perform_reset`."""
+        ...
+
+    def perform_reset(self, kind: ResetType) -> None:
+        """Carry out an accepted Reset, after its CALLRESULT has been sent."""
+        ...

@@ -1,0 +1,158 @@
+"""Handlers of the central system's Core and RemoteTrigger CALLs that need no transaction.
+
+Each `@on` handler answers from state it can read at once; anything the CALLRESULT must precede
+(the triggered message, the reset) runs in the matching `@after` hook, which the RPC layer runs
+once the answer is on the wire. Actions without a handler are answered NotImplemented by the RPC.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import TYPE_CHECKING, Any
+
+from ocpp.routing import after, on
+from ocpp.v16 import call, call_result
+from ocpp.v16.enums import (
+    Action,
+    AvailabilityStatus,
+    AvailabilityType,
+    ClearCacheStatus,
+    ConfigurationStatus,
+    DataTransferStatus,
+    DiagnosticsStatus,
+    FirmwareStatus,
+    MessageTrigger,
+    ResetStatus,
+    ResetType,
+    TriggerMessageStatus,
+)
+
+from dcocpp.ocpp.errors import CallError
+
+if TYPE_CHECKING:
+    from dcocpp.ocpp.session import ChargePointSession
+
+log = logging.getLogger(__name__)
+
+# Keys whose change must reach the transport: the next connection uses them.
+_RECONNECT_KEYS = frozenset({"AuthorizationKey", "SecurityProfile"})
+
+_TRIGGERABLE = frozenset(
+    {
+        MessageTrigger.boot_notification,
+        MessageTrigger.heartbeat,
+        MessageTrigger.status_notification,
+        MessageTrigger.diagnostics_status_notification,
+        MessageTrigger.firmware_status_notification,
+    }
+)
+
+
+class CoreHandlers:
+    def __init__(self, session: ChargePointSession):
+        self.session = session
+
+    def _valid_connector(self, connector_id: int | None, *, allow_zero: bool = True) -> bool:
+        if connector_id is None:
+            return True
+        if connector_id == 0:
+            return allow_zero
+        return connector_id in self.session.control.connector_ids
+
+    # --- configuration -----------------------------------------------------------------------
+
+    @on(Action.get_configuration)
+    def on_get_configuration(self, key: list[str] | None = None, **_: Any) -> Any:
+        store = self.session.store
+        limit = store.get_int("GetConfigurationMaxKeys")
+        if key and len(key) > limit:
+            raise CallError(
+                "OccurenceConstraintViolation",
+                f"at most {limit} keys per request (GetConfigurationMaxKeys)",
+            )
+        known, unknown = store.get_configuration(key or None)
+        return call_result.GetConfiguration(
+            configuration_key=known, unknown_key=unknown or None
+        )
+
+    @on(Action.change_configuration)
+    def on_change_configuration(self, key: str, value: str, **_: Any) -> Any:
+        return call_result.ChangeConfiguration(status=self.session.store.change(key, value))
+
+    @after(Action.change_configuration)
+    def after_change_configuration(self, key: str, value: str, **_: Any) -> None:
+        if key in _RECONNECT_KEYS and self.session.store.get(key) == value:
+            self.session.reconnect(f"{key} changed")
+
+    # --- availability and reset --------------------------------------------------------------
+
+    @on(Action.change_availability)
+    def on_change_availability(self, connector_id: int, type: str, **_: Any) -> Any:
+        if not self._valid_connector(connector_id):
+            return call_result.ChangeAvailability(status=AvailabilityStatus.rejected)
+        operative = AvailabilityType(type) == AvailabilityType.operative
+        status = self.session.control.change_availability(connector_id, operative)
+        return call_result.ChangeAvailability(status=status)
+
+    @on(Action.reset)
+    def on_reset(self, type: str, **_: Any) -> Any:
+        return call_result.Reset(status=self.session.control.reset_allowed(ResetType(type)))
+
+    @after(Action.reset)
+    def after_reset(self, type: str, **_: Any) -> None:
+        kind = ResetType(type)
+        if self.session.control.reset_allowed(kind) == ResetStatus.accepted:
+            self.session.control.perform_reset(kind)
+
+    # --- remote trigger ----------------------------------------------------------------------
+
+    @on(Action.trigger_message)
+    def on_trigger_message(
+        self, requested_message: str, connector_id: int | None = None, **_: Any
+    ) -> Any:
+        if not self._valid_connector(connector_id):
+            return call_result.TriggerMessage(status=TriggerMessageStatus.rejected)
+        if MessageTrigger(requested_message) not in _TRIGGERABLE:
+            return call_result.TriggerMessage(status=TriggerMessageStatus.not_implemented)
+        return call_result.TriggerMessage(status=TriggerMessageStatus.accepted)
+
+    @after(Action.trigger_message)
+    async def after_trigger_message(
+        self, requested_message: str, connector_id: int | None = None, **_: Any
+    ) -> None:
+        message = MessageTrigger(requested_message)
+        if message not in _TRIGGERABLE or not self._valid_connector(connector_id):
+            return
+        session = self.session
+        if message == MessageTrigger.boot_notification:
+            session.boot_now()
+        elif message == MessageTrigger.heartbeat:
+            await session.send_heartbeat(triggered=True)
+        elif message == MessageTrigger.status_notification:
+            for status in session.control.statuses():
+                if connector_id is None or status.connector_id == connector_id:
+                    await session.send_status(status, triggered=True)
+        elif message == MessageTrigger.diagnostics_status_notification:
+            # No upload has ever run on this charger, so the status is Idle.
+            await session.call(
+                call.DiagnosticsStatusNotification(status=DiagnosticsStatus.idle), triggered=True
+            )
+        elif message == MessageTrigger.firmware_status_notification:
+            await session.call(
+                call.FirmwareStatusNotification(status=FirmwareStatus.idle), triggered=True
+            )
+
+    # --- misc --------------------------------------------------------------------------------
+
+    @on(Action.data_transfer)
+    def on_data_transfer(self, vendor_id: str, **_: Any) -> Any:
+        # No vendor extensions yet: our own vendor id knows no message ids.
+        if vendor_id == self.session.identity.vendor:
+            return call_result.DataTransfer(status=DataTransferStatus.unknown_message_id)
+        return call_result.DataTransfer(status=DataTransferStatus.unknown_vendor_id)
+
+    @on(Action.clear_cache)
+    def on_clear_cache(self, **_: Any) -> Any:
+        self.session.auth_cache.clear()
+        log.info("authorization cache cleared by the central system")
+        return call_result.ClearCache(status=ClearCacheStatus.accepted)

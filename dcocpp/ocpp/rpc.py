@@ -1,0 +1,264 @@
+"""OCPP-J remote procedure calls over one trio-websocket connection, in either role.
+
+`RpcConnection.run()` is the connection's reader: it owns a nursery in which every incoming CALL
+is handled as its own task, so a handler that itself calls the peer (or a slow one) never blocks
+the reader, and our own outstanding CALL never blocks incoming ones. `call()` sends one CALL at a
+time, as OCPP-J requires; how long to wait for the answer is the caller's cancel scope.
+
+Handlers are methods decorated with the `ocpp` package's `@on(Action)` (and optionally
+`@after(Action)`, run once the CALLRESULT has been sent); they receive snake_case keyword
+arguments and return a `ocpp.v16.call_result` dataclass, exactly as with the package's own
+asyncio ChargePoint.
+"""
+
+from __future__ import annotations
+
+import inspect
+import itertools
+import logging
+import secrets
+from typing import Any
+
+import attrs
+import trio
+from ocpp import exceptions as ocpp_exceptions
+from ocpp.messages import Call, CallError, CallResult, MessageType
+from ocpp.routing import create_route_map
+from ocpp.v16 import call_result as v16_call_result
+from ocpp.v16.enums import Action
+from trio_websocket import ConnectionClosed, WebSocketConnection
+
+from dcocpp.ocpp import wire
+from dcocpp.ocpp.errors import CallError as CallErrorException
+from dcocpp.ocpp.errors import ConnectionLost, InvalidPayload, OcppError
+from dcocpp.ocpp.messagelog import MessageLog
+
+log = logging.getLogger(__name__)
+
+_KNOWN_ACTIONS = frozenset(a.value for a in Action)
+# The package's exception codes that OCPP 1.6 spells differently (errata 5.1/5.2).
+_OCPP16_CODES = {
+    "FormatViolation": "FormationViolation",
+    "OccurrenceConstraintViolation": "OccurenceConstraintViolation",
+}
+
+
+@attrs.define
+class _Pending:
+    unique_id: str
+    action: str
+    done: trio.Event = attrs.field(factory=trio.Event)
+    response: CallResult | CallError | None = None
+
+
+class RpcConnection:
+    """One OCPP-J session endpoint on an open WebSocket.
+
+    `run()` reads until the WebSocket closes, then returns; handler tasks still running are
+    cancelled with it. `call()` raises `ConnectionLost` when the socket closes under it,
+    `CallError` when the peer answers with a CALLERROR, and `InvalidPayload` when either side's
+    payload fails the schema.
+    """
+
+    def __init__(
+        self,
+        ws: WebSocketConnection,
+        handlers: object,
+        *,
+        message_log: MessageLog,
+        call_results: Any = v16_call_result,
+        validate: bool = True,
+        max_concurrent_handlers: int = 8,
+    ):
+        self._ws = ws
+        self._routes = create_route_map(handlers)
+        self._log = message_log
+        self._call_results = call_results
+        self._validate = validate
+        self._call_lock = trio.Lock()
+        self._pending: _Pending | None = None
+        self._closed = False
+        self._handler_slots = trio.Semaphore(max_concurrent_handlers)
+        # Unique ids need only be unique per connection: a random prefix and a counter are
+        # cheaper than uuid4 and still easy to follow in the message log.
+        self._id_prefix = secrets.token_hex(4)
+        self._counter = itertools.count(1)
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    @property
+    def websocket(self) -> WebSocketConnection:
+        return self._ws
+
+    # --- reader ------------------------------------------------------------------------------
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Read frames until the connection closes; handle CALLs concurrently."""
+        try:
+            async with trio.open_nursery() as nursery:
+                task_status.started()
+                while True:
+                    try:
+                        text = await self._ws.get_message()
+                    except ConnectionClosed as exc:
+                        self._log.note(f"connection closed: {exc.reason}")
+                        break
+                    self._log.received(text)
+                    await self._dispatch_frame(text, nursery)
+                nursery.cancel_scope.cancel()
+        finally:
+            self._closed = True
+            if self._pending is not None:
+                self._pending.done.set()
+
+    async def _dispatch_frame(self, text: str | bytes, nursery: trio.Nursery) -> None:
+        try:
+            frame = wire.decode_frame(text)
+        except wire.FrameError as exc:
+            log.warning("malformed OCPP-J frame from the peer: %s", exc.description)
+            if exc.reply and exc.unique_id is not None:
+                await self._send_error(exc.unique_id, exc)
+            else:
+                self._log.note(f"dropped malformed frame: {exc.description}")
+            return
+        if isinstance(frame, Call):
+            # Backpressure: a peer that floods us with CALLs is read no faster than we answer.
+            await self._handler_slots.acquire()
+            nursery.start_soon(self._handle_call, frame)
+            return
+        pending = self._pending
+        if pending is None or frame.unique_id != pending.unique_id:
+            # Typically the answer to a CALL whose caller already gave up (timed out).
+            log.warning("ignoring a response to unknown or expired CALL %r", frame.unique_id)
+            self._log.note(f"dropped response to unknown CALL {frame.unique_id}")
+            return
+        pending.response = frame
+        pending.done.set()
+
+    # --- incoming CALLs ----------------------------------------------------------------------
+
+    async def _handle_call(self, msg: Call) -> None:
+        try:
+            handlers = None
+            try:
+                handlers = self._routes.get(msg.action)
+                payload = await self._run_handler(msg, handlers)
+            except CallErrorException as exc:
+                await self._send_error(msg.unique_id, exc)
+                return
+            except ocpp_exceptions.OCPPError as exc:
+                code = _OCPP16_CODES.get(exc.code, exc.code)
+                # The package's details may hold non-JSON objects; the description says it all.
+                await self._send_error(msg.unique_id, CallErrorException(code, exc.description))
+                return
+            except Exception:
+                # A bug in one handler must not take the session down: answer, log, go on.
+                log.exception("handler for %s failed", msg.action)
+                await self._send_error(
+                    msg.unique_id,
+                    CallErrorException("InternalError", f"{msg.action} could not be processed"),
+                )
+                return
+            await self._send(wire.encode_result(msg.unique_id, payload))
+            if handlers is not None and "_after_action" in handlers:
+                await self._run_after(msg, handlers["_after_action"])
+        except ConnectionLost:
+            log.info("connection closed before the answer to %s could be sent", msg.action)
+        finally:
+            self._handler_slots.release()
+
+    async def _run_handler(self, msg: Call, handlers: dict[str, Any] | None) -> dict[str, Any]:
+        if handlers is None or "_on_action" not in handlers:
+            if msg.action in _KNOWN_ACTIONS:
+                raise CallErrorException("NotImplemented", f"{msg.action} is not implemented")
+            raise CallErrorException("NotSupported", f"{msg.action} is not an OCPP 1.6 action")
+        skip_validation = not self._validate or handlers.get("_skip_schema_validation", False)
+        payload = msg.payload
+        if not skip_validation:
+            payload = wire.validate(MessageType.Call, msg.action, payload)
+        result = handlers["_on_action"](**wire.to_snake(payload))
+        if inspect.isawaitable(result):
+            result = await result
+        out = wire.to_camel(result)
+        if not skip_validation:
+            try:
+                wire.validate(MessageType.CallResult, msg.action, out)
+            except CallErrorException as exc:
+                # Never put an invalid payload on the wire; this is our bug, say so.
+                log.error("our %s response fails the schema: %s", msg.action, exc)
+                raise CallErrorException(
+                    "InternalError", f"{msg.action} response could not be built"
+                ) from exc
+        return out  # type: ignore[no-any-return]
+
+    async def _run_after(self, msg: Call, after: Any) -> None:
+        try:
+            result = after(**wire.to_snake(msg.payload))
+            if inspect.isawaitable(result):
+                await result
+        except OcppError as exc:
+            log.warning("follow-up of %s failed: %s", msg.action, exc)
+        except Exception:
+            log.exception("follow-up of %s failed", msg.action)
+
+    # --- outgoing CALLs ----------------------------------------------------------------------
+
+    async def call(self, payload: Any) -> Any:
+        """Send a v16 `call` dataclass and return the matching `call_result` dataclass.
+
+        One CALL is outstanding at a time; callers queue on a FIFO lock. Wrap it in a cancel
+        scope for the response timeout; a late answer to a cancelled CALL is dropped."""
+        action = wire.action_of(payload)
+        body = wire.to_camel(payload)
+        result = await self.call_raw(action, body)
+        cls = getattr(self._call_results, action)
+        return cls(**wire.to_snake(result))
+
+    async def call_raw(self, action: str, body: dict[str, Any]) -> dict[str, Any]:
+        """`call()` on camelCase dicts, for peers that do not use the v16 dataclasses."""
+        if self._validate:
+            try:
+                wire.validate(MessageType.Call, action, body)
+            except CallErrorException as exc:
+                raise InvalidPayload(action, exc) from None
+        async with self._call_lock:
+            if self._closed:
+                raise ConnectionLost(f"connection closed, {action} not sent")
+            pending = _Pending(f"{self._id_prefix}-{next(self._counter)}", action)
+            self._pending = pending
+            try:
+                await self._send(wire.encode_call(pending.unique_id, action, body))
+                await pending.done.wait()
+            finally:
+                self._pending = None
+        response = pending.response
+        if response is None:
+            raise ConnectionLost(f"connection closed while waiting for the answer to {action}")
+        if isinstance(response, CallError):
+            raise CallErrorException(
+                response.error_code, response.error_description, response.error_details
+            )
+        if self._validate:
+            try:
+                return wire.validate(MessageType.CallResult, action, response.payload)
+            except CallErrorException as exc:
+                raise InvalidPayload(action, exc) from None
+        return response.payload  # type: ignore[no-any-return]
+
+    # --- sending -----------------------------------------------------------------------------
+
+    async def _send_error(self, unique_id: str, exc: CallErrorException) -> None:
+        await self._send(wire.encode_error(unique_id, exc.code, exc.description, exc.details))
+
+    async def _send(self, text: str) -> None:
+        self._log.sent(text)
+        try:
+            await self._ws.send_message(text)
+        except ConnectionClosed as exc:
+            raise ConnectionLost(str(exc.reason)) from None
+
+    async def aclose(self) -> None:
+        """Close the WebSocket (normal closure); `run()` then returns."""
+        await self._ws.aclose()

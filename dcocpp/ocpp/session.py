@@ -1,0 +1,347 @@
+"""The charge point's OCPP session: connect, register, keep alive, reconnect forever.
+
+`ChargePointSession.run()` owns one nursery per WebSocket connection. In it run the RPC reader,
+the registration (BootNotification until Accepted), the heartbeat, the WebSocket ping and the
+status sender. When the connection dies, for whatever reason, that nursery is cancelled, one line
+is logged, and the session reconnects after an exponential backoff with jitter. Nothing but
+cancellation ends `run()`; a central system that is down never crashes the charger.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import ssl
+from collections.abc import Callable
+from datetime import UTC, datetime
+from functools import partial
+from typing import Any
+
+import attrs
+import trio
+from ocpp.v16 import call
+from ocpp.v16.enums import RegistrationStatus
+
+from dcocpp.ocpp import transport
+from dcocpp.ocpp.authcache import AuthorizationCache
+from dcocpp.ocpp.configuration import ConfigurationStore
+from dcocpp.ocpp.control import ChargePointControl, ConnectorStatus
+from dcocpp.ocpp.errors import CallError, ConnectionLost, InvalidPayload, OcppError, TransportError
+from dcocpp.ocpp.handlers import CoreHandlers
+from dcocpp.ocpp.messagelog import MessageLog
+from dcocpp.ocpp.registration import Registration, RegistrationMachine
+from dcocpp.ocpp.rpc import RpcConnection
+
+log = logging.getLogger("dcocpp.session")
+
+# The WebSocket upgrade (TCP, TLS, HTTP) must finish within this many seconds.
+CONNECT_TIMEOUT = 20.0
+# BootNotification.conf with interval 0 means "choose yourself" for Pending/Rejected.
+DEFAULT_BOOT_RETRY = 60
+
+
+class ResponseTimeout(OcppError):
+    """The central system did not answer a CALL within ResponseTimeout seconds."""
+
+
+@attrs.frozen
+class Identity:
+    """What BootNotification says about this charge point."""
+
+    charge_point_id: str
+    vendor: str
+    model: str
+    firmware_version: str
+    serial_number: str | None = None
+
+
+def utc_now() -> str:
+    """OCPP dateTime: UTC, millisecond precision, 'Z' suffix."""
+    return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+class ChargePointSession:
+    """The OCPP-J client of one charge point.
+
+    Starts nothing until `run()`. `run()` reports readiness at once (the charger must work
+    without its CSMS) and runs until cancelled; on cancellation the WebSocket is closed politely.
+    Only `trio.Cancelled` escapes it.
+    """
+
+    def __init__(
+        self,
+        identity: Identity,
+        csms_url: str,
+        store: ConfigurationStore,
+        control: ChargePointControl,
+        *,
+        ssl_context: ssl.SSLContext | None = None,
+        open_stream: transport.OpenStream | None = None,
+        auth_cache: AuthorizationCache | None = None,
+        rng: random.Random | None = None,
+    ):
+        self.identity = identity
+        self.csms_url = csms_url
+        self.store = store
+        self.control = control
+        self.auth_cache = auth_cache or AuthorizationCache()
+        self._ssl_context = ssl_context
+        self._open_stream = open_stream
+        self._rng = rng or random.Random()
+        self.registration = RegistrationMachine(on_change=self._on_registration_change)
+        self._registration_changed = trio.Event()
+        self._rpc: RpcConnection | None = None
+        self._connection_scope: trio.CancelScope | None = None
+        self._boot_now = trio.Event()
+        self._heartbeat_scope: trio.CancelScope | None = None
+        self._last_heartbeat = 0.0
+        # Latest status per connector not yet delivered; coalesced, sent in id order.
+        self._status_queue: dict[int, ConnectorStatus] = {}
+        self._status_ready = trio.Event()
+        self._handlers = CoreHandlers(self)
+        store.subscribe("HeartbeatInterval", self._on_heartbeat_interval)
+
+    # --- public API --------------------------------------------------------------------------
+
+    @property
+    def connected(self) -> bool:
+        return self.registration.is_connected
+
+    @property
+    def state(self) -> Registration:
+        return Registration(self.registration.state)
+
+    def report_status(self, status: ConnectorStatus) -> None:
+        """Queue a StatusNotification; only the latest per connector is kept while offline."""
+        self._status_queue[status.connector_id] = status
+        self._status_ready.set()
+
+    async def call(self, payload: Any, *, triggered: bool = False) -> Any:
+        """Send a CALL on the current connection and return its result dataclass.
+
+        Waits until registration is Accepted (BootNotification, and messages requested by a
+        TriggerMessage, may go out before). Raises `ConnectionLost` when there is no connection,
+        `ResponseTimeout`, `CallError`, or `InvalidPayload`."""
+        if not (triggered or isinstance(payload, call.BootNotification)):
+            while not self.registration.accepted:
+                if not self.registration.is_connected:
+                    raise ConnectionLost("not connected to the central system")
+                await self._registration_changed.wait()
+        rpc = self._rpc
+        if rpc is None or rpc.closed:
+            raise ConnectionLost("not connected to the central system")
+        timeout = self.store.get_int("ResponseTimeout")
+        with trio.move_on_after(timeout) as scope:
+            return await rpc.call(payload)
+        assert scope.cancelled_caught
+        raise ResponseTimeout(f"no answer to {type(payload).__name__} within {timeout} s")
+
+    def reconnect(self, reason: str) -> None:
+        """Drop the current connection (e.g. new credentials); `run()` connects again."""
+        if self._connection_scope is not None:
+            log.info("reconnecting: %s", reason)
+            self._connection_scope.cancel()
+
+    def boot_now(self) -> None:
+        """Send BootNotification again at once (TriggerMessage)."""
+        self._boot_now.set()
+
+    # --- the connection loop -----------------------------------------------------------------
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        task_status.started()
+        failures = 0
+        while True:
+            self.registration.connect()
+            reason = "connection closed"
+            try:
+                reason = await self._serve_one_connection()
+            except TransportError as exc:
+                reason = str(exc)
+            was_accepted = self.registration.state == Registration.ACCEPTED
+            if self.registration.is_connected:
+                self.registration.connection_lost(reason=reason)
+            else:
+                self.registration.connect_failed(reason=reason)
+            # A connection that got as far as Accepted resets the backoff.
+            failures = 0 if was_accepted else failures + 1
+            delay = self._backoff(failures)
+            log.info("next connection attempt in %.1f s", delay)
+            await trio.sleep(delay)
+
+    def _backoff(self, failures: int) -> float:
+        """Exponential backoff, capped, with jitter in [cap/2, cap] so that a fleet of chargers
+        does not reconnect in lockstep and a single charger never busy-loops."""
+        low = max(0.1, float(self.store.get_int("RetryBackoffWaitMinimum")))
+        high = max(low, float(self.store.get_int("RetryBackoffWaitMaximum")))
+        ceiling = min(high, low * 2 ** max(0, failures - 1))
+        return ceiling * self._rng.uniform(0.5, 1.0)
+
+    async def _serve_one_connection(self) -> str:
+        """Connect and run until the connection ends; returns why it ended."""
+        authorization_key = self.store.get("AuthorizationKey")
+        with trio.CancelScope() as scope:
+            self._connection_scope = scope
+            async with trio.open_nursery() as nursery:
+                with trio.move_on_after(CONNECT_TIMEOUT) as connect_scope:
+                    run_client = partial(
+                        transport.run_client,
+                        self.csms_url,
+                        charge_point_id=self.identity.charge_point_id,
+                        authorization_key=authorization_key or None,
+                        ssl_context=self._ssl_context,
+                    )
+                    if self._open_stream is not None:
+                        run_client = partial(run_client, open_stream=self._open_stream)
+                    ws = await nursery.start(run_client)
+                if connect_scope.cancelled_caught:
+                    raise TransportError(f"connecting to {self.csms_url} timed out")
+                rpc = RpcConnection(ws, self._handlers, message_log=MessageLog("csms"))
+                self._rpc = rpc
+                self.registration.connected(reason=self.csms_url)
+                nursery.start_soon(self._guard, self._register, nursery.cancel_scope)
+                nursery.start_soon(self._guard, self._send_statuses, nursery.cancel_scope)
+                nursery.start_soon(self._guard, self._heartbeat, nursery.cancel_scope)
+                nursery.start_soon(self._guard, self._ping, nursery.cancel_scope)
+                await rpc.run()
+                nursery.cancel_scope.cancel()
+        self._rpc = None
+        self._connection_scope = None
+        if scope.cancelled_caught:
+            return self._drop_reason or "connection dropped"
+        return "connection closed by the central system"
+
+    _drop_reason: str | None = None
+
+    async def _guard(self, task: Callable[[], Any], connection: trio.CancelScope) -> None:
+        """Run a per-connection task; a broken connection ends the whole connection."""
+        try:
+            await task()
+        except (ConnectionLost, ResponseTimeout) as exc:
+            self._drop_reason = str(exc)
+            connection.cancel()
+
+    def _on_registration_change(self, old: Registration, new: Registration, reason: str) -> None:
+        self._registration_changed.set()
+        self._registration_changed = trio.Event()
+        self._status_ready.set()
+        if new == Registration.ACCEPTED:
+            for status in self.control.statuses():
+                self.report_status(status)
+
+    # --- per-connection tasks ----------------------------------------------------------------
+
+    async def _register(self) -> None:
+        """BootNotification until Accepted (OCPP 1.6 section 4.2); again when triggered."""
+        while True:
+            self._boot_now = trio.Event()
+            boot = call.BootNotification(
+                charge_point_vendor=self.identity.vendor,
+                charge_point_model=self.identity.model,
+                firmware_version=self.identity.firmware_version,
+                charge_point_serial_number=self.identity.serial_number,
+            )
+            retry_after: float = DEFAULT_BOOT_RETRY
+            try:
+                result = await self.call(boot)
+            except (CallError, InvalidPayload) as exc:
+                log.warning("BootNotification failed: %s", exc)
+            else:
+                status = RegistrationStatus(result.status)
+                if result.interval > 0:
+                    retry_after = result.interval
+                if status == RegistrationStatus.accepted:
+                    if result.interval > 0:
+                        self.store.set_value("HeartbeatInterval", result.interval)
+                    self._last_heartbeat = trio.current_time()
+                    self.registration.boot_accepted()
+                    await self._boot_now.wait()  # only a TriggerMessage boots again
+                    continue
+                if status == RegistrationStatus.pending:
+                    self.registration.boot_pending(reason=f"retry in {retry_after:g} s")
+                else:
+                    self.registration.boot_rejected(reason=f"retry in {retry_after:g} s")
+            with trio.move_on_after(retry_after):
+                await self._boot_now.wait()
+
+    async def _heartbeat(self) -> None:
+        """Heartbeat every HeartbeatInterval seconds once Accepted; a changed interval moves
+        the pending deadline at once (see `_on_heartbeat_interval`)."""
+        while True:
+            while not self.registration.accepted:
+                await self._registration_changed.wait()
+            with trio.CancelScope() as scope:
+                self._heartbeat_scope = scope
+                self._set_heartbeat_deadline()
+                await trio.sleep_forever()
+            self._heartbeat_scope = None
+            if self.registration.accepted:
+                await self.send_heartbeat()
+
+    async def send_heartbeat(self, *, triggered: bool = False) -> None:
+        self._last_heartbeat = trio.current_time()
+        if self._heartbeat_scope is not None:
+            self._set_heartbeat_deadline()
+        result = await self.call(call.Heartbeat(), triggered=triggered)
+        log.debug("heartbeat answered, central system time %s", result.current_time)
+
+    def _set_heartbeat_deadline(self) -> None:
+        assert self._heartbeat_scope is not None
+        interval = self.store.get_int("HeartbeatInterval")
+        self._heartbeat_scope.deadline = (
+            self._last_heartbeat + interval if interval > 0 else float("inf")
+        )
+
+    def _on_heartbeat_interval(self, key: str, value: str) -> None:
+        if self._heartbeat_scope is not None:
+            self._set_heartbeat_deadline()
+
+    async def _ping(self) -> None:
+        """WebSocket ping every WebSocketPingInterval s; no pong within one interval means
+        the link is dead (a NAT dropped it, the CSMS hung), so reconnect."""
+        rpc = self._rpc
+        assert rpc is not None
+        while True:
+            interval = self.store.get_int("WebSocketPingInterval")
+            if interval <= 0:
+                await trio.sleep(60)  # disabled; look at the key again later
+                continue
+            await trio.sleep(interval)
+            with trio.move_on_after(interval) as scope:
+                try:
+                    await rpc.websocket.ping()
+                except Exception as exc:  # trio_websocket.ConnectionClosed; ping() may raise more
+                    raise ConnectionLost(f"ping failed: {exc}") from exc
+            if scope.cancelled_caught:
+                raise ConnectionLost(f"no WebSocket pong within {interval} s")
+
+    async def _send_statuses(self) -> None:
+        while True:
+            if not (self._status_queue and self.registration.accepted):
+                # No await between the check and the new Event: nothing can slip in between.
+                self._status_ready = trio.Event()
+                await self._status_ready.wait()
+                continue
+            for connector_id in sorted(self._status_queue):
+                status = self._status_queue.pop(connector_id)
+                try:
+                    await self.send_status(status)
+                except CallError as exc:
+                    log.warning("StatusNotification for connector %d failed: %s", connector_id, exc)
+                except BaseException:
+                    # Not delivered: keep it unless something newer arrived meanwhile.
+                    self._status_queue.setdefault(connector_id, status)
+                    raise
+
+    async def send_status(self, status: ConnectorStatus, *, triggered: bool = False) -> None:
+        await self.call(
+            call.StatusNotification(
+                connector_id=status.connector_id,
+                error_code=status.error_code,
+                status=status.status,
+                info=status.info,
+                vendor_error_code=status.vendor_error_code,
+                timestamp=status.timestamp,
+            ),
+            triggered=triggered,
+        )

@@ -1,0 +1,73 @@
+"""Export every state machine as a diagram: Mermaid text always, SVG when Graphviz is there.
+
+The Mermaid files under `statecharts/` are committed and checked for freshness (`--check` and a
+test), so the diagrams in the repository are the machines the code runs.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import shutil
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from transitions.extensions.diagrams import GraphMachine
+
+from dcocpp.ocpp import registration
+
+# name -> (title, function that builds the machine on a model with a given Machine class)
+MACHINES: dict[str, tuple[str, Callable[..., Any]]] = {
+    "session-registration": (
+        "OCPP session: connection and registration",
+        registration.build_machine,
+    ),
+}
+
+
+class _Model:
+    """A bare model: diagrams need the machine's structure, not its callbacks."""
+
+
+def mermaid(name: str) -> str:
+    title, build = MACHINES[name]
+    model = _Model()
+    build(model, GraphMachine, graph_engine="mermaid", title=title, show_conditions=True)
+    return str(model.get_graph().draw(None)).rstrip() + "\n"  # type: ignore[attr-defined]
+
+
+def _svg(name: str, path: Path) -> None:
+    title, build = MACHINES[name]
+    model = _Model()
+    build(model, GraphMachine, graph_engine="graphviz", title=title, show_conditions=True)
+    model.get_graph().draw(str(path), format="svg", prog="dot")  # type: ignore[attr-defined]
+
+
+def graphviz_available() -> bool:
+    return shutil.which("dot") is not None and importlib.util.find_spec("graphviz") is not None
+
+
+def export(output: Path) -> list[Path]:
+    """Write every diagram into `output`; returns the files written."""
+    output.mkdir(parents=True, exist_ok=True)
+    written = []
+    for name in MACHINES:
+        path = output / f"{name}.mmd"
+        path.write_text(mermaid(name), encoding="utf-8")
+        written.append(path)
+        if graphviz_available():
+            _svg(name, output / f"{name}.svg")
+            written.append(output / f"{name}.svg")
+    return written
+
+
+def stale(output: Path) -> list[str]:
+    """Problems with the committed diagrams in `output`: one line per missing or stale file."""
+    problems = []
+    for name in MACHINES:
+        path = output / f"{name}.mmd"
+        if not path.is_file():
+            problems.append(f"{path}: missing")
+        elif path.read_text(encoding="utf-8") != mermaid(name):
+            problems.append(f"{path}: stale (run `python -m dcocpp statecharts`)")
+    return problems

@@ -1,0 +1,33 @@
+from __future__ import annotations
+
+import functools
+import inspect
+from collections.abc import Callable
+from typing import Any
+
+import trio
+import trio.testing
+
+# A hang fails the test with its logs instead of stalling the run. Under autojump_clock a
+# deadlock jumps straight to the guard, so it can be generous in virtual time.
+REAL_TIME_GUARD = 60.0
+VIRTUAL_TIME_GUARD = 30 * 24 * 3600.0
+
+
+def _hang_guard(test: Callable[..., Any]) -> Callable[..., Any]:
+    @functools.wraps(test)
+    async def guarded(*args: Any, **kwargs: Any) -> Any:
+        clock = trio.lowlevel.current_clock()
+        virtual = isinstance(clock, trio.testing.MockClock)
+        with trio.fail_after(VIRTUAL_TIME_GUARD if virtual else REAL_TIME_GUARD):
+            return await test(*args, **kwargs)
+
+    return guarded
+
+
+def pytest_collection_modifyitems(items: list[Any]) -> None:
+    """Every trio test runs under a `fail_after` hang guard."""
+    for item in items:
+        function = getattr(item, "obj", None)
+        if function is not None and inspect.iscoroutinefunction(function):
+            item.obj = _hang_guard(function)

@@ -1,0 +1,355 @@
+"""OCPP-J RPC over trio-websocket: framing, validation error codes, concurrency, timeouts."""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from decimal import Decimal
+from typing import Any
+
+import pytest
+import trio
+import trio.testing
+from ocpp.routing import on
+from ocpp.v16 import call, call_result
+from ocpp.v16.enums import Action, AuthorizationStatus
+from trio_websocket import WebSocketConnection, wrap_client_stream, wrap_server_stream
+
+from dcocpp.logs import LoggingSetup
+from dcocpp.ocpp import wire
+from dcocpp.ocpp.errors import CallError, ConnectionLost, InvalidPayload
+from dcocpp.ocpp.messagelog import MESSAGE_LOGGER, MessageLog, redact
+from dcocpp.ocpp.rpc import RpcConnection
+
+@asynccontextmanager
+async def ws_pair() -> AsyncIterator[tuple[WebSocketConnection, WebSocketConnection]]:
+    """A connected (charge point, central system) WebSocket pair over memory streams."""
+    client_stream, server_stream = trio.testing.memory_stream_pair()
+    async with trio.open_nursery() as nursery:
+        request_box: list[Any] = []
+
+        async def server_side() -> None:
+            request = await wrap_server_stream(nursery, server_stream)
+            request_box.append(await request.accept(subprotocol="ocpp1.6"))
+
+        nursery.start_soon(server_side)
+        client = await wrap_client_stream(
+            nursery, client_stream, "csms", "/ocpp/CP1", subprotocols=["ocpp1.6"]  # type: ignore[arg-type]
+        )
+        while not request_box:
+            await trio.sleep(0)
+        yield client, request_box[0]
+        nursery.cancel_scope.cancel()
+
+
+class CentralSystem:
+    """Handlers of the central-system side used by these tests."""
+
+    def __init__(self) -> None:
+        self.peer: RpcConnection | None = None
+        self.authorized: list[str] = []
+
+    @on(Action.authorize)
+    async def on_authorize(self, id_tag: str, **_: Any) -> Any:
+        self.authorized.append(id_tag)
+        return call_result.Authorize(id_tag_info={"status": AuthorizationStatus.accepted})
+
+    @on(Action.heartbeat)
+    def on_heartbeat(self, **_: Any) -> Any:
+        return call_result.Heartbeat(current_time="2026-11-23T10:00:00Z")
+
+    @on(Action.boot_notification)
+    def on_boot(self, **_: Any) -> Any:
+        # A deliberately broken answer: status is not a RegistrationStatus.
+        return call_result.BootNotification(
+            current_time="2026-11-23T10:00:00Z", interval=10, status="Maybe"  # type: ignore[arg-type]
+        )
+
+    @on(Action.data_transfer)
+    async def on_data_transfer(self, vendor_id: str, **_: Any) -> Any:
+        # Calls the charge point back while the charge point's own CALL is outstanding.
+        assert self.peer is not None
+        answer = await self.peer.call(call.GetConfiguration(key=["HeartbeatInterval"]))
+        return call_result.DataTransfer(status="Accepted", data=json.dumps(answer.configuration_key))
+
+
+class ChargePoint:
+    def __init__(self) -> None:
+        self.gate = trio.Event()
+
+    @on(Action.get_configuration)
+    def on_get_configuration(self, key: list[str] | None = None, **_: Any) -> Any:
+        return call_result.GetConfiguration(
+            configuration_key=[{"key": "HeartbeatInterval", "readonly": False, "value": "300"}]
+        )
+
+    @on(Action.change_configuration)
+    def on_change_configuration(self, key: str, value: str, **_: Any) -> Any:
+        if key == "Explode":
+            raise RuntimeError("handler bug")
+        return call_result.ChangeConfiguration(status="Accepted")
+
+    @on(Action.change_availability)
+    def on_change_availability(self, **_: Any) -> Any:
+        return call_result.ChangeAvailability(status="Accepted")
+
+    @on(Action.clear_cache)
+    async def on_clear_cache(self, **_: Any) -> Any:
+        await self.gate.wait()
+        return call_result.ClearCache(status="Accepted")
+
+    @on(Action.reset)
+    def on_reset(self, **_: Any) -> Any:
+        return call_result.Reset(status="Later")  # type: ignore[arg-type]  # invalid on purpose
+
+
+@asynccontextmanager
+async def rpc_pair() -> AsyncIterator[tuple[RpcConnection, RpcConnection, CentralSystem]]:
+    csms_handlers = CentralSystem()
+    async with ws_pair() as (cp_ws, csms_ws), trio.open_nursery() as nursery:
+        cp = RpcConnection(cp_ws, ChargePoint(), message_log=MessageLog("csms"))
+        csms = RpcConnection(csms_ws, csms_handlers, message_log=MessageLog("cp"))
+        csms_handlers.peer = csms
+        await nursery.start(cp.run)
+        await nursery.start(csms.run)
+        yield cp, csms, csms_handlers
+        nursery.cancel_scope.cancel()
+
+
+@asynccontextmanager
+async def rpc_and_raw_peer() -> AsyncIterator[tuple[RpcConnection, WebSocketConnection]]:
+    """Our RPC as the charge point against a raw WebSocket that the test drives by hand."""
+    async with ws_pair() as (cp_ws, raw), trio.open_nursery() as nursery:
+        cp = RpcConnection(cp_ws, ChargePoint(), message_log=MessageLog("csms"))
+        await nursery.start(cp.run)
+        yield cp, raw
+        nursery.cancel_scope.cancel()
+
+
+async def exchange(raw: WebSocketConnection, frame: Any) -> list[Any]:
+    await raw.send_message(frame if isinstance(frame, str) else json.dumps(frame))
+    return json.loads(await raw.get_message())  # type: ignore[no-any-return]
+
+
+async def test_call_round_trip_exact_json(autojump_clock: Any) -> None:
+    async with rpc_and_raw_peer() as (cp, raw):
+        async with trio.open_nursery() as nursery:
+            results: list[Any] = []
+
+            async def do_call() -> None:
+                results.append(await cp.call(call.Authorize(id_tag="TAG-1")))
+
+            nursery.start_soon(do_call)
+            frame = json.loads(await raw.get_message())
+            assert frame[0] == 2 and frame[2:] == ["Authorize", {"idTag": "TAG-1"}]
+            await raw.send_message(json.dumps([3, frame[1], {"idTagInfo": {"status": "Accepted"}}]))
+        assert results == [call_result.Authorize(id_tag_info={"status": "Accepted"})]
+
+
+@pytest.mark.parametrize(
+    ("frame", "code"),
+    [
+        ([2, "u1", "FooBar", {}], "NotSupported"),
+        ([2, "u2", "UpdateFirmware", {"location": "x", "retrieveDate": "2026-01-01T00:00:00Z"}],
+         "NotImplemented"),
+        ([2, "u3", "ChangeConfiguration", {"key": "HeartbeatInterval"}],
+         "OccurenceConstraintViolation"),
+        ([2, "u4", "ChangeConfiguration", {"key": "HeartbeatInterval", "value": 60}],
+         "TypeConstraintViolation"),
+        ([2, "u5", "ChangeConfiguration", {"key": "K", "value": "1", "extra": 1}],
+         "FormationViolation"),
+        ([2, "u6", "ChangeAvailability", {"connectorId": 1, "type": "Sideways"}],
+         "PropertyConstraintViolation"),
+        ([2, "u7", "ChangeConfiguration", {"key": "K" * 51, "value": "1"}],
+         "TypeConstraintViolation"),
+        ([2, "u8", "ChangeConfiguration"], "FormationViolation"),
+        ([2, "u9", "ChangeConfiguration", []], "FormationViolation"),
+        ([7, "u10", "Heartbeat", {}], "FormationViolation"),
+        ([2, "u11", "ChangeConfiguration", {"key": "Explode", "value": "1"}], "InternalError"),
+        ([2, "u12", "Reset", {"type": "Soft"}], "InternalError"),
+    ],
+)
+async def test_invalid_calls_get_ocpp16_callerror_codes(
+    autojump_clock: Any, frame: list[Any], code: str
+) -> None:
+    async with rpc_and_raw_peer() as (cp, raw):
+        reply = await exchange(raw, frame)
+        assert reply[:3] == [4, frame[1], code]
+        assert isinstance(reply[3], str) and isinstance(reply[4], dict)
+        # The session survives: a valid CALL right after is answered normally.
+        ok = await exchange(raw, [2, "next", "GetConfiguration", {}])
+        assert ok[0] == 3 and ok[1] == "next"
+
+
+async def test_garbage_frames_are_logged_and_session_survives(
+    autojump_clock: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    async with rpc_and_raw_peer() as (cp, raw):
+        for garbage in ["not json", "{}", "[]", '[2]', '[2, 5, "Heartbeat", {}]', '"x"',
+                        '[3, "nobody-asked", {}]', '[4, "nobody", "GenericError", "", {}]']:
+            await raw.send_message(garbage)
+        ok = await exchange(raw, [2, "after-garbage", "GetConfiguration", {}])
+        assert ok[:2] == [3, "after-garbage"]
+        assert not cp.closed
+    assert "malformed OCPP-J frame" in caplog.text
+    assert "unknown or expired CALL" in caplog.text
+
+
+async def test_binary_frame_with_valid_json_is_accepted(autojump_clock: Any) -> None:
+    async with rpc_and_raw_peer() as (cp, raw):
+        await raw.send_message(b'[2,"b1","GetConfiguration",{}]')
+        reply = json.loads(await raw.get_message())
+        assert reply[:2] == [3, "b1"]
+
+
+async def test_one_outstanding_call_at_a_time(autojump_clock: Any) -> None:
+    async with rpc_and_raw_peer() as (cp, raw):
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(cp.call, call.Heartbeat())
+            nursery.start_soon(cp.call, call.Heartbeat())
+            first = json.loads(await raw.get_message())
+            # The second CALL must not be on the wire before the first is answered.
+            with trio.move_on_after(5) as scope:
+                await raw.get_message()
+            assert scope.cancelled_caught
+            await raw.send_message(json.dumps([3, first[1], {"currentTime": "2026-01-01T00:00:00Z"}]))
+            second = json.loads(await raw.get_message())
+            assert second[1] != first[1]
+            await raw.send_message(json.dumps([3, second[1], {"currentTime": "2026-01-01T00:00:00Z"}]))
+
+
+async def test_incoming_call_handled_while_our_call_is_outstanding(autojump_clock: Any) -> None:
+    """The CSMS's DataTransfer handler calls GetConfiguration back on the charge point while the
+    charge point's DataTransfer is still waiting: no deadlock in either direction."""
+    async with rpc_pair() as (cp, csms, _):
+        with trio.fail_after(5):
+            answer = await cp.call(call.DataTransfer(vendor_id="x"))
+        assert answer.status == "Accepted"
+        assert json.loads(answer.data)[0]["key"] == "HeartbeatInterval"
+
+
+async def test_slow_handler_does_not_block_our_own_calls(autojump_clock: Any) -> None:
+    async with rpc_pair() as (cp, csms, _):
+        async with trio.open_nursery() as nursery:
+            cleared: list[Any] = []
+
+            async def clear() -> None:
+                cleared.append(await csms.call(call.ClearCache()))
+
+            nursery.start_soon(clear)
+            await trio.sleep(1)
+            # The charge point's ClearCache handler is still waiting; its own CALLs go on.
+            result = await cp.call(call.Authorize(id_tag="T1"))
+            assert result.id_tag_info["status"] == "Accepted"
+            assert not cleared
+            nursery.cancel_scope.cancel()
+
+
+async def test_response_timeout_is_the_callers_cancel_scope(autojump_clock: Any) -> None:
+    async with rpc_and_raw_peer() as (cp, raw):
+        start = trio.current_time()
+        with trio.move_on_after(30) as scope:
+            await cp.call(call.Heartbeat())
+        assert scope.cancelled_caught
+        assert trio.current_time() - start == pytest.approx(30)
+        late = json.loads(await raw.get_message())
+        # The late answer is dropped; the next CALL gets its own answer.
+        await raw.send_message(json.dumps([3, late[1], {"currentTime": "2026-01-01T00:00:00Z"}]))
+        async with trio.open_nursery() as nursery:
+            results: list[Any] = []
+
+            async def again() -> None:
+                results.append(await cp.call(call.Heartbeat()))
+
+            nursery.start_soon(again)
+            frame = json.loads(await raw.get_message())
+            assert frame[1] != late[1]
+            await raw.send_message(json.dumps([3, frame[1], {"currentTime": "2026-02-02T00:00:00Z"}]))
+        assert results[0].current_time == "2026-02-02T00:00:00Z"
+
+
+async def test_connection_closed_while_waiting_raises_connection_lost(autojump_clock: Any) -> None:
+    async with rpc_and_raw_peer() as (cp, raw):
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(raw_closer, raw)
+            with pytest.raises(ConnectionLost):
+                await cp.call(call.Heartbeat())
+        with pytest.raises(ConnectionLost):
+            await cp.call(call.Heartbeat())
+
+
+async def raw_closer(raw: WebSocketConnection) -> None:
+    await raw.get_message()
+    await raw.aclose()
+
+
+async def test_callerror_answer_raises_call_error(autojump_clock: Any) -> None:
+    async with rpc_and_raw_peer() as (cp, raw):
+        async with trio.open_nursery() as nursery:
+
+            async def answer() -> None:
+                frame = json.loads(await raw.get_message())
+                await raw.send_message(json.dumps([4, frame[1], "GenericError", "nope", {"a": 1}]))
+
+            nursery.start_soon(answer)
+            with pytest.raises(CallError) as info:
+                await cp.call(call.Heartbeat())
+        assert (info.value.code, info.value.description, info.value.details) == (
+            "GenericError", "nope", {"a": 1}
+        )
+
+
+async def test_invalid_payloads_are_refused_in_both_directions(autojump_clock: Any) -> None:
+    async with rpc_pair() as (cp, csms, _):
+        with pytest.raises(InvalidPayload):  # ours: idTag longer than CiString20
+            await cp.call(call.Authorize(id_tag="X" * 21))
+        with pytest.raises(InvalidPayload):  # theirs: status "Maybe"
+            await cp.call(call.BootNotification(charge_point_model="m", charge_point_vendor="v"))
+
+
+def test_decimal_keeps_its_precision() -> None:
+    text = wire.encode_call("1", "SetChargingProfile", {"limit": Decimal("16.25"), "n": Decimal("6")})
+    assert text == '[2,"1","SetChargingProfile",{"limit":16.25,"n":6}]'
+
+
+def test_camel_and_snake_conversion_matches_the_package() -> None:
+    payload = call.MeterValues(
+        connector_id=1,
+        transaction_id=7,
+        meter_value=[{"timestamp": "t", "sampled_value": [{"value": "1", "measurand": "SoC"}]}],
+    )
+    assert wire.to_camel(payload) == {
+        "connectorId": 1,
+        "transactionId": 7,
+        "meterValue": [{"timestamp": "t", "sampledValue": [{"value": "1", "measurand": "SoC"}]}],
+    }
+    assert wire.to_snake({"idTagInfo": {"expiryDate": "x"}}) == {"id_tag_info": {"expiry_date": "x"}}
+
+
+def test_message_log_redacts_the_authorization_key() -> None:
+    frame = '[2,"1","ChangeConfiguration",{"key":"AuthorizationKey","value":"s3cr3t-password-123"}]'
+    assert "s3cr3t" not in redact(frame)
+    assert redact('[2,"1","Heartbeat",{}]') == '[2,"1","Heartbeat",{}]'
+
+
+async def test_message_log_file_has_timestamps_and_rotates(autojump_clock: Any, tmp_path: Any) -> None:
+    setup = LoggingSetup()
+    setup.start("WARNING", tmp_path, max_bytes=2000, backup_count=2, console=False)
+    try:
+        async with rpc_pair() as (cp, csms, _):
+            for _ in range(30):
+                await cp.call(call.Heartbeat())
+            await cp.call(call.Authorize(id_tag="SECRET-CHECK"))
+    finally:
+        setup.stop()
+        logging.getLogger(MESSAGE_LOGGER).disabled = True
+    files = sorted(p.name for p in tmp_path.iterdir())
+    assert files == ["ocpp-messages.log", "ocpp-messages.log.1", "ocpp-messages.log.2"]
+    lines = (tmp_path / "ocpp-messages.log").read_text().splitlines()
+    # "<ISO timestamp>.<ms> <peer> <direction> <frame>"
+    stamp, peer, direction, frame = lines[-1].split(" ", 3)
+    assert stamp[4] == "-" and stamp[10] == "T" and direction in (">>", "<<")
+    assert json.loads(frame)[0] in (2, 3)
+    assert any('"Authorize"' in line and peer == "csms" for line in lines)
