@@ -305,7 +305,17 @@ async def test_invalid_payloads_are_refused_in_both_directions(autojump_clock: A
     async with rpc_pair() as (cp, csms, _):
         with pytest.raises(InvalidPayload):  # ours: idTag longer than CiString20
             await cp.call(call.Authorize(id_tag="X" * 21))
-        with pytest.raises(InvalidPayload):  # theirs: status "Maybe"
+        # A handler's own invalid answer never reaches the wire: the peer gets InternalError.
+        with pytest.raises(CallError, match="InternalError"):
+            await cp.call(call.BootNotification(charge_point_model="m", charge_point_vendor="v"))
+    async with rpc_and_raw_peer() as (cp, raw), trio.open_nursery() as nursery:
+
+        async def answer_badly() -> None:
+            frame = json.loads(await raw.get_message())
+            await raw.send_message(json.dumps([3, frame[1], {"status": "Maybe"}]))
+
+        nursery.start_soon(answer_badly)
+        with pytest.raises(InvalidPayload):  # theirs
             await cp.call(call.BootNotification(charge_point_model="m", charge_point_vendor="v"))
 
 
