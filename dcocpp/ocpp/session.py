@@ -40,6 +40,10 @@ CONNECT_TIMEOUT = 20.0
 DEFAULT_BOOT_RETRY = 60
 
 
+class _ConnectFailed(Exception):
+    """Carries a failed connect out of the connection nursery."""
+
+
 class ResponseTimeout(OcppError):
     """The central system did not answer a CALL within ResponseTimeout seconds."""
 
@@ -178,38 +182,52 @@ class ChargePointSession:
         return ceiling * self._rng.uniform(0.5, 1.0)
 
     async def _serve_one_connection(self) -> str:
-        """Connect and run until the connection ends; returns why it ended."""
-        authorization_key = self.store.get("AuthorizationKey")
-        with trio.CancelScope() as scope:
-            self._connection_scope = scope
-            async with trio.open_nursery() as nursery:
-                with trio.move_on_after(CONNECT_TIMEOUT) as connect_scope:
-                    run_client = partial(
-                        transport.run_client,
-                        self.csms_url,
-                        charge_point_id=self.identity.charge_point_id,
-                        authorization_key=authorization_key or None,
-                        ssl_context=self._ssl_context,
-                    )
-                    if self._open_stream is not None:
-                        run_client = partial(run_client, open_stream=self._open_stream)
-                    ws = await nursery.start(run_client)
-                if connect_scope.cancelled_caught:
-                    raise TransportError(f"connecting to {self.csms_url} timed out")
-                rpc = RpcConnection(ws, self._handlers, message_log=MessageLog("csms"))
-                self._rpc = rpc
-                self.registration.connected(reason=self.csms_url)
-                nursery.start_soon(self._guard, self._register, nursery.cancel_scope)
-                nursery.start_soon(self._guard, self._send_statuses, nursery.cancel_scope)
-                nursery.start_soon(self._guard, self._heartbeat, nursery.cancel_scope)
-                nursery.start_soon(self._guard, self._ping, nursery.cancel_scope)
-                await rpc.run()
-                nursery.cancel_scope.cancel()
-        self._rpc = None
-        self._connection_scope = None
-        if scope.cancelled_caught:
-            return self._drop_reason or "connection dropped"
-        return "connection closed by the central system"
+        """Connect and run until the connection ends; returns why it ended.
+
+        Raises `TransportError` when the connection could not be opened."""
+        self._drop_reason = None
+        try:
+            with trio.CancelScope() as scope:
+                self._connection_scope = scope
+                async with trio.open_nursery() as nursery:
+                    ws = await self._open(nursery)
+                    if ws is None:
+                        raise _ConnectFailed(self._drop_reason or "connection failed")
+                    rpc = RpcConnection(ws, self._handlers, message_log=MessageLog("csms"))
+                    self._rpc = rpc
+                    self.registration.connected(reason=self.csms_url)
+                    for task in (self._register, self._send_statuses, self._heartbeat, self._ping):
+                        nursery.start_soon(self._guard, task, nursery.cancel_scope)
+                    await rpc.run()
+                    nursery.cancel_scope.cancel()
+        except* _ConnectFailed as group:
+            raise TransportError(str(group.exceptions[0])) from None
+        finally:
+            self._rpc = None
+            self._connection_scope = None
+        if self._drop_reason:
+            return self._drop_reason
+        return "connection dropped" if scope.cancelled_caught else "connection closed by the central system"
+
+    async def _open(self, nursery: trio.Nursery) -> Any:
+        """Open the WebSocket in `nursery` (which keeps its reader) within CONNECT_TIMEOUT."""
+        run_client = partial(
+            transport.run_client,
+            self.csms_url,
+            charge_point_id=self.identity.charge_point_id,
+            authorization_key=self.store.get("AuthorizationKey") or None,
+            ssl_context=self._ssl_context,
+        )
+        if self._open_stream is not None:
+            run_client = partial(run_client, open_stream=self._open_stream)
+        with trio.move_on_after(CONNECT_TIMEOUT):
+            try:
+                return await nursery.start(run_client)
+            except TransportError as exc:
+                self._drop_reason = str(exc)
+                return None
+        self._drop_reason = f"connecting to {self.csms_url} timed out"
+        return None
 
     _drop_reason: str | None = None
 

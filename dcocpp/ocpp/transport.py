@@ -16,6 +16,7 @@ from urllib.parse import quote, unquote, urlsplit, urlunsplit
 
 import trio
 from trio_websocket import (
+    ConnectionClosed,
     ConnectionRejected,
     HandshakeError,
     WebSocketConnection,
@@ -93,19 +94,22 @@ async def run_client(
     if authorization_key:
         headers.append(basic_auth_header(charge_point_id, authorization_key))
     try:
+        stream = await open_stream(host, port)
+        if tls:
+            # Handshake TLS before the WebSocket: a certificate that fails verification then
+            # fails at once instead of hanging in the HTTP upgrade.
+            stream = trio.SSLStream(
+                stream,
+                ssl_context or ssl.create_default_context(),
+                server_hostname=host,
+                https_compatible=True,
+            )
+            await stream.do_handshake()
+    except (OSError, trio.BrokenResourceError) as exc:
+        raise TransportError(f"cannot connect to {url}: {exc}") from exc
+    try:
         async with trio.open_nursery() as nursery:
             try:
-                stream = await open_stream(host, port)
-                if tls:
-                    # Handshake TLS before the WebSocket: a certificate that fails
-                    # verification then fails at once instead of hanging in the upgrade.
-                    stream = trio.SSLStream(
-                        stream,
-                        ssl_context or ssl.create_default_context(),
-                        server_hostname=host,
-                        https_compatible=True,
-                    )
-                    await stream.do_handshake()
                 ws = await wrap_client_stream(
                     nursery,
                     stream,  # type: ignore[arg-type]
@@ -114,8 +118,8 @@ async def run_client(
                     subprotocols=[SUBPROTOCOL],
                     extra_headers=headers,
                 )
-            except (OSError, trio.BrokenResourceError, HandshakeError) as exc:
-                raise TransportError(f"cannot connect to {url}: {exc}") from exc
+            except (OSError, trio.BrokenResourceError, HandshakeError, ConnectionClosed) as exc:
+                raise TransportError(f"WebSocket handshake with {url} failed: {exc}") from exc
             if ws.subprotocol != SUBPROTOCOL:
                 with trio.move_on_after(CLOSE_TIMEOUT):
                     await ws.aclose(1002, "ocpp1.6 subprotocol required")
@@ -135,6 +139,9 @@ async def run_client(
         raise TransportError(
             f"the central system rejected the connection: HTTP {rejected.status_code}"  # type: ignore[attr-defined]
         ) from None
+    except* TransportError as group:
+        # Unwrapped: callers catch TransportError, not a group holding one.
+        raise group.exceptions[0] from None
     raise AssertionError("unreachable")
 
 

@@ -1,0 +1,387 @@
+"""The OCPP session through the whole station, against an in-test central system, on virtual
+time. Tests are named after the OCTT conformance cases they cover (../shared/ocpp16)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+import trio
+from ocpp.v16 import call
+from ocpp.v16.enums import RegistrationStatus
+
+from dcocpp.ocpp.errors import CallError
+from dcocpp.station import HardReset, Station
+from tests.csms import FakeCsms, MemoryNetwork
+from tests.station_harness import charger_config, preset_keys, running_station
+
+ACCEPTED, PENDING, REJECTED = (
+    RegistrationStatus.accepted,
+    RegistrationStatus.pending,
+    RegistrationStatus.rejected,
+)
+
+
+def statuses(csms: FakeCsms) -> list[tuple[int, str, str]]:
+    return [(p["connector_id"], p["status"], p["error_code"]) for p in csms.received("StatusNotification")]
+
+
+# --- boot --------------------------------------------------------------------------------------
+
+
+async def test_tc_001_cold_boot_rejected_then_accepted(autojump_clock: Any, tmp_path: Path) -> None:
+    csms = FakeCsms(boot_statuses=[REJECTED, ACCEPTED], interval=30)
+    async with running_station(charger_config(tmp_path), csms) as h:
+        await csms.wait_for_calls("Heartbeat", 3)
+    boots = csms.times("BootNotification")
+    assert len(boots) == 2
+    assert boots[1] - boots[0] == pytest.approx(30)  # retried after `interval`, not before
+    # Nothing but BootNotification while Rejected.
+    assert [a for t, a, _ in csms.calls if t < boots[1]] == ["BootNotification"]
+    boot = csms.received("BootNotification")[0]
+    assert boot == {
+        "charge_point_vendor": "dcocpp",
+        "charge_point_model": "DC-2G-150",
+        "firmware_version": "0.1.0",
+    }
+    assert statuses(csms) == [(0, "Available", "NoError"), (1, "Available", "NoError"),
+                              (2, "Available", "NoError")]
+    beats = csms.times("Heartbeat")
+    assert [b - a for a, b in zip([boots[1], *beats], beats, strict=False)] == pytest.approx([30, 30, 30])
+    assert h.store.get_int("HeartbeatInterval") == 30
+
+
+async def test_tc_002_cold_boot_pending_answers_configuration_calls(autojump_clock: Any, tmp_path: Path) -> None:
+    csms = FakeCsms(boot_statuses=[PENDING, PENDING, ACCEPTED], interval=40)
+    async with running_station(charger_config(tmp_path), csms) as h:
+        await csms.wait_for_calls("BootNotification", 1)
+        result = await h.csms_call(call.GetConfiguration())
+        assert len(result.configuration_key) > 30
+        changed = await h.csms_call(call.ChangeConfiguration(key="MeterValueSampleInterval", value="15"))
+        assert changed.status == "Accepted"
+        await csms.wait_for_calls("StatusNotification", 3)
+        assert h.station.session is not None and h.station.session.state == "Accepted"
+    boots = csms.times("BootNotification")
+    assert len(boots) == 3 and boots[2] - boots[1] == pytest.approx(40)
+    first_status = csms.times("StatusNotification")[0]
+    assert first_status >= boots[2]  # no other CALL of ours while Pending
+
+
+async def test_trigger_boot_notification_while_pending_boots_at_once(autojump_clock: Any, tmp_path: Path) -> None:
+    csms = FakeCsms(boot_statuses=[PENDING, ACCEPTED], interval=3600)
+    async with running_station(charger_config(tmp_path), csms) as h:
+        await csms.wait_for_calls("BootNotification", 1)
+        await trio.sleep(5)
+        result = await h.csms_call(call.TriggerMessage(requested_message="BootNotification"))
+        assert result.status == "Accepted"
+        await csms.wait_for_calls("StatusNotification", 3)
+    boots = csms.times("BootNotification")
+    assert boots[1] - boots[0] == pytest.approx(5)
+
+
+async def test_heartbeat_interval_change_applies_at_once(autojump_clock: Any, tmp_path: Path) -> None:
+    csms = FakeCsms(interval=24 * 3600)
+    async with running_station(charger_config(tmp_path), csms) as h:
+        await csms.wait_for_calls("StatusNotification", 3)
+        start = trio.current_time()
+        await trio.sleep(10)
+        result = await h.csms_call(call.ChangeConfiguration(key="HeartbeatInterval", value="60"))
+        assert result.status == "Accepted"
+        await csms.wait_for_calls("Heartbeat", 2)
+    beats = csms.times("Heartbeat")
+    # The first heartbeat comes 60 s after boot, not 24 h: the new interval applied at once.
+    assert beats[0] - start == pytest.approx(60, abs=0.01)
+    assert beats[1] - beats[0] == pytest.approx(60)
+
+
+async def test_heartbeat_once_a_day_runs_in_virtual_time(autojump_clock: Any, tmp_path: Path) -> None:
+    csms = FakeCsms(interval=24 * 3600)
+    async with running_station(charger_config(tmp_path), csms):
+        await csms.wait_for_calls("Heartbeat", 3)
+    beats = csms.times("Heartbeat")
+    assert beats[2] - beats[0] == pytest.approx(2 * 24 * 3600)
+
+
+# --- configuration ------------------------------------------------------------------------------
+
+
+async def test_tc_019_get_all_keys_with_readonly_flags(autojump_clock: Any, tmp_path: Path) -> None:
+    async with running_station(charger_config(tmp_path)) as h:
+        result = await h.csms_call(call.GetConfiguration())
+    keys = {k["key"]: k for k in result.configuration_key}
+    expected_readonly = {
+        "AuthorizeRemoteTxRequests": False, "ClockAlignedDataInterval": False,
+        "ConnectionTimeOut": False, "GetConfigurationMaxKeys": True, "HeartbeatInterval": False,
+        "LocalAuthorizeOffline": False, "LocalPreAuthorize": False,
+        "MeterValuesAlignedData": False, "MeterValuesSampledData": False,
+        "MeterValueSampleInterval": False, "NumberOfConnectors": True, "ResetRetries": False,
+        "ConnectorPhaseRotation": False, "StopTransactionOnEVSideDisconnect": False,
+        "StopTransactionOnInvalidId": False, "StopTxnAlignedData": False,
+        "StopTxnSampledData": False, "SupportedFeatureProfiles": True,
+        "TransactionMessageAttempts": False, "TransactionMessageRetryInterval": False,
+        "UnlockConnectorOnEVSideDisconnect": False,
+    }
+    for key, readonly in expected_readonly.items():
+        assert keys[key]["readonly"] is readonly, key
+    assert keys["NumberOfConnectors"]["value"] == "2"
+    assert "AuthorizationKey" not in keys
+
+
+async def test_tc_019_get_configuration_honours_max_keys(autojump_clock: Any, tmp_path: Path) -> None:
+    config = charger_config(tmp_path)
+    async with running_station(config) as h:
+        h.store.set_value("GetConfigurationMaxKeys", 2)
+        result = await h.csms_call(call.GetConfiguration(key=["HeartbeatInterval", "Nope"]))
+        assert [k["key"] for k in result.configuration_key] == ["HeartbeatInterval"]
+        assert result.unknown_key == ["Nope"]
+        with pytest.raises(CallError) as info:
+            await h.csms_call(call.GetConfiguration(key=["A", "B", "C"]))
+        assert info.value.code == "OccurenceConstraintViolation"
+
+
+async def test_tc_021_change_meter_value_sample_interval_read_back(autojump_clock: Any, tmp_path: Path) -> None:
+    config = charger_config(tmp_path)
+    async with running_station(config) as h:
+        result = await h.csms_call(call.ChangeConfiguration(key="MeterValueSampleInterval", value="30"))
+        assert result.status == "Accepted"
+        read = await h.csms_call(call.GetConfiguration(key=["MeterValueSampleInterval"]))
+        assert read.configuration_key == [
+            {"key": "MeterValueSampleInterval", "readonly": False, "value": "30"}
+        ]
+    # Persisted: a new start sees it.
+    async with running_station(config) as h:
+        assert h.store.get_int("MeterValueSampleInterval") == 30
+
+
+async def test_tc_040_1_change_unknown_key_not_supported(autojump_clock: Any, tmp_path: Path) -> None:
+    async with running_station(charger_config(tmp_path)) as h:
+        result = await h.csms_call(call.ChangeConfiguration(key="NoSuchKey", value="1"))
+    assert result.status == "NotSupported"
+
+
+async def test_tc_040_2_change_invalid_value_rejected(autojump_clock: Any, tmp_path: Path) -> None:
+    async with running_station(charger_config(tmp_path)) as h:
+        for key, value in [("HeartbeatInterval", "abc"), ("HeartbeatInterval", "-5"),
+                           ("NumberOfConnectors", "3"), ("MeterValuesSampledData", "Banana")]:
+            result = await h.csms_call(call.ChangeConfiguration(key=key, value=value))
+            assert result.status == "Rejected", (key, value)
+        assert h.store.get_int("HeartbeatInterval") == 300
+
+
+async def test_authorization_key_change_reconnects_with_new_basic_auth(autojump_clock: Any, tmp_path: Path) -> None:
+    """TC_073 / TC_085: the Basic-auth password is the AuthorizationKey, used from the next
+    connection on, and never returned by GetConfiguration."""
+    passwords: list[str | None] = []
+
+    def authenticate(cp_id: str, password: str | None) -> bool:
+        passwords.append(password)
+        return cp_id == "DCOCPP-001"
+
+    csms = FakeCsms(authenticate=authenticate)
+    async with running_station(charger_config(tmp_path), csms) as h:
+        await csms.wait_for_calls("StatusNotification", 3)
+        key = "0123456789abcdef0123"
+        result = await h.csms_call(call.ChangeConfiguration(key="AuthorizationKey", value=key))
+        assert result.status == "Accepted"
+        await csms.wait_for_calls("BootNotification", 2)
+        read = await h.csms_call(call.GetConfiguration(key=["AuthorizationKey"]))
+    assert passwords == [None, key]
+    assert read.configuration_key is None or read.configuration_key == []
+
+
+async def test_tc_085_wrong_password_is_refused_and_retried(autojump_clock: Any, tmp_path: Path) -> None:
+    config = charger_config(tmp_path)
+    preset_keys(config, AuthorizationKey="wrong-password-0123")
+    csms = FakeCsms(authenticate=lambda cp, pw: pw == "right-password-0123")
+    async with running_station(config, csms) as h:
+        await trio.sleep(120)
+        assert csms.connections == 0
+        assert len(h.network.attempts) >= 3
+        h.store.set_value("AuthorizationKey", "right-password-0123")
+        await csms.wait_for_calls("BootNotification", 1)
+
+
+# --- remote trigger, data transfer, cache, unknown actions ---------------------------------------
+
+
+async def test_tc_054_trigger_heartbeat_status_and_boot(autojump_clock: Any, tmp_path: Path) -> None:
+    async with running_station(charger_config(tmp_path)) as h:
+        csms = h.csms
+        await csms.wait_for_calls("StatusNotification", 3)
+        for message, action in [("Heartbeat", "Heartbeat"), ("BootNotification", "BootNotification"),
+                                ("DiagnosticsStatusNotification", "DiagnosticsStatusNotification"),
+                                ("FirmwareStatusNotification", "FirmwareStatusNotification")]:
+            before = len(csms.received(action))
+            result = await h.csms_call(call.TriggerMessage(requested_message=message))
+            assert result.status == "Accepted"
+            await csms.wait_for_calls(action, before + 1)
+        result = await h.csms_call(call.TriggerMessage(requested_message="StatusNotification",
+                                                       connector_id=2))
+        assert result.status == "Accepted"
+        await csms.wait_for_calls("StatusNotification", 4)
+        assert statuses(csms)[-1] == (2, "Available", "NoError")
+        assert csms.received("DiagnosticsStatusNotification") == [{"status": "Idle"}]
+        assert csms.received("FirmwareStatusNotification") == [{"status": "Idle"}]
+
+
+async def test_tc_055_trigger_for_unknown_connector_rejected(autojump_clock: Any, tmp_path: Path) -> None:
+    async with running_station(charger_config(tmp_path)) as h:
+        result = await h.csms_call(call.TriggerMessage(requested_message="StatusNotification",
+                                                       connector_id=7))
+    assert result.status == "Rejected"
+
+
+async def test_tc_062_data_transfer_unknown_vendor(autojump_clock: Any, tmp_path: Path) -> None:
+    async with running_station(charger_config(tmp_path)) as h:
+        unknown = await h.csms_call(call.DataTransfer(vendor_id="com.example.other"))
+        ours = await h.csms_call(call.DataTransfer(vendor_id="dcocpp", message_id="x"))
+    assert unknown.status == "UnknownVendorId"
+    assert ours.status == "UnknownMessageId"
+
+
+async def test_clear_cache_accepted(autojump_clock: Any, tmp_path: Path) -> None:
+    async with running_station(charger_config(tmp_path)) as h:
+        assert h.station.session is not None
+        h.station.session.auth_cache.update("TAG", {"status": "Accepted"})
+        result = await h.csms_call(call.ClearCache())
+        assert result.status == "Accepted"
+        assert len(h.station.session.auth_cache) == 0
+
+
+async def test_unimplemented_and_unknown_actions_answer_callerror(autojump_clock: Any, tmp_path: Path) -> None:
+    async with running_station(charger_config(tmp_path)) as h:
+        with pytest.raises(CallError) as info:
+            await h.csms_call(call.UpdateFirmware(location="ftp://x", retrieve_date="2026-01-01T00:00:00Z"))
+        assert info.value.code == "NotImplemented"
+        rpc = await h.csms.wait_connected()
+        rpc._validate = False  # let the fake CSMS send an action OCPP 1.6 does not know
+        with pytest.raises(CallError) as info:
+            await rpc.call_raw("FooBar", {})
+        assert info.value.code == "NotSupported"
+        # The session is still up and answers.
+        assert (await h.csms_call(call.ClearCache())).status == "Accepted"
+
+
+# --- availability and reset ---------------------------------------------------------------------
+
+
+async def test_change_availability_is_reported_and_survives_a_restart(autojump_clock: Any, tmp_path: Path) -> None:
+    config = charger_config(tmp_path)
+    async with running_station(config) as h:
+        csms = h.csms
+        await csms.wait_for_calls("StatusNotification", 3)
+        result = await h.csms_call(call.ChangeAvailability(connector_id=1, type="Inoperative"))
+        assert result.status == "Accepted"
+        await csms.wait_for_calls("StatusNotification", 4)
+        assert statuses(csms)[3] == (1, "Unavailable", "NoError")
+        assert (await h.csms_call(call.ChangeAvailability(connector_id=9, type="Inoperative"))).status == "Rejected"
+    csms = FakeCsms()
+    async with running_station(config, csms):
+        await csms.wait_for_calls("StatusNotification", 3)
+    assert statuses(csms) == [(0, "Available", "NoError"), (1, "Unavailable", "NoError"),
+                              (2, "Available", "NoError")]
+
+
+async def test_change_availability_of_the_charge_point_covers_every_connector(autojump_clock: Any, tmp_path: Path) -> None:
+    async with running_station(charger_config(tmp_path)) as h:
+        await h.csms.wait_for_calls("StatusNotification", 3)
+        result = await h.csms_call(call.ChangeAvailability(connector_id=0, type="Inoperative"))
+        assert result.status == "Accepted"
+        await h.csms.wait_for_calls("StatusNotification", 6)
+        assert sorted(statuses(h.csms)[3:]) == [(0, "Unavailable", "NoError"),
+                                                (1, "Unavailable", "NoError"),
+                                                (2, "Unavailable", "NoError")]
+
+
+async def test_soft_reset_restarts_the_station_and_boots_again(autojump_clock: Any, tmp_path: Path) -> None:
+    async with running_station(charger_config(tmp_path)) as h:
+        await h.csms.wait_for_calls("StatusNotification", 3)
+        result = await h.csms_call(call.Reset(type="Soft"))
+        assert result.status == "Accepted"
+        await h.csms.wait_for_calls("StatusNotification", 6)
+        assert len(h.csms.received("BootNotification")) == 2
+        assert h.csms.connections == 2
+
+
+async def test_hard_reset_ends_the_station_with_hard_reset(autojump_clock: Any, tmp_path: Path) -> None:
+    config = charger_config(tmp_path)
+    preset_keys(config, WebSocketPingInterval=0)
+    csms = FakeCsms()
+    with pytest.RaisesGroup(HardReset, flatten_subgroups=True):
+        async with trio.open_nursery() as nursery:
+            network = MemoryNetwork(csms, nursery)
+            station = Station(config, open_stream=network.open_stream)
+            nursery.start_soon(station.run)
+            rpc = await csms.wait_connected()
+            await csms.wait_for_calls("StatusNotification", 3)
+            result = await rpc.call(call.Reset(type="Hard"))
+            assert result.status == "Accepted"
+            await trio.sleep_forever()
+
+
+# --- connection handling ------------------------------------------------------------------------
+
+
+async def test_reconnects_with_capped_exponential_backoff_and_jitter(autojump_clock: Any, tmp_path: Path) -> None:
+    csms = FakeCsms()
+    async with running_station(charger_config(tmp_path), csms) as h:
+        await csms.wait_for_calls("StatusNotification", 3)
+        h.network.down = True
+        await h.network.drop()
+        await trio.sleep(600)
+        attempts = h.network.attempts[1:]
+        gaps = [b - a for a, b in zip(attempts, attempts[1:], strict=False)]
+        assert all(0.5 <= gap <= 30.0 + 1e-6 for gap in gaps), gaps  # never a busy loop
+        assert gaps[5] > gaps[0] * 4  # grows
+        assert 20 <= len(gaps) <= 60  # about 600 s / 15-30 s once capped
+        h.network.down = False
+        await csms.wait_for_calls("StatusNotification", 3)
+
+
+async def test_status_notifications_again_after_every_reconnect(autojump_clock: Any, tmp_path: Path) -> None:
+    csms = FakeCsms()
+    async with running_station(charger_config(tmp_path), csms) as h:
+        await csms.wait_for_calls("StatusNotification", 3)
+        await h.network.drop()
+        await csms.wait_for_calls("StatusNotification", 6)
+    assert csms.connections == 2
+    assert [s[0] for s in statuses(csms)] == [0, 1, 2, 0, 1, 2]
+
+
+async def test_dead_connection_detected_by_missing_pong(autojump_clock: Any, tmp_path: Path, caplog: Any) -> None:
+    caplog.set_level("INFO", logger="dcocpp.session")
+    csms = FakeCsms(interval=3600)
+    async with running_station(charger_config(tmp_path), csms, ping=10) as h:
+        await csms.wait_for_calls("StatusNotification", 3)
+        frozen_at = trio.current_time()
+        h.network.freeze()  # the CSMS stops answering but the stream stays open
+        await csms.wait_for(lambda: csms.connections == 2)
+        assert 10 <= trio.current_time() - frozen_at <= 10 + 10 + 30 + 1
+    assert "no WebSocket pong within 10 s" in caplog.text
+
+
+async def test_connection_state_logged_one_line_per_change(autojump_clock: Any, tmp_path: Path, caplog: Any) -> None:
+    caplog.set_level("INFO", logger="dcocpp.session")
+    csms = FakeCsms(boot_statuses=[PENDING, PENDING, ACCEPTED], interval=10)
+    async with running_station(charger_config(tmp_path), csms):
+        await csms.wait_for_calls("StatusNotification", 3)
+    lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("connection state")]
+    assert lines == [
+        "connection state Disconnected -> Connecting",
+        "connection state Connecting -> Booting: ws://csms.test/ocpp",
+        "connection state Booting -> Pending: retry in 10 s",
+        "connection state Pending -> Accepted",
+    ]
+
+
+async def test_message_log_is_schema_valid_json(autojump_clock: Any, tmp_path: Path) -> None:
+    # Every CALL the charge point sent passed the fake CSMS's schema validation (it answers
+    # a CALLERROR otherwise, which would have failed the calls above); spot-check the shapes.
+    async with running_station(charger_config(tmp_path)) as h:
+        await h.csms.wait_for_calls("StatusNotification", 3)
+        result = await h.csms_call_raw("GetConfiguration", {"key": ["HeartbeatInterval"]})
+    assert json.loads(json.dumps(result)) == {
+        "configurationKey": [{"key": "HeartbeatInterval", "readonly": False, "value": "300"}]
+    }
