@@ -48,14 +48,27 @@ def _parser() -> argparse.ArgumentParser:
         f"{EXIT_HARD_RESET} after a hard Reset from the central system.",
     )
     _config_argument(run)
-    run.add_argument("--csms", metavar="URL", help="central system URL (ws:// or wss://), "
-                     "overrides chargePoint.centralSystemURI; the charge point id is appended")
-    run.add_argument("--data-dir", metavar="DIR", type=Path,
-                     help="directory for persistent state (database, changed OCPP keys)")
-    run.add_argument("--log-dir", metavar="DIR", type=Path,
-                     help="directory for the OCPP message log")
-    run.add_argument("--log-level", default="INFO",
-                     choices=["DEBUG", "INFO", "WARNING", "ERROR"], help="console log level")
+    run.add_argument(
+        "--csms",
+        metavar="URL",
+        help="central system URL (ws:// or wss://), "
+        "overrides chargePoint.centralSystemURI; the charge point id is appended",
+    )
+    run.add_argument(
+        "--data-dir",
+        metavar="DIR",
+        type=Path,
+        help="directory for persistent state (database, changed OCPP keys)",
+    )
+    run.add_argument(
+        "--log-dir", metavar="DIR", type=Path, help="directory for the OCPP message log"
+    )
+    run.add_argument(
+        "--log-level",
+        default="INFO",
+        choices=["DEBUG", "INFO", "WARNING", "ERROR"],
+        help="console log level",
+    )
 
     check = commands.add_parser(
         "check-config",
@@ -63,8 +76,14 @@ def _parser() -> argparse.ArgumentParser:
         description="Validate charger.json and the OCPP key file it names; print every "
         "problem with its field path and exit non-zero if there is any.",
     )
-    check.add_argument("config", nargs="?", type=Path, default=DEFAULT_CONFIG, metavar="PATH",
-                       help=f"charger.json (default: {DEFAULT_CONFIG})")
+    check.add_argument(
+        "config",
+        nargs="?",
+        type=Path,
+        default=DEFAULT_CONFIG,
+        metavar="PATH",
+        help=f"charger.json (default: {DEFAULT_CONFIG})",
+    )
 
     charts = commands.add_parser(
         "statecharts",
@@ -72,16 +91,29 @@ def _parser() -> argparse.ArgumentParser:
         description="Write every state machine as Mermaid (.mmd) and, when Graphviz is "
         "installed, SVG. With --check, write nothing and fail if a committed diagram is stale.",
     )
-    charts.add_argument("--output", type=Path, default=Path("statecharts"), metavar="DIR",
-                        help="where the diagrams go (default: ./statecharts)")
-    charts.add_argument("--check", action="store_true",
-                        help="exit 1 and name the file when a diagram is missing or stale")
+    charts.add_argument(
+        "--output",
+        type=Path,
+        default=Path("statecharts"),
+        metavar="DIR",
+        help="where the diagrams go (default: ./statecharts)",
+    )
+    charts.add_argument(
+        "--check",
+        action="store_true",
+        help="exit 1 and name the file when a diagram is missing or stale",
+    )
     return parser
 
 
 def _config_argument(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--config", type=Path, default=DEFAULT_CONFIG, metavar="PATH",
-                        help=f"charger.json (default: {DEFAULT_CONFIG})")
+    parser.add_argument(
+        "--config",
+        type=Path,
+        default=DEFAULT_CONFIG,
+        metavar="PATH",
+        help=f"charger.json (default: {DEFAULT_CONFIG})",
+    )
 
 
 def _load(args: argparse.Namespace) -> ChargerConfig:
@@ -104,8 +136,10 @@ def _check_config(args: argparse.Namespace) -> int:
         for line in str(exc).splitlines():
             print(f"  {line}", file=sys.stderr)
         return EXIT_USAGE
-    print(f"{args.config}: OK ({len(config.connectors)} connectors, "
-          f"central system {config.charge_point.central_system_uri})")
+    print(
+        f"{args.config}: OK ({len(config.connectors)} connectors, "
+        f"central system {config.charge_point.central_system_uri})"
+    )
     return EXIT_OK
 
 
@@ -159,12 +193,12 @@ def _run(args: argparse.Namespace) -> int:
         log.warning("exiting with status %d for the hard reset", EXIT_HARD_RESET)
         status = EXIT_HARD_RESET
     except* ConfigurationError as group:
-        for exc in group.exceptions:
-            log.error("invalid OCPP configuration, not starting:\n%s", exc)
+        for problem in group.exceptions:
+            log.error("invalid OCPP configuration, not starting:\n%s", problem)
         status = EXIT_USAGE
     except* StorageError as group:
-        for exc in group.exceptions:
-            log.error("cannot run: %s", exc)
+        for failure in group.exceptions:
+            log.error("cannot run: %s", failure)
         status = EXIT_RUNTIME_ERROR
     finally:
         logging_setup.stop()

@@ -50,11 +50,14 @@ class LoggingSetup:
         messages.setLevel(logging.INFO)
         log_dir.mkdir(parents=True, exist_ok=True)
         rotating = logging.handlers.RotatingFileHandler(
-            log_dir / MESSAGE_LOG_NAME, maxBytes=max_bytes, backupCount=backup_count,
+            log_dir / MESSAGE_LOG_NAME,
+            maxBytes=max_bytes,
+            backupCount=backup_count,
             encoding="utf-8",
         )
-        rotating.setFormatter(logging.Formatter("%(asctime)s.%(msecs)03d %(message)s",
-                                                "%Y-%m-%dT%H:%M:%S"))
+        rotating.setFormatter(
+            logging.Formatter("%(asctime)s.%(msecs)03d %(message)s", "%Y-%m-%dT%H:%M:%S")
+        )
         records: queue.SimpleQueue[logging.LogRecord] = queue.SimpleQueue()
         self._add(messages, logging.handlers.QueueHandler(records))
         self._listener = logging.handlers.QueueListener(records, rotating)

@@ -85,14 +85,18 @@ class Station:
         self._db = Database.open(config.data_dir)
         try:
             saved = self._db.availability()
-            self._operative = {cid: saved.get(cid, (True, None))[0] for cid in [0, *self.connector_ids]}
+            self._operative = {
+                cid: saved.get(cid, (True, None))[0] for cid in [0, *self.connector_ids]
+            }
             cp = config.charge_point
             self.session = ChargePointSession(
                 Identity(cp.id, cp.vendor, cp.model, cp.firmware_version, cp.serial_number),
                 cp.central_system_uri,
                 self.store,
                 self,
-                ssl_context=client_ssl_context(config) if cp.central_system_uri.startswith("wss") else None,
+                ssl_context=client_ssl_context(config)
+                if cp.central_system_uri.startswith("wss")
+                else None,
                 open_stream=self._open_stream,
             )
             with trio.CancelScope() as self._scope:
@@ -100,7 +104,9 @@ class Station:
                     await nursery.start(self.session.run)
                     log.info(
                         "station %s up: %d connectors, central system %s",
-                        cp.id, len(config.connectors), cp.central_system_uri,
+                        cp.id,
+                        len(config.connectors),
+                        cp.central_system_uri,
                     )
                     self.started.set()
                     task_status.started()
@@ -112,7 +118,10 @@ class Station:
 
     def statuses(self) -> list[ConnectorStatus]:
         now = utc_now()
-        return [ConnectorStatus(cid, self._status(cid), timestamp=now) for cid in [0, *self.connector_ids]]
+        return [
+            ConnectorStatus(cid, self._status(cid), timestamp=now)
+            for cid in [0, *self.connector_ids]
+        ]
 
     def _status(self, connector_id: int) -> ChargePointStatus:
         operative = self._operative.get(0, True) and self._operative.get(connector_id, True)
@@ -127,8 +136,11 @@ class Station:
         for status in self.statuses():
             if before[status.connector_id] != status.status:
                 self.session.report_status(status)
-        log.info("connector %d set %s by the central system", connector_id,
-                 "operative" if operative else "inoperative")
+        log.info(
+            "connector %d set %s by the central system",
+            connector_id,
+            "operative" if operative else "inoperative",
+        )
         return AvailabilityStatus.accepted
 
     def reset_allowed(self, kind: ResetType) -> ResetStatus:

@@ -11,6 +11,7 @@ from typing import Any
 
 import pytest
 import trio
+import trio.lowlevel
 import trio.testing
 from ocpp.routing import on
 from ocpp.v16 import call, call_result
@@ -22,6 +23,7 @@ from dcocpp.ocpp import wire
 from dcocpp.ocpp.errors import CallError, ConnectionLost, InvalidPayload
 from dcocpp.ocpp.messagelog import MESSAGE_LOGGER, MessageLog, redact
 from dcocpp.ocpp.rpc import RpcConnection
+
 
 @asynccontextmanager
 async def ws_pair() -> AsyncIterator[tuple[WebSocketConnection, WebSocketConnection]]:
@@ -36,10 +38,14 @@ async def ws_pair() -> AsyncIterator[tuple[WebSocketConnection, WebSocketConnect
 
         nursery.start_soon(server_side)
         client = await wrap_client_stream(
-            nursery, client_stream, "csms", "/ocpp/CP1", subprotocols=["ocpp1.6"]  # type: ignore[arg-type]
+            nursery,
+            client_stream,
+            "csms",
+            "/ocpp/CP1",
+            subprotocols=["ocpp1.6"],  # type: ignore[arg-type]
         )
         while not request_box:
-            await trio.sleep(0)
+            await trio.lowlevel.checkpoint()
         yield client, request_box[0]
         nursery.cancel_scope.cancel()
 
@@ -64,7 +70,9 @@ class CentralSystem:
     def on_boot(self, **_: Any) -> Any:
         # A deliberately broken answer: status is not a RegistrationStatus.
         return call_result.BootNotification(
-            current_time="2026-11-23T10:00:00Z", interval=10, status="Maybe"  # type: ignore[arg-type]
+            current_time="2026-11-23T10:00:00Z",
+            interval=10,
+            status="Maybe",  # type: ignore[arg-type]
         )
 
     @on(Action.data_transfer)
@@ -72,7 +80,9 @@ class CentralSystem:
         # Calls the charge point back while the charge point's own CALL is outstanding.
         assert self.peer is not None
         answer = await self.peer.call(call.GetConfiguration(key=["HeartbeatInterval"]))
-        return call_result.DataTransfer(status="Accepted", data=json.dumps(answer.configuration_key))
+        return call_result.DataTransfer(
+            status="Accepted", data=json.dumps(answer.configuration_key)
+        )
 
 
 class ChargePoint:
@@ -152,18 +162,30 @@ async def test_call_round_trip_exact_json(autojump_clock: Any) -> None:
     ("frame", "code"),
     [
         ([2, "u1", "FooBar", {}], "NotSupported"),
-        ([2, "u2", "UpdateFirmware", {"location": "x", "retrieveDate": "2026-01-01T00:00:00Z"}],
-         "NotImplemented"),
-        ([2, "u3", "ChangeConfiguration", {"key": "HeartbeatInterval"}],
-         "OccurenceConstraintViolation"),
-        ([2, "u4", "ChangeConfiguration", {"key": "HeartbeatInterval", "value": 60}],
-         "TypeConstraintViolation"),
-        ([2, "u5", "ChangeConfiguration", {"key": "K", "value": "1", "extra": 1}],
-         "FormationViolation"),
-        ([2, "u6", "ChangeAvailability", {"connectorId": 1, "type": "Sideways"}],
-         "PropertyConstraintViolation"),
-        ([2, "u7", "ChangeConfiguration", {"key": "K" * 51, "value": "1"}],
-         "TypeConstraintViolation"),
+        (
+            [2, "u2", "UpdateFirmware", {"location": "x", "retrieveDate": "2026-01-01T00:00:00Z"}],
+            "NotImplemented",
+        ),
+        (
+            [2, "u3", "ChangeConfiguration", {"key": "HeartbeatInterval"}],
+            "OccurenceConstraintViolation",
+        ),
+        (
+            [2, "u4", "ChangeConfiguration", {"key": "HeartbeatInterval", "value": 60}],
+            "TypeConstraintViolation",
+        ),
+        (
+            [2, "u5", "ChangeConfiguration", {"key": "K", "value": "1", "extra": 1}],
+            "FormationViolation",
+        ),
+        (
+            [2, "u6", "ChangeAvailability", {"connectorId": 1, "type": "Sideways"}],
+            "PropertyConstraintViolation",
+        ),
+        (
+            [2, "u7", "ChangeConfiguration", {"key": "K" * 51, "value": "1"}],
+            "TypeConstraintViolation",
+        ),
         ([2, "u8", "ChangeConfiguration"], "FormationViolation"),
         ([2, "u9", "ChangeConfiguration", []], "FormationViolation"),
         ([7, "u10", "Heartbeat", {}], "FormationViolation"),
@@ -174,7 +196,7 @@ async def test_call_round_trip_exact_json(autojump_clock: Any) -> None:
 async def test_invalid_calls_get_ocpp16_callerror_codes(
     autojump_clock: Any, frame: list[Any], code: str
 ) -> None:
-    async with rpc_and_raw_peer() as (cp, raw):
+    async with rpc_and_raw_peer() as (_cp, raw):
         reply = await exchange(raw, frame)
         assert reply[:3] == [4, frame[1], code]
         assert isinstance(reply[3], str) and isinstance(reply[4], dict)
@@ -187,8 +209,16 @@ async def test_garbage_frames_are_logged_and_session_survives(
     autojump_clock: Any, caplog: pytest.LogCaptureFixture
 ) -> None:
     async with rpc_and_raw_peer() as (cp, raw):
-        for garbage in ["not json", "{}", "[]", '[2]', '[2, 5, "Heartbeat", {}]', '"x"',
-                        '[3, "nobody-asked", {}]', '[4, "nobody", "GenericError", "", {}]']:
+        for garbage in [
+            "not json",
+            "{}",
+            "[]",
+            "[2]",
+            '[2, 5, "Heartbeat", {}]',
+            '"x"',
+            '[3, "nobody-asked", {}]',
+            '[4, "nobody", "GenericError", "", {}]',
+        ]:
             await raw.send_message(garbage)
         ok = await exchange(raw, [2, "after-garbage", "GetConfiguration", {}])
         assert ok[:2] == [3, "after-garbage"]
@@ -198,32 +228,31 @@ async def test_garbage_frames_are_logged_and_session_survives(
 
 
 async def test_binary_frame_with_valid_json_is_accepted(autojump_clock: Any) -> None:
-    async with rpc_and_raw_peer() as (cp, raw):
+    async with rpc_and_raw_peer() as (_cp, raw):
         await raw.send_message(b'[2,"b1","GetConfiguration",{}]')
         reply = json.loads(await raw.get_message())
         assert reply[:2] == [3, "b1"]
 
 
 async def test_one_outstanding_call_at_a_time(autojump_clock: Any) -> None:
-    async with rpc_and_raw_peer() as (cp, raw):
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(cp.call, call.Heartbeat())
-            nursery.start_soon(cp.call, call.Heartbeat())
-            first = json.loads(await raw.get_message())
-            # The second CALL must not be on the wire before the first is answered.
-            with trio.move_on_after(5) as scope:
-                await raw.get_message()
-            assert scope.cancelled_caught
-            await raw.send_message(json.dumps([3, first[1], {"currentTime": "2026-01-01T00:00:00Z"}]))
-            second = json.loads(await raw.get_message())
-            assert second[1] != first[1]
-            await raw.send_message(json.dumps([3, second[1], {"currentTime": "2026-01-01T00:00:00Z"}]))
+    async with rpc_and_raw_peer() as (cp, raw), trio.open_nursery() as nursery:
+        nursery.start_soon(cp.call, call.Heartbeat())
+        nursery.start_soon(cp.call, call.Heartbeat())
+        first = json.loads(await raw.get_message())
+        # The second CALL must not be on the wire before the first is answered.
+        with trio.move_on_after(5) as scope:
+            await raw.get_message()
+        assert scope.cancelled_caught
+        await raw.send_message(json.dumps([3, first[1], {"currentTime": "2026-01-01T00:00:00Z"}]))
+        second = json.loads(await raw.get_message())
+        assert second[1] != first[1]
+        await raw.send_message(json.dumps([3, second[1], {"currentTime": "2026-01-01T00:00:00Z"}]))
 
 
 async def test_incoming_call_handled_while_our_call_is_outstanding(autojump_clock: Any) -> None:
     """The CSMS's DataTransfer handler calls GetConfiguration back on the charge point while the
     charge point's DataTransfer is still waiting: no deadlock in either direction."""
-    async with rpc_pair() as (cp, csms, _):
+    async with rpc_pair() as (cp, _csms, _):
         with trio.fail_after(5):
             answer = await cp.call(call.DataTransfer(vendor_id="x"))
         assert answer.status == "Accepted"
@@ -231,20 +260,19 @@ async def test_incoming_call_handled_while_our_call_is_outstanding(autojump_cloc
 
 
 async def test_slow_handler_does_not_block_our_own_calls(autojump_clock: Any) -> None:
-    async with rpc_pair() as (cp, csms, _):
-        async with trio.open_nursery() as nursery:
-            cleared: list[Any] = []
+    async with rpc_pair() as (cp, csms, _), trio.open_nursery() as nursery:
+        cleared: list[Any] = []
 
-            async def clear() -> None:
-                cleared.append(await csms.call(call.ClearCache()))
+        async def clear() -> None:
+            cleared.append(await csms.call(call.ClearCache()))
 
-            nursery.start_soon(clear)
-            await trio.sleep(1)
-            # The charge point's ClearCache handler is still waiting; its own CALLs go on.
-            result = await cp.call(call.Authorize(id_tag="T1"))
-            assert result.id_tag_info["status"] == "Accepted"
-            assert not cleared
-            nursery.cancel_scope.cancel()
+        nursery.start_soon(clear)
+        await trio.sleep(1)
+        # The charge point's ClearCache handler is still waiting; its own CALLs go on.
+        result = await cp.call(call.Authorize(id_tag="T1"))
+        assert result.id_tag_info["status"] == "Accepted"
+        assert not cleared
+        nursery.cancel_scope.cancel()
 
 
 async def test_response_timeout_is_the_callers_cancel_scope(autojump_clock: Any) -> None:
@@ -266,7 +294,9 @@ async def test_response_timeout_is_the_callers_cancel_scope(autojump_clock: Any)
             nursery.start_soon(again)
             frame = json.loads(await raw.get_message())
             assert frame[1] != late[1]
-            await raw.send_message(json.dumps([3, frame[1], {"currentTime": "2026-02-02T00:00:00Z"}]))
+            await raw.send_message(
+                json.dumps([3, frame[1], {"currentTime": "2026-02-02T00:00:00Z"}])
+            )
         assert results[0].current_time == "2026-02-02T00:00:00Z"
 
 
@@ -297,12 +327,14 @@ async def test_callerror_answer_raises_call_error(autojump_clock: Any) -> None:
             with pytest.raises(CallError) as info:
                 await cp.call(call.Heartbeat())
         assert (info.value.code, info.value.description, info.value.details) == (
-            "GenericError", "nope", {"a": 1}
+            "GenericError",
+            "nope",
+            {"a": 1},
         )
 
 
 async def test_invalid_payloads_are_refused_in_both_directions(autojump_clock: Any) -> None:
-    async with rpc_pair() as (cp, csms, _):
+    async with rpc_pair() as (cp, _csms, _):
         with pytest.raises(InvalidPayload):  # ours: idTag longer than CiString20
             await cp.call(call.Authorize(id_tag="X" * 21))
         # A handler's own invalid answer never reaches the wire: the peer gets InternalError.
@@ -320,7 +352,9 @@ async def test_invalid_payloads_are_refused_in_both_directions(autojump_clock: A
 
 
 def test_decimal_keeps_its_precision() -> None:
-    text = wire.encode_call("1", "SetChargingProfile", {"limit": Decimal("16.25"), "n": Decimal("6")})
+    text = wire.encode_call(
+        "1", "SetChargingProfile", {"limit": Decimal("16.25"), "n": Decimal("6")}
+    )
     assert text == '[2,"1","SetChargingProfile",{"limit":16.25,"n":6}]'
 
 
@@ -335,7 +369,9 @@ def test_camel_and_snake_conversion_matches_the_package() -> None:
         "transactionId": 7,
         "meterValue": [{"timestamp": "t", "sampledValue": [{"value": "1", "measurand": "SoC"}]}],
     }
-    assert wire.to_snake({"idTagInfo": {"expiryDate": "x"}}) == {"id_tag_info": {"expiry_date": "x"}}
+    assert wire.to_snake({"idTagInfo": {"expiryDate": "x"}}) == {
+        "id_tag_info": {"expiry_date": "x"}
+    }
 
 
 def test_message_log_redacts_the_authorization_key() -> None:
@@ -344,11 +380,13 @@ def test_message_log_redacts_the_authorization_key() -> None:
     assert redact('[2,"1","Heartbeat",{}]') == '[2,"1","Heartbeat",{}]'
 
 
-async def test_message_log_file_has_timestamps_and_rotates(autojump_clock: Any, tmp_path: Any) -> None:
+async def test_message_log_file_has_timestamps_and_rotates(
+    autojump_clock: Any, tmp_path: Any
+) -> None:
     setup = LoggingSetup()
     setup.start("WARNING", tmp_path, max_bytes=2000, backup_count=2, console=False)
     try:
-        async with rpc_pair() as (cp, csms, _):
+        async with rpc_pair() as (cp, _csms, _):
             for _ in range(30):
                 await cp.call(call.Heartbeat())
             await cp.call(call.Authorize(id_tag="SECRET-CHECK"))

@@ -3,6 +3,7 @@ time. Tests are named after the OCTT conformance cases they cover (../shared/ocp
 
 from __future__ import annotations
 
+import itertools
 import json
 from pathlib import Path
 from typing import Any
@@ -25,7 +26,10 @@ ACCEPTED, PENDING, REJECTED = (
 
 
 def statuses(csms: FakeCsms) -> list[tuple[int, str, str]]:
-    return [(p["connector_id"], p["status"], p["error_code"]) for p in csms.received("StatusNotification")]
+    return [
+        (p["connector_id"], p["status"], p["error_code"])
+        for p in csms.received("StatusNotification")
+    ]
 
 
 # --- boot --------------------------------------------------------------------------------------
@@ -46,20 +50,29 @@ async def test_tc_001_cold_boot_rejected_then_accepted(autojump_clock: Any, tmp_
         "charge_point_model": "DC-2G-150",
         "firmware_version": "0.1.0",
     }
-    assert statuses(csms) == [(0, "Available", "NoError"), (1, "Available", "NoError"),
-                              (2, "Available", "NoError")]
+    assert statuses(csms) == [
+        (0, "Available", "NoError"),
+        (1, "Available", "NoError"),
+        (2, "Available", "NoError"),
+    ]
     beats = csms.times("Heartbeat")
-    assert [b - a for a, b in zip([boots[1], *beats], beats, strict=False)] == pytest.approx([30, 30, 30])
+    assert [b - a for a, b in zip([boots[1], *beats], beats, strict=False)] == pytest.approx(
+        [30, 30, 30]
+    )
     assert h.store.get_int("HeartbeatInterval") == 30
 
 
-async def test_tc_002_cold_boot_pending_answers_configuration_calls(autojump_clock: Any, tmp_path: Path) -> None:
+async def test_tc_002_cold_boot_pending_answers_configuration_calls(
+    autojump_clock: Any, tmp_path: Path
+) -> None:
     csms = FakeCsms(boot_statuses=[PENDING, PENDING, ACCEPTED], interval=40)
     async with running_station(charger_config(tmp_path), csms) as h:
         await csms.wait_for_calls("BootNotification", 1)
         result = await h.csms_call(call.GetConfiguration())
         assert len(result.configuration_key) > 30
-        changed = await h.csms_call(call.ChangeConfiguration(key="MeterValueSampleInterval", value="15"))
+        changed = await h.csms_call(
+            call.ChangeConfiguration(key="MeterValueSampleInterval", value="15")
+        )
         assert changed.status == "Accepted"
         await csms.wait_for_calls("StatusNotification", 3)
         assert h.station.session is not None and h.station.session.state == "Accepted"
@@ -69,7 +82,9 @@ async def test_tc_002_cold_boot_pending_answers_configuration_calls(autojump_clo
     assert first_status >= boots[2]  # no other CALL of ours while Pending
 
 
-async def test_trigger_boot_notification_while_pending_boots_at_once(autojump_clock: Any, tmp_path: Path) -> None:
+async def test_trigger_boot_notification_while_pending_boots_at_once(
+    autojump_clock: Any, tmp_path: Path
+) -> None:
     csms = FakeCsms(boot_statuses=[PENDING, ACCEPTED], interval=3600)
     async with running_station(charger_config(tmp_path), csms) as h:
         await csms.wait_for_calls("BootNotification", 1)
@@ -81,7 +96,9 @@ async def test_trigger_boot_notification_while_pending_boots_at_once(autojump_cl
     assert boots[1] - boots[0] == pytest.approx(5)
 
 
-async def test_heartbeat_interval_change_applies_at_once(autojump_clock: Any, tmp_path: Path) -> None:
+async def test_heartbeat_interval_change_applies_at_once(
+    autojump_clock: Any, tmp_path: Path
+) -> None:
     csms = FakeCsms(interval=24 * 3600)
     async with running_station(charger_config(tmp_path), csms) as h:
         await csms.wait_for_calls("StatusNotification", 3)
@@ -96,7 +113,9 @@ async def test_heartbeat_interval_change_applies_at_once(autojump_clock: Any, tm
     assert beats[1] - beats[0] == pytest.approx(60)
 
 
-async def test_heartbeat_once_a_day_runs_in_virtual_time(autojump_clock: Any, tmp_path: Path) -> None:
+async def test_heartbeat_once_a_day_runs_in_virtual_time(
+    autojump_clock: Any, tmp_path: Path
+) -> None:
     csms = FakeCsms(interval=24 * 3600)
     async with running_station(charger_config(tmp_path), csms):
         await csms.wait_for_calls("Heartbeat", 3)
@@ -112,15 +131,26 @@ async def test_tc_019_get_all_keys_with_readonly_flags(autojump_clock: Any, tmp_
         result = await h.csms_call(call.GetConfiguration())
     keys = {k["key"]: k for k in result.configuration_key}
     expected_readonly = {
-        "AuthorizeRemoteTxRequests": False, "ClockAlignedDataInterval": False,
-        "ConnectionTimeOut": False, "GetConfigurationMaxKeys": True, "HeartbeatInterval": False,
-        "LocalAuthorizeOffline": False, "LocalPreAuthorize": False,
-        "MeterValuesAlignedData": False, "MeterValuesSampledData": False,
-        "MeterValueSampleInterval": False, "NumberOfConnectors": True, "ResetRetries": False,
-        "ConnectorPhaseRotation": False, "StopTransactionOnEVSideDisconnect": False,
-        "StopTransactionOnInvalidId": False, "StopTxnAlignedData": False,
-        "StopTxnSampledData": False, "SupportedFeatureProfiles": True,
-        "TransactionMessageAttempts": False, "TransactionMessageRetryInterval": False,
+        "AuthorizeRemoteTxRequests": False,
+        "ClockAlignedDataInterval": False,
+        "ConnectionTimeOut": False,
+        "GetConfigurationMaxKeys": True,
+        "HeartbeatInterval": False,
+        "LocalAuthorizeOffline": False,
+        "LocalPreAuthorize": False,
+        "MeterValuesAlignedData": False,
+        "MeterValuesSampledData": False,
+        "MeterValueSampleInterval": False,
+        "NumberOfConnectors": True,
+        "ResetRetries": False,
+        "ConnectorPhaseRotation": False,
+        "StopTransactionOnEVSideDisconnect": False,
+        "StopTransactionOnInvalidId": False,
+        "StopTxnAlignedData": False,
+        "StopTxnSampledData": False,
+        "SupportedFeatureProfiles": True,
+        "TransactionMessageAttempts": False,
+        "TransactionMessageRetryInterval": False,
         "UnlockConnectorOnEVSideDisconnect": False,
     }
     for key, readonly in expected_readonly.items():
@@ -129,7 +159,9 @@ async def test_tc_019_get_all_keys_with_readonly_flags(autojump_clock: Any, tmp_
     assert "AuthorizationKey" not in keys
 
 
-async def test_tc_019_get_configuration_honours_max_keys(autojump_clock: Any, tmp_path: Path) -> None:
+async def test_tc_019_get_configuration_honours_max_keys(
+    autojump_clock: Any, tmp_path: Path
+) -> None:
     config = charger_config(tmp_path)
     async with running_station(config) as h:
         h.store.set_value("GetConfigurationMaxKeys", 2)
@@ -141,10 +173,14 @@ async def test_tc_019_get_configuration_honours_max_keys(autojump_clock: Any, tm
         assert info.value.code == "OccurenceConstraintViolation"
 
 
-async def test_tc_021_change_meter_value_sample_interval_read_back(autojump_clock: Any, tmp_path: Path) -> None:
+async def test_tc_021_change_meter_value_sample_interval_read_back(
+    autojump_clock: Any, tmp_path: Path
+) -> None:
     config = charger_config(tmp_path)
     async with running_station(config) as h:
-        result = await h.csms_call(call.ChangeConfiguration(key="MeterValueSampleInterval", value="30"))
+        result = await h.csms_call(
+            call.ChangeConfiguration(key="MeterValueSampleInterval", value="30")
+        )
         assert result.status == "Accepted"
         read = await h.csms_call(call.GetConfiguration(key=["MeterValueSampleInterval"]))
         assert read.configuration_key == [
@@ -155,7 +191,9 @@ async def test_tc_021_change_meter_value_sample_interval_read_back(autojump_cloc
         assert h.store.get_int("MeterValueSampleInterval") == 30
 
 
-async def test_tc_040_1_change_unknown_key_not_supported(autojump_clock: Any, tmp_path: Path) -> None:
+async def test_tc_040_1_change_unknown_key_not_supported(
+    autojump_clock: Any, tmp_path: Path
+) -> None:
     async with running_station(charger_config(tmp_path)) as h:
         result = await h.csms_call(call.ChangeConfiguration(key="NoSuchKey", value="1"))
     assert result.status == "NotSupported"
@@ -163,14 +201,20 @@ async def test_tc_040_1_change_unknown_key_not_supported(autojump_clock: Any, tm
 
 async def test_tc_040_2_change_invalid_value_rejected(autojump_clock: Any, tmp_path: Path) -> None:
     async with running_station(charger_config(tmp_path)) as h:
-        for key, value in [("HeartbeatInterval", "abc"), ("HeartbeatInterval", "-5"),
-                           ("NumberOfConnectors", "3"), ("MeterValuesSampledData", "Banana")]:
+        for key, value in [
+            ("HeartbeatInterval", "abc"),
+            ("HeartbeatInterval", "-5"),
+            ("NumberOfConnectors", "3"),
+            ("MeterValuesSampledData", "Banana"),
+        ]:
             result = await h.csms_call(call.ChangeConfiguration(key=key, value=value))
             assert result.status == "Rejected", (key, value)
         assert h.store.get_int("HeartbeatInterval") == 300
 
 
-async def test_authorization_key_change_reconnects_with_new_basic_auth(autojump_clock: Any, tmp_path: Path) -> None:
+async def test_authorization_key_change_reconnects_with_new_basic_auth(
+    autojump_clock: Any, tmp_path: Path
+) -> None:
     """TC_073 / TC_085: the Basic-auth password is the AuthorizationKey, used from the next
     connection on, and never returned by GetConfiguration."""
     passwords: list[str | None] = []
@@ -191,7 +235,9 @@ async def test_authorization_key_change_reconnects_with_new_basic_auth(autojump_
     assert read.configuration_key is None or read.configuration_key == []
 
 
-async def test_tc_085_wrong_password_is_refused_and_retried(autojump_clock: Any, tmp_path: Path) -> None:
+async def test_tc_085_wrong_password_is_refused_and_retried(
+    autojump_clock: Any, tmp_path: Path
+) -> None:
     config = charger_config(tmp_path)
     preset_keys(config, AuthorizationKey="wrong-password-0123")
     csms = FakeCsms(authenticate=lambda cp, pw: pw == "right-password-0123")
@@ -206,19 +252,25 @@ async def test_tc_085_wrong_password_is_refused_and_retried(autojump_clock: Any,
 # --- remote trigger, data transfer, cache, unknown actions ---------------------------------------
 
 
-async def test_tc_054_trigger_heartbeat_status_and_boot(autojump_clock: Any, tmp_path: Path) -> None:
+async def test_tc_054_trigger_heartbeat_status_and_boot(
+    autojump_clock: Any, tmp_path: Path
+) -> None:
     async with running_station(charger_config(tmp_path)) as h:
         csms = h.csms
         await csms.wait_for_calls("StatusNotification", 3)
-        for message, action in [("Heartbeat", "Heartbeat"), ("BootNotification", "BootNotification"),
-                                ("DiagnosticsStatusNotification", "DiagnosticsStatusNotification"),
-                                ("FirmwareStatusNotification", "FirmwareStatusNotification")]:
+        for message, action in [
+            ("Heartbeat", "Heartbeat"),
+            ("BootNotification", "BootNotification"),
+            ("DiagnosticsStatusNotification", "DiagnosticsStatusNotification"),
+            ("FirmwareStatusNotification", "FirmwareStatusNotification"),
+        ]:
             before = len(csms.received(action))
             result = await h.csms_call(call.TriggerMessage(requested_message=message))
             assert result.status == "Accepted"
             await csms.wait_for_calls(action, before + 1)
-        result = await h.csms_call(call.TriggerMessage(requested_message="StatusNotification",
-                                                       connector_id=2))
+        result = await h.csms_call(
+            call.TriggerMessage(requested_message="StatusNotification", connector_id=2)
+        )
         assert result.status == "Accepted"
         await csms.wait_for_calls("StatusNotification", 4)
         assert statuses(csms)[-1] == (2, "Available", "NoError")
@@ -226,10 +278,13 @@ async def test_tc_054_trigger_heartbeat_status_and_boot(autojump_clock: Any, tmp
         assert csms.received("FirmwareStatusNotification") == [{"status": "Idle"}]
 
 
-async def test_tc_055_trigger_for_unknown_connector_rejected(autojump_clock: Any, tmp_path: Path) -> None:
+async def test_tc_055_trigger_for_unknown_connector_rejected(
+    autojump_clock: Any, tmp_path: Path
+) -> None:
     async with running_station(charger_config(tmp_path)) as h:
-        result = await h.csms_call(call.TriggerMessage(requested_message="StatusNotification",
-                                                       connector_id=7))
+        result = await h.csms_call(
+            call.TriggerMessage(requested_message="StatusNotification", connector_id=7)
+        )
     assert result.status == "Rejected"
 
 
@@ -250,10 +305,14 @@ async def test_clear_cache_accepted(autojump_clock: Any, tmp_path: Path) -> None
         assert len(h.station.session.auth_cache) == 0
 
 
-async def test_unimplemented_and_unknown_actions_answer_callerror(autojump_clock: Any, tmp_path: Path) -> None:
+async def test_unimplemented_and_unknown_actions_answer_callerror(
+    autojump_clock: Any, tmp_path: Path
+) -> None:
     async with running_station(charger_config(tmp_path)) as h:
         with pytest.raises(CallError) as info:
-            await h.csms_call(call.UpdateFirmware(location="ftp://x", retrieve_date="2026-01-01T00:00:00Z"))
+            await h.csms_call(
+                call.UpdateFirmware(location="ftp://x", retrieve_date="2026-01-01T00:00:00Z")
+            )
         assert info.value.code == "NotImplemented"
         rpc = await h.csms.wait_connected()
         rpc._validate = False  # let the fake CSMS send an action OCPP 1.6 does not know
@@ -267,7 +326,9 @@ async def test_unimplemented_and_unknown_actions_answer_callerror(autojump_clock
 # --- availability and reset ---------------------------------------------------------------------
 
 
-async def test_change_availability_is_reported_and_survives_a_restart(autojump_clock: Any, tmp_path: Path) -> None:
+async def test_change_availability_is_reported_and_survives_a_restart(
+    autojump_clock: Any, tmp_path: Path
+) -> None:
     config = charger_config(tmp_path)
     async with running_station(config) as h:
         csms = h.csms
@@ -276,26 +337,37 @@ async def test_change_availability_is_reported_and_survives_a_restart(autojump_c
         assert result.status == "Accepted"
         await csms.wait_for_calls("StatusNotification", 4)
         assert statuses(csms)[3] == (1, "Unavailable", "NoError")
-        assert (await h.csms_call(call.ChangeAvailability(connector_id=9, type="Inoperative"))).status == "Rejected"
+        assert (
+            await h.csms_call(call.ChangeAvailability(connector_id=9, type="Inoperative"))
+        ).status == "Rejected"
     csms = FakeCsms()
     async with running_station(config, csms):
         await csms.wait_for_calls("StatusNotification", 3)
-    assert statuses(csms) == [(0, "Available", "NoError"), (1, "Unavailable", "NoError"),
-                              (2, "Available", "NoError")]
+    assert statuses(csms) == [
+        (0, "Available", "NoError"),
+        (1, "Unavailable", "NoError"),
+        (2, "Available", "NoError"),
+    ]
 
 
-async def test_change_availability_of_the_charge_point_covers_every_connector(autojump_clock: Any, tmp_path: Path) -> None:
+async def test_change_availability_of_the_charge_point_covers_every_connector(
+    autojump_clock: Any, tmp_path: Path
+) -> None:
     async with running_station(charger_config(tmp_path)) as h:
         await h.csms.wait_for_calls("StatusNotification", 3)
         result = await h.csms_call(call.ChangeAvailability(connector_id=0, type="Inoperative"))
         assert result.status == "Accepted"
         await h.csms.wait_for_calls("StatusNotification", 6)
-        assert sorted(statuses(h.csms)[3:]) == [(0, "Unavailable", "NoError"),
-                                                (1, "Unavailable", "NoError"),
-                                                (2, "Unavailable", "NoError")]
+        assert sorted(statuses(h.csms)[3:]) == [
+            (0, "Unavailable", "NoError"),
+            (1, "Unavailable", "NoError"),
+            (2, "Unavailable", "NoError"),
+        ]
 
 
-async def test_soft_reset_restarts_the_station_and_boots_again(autojump_clock: Any, tmp_path: Path) -> None:
+async def test_soft_reset_restarts_the_station_and_boots_again(
+    autojump_clock: Any, tmp_path: Path
+) -> None:
     async with running_station(charger_config(tmp_path)) as h:
         await h.csms.wait_for_calls("StatusNotification", 3)
         result = await h.csms_call(call.Reset(type="Soft"))
@@ -305,7 +377,9 @@ async def test_soft_reset_restarts_the_station_and_boots_again(autojump_clock: A
         assert h.csms.connections == 2
 
 
-async def test_hard_reset_ends_the_station_with_hard_reset(autojump_clock: Any, tmp_path: Path) -> None:
+async def test_hard_reset_ends_the_station_with_hard_reset(
+    autojump_clock: Any, tmp_path: Path
+) -> None:
     config = charger_config(tmp_path)
     preset_keys(config, WebSocketPingInterval=0)
     csms = FakeCsms()
@@ -324,7 +398,9 @@ async def test_hard_reset_ends_the_station_with_hard_reset(autojump_clock: Any, 
 # --- connection handling ------------------------------------------------------------------------
 
 
-async def test_reconnects_with_capped_exponential_backoff_and_jitter(autojump_clock: Any, tmp_path: Path) -> None:
+async def test_reconnects_with_capped_exponential_backoff_and_jitter(
+    autojump_clock: Any, tmp_path: Path
+) -> None:
     csms = FakeCsms()
     async with running_station(charger_config(tmp_path), csms) as h:
         await csms.wait_for_calls("StatusNotification", 3)
@@ -332,7 +408,7 @@ async def test_reconnects_with_capped_exponential_backoff_and_jitter(autojump_cl
         await h.network.drop()
         await trio.sleep(600)
         attempts = h.network.attempts[1:]
-        gaps = [b - a for a, b in zip(attempts, attempts[1:], strict=False)]
+        gaps = [b - a for a, b in itertools.pairwise(attempts)]
         assert all(0.5 <= gap <= 30.0 + 1e-6 for gap in gaps), gaps  # never a busy loop
         assert gaps[5] > gaps[0] * 4  # grows
         assert 20 <= len(gaps) <= 60  # about 600 s / 15-30 s once capped
@@ -340,7 +416,9 @@ async def test_reconnects_with_capped_exponential_backoff_and_jitter(autojump_cl
         await csms.wait_for_calls("StatusNotification", 3)
 
 
-async def test_status_notifications_again_after_every_reconnect(autojump_clock: Any, tmp_path: Path) -> None:
+async def test_status_notifications_again_after_every_reconnect(
+    autojump_clock: Any, tmp_path: Path
+) -> None:
     csms = FakeCsms()
     async with running_station(charger_config(tmp_path), csms) as h:
         await csms.wait_for_calls("StatusNotification", 3)
@@ -350,7 +428,9 @@ async def test_status_notifications_again_after_every_reconnect(autojump_clock: 
     assert [s[0] for s in statuses(csms)] == [0, 1, 2, 0, 1, 2]
 
 
-async def test_dead_connection_detected_by_missing_pong(autojump_clock: Any, tmp_path: Path, caplog: Any) -> None:
+async def test_dead_connection_detected_by_missing_pong(
+    autojump_clock: Any, tmp_path: Path, caplog: Any
+) -> None:
     caplog.set_level("INFO", logger="dcocpp.session")
     csms = FakeCsms(interval=3600)
     async with running_station(charger_config(tmp_path), csms, ping=10) as h:
@@ -362,12 +442,16 @@ async def test_dead_connection_detected_by_missing_pong(autojump_clock: Any, tmp
     assert "no WebSocket pong within 10 s" in caplog.text
 
 
-async def test_connection_state_logged_one_line_per_change(autojump_clock: Any, tmp_path: Path, caplog: Any) -> None:
+async def test_connection_state_logged_one_line_per_change(
+    autojump_clock: Any, tmp_path: Path, caplog: Any
+) -> None:
     caplog.set_level("INFO", logger="dcocpp.session")
     csms = FakeCsms(boot_statuses=[PENDING, PENDING, ACCEPTED], interval=10)
     async with running_station(charger_config(tmp_path), csms):
         await csms.wait_for_calls("StatusNotification", 3)
-    lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("connection state")]
+    lines = [
+        r.getMessage() for r in caplog.records if r.getMessage().startswith("connection state")
+    ]
     assert lines == [
         "connection state Disconnected -> Connecting",
         "connection state Connecting -> Booting: ws://csms.test/ocpp",

@@ -17,7 +17,6 @@ from ocpp.v16.enums import (
     AvailabilityStatus,
     AvailabilityType,
     ClearCacheStatus,
-    ConfigurationStatus,
     DataTransferStatus,
     DiagnosticsStatus,
     FirmwareStatus,
@@ -71,9 +70,7 @@ class CoreHandlers:
                 f"at most {limit} keys per request (GetConfigurationMaxKeys)",
             )
         known, unknown = store.get_configuration(key or None)
-        return call_result.GetConfiguration(
-            configuration_key=known, unknown_key=unknown or None
-        )
+        return call_result.GetConfiguration(configuration_key=known, unknown_key=unknown or None)
 
     @on(Action.change_configuration)
     def on_change_configuration(self, key: str, value: str, **_: Any) -> Any:

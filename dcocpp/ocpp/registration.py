@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 from enum import StrEnum
+from typing import Any
 
 from transitions import EventData, Machine
 
@@ -26,7 +27,11 @@ class Registration(StrEnum):
 
 
 # transitions treats Enum states by member name; plain values keep the diagrams readable.
-_D, _C, _B = Registration.DISCONNECTED.value, Registration.CONNECTING.value, Registration.BOOTING.value
+_D, _C, _B = (
+    Registration.DISCONNECTED.value,
+    Registration.CONNECTING.value,
+    Registration.BOOTING.value,
+)
 _P, _R, _A = Registration.PENDING.value, Registration.REJECTED.value, Registration.ACCEPTED.value
 _CONNECTED = [_B, _P, _R, _A]
 
@@ -70,7 +75,9 @@ class RegistrationMachine:
         return self.state in _CONNECTED
 
     def _log_change(self, event: EventData) -> None:
-        old, new = Registration(event.transition.source), Registration(event.transition.dest)
+        assert event.transition is not None
+        old = Registration(event.transition.source)
+        new = Registration(str(event.transition.dest))
         if old == new:
             return  # a repeated Pending/Rejected answer is not a change
         reason = str(event.kwargs.get("reason", ""))
@@ -79,7 +86,7 @@ class RegistrationMachine:
             self._on_change(old, new, reason)
 
 
-def build_machine(model: object, machine_cls: type[Machine] = Machine, **kwargs: object) -> Machine:
+def build_machine(model: object, machine_cls: type[Machine] = Machine, **kwargs: Any) -> Machine:
     """The registration machine on `model`; `machine_cls` lets the diagram exporter reuse it."""
     return machine_cls(
         model=model,

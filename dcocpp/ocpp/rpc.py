@@ -191,7 +191,7 @@ class RpcConnection:
                 raise CallErrorException(
                     "InternalError", f"{msg.action} response could not be built"
                 ) from exc
-        return out  # type: ignore[no-any-return]
+        return out
 
     async def _run_after(self, msg: Call, after: Any) -> None:
         try:
@@ -245,7 +245,7 @@ class RpcConnection:
                 return wire.validate(MessageType.CallResult, action, response.payload)
             except CallErrorException as exc:
                 raise InvalidPayload(action, exc) from None
-        return response.payload  # type: ignore[no-any-return]
+        return response.payload
 
     # --- sending -----------------------------------------------------------------------------
 

@@ -207,7 +207,11 @@ class ChargePointSession:
             self._connection_scope = None
         if self._drop_reason:
             return self._drop_reason
-        return "connection dropped" if scope.cancelled_caught else "connection closed by the central system"
+        return (
+            "connection dropped"
+            if scope.cancelled_caught
+            else "connection closed by the central system"
+        )
 
     async def _open(self, nursery: trio.Nursery) -> Any:
         """Open the WebSocket in `nursery` (which keeps its reader) within CONNECT_TIMEOUT."""

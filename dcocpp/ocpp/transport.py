@@ -135,10 +135,8 @@ async def run_client(
                     await ws.aclose()
                 nursery.cancel_scope.cancel()
     except* ConnectionRejected as group:
-        rejected = group.exceptions[0]
-        raise TransportError(
-            f"the central system rejected the connection: HTTP {rejected.status_code}"  # type: ignore[attr-defined]
-        ) from None
+        status = getattr(group.exceptions[0], "status_code", "?")
+        raise TransportError(f"the central system rejected the connection: HTTP {status}") from None
     except* TransportError as group:
         # Unwrapped: callers catch TransportError, not a group holding one.
         raise group.exceptions[0] from None
@@ -169,9 +167,7 @@ async def accept_charge_point(
             password = credentials[1]
         if not authenticate(charge_point_id, password):
             log.warning("rejecting %r: authentication failed", charge_point_id)
-            await request.reject(
-                401, extra_headers=[(b"WWW-Authenticate", b'Basic realm="ocpp"')]
-            )
+            await request.reject(401, extra_headers=[(b"WWW-Authenticate", b'Basic realm="ocpp"')])
             return None
     ws = await request.accept(subprotocol=SUBPROTOCOL)
     return charge_point_id, ws

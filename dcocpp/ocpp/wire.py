@@ -31,7 +31,6 @@ _DECIMAL_ACTIONS = {
     (MessageType.CallResult, "GetCompositeSchedule"),
 }
 
-Frame = Call | CallResult | CallError
 
 
 class FrameError(CallErrorException):
@@ -72,7 +71,7 @@ def encode_error(unique_id: str, code: str, description: str, details: dict[str,
     return _dumps([MessageType.CallError, unique_id, code, description, details])
 
 
-def decode_frame(text: str | bytes) -> Frame:
+def decode_frame(text: str | bytes) -> Call | CallResult | CallError:
     """Parse one WebSocket text message into the `ocpp.messages` frame types.
 
     Raises `FrameError` for anything that is not a well-formed OCPP-J frame."""
@@ -89,9 +88,7 @@ def decode_frame(text: str | bytes) -> Frame:
         raise FrameError("message has no valid unique id (a string of 1..36 characters)")
     if type_id == MessageType.Call:
         if len(msg) != 4 or not isinstance(msg[2], str) or not isinstance(msg[3], dict):
-            raise FrameError(
-                "CALL must be [2, uniqueId, action, {payload}]", unique_id, reply=True
-            )
+            raise FrameError("CALL must be [2, uniqueId, action, {payload}]", unique_id, reply=True)
         return Call(unique_id, msg[2], msg[3])
     if type_id == MessageType.CallResult:
         if len(msg) != 3 or not isinstance(msg[2], dict):
@@ -189,7 +186,9 @@ def validate(message_type_id: int, action: str, payload: dict[str, Any]) -> dict
     Returns the payload to use (numbers become Decimal for the three schemas with
     `multipleOf`); raises `CallError` with the OCPP 1.6 error code of the first problem."""
     if (message_type_id, action) in _DECIMAL_ACTIONS:
-        validator = get_validator(message_type_id, action, OCPP_VERSION, parse_float=decimal.Decimal)
+        validator = get_validator(
+            message_type_id, action, OCPP_VERSION, parse_float=decimal.Decimal
+        )
         payload = json.loads(_dumps(payload), parse_float=decimal.Decimal)  # type: ignore[arg-type]
     else:
         validator = get_validator(message_type_id, action, OCPP_VERSION)
