@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import contextlib
 import logging
 import ssl
 from collections.abc import Awaitable, Callable
@@ -94,7 +95,10 @@ async def run_client(
     if authorization_key:
         headers.append(basic_auth_header(charge_point_id, authorization_key))
     try:
-        stream = await open_stream(host, port)
+        stream: trio.abc.Stream = await open_stream(host, port)
+    except OSError as exc:
+        raise TransportError(f"cannot connect to {url}: {exc}") from exc
+    try:
         if tls:
             # Handshake TLS before the WebSocket: a certificate that fails verification then
             # fails at once instead of hanging in the HTTP upgrade.
@@ -104,9 +108,27 @@ async def run_client(
                 server_hostname=host,
                 https_compatible=True,
             )
-            await stream.do_handshake()
-    except (OSError, trio.BrokenResourceError) as exc:
-        raise TransportError(f"cannot connect to {url}: {exc}") from exc
+            try:
+                await stream.do_handshake()
+            except trio.BrokenResourceError as exc:
+                raise TransportError(
+                    f"TLS handshake with {url} failed: {exc.__cause__ or exc}"
+                ) from exc
+        await _run_websocket(stream, url, host_header, resource, headers, task_status)
+    finally:
+        # Whatever happened above, the socket is ours to close (a no-op when already closed).
+        await trio.aclose_forcefully(stream)
+    raise AssertionError("unreachable")
+
+
+async def _run_websocket(
+    stream: trio.abc.Stream,
+    url: str,
+    host_header: str,
+    resource: str,
+    headers: list[tuple[bytes, bytes]],
+    task_status: trio.TaskStatus[WebSocketConnection],
+) -> None:
     try:
         async with trio.open_nursery() as nursery:
             try:
@@ -140,7 +162,6 @@ async def run_client(
     except* TransportError as group:
         # Unwrapped: callers catch TransportError, not a group holding one.
         raise group.exceptions[0] from None
-    raise AssertionError("unreachable")
 
 
 # --- central system side -----------------------------------------------------------------------
@@ -189,7 +210,10 @@ async def serve(
 
     async def on_request(request: WebSocketRequest) -> None:
         accepted = await accept_charge_point(request, authenticate)
-        if accepted is not None:
+        if accepted is None:
+            return
+        # A charge point that goes away is the normal end of a connection, not a server error.
+        with contextlib.suppress(ConnectionClosed):
             await handler(*accepted)
 
     async with trio.open_nursery() as nursery:
