@@ -163,14 +163,14 @@ class ChargePointSession:
             except TransportError as exc:
                 reason = str(exc)
             was_accepted = self.registration.state == Registration.ACCEPTED
+            # A connection that got as far as Accepted resets the backoff.
+            failures = 0 if was_accepted else failures + 1
+            delay = self._backoff(failures)
+            reason = f"{reason}; next attempt in {delay:.1f} s"
             if self.registration.is_connected:
                 self.registration.connection_lost(reason=reason)
             else:
                 self.registration.connect_failed(reason=reason)
-            # A connection that got as far as Accepted resets the backoff.
-            failures = 0 if was_accepted else failures + 1
-            delay = self._backoff(failures)
-            log.info("next connection attempt in %.1f s", delay)
             await trio.sleep(delay)
 
     def _backoff(self, failures: int) -> float:
