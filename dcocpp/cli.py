@@ -173,17 +173,23 @@ async def _stop_on_signal(scope: trio.CancelScope) -> None:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from dcocpp.station import HardReset
+    from dcocpp.station import HardReset, load_configuration_store
 
     try:
         config = _load(args)
-    except ConfigError as exc:
+        keys = load_configuration_store(config)
+    except (ConfigError, ConfigurationError) as exc:
         print(f"{args.config}: invalid configuration, not starting", file=sys.stderr)
         for line in str(exc).splitlines():
             print(f"  {line}", file=sys.stderr)
         return EXIT_USAGE
     logging_setup = LoggingSetup()
-    logging_setup.start(args.log_level, config.log_dir)
+    logging_setup.start(
+        args.log_level,
+        config.log_dir,
+        max_bytes=keys.get_int("LogMessagesMaxFileSize"),
+        backup_count=keys.get_int("LogMessagesBackupCount"),
+    )
     status = EXIT_OK
     try:
         log.info("dcocpp %s starting with %s", __version__, config.path)
@@ -193,8 +199,9 @@ def _run(args: argparse.Namespace) -> int:
         log.warning("exiting with status %d for the hard reset", EXIT_HARD_RESET)
         status = EXIT_HARD_RESET
     except* ConfigurationError as group:
+        # Only possible when the key file was edited into a bad state before a soft reset.
         for problem in group.exceptions:
-            log.error("invalid OCPP configuration, not starting:\n%s", problem)
+            log.error("invalid OCPP configuration, stopping:\n%s", problem)
         status = EXIT_USAGE
     except* StorageError as group:
         for failure in group.exceptions:

@@ -1,0 +1,199 @@
+"""Child processes for the process-level tests: start, read their output, stop, never hang.
+
+`ManagedProcess` starts a command with both output streams piped; a thread per stream collects
+the lines (and the JSON objects among them), so every wait is a bounded `wait_for(...,
+timeout)`. `stop()` (also the context manager's exit) ends the process whatever state it is in
+(SIGTERM, then SIGKILL), reaps it and closes its pipes: nothing leaks into the next test, and no
+ResourceWarning fires under `filterwarnings = error`.
+"""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import threading
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from types import TracebackType
+from typing import IO, Any
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+
+class LineReader:
+    """Collects the lines of a text stream on a daemon thread; waits are bounded."""
+
+    def __init__(self, stream: IO[str], name: str) -> None:
+        self.name = name
+        self._stream = stream
+        self._lines: list[str] = []
+        self._events: list[dict[str, Any]] = []
+        self._eof = False
+        self._changed = threading.Condition()
+        self._thread = threading.Thread(target=self._read, name=f"reader {name}", daemon=True)
+        self._thread.start()
+
+    def _read(self) -> None:
+        try:
+            for raw in self._stream:
+                line = raw.rstrip("\r\n")
+                event = None
+                if line.startswith("{"):
+                    try:
+                        event = json.loads(line)
+                    except ValueError:
+                        event = None
+                with self._changed:
+                    self._lines.append(line)
+                    if isinstance(event, dict):
+                        self._events.append(event)
+                    self._changed.notify_all()
+        except (OSError, ValueError):  # the stream was closed under us: treat as EOF
+            pass
+        finally:
+            with self._changed:
+                self._eof = True
+                self._changed.notify_all()
+
+    @property
+    def lines(self) -> list[str]:
+        with self._changed:
+            return list(self._lines)
+
+    @property
+    def events(self) -> list[dict[str, Any]]:
+        """The lines that are JSON objects, parsed, in order."""
+        with self._changed:
+            return list(self._events)
+
+    @property
+    def text(self) -> str:
+        return "\n".join(self.lines)
+
+    def wait_for_line(self, predicate: Callable[[str], bool], timeout: float) -> str:
+        """The first line (since the start) matching `predicate`; AssertionError after
+        `timeout` seconds or at end of stream."""
+        return self._wait(self._lines, predicate, timeout, "line")
+
+    def wait_for_event(
+        self, predicate: Callable[[dict[str, Any]], bool], timeout: float
+    ) -> dict[str, Any]:
+        """The first JSON object (since the start) matching `predicate`."""
+        return self._wait(self._events, predicate, timeout, "event")
+
+    def _wait(self, items: list[Any], predicate: Callable[[Any], bool], timeout: float, what: str):
+        deadline = time.monotonic() + timeout
+        checked = 0
+        with self._changed:
+            while True:
+                for item in items[checked:]:
+                    if predicate(item):
+                        return item
+                checked = len(items)
+                if self._eof:
+                    raise AssertionError(
+                        f"{self.name} ended without the expected {what}:\n{self._tail()}"
+                    )
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    raise AssertionError(
+                        f"no matching {what} from {self.name} within {timeout} s:\n{self._tail()}"
+                    )
+                self._changed.wait(remaining)
+
+    def _tail(self, count: int = 60) -> str:
+        return "\n".join(f"  | {line}" for line in self._lines[-count:]) or "  (no output)"
+
+    def tail(self, count: int = 60) -> str:
+        with self._changed:
+            return self._tail(count)
+
+    def close(self, timeout: float = 5.0) -> None:
+        """Wait for end of stream (the process is gone), then close the pipe."""
+        self._thread.join(timeout)
+        self._stream.close()
+
+
+class ManagedProcess:
+    """A child process with stdout and stderr read line by line (see `LineReader`)."""
+
+    def __init__(
+        self,
+        argv: Sequence[str],
+        *,
+        name: str,
+        cwd: Path = REPO_ROOT,
+        env: dict[str, str] | None = None,
+    ) -> None:
+        self.name = name
+        self.argv = list(argv)
+        self.popen = subprocess.Popen(
+            self.argv,
+            cwd=cwd,
+            env=env,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            encoding="utf-8",
+            errors="backslashreplace",
+        )
+        assert self.popen.stdout is not None and self.popen.stderr is not None
+        self.stdout = LineReader(self.popen.stdout, f"{name} stdout")
+        self.stderr = LineReader(self.popen.stderr, f"{name} stderr")
+        self._closed = False
+
+    @property
+    def pid(self) -> int:
+        return self.popen.pid
+
+    @property
+    def returncode(self) -> int | None:
+        return self.popen.poll()
+
+    def send_signal(self, signum: int = signal.SIGTERM) -> None:
+        if self.popen.poll() is None:
+            self.popen.send_signal(signum)
+
+    def wait(self, timeout: float) -> int:
+        """The exit status; AssertionError (with the process's output) after `timeout` s."""
+        try:
+            return self.popen.wait(timeout)
+        except subprocess.TimeoutExpired:
+            raise AssertionError(
+                f"{self.name} still running after {timeout} s\n{self.describe()}"
+            ) from None
+
+    def describe(self) -> str:
+        return (
+            f"{self.name} (pid {self.pid}, status {self.popen.poll()}):\n"
+            f" stdout:\n{self.stdout.tail()}\n stderr:\n{self.stderr.tail()}"
+        )
+
+    def stop(self, timeout: float = 5.0) -> int:
+        """SIGTERM, then SIGKILL after `timeout` s; reap; close the pipes. Idempotent."""
+        if self.popen.poll() is None:
+            self.popen.terminate()
+            try:
+                self.popen.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.popen.kill()
+                self.popen.wait(timeout)
+        if not self._closed:
+            self._closed = True
+            self.stdout.close()
+            self.stderr.close()
+        return self.popen.returncode
+
+    def __enter__(self) -> ManagedProcess:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()
