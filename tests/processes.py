@@ -72,25 +72,37 @@ class LineReader:
     def text(self) -> str:
         return "\n".join(self.lines)
 
-    def wait_for_line(self, predicate: Callable[[str], bool], timeout: float) -> str:
-        """The first line (since the start) matching `predicate`; AssertionError after
+    def wait_for_line(
+        self, predicate: Callable[[str], Any], timeout: float, *, nth: int = 1
+    ) -> str:
+        """The `nth` line (since the start) matching `predicate`; AssertionError after
         `timeout` seconds or at end of stream."""
-        return self._wait(self._lines, predicate, timeout, "line")
+        return self._wait(self._lines, predicate, timeout, "line", nth)
 
     def wait_for_event(
-        self, predicate: Callable[[dict[str, Any]], bool], timeout: float
+        self, predicate: Callable[[dict[str, Any]], bool], timeout: float, *, nth: int = 1
     ) -> dict[str, Any]:
-        """The first JSON object (since the start) matching `predicate`."""
-        return self._wait(self._events, predicate, timeout, "event")
+        """The `nth` JSON object (since the start) matching `predicate`."""
+        return self._wait(self._events, predicate, timeout, "event", nth)
 
-    def _wait(self, items: list[Any], predicate: Callable[[Any], bool], timeout: float, what: str):
+    def _wait(
+        self,
+        items: list[Any],
+        predicate: Callable[[Any], bool],
+        timeout: float,
+        what: str,
+        nth: int = 1,
+    ) -> Any:
         deadline = time.monotonic() + timeout
         checked = 0
+        found = 0
         with self._changed:
             while True:
                 for item in items[checked:]:
                     if predicate(item):
-                        return item
+                        found += 1
+                        if found == nth:
+                            return item
                 checked = len(items)
                 if self._eof:
                     raise AssertionError(

@@ -1,0 +1,380 @@
+"""The local HTTP API: watch the charger and drive the simulator.
+
+A small JSON API served by Starlette on Hypercorn's trio worker, bound to the loopback interface
+by default (it has no authentication: whoever can reach it can plug guns and raise faults).
+The charger side is reached only through `StationView`, which the station implements; this
+module knows nothing of connectors, OCPP or hardware beyond that protocol.
+
+Routes (JSON in and out; every error is `{"error": "<reason>"}`):
+
+- `GET  /api/status`                          the charger's snapshot
+- `POST /api/connectors/{id}/plug`            plug the gun into the simulated EV
+- `POST /api/connectors/{id}/unplug`
+- `POST /api/connectors/{id}/authorize`       `{"idTag": "..."}`: a tag at that gun's reader
+- `POST /api/connectors/{id}/ev`              `{"suspended": true|false}`
+- `POST /api/connectors/{id}/faults/{kind}`   `{"active": true|false}`, kind in FAULT_KINDS
+
+A successful POST answers `{"ok": true, "connector": <that connector's snapshot entry>}`.
+Unknown connector, fault kind or route -> 404; a bad body, or an action that does not fit the
+connector's state -> 422; wrong method -> 405.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+import socket
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from contextlib import aclosing
+from functools import partial
+from typing import Any, Protocol, cast
+
+import trio
+from hypercorn.config import Config as HypercornConfig
+from hypercorn.trio import serve as hypercorn_serve
+from hypercorn.typing import ASGIFramework
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+log = logging.getLogger("dcocpp.api")
+# Hypercorn's own messages ("Running on ...", connection errors). Quiet unless something is
+# wrong: the console belongs to the operator, and serve_api logs the address itself.
+server_log = logging.getLogger("dcocpp.api.server")
+
+FAULT_KINDS = ("estop", "earth", "comm", "meter", "lock")
+DEFAULT_HOST = "127.0.0.1"
+ID_TAG_MAX_LENGTH = 20  # OCPP 1.6 IdToken is a CiString20
+MAX_BODY_BYTES = 16 * 1024  # the bodies are a few dozen bytes
+
+
+class StationView(Protocol):
+    """What the API needs from the charger (implemented by the station).
+
+    Methods raise `KeyError` for an unknown connector and `ValueError` with a human readable
+    message for an action that does not fit the connector's current state.
+    """
+
+    def snapshot(self) -> dict[str, Any]:
+        """Exactly the body of GET /api/status:
+
+        {"chargePoint": {"id": str, "connected": bool, "registration": str},
+         "connectors": [{"id": int, "status": str, "errorCode": str,
+                         "transactionId": int | None, "idTag": str | None, "plugged": bool,
+                         "relayClosed": bool, "energyWh": float, "powerW": float,
+                         "currentA": float, "voltageV": float, "soc": float | None}]}
+        """
+        ...
+
+    def connector_ids(self) -> Sequence[int]: ...
+
+    async def plug(self, connector_id: int) -> None: ...
+
+    async def unplug(self, connector_id: int) -> None: ...
+
+    async def present_id(self, connector_id: int, id_tag: str) -> None:
+        """A tag presented at that gun's reader."""
+        ...
+
+    async def set_ev_suspended(self, connector_id: int, suspended: bool) -> None: ...
+
+    async def set_fault(self, connector_id: int, kind: str, active: bool) -> None:
+        """Raise or clear a simulated fault; kind is one of FAULT_KINDS."""
+        ...
+
+
+class ApiError(Exception):
+    """The API server cannot run (e.g. its address is in use or cannot be resolved)."""
+
+
+class _Reject(Exception):
+    """An error answer: status code and the human readable reason."""
+
+    def __init__(self, status_code: int, reason: str) -> None:
+        super().__init__(reason)
+        self.status_code = status_code
+        self.reason = reason
+
+
+# --- the application -------------------------------------------------------------------------
+
+
+def create_app(view: StationView) -> Starlette:
+    """The ASGI application serving `view`; see the module docstring for the routes."""
+
+    def connector_id(request: Request) -> int:
+        raw = request.path_params["connector_id"]
+        if not _DIGITS.fullmatch(raw) or int(raw) not in view.connector_ids():
+            raise _Reject(404, f"unknown connector {raw!r}")
+        return int(raw)
+
+    def connector_entry(cid: int) -> dict[str, Any]:
+        for entry in view.snapshot()["connectors"]:
+            if entry["id"] == cid:
+                return dict(entry)
+        raise KeyError(cid)
+
+    async def act(cid: int, action: Awaitable[None], what: str) -> Response:
+        try:
+            await action
+            entry = connector_entry(cid)
+        except KeyError:
+            raise _Reject(404, f"unknown connector '{cid}'") from None
+        except ValueError as exc:
+            raise _Reject(422, str(exc) or f"cannot {what} connector {cid} now") from None
+        log.debug("API: %s connector %d", what, cid)
+        return JSONResponse({"ok": True, "connector": entry})
+
+    async def status(request: Request) -> Response:
+        return JSONResponse(view.snapshot())
+
+    async def plug(request: Request) -> Response:
+        cid = connector_id(request)
+        await _json_object(request, {})
+        return await act(cid, view.plug(cid), "plug")
+
+    async def unplug(request: Request) -> Response:
+        cid = connector_id(request)
+        await _json_object(request, {})
+        return await act(cid, view.unplug(cid), "unplug")
+
+    async def authorize(request: Request) -> Response:
+        cid = connector_id(request)
+        body = await _json_object(request, {"idTag": str})
+        id_tag = body["idTag"]
+        if not 1 <= len(id_tag) <= ID_TAG_MAX_LENGTH:
+            raise _Reject(
+                422, f"idTag must be 1 to {ID_TAG_MAX_LENGTH} characters, got {len(id_tag)}"
+            )
+        return await act(cid, view.present_id(cid, id_tag), "authorize at")
+
+    async def ev(request: Request) -> Response:
+        cid = connector_id(request)
+        body = await _json_object(request, {"suspended": bool})
+        suspended = body["suspended"]
+        what = "suspend the EV at" if suspended else "resume the EV at"
+        return await act(cid, view.set_ev_suspended(cid, suspended), what)
+
+    async def fault(request: Request) -> Response:
+        cid = connector_id(request)
+        kind = request.path_params["kind"]
+        if kind not in FAULT_KINDS:
+            raise _Reject(404, f"unknown fault kind {kind!r} (one of: {', '.join(FAULT_KINDS)})")
+        body = await _json_object(request, {"active": bool})
+        active = body["active"]
+        what = f"{'raise' if active else 'clear'} fault {kind} on"
+        return await act(cid, view.set_fault(cid, kind, active), what)
+
+    connector = "/api/connectors/{connector_id}"
+    routes = [
+        Route("/api/status", _answering(status), methods=["GET"]),
+        Route(f"{connector}/plug", _answering(plug), methods=["POST"]),
+        Route(f"{connector}/unplug", _answering(unplug), methods=["POST"]),
+        Route(f"{connector}/authorize", _answering(authorize), methods=["POST"]),
+        Route(f"{connector}/ev", _answering(ev), methods=["POST"]),
+        Route(f"{connector}/faults/{{kind}}", _answering(fault), methods=["POST"]),
+    ]
+    return Starlette(
+        routes=routes,
+        exception_handlers={HTTPException: _http_error, Exception: _internal_error},
+    )
+
+
+_DIGITS = re.compile(r"[0-9]{1,9}")
+_Endpoint = Callable[[Request], Awaitable[Response]]
+
+
+def _answering(endpoint: _Endpoint) -> _Endpoint:
+    """Turn a `_Reject` raised by the endpoint into its JSON error answer."""
+
+    async def answer(request: Request) -> Response:
+        try:
+            return await endpoint(request)
+        except _Reject as reject:
+            return _error(reject.status_code, reject.reason)
+
+    return answer
+
+
+def _error(status_code: int, reason: str, headers: Mapping[str, str] | None = None) -> Response:
+    return JSONResponse({"error": reason}, status_code=status_code, headers=headers)
+
+
+_HTTP_REASONS = {404: "no such route", 405: "method not allowed"}
+
+
+async def _http_error(request: Request, exc: Exception) -> Response:
+    """Starlette's own errors (unknown route, wrong method, body too large) as JSON."""
+    assert isinstance(exc, HTTPException)
+    reason = _HTTP_REASONS.get(exc.status_code, exc.detail)
+    if exc.status_code in (404, 405):
+        reason = f"{reason}: {request.method} {request.url.path}"
+    return _error(exc.status_code, reason, exc.headers)
+
+
+async def _internal_error(request: Request, exc: Exception) -> Response:
+    # Starlette re-raises after answering, so the server logs the traceback.
+    return _error(500, f"internal error: {type(exc).__name__}")
+
+
+_TYPE_NAMES = {str: "a string", bool: "true or false"}
+
+
+async def _json_object(request: Request, fields: Mapping[str, type]) -> dict[str, Any]:
+    """The request body as a JSON object with exactly `fields` (name -> type).
+
+    An empty body counts as `{}` (so `curl -X POST .../plug` works). The types are checked
+    exactly: `true` is not a string and `1` is not a bool.
+    """
+    raw = await _body(request)
+    if not raw.strip():
+        body: Any = {}
+    else:
+        try:
+            body = json.loads(raw)
+        except ValueError as exc:  # JSONDecodeError and UnicodeDecodeError
+            raise _Reject(422, f"body is not JSON: {exc}") from None
+    if not isinstance(body, dict):
+        raise _Reject(422, f"body must be a JSON object, got {_json_type(body)}")
+    extra = sorted(set(body) - set(fields))
+    if extra:
+        raise _Reject(422, f"unexpected field(s): {', '.join(extra)}")
+    for name, kind in fields.items():
+        if name not in body:
+            raise _Reject(422, f"missing field: {name}")
+        if type(body[name]) is not kind:
+            raise _Reject(422, f"{name} must be {_TYPE_NAMES[kind]}, got {_json_type(body[name])}")
+    return body
+
+
+async def _body(request: Request) -> bytes:
+    """The request body, refused with 413 beyond MAX_BODY_BYTES (before reading it all)."""
+    too_large = _Reject(413, f"request body larger than {MAX_BODY_BYTES} bytes")
+    length = request.headers.get("content-length", "")
+    if length.isdigit() and int(length) > MAX_BODY_BYTES:
+        raise too_large
+    body = bytearray()
+    async with aclosing(request.stream()) as chunks:
+        async for chunk in chunks:
+            body += chunk
+            if len(body) > MAX_BODY_BYTES:
+                raise too_large
+    return bytes(body)
+
+
+def _json_type(value: Any) -> str:
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "a boolean"
+    if isinstance(value, int | float):
+        return "a number"
+    if isinstance(value, str):
+        return "a string"
+    if isinstance(value, list):
+        return "an array"
+    return "an object"
+
+
+# --- serving ---------------------------------------------------------------------------------
+
+
+def _hypercorn_config(listening: socket.socket) -> HypercornConfig:
+    config = HypercornConfig()
+    # Hypercorn takes over the socket we bound (and closes it when it stops).
+    config.bind = [f"fd://{listening.detach()}"]
+    config.accesslog = None
+    if server_log.level == logging.NOTSET:
+        # Only warnings and errors reach the console; an operator's logging setup may lower it.
+        server_log.setLevel(logging.WARNING)
+    config.errorlog = server_log
+    config.include_server_header = False
+    config.graceful_timeout = 1.0
+    return config
+
+
+async def _bind(host: str, port: int) -> socket.socket:
+    """A TCP socket bound to host:port (not yet listening), or ApiError saying why not."""
+    where = format_address(host, port)
+    try:
+        infos = await trio.socket.getaddrinfo(
+            host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+        )
+    except OSError as exc:
+        raise ApiError(f"cannot serve the API on {where}: {exc}") from exc
+    family, kind, proto, _, address = infos[0]
+    sock = socket.socket(family, kind, proto)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        sock.bind(address)
+    except OSError as exc:
+        sock.close()
+        raise ApiError(f"cannot serve the API on {where}: {exc.strerror or exc}") from exc
+    return sock
+
+
+async def serve_api(
+    view: StationView,
+    host: str,
+    port: int,
+    *,
+    task_status: trio.TaskStatus[tuple[str, int]] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    """Serve the API on host:port until cancelled.
+
+    Binds the socket itself (so that a busy or bad address is a plain `ApiError`, not an error
+    deep in Hypercorn's nurseries), then runs Hypercorn's trio worker on it.
+    `task_status.started()` gets `(host, bound_port)` once the socket listens, so port 0 binds
+    an ephemeral port. Cancelling the caller's scope stops the server and closes the socket and
+    its connections. A failing request is answered with 500 and logged; it does not escape.
+    """
+    app = create_app(view)
+    listening = await _bind(host, port)
+    bound_port: int = listening.getsockname()[1]
+    config = _hypercorn_config(listening)
+    async with trio.open_nursery() as nursery:
+        # Hypercorn reports ["http://127.0.0.1:54321"] once it listens; we know the port.
+        # Starlette's ASGI types are looser than Hypercorn's; the app is a plain ASGI 3 app.
+        asgi_app = cast(ASGIFramework, app)
+        await nursery.start(partial(hypercorn_serve, asgi_app, config))
+        log.info("local API on http://%s", format_address(host, bound_port))
+        task_status.started((host, bound_port))
+
+
+# --- addresses -------------------------------------------------------------------------------
+
+
+def parse_address(text: str) -> tuple[str, int]:
+    """`"HOST:PORT"` -> (host, port); `":PORT"` means 127.0.0.1, IPv6 goes in brackets.
+
+    >>> parse_address("[::1]:8765")
+    ('::1', 8765)
+    """
+    example = "expected HOST:PORT, e.g. 127.0.0.1:8765, :8765 or [::1]:8765"
+    text = text.strip()
+    if text.startswith("["):
+        host, bracket, rest = text[1:].partition("]")
+        if not bracket or not rest.startswith(":"):
+            raise ValueError(f"bad address {text!r}: {example}")
+        if not host:
+            raise ValueError(f"bad address {text!r}: empty IPv6 address in brackets")
+        port_text = rest[1:]
+    else:
+        host, colon, port_text = text.rpartition(":")
+        if not colon:
+            raise ValueError(f"bad address {text!r}: {example}")
+        if ":" in host:
+            raise ValueError(f"bad address {text!r}: put an IPv6 address in brackets, {example}")
+        host = host or DEFAULT_HOST
+    if not _DIGITS.fullmatch(port_text) or int(port_text) > 65535:
+        raise ValueError(f"bad port {port_text!r} in {text!r}: must be a number 0..65535")
+    return host, int(port_text)
+
+
+def format_address(host: str, port: int) -> str:
+    """The inverse of `parse_address`: brackets around an IPv6 address."""
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"

@@ -1,0 +1,209 @@
+"""The connector machine's vocabulary: events in, effects out. Plain frozen values, no I/O."""
+
+from __future__ import annotations
+
+import attrs
+from ocpp.v16.enums import AuthorizationStatus, ChargePointErrorCode, ChargePointStatus, Reason
+
+from dcocpp.hardware.interface import FaultKind
+
+# --- events: what happened ------------------------------------------------------------------
+
+
+@attrs.frozen
+class Plugged:
+    """The EV side of the cable was connected."""
+
+
+@attrs.frozen
+class Unplugged:
+    """The EV side of the cable was disconnected."""
+
+
+@attrs.frozen
+class EvRequesting:
+    """The EV asks for energy (True) or suspends (False)."""
+
+    requesting: bool
+
+
+@attrs.frozen
+class IdPresented:
+    """A tag was presented at this gun's reader (to start, or to stop the running session)."""
+
+    id_tag: str
+
+
+@attrs.frozen
+class RemoteStartRequested:
+    """RemoteStartTransaction for this connector. Reply: accepted (bool)."""
+
+    id_tag: str
+    authorize: bool  # AuthorizeRemoteTxRequests
+
+
+@attrs.frozen
+class AuthorizationResult:
+    """The outcome of an `Authorize` effect (cache, local list or the central system)."""
+
+    id_tag: str
+    status: AuthorizationStatus
+    parent_id_tag: str | None = None
+
+
+@attrs.frozen
+class ConnectionTimedOut:
+    """ConnectionTimeOut elapsed after an authorization without a plugged EV."""
+
+
+@attrs.frozen
+class RelayConfirmed:
+    """The hardware confirmed the relay state."""
+
+    closed: bool
+
+
+@attrs.frozen
+class RelayFailed:
+    """The relay did not confirm a command in time, or refused it."""
+
+    detail: str
+
+
+@attrs.frozen
+class LockReleased:
+    """The connector lock released the cable (detachable cable only)."""
+
+
+@attrs.frozen
+class EvseSuspended:
+    """The charger withholds energy (limit 0, local pause) or offers it again."""
+
+    suspended: bool
+
+
+@attrs.frozen
+class FaultRaised:
+    kind: FaultKind
+    detail: str = ""
+
+
+@attrs.frozen
+class FaultCleared:
+    kind: FaultKind
+
+
+@attrs.frozen
+class AvailabilityChanged:
+    """ChangeAvailability for this connector (or for the whole charge point).
+    Reply: "Accepted" or "Scheduled" (applied when the connector is no longer busy)."""
+
+    operative: bool
+
+
+@attrs.frozen
+class StopRequested:
+    """Stop the running transaction. Reply: whether there was one."""
+
+    reason: Reason
+    id_tag: str | None = None
+
+
+@attrs.frozen
+class TransactionConfirmed:
+    """StartTransaction.conf: the central system's transaction id and its verdict on the tag."""
+
+    transaction_id: int
+    status: AuthorizationStatus
+
+
+@attrs.frozen
+class UnlockRequested:
+    """UnlockConnector. Reply: "Unlocked", "UnlockFailed" or "NotSupported"."""
+
+
+Event = (
+    Plugged
+    | Unplugged
+    | EvRequesting
+    | IdPresented
+    | RemoteStartRequested
+    | AuthorizationResult
+    | ConnectionTimedOut
+    | RelayConfirmed
+    | RelayFailed
+    | LockReleased
+    | EvseSuspended
+    | FaultRaised
+    | FaultCleared
+    | AvailabilityChanged
+    | StopRequested
+    | TransactionConfirmed
+    | UnlockRequested
+)
+
+# --- effects: what the connector task must do ---------------------------------------------
+
+
+@attrs.frozen
+class NotifyStatus:
+    status: ChargePointStatus
+    error_code: ChargePointErrorCode = ChargePointErrorCode.no_error
+    info: str | None = None
+    vendor_error_code: str | None = None
+
+
+@attrs.frozen
+class SwitchRelay:
+    closed: bool
+
+
+@attrs.frozen
+class SetLock:
+    locked: bool
+
+
+@attrs.frozen
+class Authorize:
+    """Decide on a tag (cache, local list or Authorize.req), answer with AuthorizationResult."""
+
+    id_tag: str
+
+
+@attrs.frozen
+class StartTransaction:
+    id_tag: str
+    parent_id_tag: str | None = None
+    reservation_id: int | None = None
+
+
+@attrs.frozen
+class StopTransaction:
+    reason: Reason
+    id_tag: str | None = None  # the tag that stopped it, when a person did
+
+
+@attrs.frozen
+class ConnectionTimer:
+    """Start (running=True) or cancel the ConnectionTimeOut timer."""
+
+    running: bool
+
+
+@attrs.frozen
+class AvailabilityApplied:
+    """A scheduled availability change took effect; persist it."""
+
+    operative: bool
+
+
+Effect = (
+    NotifyStatus
+    | SwitchRelay
+    | SetLock
+    | Authorize
+    | StartTransaction
+    | StopTransaction
+    | ConnectionTimer
+    | AvailabilityApplied
+)

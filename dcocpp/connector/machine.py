@@ -1,0 +1,657 @@
+"""One gun as an explicit state machine: pure, synchronous, no I/O. Events in, effects out.
+
+The machine keeps two things:
+
+- the *truth* (`Truth`): what is physically and commercially the case — cable plugged, EV
+  asking for energy, relay commanded and confirmed, who is authorized, the running transaction,
+  active faults, availability;
+- the *reported status*: one of the OCPP 1.6 ChargePointStatus values, held by a `transitions`
+  Machine whose states are those statuses and whose transitions are the status changes each
+  event can cause (`EDGES`, also the exported statechart).
+
+Every event updates the truth first; the status that matches the new truth is then derived
+(`derive_status`) and reached through the event's transition. Faulted is therefore an overlay:
+while any fault is active the status is Faulted, and clearing the last one leads back to
+whatever the truth is then. A derived change without an edge is a bug and raises
+`MachineInconsistency`; the property tests drive random event sequences to show it never does,
+and that every edge is allowed by the OCPP 1.6 transition table.
+
+Safety lives here, not in the callers: the relay is only ever commanded closed while a
+transaction runs on a plugged EV with no fault active (no safety, communication, meter, relay
+or lock fault), and any fault commands it open and stops the transaction.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from typing import Any
+
+import attrs
+from ocpp.v16.enums import (
+    AuthorizationStatus,
+    ChargePointErrorCode,
+    ChargePointStatus,
+    Reason,
+    UnlockStatus,
+)
+from transitions import Machine
+
+from dcocpp.connector import events as ev
+from dcocpp.hardware.interface import FaultKind
+
+S = ChargePointStatus
+
+# How each hardware fault is reported (errorCode, vendorErrorCode) and why it stops a session.
+# Listed by severity: with several faults active, the first one here is the one reported.
+FAULTS: dict[FaultKind, tuple[ChargePointErrorCode, str | None, Reason]] = {
+    FaultKind.EMERGENCY_STOP: (
+        ChargePointErrorCode.other_error,
+        "EmergencyStop",
+        Reason.emergency_stop,
+    ),
+    FaultKind.EARTH_FAULT: (ChargePointErrorCode.ground_failure, None, Reason.other),
+    FaultKind.POWER_SWITCH: (ChargePointErrorCode.power_switch_failure, None, Reason.other),
+    FaultKind.COMMUNICATION: (
+        ChargePointErrorCode.internal_error,
+        "PlcCommunication",
+        Reason.other,
+    ),
+    FaultKind.METER: (ChargePointErrorCode.power_meter_failure, None, Reason.other),
+    FaultKind.LOCK: (ChargePointErrorCode.connector_lock_failure, None, Reason.other),
+}
+_OCPP_TEXT = 50  # info and vendorErrorCode are CiString50
+
+
+class MachineInconsistency(RuntimeError):
+    """The truth demands a status change the machine has no transition for (a bug)."""
+
+
+@attrs.frozen
+class Settings:
+    """The OCPP keys and hardware facts that shape decisions; the task refreshes them."""
+
+    stop_on_ev_disconnect: bool = True  # StopTransactionOnEVSideDisconnect
+    unlock_on_ev_disconnect: bool = True  # UnlockConnectorOnEVSideDisconnect
+    stop_on_invalid_id: bool = True  # StopTransactionOnInvalidId
+    fixed_cable: bool = True  # a DC gun's cable is fixed: no socket lock to drive
+
+
+@attrs.frozen
+class Authorized:
+    id_tag: str
+    parent_id_tag: str | None = None
+
+
+@attrs.frozen
+class Transaction:
+    id_tag: str
+    parent_id_tag: str | None = None
+    transaction_id: int | None = None  # the central system's id, once StartTransaction.conf came
+    deauthorized: bool = False  # the CSMS refused the tag and StopTransactionOnInvalidId=false
+    past_preparing: bool = False  # left Preparing once; never goes back (not allowed by OCPP)
+
+
+@attrs.frozen
+class Truth:
+    plugged: bool = False
+    ev_requesting: bool = False
+    pending_id: str | None = None  # presented to start, authorization outstanding
+    stop_candidate: str | None = None  # presented to stop, authorization outstanding
+    authorized: Authorized | None = None  # accepted, waiting for the EV / for the fault to clear
+    transaction: Transaction | None = None
+    finishing: bool = False  # a transaction ended and the cable is still there
+    relay_commanded: bool = False
+    relay_closed: bool = False  # as confirmed by the hardware
+    locked: bool = False  # detachable cable: the socket lock holds it
+    evse_suspended: bool = False
+    faults: tuple[tuple[FaultKind, str], ...] = ()  # (kind, detail), in the order raised
+    operative: bool = True
+    scheduled: bool | None = None  # an availability change waiting until not busy
+    reservation_id: int | None = None  # the reservations issue makes this reachable
+
+    @property
+    def fault_kinds(self) -> frozenset[FaultKind]:
+        return frozenset(kind for kind, _ in self.faults)
+
+
+def relay_may_close(t: Truth) -> bool:
+    """The one rule for energy: an authorized transaction on a plugged EV, nothing wrong."""
+    tx = t.transaction
+    return (
+        tx is not None
+        and not tx.deauthorized
+        and t.plugged
+        and not t.faults
+        and not t.evse_suspended
+    )
+
+
+def derive_status(t: Truth) -> ChargePointStatus:
+    """The OCPP status that tells the truth."""
+    if t.faults:
+        return S.faulted
+    tx = t.transaction
+    if tx is not None:
+        if not t.plugged:
+            return S.suspended_ev  # EV gone but the transaction kept (EV-side disconnect)
+        if t.relay_closed and t.relay_commanded:
+            return S.charging if t.ev_requesting else S.suspended_ev
+        if t.relay_commanded and not tx.past_preparing:
+            return S.preparing  # the relay is closing for the first time
+        return S.suspended_evse
+    if not t.operative:
+        return S.unavailable
+    if t.finishing:
+        return S.finishing
+    if t.plugged or t.authorized is not None:
+        return S.preparing
+    if t.reservation_id is not None:
+        return S.reserved
+    return S.available
+
+
+def fault_report(t: Truth) -> tuple[ChargePointErrorCode, str | None, str | None]:
+    """(errorCode, vendorErrorCode, info) for the most severe active fault."""
+    if not t.faults:
+        return ChargePointErrorCode.no_error, None, None
+    details = dict(t.faults)
+    kind = next(k for k in FAULTS if k in details)
+    code, vendor, _ = FAULTS[kind]
+    detail = details[kind] or None
+    if kind == FaultKind.COMMUNICATION and detail:
+        vendor = detail  # says which PLC
+    return code, _clip(vendor), _clip(detail)
+
+
+def _clip(text: str | None) -> str | None:
+    return text[:_OCPP_TEXT] if text else text
+
+
+# --- the statechart ----------------------------------------------------------------------------
+
+# Every status change each event can cause: exactly the changes found by exhaustively exploring
+# the truth (tests/machine_exploration.py), each of them allowed by the OCPP 1.6 table; the tests
+# fail when the two drift apart. Reserved has no edges yet: the reservations issue adds them.
+_A, _P, _C, _SEV, _SEVSE, _F, _R, _U, _X = (
+    S.available,
+    S.preparing,
+    S.charging,
+    S.suspended_ev,
+    S.suspended_evse,
+    S.finishing,
+    S.reserved,
+    S.unavailable,
+    S.faulted,
+)
+
+
+EDGES: dict[str, list[tuple[ChargePointStatus, ChargePointStatus]]] = {
+    "authorization_result": [
+        (_A, _P),
+        (_A, _U),
+        (_P, _C),
+        (_P, _SEVSE),
+        (_P, _SEV),
+        (_P, _F),
+        (_C, _F),
+        (_SEVSE, _F),
+        (_SEV, _A),
+        (_SEV, _F),
+        (_F, _U),
+    ],
+    "availability_changed": [
+        (_A, _U),
+        (_F, _U),
+        (_U, _A),
+        (_U, _P),
+        (_U, _C),
+        (_U, _SEVSE),
+        (_U, _SEV),
+    ],
+    "connection_timed_out": [(_A, _U), (_P, _A)],
+    "ev_requesting": [(_C, _SEV), (_SEV, _C)],
+    "evse_suspended": [(_P, _SEVSE), (_C, _SEVSE), (_SEVSE, _C), (_SEVSE, _SEV), (_SEV, _SEVSE)],
+    "fault_cleared": [(_X, _A), (_X, _P), (_X, _C), (_X, _SEVSE), (_X, _SEV), (_X, _F), (_X, _U)],
+    "fault_raised": [(_A, _X), (_P, _X), (_C, _X), (_SEVSE, _X), (_SEV, _X), (_F, _X), (_U, _X)],
+    "id_presented": [(_A, _U), (_P, _F), (_C, _F), (_SEVSE, _F), (_SEV, _A), (_SEV, _F), (_F, _U)],
+    "lock_released": [(_F, _A), (_F, _P)],
+    "plugged": [(_A, _P), (_P, _SEVSE), (_P, _SEV), (_SEV, _SEVSE)],
+    "relay_confirmed": [
+        (_P, _C),
+        (_P, _SEV),
+        (_C, _SEVSE),
+        (_SEVSE, _C),
+        (_SEVSE, _SEV),
+        (_SEV, _SEVSE),
+        (_X, _A),
+        (_X, _P),
+        (_X, _SEVSE),
+        (_X, _F),
+        (_X, _U),
+    ],
+    "relay_failed": [(_A, _X), (_P, _X), (_C, _X), (_SEVSE, _X), (_SEV, _X), (_F, _X), (_U, _X)],
+    "remote_start_requested": [(_A, _P), (_P, _C), (_P, _SEVSE), (_P, _SEV)],
+    "stop_requested": [
+        (_A, _U),
+        (_P, _F),
+        (_C, _F),
+        (_SEVSE, _F),
+        (_SEV, _A),
+        (_SEV, _F),
+        (_F, _U),
+    ],
+    "transaction_confirmed": [
+        (_A, _U),
+        (_P, _SEVSE),
+        (_P, _F),
+        (_C, _SEVSE),
+        (_C, _F),
+        (_SEVSE, _F),
+        (_SEV, _A),
+        (_SEV, _SEVSE),
+        (_SEV, _F),
+        (_F, _U),
+    ],
+    "unlock_requested": [
+        (_A, _U),
+        (_P, _F),
+        (_C, _F),
+        (_SEVSE, _F),
+        (_SEV, _A),
+        (_SEV, _F),
+        (_F, _U),
+    ],
+    "unplugged": [
+        (_A, _U),
+        (_P, _A),
+        (_P, _SEV),
+        (_P, _F),
+        (_C, _A),
+        (_C, _SEV),
+        (_C, _F),
+        (_SEVSE, _A),
+        (_SEVSE, _SEV),
+        (_SEVSE, _F),
+        (_SEV, _A),
+        (_SEV, _F),
+        (_F, _A),
+        (_F, _U),
+    ],
+}
+
+
+def _trigger_name(event: Any) -> str:
+    name = type(event).__name__
+    return "".join("_" + c.lower() if c.isupper() else c for c in name).lstrip("_")
+
+
+def build_machine(
+    model: object,
+    machine_cls: type[Machine] = Machine,
+    *,
+    initial: ChargePointStatus = S.available,
+    edges: dict[str, list[tuple[ChargePointStatus, ChargePointStatus]]] | None = None,
+    conditions: Callable[[ChargePointStatus], Any] | None = None,
+    **kwargs: Any,
+) -> Machine:
+    """The status machine on `model`. Each edge is taken only when the derived target status is
+    its destination (`conditions(dest)` builds that check); diagrams pass no conditions."""
+    transitions = []
+    for trigger, pairs in (EDGES if edges is None else edges).items():
+        for source, dest in dict.fromkeys(pairs):  # de-duplicated, order kept
+            if source == dest:
+                continue  # not a status change; nothing to take
+            transition: dict[str, Any] = {
+                "trigger": trigger,
+                "source": source.value,
+                "dest": dest.value,
+            }
+            if conditions is not None:
+                transition["conditions"] = [conditions(dest)]
+            transitions.append(transition)
+    return machine_cls(
+        model=model,
+        states=[s.value for s in ChargePointStatus],
+        transitions=transitions,
+        initial=initial.value,
+        auto_transitions=False,
+        **kwargs,
+    )
+
+
+# --- the machine -------------------------------------------------------------------------------
+
+
+class ConnectorMachine:
+    """A connector's truth and reported status. `dispatch(event)` returns the event's reply (see
+    the event classes) and queues effects, which the caller takes with `take_effects()`."""
+
+    state: str  # the reported ChargePointStatus value, kept by transitions
+
+    def __init__(
+        self,
+        connector_id: int,
+        settings: Settings | None = None,
+        truth: Truth | None = None,
+        *,
+        edges: dict[str, list[tuple[ChargePointStatus, ChargePointStatus]]] | None = None,
+    ):
+        self.connector_id = connector_id
+        self.settings = settings or Settings()
+        self.truth = truth or Truth()
+        self._target: ChargePointStatus = derive_status(self.truth)
+        self._effects: list[ev.Effect] = []
+        self._reported: tuple[ChargePointStatus, ChargePointErrorCode] | None = None
+        self.machine = build_machine(
+            self,
+            initial=self._target,
+            edges=edges,
+            conditions=lambda dest: lambda: self._target == dest,
+        )
+        self._handlers: dict[type, Callable[[Any], Any]] = {
+            ev.Plugged: self._plugged,
+            ev.Unplugged: self._unplugged,
+            ev.EvRequesting: self._ev_requesting,
+            ev.IdPresented: self._id_presented,
+            ev.RemoteStartRequested: self._remote_start,
+            ev.AuthorizationResult: self._authorization_result,
+            ev.ConnectionTimedOut: self._connection_timed_out,
+            ev.RelayConfirmed: self._relay_confirmed,
+            ev.RelayFailed: self._relay_failed,
+            ev.LockReleased: self._lock_released,
+            ev.EvseSuspended: self._evse_suspended,
+            ev.FaultRaised: self._fault_raised,
+            ev.FaultCleared: self._fault_cleared,
+            ev.AvailabilityChanged: self._availability_changed,
+            ev.StopRequested: self._stop_requested,
+            ev.TransactionConfirmed: self._transaction_confirmed,
+            ev.UnlockRequested: self._unlock_requested,
+        }
+        self._settle(None)
+
+    # --- public ----------------------------------------------------------------------------
+
+    @property
+    def status(self) -> ChargePointStatus:
+        return ChargePointStatus(self.state)
+
+    @property
+    def error_code(self) -> ChargePointErrorCode:
+        return fault_report(self.truth)[0]
+
+    @property
+    def busy(self) -> bool:
+        """A session is under way: availability changes wait (Scheduled)."""
+        return self.truth.transaction is not None or S.preparing in (
+            derive_status(self.truth),
+            self.status,
+        )
+
+    def dispatch(self, event: ev.Event) -> Any:
+        reply = self._handlers[type(event)](event)
+        self._settle(_trigger_name(event))
+        return reply
+
+    def restore(self, truth: Truth) -> None:
+        """Jump to a known truth (a restart, or a test) without reporting anything."""
+        self.truth = truth
+        self._target = derive_status(truth)
+        self.machine.set_state(self._target.value)
+        self._reported = (self._target, fault_report(truth)[0])
+        self._effects.clear()
+
+    def take_effects(self) -> list[ev.Effect]:
+        effects, self._effects = self._effects, []
+        return effects
+
+    # --- helpers ---------------------------------------------------------------------------
+
+    def _update(self, **changes: Any) -> None:
+        self.truth = attrs.evolve(self.truth, **changes)
+
+    def _emit(self, effect: ev.Effect) -> None:
+        self._effects.append(effect)
+
+    def _settle(self, trigger: str | None) -> None:
+        """Bring relay, availability and status in line with the truth."""
+        t = self.truth
+        if t.finishing and not t.plugged and not t.locked:
+            self._update(finishing=False)
+        want_closed = relay_may_close(self.truth)
+        if want_closed != self.truth.relay_commanded:
+            self._update(relay_commanded=want_closed)
+            self._emit(ev.SwitchRelay(want_closed))
+        self._move(trigger)
+        # A scheduled availability change applies once the connector is free. OCPP allows no
+        # Preparing -> Unavailable, so a connector leaving Preparing gets there in two steps.
+        if self.truth.scheduled is not None and not self.busy:
+            operative = self.truth.scheduled
+            self._update(operative=operative, scheduled=None)
+            if not operative:
+                self._update(finishing=False)  # Unavailable -> Finishing is not allowed either
+            self._emit(ev.AvailabilityApplied(operative))
+            self._move(trigger)
+        tx = self.truth.transaction
+        if tx is not None and not tx.past_preparing and self.status != S.preparing:
+            self._update(transaction=attrs.evolve(tx, past_preparing=True))
+
+    def _move(self, trigger: str | None) -> None:
+        """Take the event's transition to the status the truth demands, then report it."""
+        target = derive_status(self.truth)
+        if target != self.status:
+            self._target = target
+            if trigger is None or not self.trigger(trigger):  # type: ignore[attr-defined]
+                raise MachineInconsistency(
+                    f"connector {self.connector_id}: {trigger} would change {self.state} to "
+                    f"{target.value}, which the statechart does not allow (truth: {self.truth})"
+                )
+        code, vendor, info = fault_report(self.truth)
+        if self._reported != (self.status, code):
+            self._reported = (self.status, code)
+            self._emit(ev.NotifyStatus(self.status, code, info, vendor))
+
+    def _try_start(self) -> None:
+        t = self.truth
+        auth = t.authorized
+        if (
+            auth is None
+            or not t.plugged
+            or t.transaction is not None
+            or t.faults
+            or not t.operative
+            or t.finishing
+        ):
+            return
+        self._update(
+            authorized=None,
+            transaction=Transaction(auth.id_tag, auth.parent_id_tag),
+            reservation_id=None,
+        )
+        if not self.settings.fixed_cable:
+            self._update(locked=True)
+            self._emit(ev.SetLock(True))
+        self._emit(ev.StartTransaction(auth.id_tag, auth.parent_id_tag, t.reservation_id))
+
+    def _stop(self, reason: Reason, id_tag: str | None = None) -> None:
+        t = self.truth
+        if t.transaction is None:
+            return
+        # Energy stops before the transaction record does: the relay opens in _settle, and the
+        # task executes SwitchRelay before StopTransaction so the final reading is the last one.
+        self._update(transaction=None, stop_candidate=None, evse_suspended=False)
+        keep_locked = reason == Reason.ev_disconnected and not self.settings.unlock_on_ev_disconnect
+        if t.locked and not keep_locked and FaultKind.LOCK not in t.fault_kinds:
+            self._emit(ev.SetLock(False))  # locked stays True until LockReleased
+        self._update(finishing=self.truth.plugged or self.truth.locked)
+        want_closed = relay_may_close(self.truth)
+        if want_closed != self.truth.relay_commanded:
+            self._update(relay_commanded=want_closed)
+            self._emit(ev.SwitchRelay(want_closed))
+        self._emit(ev.StopTransaction(reason, id_tag))
+
+    # --- event handlers --------------------------------------------------------------------
+
+    def _plugged(self, _: ev.Plugged) -> None:
+        if self.truth.plugged:
+            return
+        self._update(plugged=True)
+        if self.truth.authorized is not None:
+            self._emit(ev.ConnectionTimer(False))
+        self._try_start()
+
+    def _unplugged(self, _: ev.Unplugged) -> None:
+        if not self.truth.plugged:
+            return
+        self._update(plugged=False, ev_requesting=False)
+        if self.truth.transaction is not None and self.settings.stop_on_ev_disconnect:
+            self._stop(Reason.ev_disconnected)
+        elif self.truth.authorized is not None and self.truth.transaction is None:
+            # Authorized, plugged, never started (a fault): the EV left; so does the session.
+            self._update(authorized=None)
+
+    def _ev_requesting(self, event: ev.EvRequesting) -> None:
+        if self.truth.plugged:
+            self._update(ev_requesting=event.requesting)
+
+    def _id_presented(self, event: ev.IdPresented) -> bool:
+        t = self.truth
+        if t.transaction is not None:
+            if event.id_tag == t.transaction.id_tag:
+                self._stop(Reason.local, event.id_tag)  # the same tag stops without Authorize
+            else:
+                self._update(stop_candidate=event.id_tag)
+                self._emit(ev.Authorize(event.id_tag))
+            return True
+        if t.finishing or not t.operative or t.pending_id is not None:
+            return False
+        if t.authorized is not None and t.authorized.id_tag == event.id_tag:
+            return True
+        self._update(pending_id=event.id_tag)
+        self._emit(ev.Authorize(event.id_tag))
+        return True
+
+    def _remote_start(self, event: ev.RemoteStartRequested) -> bool:
+        t = self.truth
+        if (
+            t.transaction is not None
+            or t.faults
+            or not t.operative
+            or t.finishing
+            or t.pending_id is not None
+            or t.authorized is not None
+        ):
+            return False
+        if event.authorize:
+            self._update(pending_id=event.id_tag)
+            self._emit(ev.Authorize(event.id_tag))
+        else:
+            self._accept(Authorized(event.id_tag))
+        return True
+
+    def _accept(self, auth: Authorized) -> None:
+        self._update(authorized=auth)
+        if not self.truth.plugged:
+            self._emit(ev.ConnectionTimer(True))
+        self._try_start()
+
+    def _authorization_result(self, event: ev.AuthorizationResult) -> None:
+        t = self.truth
+        accepted = event.status == AuthorizationStatus.accepted
+        if t.transaction is not None and event.id_tag == t.stop_candidate:
+            self._update(stop_candidate=None)
+            parent = t.transaction.parent_id_tag
+            if accepted and parent is not None and event.parent_id_tag == parent:
+                self._stop(Reason.local, event.id_tag)  # same group (parentIdTag) may stop
+        elif event.id_tag == t.pending_id:
+            self._update(pending_id=None)
+            if accepted and t.transaction is None:
+                self._accept(Authorized(event.id_tag, event.parent_id_tag))
+
+    def _connection_timed_out(self, _: ev.ConnectionTimedOut) -> None:
+        if self.truth.authorized is not None and not self.truth.plugged:
+            self._update(authorized=None)
+
+    def _relay_confirmed(self, event: ev.RelayConfirmed) -> None:
+        self._update(relay_closed=event.closed)
+        if (
+            event.closed == self.truth.relay_commanded
+            and FaultKind.POWER_SWITCH in self.truth.fault_kinds
+        ):
+            self._clear_fault(FaultKind.POWER_SWITCH)  # the relay does as told again
+
+    def _relay_failed(self, event: ev.RelayFailed) -> None:
+        self._raise_fault(FaultKind.POWER_SWITCH, event.detail)
+
+    def _lock_released(self, _: ev.LockReleased) -> None:
+        self._update(locked=False)
+
+    def _evse_suspended(self, event: ev.EvseSuspended) -> None:
+        self._update(evse_suspended=event.suspended)
+
+    def _fault_raised(self, event: ev.FaultRaised) -> None:
+        self._raise_fault(event.kind, event.detail)
+
+    def _raise_fault(self, kind: FaultKind, detail: str) -> None:
+        if kind in self.truth.fault_kinds:
+            return
+        self._update(faults=(*self.truth.faults, (kind, detail)))
+        self._stop(FAULTS[kind][2])
+
+    def _fault_cleared(self, event: ev.FaultCleared) -> None:
+        self._clear_fault(event.kind)
+
+    def _clear_fault(self, kind: FaultKind) -> None:
+        self._update(faults=tuple(f for f in self.truth.faults if f[0] != kind))
+        self._try_start()
+
+    def _availability_changed(self, event: ev.AvailabilityChanged) -> str:
+        if self.busy:
+            self._update(
+                scheduled=None if event.operative == self.truth.operative else event.operative
+            )
+            return "Scheduled" if self.truth.scheduled is not None else "Accepted"
+        self._update(operative=event.operative, scheduled=None)
+        if not event.operative:
+            self._update(finishing=False)  # Unavailable -> Finishing is not allowed
+        if event.operative:
+            self._try_start()
+        return "Accepted"
+
+    def _stop_requested(self, event: ev.StopRequested) -> bool:
+        if self.truth.transaction is None:
+            return False
+        self._stop(event.reason, event.id_tag)
+        return True
+
+    def _transaction_confirmed(self, event: ev.TransactionConfirmed) -> None:
+        tx = self.truth.transaction
+        if tx is None:
+            return
+        self._update(transaction=attrs.evolve(tx, transaction_id=event.transaction_id))
+        if event.status != AuthorizationStatus.accepted:
+            if self.settings.stop_on_invalid_id:
+                self._stop(Reason.de_authorized)
+            else:
+                tx = self.truth.transaction
+                assert tx is not None
+                self._update(transaction=attrs.evolve(tx, deauthorized=True))
+
+    def _unlock_requested(self, _: ev.UnlockRequested) -> UnlockStatus:
+        if self.settings.fixed_cable:
+            return UnlockStatus.not_supported
+        if FaultKind.LOCK in self.truth.fault_kinds:
+            return UnlockStatus.unlock_failed
+        if self.truth.transaction is not None:
+            self._stop(Reason.unlock_command)  # releases the lock too
+        elif self.truth.locked:
+            self._emit(ev.SetLock(False))
+        return UnlockStatus.unlocked
+
+
+def replay(machine: ConnectorMachine, events: Iterable[ev.Event]) -> list[ev.Effect]:
+    """Dispatch events in order and return every effect (handy in tests and tools)."""
+    effects: list[ev.Effect] = []
+    for event in events:
+        machine.dispatch(event)
+        effects.extend(machine.take_effects())
+    return effects

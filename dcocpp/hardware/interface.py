@@ -1,0 +1,129 @@
+"""What a hardware backend provides to the connectors: the contract both the simulator and the
+PLC driver implement.
+
+Hardware speaks in events and commands, never in OCPP. Events go one way, from the backend into
+each connector's inbox (a bounded trio channel the station hands over); commands are async
+methods on the connector's `GunHardware`. Deadlines are the caller's: `set_relay` returns when
+the hardware confirms and the connector task wraps it in its own cancel scope.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Mapping
+from typing import Protocol
+
+import attrs
+import trio
+
+
+class HardwareError(Exception):
+    """The one exception root of the hardware layer."""
+
+
+class FaultKind(enum.StrEnum):
+    """Faults a gun's hardware can raise; the connector maps them to OCPP error codes."""
+
+    EMERGENCY_STOP = "estop"
+    EARTH_FAULT = "earth"
+    COMMUNICATION = "comm"  # the PLC (or the bus) does not answer
+    METER = "meter"  # meter stale or reporting a failure
+    LOCK = "lock"  # the connector lock does not engage or release
+    POWER_SWITCH = "relay"  # the relay did not do what it was told
+
+
+# --- events: hardware -> connector ---------------------------------------------------------------
+
+
+@attrs.frozen
+class CablePlugged:
+    """The EV is connected (control pilot left state A)."""
+
+
+@attrs.frozen
+class CableUnplugged:
+    """The EV is gone (control pilot back to state A)."""
+
+
+@attrs.frozen
+class EvDemand:
+    """The EV asks for energy (CP state C/D) or stopped asking (state B): EV-side suspend."""
+
+    requesting: bool
+
+
+@attrs.frozen
+class RelayState:
+    """The relay's confirmed state changed (also sent when the hardware opened it by itself)."""
+
+    closed: bool
+
+
+@attrs.frozen
+class FaultRaised:
+    kind: FaultKind
+    detail: str = ""  # the hardware's own reason, e.g. "PLC 3: no frame for 600 ms"
+
+
+@attrs.frozen
+class FaultCleared:
+    kind: FaultKind
+
+
+HardwareEvent = CablePlugged | CableUnplugged | EvDemand | RelayState | FaultRaised | FaultCleared
+
+
+# --- readings ------------------------------------------------------------------------------------
+
+
+@attrs.frozen
+class MeterReading:
+    """One consistent sample of a gun's meter. `soc` is None when the EV does not tell."""
+
+    energy_wh: float  # import register, monotonic
+    power_w: float
+    current_a: float
+    voltage_v: float
+    soc: float | None = None
+
+
+# --- commands: connector -> hardware -------------------------------------------------------------
+
+
+class GunHardware(Protocol):
+    """One gun's relay, meter, lock and current limit."""
+
+    async def set_relay(self, closed: bool) -> None:
+        """Command the relay and return once the hardware confirms that state.
+
+        Never times out by itself: the caller wraps it in a cancel scope (a missed deadline is
+        a PowerSwitchFailure). Raises HardwareError when the command cannot be sent at all."""
+        ...
+
+    async def set_lock(self, locked: bool) -> None:
+        """Engage or release the connector lock; returns once done. Raises HardwareError when
+        the lock does not move (the connector reports ConnectorLockFailure)."""
+        ...
+
+    def set_current_limit(self, amps: float) -> None:
+        """The most current the EV may draw now (0 pauses the energy flow)."""
+        ...
+
+    def read_meter(self) -> MeterReading:
+        """The latest meter sample (cheap; call it as often as needed)."""
+        ...
+
+
+class HardwareBackend(Protocol):
+    """A whole charger's hardware. `run` is started first in the station's nursery and calls
+    `task_status.started()` once every gun can take commands; it sends each gun's events to the
+    channel given for that gun, and closes those channels when it ends."""
+
+    def gun(self, connector_id: int) -> GunHardware: ...
+
+    async def run(
+        self,
+        events: Mapping[int, trio.MemorySendChannel[HardwareEvent]],
+        *,
+        task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
+    ) -> None: ...

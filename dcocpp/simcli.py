@@ -1,0 +1,319 @@
+"""`dcocpp sim ...` and `dcocpp status`: talk to a running charger's local API.
+
+Plain standard-library HTTP (urllib, JSON) so that they run anywhere the charger does. Exit
+status: 0 on success, 1 when the API cannot be reached or fails, 2 when it refuses the request
+(unknown connector, an action that does not fit the gun's state, ...) or the arguments are bad.
+"""
+
+from __future__ import annotations
+
+import argparse
+import http.client
+import json
+import sys
+import urllib.error
+import urllib.request
+from collections.abc import Sequence
+from typing import Any
+
+from dcocpp.api import FAULT_KINDS, format_address, parse_address
+
+DEFAULT_API = "127.0.0.1:8765"
+TIMEOUT_SECONDS = 5.0
+
+EXIT_OK = 0
+EXIT_UNREACHABLE = 1
+EXIT_REFUSED = 2
+
+
+class _Failure(Exception):
+    """A request that did not succeed: what to print and the exit status."""
+
+    def __init__(self, message: str, status: int) -> None:
+        super().__init__(message)
+        self.message = message
+        self.status = status
+
+
+# --- argument parsing ------------------------------------------------------------------------
+
+
+def add_subcommands(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """Register `sim` and `status` on the program's subcommands; each sets `func`."""
+    api = argparse.ArgumentParser(add_help=False)
+    api.add_argument(
+        "--api",
+        type=_address,
+        default=DEFAULT_API,
+        metavar="HOST:PORT",
+        help=f"address of the charger's local API (default: {DEFAULT_API})",
+    )
+
+    sim = commands.add_parser(
+        "sim",
+        help="drive the simulated hardware of a running charger",
+        description="Drive the simulator through the charger's local API: plug or unplug a "
+        "gun, present an RFID tag, suspend or resume the EV, raise or clear a fault. Prints the "
+        "connector's state afterwards.",
+    )
+    actions = sim.add_subparsers(dest="action", required=True, metavar="ACTION")
+
+    plug = actions.add_parser(
+        "plug", parents=[api], help="plug the gun into the EV", description="Plug the gun in."
+    )
+    _connector_argument(plug)
+    plug.set_defaults(func=_plug)
+
+    unplug = actions.add_parser(
+        "unplug", parents=[api], help="unplug the gun", description="Unplug the gun."
+    )
+    _connector_argument(unplug)
+    unplug.set_defaults(func=_unplug)
+
+    authorize = actions.add_parser(
+        "authorize",
+        parents=[api],
+        help="present an RFID tag at the gun's reader",
+        description="Present an id tag (1 to 20 characters) at the gun's reader.",
+    )
+    _connector_argument(authorize)
+    authorize.add_argument("id_tag", metavar="TAG", help="the id tag")
+    authorize.set_defaults(func=_authorize)
+
+    ev = actions.add_parser(
+        "ev",
+        parents=[api],
+        help="suspend or resume charging on the EV's side",
+        description="Make the simulated EV suspend or resume drawing power.",
+    )
+    _connector_argument(ev)
+    ev.add_argument(
+        "ev_action",
+        choices=["suspend", "resume"],
+        metavar="suspend|resume",
+        help="stop or resume drawing power (the EV side of a pause)",
+    )
+    ev.set_defaults(func=_ev)
+
+    fault = actions.add_parser(
+        "fault",
+        parents=[api],
+        help="raise or clear a simulated fault",
+        description=f"Raise (on) or clear (off) a simulated fault: {', '.join(FAULT_KINDS)}.",
+    )
+    _connector_argument(fault)
+    fault.add_argument("kind", choices=FAULT_KINDS, metavar="|".join(FAULT_KINDS), help="the fault")
+    fault.add_argument(
+        "state", choices=["on", "off"], metavar="on|off", help="raise (on) or clear (off) it"
+    )
+    fault.set_defaults(func=_fault)
+
+    status = commands.add_parser(
+        "status",
+        parents=[api],
+        help="show the charge point and every connector",
+        description="Show the state of a running charger: its central system connection and "
+        "every connector (status, transaction, relay, power, energy, ...).",
+    )
+    status.add_argument("--json", action="store_true", help="print the raw JSON")
+    status.set_defaults(func=_status)
+
+
+def _address(text: str) -> tuple[str, int]:
+    try:
+        return parse_address(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _connector_argument(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("connector", type=int, metavar="CONNECTOR", help="connector id (1..N)")
+
+
+# --- the commands ----------------------------------------------------------------------------
+
+
+def _plug(args: argparse.Namespace) -> int:
+    return _act(args, "plug", None)
+
+
+def _unplug(args: argparse.Namespace) -> int:
+    return _act(args, "unplug", None)
+
+
+def _authorize(args: argparse.Namespace) -> int:
+    return _act(args, "authorize", {"idTag": args.id_tag})
+
+
+def _ev(args: argparse.Namespace) -> int:
+    return _act(args, "ev", {"suspended": args.ev_action == "suspend"})
+
+
+def _fault(args: argparse.Namespace) -> int:
+    return _act(args, f"faults/{args.kind}", {"active": args.state == "on"})
+
+
+def _act(args: argparse.Namespace, action: str, body: dict[str, Any] | None) -> int:
+    try:
+        answer = _request(args.api, "POST", f"/api/connectors/{args.connector}/{action}", body)
+    except _Failure as failure:
+        print(failure.message, file=sys.stderr)
+        return failure.status
+    print(describe_connector(answer["connector"]))
+    return EXIT_OK
+
+
+def _status(args: argparse.Namespace) -> int:
+    try:
+        snapshot = _request(args.api, "GET", "/api/status", None)
+    except _Failure as failure:
+        print(failure.message, file=sys.stderr)
+        return failure.status
+    if args.json:
+        print(json.dumps(snapshot, indent=2))
+    else:
+        print(format_status(snapshot))
+    return EXIT_OK
+
+
+# --- HTTP ------------------------------------------------------------------------------------
+
+# The API is local: never send it through an HTTP proxy from the environment.
+_opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+
+
+def _request(
+    api: tuple[str, int], method: str, path: str, body: dict[str, Any] | None
+) -> dict[str, Any]:
+    """One JSON request to the API; its JSON answer, or `_Failure` with what to tell the user."""
+    where = format_address(*api)
+    data = None if body is None else json.dumps(body).encode()
+    request = urllib.request.Request(
+        f"http://{where}{path}",
+        data=data,
+        method=method,
+        headers={"Accept": "application/json", "Content-Type": "application/json"},
+    )
+    try:
+        with _opener.open(request, timeout=TIMEOUT_SECONDS) as response:
+            raw = response.read()
+    except urllib.error.HTTPError as error:
+        with error:
+            reason = _error_reason(error.read()) or f"HTTP {error.code} {error.reason}"
+        status = EXIT_REFUSED if 400 <= error.code < 500 else EXIT_UNREACHABLE
+        raise _Failure(f"error: {reason}", status) from None
+    except urllib.error.URLError as error:
+        if isinstance(error.reason, ConnectionRefusedError):
+            raise _Failure(
+                f"no dcocpp API at {where} (start it with `dcocpp run --api {where}` "
+                "or `dcocpp demo`)",
+                EXIT_UNREACHABLE,
+            ) from None
+        raise _Failure(
+            f"cannot reach the dcocpp API at {where}: {error.reason}", EXIT_UNREACHABLE
+        ) from None
+    except (TimeoutError, ConnectionError, http.client.HTTPException) as error:
+        raise _Failure(
+            f"dcocpp API at {where} did not answer properly: {error!r}", EXIT_UNREACHABLE
+        ) from None
+    try:
+        answer = json.loads(raw)
+    except ValueError:
+        answer = None
+    if not isinstance(answer, dict):
+        raise _Failure(f"unexpected answer from {where}: not a JSON object", EXIT_UNREACHABLE)
+    return answer
+
+
+def _error_reason(raw: bytes) -> str | None:
+    try:
+        body = json.loads(raw)
+    except ValueError:
+        return None
+    reason = body.get("error") if isinstance(body, dict) else None
+    return reason if isinstance(reason, str) else None
+
+
+# --- output ----------------------------------------------------------------------------------
+
+_COLUMNS = (
+    "id",
+    "status",
+    "errorCode",
+    "transactionId",
+    "idTag",
+    "plugged",
+    "relay",
+    "kW",
+    "kWh",
+    "A",
+    "V",
+    "SoC",
+)
+
+
+def format_status(snapshot: dict[str, Any]) -> str:
+    """The `status` table: one line for the charge point, one row per connector."""
+    cp = snapshot["chargePoint"]
+    link = "connected" if cp["connected"] else "not connected"
+    lines = [f"charge point {cp['id']}: {link}, registration {cp['registration']}", ""]
+    rows = [list(_COLUMNS)] + [_row(c) for c in snapshot["connectors"]]
+    widths = [max(len(row[i]) for row in rows) for i in range(len(_COLUMNS))]
+    numeric = {"id", "transactionId", "kW", "kWh", "A", "V", "SoC"}
+    for row in rows:
+        cells = [
+            cell.rjust(width) if name in numeric else cell.ljust(width)
+            for name, cell, width in zip(_COLUMNS, row, widths, strict=True)
+        ]
+        lines.append("  ".join(cells).rstrip())
+    return "\n".join(lines)
+
+
+def _row(connector: dict[str, Any]) -> list[str]:
+    return [
+        str(connector["id"]),
+        connector["status"],
+        connector["errorCode"],
+        _or_dash(connector["transactionId"]),
+        _or_dash(connector["idTag"]),
+        "yes" if connector["plugged"] else "no",
+        "closed" if connector["relayClosed"] else "open",
+        f"{connector['powerW'] / 1000:.1f}",
+        f"{connector['energyWh'] / 1000:.2f}",
+        f"{connector['currentA']:.1f}",
+        f"{connector['voltageV']:.1f}",
+        "-" if connector["soc"] is None else f"{connector['soc']:.0f}%",
+    ]
+
+
+def _or_dash(value: Any) -> str:
+    return "-" if value is None else str(value)
+
+
+def describe_connector(connector: dict[str, Any]) -> str:
+    """One line after a `sim` action, e.g. `connector 1: Charging, plugged, relay closed, ...`."""
+    parts = [f"connector {connector['id']}: {connector['status']}"]
+    if connector["errorCode"] != "NoError":
+        parts.append(f"error {connector['errorCode']}")
+    parts.append("plugged" if connector["plugged"] else "unplugged")
+    parts.append("relay closed" if connector["relayClosed"] else "relay open")
+    if connector["transactionId"] is not None:
+        parts.append(f"transaction {connector['transactionId']}")
+    if connector["idTag"] is not None:
+        parts.append(f"idTag {connector['idTag']}")
+    if connector["powerW"]:
+        parts.append(f"{connector['powerW'] / 1000:.1f} kW")
+    if connector["energyWh"]:
+        parts.append(f"{connector['energyWh'] / 1000:.2f} kWh")
+    if connector["soc"] is not None:
+        parts.append(f"SoC {connector['soc']:.0f}%")
+    return ", ".join(parts)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run just these subcommands (for tests and `python -m`-less use)."""
+    parser = argparse.ArgumentParser(prog="dcocpp")
+    add_subcommands(parser.add_subparsers(dest="command", required=True, metavar="COMMAND"))
+    args = parser.parse_args(argv)
+    status: int = args.func(args)
+    return status

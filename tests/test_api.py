@@ -1,0 +1,564 @@
+"""The local HTTP API (dcocpp.api) and its command line client (dcocpp.simcli)."""
+
+from __future__ import annotations
+
+import json
+import logging
+import socket
+from collections.abc import AsyncIterator, Sequence
+from typing import Any
+
+import httpx
+import pytest
+import trio
+
+from dcocpp import simcli
+from dcocpp.api import FAULT_KINDS, ApiError, StationView, create_app, parse_address, serve_api
+
+
+class FakeView:
+    """An in-memory charger with two connectors, implementing StationView.
+
+    Connector 3 is listed by connector_ids() but the station "loses" it (KeyError), to cover a
+    view that disagrees with itself.
+    """
+
+    def __init__(self) -> None:
+        self.connectors = {cid: _connector(cid) for cid in (1, 2)}
+        self.faults: dict[int, set[str]] = {1: set(), 2: set()}
+        self.calls: list[tuple[Any, ...]] = []
+
+    def snapshot(self) -> dict[str, Any]:
+        return {
+            "chargePoint": {"id": "CP-TEST", "connected": True, "registration": "Accepted"},
+            "connectors": [dict(c) for c in self.connectors.values()],
+        }
+
+    def connector_ids(self) -> Sequence[int]:
+        return [1, 2, 3]
+
+    def _get(self, connector_id: int) -> dict[str, Any]:
+        return self.connectors[connector_id]  # KeyError for 3, as a station would
+
+    async def plug(self, connector_id: int) -> None:
+        await trio.lowlevel.checkpoint()
+        self.calls.append(("plug", connector_id))
+        connector = self._get(connector_id)
+        if connector["plugged"]:
+            raise ValueError(f"connector {connector_id} is already plugged")
+        connector.update(plugged=True, status="Preparing")
+
+    async def unplug(self, connector_id: int) -> None:
+        await trio.lowlevel.checkpoint()
+        self.calls.append(("unplug", connector_id))
+        connector = self._get(connector_id)
+        if not connector["plugged"]:
+            raise ValueError(f"connector {connector_id} is not plugged")
+        connector.update(plugged=False, status="Available", idTag=None)
+
+    async def present_id(self, connector_id: int, id_tag: str) -> None:
+        await trio.lowlevel.checkpoint()
+        self.calls.append(("present_id", connector_id, id_tag))
+        self._get(connector_id).update(idTag=id_tag)
+
+    async def set_ev_suspended(self, connector_id: int, suspended: bool) -> None:
+        await trio.lowlevel.checkpoint()
+        self.calls.append(("set_ev_suspended", connector_id, suspended))
+        self._get(connector_id).update(status="SuspendedEV" if suspended else "Charging")
+
+    async def set_fault(self, connector_id: int, kind: str, active: bool) -> None:
+        await trio.lowlevel.checkpoint()
+        self.calls.append(("set_fault", connector_id, kind, active))
+        connector = self._get(connector_id)
+        faults = self.faults[connector_id]
+        if active:
+            faults.add(kind)
+        else:
+            faults.discard(kind)
+        connector.update(
+            status="Faulted" if faults else "Available",
+            errorCode="OtherError" if faults else "NoError",
+        )
+
+
+def _connector(cid: int) -> dict[str, Any]:
+    return {
+        "id": cid,
+        "status": "Available",
+        "errorCode": "NoError",
+        "transactionId": None,
+        "idTag": None,
+        "plugged": False,
+        "relayClosed": False,
+        "energyWh": 0.0,
+        "powerW": 0.0,
+        "currentA": 0.0,
+        "voltageV": 0.0,
+        "soc": None,
+    }
+
+
+def test_fake_view_is_a_station_view() -> None:
+    view: StationView = FakeView()  # mypy checks the protocol here
+    assert list(view.connector_ids()) == [1, 2, 3]
+
+
+@pytest.fixture
+def view() -> FakeView:
+    return FakeView()
+
+
+@pytest.fixture
+async def client(view: FakeView) -> AsyncIterator[httpx.AsyncClient]:
+    transport = httpx.ASGITransport(app=create_app(view))
+    async with httpx.AsyncClient(transport=transport, base_url="http://t") as client:
+        yield client
+
+
+# --- the routes ------------------------------------------------------------------------------
+
+
+async def test_status_is_the_snapshot(client: httpx.AsyncClient, view: FakeView) -> None:
+    response = await client.get("/api/status")
+    assert response.status_code == 200
+    assert response.headers["content-type"] == "application/json"
+    assert response.json() == view.snapshot()
+    assert response.json()["connectors"][1] == _connector(2)
+
+
+async def test_plug_and_unplug(client: httpx.AsyncClient, view: FakeView) -> None:
+    response = await client.post("/api/connectors/1/plug")
+    assert response.status_code == 200
+    expected = _connector(1) | {"plugged": True, "status": "Preparing"}
+    assert response.json() == {"ok": True, "connector": expected}
+
+    response = await client.post("/api/connectors/1/unplug", json={})
+    assert response.status_code == 200
+    assert response.json() == {"ok": True, "connector": _connector(1)}
+    assert view.calls == [("plug", 1), ("unplug", 1)]
+
+
+async def test_action_that_does_not_fit_the_state_is_422(
+    client: httpx.AsyncClient, view: FakeView
+) -> None:
+    await client.post("/api/connectors/2/plug")
+    response = await client.post("/api/connectors/2/plug")
+    assert response.status_code == 422
+    assert response.json() == {"error": "connector 2 is already plugged"}
+    response = await client.post("/api/connectors/1/unplug")
+    assert response.status_code == 422
+    assert response.json() == {"error": "connector 1 is not plugged"}
+
+
+@pytest.mark.parametrize("id_tag", ["A", "TAG-0001", "X" * 20, "ÄÖÜ-tag"])
+async def test_authorize(client: httpx.AsyncClient, view: FakeView, id_tag: str) -> None:
+    response = await client.post("/api/connectors/2/authorize", json={"idTag": id_tag})
+    assert response.status_code == 200
+    assert response.json() == {"ok": True, "connector": _connector(2) | {"idTag": id_tag}}
+    assert view.calls == [("present_id", 2, id_tag)]
+
+
+@pytest.mark.parametrize(
+    ("id_tag", "reason"),
+    [
+        ("", "idTag must be 1 to 20 characters, got 0"),
+        ("X" * 21, "idTag must be 1 to 20 characters, got 21"),
+    ],
+)
+async def test_authorize_id_tag_length(
+    client: httpx.AsyncClient, view: FakeView, id_tag: str, reason: str
+) -> None:
+    response = await client.post("/api/connectors/1/authorize", json={"idTag": id_tag})
+    assert response.status_code == 422
+    assert response.json() == {"error": reason}
+    assert view.calls == []
+
+
+async def test_ev_suspend_and_resume(client: httpx.AsyncClient, view: FakeView) -> None:
+    response = await client.post("/api/connectors/1/ev", json={"suspended": True})
+    assert response.status_code == 200
+    assert response.json()["connector"]["status"] == "SuspendedEV"
+    response = await client.post("/api/connectors/1/ev", json={"suspended": False})
+    assert response.status_code == 200
+    assert response.json() == {"ok": True, "connector": _connector(1) | {"status": "Charging"}}
+    assert view.calls == [("set_ev_suspended", 1, True), ("set_ev_suspended", 1, False)]
+
+
+@pytest.mark.parametrize("kind", FAULT_KINDS)
+async def test_faults(client: httpx.AsyncClient, view: FakeView, kind: str) -> None:
+    response = await client.post(f"/api/connectors/2/faults/{kind}", json={"active": True})
+    assert response.status_code == 200
+    faulted = _connector(2) | {"status": "Faulted", "errorCode": "OtherError"}
+    assert response.json() == {"ok": True, "connector": faulted}
+    response = await client.post(f"/api/connectors/2/faults/{kind}", json={"active": False})
+    assert response.json() == {"ok": True, "connector": _connector(2)}
+    assert view.calls == [("set_fault", 2, kind, True), ("set_fault", 2, kind, False)]
+
+
+def test_fault_kinds() -> None:
+    assert FAULT_KINDS == ("estop", "earth", "comm", "meter", "lock")
+
+
+# --- errors ----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("path", "body"),
+    [
+        ("plug", None),
+        ("unplug", None),
+        ("authorize", {"idTag": "T"}),
+        ("ev", {"suspended": True}),
+        ("faults/estop", {"active": True}),
+    ],
+)
+@pytest.mark.parametrize("raw_id", ["9", "0", "abc", "1.0", "-1", "%201", "00000000001"])
+async def test_unknown_connector_is_404(
+    client: httpx.AsyncClient, view: FakeView, path: str, body: Any, raw_id: str
+) -> None:
+    response = await client.post(f"/api/connectors/{raw_id}/{path}", json=body)
+    assert response.status_code == 404
+    shown = raw_id.replace("%20", " ")
+    assert response.json() == {"error": f"unknown connector {shown!r}"}
+    assert view.calls == []
+
+
+async def test_key_error_from_the_view_is_404(client: httpx.AsyncClient, view: FakeView) -> None:
+    response = await client.post("/api/connectors/3/plug")
+    assert response.status_code == 404
+    assert response.json() == {"error": "unknown connector '3'"}
+    assert view.calls == [("plug", 3)]
+
+
+async def test_a_failing_view_is_500_json(view: FakeView) -> None:
+    def broken() -> dict[str, Any]:
+        raise RuntimeError("station bug")
+
+    view.snapshot = broken  # type: ignore[method-assign]
+    transport = httpx.ASGITransport(app=create_app(view), raise_app_exceptions=False)
+    async with httpx.AsyncClient(transport=transport, base_url="http://t") as client:
+        response = await client.get("/api/status")
+    assert response.status_code == 500
+    assert response.json() == {"error": "internal error: RuntimeError"}
+
+
+async def test_unknown_fault_kind_is_404(client: httpx.AsyncClient, view: FakeView) -> None:
+    response = await client.post("/api/connectors/1/faults/fire", json={"active": True})
+    assert response.status_code == 404
+    assert response.json() == {
+        "error": "unknown fault kind 'fire' (one of: estop, earth, comm, meter, lock)"
+    }
+    # The connector is checked first.
+    response = await client.post("/api/connectors/7/faults/fire", json={"active": True})
+    assert response.json() == {"error": "unknown connector '7'"}
+    assert view.calls == []
+
+
+@pytest.mark.parametrize(
+    ("path", "content", "reason"),
+    [
+        ("authorize", b"{", "body is not JSON: Expecting property name enclosed in double quotes"),
+        ("authorize", b"\xff\xfe{}", "body is not JSON: "),
+        ("authorize", b"[]", "body must be a JSON object, got an array"),
+        ("authorize", b'"TAG"', "body must be a JSON object, got a string"),
+        ("authorize", b"null", "body must be a JSON object, got null"),
+        ("authorize", b"", "missing field: idTag"),
+        ("authorize", b"{}", "missing field: idTag"),
+        ("authorize", b'{"idtag": "T"}', "unexpected field(s): idtag"),
+        ("authorize", b'{"idTag": "T", "x": 1}', "unexpected field(s): x"),
+        ("authorize", b'{"idTag": true}', "idTag must be a string, got a boolean"),
+        ("authorize", b'{"idTag": 12}', "idTag must be a string, got a number"),
+        ("authorize", b'{"idTag": null}', "idTag must be a string, got null"),
+        ("ev", b'{"suspended": 1}', "suspended must be true or false, got a number"),
+        ("ev", b'{"suspended": "true"}', "suspended must be true or false, got a string"),
+        ("ev", b"{}", "missing field: suspended"),
+        ("faults/lock", b'{"active": 0}', "active must be true or false, got a number"),
+        ("faults/lock", b'{"active": {}}', "active must be true or false, got an object"),
+        ("faults/lock", b'{"on": true}', "unexpected field(s): on"),
+        ("plug", b'{"connector": 1}', "unexpected field(s): connector"),
+        ("unplug", b"[]", "body must be a JSON object, got an array"),
+        ("unplug", b"nope", "body is not JSON: Expecting value: line 1 column 1 (char 0)"),
+    ],
+)
+async def test_bad_body_is_422(
+    client: httpx.AsyncClient, view: FakeView, path: str, content: bytes, reason: str
+) -> None:
+    response = await client.post(
+        f"/api/connectors/1/{path}", content=content, headers={"content-type": "application/json"}
+    )
+    assert response.status_code == 422
+    assert response.headers["content-type"] == "application/json"
+    assert response.json()["error"].startswith(reason)
+    assert view.calls == []
+
+
+async def test_unknown_route_is_404_json(client: httpx.AsyncClient) -> None:
+    for method, path in [
+        ("GET", "/"),
+        ("GET", "/api"),
+        ("GET", "/api/connectors/1"),
+        ("POST", "/api/connectors/1/explode"),
+        ("POST", "/api/connectors/1/faults"),
+        ("POST", "/api/connectors/1/faults/estop/now"),
+    ]:
+        response = await client.request(method, path)
+        assert response.status_code == 404, path
+        assert response.json() == {"error": f"no such route: {method} {path}"}
+
+
+async def test_wrong_method_is_405_json(client: httpx.AsyncClient, view: FakeView) -> None:
+    response = await client.post("/api/status")
+    assert response.status_code == 405
+    assert response.json() == {"error": "method not allowed: POST /api/status"}
+    assert set(response.headers["allow"].split(", ")) == {"GET", "HEAD"}
+
+    response = await client.get("/api/connectors/1/plug")
+    assert response.status_code == 405
+    assert response.json() == {"error": "method not allowed: GET /api/connectors/1/plug"}
+    assert response.headers["allow"] == "POST"
+
+    response = await client.delete("/api/connectors/1/faults/estop")
+    assert response.status_code == 405
+    assert view.calls == []
+
+
+async def test_oversized_body_is_413_json(client: httpx.AsyncClient, view: FakeView) -> None:
+    body = json.dumps({"idTag": "X" * 20_000}).encode()
+    response = await client.post("/api/connectors/1/authorize", content=body)
+    assert response.status_code == 413
+    assert response.json() == {"error": "request body larger than 16384 bytes"}
+
+    async def chunked() -> AsyncIterator[bytes]:  # no Content-Length: counted while read
+        for _ in range(20):
+            yield b" " * 1000
+
+    response = await client.post("/api/connectors/1/plug", content=chunked())
+    assert response.status_code == 413
+    assert response.json() == {"error": "request body larger than 16384 bytes"}
+    assert view.calls == []
+
+
+# --- addresses -------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("text", "address"),
+    [
+        ("127.0.0.1:8765", ("127.0.0.1", 8765)),
+        (":8765", ("127.0.0.1", 8765)),
+        ("[::1]:8765", ("::1", 8765)),
+        ("localhost:0", ("localhost", 0)),
+        ("0.0.0.0:65535", ("0.0.0.0", 65535)),
+    ],
+)
+def test_parse_address(text: str, address: tuple[str, int]) -> None:
+    assert parse_address(text) == address
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("8765", "bad address '8765': expected HOST:PORT"),
+        ("127.0.0.1", "bad address '127.0.0.1': expected HOST:PORT"),
+        ("127.0.0.1:", "bad port '' in '127.0.0.1:': must be a number 0..65535"),
+        ("127.0.0.1:http", "bad port 'http' in '127.0.0.1:http'"),
+        ("127.0.0.1:65536", "bad port '65536'"),
+        ("127.0.0.1:-1", "bad port '-1'"),
+        ("::1:8765", "bad address '::1:8765': put an IPv6 address in brackets"),
+        ("[::1]8765", "bad address '[::1]8765': expected HOST:PORT"),
+        ("[::1", "bad address '[::1': expected HOST:PORT"),
+        ("[]:8765", "bad address '[]:8765': empty IPv6 address in brackets"),
+        ("", "bad address '': expected HOST:PORT"),
+    ],
+)
+def test_parse_address_errors(text: str, message: str) -> None:
+    with pytest.raises(ValueError, match="^" + _re_escape(message)):
+        parse_address(text)
+
+
+def _re_escape(text: str) -> str:
+    import re
+
+    return re.escape(text)
+
+
+# --- the client's output ---------------------------------------------------------------------
+
+
+def test_status_table() -> None:
+    snapshot = FakeView().snapshot()
+    snapshot["connectors"][1].update(
+        status="Charging",
+        transactionId=42,
+        idTag="TAG-0001",
+        plugged=True,
+        relayClosed=True,
+        energyWh=12345.6,
+        powerW=50210.0,
+        currentA=120.5,
+        voltageV=416.7,
+        soc=63.4,
+    )
+    assert simcli.format_status(snapshot).splitlines() == [
+        "charge point CP-TEST: connected, registration Accepted",
+        "",
+        "id  status     errorCode  transactionId  idTag     plugged  relay     kW    kWh"
+        "      A      V  SoC",
+        " 1  Available  NoError                -  -         no       open     0.0   0.00"
+        "    0.0    0.0    -",
+        " 2  Charging   NoError               42  TAG-0001  yes      closed  50.2  12.35"
+        "  120.5  416.7  63%",
+    ]
+
+
+def test_describe_connector() -> None:
+    connector = _connector(1) | {
+        "status": "Faulted",
+        "errorCode": "GroundFailure",
+        "plugged": True,
+        "transactionId": 7,
+        "idTag": "T",
+        "powerW": 1500.0,
+        "energyWh": 250.0,
+        "soc": 80.0,
+    }
+    assert simcli.describe_connector(connector) == (
+        "connector 1: Faulted, error GroundFailure, plugged, relay open, transaction 7, "
+        "idTag T, 1.5 kW, 0.25 kWh, SoC 80%"
+    )
+    assert simcli.describe_connector(_connector(2)) == (
+        "connector 2: Available, unplugged, relay open"
+    )
+
+
+def test_bad_api_argument_is_a_usage_error(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exit_:
+        simcli.main(["status", "--api", "localhost"])
+    assert exit_.value.code == 2
+    assert "bad address 'localhost': expected HOST:PORT" in capsys.readouterr().err
+
+
+# --- over real HTTP --------------------------------------------------------------------------
+
+
+async def _cli(*argv: str) -> int:
+    return await trio.to_thread.run_sync(simcli.main, list(argv))
+
+
+async def test_served_over_http_and_driven_by_the_cli(
+    view: FakeView, capsys: pytest.CaptureFixture[str], caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO)
+    async with trio.open_nursery() as nursery:
+        host, port = await nursery.start(serve_api, view, "127.0.0.1", 0)
+        assert host == "127.0.0.1"
+        assert port > 0
+        api = f"127.0.0.1:{port}"
+
+        assert await _cli("sim", "plug", "1", "--api", api) == 0
+        assert capsys.readouterr().out == "connector 1: Preparing, plugged, relay open\n"
+
+        assert await _cli("sim", "authorize", "1", "TAG-0001", "--api", api) == 0
+        assert capsys.readouterr().out == (
+            "connector 1: Preparing, plugged, relay open, idTag TAG-0001\n"
+        )
+        assert await _cli("sim", "ev", "1", "suspend", "--api", api) == 0
+        assert capsys.readouterr().out.startswith("connector 1: SuspendedEV,")
+        assert await _cli("sim", "fault", "2", "estop", "on", "--api", api) == 0
+        assert capsys.readouterr().out == (
+            "connector 2: Faulted, error OtherError, unplugged, relay open\n"
+        )
+        assert await _cli("sim", "fault", "2", "estop", "off", "--api", api) == 0
+        capsys.readouterr()
+        assert view.calls == [
+            ("plug", 1),
+            ("present_id", 1, "TAG-0001"),
+            ("set_ev_suspended", 1, True),
+            ("set_fault", 2, "estop", True),
+            ("set_fault", 2, "estop", False),
+        ]
+
+        # Refused by the API: its message, exit 2, nothing on stdout.
+        assert await _cli("sim", "plug", "1", "--api", api) == 2
+        assert capsys.readouterr() == ("", "error: connector 1 is already plugged\n")
+        assert await _cli("sim", "unplug", "5", "--api", api) == 2
+        assert capsys.readouterr() == ("", "error: unknown connector '5'\n")
+        assert await _cli("sim", "authorize", "2", "X" * 21, "--api", api) == 2
+        assert capsys.readouterr().err == "error: idTag must be 1 to 20 characters, got 21\n"
+
+        assert await _cli("status", "--json", "--api", api) == 0
+        assert json.loads(capsys.readouterr().out) == view.snapshot()
+        assert await _cli("status", "--api", api) == 0
+        out = capsys.readouterr().out
+        assert out == simcli.format_status(view.snapshot()) + "\n"
+        assert out.startswith("charge point CP-TEST: connected, registration Accepted\n")
+
+        # The real HTTP path answers errors as JSON too.
+        async with _http_client(f"http://{api}") as client:
+            response = await client.get("/nowhere")
+            assert (response.status_code, response.json()) == (
+                404,
+                {"error": "no such route: GET /nowhere"},
+            )
+            assert "server" not in response.headers
+        nursery.cancel_scope.cancel()
+
+    # The operator's console gets one line, not Hypercorn's own chatter nor an access log.
+    messages = [
+        (r.name, r.levelno, r.getMessage())
+        for r in caplog.records
+        if r.name.startswith(("dcocpp", "hypercorn"))
+    ]
+    assert messages == [("dcocpp.api", logging.INFO, f"local API on http://{api}")]
+
+    # Stopped: the port no longer answers.
+    assert await _cli("status", "--api", api) == 1
+
+
+async def test_cli_without_an_api(capsys: pytest.CaptureFixture[str]) -> None:
+    port = _free_port()
+    api = f"127.0.0.1:{port}"
+    for argv in (["status"], ["status", "--json"], ["sim", "plug", "1"]):
+        assert await _cli(*argv, "--api", api) == 1
+        assert capsys.readouterr() == (
+            "",
+            f"no dcocpp API at {api} (start it with `dcocpp run --api {api}` or `dcocpp demo`)\n",
+        )
+
+
+async def test_serve_api_on_a_busy_port_is_an_api_error(view: FakeView) -> None:
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        with pytest.raises(ApiError, match=f"^cannot serve the API on 127.0.0.1:{port}: "):
+            await serve_api(view, "127.0.0.1", port)
+
+
+async def test_serve_api_on_ipv6_loopback(view: FakeView) -> None:
+    try:
+        with socket.socket(socket.AF_INET6) as probe:
+            probe.bind(("::1", 0))
+    except OSError as exc:
+        pytest.skip(f"no IPv6 loopback: {exc}")
+    async with trio.open_nursery() as nursery:
+        host, port = await nursery.start(serve_api, view, "::1", 0)
+        assert host == "::1"
+        assert await _cli("sim", "plug", "1", "--api", f"[::1]:{port}") == 0
+        async with _http_client(f"http://[::1]:{port}") as client:
+            response = await client.post("/api/connectors/2/plug")
+        assert response.json()["connector"]["plugged"] is True
+        nursery.cancel_scope.cancel()
+
+
+def _http_client(base_url: str) -> httpx.AsyncClient:
+    # trust_env=False: never through a proxy from the environment.
+    return httpx.AsyncClient(base_url=base_url, trust_env=False)
+
+
+def _free_port() -> int:
+    """A loopback port with nothing listening (bound, then released)."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port: int = probe.getsockname()[1]
+    return port

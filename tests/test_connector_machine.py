@@ -1,0 +1,353 @@
+"""The pure connector machine: the statechart against exhaustive exploration and the OCPP 1.6
+table, hypothesis-driven invariants, and the behaviours the conformance cases rely on."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import hypothesis.strategies as st
+import pytest
+from hypothesis import HealthCheck, settings
+from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
+from ocpp.v16.enums import (
+    AuthorizationStatus,
+    ChargePointErrorCode,
+    ChargePointStatus,
+    Reason,
+    UnlockStatus,
+)
+
+from dcocpp.connector import events as ev
+from dcocpp.connector.machine import (
+    EDGES,
+    ConnectorMachine,
+    Settings,
+    derive_status,
+    relay_may_close,
+    replay,
+)
+from dcocpp.hardware.interface import FaultKind
+from tests.machine_exploration import COVERING_SETTINGS, explore
+
+ALLOWED = json.loads(
+    (Path(__file__).resolve().parents[2] / "shared/ocpp16/status-transitions.json").read_text()
+)["connector"]
+S = ChargePointStatus
+ACCEPTED, INVALID = AuthorizationStatus.accepted, AuthorizationStatus.invalid
+
+
+def statuses(effects: list[ev.Effect]) -> list[str]:
+    return [e.status.value for e in effects if isinstance(e, ev.NotifyStatus)]
+
+
+# --- the statechart ------------------------------------------------------------------------------
+
+
+def test_every_edge_is_allowed_by_ocpp16() -> None:
+    for trigger, pairs in EDGES.items():
+        for source, dest in pairs:
+            assert dest.value in ALLOWED[source.value], (trigger, source, dest)
+
+
+def test_statechart_is_exactly_what_exhaustive_exploration_finds() -> None:
+    """Every status change any event can cause, for every setting, is an edge, and every edge
+    happens: the exported diagram hides nothing and shows nothing impossible."""
+    observed: set[tuple[str, S, S]] = set()
+    for machine_settings in COVERING_SETTINGS:
+        found, visited = explore(machine_settings, EDGES)
+        observed |= found
+        assert visited > 1000
+    declared = {(t, a, b) for t, pairs in EDGES.items() for a, b in pairs}
+    assert observed == declared
+
+
+# --- scenarios ----------------------------------------------------------------------------------
+
+
+def fresh(machine_settings: Settings | None = None) -> ConnectorMachine:
+    """A machine whose initial status notification was already taken."""
+    machine = ConnectorMachine(1, machine_settings)
+    machine.take_effects()
+    return machine
+
+
+def started(machine: ConnectorMachine, tag: str = "TAG1") -> list[ev.Effect]:
+    return replay(
+        machine,
+        [ev.Plugged(), ev.EvRequesting(True), ev.IdPresented(tag),
+         ev.AuthorizationResult(tag, ACCEPTED, "GROUP"), ev.RelayConfirmed(True)],
+    )
+
+
+def test_plug_in_first_session_effects() -> None:
+    machine = ConnectorMachine(1)
+    assert machine.take_effects() == [ev.NotifyStatus(S.available)]
+    effects = started(machine)
+    assert effects == [
+        ev.NotifyStatus(S.preparing),
+        ev.Authorize("TAG1"),
+        ev.StartTransaction("TAG1", "GROUP"),
+        ev.SwitchRelay(True),
+        ev.NotifyStatus(S.charging),
+    ]
+
+
+def test_same_tag_stops_without_authorize_and_different_tag_needs_the_parent() -> None:
+    machine = fresh()
+    started(machine)
+    assert replay(machine, [ev.IdPresented("OTHER")]) == [ev.Authorize("OTHER")]
+    # Accepted but not in the same group: the session goes on.
+    assert replay(machine, [ev.AuthorizationResult("OTHER", ACCEPTED, "ELSE")]) == []
+    replay(machine, [ev.IdPresented("OTHER2")])
+    effects = replay(machine, [ev.AuthorizationResult("OTHER2", ACCEPTED, "GROUP")])
+    assert ev.StopTransaction(Reason.local, "OTHER2") in effects
+    machine = fresh()
+    started(machine)
+    effects = replay(machine, [ev.IdPresented("TAG1")])
+    assert effects == [ev.SwitchRelay(False), ev.StopTransaction(Reason.local, "TAG1"),
+                       ev.NotifyStatus(S.finishing)]
+
+
+def test_fault_during_charging_stops_and_clearing_restores_the_truth() -> None:
+    machine = fresh()
+    started(machine)
+    effects = replay(machine, [ev.FaultRaised(FaultKind.EMERGENCY_STOP, "pressed")])
+    assert effects == [
+        ev.SwitchRelay(False),
+        ev.StopTransaction(Reason.emergency_stop),
+        ev.NotifyStatus(S.faulted, ChargePointErrorCode.other_error, "pressed", "EmergencyStop"),
+    ]
+    assert replay(machine, [ev.FaultCleared(FaultKind.EMERGENCY_STOP)]) == [
+        ev.NotifyStatus(S.finishing)
+    ]
+
+
+def test_authorized_plugged_ev_charges_when_the_fault_clears() -> None:
+    machine = fresh()
+    replay(machine, [ev.Plugged(), ev.EvRequesting(True),
+                     ev.FaultRaised(FaultKind.EARTH_FAULT, "earth")])
+    effects = replay(machine, [ev.IdPresented("T"), ev.AuthorizationResult("T", ACCEPTED)])
+    assert not any(isinstance(e, ev.StartTransaction) for e in effects)  # TC_041
+    effects = replay(machine, [ev.FaultCleared(FaultKind.EARTH_FAULT), ev.RelayConfirmed(True)])
+    assert statuses(effects) == ["Preparing", "Charging"]
+    assert ev.StartTransaction("T") in effects
+
+
+@pytest.mark.parametrize(
+    ("kind", "code", "vendor", "reason"),
+    [
+        (FaultKind.EMERGENCY_STOP, "OtherError", "EmergencyStop", Reason.emergency_stop),
+        (FaultKind.EARTH_FAULT, "GroundFailure", None, Reason.other),
+        (FaultKind.COMMUNICATION, "InternalError", "PLC 3 communication lost", Reason.other),
+        (FaultKind.METER, "PowerMeterFailure", None, Reason.other),
+        (FaultKind.POWER_SWITCH, "PowerSwitchFailure", None, Reason.other),
+        (FaultKind.LOCK, "ConnectorLockFailure", None, Reason.other),
+    ],
+)
+def test_fault_mapping(kind: FaultKind, code: str, vendor: str | None, reason: Reason) -> None:
+    machine = fresh()
+    started(machine)
+    detail = "PLC 3 communication lost" if kind == FaultKind.COMMUNICATION else "why"
+    effects = replay(machine, [ev.FaultRaised(kind, detail)])
+    assert ev.StopTransaction(reason) in effects
+    notify = [e for e in effects if isinstance(e, ev.NotifyStatus)][-1]
+    assert (notify.status, notify.error_code, notify.vendor_error_code) == (S.faulted, code, vendor)
+
+
+def test_several_faults_report_the_most_severe_and_clear_one_by_one() -> None:
+    machine = fresh()
+    effects = replay(machine, [ev.FaultRaised(FaultKind.METER, "stale"),
+                               ev.FaultRaised(FaultKind.EMERGENCY_STOP, "pressed")])
+    codes = [e.error_code for e in effects if isinstance(e, ev.NotifyStatus)]
+    assert codes == ["PowerMeterFailure", "OtherError"]
+    effects = replay(machine, [ev.FaultCleared(FaultKind.EMERGENCY_STOP)])
+    assert [(e.status, e.error_code) for e in effects] == [(S.faulted, "PowerMeterFailure")]
+    assert statuses(replay(machine, [ev.FaultCleared(FaultKind.METER)])) == ["Available"]
+
+
+def test_connection_timeout_only_without_ev() -> None:
+    machine = fresh()
+    effects = replay(machine, [ev.RemoteStartRequested("R", authorize=False)])
+    assert effects == [ev.ConnectionTimer(True), ev.NotifyStatus(S.preparing)]
+    assert statuses(replay(machine, [ev.ConnectionTimedOut()])) == ["Available"]
+    machine = fresh()
+    replay(machine, [ev.Plugged(), ev.ConnectionTimedOut()])
+    assert machine.status == S.preparing
+
+
+def test_remote_start_rejected_when_busy_faulted_or_unavailable() -> None:
+    machine = fresh()
+    started(machine)
+    assert machine.dispatch(ev.RemoteStartRequested("X", authorize=False)) is False
+    machine = fresh()
+    replay(machine, [ev.FaultRaised(FaultKind.METER, "")])
+    assert machine.dispatch(ev.RemoteStartRequested("X", authorize=False)) is False
+    machine = fresh()
+    replay(machine, [ev.AvailabilityChanged(False)])
+    assert machine.dispatch(ev.RemoteStartRequested("X", authorize=False)) is False
+
+
+def test_availability_is_scheduled_while_busy_and_applied_after() -> None:
+    machine = fresh()
+    started(machine)
+    assert machine.dispatch(ev.AvailabilityChanged(False)) == "Scheduled"
+    assert machine.take_effects() == []
+    effects = replay(machine, [ev.StopRequested(Reason.remote)])
+    assert statuses(effects) == ["Finishing", "Unavailable"]
+    assert ev.AvailabilityApplied(False) in effects
+
+
+def test_ev_side_disconnect_variants() -> None:
+    # TC_005_1: detachable cable, unlock on disconnect: Finishing until the lock releases.
+    machine = fresh(Settings(fixed_cable=False))
+    started(machine)
+    effects = replay(machine, [ev.Unplugged()])
+    assert ev.StopTransaction(Reason.ev_disconnected) in effects and ev.SetLock(False) in effects
+    assert statuses(effects) == ["Finishing"]
+    assert statuses(replay(machine, [ev.LockReleased()])) == ["Available"]
+    # TC_005_2: keep locked: Finishing until UnlockConnector.
+    machine = fresh(Settings(fixed_cable=False, unlock_on_ev_disconnect=False))
+    started(machine)
+    effects = replay(machine, [ev.Unplugged()])
+    assert ev.SetLock(False) not in effects and machine.status == S.finishing
+    assert machine.dispatch(ev.UnlockRequested()) == UnlockStatus.unlocked
+    assert machine.take_effects() == [ev.SetLock(False)]
+    # TC_005_3: the transaction survives the disconnect; a remote stop ends it.
+    machine = fresh(Settings(stop_on_ev_disconnect=False))
+    started(machine)
+    effects = replay(machine, [ev.Unplugged()])
+    assert statuses(effects) == ["SuspendedEV"] and ev.SwitchRelay(False) in effects
+    effects = replay(machine, [ev.StopRequested(Reason.remote)])
+    assert ev.StopTransaction(Reason.remote) in effects and machine.status == S.available
+
+
+def test_unlock_connector() -> None:
+    assert fresh().dispatch(ev.UnlockRequested()) == UnlockStatus.not_supported
+    machine = fresh(Settings(fixed_cable=False))
+    started(machine)
+    assert machine.dispatch(ev.UnlockRequested()) == UnlockStatus.unlocked
+    assert ev.StopTransaction(Reason.unlock_command) in machine.take_effects()
+    machine = fresh(Settings(fixed_cable=False))
+    replay(machine, [ev.FaultRaised(FaultKind.LOCK, "stuck")])
+    assert machine.dispatch(ev.UnlockRequested()) == UnlockStatus.unlock_failed
+
+
+def test_invalid_tag_on_start_confirmation() -> None:
+    machine = fresh()
+    started(machine)
+    effects = replay(machine, [ev.TransactionConfirmed(7, INVALID)])
+    assert ev.StopTransaction(Reason.de_authorized) in effects
+    machine = fresh(Settings(stop_on_invalid_id=False))
+    started(machine)
+    effects = replay(machine, [ev.TransactionConfirmed(7, INVALID)])
+    assert statuses(effects) == ["SuspendedEVSE"] and ev.SwitchRelay(False) in effects
+    assert machine.truth.transaction is not None and machine.truth.transaction.transaction_id == 7
+
+
+def test_relay_that_does_not_confirm_is_a_power_switch_failure() -> None:
+    machine = fresh()
+    replay(machine, [ev.Plugged(), ev.IdPresented("T"), ev.AuthorizationResult("T", ACCEPTED)])
+    effects = replay(machine, [ev.RelayFailed("no confirmation within 2 s")])
+    assert ev.StopTransaction(Reason.other) in effects
+    assert (machine.status, machine.error_code) == (S.faulted, "PowerSwitchFailure")
+    # The relay opens as commanded: the fault clears and the EV, still plugged, is Finishing.
+    assert statuses(replay(machine, [ev.RelayConfirmed(False)])) == ["Finishing"]
+
+
+# --- property-based: random event sequences ------------------------------------------------------
+
+TAGS = st.sampled_from(["A", "B", "C"])
+EVENTS = st.one_of(
+    st.just(ev.Plugged()),
+    st.just(ev.Unplugged()),
+    st.builds(ev.EvRequesting, st.booleans()),
+    st.builds(ev.IdPresented, TAGS),
+    st.builds(ev.RemoteStartRequested, TAGS, st.booleans()),
+    st.builds(ev.AuthorizationResult, TAGS, st.sampled_from(list(AuthorizationStatus)),
+              st.sampled_from([None, "G", "H"])),
+    st.just(ev.ConnectionTimedOut()),
+    st.builds(ev.RelayConfirmed, st.booleans()),
+    st.builds(ev.RelayFailed, st.just("no confirmation")),
+    st.just(ev.LockReleased()),
+    st.builds(ev.EvseSuspended, st.booleans()),
+    st.builds(ev.FaultRaised, st.sampled_from(list(FaultKind)), st.just("detail")),
+    st.builds(ev.FaultCleared, st.sampled_from(list(FaultKind))),
+    st.builds(ev.AvailabilityChanged, st.booleans()),
+    st.builds(ev.StopRequested, st.sampled_from(list(Reason))),
+    st.builds(ev.TransactionConfirmed, st.integers(1, 5), st.sampled_from([ACCEPTED, INVALID])),
+    st.just(ev.UnlockRequested()),
+)
+
+
+class ConnectorRules(RuleBasedStateMachine):
+    """Random event sequences against the invariants of the connector issue."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.machine: ConnectorMachine | None = None
+        self.reported: list[ev.NotifyStatus] = []
+        self.starts = 0
+        self.stops = 0
+        self.relay: list[bool] = []
+
+    @precondition(lambda self: self.machine is None)
+    @rule(flags=st.tuples(st.booleans(), st.booleans(), st.booleans(), st.booleans()))
+    def create(self, flags: tuple[bool, bool, bool, bool]) -> None:
+        self.machine = ConnectorMachine(1, Settings(*flags))
+        self._absorb(self.machine.take_effects())
+
+    @precondition(lambda self: self.machine is not None)
+    @rule(event=EVENTS)
+    def dispatch(self, event: Any) -> None:
+        assert self.machine is not None
+        self.machine.dispatch(event)
+        self._absorb(self.machine.take_effects())
+
+    def _absorb(self, effects: list[ev.Effect]) -> None:
+        for effect in effects:
+            if isinstance(effect, ev.NotifyStatus):
+                if self.reported:
+                    last = self.reported[-1]
+                    # Only allowed status changes; never the same notification twice.
+                    assert (last.status, last.error_code) != (effect.status, effect.error_code)
+                    if last.status != effect.status:
+                        assert effect.status.value in ALLOWED[last.status.value]
+                self.reported.append(effect)
+            elif isinstance(effect, ev.StartTransaction):
+                assert self.starts == self.stops  # at most one transaction at a time
+                self.starts += 1
+            elif isinstance(effect, ev.StopTransaction):
+                assert self.starts == self.stops + 1  # exactly one stop per start
+                self.stops += 1
+            elif isinstance(effect, ev.SwitchRelay):
+                assert not self.relay or self.relay[-1] != effect.closed
+                self.relay.append(effect.closed)
+
+    @invariant()
+    def truthful(self) -> None:
+        machine = self.machine
+        if machine is None:
+            return
+        t = machine.truth
+        assert machine.status == derive_status(t)
+        # Faulted exactly while a fault is active.
+        assert (machine.status == S.faulted) == bool(t.faults)
+        # Relay closed only with safety, communication, an operative connector and an
+        # authorized transaction on a plugged EV.
+        if t.relay_commanded:
+            assert relay_may_close(t)
+            assert not t.faults and t.transaction is not None and t.plugged
+            assert t.operative or t.scheduled is not None
+        # A transaction is open exactly while the machine has one.
+        assert (self.starts == self.stops + 1) == (t.transaction is not None)
+        # The last notification is the current status.
+        assert self.reported[-1].status == machine.status
+
+
+TestConnectorRules = ConnectorRules.TestCase
+TestConnectorRules.settings = settings(
+    max_examples=300, stateful_step_count=40, deadline=None,
+    suppress_health_check=[HealthCheck.too_slow],
+)
