@@ -131,37 +131,56 @@ async def _run_websocket(
 ) -> None:
     try:
         async with trio.open_nursery() as nursery:
+            # The WebSocket's reader runs where our caller's cancellation cannot reach it, so
+            # that a polite close can still read the peer's close frame; we end it ourselves.
+            reader_nursery, reader_scope = await nursery.start(_shielded_nursery)
+            ws: WebSocketConnection | None = None
             try:
-                ws = await wrap_client_stream(
-                    nursery,
-                    stream,  # type: ignore[arg-type]
-                    host_header,
-                    resource,
-                    subprotocols=[SUBPROTOCOL],
-                    extra_headers=headers,
-                )
-            except (OSError, trio.BrokenResourceError, HandshakeError, ConnectionClosed) as exc:
-                raise TransportError(f"WebSocket handshake with {url} failed: {exc}") from exc
-            if ws.subprotocol != SUBPROTOCOL:
-                with trio.move_on_after(CLOSE_TIMEOUT):
-                    await ws.aclose(1002, "ocpp1.6 subprotocol required")
-                raise TransportError(
-                    f"the central system did not accept subprotocol {SUBPROTOCOL} "
-                    f"(it answered {ws.subprotocol!r})"
-                )
-            task_status.started(ws)
-            try:
+                try:
+                    ws = await wrap_client_stream(
+                        reader_nursery,
+                        stream,  # type: ignore[arg-type]
+                        host_header,
+                        resource,
+                        subprotocols=[SUBPROTOCOL],
+                        extra_headers=headers,
+                    )
+                except (OSError, trio.BrokenResourceError, HandshakeError, ConnectionClosed) as exc:
+                    raise TransportError(f"WebSocket handshake with {url} failed: {exc}") from exc
+                if ws.subprotocol != SUBPROTOCOL:
+                    raise TransportError(
+                        f"the central system did not accept subprotocol {SUBPROTOCOL} "
+                        f"(it answered {ws.subprotocol!r})"
+                    )
+                task_status.started(ws)
                 await trio.sleep_forever()
             finally:
-                with trio.CancelScope(shield=True), trio.move_on_after(CLOSE_TIMEOUT):
-                    await ws.aclose()
-                nursery.cancel_scope.cancel()
+                if ws is not None:
+                    with trio.CancelScope(shield=True), trio.move_on_after(CLOSE_TIMEOUT):
+                        await ws.aclose()
+                reader_scope.cancel()
     except* ConnectionRejected as group:
-        status = getattr(group.exceptions[0], "status_code", "?")
+        status = getattr(_leaf(group), "status_code", "?")
         raise TransportError(f"the central system rejected the connection: HTTP {status}") from None
     except* TransportError as group:
         # Unwrapped: callers catch TransportError, not a group holding one.
-        raise group.exceptions[0] from None
+        raise _leaf(group) from None
+
+
+def _leaf(group: BaseException) -> BaseException:
+    """The first exception in a (possibly nested) group."""
+    while isinstance(group, BaseExceptionGroup):
+        group = group.exceptions[0]
+    return group
+
+
+async def _shielded_nursery(
+    *, task_status: trio.TaskStatus[tuple[trio.Nursery, trio.CancelScope]]
+) -> None:
+    with trio.CancelScope(shield=True) as scope:
+        async with trio.open_nursery() as nursery:
+            task_status.started((nursery, scope))
+            await trio.sleep_forever()
 
 
 # --- central system side -----------------------------------------------------------------------
