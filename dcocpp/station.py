@@ -1,8 +1,19 @@
 """The station: the nursery tree that is the life of the process (see DESIGN.md).
 
-`Station.run()` opens the database, loads the OCPP configuration keys and starts the OCPP
-session; a soft Reset cancels that nursery and builds it again from the configuration files, a
-hard Reset ends `run()` with `HardReset` so that the process exits and its supervisor restarts it.
+    Station.run()
+    ├── hardware backend            started first, runs for the life of the process
+    └── one boot (rebuilt by a soft reset)
+        ├── OCPP session, transaction outbox
+        ├── connector task x N      one per gun, each with its machine
+        └── local HTTP API          when asked for (--api)
+
+The hardware outlives a soft reset (a plugged EV stays plugged); everything the controller
+decides is built again from the configuration files and the database, and each connector picks
+up the physical truth from its gun. A hard reset ends `run()` with `HardReset` so that the
+process exits and its supervisor restarts it.
+
+The station is the only place that knows both the OCPP layer and the hardware: it implements
+`ChargePointControl` for the former and `StationView` for the local API.
 """
 
 from __future__ import annotations
@@ -10,20 +21,48 @@ from __future__ import annotations
 import logging
 import ssl
 from collections.abc import Sequence
+from typing import Any
 
 import trio
-from ocpp.v16.enums import AvailabilityStatus, ChargePointStatus, ResetStatus, ResetType
+from ocpp.v16.enums import (
+    AvailabilityStatus,
+    ChargePointStatus,
+    ReadingContext,
+    Reason,
+    RemoteStartStopStatus,
+    ResetStatus,
+    ResetType,
+    UnlockStatus,
+)
 
+from dcocpp import api
 from dcocpp.config import ChargerConfig
+from dcocpp.connector import events as ev
+from dcocpp.connector.metering import SystemClock, WallClock, ocpp_time
+from dcocpp.connector.task import INBOX_SIZE, ConnectorServices, ConnectorTask
+from dcocpp.hardware.interface import FaultKind, HardwareBackend
+from dcocpp.hardware.simulation import SimulatedHardware
 from dcocpp.ocpp import transport
+from dcocpp.ocpp.authorization import Authorizer
 from dcocpp.ocpp.configuration import ConfigurationStore
 from dcocpp.ocpp.control import ConnectorStatus
-from dcocpp.ocpp.session import ChargePointSession, Identity, utc_now
+from dcocpp.ocpp.session import ChargePointSession, Identity
+from dcocpp.ocpp.transactions import TransactionOutbox
 from dcocpp.storage import Database
 
 log = logging.getLogger(__name__)
 
 USER_CONFIG_NAME = "ocpp16-user-config.json"
+# A reset waits this long for the StopTransactions it caused to be delivered.
+RESET_FLUSH_TIMEOUT = 10.0
+_RESET_REASONS = {ResetType.soft: Reason.soft_reset, ResetType.hard: Reason.hard_reset}
+_FAULT_KINDS = {
+    "estop": FaultKind.EMERGENCY_STOP,
+    "earth": FaultKind.EARTH_FAULT,
+    "comm": FaultKind.COMMUNICATION,
+    "meter": FaultKind.METER,
+    "lock": FaultKind.LOCK,
+}
 
 
 class HardReset(Exception):
@@ -51,57 +90,104 @@ def load_configuration_store(config: ChargerConfig) -> ConfigurationStore:
 
 
 class Station:
-    """Implements `ChargePointControl` for the OCPP session."""
+    """Implements `ChargePointControl` (for the OCPP session) and `StationView` (for the API)."""
 
-    def __init__(self, config: ChargerConfig, *, open_stream: transport.OpenStream | None = None):
+    def __init__(
+        self,
+        config: ChargerConfig,
+        *,
+        hardware: HardwareBackend | None = None,
+        open_stream: transport.OpenStream | None = None,
+        clock: WallClock | None = None,
+        api_address: tuple[str, int] | None = None,
+    ):
         self.config = config
+        self.hardware = hardware or SimulatedHardware(config.connectors)
+        self.clock = clock or SystemClock()
         self._open_stream = open_stream
+        self._api_address = api_address
+        self.api_port: int | None = None
         self._scope: trio.CancelScope | None = None
         self._reset: ResetType | None = None
         self.session: ChargePointSession | None = None
         self.store: ConfigurationStore | None = None
+        self.outbox: TransactionOutbox | None = None
         self._db: Database | None = None
-        # connector id (0 = charge point) -> operative; loaded from the database at start.
-        self._operative: dict[int, bool] = {}
+        self.connectors: dict[int, ConnectorTask] = {}
+        self._operative0 = True
+        self._inboxes = {c.id: trio.open_memory_channel[Any](INBOX_SIZE) for c in config.connectors}
         self.started = trio.Event()
 
     @property
     def connector_ids(self) -> Sequence[int]:
         return [c.id for c in self.config.connectors]
 
+    # --- lifetime --------------------------------------------------------------------------
+
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Run until cancelled; raises `HardReset` when a hard reset was accepted."""
-        while True:
-            kind = await self._run_once(task_status)
-            task_status = trio.TASK_STATUS_IGNORED
-            if kind == ResetType.hard:
-                raise HardReset()
-            log.info("soft reset: restarting the station")
+        async with trio.open_nursery() as nursery:
+            await nursery.start(
+                self.hardware.run, {cid: send.clone() for cid, (send, _) in self._inboxes.items()}
+            )
+            while True:
+                kind = await self._boot(task_status)
+                task_status = trio.TASK_STATUS_IGNORED
+                if kind == ResetType.hard:
+                    raise HardReset()
+                log.info("soft reset: restarting the station")
 
-    async def _run_once(self, task_status: trio.TaskStatus[None]) -> ResetType | None:
+    async def _boot(self, task_status: trio.TaskStatus[None]) -> ResetType | None:
         config = self.config
         self._reset = None
-        self.store = load_configuration_store(config)
-        self._db = Database.open(config.data_dir)
+        self.started = trio.Event()
+        self.store = store = load_configuration_store(config)
+        self._db = db = Database.open(config.data_dir)
         try:
-            saved = self._db.availability()
-            self._operative = {
-                cid: saved.get(cid, (True, None))[0] for cid in [0, *self.connector_ids]
-            }
+            saved = db.availability()
+            self._operative0 = saved.get(0, (True, None))[0]
             cp = config.charge_point
-            self.session = ChargePointSession(
+            self.session = session = ChargePointSession(
                 Identity(cp.id, cp.vendor, cp.model, cp.firmware_version, cp.serial_number),
                 cp.central_system_uri,
-                self.store,
+                store,
                 self,
                 ssl_context=client_ssl_context(config)
                 if cp.central_system_uri.startswith("wss")
                 else None,
                 open_stream=self._open_stream,
             )
+            self.outbox = outbox = TransactionOutbox(session)
+            services = ConnectorServices(
+                store=store,
+                outbox=outbox,
+                authorizer=Authorizer(session),
+                clock=self.clock,
+                report_status=session.report_status,
+                persist_availability=self._persist_scheduled,
+            )
+            self.connectors = {}
+            for connector in config.connectors:
+                send, receive = self._inboxes[connector.id]
+                operative = saved.get(connector.id, (True, None))
+                self.connectors[connector.id] = ConnectorTask(
+                    connector,
+                    self.hardware.gun(connector.id),
+                    services,
+                    receive,
+                    send,
+                    operative=self._operative0 and operative[0],
+                )
             with trio.CancelScope() as self._scope:
                 async with trio.open_nursery() as nursery:
-                    await nursery.start(self.session.run)
+                    for task in self.connectors.values():
+                        await nursery.start(task.run)
+                    await nursery.start(outbox.run)
+                    await nursery.start(session.run)
+                    if self._api_address is not None:
+                        _, self.api_port = await nursery.start(
+                            api.serve_api, self, *self._api_address
+                        )
                     log.info(
                         "station %s up: %d connectors, central system %s",
                         cp.id,
@@ -111,43 +197,130 @@ class Station:
                     self.started.set()
                     task_status.started()
         finally:
-            self._db.close()
+            db.close()
         return self._reset
 
-    # --- ChargePointControl ------------------------------------------------------------------
+    # --- ChargePointControl (for the OCPP layer) ---------------------------------------------
 
     def statuses(self) -> list[ConnectorStatus]:
-        now = utc_now()
-        return [
-            ConnectorStatus(cid, self._status(cid), timestamp=now)
-            for cid in [0, *self.connector_ids]
+        now = ocpp_time(self.clock.now())
+        zero = ChargePointStatus.available if self._operative0 else ChargePointStatus.unavailable
+        return [ConnectorStatus(0, zero, timestamp=now)] + [
+            task.status() for task in self.connectors.values()
         ]
 
-    def _status(self, connector_id: int) -> ChargePointStatus:
-        operative = self._operative.get(0, True) and self._operative.get(connector_id, True)
-        return ChargePointStatus.available if operative else ChargePointStatus.unavailable
-
-    def change_availability(self, connector_id: int, operative: bool) -> AvailabilityStatus:
+    async def change_availability(self, connector_id: int, operative: bool) -> AvailabilityStatus:
         assert self._db is not None and self.session is not None
-        before = {cid: self._status(cid) for cid in [0, *self.connector_ids]}
         # Persisted before it is acknowledged: a power cut must not forget "Inoperative".
         self._db.set_availability(connector_id, operative, None)
-        self._operative[connector_id] = operative
-        for status in self.statuses():
-            if before[status.connector_id] != status.status:
-                self.session.report_status(status)
+        if connector_id == 0:
+            was = self._operative0
+            self._operative0 = operative
+            if was != operative:
+                self.session.report_status(self.statuses()[0])
+            saved = self._db.availability()
+            targets = {
+                cid: operative and saved.get(cid, (True, None))[0] for cid in self.connectors
+            }
+        else:
+            targets = {connector_id: operative and self._operative0}
+        replies = [
+            await self.connectors[cid].ask(ev.AvailabilityChanged(target))
+            for cid, target in targets.items()
+        ]
         log.info(
-            "connector %d set %s by the central system",
+            "connector %d set %s by the central system%s",
             connector_id,
             "operative" if operative else "inoperative",
+            " (scheduled)" if "Scheduled" in replies else "",
         )
-        return AvailabilityStatus.accepted
+        return (
+            AvailabilityStatus.scheduled if "Scheduled" in replies else AvailabilityStatus.accepted
+        )
+
+    def _persist_scheduled(self, connector_id: int, operative: bool) -> None:
+        """A scheduled change took effect; the database already holds the wish."""
+        log.info(
+            "connector %d is now %s", connector_id, "operative" if operative else "inoperative"
+        )
 
     def reset_allowed(self, kind: ResetType) -> ResetStatus:
         return ResetStatus.accepted
 
-    def perform_reset(self, kind: ResetType) -> None:
+    async def perform_reset(self, kind: ResetType) -> None:
         log.warning("%s reset requested by the central system", kind.value.lower())
+        reason = _RESET_REASONS[kind]
+        with trio.move_on_after(RESET_FLUSH_TIMEOUT):
+            for task in self.connectors.values():
+                await task.ask(ev.StopRequested(reason))
+                await task.wait_settled()  # its StopTransaction is in the outbox
+            if self.outbox is not None:
+                await self.outbox.wait_empty()  # and out, if the central system is there
         self._reset = kind
         if self._scope is not None:
             self._scope.cancel()
+
+    async def remote_start(self, connector_id: int | None, id_tag: str) -> RemoteStartStopStatus:
+        assert self.store is not None
+        authorize = self.store.get_bool("AuthorizeRemoteTxRequests")
+        candidates = [connector_id] if connector_id is not None else list(self.connectors)
+        for cid in candidates:
+            if await self.connectors[cid].ask(ev.RemoteStartRequested(id_tag, authorize)):
+                return RemoteStartStopStatus.accepted
+        return RemoteStartStopStatus.rejected
+
+    async def remote_stop(self, transaction_id: int) -> RemoteStartStopStatus:
+        for task in self.connectors.values():
+            tx = task.transaction
+            if tx is not None and tx.transaction_id == transaction_id:
+                await task.ask(ev.StopRequested(Reason.remote))
+                return RemoteStartStopStatus.accepted
+        return RemoteStartStopStatus.rejected
+
+    async def unlock(self, connector_id: int) -> UnlockStatus:
+        return await self.connectors[connector_id].ask(ev.UnlockRequested())
+
+    async def trigger_meter_values(self, connector_id: int | None) -> None:
+        for cid, task in self.connectors.items():
+            if connector_id in (None, 0, cid):
+                await task.send_meter_values(ReadingContext.trigger)
+
+    # --- StationView (for the local API) -----------------------------------------------------
+
+    def snapshot(self) -> dict[str, Any]:
+        session = self.session
+        return {
+            "chargePoint": {
+                "id": self.config.charge_point.id,
+                "connected": bool(session and session.connected),
+                "registration": session.state.value if session else "Disconnected",
+            },
+            "connectors": [task.snapshot() for task in self.connectors.values()],
+        }
+
+    def _task(self, connector_id: int) -> ConnectorTask:
+        return self.connectors[connector_id]  # KeyError -> 404
+
+    def _simulator(self) -> SimulatedHardware:
+        if not isinstance(self.hardware, SimulatedHardware):
+            raise ValueError("this charger runs on real hardware; there is nothing to simulate")
+        return self.hardware
+
+    async def plug(self, connector_id: int) -> None:
+        self._task(connector_id)
+        await self._simulator().plug(connector_id)
+
+    async def unplug(self, connector_id: int) -> None:
+        self._task(connector_id)
+        await self._simulator().unplug(connector_id)
+
+    async def present_id(self, connector_id: int, id_tag: str) -> None:
+        await self._task(connector_id).ask(ev.IdPresented(id_tag))
+
+    async def set_ev_suspended(self, connector_id: int, suspended: bool) -> None:
+        self._task(connector_id)
+        await self._simulator().set_ev_suspended(connector_id, suspended)
+
+    async def set_fault(self, connector_id: int, kind: str, active: bool) -> None:
+        self._task(connector_id)
+        await self._simulator().set_fault(connector_id, _FAULT_KINDS[kind], active)

@@ -87,6 +87,17 @@ class MeterReading:
     soc: float | None = None
 
 
+@attrs.frozen
+class GunStatus:
+    """What the hardware knows about a gun right now: lets a restarted controller pick up the
+    physical truth (a plugged EV stays plugged across a soft reset)."""
+
+    plugged: bool
+    ev_requesting: bool
+    relay_closed: bool
+    faults: tuple[tuple[FaultKind, str], ...] = ()  # (kind, detail) of every active fault
+
+
 # --- commands: connector -> hardware -------------------------------------------------------------
 
 
@@ -111,6 +122,10 @@ class GunHardware(Protocol):
 
     def read_meter(self) -> MeterReading:
         """The latest meter sample (cheap; call it as often as needed)."""
+        ...
+
+    def status(self) -> GunStatus:
+        """The gun's current physical state."""
         ...
 
 

@@ -31,6 +31,7 @@ from dcocpp.hardware.interface import (
     FaultCleared,
     FaultKind,
     FaultRaised,
+    GunStatus,
     HardwareError,
     HardwareEvent,
     MeterReading,
@@ -258,6 +259,15 @@ class SimulatedGun:
 
     def set_relay_stuck(self, stuck: bool) -> None:
         self._relay_stuck = stuck
+
+    def status(self) -> GunStatus:
+        state = self.state()
+        return GunStatus(
+            plugged=state.plugged,
+            ev_requesting=state.ev_requesting,
+            relay_closed=state.relay_closed,
+            faults=tuple(self._faults.items()),
+        )
 
     def state(self) -> GunState:
         meter = self.read_meter()

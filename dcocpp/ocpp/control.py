@@ -15,8 +15,10 @@ from ocpp.v16.enums import (
     AvailabilityStatus,
     ChargePointErrorCode,
     ChargePointStatus,
+    RemoteStartStopStatus,
     ResetStatus,
     ResetType,
+    UnlockStatus,
 )
 
 
@@ -42,7 +44,7 @@ class ChargePointControl(Protocol):
         """The current status of connector 0 and every connector, in id order."""
         ...
 
-    def change_availability(self, connector_id: int, operative: bool) -> AvailabilityStatus:
+    async def change_availability(self, connector_id: int, operative: bool) -> AvailabilityStatus:
         """Apply (or schedule, while busy) an availability change; persisted before it returns."""
         ...
 
@@ -50,6 +52,19 @@ class ChargePointControl(Protocol):
         """Whether a Reset of this kind is accepted; it is performed by `perform_reset`."""
         ...
 
-    def perform_reset(self, kind: ResetType) -> None:
-        """Carry out an accepted Reset, after its CALLRESULT has been sent."""
+    async def perform_reset(self, kind: ResetType) -> None:
+        """Carry out an accepted Reset, after its CALLRESULT has been sent: stop transactions
+        (reason SoftReset/HardReset), then restart."""
+        ...
+
+    async def remote_start(self, connector_id: int | None, id_tag: str) -> RemoteStartStopStatus:
+        """RemoteStartTransaction on a connector (None: the charge point picks one)."""
+        ...
+
+    async def remote_stop(self, transaction_id: int) -> RemoteStartStopStatus: ...
+
+    async def unlock(self, connector_id: int) -> UnlockStatus: ...
+
+    async def trigger_meter_values(self, connector_id: int | None) -> None:
+        """Send MeterValues now (TriggerMessage) for one connector or all."""
         ...

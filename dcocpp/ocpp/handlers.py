@@ -21,9 +21,11 @@ from ocpp.v16.enums import (
     DiagnosticsStatus,
     FirmwareStatus,
     MessageTrigger,
+    RemoteStartStopStatus,
     ResetStatus,
     ResetType,
     TriggerMessageStatus,
+    UnlockStatus,
 )
 
 from dcocpp.ocpp.errors import CallError
@@ -43,6 +45,7 @@ _TRIGGERABLE = frozenset(
         MessageTrigger.status_notification,
         MessageTrigger.diagnostics_status_notification,
         MessageTrigger.firmware_status_notification,
+        MessageTrigger.meter_values,
     }
 )
 
@@ -84,11 +87,11 @@ class CoreHandlers:
     # --- availability and reset --------------------------------------------------------------
 
     @on(Action.change_availability)
-    def on_change_availability(self, connector_id: int, type: str, **_: Any) -> Any:
+    async def on_change_availability(self, connector_id: int, type: str, **_: Any) -> Any:
         if not self._valid_connector(connector_id):
             return call_result.ChangeAvailability(status=AvailabilityStatus.rejected)
         operative = AvailabilityType(type) == AvailabilityType.operative
-        status = self.session.control.change_availability(connector_id, operative)
+        status = await self.session.control.change_availability(connector_id, operative)
         return call_result.ChangeAvailability(status=status)
 
     @on(Action.reset)
@@ -96,10 +99,40 @@ class CoreHandlers:
         return call_result.Reset(status=self.session.control.reset_allowed(ResetType(type)))
 
     @after(Action.reset)
-    def after_reset(self, type: str, **_: Any) -> None:
+    async def after_reset(self, type: str, **_: Any) -> None:
         kind = ResetType(type)
         if self.session.control.reset_allowed(kind) == ResetStatus.accepted:
-            self.session.control.perform_reset(kind)
+            await self.session.control.perform_reset(kind)
+
+    # --- transactions ------------------------------------------------------------------------
+
+    @on(Action.remote_start_transaction)
+    async def on_remote_start_transaction(
+        self,
+        id_tag: str,
+        connector_id: int | None = None,
+        charging_profile: dict[str, Any] | None = None,
+        **_: Any,
+    ) -> Any:
+        if connector_id == 0 or not self._valid_connector(connector_id):
+            return call_result.RemoteStartTransaction(status=RemoteStartStopStatus.rejected)
+        if charging_profile is not None:
+            # SmartCharging is not a supported profile yet: refusing beats ignoring a limit.
+            log.warning("RemoteStartTransaction with a charging profile rejected")
+            return call_result.RemoteStartTransaction(status=RemoteStartStopStatus.rejected)
+        status = await self.session.control.remote_start(connector_id, id_tag)
+        return call_result.RemoteStartTransaction(status=status)
+
+    @on(Action.remote_stop_transaction)
+    async def on_remote_stop_transaction(self, transaction_id: int, **_: Any) -> Any:
+        status = await self.session.control.remote_stop(transaction_id)
+        return call_result.RemoteStopTransaction(status=status)
+
+    @on(Action.unlock_connector)
+    async def on_unlock_connector(self, connector_id: int, **_: Any) -> Any:
+        if connector_id == 0 or not self._valid_connector(connector_id):
+            return call_result.UnlockConnector(status=UnlockStatus.not_supported)
+        return call_result.UnlockConnector(status=await self.session.control.unlock(connector_id))
 
     # --- remote trigger ----------------------------------------------------------------------
 
@@ -129,6 +162,8 @@ class CoreHandlers:
             for status in session.control.statuses():
                 if connector_id is None or status.connector_id == connector_id:
                     await session.send_status(status, triggered=True)
+        elif message == MessageTrigger.meter_values:
+            await session.control.trigger_meter_values(connector_id)
         elif message == MessageTrigger.diagnostics_status_notification:
             # No upload has ever run on this charger, so the status is Idle.
             await session.call(

@@ -140,6 +140,15 @@ class ChargePointSession:
         assert scope.cancelled_caught
         raise ResponseTimeout(f"no answer to {type(payload).__name__} within {timeout} s")
 
+    async def wait_until_accepted(self) -> None:
+        while not self.registration.accepted:
+            await self._registration_changed.wait()
+
+    def remember_authorization(self, id_tag: str, id_tag_info: dict[str, Any]) -> None:
+        """Fill the authorization cache from any answer carrying an idTagInfo."""
+        if self.store.get_bool("AuthorizationCacheEnabled"):
+            self.auth_cache.update(id_tag, id_tag_info)
+
     def reconnect(self, reason: str) -> None:
         """Drop the current connection (e.g. new credentials); `run()` connects again."""
         if self._connection_scope is not None:

@@ -32,7 +32,6 @@ _DECIMAL_ACTIONS = {
 }
 
 
-
 class FrameError(CallErrorException):
     """A frame that is not a valid OCPP-J message. `unique_id` is set when the frame carried
     one, so that the peer can be answered with a CALLERROR."""

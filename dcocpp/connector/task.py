@@ -1,0 +1,468 @@
+"""One gun's task: the async shell around its pure `ConnectorMachine`.
+
+Everything the gun hears arrives in one inbox (a bounded trio channel): hardware events from the
+backend, requests from the OCPP handlers and the local API, and the results of the task's own
+timers and workers. The loop feeds each one to the machine and carries out the effects without
+ever blocking on the outside world: the relay is driven by a worker under a cancel-scope
+deadline (a relay that does not confirm in time is a PowerSwitchFailure, not a hang), an
+authorization runs as its own task, and transaction messages go to the outbox.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import attrs
+import trio
+from ocpp.v16 import call
+from ocpp.v16.enums import ReadingContext, UnlockStatus
+
+from dcocpp.config import ConnectorConfig
+from dcocpp.connector import events as ev
+from dcocpp.connector.machine import ConnectorMachine, Settings, Truth, fault_report
+from dcocpp.connector.metering import WallClock, meter_value, ocpp_time, seconds_to_next_aligned
+from dcocpp.hardware import interface as hw
+from dcocpp.ocpp.authorization import Authorizer
+from dcocpp.ocpp.configuration import ConfigurationStore
+from dcocpp.ocpp.control import ConnectorStatus
+from dcocpp.ocpp.errors import OcppError
+from dcocpp.ocpp.transactions import LocalTransaction, TransactionOutbox
+
+log = logging.getLogger(__name__)
+
+# How long the hardware has to confirm a relay command (the PLC retries within it).
+RELAY_ACK_DEADLINE = 2.0
+LOCK_DEADLINE = 5.0
+INBOX_SIZE = 64
+
+_HARDWARE_EVENTS: dict[type, Callable[[Any], ev.Event]] = {
+    hw.CablePlugged: lambda e: ev.Plugged(),
+    hw.CableUnplugged: lambda e: ev.Unplugged(),
+    hw.EvDemand: lambda e: ev.EvRequesting(e.requesting),
+    hw.RelayState: lambda e: ev.RelayConfirmed(e.closed),
+    hw.FaultRaised: lambda e: ev.FaultRaised(e.kind, e.detail),
+    hw.FaultCleared: lambda e: ev.FaultCleared(e.kind),
+}
+
+
+@attrs.define
+class _Request:
+    """An event whose reply someone awaits."""
+
+    event: ev.Event
+    done: trio.Event = attrs.field(factory=trio.Event)
+    reply: Any = None
+
+
+@attrs.frozen
+class ConnectorServices:
+    """What a connector needs from the rest of the station."""
+
+    store: ConfigurationStore
+    outbox: TransactionOutbox
+    authorizer: Authorizer
+    clock: WallClock
+    report_status: Callable[[ConnectorStatus], None]
+    persist_availability: Callable[[int, bool], None]
+
+
+class ConnectorTask:
+    """Owns one gun for one run of the station. `run()` reads the inbox until cancelled; its
+    nursery holds the relay worker, the metering timers and any authorization in progress,
+    which all end with it."""
+
+    def __init__(
+        self,
+        config: ConnectorConfig,
+        gun: hw.GunHardware,
+        services: ConnectorServices,
+        inbox: trio.MemoryReceiveChannel[Any],
+        inbox_send: trio.MemorySendChannel[Any],
+        *,
+        operative: bool = True,
+    ):
+        self.config = config
+        self.id = config.id
+        self.gun = gun
+        self.services = services
+        self._inbox = inbox
+        self._send = inbox_send
+        physical = gun.status()
+        self.machine = ConnectorMachine(
+            config.id,
+            self._settings(),
+            Truth(
+                plugged=physical.plugged,
+                ev_requesting=physical.ev_requesting,
+                relay_closed=physical.relay_closed,
+                faults=physical.faults,
+                operative=operative,
+            ),
+        )
+        self.transaction: LocalTransaction | None = None
+        self._relay_target = physical.relay_closed
+        self._relay_confirmed: bool | None = physical.relay_closed  # None: unknown (failed)
+        self._relay_wake = trio.Event()
+        self._relay_changed = trio.Event()
+        self._nursery: trio.Nursery | None = None
+        self._connection_timer: trio.CancelScope | None = None
+        self._sampler: trio.CancelScope | None = None
+        self._finishing = 0  # transactions whose StopTransaction is not queued yet
+        self._settled = trio.Event()
+
+    def _settings(self) -> Settings:
+        store = self.services.store
+        return Settings(
+            stop_on_ev_disconnect=store.get_bool("StopTransactionOnEVSideDisconnect"),
+            unlock_on_ev_disconnect=store.get_bool("UnlockConnectorOnEVSideDisconnect"),
+            stop_on_invalid_id=store.get_bool("StopTransactionOnInvalidId"),
+            fixed_cable=self.config.fixed_cable,
+        )
+
+    # --- public ----------------------------------------------------------------------------
+
+    async def ask(self, event: ev.Event) -> Any:
+        """Put an event in the inbox and wait for the machine's reply (and its effects)."""
+        request = _Request(event)
+        await self._send.send(request)
+        await request.done.wait()
+        return request.reply
+
+    async def post(self, event: ev.Event) -> None:
+        await self._send.send(event)
+
+    def status(self) -> ConnectorStatus:
+        code, vendor, info = fault_report(self.machine.truth)
+        return ConnectorStatus(
+            self.id, self.machine.status, code, info, vendor, ocpp_time(self.services.clock.now())
+        )
+
+    async def wait_settled(self) -> None:
+        """Until every stopped transaction has its StopTransaction in the outbox."""
+        while self._finishing:
+            await self._settled.wait()
+
+    async def send_meter_values(self, context: ReadingContext = ReadingContext.trigger) -> None:
+        """MeterValues now (TriggerMessage): on the transaction if one runs."""
+        measurands = self.services.store.get_list("MeterValuesSampledData")
+        sample = self._sample(measurands, context)
+        if self.transaction is not None:
+            self.services.outbox.meter_values(self.transaction, [sample])
+        else:
+            self._send_without_transaction(sample)
+
+    # --- the loop --------------------------------------------------------------------------
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        async with trio.open_nursery() as nursery:
+            self._nursery = nursery
+            nursery.start_soon(self._relay_worker)
+            nursery.start_soon(self._clock_aligned_sampler)
+            self._execute(self.machine.take_effects())
+            task_status.started()
+            async for item in self._inbox:
+                await self._handle(item)
+
+    async def _handle(self, item: Any) -> None:
+        request = item if isinstance(item, _Request) else None
+        event = request.event if request else item
+        translate = _HARDWARE_EVENTS.get(type(event))
+        if translate is not None:
+            event = translate(event)
+        self.machine.settings = self._settings()  # keys may have changed at runtime
+        reply = self.machine.dispatch(event)
+        effects = self.machine.take_effects()
+        if isinstance(event, ev.UnlockRequested):
+            reply = await self._unlock(reply, effects)
+        else:
+            self._execute(effects)
+        if request is not None:
+            request.reply = reply
+            request.done.set()
+
+    def _execute(self, effects: list[ev.Effect]) -> None:
+        for effect in effects:
+            match effect:
+                case ev.NotifyStatus():
+                    self.services.report_status(
+                        ConnectorStatus(
+                            self.id,
+                            effect.status,
+                            effect.error_code,
+                            effect.info,
+                            effect.vendor_error_code,
+                            ocpp_time(self.services.clock.now()),
+                        )
+                    )
+                case ev.SwitchRelay(closed=closed):
+                    self._relay_target = closed
+                    self._relay_wake.set()
+                case ev.SetLock(locked=locked):
+                    self._spawn(self._drive_lock, locked)
+                case ev.Authorize(id_tag=id_tag):
+                    self._spawn(self._authorize, id_tag)
+                case ev.StartTransaction():
+                    self._start_transaction(effect)
+                case ev.StopTransaction():
+                    self._stop_transaction(effect)
+                case ev.ConnectionTimer(running=running):
+                    self._set_connection_timer(running)
+                case ev.AvailabilityApplied(operative=operative):
+                    self.services.persist_availability(self.id, operative)
+
+    def _spawn(self, fn: Callable[..., Awaitable[None]], *args: Any) -> None:
+        assert self._nursery is not None
+        self._nursery.start_soon(fn, *args)
+
+    # --- relay -----------------------------------------------------------------------------
+
+    async def _relay_worker(self) -> None:
+        """Drive the relay to the latest target; report what the hardware did (or did not)."""
+        while True:
+            target = self._relay_target
+            if target == self._relay_confirmed:
+                await self._relay_wake.wait()
+                self._relay_wake = trio.Event()
+                continue
+            with trio.move_on_after(RELAY_ACK_DEADLINE) as deadline:
+                try:
+                    await self.gun.set_relay(target)
+                except hw.HardwareError as exc:
+                    await self._relay_failed(f"relay refused: {exc}")
+                    continue
+            if deadline.cancelled_caught:
+                action = "close" if target else "open"
+                log.error(
+                    "connector %d: relay did not %s within %g s",
+                    self.id,
+                    action,
+                    RELAY_ACK_DEADLINE,
+                )
+                await self._relay_failed(f"no {action} confirmation in {RELAY_ACK_DEADLINE:g} s")
+                continue
+            self._set_relay_confirmed(target)
+            await self.post(ev.RelayConfirmed(target))
+
+    async def _relay_failed(self, detail: str) -> None:
+        self._set_relay_confirmed(None)
+        await self.post(ev.RelayFailed(detail))
+        await self._relay_wake.wait()  # until the machine asks for something again
+        self._relay_wake = trio.Event()
+
+    def _set_relay_confirmed(self, state: bool | None) -> None:
+        self._relay_confirmed = state
+        self._relay_changed.set()
+        self._relay_changed = trio.Event()
+
+    async def _wait_relay_open(self) -> None:
+        """Until the relay is confirmed open (the final meter reading must come after it), or
+        the deadline: a relay that does not open is reported by the worker."""
+        with trio.move_on_after(RELAY_ACK_DEADLINE):
+            while self._relay_confirmed is not False:
+                await self._relay_changed.wait()
+
+    # --- lock, authorization, timers -------------------------------------------------------
+
+    async def _drive_lock(self, locked: bool) -> None:
+        try:
+            with trio.fail_after(LOCK_DEADLINE):
+                await self.gun.set_lock(locked)
+        except (hw.HardwareError, trio.TooSlowError) as exc:
+            await self.post(ev.FaultRaised(hw.FaultKind.LOCK, f"lock: {exc}"[:50]))
+            return
+        if not locked:
+            await self.post(ev.LockReleased())
+
+    async def _unlock(self, reply: UnlockStatus, effects: list[ev.Effect]) -> UnlockStatus:
+        """UnlockConnector answers what the lock did, so the release is awaited here."""
+        releases = [e for e in effects if isinstance(e, ev.SetLock) and not e.locked]
+        self._execute([e for e in effects if e not in releases])
+        if reply != UnlockStatus.unlocked or not releases:
+            return reply
+        try:
+            with trio.fail_after(LOCK_DEADLINE):
+                await self.gun.set_lock(False)
+        except (hw.HardwareError, trio.TooSlowError) as exc:
+            self._post_later(ev.FaultRaised(hw.FaultKind.LOCK, f"unlock: {exc}"[:50]))
+            return UnlockStatus.unlock_failed
+        self._post_later(ev.LockReleased())
+        return UnlockStatus.unlocked
+
+    def _post_later(self, event: ev.Event) -> None:
+        # Not `await self.post`: we are inside the loop, which must not wait on its own inbox.
+        self._spawn(self.post, event)
+
+    async def _authorize(self, id_tag: str) -> None:
+        decision = await self.services.authorizer.authorize(id_tag)
+        log.info(
+            "connector %d: %s is %s (%s)", self.id, id_tag, decision.status.value, decision.source
+        )
+        await self.post(ev.AuthorizationResult(id_tag, decision.status, decision.parent_id_tag))
+
+    def _set_connection_timer(self, running: bool) -> None:
+        if self._connection_timer is not None:
+            self._connection_timer.cancel()
+            self._connection_timer = None
+        if running:
+            scope = trio.CancelScope()
+            self._connection_timer = scope
+            self._spawn(self._connection_timeout, scope)
+
+    async def _connection_timeout(self, scope: trio.CancelScope) -> None:
+        with scope:
+            await trio.sleep(self.services.store.get_int("ConnectionTimeOut"))
+            await self.post(ev.ConnectionTimedOut())
+
+    # --- transactions and meter values -----------------------------------------------------
+
+    def _sample(self, measurands: list[str], context: ReadingContext) -> dict[str, Any]:
+        return meter_value(
+            self.gun.read_meter(),
+            measurands,
+            context,
+            ocpp_time(self.services.clock.now()),
+            offered_a=self.config.max_current_a,
+        )
+
+    def _start_transaction(self, effect: ev.StartTransaction) -> None:
+        reading = self.gun.read_meter()
+        now = ocpp_time(self.services.clock.now())
+        tx = self.services.outbox.start(
+            self.id,
+            effect.id_tag,
+            round(reading.energy_wh),
+            now,
+            reservation_id=effect.reservation_id,
+            on_confirmed=self._confirmed,
+        )
+        self.transaction = tx
+        stop_measurands = self.services.store.get_list("StopTxnSampledData")
+        if stop_measurands:
+            tx.transaction_data.append(
+                self._sample(stop_measurands, ReadingContext.transaction_begin)
+            )
+        log.info(
+            "connector %d: transaction started for %s at %d Wh",
+            self.id,
+            effect.id_tag,
+            tx.meter_start,
+        )
+        scope = trio.CancelScope()
+        self._sampler = scope
+        self._spawn(self._periodic_sampler, tx, scope)
+
+    async def _confirmed(self, transaction_id: int, id_tag_info: dict[str, Any]) -> None:
+        await self.post(ev.TransactionConfirmed(transaction_id, id_tag_info["status"]))
+
+    def _stop_transaction(self, effect: ev.StopTransaction) -> None:
+        tx = self.transaction
+        if tx is None:
+            return
+        self.transaction = None
+        if self._sampler is not None:
+            self._sampler.cancel()
+        self._finishing += 1
+        self._spawn(self._finish, tx, effect)
+
+    async def _finish(self, tx: LocalTransaction, effect: ev.StopTransaction) -> None:
+        # The relay is opening (the machine commanded it first): bill up to the last Wh.
+        await self._wait_relay_open()
+        reading = self.gun.read_meter()
+        stop_measurands = self.services.store.get_list("StopTxnSampledData")
+        if stop_measurands:
+            tx.transaction_data.append(
+                self._sample(stop_measurands, ReadingContext.transaction_end)
+            )
+        self.services.outbox.stop(
+            tx,
+            round(reading.energy_wh),
+            ocpp_time(self.services.clock.now()),
+            effect.reason.value,
+            effect.id_tag,
+        )
+        log.info(
+            "connector %d: transaction stopped (%s) at %d Wh, %d Wh delivered",
+            self.id,
+            effect.reason.value,
+            round(reading.energy_wh),
+            round(reading.energy_wh) - tx.meter_start,
+        )
+
+    async def _periodic_sampler(self, tx: LocalTransaction, scope: trio.CancelScope) -> None:
+        """MeterValueSampleInterval while the transaction runs (Sample.Periodic)."""
+        store = self.services.store
+        with scope:
+            while True:
+                interval = store.get_int("MeterValueSampleInterval")
+                if interval <= 0:
+                    await trio.sleep(60)  # disabled; look again later
+                    continue
+                await trio.sleep(interval)
+                measurands = store.get_list("MeterValuesSampledData")
+                if measurands:
+                    self.services.outbox.meter_values(
+                        tx, [self._sample(measurands, ReadingContext.sample_periodic)]
+                    )
+                stop_measurands = store.get_list("StopTxnSampledData")
+                if stop_measurands:
+                    tx.transaction_data.append(
+                        self._sample(stop_measurands, ReadingContext.sample_periodic)
+                    )
+
+    async def _clock_aligned_sampler(self) -> None:
+        """ClockAlignedDataInterval, aligned to midnight UTC (Sample.Clock)."""
+        store = self.services.store
+        while True:
+            interval = store.get_int("ClockAlignedDataInterval")
+            if interval <= 0:
+                await trio.sleep(60)
+                continue
+            await trio.sleep(seconds_to_next_aligned(self.services.clock.now(), interval))
+            measurands = store.get_list("MeterValuesAlignedData")
+            tx = self.transaction
+            if measurands:
+                sample = self._sample(measurands, ReadingContext.sample_clock)
+                if tx is not None:
+                    self.services.outbox.meter_values(tx, [sample])
+                else:
+                    self._send_without_transaction(sample)
+            stop_measurands = store.get_list("StopTxnAlignedData")
+            if tx is not None and stop_measurands:
+                tx.transaction_data.append(
+                    self._sample(stop_measurands, ReadingContext.sample_clock)
+                )
+
+    def _send_without_transaction(self, sample: dict[str, Any]) -> None:
+        """Meter values outside a transaction are news, not billing: sent if online, else
+        dropped (with a log line)."""
+        self._spawn(self._deliver_untransacted, sample)
+
+    async def _deliver_untransacted(self, sample: dict[str, Any]) -> None:
+        session = self.services.outbox.session
+        try:
+            await session.call(call.MeterValues(connector_id=self.id, meter_value=[sample]))
+        except OcppError as exc:
+            log.info("connector %d: meter values not sent (%s)", self.id, exc)
+
+    # --- views -----------------------------------------------------------------------------
+
+    def snapshot(self) -> dict[str, Any]:
+        truth = self.machine.truth
+        reading = self.gun.read_meter()
+        tx = self.transaction
+        return {
+            "id": self.id,
+            "status": self.machine.status.value,
+            "errorCode": self.machine.error_code.value,
+            "transactionId": tx.transaction_id if tx is not None else None,
+            "idTag": truth.transaction.id_tag if truth.transaction is not None else None,
+            "plugged": truth.plugged,
+            "relayClosed": truth.relay_closed,
+            "energyWh": round(reading.energy_wh, 1),
+            "powerW": round(reading.power_w, 1),
+            "currentA": round(reading.current_a, 2),
+            "voltageV": round(reading.voltage_v, 1),
+            "soc": None if reading.soc is None else round(reading.soc, 1),
+        }
