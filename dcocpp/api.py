@@ -69,6 +69,7 @@ class StationView(Protocol):
         """
         ...
 
+    @property
     def connector_ids(self) -> Sequence[int]: ...
 
     async def plug(self, connector_id: int) -> None: ...
@@ -107,7 +108,7 @@ def create_app(view: StationView) -> Starlette:
 
     def connector_id(request: Request) -> int:
         raw = request.path_params["connector_id"]
-        if not _DIGITS.fullmatch(raw) or int(raw) not in view.connector_ids():
+        if not _DIGITS.fullmatch(raw) or int(raw) not in view.connector_ids:
             raise _Reject(404, f"unknown connector {raw!r}")
         return int(raw)
 

@@ -16,7 +16,8 @@ from pathlib import Path
 
 import trio
 
-from dcocpp import __version__, statecharts
+from dcocpp import __version__, simcli, statecharts
+from dcocpp.api import ApiError
 from dcocpp.config import ChargerConfig, ConfigError, load_charger_config
 from dcocpp.logs import LoggingSetup
 from dcocpp.ocpp.configuration import ConfigurationError
@@ -69,6 +70,12 @@ def _parser() -> argparse.ArgumentParser:
         choices=["DEBUG", "INFO", "WARNING", "ERROR"],
         help="console log level",
     )
+    run.add_argument(
+        "--api",
+        metavar="HOST:PORT",
+        type=simcli.address_argument,
+        help=f"serve the local HTTP API there, e.g. {simcli.DEFAULT_API} (off when not given)",
+    )
 
     check = commands.add_parser(
         "check-config",
@@ -103,6 +110,7 @@ def _parser() -> argparse.ArgumentParser:
         action="store_true",
         help="exit 1 and name the file when a diagram is missing or stale",
     )
+    simcli.add_subcommands(commands)
     return parser
 
 
@@ -154,10 +162,10 @@ def _statecharts(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-async def _serve(config: ChargerConfig) -> None:
+async def _serve(config: ChargerConfig, api_address: tuple[str, int] | None) -> None:
     from dcocpp.station import Station
 
-    station = Station(config)
+    station = Station(config, api_address=api_address)
     async with trio.open_nursery() as nursery:
         nursery.start_soon(_stop_on_signal, nursery.cancel_scope)
         await station.run()
@@ -193,7 +201,7 @@ def _run(args: argparse.Namespace) -> int:
     status = EXIT_OK
     try:
         log.info("dcocpp %s starting with %s", __version__, config.path)
-        trio.run(_serve, config)
+        trio.run(_serve, config, args.api)
         log.info("stopped")
     except* HardReset:
         log.warning("exiting with status %d for the hard reset", EXIT_HARD_RESET)
@@ -203,8 +211,8 @@ def _run(args: argparse.Namespace) -> int:
         for problem in group.exceptions:
             log.error("invalid OCPP configuration, stopping:\n%s", problem)
         status = EXIT_USAGE
-    except* StorageError as group:
-        for failure in group.exceptions:
+    except* (ApiError, StorageError) as failures:
+        for failure in failures.exceptions:
             log.error("cannot run: %s", failure)
         status = EXIT_RUNTIME_ERROR
     finally:
@@ -218,4 +226,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _run(args)
     if args.command == "check-config":
         return _check_config(args)
-    return _statecharts(args)
+    if args.command == "statecharts":
+        return _statecharts(args)
+    return args.func(args)

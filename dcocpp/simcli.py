@@ -43,7 +43,7 @@ def add_subcommands(commands: argparse._SubParsersAction[argparse.ArgumentParser
     api = argparse.ArgumentParser(add_help=False)
     api.add_argument(
         "--api",
-        type=_address,
+        type=address_argument,
         default=DEFAULT_API,
         metavar="HOST:PORT",
         help=f"address of the charger's local API (default: {DEFAULT_API})",
@@ -119,7 +119,7 @@ def add_subcommands(commands: argparse._SubParsersAction[argparse.ArgumentParser
     status.set_defaults(func=_status)
 
 
-def _address(text: str) -> tuple[str, int]:
+def address_argument(text: str) -> tuple[str, int]:
     try:
         return parse_address(text)
     except ValueError as exc:

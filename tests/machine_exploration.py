@@ -18,19 +18,36 @@ from dcocpp.hardware.interface import FaultKind
 ACCEPTED, INVALID = AuthorizationStatus.accepted, AuthorizationStatus.invalid
 
 ALPHABET: list[ev.Event] = [
-    ev.Plugged(), ev.Unplugged(), ev.EvRequesting(True), ev.EvRequesting(False),
-    ev.IdPresented("A"), ev.IdPresented("B"),
-    ev.RemoteStartRequested("A", authorize=True), ev.RemoteStartRequested("A", authorize=False),
-    ev.AuthorizationResult("A", ACCEPTED, "G"), ev.AuthorizationResult("B", ACCEPTED, "G"),
-    ev.AuthorizationResult("A", INVALID), ev.AuthorizationResult("B", INVALID),
-    ev.ConnectionTimedOut(), ev.RelayConfirmed(True), ev.RelayConfirmed(False),
-    ev.RelayFailed("stuck"), ev.LockReleased(), ev.EvseSuspended(True), ev.EvseSuspended(False),
-    ev.FaultRaised(FaultKind.EMERGENCY_STOP, "pressed"), ev.FaultCleared(FaultKind.EMERGENCY_STOP),
-    ev.FaultRaised(FaultKind.LOCK, "lock"), ev.FaultCleared(FaultKind.LOCK),
+    ev.Plugged(),
+    ev.Unplugged(),
+    ev.EvRequesting(True),
+    ev.EvRequesting(False),
+    ev.IdPresented("A"),
+    ev.IdPresented("B"),
+    ev.RemoteStartRequested("A", authorize=True),
+    ev.RemoteStartRequested("A", authorize=False),
+    ev.AuthorizationResult("A", ACCEPTED, "G"),
+    ev.AuthorizationResult("B", ACCEPTED, "G"),
+    ev.AuthorizationResult("A", INVALID),
+    ev.AuthorizationResult("B", INVALID),
+    ev.ConnectionTimedOut(),
+    ev.RelayConfirmed(True),
+    ev.RelayConfirmed(False),
+    ev.RelayFailed("stuck"),
+    ev.LockReleased(),
+    ev.EvseSuspended(True),
+    ev.EvseSuspended(False),
+    ev.FaultRaised(FaultKind.EMERGENCY_STOP, "pressed"),
+    ev.FaultCleared(FaultKind.EMERGENCY_STOP),
+    ev.FaultRaised(FaultKind.LOCK, "lock"),
+    ev.FaultCleared(FaultKind.LOCK),
     ev.FaultCleared(FaultKind.POWER_SWITCH),
-    ev.AvailabilityChanged(False), ev.AvailabilityChanged(True),
-    ev.StopRequested(Reason.remote), ev.TransactionConfirmed(1, ACCEPTED),
-    ev.TransactionConfirmed(1, INVALID), ev.UnlockRequested(),
+    ev.AvailabilityChanged(False),
+    ev.AvailabilityChanged(True),
+    ev.StopRequested(Reason.remote),
+    ev.TransactionConfirmed(1, ACCEPTED),
+    ev.TransactionConfirmed(1, INVALID),
+    ev.UnlockRequested(),
 ]
 
 ALL_SETTINGS = [Settings(*flags) for flags in itertools.product([True, False], repeat=4)]
@@ -76,6 +93,7 @@ def explore(settings: Settings, edges=PERMISSIVE, limit: int = 200_000):
 if __name__ == "__main__":
     import json
     from pathlib import Path
+
     allowed = json.loads(Path("../shared/ocpp16/status-transitions.json").read_text())["connector"]
     everything = set()
     for settings in ALL_SETTINGS:

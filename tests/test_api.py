@@ -19,7 +19,7 @@ from dcocpp.api import FAULT_KINDS, ApiError, StationView, create_app, parse_add
 class FakeView:
     """An in-memory charger with two connectors, implementing StationView.
 
-    Connector 3 is listed by connector_ids() but the station "loses" it (KeyError), to cover a
+    Connector 3 is listed by connector_ids but the station "loses" it (KeyError), to cover a
     view that disagrees with itself.
     """
 
@@ -34,6 +34,7 @@ class FakeView:
             "connectors": [dict(c) for c in self.connectors.values()],
         }
 
+    @property
     def connector_ids(self) -> Sequence[int]:
         return [1, 2, 3]
 
@@ -100,7 +101,7 @@ def _connector(cid: int) -> dict[str, Any]:
 
 def test_fake_view_is_a_station_view() -> None:
     view: StationView = FakeView()  # mypy checks the protocol here
-    assert list(view.connector_ids()) == [1, 2, 3]
+    assert list(view.connector_ids) == [1, 2, 3]
 
 
 @pytest.fixture

@@ -15,13 +15,26 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 def test_help_explains_every_subcommand(capsys: pytest.CaptureFixture[str]) -> None:
-    for argv in (["--help"], ["run", "--help"], ["check-config", "--help"], ["statecharts", "--help"]):
+    for argv in (
+        ["--help"],
+        ["run", "--help"],
+        ["check-config", "--help"],
+        ["statecharts", "--help"],
+    ):
         with pytest.raises(SystemExit) as info:
             cli.main(argv)
         assert info.value.code == 0
     out = capsys.readouterr().out
-    for text in ("run the charger", "--csms", "--data-dir", "--log-dir", "--log-level",
-                 "hard Reset", "check-config", "--check"):
+    for text in (
+        "run the charger",
+        "--csms",
+        "--data-dir",
+        "--log-dir",
+        "--log-level",
+        "hard Reset",
+        "check-config",
+        "--check",
+    ):
         assert text in out
 
 
@@ -39,7 +52,9 @@ def test_check_config_prints_every_problem_without_traceback(
     shipped["chargePoint"]["centralSystemURI"] = "http://example.test/ocpp"
     bad = tmp_path / "charger.json"
     bad.write_text(json.dumps(shipped))
-    (tmp_path / "ocpp16-config.json").write_text((REPO / "configs" / "ocpp16-config.json").read_text())
+    (tmp_path / "ocpp16-config.json").write_text(
+        (REPO / "configs" / "ocpp16-config.json").read_text()
+    )
     assert cli.main(["check-config", str(bad)]) == cli.EXIT_USAGE
     err = capsys.readouterr().err
     assert "invalid configuration" in err
@@ -65,7 +80,10 @@ def test_run_refuses_an_invalid_configuration(tmp_path: Path) -> None:
     bad.write_text('{"chargePoint": {}, ')
     result = subprocess.run(
         [sys.executable, "-m", "dcocpp", "run", "--config", str(bad)],
-        capture_output=True, text=True, timeout=60, cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=REPO,
     )
     assert result.returncode == cli.EXIT_USAGE
     assert "not starting" in result.stderr and "invalid JSON" in result.stderr
@@ -73,7 +91,9 @@ def test_run_refuses_an_invalid_configuration(tmp_path: Path) -> None:
 
 
 def test_run_refuses_an_invalid_csms_override(capsys: pytest.CaptureFixture[str]) -> None:
-    code = cli.main(["run", "--config", str(REPO / "configs" / "charger.json"), "--csms", "ftp://x"])
+    code = cli.main(
+        ["run", "--config", str(REPO / "configs" / "charger.json"), "--csms", "ftp://x"]
+    )
     assert code == cli.EXIT_USAGE
     assert "centralSystemURI" in capsys.readouterr().err
 

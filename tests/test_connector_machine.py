@@ -76,8 +76,13 @@ def fresh(machine_settings: Settings | None = None) -> ConnectorMachine:
 def started(machine: ConnectorMachine, tag: str = "TAG1") -> list[ev.Effect]:
     return replay(
         machine,
-        [ev.Plugged(), ev.EvRequesting(True), ev.IdPresented(tag),
-         ev.AuthorizationResult(tag, ACCEPTED, "GROUP"), ev.RelayConfirmed(True)],
+        [
+            ev.Plugged(),
+            ev.EvRequesting(True),
+            ev.IdPresented(tag),
+            ev.AuthorizationResult(tag, ACCEPTED, "GROUP"),
+            ev.RelayConfirmed(True),
+        ],
     )
 
 
@@ -106,8 +111,11 @@ def test_same_tag_stops_without_authorize_and_different_tag_needs_the_parent() -
     machine = fresh()
     started(machine)
     effects = replay(machine, [ev.IdPresented("TAG1")])
-    assert effects == [ev.SwitchRelay(False), ev.StopTransaction(Reason.local, "TAG1"),
-                       ev.NotifyStatus(S.finishing)]
+    assert effects == [
+        ev.SwitchRelay(False),
+        ev.StopTransaction(Reason.local, "TAG1"),
+        ev.NotifyStatus(S.finishing),
+    ]
 
 
 def test_fault_during_charging_stops_and_clearing_restores_the_truth() -> None:
@@ -126,8 +134,10 @@ def test_fault_during_charging_stops_and_clearing_restores_the_truth() -> None:
 
 def test_authorized_plugged_ev_charges_when_the_fault_clears() -> None:
     machine = fresh()
-    replay(machine, [ev.Plugged(), ev.EvRequesting(True),
-                     ev.FaultRaised(FaultKind.EARTH_FAULT, "earth")])
+    replay(
+        machine,
+        [ev.Plugged(), ev.EvRequesting(True), ev.FaultRaised(FaultKind.EARTH_FAULT, "earth")],
+    )
     effects = replay(machine, [ev.IdPresented("T"), ev.AuthorizationResult("T", ACCEPTED)])
     assert not any(isinstance(e, ev.StartTransaction) for e in effects)  # TC_041
     effects = replay(machine, [ev.FaultCleared(FaultKind.EARTH_FAULT), ev.RelayConfirmed(True)])
@@ -158,8 +168,13 @@ def test_fault_mapping(kind: FaultKind, code: str, vendor: str | None, reason: R
 
 def test_several_faults_report_the_most_severe_and_clear_one_by_one() -> None:
     machine = fresh()
-    effects = replay(machine, [ev.FaultRaised(FaultKind.METER, "stale"),
-                               ev.FaultRaised(FaultKind.EMERGENCY_STOP, "pressed")])
+    effects = replay(
+        machine,
+        [
+            ev.FaultRaised(FaultKind.METER, "stale"),
+            ev.FaultRaised(FaultKind.EMERGENCY_STOP, "pressed"),
+        ],
+    )
     codes = [e.error_code for e in effects if isinstance(e, ev.NotifyStatus)]
     assert codes == ["PowerMeterFailure", "OtherError"]
     effects = replay(machine, [ev.FaultCleared(FaultKind.EMERGENCY_STOP)])
@@ -265,8 +280,12 @@ EVENTS = st.one_of(
     st.builds(ev.EvRequesting, st.booleans()),
     st.builds(ev.IdPresented, TAGS),
     st.builds(ev.RemoteStartRequested, TAGS, st.booleans()),
-    st.builds(ev.AuthorizationResult, TAGS, st.sampled_from(list(AuthorizationStatus)),
-              st.sampled_from([None, "G", "H"])),
+    st.builds(
+        ev.AuthorizationResult,
+        TAGS,
+        st.sampled_from(list(AuthorizationStatus)),
+        st.sampled_from([None, "G", "H"]),
+    ),
     st.just(ev.ConnectionTimedOut()),
     st.builds(ev.RelayConfirmed, st.booleans()),
     st.builds(ev.RelayFailed, st.just("no confirmation")),
@@ -348,6 +367,8 @@ class ConnectorRules(RuleBasedStateMachine):
 
 TestConnectorRules = ConnectorRules.TestCase
 TestConnectorRules.settings = settings(
-    max_examples=300, stateful_step_count=40, deadline=None,
+    max_examples=300,
+    stateful_step_count=40,
+    deadline=None,
     suppress_health_check=[HealthCheck.too_slow],
 )
