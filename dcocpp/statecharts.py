@@ -14,10 +14,15 @@ from typing import Any
 
 from transitions.extensions.diagrams import GraphMachine
 
+from dcocpp.connector import machine as connector
 from dcocpp.ocpp import registration
 
 # name -> (title, function that builds the machine on a model with a given Machine class)
 MACHINES: dict[str, tuple[str, Callable[..., Any]]] = {
+    "connector": (
+        "Connector (one per gun): OCPP 1.6 status changes each event can cause",
+        connector.build_machine,
+    ),
     "session-registration": (
         "OCPP session: connection and registration",
         registration.build_machine,
