@@ -401,3 +401,87 @@ async def test_message_log_file_has_timestamps_and_rotates(
     assert stamp[4] == "-" and stamp[10] == "T" and direction in (">>", "<<")
     assert json.loads(frame)[0] in (2, 3)
     assert any('"Authorize"' in line and peer == "csms" for line in lines)
+
+
+@pytest.mark.parametrize(
+    ("message_type", "action", "payload"),
+    [
+        (2, "Heartbeat", {}),
+        (2, "Heartbeat", {"x": 1}),
+        (2, "BootNotification", {"chargePointVendor": "v", "chargePointModel": "m"}),
+        (2, "BootNotification", {"chargePointVendor": "v" * 21, "chargePointModel": "m"}),
+        (2, "BootNotification", {"chargePointVendor": 5, "chargePointModel": "m"}),
+        (2, "StatusNotification", {"connectorId": 1, "errorCode": "NoError", "status": "Charging"}),
+        (2, "StatusNotification", {"connectorId": 1, "errorCode": "Oops", "status": "Charging"}),
+        (2, "MeterValues", {"connectorId": 1, "meterValue": []}),
+        (
+            2,
+            "MeterValues",
+            {
+                "connectorId": 1,
+                "meterValue": [
+                    {
+                        "timestamp": "t",
+                        "sampledValue": [
+                            {
+                                "value": "1",
+                                "measurand": "SoC",
+                                "unit": "Percent",
+                                "context": "Sample.Clock",
+                            }
+                        ],
+                    }
+                ],
+            },
+        ),
+        (
+            2,
+            "MeterValues",
+            {
+                "connectorId": 1,
+                "meterValue": [
+                    {"timestamp": "t", "sampledValue": [{"value": "1", "measurand": "Banana"}]}
+                ],
+            },
+        ),
+        (3, "StartTransaction", {"transactionId": 1, "idTagInfo": {"status": "Accepted"}}),
+        (3, "StartTransaction", {"transactionId": "1", "idTagInfo": {"status": "Accepted"}}),
+        (3, "GetConfiguration", {"configurationKey": [{"key": "k", "readonly": True}]}),
+        (2, "ChangeAvailability", {"connectorId": 0, "type": "Inoperative"}),
+        (
+            2,
+            "RemoteStartTransaction",
+            {
+                "idTag": "T",
+                "chargingProfile": {
+                    "chargingProfileId": 1,
+                    "stackLevel": 0,
+                    "chargingProfilePurpose": "TxProfile",
+                    "chargingProfileKind": "Absolute",
+                    "chargingSchedule": {
+                        "chargingRateUnit": "A",
+                        "chargingSchedulePeriod": [{"startPeriod": 0, "limit": 21.4}],
+                    },
+                },
+            },
+        ),
+    ],
+)
+def test_compiled_schemas_agree_with_the_packages_validators(
+    message_type: int, action: str, payload: dict[str, Any]
+) -> None:
+    """wire.validate compiles the ocpp package's schemas; it must accept exactly what the
+    package's own validators accept."""
+    from ocpp.messages import get_validator
+
+    if action == "RemoteStartTransaction":  # the package validates multipleOf on Decimals
+        validator = get_validator(message_type, action, "1.6", parse_float=Decimal)
+        package_ok = validator.is_valid(json.loads(json.dumps(payload), parse_float=Decimal))
+    else:
+        package_ok = get_validator(message_type, action, "1.6").is_valid(payload)
+    try:
+        wire.validate(message_type, action, payload)
+        ours_ok = True
+    except CallError:
+        ours_ok = False
+    assert ours_ok == package_ok
