@@ -16,7 +16,7 @@ from pathlib import Path
 
 import trio
 
-from dcocpp import __version__, simcli, statecharts
+from dcocpp import __version__, demo, simcli, statecharts
 from dcocpp.api import ApiError
 from dcocpp.config import ChargerConfig, ConfigError, load_charger_config
 from dcocpp.logs import LoggingSetup
@@ -111,6 +111,7 @@ def _parser() -> argparse.ArgumentParser:
         help="exit 1 and name the file when a diagram is missing or stale",
     )
     simcli.add_subcommands(commands)
+    demo.add_subcommands(commands)
     return parser
 
 

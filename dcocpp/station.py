@@ -315,7 +315,12 @@ class Station:
         await self._simulator().unplug(connector_id)
 
     async def present_id(self, connector_id: int, id_tag: str) -> None:
-        await self._task(connector_id).ask(ev.IdPresented(id_tag))
+        task = self._task(connector_id)
+        if not await task.ask(ev.IdPresented(id_tag)):
+            raise ValueError(
+                f"connector {connector_id} takes no tag now ({task.machine.status.value}"
+                f"{', an authorization is pending' if task.machine.truth.pending_id else ''})"
+            )
 
     async def set_ev_suspended(self, connector_id: int, suspended: bool) -> None:
         self._task(connector_id)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from decimal import Decimal
@@ -19,9 +18,9 @@ from ocpp.v16.enums import Action, AuthorizationStatus
 from trio_websocket import WebSocketConnection, wrap_client_stream, wrap_server_stream
 
 from dcocpp.logs import LoggingSetup
-from dcocpp.ocpp import wire
+from dcocpp.ocpp import messagelog, wire
 from dcocpp.ocpp.errors import CallError, ConnectionLost, InvalidPayload
-from dcocpp.ocpp.messagelog import MESSAGE_LOGGER, MessageLog, redact
+from dcocpp.ocpp.messagelog import MessageLog, redact
 from dcocpp.ocpp.rpc import RpcConnection
 
 
@@ -387,20 +386,21 @@ async def test_message_log_file_has_timestamps_and_rotates(
     setup.start("WARNING", tmp_path, max_bytes=2000, backup_count=2, console=False)
     try:
         async with rpc_pair() as (cp, _csms, _):
-            for _ in range(30):
+            for _ in range(10):
                 await cp.call(call.Heartbeat())
+                messagelog._file.flush()  # type: ignore[union-attr]  # a batch per round trip
             await cp.call(call.Authorize(id_tag="SECRET-CHECK"))
+            await cp.call(call.DataTransfer(vendor_id="x"))
     finally:
-        setup.stop()
-        logging.getLogger(MESSAGE_LOGGER).disabled = True
+        setup.stop()  # writes what is still queued
     files = sorted(p.name for p in tmp_path.iterdir())
     assert files == ["ocpp-messages.log", "ocpp-messages.log.1", "ocpp-messages.log.2"]
     lines = (tmp_path / "ocpp-messages.log").read_text().splitlines()
-    # "<ISO timestamp>.<ms> <peer> <direction> <frame>"
-    stamp, peer, direction, frame = lines[-1].split(" ", 3)
-    assert stamp[4] == "-" and stamp[10] == "T" and direction in (">>", "<<")
-    assert json.loads(frame)[0] in (2, 3)
-    assert any('"Authorize"' in line and peer == "csms" for line in lines)
+    # "<ISO timestamp>.<ms>Z <peer> <direction> <frame>"
+    stamp, _peer, direction, frame = lines[-1].split(" ", 3)
+    assert stamp[4] == "-" and stamp[10] == "T" and stamp.endswith("Z")
+    assert direction in (">>", "<<") and json.loads(frame)[0] in (2, 3)
+    assert any('"Authorize"' in line and line.split(" ")[1] == "csms" for line in lines)
 
 
 @pytest.mark.parametrize(

@@ -367,6 +367,14 @@ class ConnectorTask:
         self._spawn(self._finish, tx, effect)
 
     async def _finish(self, tx: LocalTransaction, effect: ev.StopTransaction) -> None:
+        try:
+            await self._queue_stop(tx, effect)
+        finally:
+            self._finishing -= 1
+            self._settled.set()
+            self._settled = trio.Event()
+
+    async def _queue_stop(self, tx: LocalTransaction, effect: ev.StopTransaction) -> None:
         # The relay is opening (the machine commanded it first): bill up to the last Wh.
         await self._wait_relay_open()
         reading = self.gun.read_meter()
