@@ -124,7 +124,7 @@ async def exercise(
     results: dict[str, list[dict[str, float]]] = {name: [] for name, _ in MESSAGES}
     for _ in range(repeat):
         for name, make in MESSAGES:
-            profile = profiler if name == "MeterValues" else None
+            profile = profiler if name == os.environ.get("BENCH_PROFILE", "MeterValues") else None
             wall, cpu = time.perf_counter(), time.process_time()
             if profile is not None:
                 profile.enable()
@@ -390,6 +390,7 @@ def run_parent(args: argparse.Namespace) -> int:
             profile = ""
             if args.profile:
                 profile_path = work / "dcocpp-metervalues.prof"
+                os.environ["BENCH_PROFILE_KEEP"] = str(profile_path)
                 spawn_child("dcocpp", csms, child_args, profile_out=profile_path)
                 profile = profile_report(profile_path)
         finally:

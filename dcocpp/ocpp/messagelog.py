@@ -41,9 +41,17 @@ def redact(text: str) -> str:
     return text
 
 
+_second: tuple[int, str] = (-1, "")
+
+
 def _timestamp() -> str:
+    """UTC with milliseconds; the part down to the second is formatted once per second."""
+    global _second
     now = time.time()
-    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(now)) + f".{int(now % 1 * 1000):03d}Z"
+    whole = int(now)
+    if whole != _second[0]:
+        _second = (whole, time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(whole)))
+    return f"{_second[1]}.{int((now - whole) * 1000):03d}Z"
 
 
 class MessageFile:

@@ -95,6 +95,7 @@ class ChargePointSession:
         self.registration = RegistrationMachine(on_change=self._on_registration_change)
         self._registration_changed = trio.Event()
         self._rpc: RpcConnection | None = None
+        self._connections = 0
         self._connection_scope: trio.CancelScope | None = None
         self._boot_now = trio.Event()
         self._heartbeat_scope: trio.CancelScope | None = None
@@ -133,6 +134,7 @@ class ChargePointSession:
                 await self._registration_changed.wait()
         rpc = self._rpc
         if rpc is None or rpc.closed:
+            await trio.lowlevel.checkpoint()  # callers retry in loops: never spin without one
             raise ConnectionLost("not connected to the central system")
         timeout = self.store.get_int("ResponseTimeout")
         with trio.move_on_after(timeout) as scope:
@@ -140,8 +142,16 @@ class ChargePointSession:
         assert scope.cancelled_caught
         raise ResponseTimeout(f"no answer to {type(payload).__name__} within {timeout} s")
 
-    async def wait_until_accepted(self) -> None:
-        while not self.registration.accepted:
+    @property
+    def connection_number(self) -> int:
+        """Counts connections; tells a caller whether a retry would use a new one."""
+        return self._connections
+
+    async def wait_until_accepted(self, *, after_connection: int | None = None) -> None:
+        """Until registration is Accepted (on a connection newer than `after_connection`)."""
+        while not self.registration.accepted or (
+            after_connection is not None and self._connections <= after_connection
+        ):
             await self._registration_changed.wait()
 
     def remember_authorization(self, id_tag: str, id_tag_info: dict[str, Any]) -> None:
@@ -204,6 +214,7 @@ class ChargePointSession:
                         raise _ConnectFailed(self._drop_reason or "connection failed")
                     rpc = RpcConnection(ws, self._handlers, message_log=MessageLog("csms"))
                     self._rpc = rpc
+                    self._connections += 1
                     self.registration.connected(reason=self.csms_url)
                     for task in (self._register, self._send_statuses, self._heartbeat, self._ping):
                         nursery.start_soon(self._guard, task, nursery.cancel_scope)

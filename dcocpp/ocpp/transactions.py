@@ -177,11 +177,14 @@ class TransactionOutbox:
                 "dropping %s of a transaction the central system never accepted", message.action
             )
             return True
+        connection = session.connection_number
         try:
             result = await session.call(message.build())
         except (ConnectionLost, ResponseTimeout) as exc:
-            log.info("%s not delivered (%s); retrying after reconnect", message.action, exc)
-            await session.wait_until_accepted()
+            # OCPP-J cannot tell whether a timed-out CALL arrived: resend it on the next
+            # connection (the central system sees it at least once, never out of order).
+            log.info("%s not delivered (%s); resending after reconnect", message.action, exc)
+            await session.wait_until_accepted(after_connection=connection)
             return False
         except (CallError, InvalidPayload) as exc:
             message.attempts += 1
