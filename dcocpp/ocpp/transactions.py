@@ -184,6 +184,8 @@ class TransactionOutbox:
             # OCPP-J cannot tell whether a timed-out CALL arrived: resend it on the next
             # connection (the central system sees it at least once, never out of order).
             log.info("%s not delivered (%s); resending after reconnect", message.action, exc)
+            if isinstance(exc, ResponseTimeout):
+                session.reconnect(f"no answer to {message.action}")  # a stuck link, not a no
             await session.wait_until_accepted(after_connection=connection)
             return False
         except (CallError, InvalidPayload) as exc:
