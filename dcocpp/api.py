@@ -40,6 +40,8 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
+from dcocpp.jsontypes import json_type
+
 log = logging.getLogger("dcocpp.api")
 # Hypercorn's own messages ("Running on ...", connection errors). Quiet unless something is
 # wrong: the console belongs to the operator, and serve_api logs the address itself.
@@ -239,7 +241,7 @@ async def _json_object(request: Request, fields: Mapping[str, type]) -> dict[str
         except ValueError as exc:  # JSONDecodeError and UnicodeDecodeError
             raise _Reject(422, f"body is not JSON: {exc}") from None
     if not isinstance(body, dict):
-        raise _Reject(422, f"body must be a JSON object, got {_json_type(body)}")
+        raise _Reject(422, f"body must be a JSON object, got {json_type(body)}")
     extra = sorted(set(body) - set(fields))
     if extra:
         raise _Reject(422, f"unexpected field(s): {', '.join(extra)}")
@@ -247,7 +249,7 @@ async def _json_object(request: Request, fields: Mapping[str, type]) -> dict[str
         if name not in body:
             raise _Reject(422, f"missing field: {name}")
         if type(body[name]) is not kind:
-            raise _Reject(422, f"{name} must be {_TYPE_NAMES[kind]}, got {_json_type(body[name])}")
+            raise _Reject(422, f"{name} must be {_TYPE_NAMES[kind]}, got {json_type(body[name])}")
     return body
 
 
@@ -264,20 +266,6 @@ async def _body(request: Request) -> bytes:
             if len(body) > MAX_BODY_BYTES:
                 raise too_large
     return bytes(body)
-
-
-def _json_type(value: Any) -> str:
-    if value is None:
-        return "null"
-    if isinstance(value, bool):
-        return "a boolean"
-    if isinstance(value, int | float):
-        return "a number"
-    if isinstance(value, str):
-        return "a string"
-    if isinstance(value, list):
-        return "an array"
-    return "an object"
 
 
 # --- serving ---------------------------------------------------------------------------------

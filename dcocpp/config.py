@@ -23,6 +23,8 @@ from typing import Any
 
 import attrs
 
+from dcocpp.jsontypes import json_type
+
 __all__ = [
     "ChargePointConfig",
     "ChargerConfig",
@@ -169,7 +171,7 @@ class _Checker:
     ) -> dict[str, Any] | None:
         """Check that `value` is an object with exactly these fields; return it or None."""
         if not isinstance(value, dict):
-            self.problem(path, f"must be an object, not {_json_type(value)}")
+            self.problem(path, f"must be an object, not {json_type(value)}")
             return None
         required = list(required)
         known = set(required) | set(optional)
@@ -199,7 +201,7 @@ class _Checker:
             return value
         where = _join(path, key)
         if not isinstance(value, str):
-            self.problem(where, f"must be a string, not {_json_type(value)}")
+            self.problem(where, f"must be a string, not {json_type(value)}")
             return _MISSING
         if non_empty and not value.strip():
             self.problem(where, "must not be empty")
@@ -214,7 +216,7 @@ class _Checker:
         if value is _MISSING or (value is default and key not in obj):
             return value
         if not isinstance(value, bool):
-            self.problem(_join(path, key), f"must be true or false, not {_json_type(value)}")
+            self.problem(_join(path, key), f"must be true or false, not {json_type(value)}")
             return _MISSING
         return value
 
@@ -234,7 +236,7 @@ class _Checker:
         where = _join(path, key)
         # bool is an int subclass in Python but `true` is not a number in a config file.
         if isinstance(value, bool) or not isinstance(value, int):
-            self.problem(where, f"must be an integer, not {_json_type(value)}")
+            self.problem(where, f"must be an integer, not {json_type(value)}")
             return _MISSING
         if minimum is not None and maximum is not None and not minimum <= value <= maximum:
             self.problem(where, f"must be between {minimum} and {maximum}, not {value}")
@@ -250,7 +252,7 @@ class _Checker:
             return value
         where = _join(path, key)
         if isinstance(value, bool) or not isinstance(value, int | float):
-            self.problem(where, f"must be a number, not {_json_type(value)}")
+            self.problem(where, f"must be a number, not {json_type(value)}")
             return _MISSING
         # json accepts NaN and Infinity; neither is a current or power limit.
         if not math.isfinite(value) or value <= 0:
@@ -283,7 +285,7 @@ class _Checker:
         log_dir: str | Path | None,
     ) -> ChargerConfig | None:
         if not isinstance(document, dict):
-            self.problem(file_label, f"must be a JSON object, not {_json_type(document)}")
+            self.problem(file_label, f"must be a JSON object, not {json_type(document)}")
             return None
         top = self.fields(document, "", ["chargePoint", "connectors", "security"], ["paths"])
         assert top is not None
@@ -348,7 +350,7 @@ class _Checker:
 
     def connectors(self, value: Any, cp_can: str | None) -> tuple[ConnectorConfig, ...] | None:
         if not isinstance(value, list):
-            self.problem("connectors", f"must be a list, not {_json_type(value)}")
+            self.problem("connectors", f"must be a list, not {json_type(value)}")
             return None
         if not value:
             self.problem("connectors", "at least one connector is required")
@@ -497,22 +499,6 @@ class _Checker:
 
 def _join(path: str, key: str) -> str:
     return f"{path}.{key}" if path else key
-
-
-def _json_type(value: Any) -> str:
-    if value is None:
-        return "null"
-    if isinstance(value, bool):
-        return "a boolean"
-    if isinstance(value, int | float):
-        return "a number"
-    if isinstance(value, str):
-        return "a string"
-    if isinstance(value, list):
-        return "a list"
-    if isinstance(value, dict):
-        return "an object"
-    return type(value).__name__
 
 
 def _charge_point_id_problem(cp_id: str) -> str | None:

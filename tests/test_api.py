@@ -260,7 +260,7 @@ async def test_unknown_fault_kind_is_404(client: httpx.AsyncClient, view: FakeVi
     [
         ("authorize", b"{", "body is not JSON: Expecting property name enclosed in double quotes"),
         ("authorize", b"\xff\xfe{}", "body is not JSON: "),
-        ("authorize", b"[]", "body must be a JSON object, got an array"),
+        ("authorize", b"[]", "body must be a JSON object, got a list"),
         ("authorize", b'"TAG"', "body must be a JSON object, got a string"),
         ("authorize", b"null", "body must be a JSON object, got null"),
         ("authorize", b"", "missing field: idTag"),
@@ -277,7 +277,7 @@ async def test_unknown_fault_kind_is_404(client: httpx.AsyncClient, view: FakeVi
         ("faults/lock", b'{"active": {}}', "active must be true or false, got an object"),
         ("faults/lock", b'{"on": true}', "unexpected field(s): on"),
         ("plug", b'{"connector": 1}', "unexpected field(s): connector"),
-        ("unplug", b"[]", "body must be a JSON object, got an array"),
+        ("unplug", b"[]", "body must be a JSON object, got a list"),
         ("unplug", b"nope", "body is not JSON: Expecting value: line 1 column 1 (char 0)"),
     ],
 )

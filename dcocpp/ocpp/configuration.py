@@ -37,6 +37,7 @@ from typing import Any
 import attrs
 from ocpp.v16.enums import ConfigurationStatus, Measurand
 
+from dcocpp.jsontypes import json_type
 from dcocpp.ocpp.errors import OcppError
 
 __all__ = [
@@ -366,7 +367,7 @@ def _from_json(spec: KeySpec, value: Any) -> str:
     else:
         ok = isinstance(value, str)
     if not ok:
-        raise _Invalid(f"must be {_type_name(spec.type)}, not {_json_type(value)}")
+        raise _Invalid(f"must be {_type_name(spec.type)}, not {json_type(value)}")
     return _to_text(spec, value)
 
 
@@ -377,18 +378,6 @@ def _type_name(key_type: KeyType) -> str:
         KeyType.STRING: "a string",
         KeyType.CSL: "a comma-separated string",
     }[key_type]
-
-
-def _json_type(value: Any) -> str:
-    if value is None:
-        return "null"
-    if isinstance(value, bool):
-        return "a boolean"
-    if isinstance(value, int | float):
-        return "a number"
-    if isinstance(value, str):
-        return "a string"
-    return "a list" if isinstance(value, list) else "an object"
 
 
 def _shown(spec: KeySpec, value: str) -> str:
