@@ -34,6 +34,8 @@ log = logging.getLogger(__name__)
 
 # How long the hardware has to confirm a relay command (the PLC retries within it).
 RELAY_ACK_DEADLINE = 2.0
+# After a relay failure, the last command is repeated this often until the hardware obeys.
+RELAY_RETRY_INTERVAL = 10.0
 LOCK_DEADLINE = 5.0
 INBOX_SIZE = 64
 
@@ -248,7 +250,10 @@ class ConnectorTask:
     async def _relay_failed(self, detail: str) -> None:
         self._set_relay_confirmed(None)
         await self.post(ev.RelayFailed(detail))
-        await self._relay_wake.wait()  # until the machine asks for something again
+        # Try again later (or at once when the machine wants something new): a relay that
+        # works again confirms, and that clears the PowerSwitchFailure.
+        with trio.move_on_after(RELAY_RETRY_INTERVAL):
+            await self._relay_wake.wait()
         self._relay_wake = trio.Event()
 
     def _set_relay_confirmed(self, state: bool | None) -> None:

@@ -101,7 +101,8 @@ class ChargePointSession:
         self._heartbeat_scope: trio.CancelScope | None = None
         self._last_heartbeat = 0.0
         # Latest status per connector not yet delivered; coalesced, sent in id order.
-        self._status_queue: dict[int, ConnectorStatus] = {}
+        self._status_queue: dict[int, tuple[ConnectorStatus, float]] = {}  # status, since when
+        self._status_sent: dict[int, tuple[str, str]] = {}  # (status, errorCode) last delivered
         self._status_ready = trio.Event()
         self._handlers = CoreHandlers(self)
         store.subscribe("HeartbeatInterval", self._on_heartbeat_interval)
@@ -118,7 +119,10 @@ class ChargePointSession:
 
     def report_status(self, status: ConnectorStatus) -> None:
         """Queue a StatusNotification; only the latest per connector is kept while offline."""
-        self._status_queue[status.connector_id] = status
+        queued = self._status_queue.get(status.connector_id)
+        if queued is not None and _same(queued[0], status):
+            return  # still the same: keep the time it began (MinimumStatusDuration)
+        self._status_queue[status.connector_id] = (status, trio.current_time())
         self._status_ready.set()
 
     async def call(self, payload: Any, *, triggered: bool = False) -> Any:
@@ -268,8 +272,9 @@ class ChargePointSession:
         self._registration_changed = trio.Event()
         self._status_ready.set()
         if new == Registration.ACCEPTED:
+            self._status_sent.clear()  # after every boot, every connector's status again
             for status in self.control.statuses():
-                self.report_status(status)
+                self._status_queue[status.connector_id] = (status, float("-inf"))
 
     # --- per-connection tasks ----------------------------------------------------------------
 
@@ -358,22 +363,44 @@ class ChargePointSession:
                 raise ConnectionLost(f"no WebSocket pong within {interval} s")
 
     async def _send_statuses(self) -> None:
+        """Deliver the latest status of each connector once it has held for
+        MinimumStatusDuration; a status that came and went in between is never sent, and
+        neither is one the central system already has."""
         while True:
             if not (self._status_queue and self.registration.accepted):
                 # No await between the check and the new Event: nothing can slip in between.
                 self._status_ready = trio.Event()
                 await self._status_ready.wait()
                 continue
+            hold = self._minimum_status_duration()
+            due = min(since for _, since in self._status_queue.values()) + hold
+            if due > trio.current_time():
+                self._status_ready = trio.Event()
+                with trio.move_on_at(due):
+                    await self._status_ready.wait()
+                continue
+            now = trio.current_time()
             for connector_id in sorted(self._status_queue):
-                status = self._status_queue.pop(connector_id)
+                status, since = self._status_queue[connector_id]
+                if since + hold > now:
+                    continue
+                del self._status_queue[connector_id]
+                key = (status.status.value, status.error_code.value)
+                if self._status_sent.get(connector_id) == key:
+                    continue
                 try:
                     await self.send_status(status)
                 except CallError as exc:
                     log.warning("StatusNotification for connector %d failed: %s", connector_id, exc)
                 except BaseException:
                     # Not delivered: keep it unless something newer arrived meanwhile.
-                    self._status_queue.setdefault(connector_id, status)
+                    self._status_queue.setdefault(connector_id, (status, since))
                     raise
+                self._status_sent[connector_id] = key
+
+    def _minimum_status_duration(self) -> float:
+        value = self.store.get("MinimumStatusDuration")
+        return float(value) if value else 0.0
 
     async def send_status(self, status: ConnectorStatus, *, triggered: bool = False) -> None:
         await self.call(
@@ -387,3 +414,12 @@ class ChargePointSession:
             ),
             triggered=triggered,
         )
+
+
+def _same(a: ConnectorStatus, b: ConnectorStatus) -> bool:
+    return (a.status, a.error_code, a.info, a.vendor_error_code) == (
+        b.status,
+        b.error_code,
+        b.info,
+        b.vendor_error_code,
+    )
