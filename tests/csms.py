@@ -7,7 +7,7 @@ a `FakeCsms` built on dcocpp's own RPC in the server role. Everything stays insi
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
 from typing import Any
 
@@ -30,6 +30,12 @@ def now_iso() -> str:
 class FakeCsms:
     """A scriptable central system. `calls` holds (trio time, action, snake_case payload) of
     every CALL the charge point made; `rpc` is the current connection for CSMS-initiated calls.
+
+    Id tags: `id_tags` maps a tag to the status the central system gives it (default
+    Accepted) in Authorize, StartTransaction and StopTransaction; `parent_id_tags` maps a tag
+    to its parentIdTag; `start_statuses` overrides `id_tags` for StartTransaction only (a tag
+    that became invalid after it was authorized). Transaction ids count up from 1;
+    `transactions` maps each id to its StartTransaction payload.
     """
 
     def __init__(
@@ -38,6 +44,9 @@ class FakeCsms:
         boot_statuses: list[RegistrationStatus] | None = None,
         interval: int = 300,
         authenticate: Authenticate | None = None,
+        id_tags: Mapping[str, str] | None = None,
+        parent_id_tags: Mapping[str, str] | None = None,
+        start_statuses: Mapping[str, str] | None = None,
     ):
         self.boot_statuses = list(boot_statuses or [RegistrationStatus.accepted])
         self.interval = interval
@@ -48,11 +57,58 @@ class FakeCsms:
         self.connections = 0
         self._changed = trio.Event()
         self.next_transaction_id = 1
+        self.id_tags: dict[str, str] = dict(id_tags or {})
+        self.parent_id_tags: dict[str, str] = dict(parent_id_tags or {})
+        self.start_statuses: dict[str, str] = dict(start_statuses or {})
+        self.transactions: dict[int, dict[str, Any]] = {}
+
+    # --- id tags -----------------------------------------------------------------------------
+
+    def set_id_tag(
+        self,
+        id_tag: str,
+        status: str = AuthorizationStatus.accepted,
+        parent_id_tag: str | None = None,
+    ) -> None:
+        """How the central system answers for `id_tag` from now on."""
+        self.id_tags[id_tag] = status
+        if parent_id_tag is None:
+            self.parent_id_tags.pop(id_tag, None)
+        else:
+            self.parent_id_tags[id_tag] = parent_id_tag
+
+    def id_tag_info(self, id_tag: str, status: str | None = None) -> dict[str, Any]:
+        """The idTagInfo (snake_case) the central system gives `id_tag`."""
+        info: dict[str, Any] = {
+            "status": status or self.id_tags.get(id_tag, AuthorizationStatus.accepted)
+        }
+        parent = self.parent_id_tags.get(id_tag)
+        if parent is not None:
+            info["parent_id_tag"] = parent
+        return info
+
+    def authorize_count(self, id_tag: str | None = None) -> int:
+        """How many Authorize.req arrived (for `id_tag`, or for any tag)."""
+        return sum(1 for p in self.received("Authorize") if id_tag in (None, p["id_tag"]))
 
     # --- observation -------------------------------------------------------------------------
 
-    def received(self, action: str) -> list[dict[str, Any]]:
-        return [payload for _, a, payload in self.calls if a == action]
+    def received(self, action: str, since: int = 0) -> list[dict[str, Any]]:
+        """Payloads of `action`, among the calls from index `since` on (see `mark`)."""
+        return [payload for _, a, payload in self.calls[since:] if a == action]
+
+    def mark(self) -> int:
+        """A position in `calls`, for `received(action, since=...)`."""
+        return len(self.calls)
+
+    def index_of(
+        self, action: str, predicate: Callable[[dict[str, Any]], bool] | None = None
+    ) -> int:
+        """Index in `calls` of the first `action` matching `predicate`; ValueError if none."""
+        for index, (_, a, payload) in enumerate(self.calls):
+            if a == action and (predicate is None or predicate(payload)):
+                return index
+        raise ValueError(f"no {action} matching the predicate was received")
 
     def times(self, action: str) -> list[float]:
         return [t for t, a, _ in self.calls if a == action]
@@ -124,7 +180,32 @@ class FakeCsms:
     @on(Action.authorize)
     def on_authorize(self, id_tag: str, **payload: Any) -> Any:
         self._record("Authorize", {"id_tag": id_tag, **payload})
-        return call_result.Authorize(id_tag_info={"status": AuthorizationStatus.accepted})
+        return call_result.Authorize(id_tag_info=self.id_tag_info(id_tag))
+
+    @on(Action.start_transaction)
+    def on_start_transaction(self, **payload: Any) -> Any:
+        transaction_id = self.next_transaction_id
+        self.next_transaction_id += 1
+        self.transactions[transaction_id] = payload
+        self._record("StartTransaction", payload)
+        id_tag = payload["id_tag"]
+        return call_result.StartTransaction(
+            transaction_id=transaction_id,
+            id_tag_info=self.id_tag_info(id_tag, self.start_statuses.get(id_tag)),
+        )
+
+    @on(Action.stop_transaction)
+    def on_stop_transaction(self, **payload: Any) -> Any:
+        self._record("StopTransaction", payload)
+        id_tag = payload.get("id_tag")
+        return call_result.StopTransaction(
+            id_tag_info=None if id_tag is None else self.id_tag_info(id_tag)
+        )
+
+    @on(Action.meter_values)
+    def on_meter_values(self, **payload: Any) -> Any:
+        self._record("MeterValues", payload)
+        return call_result.MeterValues()
 
 
 class MemoryNetwork:

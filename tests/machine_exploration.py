@@ -34,6 +34,7 @@ ALPHABET: list[ev.Event] = [
     ev.RelayConfirmed(True),
     ev.RelayConfirmed(False),
     ev.RelayFailed("stuck"),
+    ev.LockEngaged(),
     ev.LockReleased(),
     ev.EvseSuspended(True),
     ev.EvseSuspended(False),

@@ -113,12 +113,15 @@ def test_defaults_and_relative_paths(tmp_path: Path) -> None:
 def test_defaults_follow_the_config_not_the_current_directory(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    # Run from /tmp against a config elsewhere: nothing may default to /tmp (or the cwd).
-    monkeypatch.chdir("/tmp")
+    # Run from another directory: nothing may default to the cwd (or /tmp): every default
+    # path follows the configuration file, wherever the repository was cloned.
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
     config = load_charger_config(SHIPPED)
     for path in (config.data_dir, config.log_dir, config.ocpp_config_path):
         assert path.is_relative_to(REPO)
-        assert not path.is_relative_to("/tmp")
+        assert not path.is_relative_to(elsewhere)
 
 
 def test_paths_section_resolves_against_the_file(tmp_path: Path) -> None:

@@ -81,6 +81,7 @@ def started(machine: ConnectorMachine, tag: str = "TAG1") -> list[ev.Effect]:
             ev.EvRequesting(True),
             ev.IdPresented(tag),
             ev.AuthorizationResult(tag, ACCEPTED, "GROUP"),
+            ev.LockEngaged(),  # a no-op with a fixed cable
             ev.RelayConfirmed(True),
         ],
     )
@@ -134,15 +135,37 @@ def test_fault_during_charging_stops_and_clearing_restores_the_truth() -> None:
 
 def test_authorized_plugged_ev_charges_when_the_fault_clears() -> None:
     machine = fresh()
+    # Authorized first, then a fault, then the EV: nothing may start while the fault lasts.
     replay(
         machine,
-        [ev.Plugged(), ev.EvRequesting(True), ev.FaultRaised(FaultKind.EARTH_FAULT, "earth")],
+        [
+            ev.IdPresented("T"),
+            ev.AuthorizationResult("T", ACCEPTED),
+            ev.FaultRaised(FaultKind.EARTH_FAULT, "earth"),
+        ],
     )
-    effects = replay(machine, [ev.IdPresented("T"), ev.AuthorizationResult("T", ACCEPTED)])
+    effects = replay(machine, [ev.Plugged(), ev.EvRequesting(True)])
     assert not any(isinstance(e, ev.StartTransaction) for e in effects)  # TC_041
+    assert machine.dispatch(ev.IdPresented("OTHER")) is False  # no new tag while faulted
     effects = replay(machine, [ev.FaultCleared(FaultKind.EARTH_FAULT), ev.RelayConfirmed(True)])
     assert statuses(effects) == ["Preparing", "Charging"]
     assert ev.StartTransaction("T") in effects
+
+
+def test_detachable_cable_is_locked_before_the_transaction_starts() -> None:
+    machine = fresh(Settings(fixed_cable=False))
+    effects = replay(
+        machine, [ev.Plugged(), ev.IdPresented("T"), ev.AuthorizationResult("T", ACCEPTED)]
+    )
+    assert ev.SetLock(True) in effects
+    assert not any(isinstance(e, ev.StartTransaction) for e in effects)
+    # TC_024: the lock fails: Faulted ConnectorLockFailure and no transaction at all.
+    effects = replay(machine, [ev.FaultRaised(FaultKind.LOCK, "stuck")])
+    assert not any(isinstance(e, ev.StopTransaction | ev.StartTransaction) for e in effects)
+    assert (machine.status, machine.error_code) == (S.faulted, "ConnectorLockFailure")
+    machine = fresh(Settings(fixed_cable=False))
+    replay(machine, [ev.Plugged(), ev.IdPresented("T"), ev.AuthorizationResult("T", ACCEPTED)])
+    assert ev.StartTransaction("T") in replay(machine, [ev.LockEngaged()])
 
 
 @pytest.mark.parametrize(
@@ -289,6 +312,7 @@ EVENTS = st.one_of(
     st.just(ev.ConnectionTimedOut()),
     st.builds(ev.RelayConfirmed, st.booleans()),
     st.builds(ev.RelayFailed, st.just("no confirmation")),
+    st.just(ev.LockEngaged()),
     st.just(ev.LockReleased()),
     st.builds(ev.EvseSuspended, st.booleans()),
     st.builds(ev.FaultRaised, st.sampled_from(list(FaultKind)), st.just("detail")),

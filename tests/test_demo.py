@@ -425,3 +425,12 @@ def test_python_m_dcocpp_demo_help() -> None:
         pytest.skip("dcocpp/cli.py does not register `demo` yet")
     assert done.returncode == 0, done.stderr
     assert "embedded central system" in done.stdout
+
+
+def test_packaged_ocpp_configuration_is_the_shipped_one() -> None:
+    """The demo carries configs/ocpp16-config.json for installs without the repository: the
+    two copies must not drift apart."""
+    repo = Path(__file__).resolve().parents[1]
+    shipped = (repo / "configs" / "ocpp16-config.json").read_text()
+    packaged = (repo / "dcocpp" / "demo" / "ocpp16-config.json").read_text()
+    assert json.loads(packaged) == json.loads(shipped)

@@ -71,6 +71,11 @@ class RelayFailed:
 
 
 @attrs.frozen
+class LockEngaged:
+    """The connector lock holds the cable (detachable cable only)."""
+
+
+@attrs.frozen
 class LockReleased:
     """The connector lock released the cable (detachable cable only)."""
 
@@ -132,6 +137,7 @@ Event = (
     | ConnectionTimedOut
     | RelayConfirmed
     | RelayFailed
+    | LockEngaged
     | LockReleased
     | EvseSuspended
     | FaultRaised

@@ -103,6 +103,7 @@ class Truth:
     relay_commanded: bool = False
     relay_closed: bool = False  # as confirmed by the hardware
     locked: bool = False  # detachable cable: the socket lock holds it
+    locking: bool = False  # the lock was told to engage; the transaction starts once it does
     evse_suspended: bool = False
     faults: tuple[tuple[FaultKind, str], ...] = ()  # (kind, detail), in the order raised
     operative: bool = True
@@ -214,6 +215,7 @@ EDGES: dict[str, list[tuple[ChargePointStatus, ChargePointStatus]]] = {
     "fault_cleared": [(_X, _A), (_X, _P), (_X, _C), (_X, _SEVSE), (_X, _SEV), (_X, _F), (_X, _U)],
     "fault_raised": [(_A, _X), (_P, _X), (_C, _X), (_SEVSE, _X), (_SEV, _X), (_F, _X), (_U, _X)],
     "id_presented": [(_A, _U), (_P, _F), (_C, _F), (_SEVSE, _F), (_SEV, _A), (_SEV, _F), (_F, _U)],
+    "lock_engaged": [(_P, _C), (_P, _SEVSE), (_P, _SEV)],
     "lock_released": [(_F, _A), (_F, _P)],
     "plugged": [(_A, _P), (_P, _SEVSE), (_P, _SEV), (_SEV, _SEVSE)],
     "relay_confirmed": [
@@ -358,6 +360,7 @@ class ConnectorMachine:
             ev.ConnectionTimedOut: self._connection_timed_out,
             ev.RelayConfirmed: self._relay_confirmed,
             ev.RelayFailed: self._relay_failed,
+            ev.LockEngaged: self._lock_engaged,
             ev.LockReleased: self._lock_released,
             ev.EvseSuspended: self._evse_suspended,
             ev.FaultRaised: self._fault_raised,
@@ -462,14 +465,18 @@ class ConnectorMachine:
             or t.finishing
         ):
             return
+        if not self.settings.fixed_cable and not t.locked:
+            # A detachable cable is locked before the transaction starts: a lock that fails
+            # (ConnectorLockFailure) must leave no transaction behind.
+            if not t.locking:
+                self._update(locking=True)
+                self._emit(ev.SetLock(True))
+            return
         self._update(
             authorized=None,
             transaction=Transaction(auth.id_tag, auth.parent_id_tag),
             reservation_id=None,
         )
-        if not self.settings.fixed_cable:
-            self._update(locked=True)
-            self._emit(ev.SetLock(True))
         self._emit(ev.StartTransaction(auth.id_tag, auth.parent_id_tag, t.reservation_id))
 
     def _stop(self, reason: Reason, id_tag: str | None = None) -> None:
@@ -507,7 +514,7 @@ class ConnectorMachine:
             self._stop(Reason.ev_disconnected)
         elif self.truth.authorized is not None and self.truth.transaction is None:
             # Authorized, plugged, never started (a fault): the EV left; so does the session.
-            self._update(authorized=None)
+            self._update(authorized=None, locking=False)
 
     def _ev_requesting(self, event: ev.EvRequesting) -> None:
         if self.truth.plugged:
@@ -522,8 +529,8 @@ class ConnectorMachine:
                 self._update(stop_candidate=event.id_tag)
                 self._emit(ev.Authorize(event.id_tag))
             return True
-        if t.finishing or not t.operative or t.pending_id is not None:
-            return False
+        if t.finishing or not t.operative or t.faults or t.pending_id is not None:
+            return False  # no session can start now: the tag is refused, not kept
         if t.authorized is not None and t.authorized.id_tag == event.id_tag:
             return True
         self._update(pending_id=event.id_tag)
@@ -582,6 +589,15 @@ class ConnectorMachine:
     def _relay_failed(self, event: ev.RelayFailed) -> None:
         self._raise_fault(FaultKind.POWER_SWITCH, event.detail)
 
+    def _lock_engaged(self, _: ev.LockEngaged) -> None:
+        if not self.truth.locking:
+            return  # an answer to a request nobody waits for any more
+        self._update(locking=False, locked=True)
+        self._try_start()
+        if self.truth.transaction is None and self.truth.authorized is None:
+            self._update(locked=False)  # the session went away meanwhile: free the cable
+            self._emit(ev.SetLock(False))
+
     def _lock_released(self, _: ev.LockReleased) -> None:
         self._update(locked=False)
 
@@ -594,7 +610,7 @@ class ConnectorMachine:
     def _raise_fault(self, kind: FaultKind, detail: str) -> None:
         if kind in self.truth.fault_kinds:
             return
-        self._update(faults=(*self.truth.faults, (kind, detail)))
+        self._update(faults=(*self.truth.faults, (kind, detail)), locking=False)
         self._stop(FAULTS[kind][2])
 
     def _fault_cleared(self, event: ev.FaultCleared) -> None:

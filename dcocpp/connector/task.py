@@ -277,8 +277,7 @@ class ConnectorTask:
         except (hw.HardwareError, trio.TooSlowError) as exc:
             await self.post(ev.FaultRaised(hw.FaultKind.LOCK, f"lock: {exc}"[:50]))
             return
-        if not locked:
-            await self.post(ev.LockReleased())
+        await self.post(ev.LockEngaged() if locked else ev.LockReleased())
 
     async def _unlock(self, reply: UnlockStatus, effects: list[ev.Effect]) -> UnlockStatus:
         """UnlockConnector answers what the lock did, so the release is awaited here."""

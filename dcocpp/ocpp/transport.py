@@ -177,6 +177,8 @@ def _leaf(group: BaseException) -> BaseException:
 async def _shielded_nursery(
     *, task_status: trio.TaskStatus[tuple[trio.Nursery, trio.CancelScope]]
 ) -> None:
+    # A caller already cancelled must not get a shielded task it can never end.
+    await trio.lowlevel.checkpoint_if_cancelled()
     with trio.CancelScope(shield=True) as scope:
         async with trio.open_nursery() as nursery:
             task_status.started((nursery, scope))

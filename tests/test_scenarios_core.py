@@ -1,0 +1,572 @@
+"""Charging sessions through the whole station (simulated hardware, connector tasks, OCPP
+session and RPC) against the in-test central system, on virtual time. Tests are named after
+the OCTT conformance cases they cover (../shared/ocpp16/octt-cs-cases.md): sessions started
+and stopped locally and remotely, EV-side disconnects, authorization, unlocking."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+import trio
+from ocpp.v16 import call
+
+from dcocpp.hardware.interface import HardwareError
+from tests.csms import FakeCsms
+from tests.station_harness import Harness, charger_config, running_station
+
+DETACHABLE = {1: {"fixedCable": False}}
+
+
+def statuses_of(h: Harness, connector_id: int, since: int = 0) -> list[str]:
+    """The statuses the CSMS heard for one connector, in order."""
+    return [
+        p["status"]
+        for p in h.csms.received("StatusNotification", since)
+        if p["connector_id"] == connector_id
+    ]
+
+
+def flow(h: Harness, connector_id: int, since: int = 0) -> list[tuple[str, Any]]:
+    """The session's messages in arrival order: (action, status or reason or idTag)."""
+    out: list[tuple[str, Any]] = []
+    for _, action, p in h.csms.calls[since:]:
+        if action == "StatusNotification" and p["connector_id"] == connector_id:
+            out.append((action, p["status"]))
+        elif action in ("Authorize", "StartTransaction"):
+            out.append((action, p["id_tag"]))
+        elif action == "StopTransaction":
+            out.append((action, p["reason"]))
+    return out
+
+
+# --- starting a session ----------------------------------------------------------------------
+
+
+async def test_tc_003_plug_in_first(autojump_clock: Any, tmp_path: Path) -> None:
+    async with running_station(charger_config(tmp_path)) as h:
+        await h.booted()
+        since = h.csms.mark()
+        await h.station.plug(1)
+        await h.wait_status(1, "Preparing", since=since)
+        register = h.register_wh(1)
+        await h.station.present_id(1, "TAG-003")
+        await h.wait_status(1, "Charging", since=since)
+        await h.wait_until(lambda: h.transaction_id(1) == 1)
+        start_time = h.csms.times("StartTransaction")[0]
+        assert h.connector(1).machine.status == "Charging"
+    assert register == 1_000_000  # gun 1's simulated register, nothing delivered yet
+    assert h.csms.received("StartTransaction") == [
+        {
+            "connector_id": 1,
+            "id_tag": "TAG-003",
+            "meter_start": 1_000_000,
+            "timestamp": h.wall_time(start_time),
+        }
+    ]
+    assert h.wall_time(start_time).startswith("2026-11-23T23:50:00.")
+    assert h.csms.received("Authorize") == [{"id_tag": "TAG-003"}]
+    assert flow(h, 1, since) == [
+        ("StatusNotification", "Preparing"),
+        ("Authorize", "TAG-003"),
+        ("StartTransaction", "TAG-003"),
+        ("StatusNotification", "Charging"),
+    ]
+    assert statuses_of(h, 2, since) == []  # the other gun is not involved
+
+
+async def test_tc_004_1_identification_first(autojump_clock: Any, tmp_path: Path) -> None:
+    async with running_station(charger_config(tmp_path)) as h:
+        await h.booted()
+        since = h.csms.mark()
+        await h.station.present_id(1, "TAG-004")
+        await h.wait_status(1, "Preparing", since=since)
+        await trio.sleep(5)
+        assert h.csms.received("StartTransaction") == []  # no EV yet
+        await h.station.plug(1)
+        await h.wait_status(1, "Charging", since=since)
+    assert flow(h, 1, since) == [
+        ("Authorize", "TAG-004"),
+        ("StatusNotification", "Preparing"),
+        ("StartTransaction", "TAG-004"),
+        ("StatusNotification", "Charging"),
+    ]
+    start = h.csms.received("StartTransaction")[0]
+    assert (start["connector_id"], start["meter_start"]) == (1, 1_000_000)
+
+
+async def test_tc_004_2_identification_first_connection_timeout(
+    autojump_clock: Any, tmp_path: Path
+) -> None:
+    async with running_station(charger_config(tmp_path), keys={"ConnectionTimeOut": 45}) as h:
+        await h.booted()
+        since = h.csms.mark()
+        await h.station.present_id(1, "TAG-004")
+        await h.wait_status(1, "Preparing", since=since)
+        preparing_at = trio.current_time()
+        await h.wait_status(1, "Available", since=since)
+        available_at = trio.current_time()
+        assert h.connector(1).machine.truth.authorized is None
+    assert available_at - preparing_at == pytest.approx(45, abs=1e-6)
+    assert statuses_of(h, 1, since) == ["Preparing", "Available"]
+    assert h.csms.received("StartTransaction") == []
+
+
+# --- EV-side disconnect ----------------------------------------------------------------------
+
+
+async def test_tc_005_1_ev_side_disconnect_stops_and_unlocks(
+    autojump_clock: Any, tmp_path: Path
+) -> None:
+    config = charger_config(tmp_path, connectors=DETACHABLE)
+    keys = {"StopTransactionOnEVSideDisconnect": True, "UnlockConnectorOnEVSideDisconnect": True}
+    async with running_station(config, keys=keys) as h:
+        await h.booted()
+        tx_id = await h.start_charging(1, "TAG-005")
+        assert h.hardware.state(1).locked  # a detachable cable is locked during the session
+        since = h.csms.mark()
+        await h.station.unplug(1)
+        await h.wait_calls("StopTransaction", since=since)
+        await h.wait_status(1, "Available", since=since)
+        assert not h.hardware.state(1).locked
+    stop = h.csms.received("StopTransaction")[0]
+    assert (stop["transaction_id"], stop["reason"]) == (tx_id, "EVDisconnected")
+    assert "id_tag" not in stop  # nobody presented a tag
+    assert statuses_of(h, 1, since) == ["Finishing", "Available"]
+
+
+async def test_tc_005_2_ev_side_disconnect_keeps_lock_until_unlock_connector(
+    autojump_clock: Any, tmp_path: Path
+) -> None:
+    config = charger_config(tmp_path, connectors=DETACHABLE)
+    keys = {"StopTransactionOnEVSideDisconnect": True, "UnlockConnectorOnEVSideDisconnect": False}
+    async with running_station(config, keys=keys) as h:
+        await h.booted()
+        tx_id = await h.start_charging(1, "TAG-005")
+        since = h.csms.mark()
+        await h.station.unplug(1)
+        await h.wait_calls("StopTransaction", since=since)
+        await h.wait_status(1, "Finishing", since=since)
+        await trio.sleep(30)
+        assert h.hardware.state(1).locked  # the cable stays locked in the socket
+        assert statuses_of(h, 1, since) == ["Finishing"]
+        result = await h.csms_call(call.UnlockConnector(connector_id=1))
+        assert result.status == "Unlocked"
+        assert not h.hardware.state(1).locked
+        await h.wait_status(1, "Available", since=since)
+    stop = h.csms.received("StopTransaction")[0]
+    assert (stop["transaction_id"], stop["reason"]) == (tx_id, "EVDisconnected")
+    assert statuses_of(h, 1, since) == ["Finishing", "Available"]
+
+
+async def test_tc_005_3_ev_side_disconnect_keeps_transaction_until_remote_stop(
+    autojump_clock: Any, tmp_path: Path
+) -> None:
+    keys = {"StopTransactionOnEVSideDisconnect": False}
+    async with running_station(charger_config(tmp_path), keys=keys) as h:
+        await h.booted()
+        tx_id = await h.start_charging(1, "TAG-005")
+        since = h.csms.mark()
+        await h.station.unplug(1)
+        await h.wait_status(1, "SuspendedEV", since=since)
+        await trio.sleep(120)
+        assert h.csms.received("StopTransaction") == []  # the transaction stays open
+        assert h.transaction_id(1) == tx_id
+        result = await h.csms_call(call.RemoteStopTransaction(transaction_id=tx_id))
+        assert result.status == "Accepted"
+        await h.wait_calls("StopTransaction", since=since)
+        await h.wait_status(1, "Available", since=since)
+    stop = h.csms.received("StopTransaction")[0]
+    assert (stop["transaction_id"], stop["reason"]) == (tx_id, "Remote")
+    assert statuses_of(h, 1, since) == ["SuspendedEV", "Available"]
+
+
+# --- cache and remote start ------------------------------------------------------------------
+
+
+async def test_tc_007_remote_start_with_cached_id(autojump_clock: Any, tmp_path: Path) -> None:
+    keys = {
+        "AuthorizeRemoteTxRequests": True,
+        "LocalPreAuthorize": True,
+        "AuthorizationCacheEnabled": True,
+        "ConnectionTimeOut": 10,
+    }
+    async with running_station(charger_config(tmp_path), keys=keys) as h:
+        await h.booted()
+        # An earlier Authorize puts the tag in the cache (on gun 2, which then times out).
+        await h.station.present_id(2, "TAG-007")
+        await h.wait_status(2, "Preparing")
+        await h.wait_status(2, "Available", since=h.csms.mark())
+        assert h.csms.authorize_count("TAG-007") == 1
+        since = h.csms.mark()
+        result = await h.csms_call(call.RemoteStartTransaction(id_tag="TAG-007", connector_id=1))
+        assert result.status == "Accepted"
+        await h.wait_status(1, "Preparing", since=since)
+        await h.station.plug(1)
+        await h.wait_status(1, "Charging", since=since)
+    assert h.csms.authorize_count() == 1  # no new Authorize: the cache answered
+    assert flow(h, 1, since) == [
+        ("StatusNotification", "Preparing"),
+        ("StartTransaction", "TAG-007"),
+        ("StatusNotification", "Charging"),
+    ]
+
+
+async def test_tc_010_remote_start_cable_plugged_first(autojump_clock: Any, tmp_path: Path) -> None:
+    async with running_station(charger_config(tmp_path)) as h:
+        await h.booted()
+        since = h.csms.mark()
+        await h.station.plug(1)
+        await h.wait_status(1, "Preparing", since=since)
+        result = await h.csms_call(call.RemoteStartTransaction(id_tag="TAG-010", connector_id=1))
+        assert result.status == "Accepted"
+        await h.wait_status(1, "Charging", since=since)
+    assert h.csms.received("Authorize") == []  # AuthorizeRemoteTxRequests is false
+    assert flow(h, 1, since) == [
+        ("StatusNotification", "Preparing"),
+        ("StartTransaction", "TAG-010"),
+        ("StatusNotification", "Charging"),
+    ]
+    assert h.csms.received("StartTransaction")[0]["connector_id"] == 1
+
+
+async def test_tc_011_1_remote_start_first(autojump_clock: Any, tmp_path: Path) -> None:
+    async with running_station(charger_config(tmp_path)) as h:
+        await h.booted()
+        since = h.csms.mark()
+        result = await h.csms_call(call.RemoteStartTransaction(id_tag="TAG-011", connector_id=1))
+        assert result.status == "Accepted"
+        await h.wait_status(1, "Preparing", since=since)
+        await trio.sleep(5)
+        assert h.csms.received("StartTransaction") == []
+        await h.station.plug(1)
+        await h.wait_status(1, "Charging", since=since)
+    assert flow(h, 1, since) == [
+        ("StatusNotification", "Preparing"),
+        ("StartTransaction", "TAG-011"),
+        ("StatusNotification", "Charging"),
+    ]
+
+
+async def test_tc_011_2_remote_start_connection_timeout(
+    autojump_clock: Any, tmp_path: Path
+) -> None:
+    async with running_station(charger_config(tmp_path), keys={"ConnectionTimeOut": 30}) as h:
+        await h.booted()
+        since = h.csms.mark()
+        result = await h.csms_call(call.RemoteStartTransaction(id_tag="TAG-011", connector_id=1))
+        assert result.status == "Accepted"
+        await h.wait_status(1, "Preparing", since=since)
+        preparing_at = trio.current_time()
+        await h.wait_status(1, "Available", since=since)
+        assert trio.current_time() - preparing_at == pytest.approx(30, abs=1e-6)
+        # Too late: the EV arriving now finds no session waiting for it.
+        await h.station.plug(1)
+        await trio.sleep(10)
+    assert h.csms.received("StartTransaction") == []
+    assert statuses_of(h, 1, since) == ["Preparing", "Available", "Preparing"]
+
+
+async def test_tc_012_remote_stop(autojump_clock: Any, tmp_path: Path) -> None:
+    async with running_station(charger_config(tmp_path)) as h:
+        await h.booted()
+        tx_id = await h.start_charging(1, "TAG-012")
+        await trio.sleep(60)
+        since = h.csms.mark()
+        result = await h.csms_call(call.RemoteStopTransaction(transaction_id=tx_id))
+        assert result.status == "Accepted"
+        await h.wait_calls("StopTransaction", since=since)
+        await h.wait_status(1, "Finishing", since=since)
+        assert not h.hardware.state(1).relay_closed
+    stop = h.csms.received("StopTransaction")[0]
+    assert (stop["transaction_id"], stop["reason"]) == (tx_id, "Remote")
+    assert "id_tag" not in stop
+
+
+# --- unlock ----------------------------------------------------------------------------------
+
+
+async def test_tc_017_1_unlock_without_session_detachable(
+    autojump_clock: Any, tmp_path: Path
+) -> None:
+    async with running_station(charger_config(tmp_path, connectors=DETACHABLE)) as h:
+        await h.booted()
+        since = h.csms.mark()
+        result = await h.csms_call(call.UnlockConnector(connector_id=1))
+        await trio.sleep(5)
+    assert result.status == "Unlocked"
+    assert statuses_of(h, 1, since) == []  # still Available
+
+
+async def test_tc_017_2_unlock_without_session_fixed_cable(
+    autojump_clock: Any, tmp_path: Path
+) -> None:
+    async with running_station(charger_config(tmp_path)) as h:
+        await h.booted()
+        result = await h.csms_call(call.UnlockConnector(connector_id=1))
+    assert result.status == "NotSupported"
+
+
+async def test_tc_018_1_unlock_during_session_detachable(
+    autojump_clock: Any, tmp_path: Path
+) -> None:
+    async with running_station(charger_config(tmp_path, connectors=DETACHABLE)) as h:
+        await h.booted()
+        tx_id = await h.start_charging(1, "TAG-018")
+        await trio.sleep(30)
+        since = h.csms.mark()
+        result = await h.csms_call(call.UnlockConnector(connector_id=1))
+        assert result.status == "Unlocked"
+        assert not h.hardware.state(1).locked
+        await h.wait_calls("StopTransaction", since=since)
+        await h.wait_status(1, "Finishing", since=since)
+        assert not h.hardware.state(1).relay_closed
+    stop = h.csms.received("StopTransaction")[0]
+    assert (stop["transaction_id"], stop["reason"]) == (tx_id, "UnlockCommand")
+
+
+async def test_tc_018_2_unlock_during_session_fixed_cable(
+    autojump_clock: Any, tmp_path: Path
+) -> None:
+    async with running_station(charger_config(tmp_path)) as h:
+        await h.booted()
+        tx_id = await h.start_charging(1, "TAG-018")
+        since = h.csms.mark()
+        result = await h.csms_call(call.UnlockConnector(connector_id=1))
+        assert result.status == "NotSupported"
+        await trio.sleep(30)
+        assert h.transaction_id(1) == tx_id
+    assert h.csms.received("StopTransaction") == []
+    assert statuses_of(h, 1, since) == []  # still Charging
+
+
+async def test_tc_030_unlock_failure(autojump_clock: Any, tmp_path: Path) -> None:
+    async with running_station(charger_config(tmp_path, connectors=DETACHABLE)) as h:
+        await h.booted()
+        await h.station.set_fault(1, "lock", True)
+        await h.wait_status(1, "Faulted", error_code="ConnectorLockFailure")
+        result = await h.csms_call(call.UnlockConnector(connector_id=1))
+    assert result.status == "UnlockFailed"
+
+
+async def test_tc_031_unlock_unknown_connector(autojump_clock: Any, tmp_path: Path) -> None:
+    async with running_station(charger_config(tmp_path, connectors=DETACHABLE)) as h:
+        await h.booted()
+        result = await h.csms_call(call.UnlockConnector(connector_id=7))
+    assert result.status == "NotSupported"
+
+
+# --- authorization -----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("status", ["Invalid", "Blocked", "Expired"])
+async def test_tc_023_authorize_refused_no_transaction(
+    autojump_clock: Any, tmp_path: Path, status: str
+) -> None:
+    csms = FakeCsms(id_tags={"BAD-TAG": status})
+    async with running_station(charger_config(tmp_path), csms) as h:
+        await h.booted()
+        since = h.csms.mark()
+        await h.station.plug(1)
+        await h.wait_status(1, "Preparing", since=since)
+        await h.station.present_id(1, "BAD-TAG")
+        await h.wait_calls("Authorize", since=since)
+        await trio.sleep(120)
+        assert h.connector(1).transaction is None
+        assert not h.hardware.state(1).relay_closed
+    assert h.csms.received("StartTransaction") == []
+    assert flow(h, 1, since) == [("StatusNotification", "Preparing"), ("Authorize", "BAD-TAG")]
+
+
+async def test_tc_024_lock_failure_no_transaction(autojump_clock: Any, tmp_path: Path) -> None:
+    async with running_station(charger_config(tmp_path, connectors=DETACHABLE)) as h:
+        await h.booted()
+        since = h.csms.mark()
+        await h.station.set_fault(1, "lock", True)
+        faulted = await h.wait_status(1, "Faulted", since=since)
+        await h.station.plug(1)
+        with pytest.raises(ValueError, match="takes no tag"):  # the API answers 422
+            await h.station.present_id(1, "TAG-024")
+        await trio.sleep(60)
+        assert not h.hardware.state(1).relay_closed
+    assert faulted["error_code"] == "ConnectorLockFailure"
+    assert h.csms.received("StartTransaction") == []
+    assert statuses_of(h, 1, since) == ["Faulted"]
+
+
+async def test_tc_024_lock_that_fails_to_engage_starts_no_transaction(
+    autojump_clock: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    async with running_station(charger_config(tmp_path, connectors=DETACHABLE)) as h:
+        await h.booted()
+
+        async def jammed(locked: bool) -> None:
+            await trio.sleep(0.05)
+            raise HardwareError("lock did not engage" if locked else "lock did not release")
+
+        # The lock looks fine until it is commanded (no fault is known beforehand).
+        monkeypatch.setattr(h.hardware.gun(1), "set_lock", jammed)
+        since = h.csms.mark()
+        await h.station.plug(1)
+        await h.station.present_id(1, "TAG-024")
+        await h.wait_status(1, "Faulted", error_code="ConnectorLockFailure", since=since)
+        await trio.sleep(30)
+    assert h.csms.received("StartTransaction") == []
+    assert h.csms.received("StopTransaction") == []
+
+
+async def test_tc_041_fault_no_transaction_can_start(autojump_clock: Any, tmp_path: Path) -> None:
+    async with running_station(charger_config(tmp_path)) as h:
+        await h.booted()
+        since = h.csms.mark()
+        await h.station.set_fault(1, "earth", True)
+        faulted = await h.wait_status(1, "Faulted", since=since)
+        await h.station.plug(1)
+        with pytest.raises(ValueError, match="takes no tag"):
+            await h.station.present_id(1, "TAG-041")
+        remote = await h.csms_call(call.RemoteStartTransaction(id_tag="TAG-041", connector_id=1))
+        await trio.sleep(60)
+        assert not h.hardware.state(1).relay_closed
+        assert h.connector(1).machine.status == "Faulted"
+    assert faulted["error_code"] == "GroundFailure"
+    assert remote.status == "Rejected"
+    assert h.csms.received("StartTransaction") == []
+    assert statuses_of(h, 1, since) == ["Faulted"]
+
+
+async def test_tc_041_tag_presented_while_faulted_is_not_kept(
+    autojump_clock: Any, tmp_path: Path
+) -> None:
+    async with running_station(charger_config(tmp_path)) as h:
+        await h.booted()
+        await h.station.set_fault(1, "earth", True)
+        await h.wait_status(1, "Faulted")
+        await h.station.plug(1)
+        with pytest.raises(ValueError, match="takes no tag"):
+            await h.station.present_id(1, "TAG-041")
+        await trio.sleep(3600)
+        since = h.csms.mark()
+        await h.station.set_fault(1, "earth", False)
+        await h.wait_status(1, "Preparing", since=since)
+        await trio.sleep(60)
+    # An hour later the driver is long gone: the fault's end starts nothing by itself.
+    assert h.csms.received("StartTransaction") == []
+
+
+async def test_tc_061_clear_cache_forces_a_fresh_authorize(
+    autojump_clock: Any, tmp_path: Path
+) -> None:
+    keys = {"LocalPreAuthorize": True, "AuthorizationCacheEnabled": True, "ConnectionTimeOut": 10}
+    async with running_station(charger_config(tmp_path), keys=keys) as h:
+        await h.booted()
+
+        async def present_and_time_out() -> None:
+            since = h.csms.mark()
+            await h.station.present_id(1, "TAG-061")
+            await h.wait_status(1, "Preparing", since=since)
+            await h.wait_status(1, "Available", since=since)
+
+        await present_and_time_out()
+        assert h.csms.authorize_count("TAG-061") == 1
+        await present_and_time_out()
+        assert h.csms.authorize_count("TAG-061") == 1  # answered from the cache
+        result = await h.csms_call(call.ClearCache())
+        assert result.status == "Accepted"
+        await present_and_time_out()
+        assert h.csms.authorize_count("TAG-061") == 2  # the cache is empty: ask again
+
+
+# --- remote start / stop refused --------------------------------------------------------------
+
+
+async def test_tc_026_remote_start_on_busy_connector_rejected(
+    autojump_clock: Any, tmp_path: Path
+) -> None:
+    async with running_station(charger_config(tmp_path)) as h:
+        await h.booted()
+        tx_id = await h.start_charging(1, "TAG-026")
+        result = await h.csms_call(call.RemoteStartTransaction(id_tag="OTHER", connector_id=1))
+        await trio.sleep(10)
+        assert h.transaction_id(1) == tx_id
+    assert result.status == "Rejected"
+    assert len(h.csms.received("StartTransaction")) == 1
+
+
+async def test_tc_027_remote_start_on_connector_zero_rejected(
+    autojump_clock: Any, tmp_path: Path
+) -> None:
+    async with running_station(charger_config(tmp_path)) as h:
+        await h.booted()
+        since = h.csms.mark()
+        result = await h.csms_call(call.RemoteStartTransaction(id_tag="TAG-027", connector_id=0))
+        await trio.sleep(10)
+    assert result.status == "Rejected"
+    assert h.csms.received("StatusNotification", since) == []
+
+
+async def test_tc_028_remote_stop_unknown_transaction_rejected(
+    autojump_clock: Any, tmp_path: Path
+) -> None:
+    async with running_station(charger_config(tmp_path)) as h:
+        await h.booted()
+        tx_id = await h.start_charging(1, "TAG-028")
+        result = await h.csms_call(call.RemoteStopTransaction(transaction_id=tx_id + 41))
+        await trio.sleep(10)
+        assert h.transaction_id(1) == tx_id
+    assert result.status == "Rejected"
+    assert h.csms.received("StopTransaction") == []
+
+
+# --- stopping with a tag -----------------------------------------------------------------------
+
+
+async def test_tc_068_stop_with_the_same_id_tag(autojump_clock: Any, tmp_path: Path) -> None:
+    async with running_station(charger_config(tmp_path)) as h:
+        await h.booted()
+        tx_id = await h.start_charging(1, "TAG-068")
+        await trio.sleep(120)
+        since = h.csms.mark()
+        await h.station.present_id(1, "TAG-068")
+        await h.wait_calls("StopTransaction", since=since)
+        await h.wait_status(1, "Finishing", since=since)
+    assert h.csms.authorize_count() == 1  # the start's only: the same tag stops without one
+    stop = h.csms.received("StopTransaction")[0]
+    assert (stop["transaction_id"], stop["id_tag"], stop["reason"]) == (tx_id, "TAG-068", "Local")
+
+
+async def test_tc_069_stop_with_a_tag_of_the_same_group(
+    autojump_clock: Any, tmp_path: Path
+) -> None:
+    csms = FakeCsms(parent_id_tags={"TAG-069-A": "FLEET", "TAG-069-B": "FLEET"})
+    async with running_station(charger_config(tmp_path), csms) as h:
+        await h.booted()
+        tx_id = await h.start_charging(1, "TAG-069-A")
+        await trio.sleep(120)
+        since = h.csms.mark()
+        await h.station.present_id(1, "TAG-069-B")
+        await h.wait_calls("StopTransaction", since=since)
+        await h.wait_status(1, "Finishing", since=since)
+    steps = flow(h, 1, since)
+    assert steps[0] == ("Authorize", "TAG-069-B")  # a different tag is asked about first
+    assert sorted(steps[1:]) == [("StatusNotification", "Finishing"), ("StopTransaction", "Local")]
+    stop = h.csms.received("StopTransaction")[0]
+    assert (stop["transaction_id"], stop["id_tag"], stop["reason"]) == (
+        tx_id,
+        "TAG-069-B",
+        "Local",
+    )
+
+
+async def test_tag_of_another_group_does_not_stop(autojump_clock: Any, tmp_path: Path) -> None:
+    csms = FakeCsms(parent_id_tags={"TAG-A": "FLEET", "TAG-B": "OTHER-FLEET"})
+    async with running_station(charger_config(tmp_path), csms) as h:
+        await h.booted()
+        tx_id = await h.start_charging(1, "TAG-A")
+        since = h.csms.mark()
+        await h.station.present_id(1, "TAG-B")
+        await h.wait_calls("Authorize", since=since)
+        await trio.sleep(30)
+        assert h.transaction_id(1) == tx_id
+    assert h.csms.received("StopTransaction") == []
+    assert statuses_of(h, 1, since) == []
