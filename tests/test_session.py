@@ -17,6 +17,7 @@ from dcocpp.ocpp.errors import CallError
 from dcocpp.station import HardReset, Station
 from tests.csms import FakeCsms, MemoryNetwork
 from tests.station_harness import charger_config, preset_keys, running_station
+from tests.test_configuration_keys import REQUIRED_READONLY
 
 ACCEPTED, PENDING, REJECTED = (
     RegistrationStatus.accepted,
@@ -130,30 +131,7 @@ async def test_tc_019_get_all_keys_with_readonly_flags(autojump_clock: Any, tmp_
     async with running_station(charger_config(tmp_path)) as h:
         result = await h.csms_call(call.GetConfiguration())
     keys = {k["key"]: k for k in result.configuration_key}
-    expected_readonly = {
-        "AuthorizeRemoteTxRequests": False,
-        "ClockAlignedDataInterval": False,
-        "ConnectionTimeOut": False,
-        "GetConfigurationMaxKeys": True,
-        "HeartbeatInterval": False,
-        "LocalAuthorizeOffline": False,
-        "LocalPreAuthorize": False,
-        "MeterValuesAlignedData": False,
-        "MeterValuesSampledData": False,
-        "MeterValueSampleInterval": False,
-        "NumberOfConnectors": True,
-        "ResetRetries": False,
-        "ConnectorPhaseRotation": False,
-        "StopTransactionOnEVSideDisconnect": False,
-        "StopTransactionOnInvalidId": False,
-        "StopTxnAlignedData": False,
-        "StopTxnSampledData": False,
-        "SupportedFeatureProfiles": True,
-        "TransactionMessageAttempts": False,
-        "TransactionMessageRetryInterval": False,
-        "UnlockConnectorOnEVSideDisconnect": False,
-    }
-    for key, readonly in expected_readonly.items():
+    for key, readonly in REQUIRED_READONLY.items():
         assert keys[key]["readonly"] is readonly, key
     assert keys["NumberOfConnectors"]["value"] == "2"
     assert "AuthorizationKey" not in keys
