@@ -145,7 +145,7 @@ class Station:
         self._db = db = Database.open(config.data_dir)
         try:
             saved = db.availability()
-            self._operative0 = saved.get(0, (True, None))[0]
+            self._operative0 = saved.get(0, True)
             cp = config.charge_point
             self.session = session = ChargePointSession(
                 Identity(cp.id, cp.vendor, cp.model, cp.firmware_version, cp.serial_number),
@@ -164,19 +164,18 @@ class Station:
                 authorizer=Authorizer(session),
                 clock=self.clock,
                 report_status=session.report_status,
-                persist_availability=self._persist_scheduled,
+                availability_applied=self._availability_applied,
             )
             self.connectors = {}
             for connector in config.connectors:
                 send, receive = self._inboxes[connector.id]
-                operative = saved.get(connector.id, (True, None))
                 self.connectors[connector.id] = ConnectorTask(
                     connector,
                     self.hardware.gun(connector.id),
                     services,
                     receive,
                     send,
-                    operative=self._operative0 and operative[0],
+                    operative=self._operative0 and saved.get(connector.id, True),
                 )
             with trio.CancelScope() as self._scope:
                 async with trio.open_nursery() as nursery:
@@ -212,16 +211,14 @@ class Station:
     async def change_availability(self, connector_id: int, operative: bool) -> AvailabilityStatus:
         assert self._db is not None and self.session is not None
         # Persisted before it is acknowledged: a power cut must not forget "Inoperative".
-        self._db.set_availability(connector_id, operative, None)
+        self._db.set_availability(connector_id, operative)
         if connector_id == 0:
             was = self._operative0
             self._operative0 = operative
             if was != operative:
                 self.session.report_status(self.statuses()[0])
             saved = self._db.availability()
-            targets = {
-                cid: operative and saved.get(cid, (True, None))[0] for cid in self.connectors
-            }
+            targets = {cid: operative and saved.get(cid, True) for cid in self.connectors}
         else:
             targets = {connector_id: operative and self._operative0}
         replies = [
@@ -238,8 +235,8 @@ class Station:
             AvailabilityStatus.scheduled if "Scheduled" in replies else AvailabilityStatus.accepted
         )
 
-    def _persist_scheduled(self, connector_id: int, operative: bool) -> None:
-        """A scheduled change took effect; the database already holds the wish."""
+    def _availability_applied(self, connector_id: int, operative: bool) -> None:
+        """A scheduled change took effect; the database has held it since it was asked for."""
         log.info(
             "connector %d is now %s", connector_id, "operative" if operative else "inoperative"
         )

@@ -18,10 +18,12 @@ DATABASE_NAME = "dcocpp.sqlite3"
 # Index i holds the statements that migrate schema version i to i + 1. Append only.
 MIGRATIONS: list[list[str]] = [
     [
+        # The availability the central system asked for, per connector (0 = the charge point).
+        # A change scheduled behind a running session is stored at once: after a power cut it
+        # is in force from the start.
         """CREATE TABLE availability (
-               connector_id INTEGER PRIMARY KEY,   -- 0 is the charge point itself
-               operative    INTEGER NOT NULL,      -- what is in force now
-               scheduled    INTEGER                -- a change waiting for the session to end
+               connector_id INTEGER PRIMARY KEY,
+               operative    INTEGER NOT NULL
            )""",
     ],
 ]
@@ -74,21 +76,17 @@ class Database:
 
     # --- availability ------------------------------------------------------------------------
 
-    def availability(self) -> dict[int, tuple[bool, bool | None]]:
-        """connector id -> (operative, scheduled change or None)."""
-        rows = self._db.execute("SELECT connector_id, operative, scheduled FROM availability")
-        return {
-            cid: (bool(operative), None if scheduled is None else bool(scheduled))
-            for cid, operative, scheduled in rows
-        }
+    def availability(self) -> dict[int, bool]:
+        """connector id -> operative, for every connector the central system ever set."""
+        rows = self._db.execute("SELECT connector_id, operative FROM availability")
+        return {cid: bool(operative) for cid, operative in rows}
 
-    def set_availability(self, connector_id: int, operative: bool, scheduled: bool | None) -> None:
+    def set_availability(self, connector_id: int, operative: bool) -> None:
         try:
             self._db.execute(
-                "INSERT INTO availability (connector_id, operative, scheduled) VALUES (?, ?, ?)"
-                " ON CONFLICT (connector_id) DO UPDATE"
-                " SET operative = excluded.operative, scheduled = excluded.scheduled",
-                (connector_id, operative, scheduled),
+                "INSERT INTO availability (connector_id, operative) VALUES (?, ?)"
+                " ON CONFLICT (connector_id) DO UPDATE SET operative = excluded.operative",
+                (connector_id, operative),
             )
         except sqlite3.Error as exc:
             raise StorageError(f"cannot store availability: {exc}") from exc

@@ -67,7 +67,7 @@ class ConnectorServices:
     authorizer: Authorizer
     clock: WallClock
     report_status: Callable[[ConnectorStatus], None]
-    persist_availability: Callable[[int, bool], None]
+    availability_applied: Callable[[int, bool], None]
 
 
 class ConnectorTask:
@@ -212,7 +212,7 @@ class ConnectorTask:
                 case ev.ConnectionTimer(running=running):
                     self._set_connection_timer(running)
                 case ev.AvailabilityApplied(operative=operative):
-                    self.services.persist_availability(self.id, operative)
+                    self.services.availability_applied(self.id, operative)
 
     def _spawn(self, fn: Callable[..., Awaitable[None]], *args: Any) -> None:
         assert self._nursery is not None
