@@ -46,10 +46,14 @@ class Database:
             data_dir.mkdir(parents=True, exist_ok=True)
             # Autocommit: every statement is its own durable transaction unless we group them.
             connection = sqlite3.connect(path, isolation_level=None)
-            connection.execute("PRAGMA journal_mode=WAL")
-            connection.execute("PRAGMA synchronous=FULL")
             db = cls(connection, path)
-            db._migrate()
+            try:
+                connection.execute("PRAGMA journal_mode=WAL")
+                connection.execute("PRAGMA synchronous=FULL")
+                db._migrate()
+            except BaseException:
+                connection.close()
+                raise
         except sqlite3.Error as exc:
             raise StorageError(f"cannot open the database {path}: {exc}") from exc
         except OSError as exc:

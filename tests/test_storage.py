@@ -1,0 +1,60 @@
+"""The station database: created under the data directory, versioned, migrated forward, and
+refusing a data directory written by a newer dcocpp."""
+
+from __future__ import annotations
+
+import sqlite3
+from pathlib import Path
+
+import pytest
+
+from dcocpp.storage import DATABASE_NAME, SCHEMA_VERSION, Database, StorageError
+
+
+def test_created_under_the_data_directory_with_wal_and_the_current_schema(tmp_path: Path) -> None:
+    db = Database.open(tmp_path / "data")
+    db.close()
+    connection = sqlite3.connect(tmp_path / "data" / DATABASE_NAME)
+    try:
+        assert connection.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
+        assert connection.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    finally:
+        connection.close()
+
+
+def test_availability_survives_reopening(tmp_path: Path) -> None:
+    db = Database.open(tmp_path)
+    db.set_availability(0, True)
+    db.set_availability(2, False)
+    db.set_availability(2, True)
+    db.set_availability(1, False)
+    db.close()
+    db = Database.open(tmp_path)
+    try:
+        assert db.availability() == {0: True, 1: False, 2: True}
+    finally:
+        db.close()
+
+
+def test_an_empty_old_file_is_migrated(tmp_path: Path) -> None:
+    sqlite3.connect(tmp_path / DATABASE_NAME).close()  # version 0: no tables yet
+    db = Database.open(tmp_path)
+    try:
+        assert db.availability() == {}
+    finally:
+        db.close()
+
+
+def test_a_newer_schema_is_refused_untouched(tmp_path: Path) -> None:
+    connection = sqlite3.connect(tmp_path / DATABASE_NAME)
+    connection.execute(f"PRAGMA user_version = {SCHEMA_VERSION + 1}")
+    connection.close()
+    with pytest.raises(StorageError, match="newer than this dcocpp"):
+        Database.open(tmp_path)
+
+
+def test_an_unwritable_data_directory_is_a_storage_error(tmp_path: Path) -> None:
+    blocker = tmp_path / "file"
+    blocker.write_text("not a directory")
+    with pytest.raises(StorageError, match="data directory"):
+        Database.open(blocker / "data")
