@@ -43,6 +43,7 @@ from dcocpp.connector.task import INBOX_SIZE, ConnectorServices, ConnectorTask
 from dcocpp.hardware.interface import FaultKind, HardwareBackend
 from dcocpp.hardware.simulation import SimulatedHardware
 from dcocpp.ocpp import transport
+from dcocpp.ocpp.authcache import AuthorizationCache
 from dcocpp.ocpp.authorization import Authorizer
 from dcocpp.ocpp.configuration import ConfigurationStore
 from dcocpp.ocpp.control import ConnectorStatus
@@ -152,6 +153,7 @@ class Station:
                 cp.central_system_uri,
                 store,
                 self,
+                auth_cache=AuthorizationCache(clock=self.clock.now),
                 ssl_context=client_ssl_context(config)
                 if cp.central_system_uri.startswith("wss")
                 else None,
@@ -166,8 +168,10 @@ class Station:
                 report_status=session.report_status,
                 availability_applied=self._availability_applied,
             )
+            before = {cid: task.machine.truth for cid, task in self.connectors.items()}
             self.connectors = {}
             for connector in config.connectors:
+                previous = before.get(connector.id)
                 send, receive = self._inboxes[connector.id]
                 self.connectors[connector.id] = ConnectorTask(
                     connector,
@@ -176,6 +180,8 @@ class Station:
                     receive,
                     send,
                     operative=self._operative0 and saved.get(connector.id, True),
+                    finishing=previous is not None
+                    and (previous.finishing or previous.transaction is not None),
                 )
             with trio.CancelScope() as self._scope:
                 async with trio.open_nursery() as nursery:

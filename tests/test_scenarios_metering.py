@@ -413,3 +413,41 @@ async def test_minimum_status_duration_suppresses_short_statuses(
         await h.station.plug(1)
         await h.wait_status(1, "Preparing", since=since)
         assert trio.current_time() - plugged_at == pytest.approx(10, abs=1e-6)
+
+
+async def test_plugged_ev_is_finishing_after_a_soft_reset_that_stopped_its_session(
+    autojump_clock: Any, tmp_path: Path
+) -> None:
+    async with running_station(charger_config(tmp_path)) as h:
+        await h.booted()
+        await h.start_charging(1, "TAG-RST")
+        await h.csms_call(call.Reset(type="Soft"))
+        await h.wait_calls("BootNotification", 2)
+        await h.wait_until(lambda: h.station.started.is_set() and 1 in h.station.connectors)
+        await h.wait_machine_status(1, "Finishing")
+        # The driver's session ended with the reset: a tag does not start another one.
+        with pytest.raises(ValueError, match="takes no tag"):
+            await h.station.present_id(1, "TAG-RST")
+        await h.station.unplug(1)
+        await h.wait_machine_status(1, "Available")
+    stops = h.csms.received("StopTransaction")
+    assert [s["reason"] for s in stops] == ["SoftReset"]
+    assert len(h.csms.received("StartTransaction")) == 1
+
+
+async def test_new_sample_interval_applies_at_once(autojump_clock: Any, tmp_path: Path) -> None:
+    async with running_station(
+        charger_config(tmp_path), keys={"MeterValueSampleInterval": 600}
+    ) as h:
+        await h.booted()
+        await h.start_charging(1, "TAG-INT")
+        started = h.csms.times("StartTransaction")[0]
+        await trio.sleep(30)
+        result = await h.csms_call(
+            call.ChangeConfiguration(key="MeterValueSampleInterval", value="60")
+        )
+        assert result.status == "Accepted"
+        await trio.sleep(100)
+    times = [t for t, _ in meter_values(h, 1, "Sample.Periodic")]
+    # Counted from the transaction's start, not after the old 600 s ran out.
+    assert times == pytest.approx([started + 60, started + 120], abs=1e-6)

@@ -447,3 +447,17 @@ async def test_message_log_is_schema_valid_json(autojump_clock: Any, tmp_path: P
     assert json.loads(json.dumps(result)) == {
         "configurationKey": [{"key": "HeartbeatInterval", "readonly": False, "value": "300"}]
     }
+
+
+def test_authorization_cache_expiry_follows_the_station_clock() -> None:
+    from datetime import UTC, datetime
+
+    from dcocpp.ocpp.authcache import AuthorizationCache
+
+    now = datetime(2026, 11, 24, 12, 0, tzinfo=UTC)
+    cache = AuthorizationCache(clock=lambda: now)
+    cache.update("TAG", {"status": "Accepted", "expiry_date": "2026-11-24T12:30:00Z"})
+    assert cache.lookup("TAG") == {"status": "Accepted", "expiry_date": "2026-11-24T12:30:00Z"}
+    now = datetime(2026, 11, 24, 12, 31, tzinfo=UTC)
+    assert cache.lookup("TAG")["status"] == "Expired"  # type: ignore[index]
+    assert cache.lookup("OTHER") is None

@@ -84,6 +84,7 @@ class ConnectorTask:
         inbox_send: trio.MemorySendChannel[Any],
         *,
         operative: bool = True,
+        finishing: bool = False,
     ):
         self.config = config
         self.id = config.id
@@ -101,6 +102,8 @@ class ConnectorTask:
                 relay_closed=physical.relay_closed,
                 faults=physical.faults,
                 operative=operative,
+                # A session that ended before a soft reset leaves a plugged EV Finishing.
+                finishing=finishing and physical.plugged,
             ),
         )
         self.transaction: LocalTransaction | None = None
@@ -406,12 +409,13 @@ class ConnectorTask:
         """MeterValueSampleInterval while the transaction runs (Sample.Periodic)."""
         store = self.services.store
         with scope:
+            last = trio.current_time()
             while True:
                 interval = store.get_int("MeterValueSampleInterval")
-                if interval <= 0:
-                    await trio.sleep(60)  # disabled; look again later
-                    continue
-                await trio.sleep(interval)
+                deadline = last + interval if interval > 0 else float("inf")  # 0: disabled
+                if not await self._sleep_unless_changed("MeterValueSampleInterval", deadline):
+                    continue  # a new interval counts from the last sample, at once
+                last = trio.current_time()
                 measurands = store.get_list("MeterValuesSampledData")
                 if measurands:
                     self.services.outbox.meter_values(
@@ -428,10 +432,10 @@ class ConnectorTask:
         store = self.services.store
         while True:
             interval = store.get_int("ClockAlignedDataInterval")
-            if interval <= 0:
-                await trio.sleep(60)
-                continue
-            await trio.sleep(seconds_to_next_aligned(self.services.clock.now(), interval))
+            wait = seconds_to_next_aligned(self.services.clock.now(), interval) if interval else 0
+            deadline = trio.current_time() + wait if interval > 0 else float("inf")
+            if not await self._sleep_unless_changed("ClockAlignedDataInterval", deadline):
+                continue  # a new interval re-aligns at once
             measurands = store.get_list("MeterValuesAlignedData")
             tx = self.transaction
             if measurands:
@@ -445,6 +449,23 @@ class ConnectorTask:
                 tx.transaction_data.append(
                     self._sample(stop_measurands, ReadingContext.sample_clock)
                 )
+
+    async def _sleep_unless_changed(self, key: str, deadline: float) -> bool:
+        """Sleep until `deadline`; False if configuration key `key` changed first."""
+        changed = False
+        with trio.CancelScope(deadline=deadline) as sleep:
+
+            def on_change(_key: str, _value: str) -> None:
+                nonlocal changed
+                changed = True
+                sleep.cancel()
+
+            unsubscribe = self.services.store.subscribe(key, on_change)
+            try:
+                await trio.sleep_forever()
+            finally:
+                unsubscribe()
+        return not changed
 
     def _send_without_transaction(self, sample: dict[str, Any]) -> None:
         """Meter values outside a transaction are news, not billing: sent if online, else
