@@ -2,10 +2,10 @@
 
     Station.run()
     ├── hardware backend            started first, runs for the life of the process
+    ├── local HTTP API              when asked for (--api); also outlives soft resets
     └── one boot (rebuilt by a soft reset)
         ├── OCPP session, transaction outbox
-        ├── connector task x N      one per gun, each with its machine
-        └── local HTTP API          when asked for (--api)
+        └── connector task x N      one per gun, each with its machine
 
 The hardware outlives a soft reset (a plugged EV stays plugged); everything the controller
 decides is built again from the configuration files and the database, and each connector picks
@@ -131,6 +131,9 @@ class Station:
             await nursery.start(
                 self.hardware.run, {cid: send.clone() for cid, (send, _) in self._inboxes.items()}
             )
+            if self._api_address is not None:
+                # The API outlives soft resets: its port stays where the operator put it.
+                _, self.api_port = await nursery.start(api.serve_api, self, *self._api_address)
             while True:
                 kind = await self._boot(task_status)
                 task_status = trio.TASK_STATUS_IGNORED
@@ -189,10 +192,6 @@ class Station:
                         await nursery.start(task.run)
                     await nursery.start(outbox.run)
                     await nursery.start(session.run)
-                    if self._api_address is not None:
-                        _, self.api_port = await nursery.start(
-                            api.serve_api, self, *self._api_address
-                        )
                     log.info(
                         "station %s up: %d connectors, central system %s",
                         cp.id,
