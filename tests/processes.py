@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import signal
 import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -209,3 +210,62 @@ class ManagedProcess:
         tb: TracebackType | None,
     ) -> None:
         self.stop()
+
+
+def start_peer_csms(
+    tmp: Path,
+    steps: list[dict[str, Any]] | None,
+    *,
+    name: str = "csms",
+    heartbeat_interval: int = 1,
+    timeout: float = 15.0,
+) -> tuple[ManagedProcess, int]:
+    """The independent asyncio CSMS (tests/peers/asyncio_csms.py) on port 0, recording its
+    events to `<tmp>/<name>.jsonl`; returns the process and its port."""
+    argv = [
+        sys.executable,
+        "-m",
+        "tests.peers.asyncio_csms",
+        "--port",
+        "0",
+        "--heartbeat-interval",
+        str(heartbeat_interval),
+        "--record",
+        str(tmp / f"{name}.jsonl"),
+    ]
+    if steps is not None:
+        script = tmp / f"{name}-script.json"
+        script.write_text(json.dumps(steps), encoding="utf-8")
+        argv += ["--script", str(script)]
+    csms = ManagedProcess(argv, name=name)
+    try:
+        line = csms.stdout.wait_for_line(lambda s: s.startswith("LISTENING "), timeout)
+    except BaseException:
+        csms.stop()
+        raise
+    return csms, int(line.split()[1])
+
+
+def start_charger(
+    tmp: Path, csms_url: str, *, name: str = "charger", api_port: int | None = None
+) -> ManagedProcess:
+    """`python -m dcocpp run` with the shipped configuration, state and logs under `tmp`."""
+    argv = [
+        sys.executable,
+        "-m",
+        "dcocpp",
+        "run",
+        "--config",
+        "configs/charger.json",
+        "--csms",
+        csms_url,
+        "--data-dir",
+        str(tmp / "data"),
+        "--log-dir",
+        str(tmp / "logs"),
+        "--log-level",
+        "INFO",
+    ]
+    if api_port is not None:
+        argv += ["--api", f"127.0.0.1:{api_port}"]
+    return ManagedProcess(argv, name=name)

@@ -38,14 +38,13 @@ import urllib.error
 import urllib.request
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import pytest
 from ocpp.messages import MessageType, get_validator
 
 from dcocpp.cli import EXIT_OK
-from tests.processes import REPO_ROOT, ManagedProcess
+from tests.processes import REPO_ROOT, ManagedProcess, start_charger, start_peer_csms
 
 pytestmark = pytest.mark.process
 
@@ -304,55 +303,6 @@ class ApiRun:
         return {position: number for number, (position, _) in enumerate(starts, start=1)}
 
 
-def start_csms(tmp: Path) -> tuple[ManagedProcess, int]:
-    script = tmp / "csms-script.json"
-    script.write_text(json.dumps([step for _, step in SCRIPT]), encoding="utf-8")
-    csms = ManagedProcess(
-        [
-            sys.executable,
-            "-m",
-            "tests.peers.asyncio_csms",
-            "--port",
-            "0",
-            "--heartbeat-interval",
-            "60",
-            "--script",
-            str(script),
-            "--record",
-            str(tmp / "csms.jsonl"),
-        ],
-        name="csms",
-    )
-    try:
-        line = csms.stdout.wait_for_line(lambda s: s.startswith("LISTENING "), START_TIMEOUT)
-    except BaseException:
-        csms.stop()
-        raise
-    return csms, int(line.split()[1])
-
-
-def start_charger(tmp: Path, csms_port: int, api_port: int) -> ManagedProcess:
-    return ManagedProcess(
-        [
-            sys.executable,
-            "-m",
-            "dcocpp",
-            "run",
-            "--config",
-            "configs/charger.json",
-            "--csms",
-            f"ws://127.0.0.1:{csms_port}/ocpp",
-            "--data-dir",
-            str(tmp / "data"),
-            "--log-dir",
-            str(tmp / "logs"),
-            "--api",
-            f"127.0.0.1:{api_port}",
-        ],
-        name="charger",
-    )
-
-
 def run_sim_cli(api: Api, *args: str) -> subprocess.CompletedProcess[str]:
     """`python -m dcocpp sim ARGS --api ...`, as an operator types it."""
     return subprocess.run(
@@ -453,11 +403,13 @@ def api_run(tmp_path_factory: pytest.TempPathFactory) -> ApiRun:
     """One charger with its API against one scripted central system, the whole scenario."""
     tmp = tmp_path_factory.mktemp("api")
     run = ApiRun()
-    csms, csms_port = start_csms(tmp)
+    csms, csms_port = start_peer_csms(
+        tmp, [step for _, step in SCRIPT], heartbeat_interval=60, timeout=START_TIMEOUT
+    )
     charger: ManagedProcess | None = None
     try:
         api_port = free_port()
-        charger = start_charger(tmp, csms_port, api_port)
+        charger = start_charger(tmp, f"ws://127.0.0.1:{csms_port}/ocpp", api_port=api_port)
         api = Api(api_port, charger)
         try:
             drive(run, csms, charger, api)

@@ -17,7 +17,6 @@ import json
 import re
 import signal
 import socket
-import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,7 +27,7 @@ from ocpp.messages import MessageType, get_validator
 
 from dcocpp.cli import EXIT_HARD_RESET, EXIT_OK
 from dcocpp.logs import MESSAGE_LOG_NAME
-from tests.processes import ManagedProcess
+from tests.processes import ManagedProcess, start_charger, start_peer_csms
 
 pytestmark = pytest.mark.process
 
@@ -116,55 +115,6 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def start_csms(
-    tmp: Path, steps: list[dict[str, Any]] | None, name: str
-) -> tuple[ManagedProcess, int]:
-    argv = [
-        sys.executable,
-        "-m",
-        "tests.peers.asyncio_csms",
-        "--port",
-        "0",
-        "--heartbeat-interval",
-        "1",
-        "--record",
-        str(tmp / f"{name}.jsonl"),
-    ]
-    if steps is not None:
-        script = tmp / f"{name}-script.json"
-        script.write_text(json.dumps(steps), encoding="utf-8")
-        argv += ["--script", str(script)]
-    csms = ManagedProcess(argv, name=name)
-    try:
-        line = csms.stdout.wait_for_line(lambda s: s.startswith("LISTENING "), START_TIMEOUT)
-    except BaseException:
-        csms.stop()
-        raise
-    return csms, int(line.split()[1])
-
-
-def start_charger(tmp: Path, csms_url: str, name: str = "charger") -> ManagedProcess:
-    return ManagedProcess(
-        [
-            sys.executable,
-            "-m",
-            "dcocpp",
-            "run",
-            "--config",
-            "configs/charger.json",
-            "--csms",
-            csms_url,
-            "--data-dir",
-            str(tmp / "data"),
-            "--log-dir",
-            str(tmp / "logs"),
-            "--log-level",
-            "INFO",
-        ],
-        name=name,
-    )
-
-
 def read_record(path: Path) -> list[dict[str, Any]]:
     if not path.exists():
         return []
@@ -227,7 +177,9 @@ def main_run(tmp_path_factory: pytest.TempPathFactory) -> MainRun:
     """One charger against one scripted central system, ending with Reset Hard."""
     tmp = tmp_path_factory.mktemp("main")
     run = MainRun(tmp)
-    csms, port = start_csms(tmp, [step for _, step in MAIN_STEPS], "csms")
+    csms, port = start_peer_csms(
+        tmp, [step for _, step in MAIN_STEPS], name="csms", timeout=START_TIMEOUT
+    )
     charger: ManagedProcess | None = None
     try:
         charger = start_charger(tmp, f"ws://127.0.0.1:{port}/ocpp")
@@ -400,10 +352,10 @@ def test_tc_013_hard_reset_keeps_connector_unavailable(main_run: MainRun) -> Non
         {"wait_for": "StatusNotification", "count": 3, "timeout": 5},
         {"call": "GetConfiguration", "payload": {"key": ["MeterValueSampleInterval"]}},
     ]
-    csms, port = start_csms(tmp, steps, "csms-restart")
+    csms, port = start_peer_csms(tmp, steps, name="csms-restart", timeout=START_TIMEOUT)
     charger: ManagedProcess | None = None
     try:
-        charger = start_charger(tmp, f"ws://127.0.0.1:{port}/ocpp", "charger-restart")
+        charger = start_charger(tmp, f"ws://127.0.0.1:{port}/ocpp", name="charger-restart")
         csms.stdout.wait_for_event(is_event("script_done"), SCRIPT_TIMEOUT)
         events = csms.stdout.events
         assert statuses(events)[:3] == [
@@ -431,7 +383,7 @@ def test_tc_014_soft_reset_reboots_in_process(tmp_path: Path) -> None:
         {"call": "Reset", "payload": {"type": "Soft"}},
         {"wait_for": "BootNotification", "timeout": 10},
     ]
-    csms, port = start_csms(tmp_path, steps, "csms")
+    csms, port = start_peer_csms(tmp_path, steps, name="csms", timeout=START_TIMEOUT)
     charger: ManagedProcess | None = None
     try:
         charger = start_charger(tmp_path, f"ws://127.0.0.1:{port}/ocpp")
