@@ -24,6 +24,14 @@ import attrs
 import trio
 
 from dcocpp.config import ConnectorConfig
+from dcocpp.hardware.ev import (
+    INITIAL_REGISTER_WH,
+    REGISTER_STEP_WH,
+    EvModel,
+    battery_voltage,
+    seconds_to_soc,
+    soc_after,
+)
 from dcocpp.hardware.interface import (
     CablePlugged,
     CableUnplugged,
@@ -43,11 +51,6 @@ if TYPE_CHECKING:
 
 __all__ = ["EvModel", "GunState", "SimulatedGun", "SimulatedHardware"]
 
-_VOLTS_AT_EMPTY = 350.0
-_VOLTS_PER_SOC = 1.2
-_INITIAL_REGISTER_WH = 1_000_000.0
-_REGISTER_STEP_WH = 100_000.0  # so that each gun's meter reads visibly differently
-
 # Like the PLC's hardware interlock: these open the relay at once and refuse to close it.
 _INTERLOCKS = frozenset({FaultKind.EMERGENCY_STOP, FaultKind.EARTH_FAULT})
 # The host stops getting fresh samples; the energy keeps flowing regardless.
@@ -64,18 +67,6 @@ _DEFAULT_DETAILS = {
 _NOT_STARTED = "hardware not started"
 _STOPPED = "hardware stopped"
 
-_percent = attrs.validators.and_(attrs.validators.ge(0.0), attrs.validators.le(100.0))
-
-
-@attrs.frozen
-class EvModel:
-    """The EV a test or operator plugs in: its battery and what it asks for."""
-
-    capacity_wh: float = attrs.field(default=75_000.0, validator=attrs.validators.gt(0.0))
-    soc: float = attrs.field(default=20.0, validator=_percent)
-    max_current_a: float = attrs.field(default=250.0, validator=attrs.validators.gt(0.0))
-    target_soc: float = attrs.field(default=100.0, validator=_percent)
-
 
 @attrs.frozen
 class GunState:
@@ -91,40 +82,6 @@ class GunState:
     soc: float | None
     faults: frozenset[FaultKind]
     meter: MeterReading
-
-
-def _battery_voltage(soc: float) -> float:
-    return _VOLTS_AT_EMPTY + _VOLTS_PER_SOC * soc
-
-
-def _crossover_soc(amps: float, max_power_w: float) -> float:
-    """Above this SoC the connector's power limit binds rather than the current."""
-    return (max_power_w / amps - _VOLTS_AT_EMPTY) / _VOLTS_PER_SOC
-
-
-def _soc_after(soc: float, seconds: float, amps: float, max_power_w: float, cap: float) -> float:
-    crossover = _crossover_soc(amps, max_power_w)
-    if soc < crossover:
-        growth = _VOLTS_PER_SOC * amps / (36.0 * cap)  # of the voltage, per second
-        cc_seconds = math.log(_battery_voltage(crossover) / _battery_voltage(soc)) / growth
-        if seconds <= cc_seconds:
-            # expm1 keeps the tiny increments of frequent reads exact.
-            return soc + _battery_voltage(soc) * math.expm1(growth * seconds) / _VOLTS_PER_SOC
-        soc, seconds = crossover, seconds - cc_seconds
-    return soc + max_power_w * seconds / (36.0 * cap)
-
-
-def _seconds_to_soc(
-    soc: float, target: float, amps: float, max_power_w: float, cap: float
-) -> float:
-    crossover = _crossover_soc(amps, max_power_w)
-    seconds = 0.0
-    if soc < crossover:
-        growth = _VOLTS_PER_SOC * amps / (36.0 * cap)
-        reached = min(target, crossover)
-        seconds = math.log(_battery_voltage(reached) / _battery_voltage(soc)) / growth
-        soc = reached
-    return seconds + max(0.0, target - soc) * 36.0 * cap / max_power_w
 
 
 class SimulatedGun:
@@ -321,7 +278,7 @@ class SimulatedGun:
         if flow is None or self._updated_at is None:
             return math.inf
         ev, amps = flow
-        seconds = _seconds_to_soc(
+        seconds = seconds_to_soc(
             self._soc, ev.target_soc, amps, self._config.max_power_w, ev.capacity_wh
         )
         return self._updated_at + seconds
@@ -338,7 +295,7 @@ class SimulatedGun:
                 soc = ev.target_soc
             else:
                 elapsed = now - self._updated_at
-                soc = _soc_after(self._soc, elapsed, amps, self._config.max_power_w, ev.capacity_wh)
+                soc = soc_after(self._soc, elapsed, amps, self._config.max_power_w, ev.capacity_wh)
                 soc = min(soc, ev.target_soc)
             self._energy_wh += (soc - self._soc) * ev.capacity_wh / 100.0
             self._soc = soc
@@ -358,7 +315,7 @@ class SimulatedGun:
             return MeterReading(
                 energy_wh=self._energy_wh, power_w=0.0, current_a=0.0, voltage_v=0.0
             )
-        volts = _battery_voltage(self._soc)
+        volts = battery_voltage(self._soc)
         flow = self._flow()
         amps = min(flow[1], self._config.max_power_w / volts) if flow is not None else 0.0
         return MeterReading(
@@ -412,7 +369,7 @@ class SimulatedHardware:
                 raise ValueError(f"duplicate connector id {config.id}")
             self._guns[config.id] = SimulatedGun(
                 config,
-                initial_energy_wh=_INITIAL_REGISTER_WH + _REGISTER_STEP_WH * index,
+                initial_energy_wh=INITIAL_REGISTER_WH + REGISTER_STEP_WH * index,
                 relay_delay=relay_delay,
                 lock_delay=lock_delay,
                 plc_name=names.get(config.plc_id, f"PLC {config.plc_id}"),
