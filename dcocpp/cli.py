@@ -192,6 +192,15 @@ def _run(args: argparse.Namespace) -> int:
         for line in str(exc).splitlines():
             print(f"  {line}", file=sys.stderr)
         return EXIT_USAGE
+    if config.charge_point.use_plc:
+        # Never pretend: a charger configured for real PLCs must not run on simulated guns.
+        print(
+            f"{args.config}: chargePoint.usePLC is true, but this version has no PLC/CAN "
+            "backend yet (only its DBC, codec and emulator); set usePLC to false to run on "
+            "simulated hardware",
+            file=sys.stderr,
+        )
+        return EXIT_USAGE
     logging_setup = LoggingSetup()
     logging_setup.start(
         args.log_level,
