@@ -16,11 +16,11 @@ import trio.testing
 from ocpp.routing import on
 from ocpp.v16 import call_result
 from ocpp.v16.enums import Action, AuthorizationStatus, RegistrationStatus
-from trio_websocket import WebSocketConnection, wrap_server_stream
+from trio_websocket import WebSocketConnection
 
 from dcocpp.ocpp.messagelog import MessageLog
 from dcocpp.ocpp.rpc import RpcConnection
-from dcocpp.ocpp.transport import Authenticate, accept_charge_point
+from dcocpp.ocpp.transport import Authenticate, serve_stream
 
 
 def now_iso() -> str:
@@ -234,12 +234,7 @@ class MemoryNetwork:
 
     async def _serve_link(self, scope: trio.CancelScope, stream: trio.abc.Stream) -> None:
         with scope:
-            async with trio.open_nursery() as nursery:
-                request = await wrap_server_stream(nursery, stream)
-                accepted = await accept_charge_point(request, self.csms.authenticate)
-                if accepted is not None:
-                    await self.csms.serve(*accepted)
-                nursery.cancel_scope.cancel()
+            await serve_stream(stream, self.csms.serve, authenticate=self.csms.authenticate)
 
     async def drop(self) -> None:
         for scope, stream in self._links:

@@ -13,7 +13,6 @@ together; the demo runs one).
 
 from __future__ import annotations
 
-import contextlib
 import itertools
 import logging
 from collections.abc import Callable, Collection
@@ -28,7 +27,7 @@ from ocpp.routing import on
 from ocpp.v16 import call_result
 from ocpp.v16.datatypes import IdTagInfo
 from ocpp.v16.enums import Action, AuthorizationStatus, Reason, RegistrationStatus
-from trio_websocket import ConnectionClosed, WebSocketConnection, wrap_server_stream
+from trio_websocket import WebSocketConnection
 
 from dcocpp.ocpp import transport
 from dcocpp.ocpp.messagelog import MessageLog
@@ -157,19 +156,10 @@ class DemoCentralSystem:
 
         async def open_stream(host: str, port: int) -> trio.abc.Stream:
             client, server = trio.testing.memory_stream_pair()
-            nursery.start_soon(self._serve_stream, server)
+            nursery.start_soon(transport.serve_stream, server, self.handle_connection)
             return client
 
         return open_stream
-
-    async def _serve_stream(self, stream: trio.abc.Stream) -> None:
-        async with trio.open_nursery() as nursery:
-            request = await wrap_server_stream(nursery, stream)
-            accepted = await transport.accept_charge_point(request)
-            if accepted is not None:
-                with contextlib.suppress(ConnectionClosed):
-                    await self.handle_connection(*accepted)
-            nursery.cancel_scope.cancel()
 
     async def handle_connection(self, charge_point_id: str, ws: WebSocketConnection) -> None:
         """Serve one charge point's WebSocket until it closes."""

@@ -24,6 +24,7 @@ from trio_websocket import (
     WebSocketRequest,
     serve_websocket,
     wrap_client_stream,
+    wrap_server_stream,
 )
 
 from dcocpp.ocpp.errors import TransportError
@@ -213,6 +214,20 @@ async def accept_charge_point(
             return None
     ws = await request.accept(subprotocol=SUBPROTOCOL)
     return charge_point_id, ws
+
+
+async def serve_stream(
+    stream: trio.abc.Stream, handler: ConnectionHandler, *, authenticate: Authenticate | None = None
+) -> None:
+    """Serve one charge point on an already open stream: the in-memory networks of the demo
+    and the tests use it to run without sockets (and so on a virtual clock)."""
+    async with trio.open_nursery() as nursery:
+        request = await wrap_server_stream(nursery, stream)
+        accepted = await accept_charge_point(request, authenticate)
+        if accepted is not None:
+            with contextlib.suppress(ConnectionClosed):
+                await handler(*accepted)
+        nursery.cancel_scope.cancel()
 
 
 async def serve(
