@@ -1,0 +1,623 @@
+"""The host side of the PLC CAN contract: `PlcBackend` implements `HardwareBackend` on a
+python-can bus, one PLC (plcId) per gun, all PLCs on one bus.
+
+`run` opens the bus with `bus_factory` and owns it until it ends. It starts:
+
+- one reader, which decodes every PLC -> host frame (codec + CRC8) into per-gun state and
+  hardware events. On a bus with a file descriptor (socketcan) it waits with
+  `trio.lowlevel.wait_readable` and drains with `bus.recv(0)`; a bus without one (`virtual`)
+  can only be read by blocking in `recv`, so a `can.Notifier` thread hands the frames to trio
+  through `TrioToken.run_sync_soon` into a bounded channel (the thread is ours to stop and
+  join, so none is left when `run` ends);
+- one RelayControl writer per PLC: a keep-alive every `keepalive` (the PLC opens its relays
+  after ~300 ms without one) and an immediate frame on every new command;
+- one supervisor per gun, which turns silence (no frame for `rx_timeout`, no fresh meter data
+  for `meter_stale`) into COMMUNICATION / METER faults and clears them when data comes back.
+
+Events are delivered with `await send`, so a connector that stops draining its inbox slows the
+reader (backpressure) rather than growing a hidden queue; the keep-alive writers never wait on
+event channels, so a slow connector cannot make a PLC's watchdog trip.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Callable, Mapping, Sequence
+from typing import TYPE_CHECKING
+
+import attrs
+import can
+import trio
+
+from dcocpp.config import ConnectorConfig
+from dcocpp.hardware.interface import (
+    CablePlugged,
+    CableUnplugged,
+    EvDemand,
+    FaultCleared,
+    FaultKind,
+    FaultRaised,
+    GunStatus,
+    HardwareError,
+    HardwareEvent,
+    MeterReading,
+    RelayState,
+)
+from dcocpp.hardware.plc import codec
+
+if TYPE_CHECKING:
+    from dcocpp.hardware.interface import GunHardware, HardwareBackend
+
+__all__ = ["PlcBackend", "PlcDriverError", "PlcGun", "PlcStats"]
+
+log = logging.getLogger(__name__)
+
+RX_QUEUE = 256  # frames the Notifier bridge may be ahead of trio before it drops (counted)
+NOTIFIER_POLL_S = 0.02  # the reader thread's recv timeout: bounds the join on shutdown
+_PLC_TO_HOST = (
+    "RelayStatus",
+    "SafetySwitchStatus",
+    "EnergyMeterData",
+    "ConfigAck",
+    "CpStatus",
+    "ChargingSession",
+)
+_PARAM_CURRENT_LIMIT = 1
+_CFG_SET = 1
+_S32_MAX = 2**31 - 1
+
+# FAULT_REASON values that mean the link to the host failed, as the PLC sees it.
+_COMM_REASONS = {1: "relay control timeout", 2: "bus off", 3: "CRC failure"}
+_FAULT_RELAY_MISMATCH = 7
+_REMOTE_FORCE_OFF = 6
+
+
+class PlcDriverError(HardwareError):
+    """The PLC driver's failures (relay not confirmed, gun not running, bus unusable)."""
+
+
+@attrs.frozen
+class PlcStats:
+    rx_frames: int = 0  # frames handed to the decoder
+    ignored: int = 0  # from an unconfigured plcId, or not a PLC -> host message
+    crc_errors: int = 0  # wrong non-zero CRC byte: dropped
+    decode_errors: int = 0  # unknown id, bad DLC, ...: dropped
+    rx_overruns: int = 0  # frames lost because trio fell RX_QUEUE frames behind the thread
+    tx_frames: int = 0
+    tx_errors: int = 0  # bus.send raised can.CanError
+
+
+class _Debounced:
+    """A safety bit accepted only once it reads the same in `frames` consecutive frames, so a
+    single corrupted-but-CRC-less or glitching frame does not raise or clear a fault."""
+
+    def __init__(self, frames: int):
+        self._frames = frames
+        self.value = False
+        self._candidate = False
+        self._count = 0
+
+    def feed(self, value: bool) -> bool:
+        """Feed one frame's value; True when the accepted value changed."""
+        if value != self._candidate:
+            self._candidate, self._count = value, 0
+        self._count += 1
+        if self._count >= self._frames and self._candidate != self.value:
+            self.value = self._candidate
+            return True
+        return False
+
+
+class PlcGun:
+    """One gun behind its PLC (implements `GunHardware`). Commands work while the backend runs
+    and raise PlcDriverError otherwise."""
+
+    def __init__(self, backend: PlcBackend, config: ConnectorConfig):
+        self._backend = backend
+        self.config = config
+        self.plc_id = config.plc_id
+        self._events: trio.MemorySendChannel[HardwareEvent] | None = None
+        self._running = False
+
+        # RelayControl: what the writer repeats. seq 0 is never used: a freshly started PLC
+        # reports LAST_CMD_SEQ_APPLIED 0, which must not look like an acknowledgement.
+        self._seq = 1
+        self._relay_cmd = False
+        self._force_off = False
+        self._wake_writer = trio.Event()
+
+        # what the PLC says
+        self._relay_closed = False
+        self._plugged = False
+        self._requesting = False
+        self._last_applied: int | None = None
+        self._status_changed = trio.Event()
+        self._plc_fault_reason = 0
+        self._plc_comm_fault = False
+        self._estop = _Debounced(backend._debounce_frames)
+        self._earth = _Debounced(backend._debounce_frames)
+        self._last_rx = -math.inf
+        self._last_fresh_meter = -math.inf
+        self._voltage_v = 0.0
+        self._current_a = 0.0
+        self._power_w = 0.0
+        self._energy_wh = 0.0
+        self._soc: float | None = None
+
+        self._faults: dict[FaultKind, str] = {}
+        # Several causes feed the one COMMUNICATION fault; it clears when none is left.
+        self._comm_causes: dict[str, str] = {}
+
+    # --- GunHardware --------------------------------------------------------------------
+
+    async def set_relay(self, closed: bool) -> None:
+        """Command the relay and return once the PLC acknowledges this very command
+        (LAST_CMD_SEQ_APPLIED == its CMD_SEQ) with RLY1_STATE == `closed`.
+
+        Each attempt gets `ack_timeout`; a retry is a new command with a new seq (the PLC
+        ignores a repeated seq as a keep-alive). After `attempts` failures the PLC is told
+        FORCE_ALL_OFF (every relay open, closing refused until the next set_relay) and
+        PlcDriverError is raised; the caller's own cancel scope may end it earlier."""
+        self._require_running()
+        backend = self._backend
+        for attempt in range(1, backend._attempts + 1):
+            seq = self._command(closed, force_off=False)
+            with trio.move_on_after(backend._ack_timeout):
+                await self._wait_ack(seq, closed)
+                return
+            log.warning(
+                "PLC %d: relay %s not confirmed (seq %d, attempt %d/%d)",
+                self.plc_id,
+                "close" if closed else "open",
+                seq,
+                attempt,
+                backend._attempts,
+            )
+            if attempt < backend._attempts:
+                await trio.sleep(backend._backoff * 2 ** (attempt - 1))
+        self._command(False, force_off=True)
+        raise PlcDriverError(
+            f"PLC {self.plc_id}: relay did not confirm "
+            f"{'closed' if closed else 'open'} after {backend._attempts} attempts"
+        )
+
+    async def set_lock(self, locked: bool) -> None:
+        """The CAN contract has no connector lock: on a DC gun the latch is the EV's (it locks
+        the inlet itself under ISO 15118 / DIN 70121), so there is nothing to drive here."""
+        self._require_running()
+
+    def set_current_limit(self, amps: float) -> None:
+        """ConfigCmd SET CURRENT_LIMIT_0p1A, fire and forget: the PLC answers with a ConfigAck
+        that the reader logs (a refused value shows up there)."""
+        self._require_running()
+        raw = max(0, min(round(amps * 10), _S32_MAX))
+        self._backend._send(
+            "ConfigCmd",
+            self.plc_id,
+            {"CFG_PARAM_ID": _PARAM_CURRENT_LIMIT, "CFG_OP": _CFG_SET, "CFG_VALUE": raw},
+        )
+
+    def read_meter(self) -> MeterReading:
+        return MeterReading(
+            energy_wh=self._energy_wh,
+            power_w=self._power_w,
+            current_a=self._current_a,
+            voltage_v=self._voltage_v,
+            soc=self._soc,
+        )
+
+    def status(self) -> GunStatus:
+        return GunStatus(
+            plugged=self._plugged,
+            ev_requesting=self._requesting,
+            relay_closed=self._relay_closed,
+            faults=tuple(self._faults.items()),
+        )
+
+    # --- commands -----------------------------------------------------------------------
+
+    def _require_running(self) -> None:
+        if not self._running:
+            raise PlcDriverError(f"PLC {self.plc_id}: backend not running")
+
+    def _command(self, closed: bool, *, force_off: bool) -> int:
+        """A new command: next seq (1..255, wrapping past 0), sent at once by the writer."""
+        self._seq = self._seq % 255 + 1
+        self._relay_cmd = closed
+        self._force_off = force_off
+        self._wake_writer.set()
+        return self._seq
+
+    async def _wait_ack(self, seq: int, closed: bool) -> None:
+        # Equality with the current seq: an ack of an older command (stale) never matches.
+        while not (self._last_applied == seq and self._relay_closed == closed):
+            await self._status_changed.wait()
+
+    def _relay_control(self) -> dict[str, int]:
+        return {
+            "RLY1_CMD": int(self._relay_cmd),
+            "SYS_ENABLE": 1,
+            "FORCE_ALL_OFF": int(self._force_off),
+            "CLEAR_FAULTS": int(self._should_clear()),
+            "CMD_SEQ": self._seq,
+            "RLY_ENABLE_MASK": 1,
+            "RLY_MODE": 0,
+            "PULSE_MS": 0,
+        }
+
+    def _should_clear(self) -> bool:
+        """CLEAR_FAULTS when the PLC still latches a fault whose cause is gone as far as we
+        can tell: it then unlatches (it never closes a relay by itself, so this is safe)."""
+        latched = self._plc_comm_fault or self._plc_fault_reason not in (0, _REMOTE_FORCE_OFF)
+        return latched and not (self._estop.value or self._earth.value)
+
+    # --- what the PLC says ----------------------------------------------------------------
+
+    def _on_frame(self, decoded: codec.Decoded, now: float) -> list[HardwareEvent]:
+        events: list[HardwareEvent] = []
+        self._last_rx = now
+        events += self._comm_cause("rx", None)
+        s = decoded.signals
+        match decoded.message:
+            case "RelayStatus":
+                self._on_relay_status(s, events)
+            case "CpStatus":
+                plugged, requesting = bool(s["PLUGGED"]), bool(s["EV_READY"])
+                if plugged and not self._plugged:
+                    events.append(CablePlugged())
+                if requesting != self._requesting:
+                    events.append(EvDemand(requesting))
+                if not plugged and self._plugged:
+                    events.append(CableUnplugged())
+                self._plugged, self._requesting = plugged, requesting
+                if not plugged:
+                    self._soc = None
+            case "EnergyMeterData":
+                if s["METER_OK"] and not s["DATA_STALE"] and not s["COMM_ERROR"]:
+                    self._last_fresh_meter = now
+                    events += self._set_fault(FaultKind.METER, None)
+                    # Raw integers: exact units without float artifacts of the scaled decode.
+                    if s["MUX"] == 0:
+                        self._voltage_v = int(s["VOLTAGE_0p1V"]) / 10
+                        self._current_a = int(s["CURRENT_0p01A"]) / 100
+                        self._power_w = int(s["ACTIVE_POWER_0p01kW"]) * 10.0
+                    elif s["MUX"] == 1:
+                        self._energy_wh = int(s["IMPORT_ENERGY_0p1kWh"]) * 100.0
+            case "ChargingSession":
+                self._soc = float(s["SOC_PCT"]) if s["SESSION_ACTIVE"] else None
+            case "ConfigAck":
+                log.info(
+                    "PLC %d: ConfigAck param %d status %d value %d",
+                    self.plc_id,
+                    s["CFG_PARAM_ID"],
+                    s["ACK_STATUS"],
+                    s["CFG_VALUE"],
+                )
+        return events
+
+    def _on_relay_status(self, s: Mapping[str, float | int], events: list[HardwareEvent]) -> None:
+        closed = bool(s["RLY1_STATE"])
+        if closed != self._relay_closed:
+            self._relay_closed = closed
+            events.append(RelayState(closed))
+        self._last_applied = int(s["LAST_CMD_SEQ_APPLIED"])
+        if self._estop.feed(bool(s["ESTOP_INPUT"])):
+            events += self._set_fault(
+                FaultKind.EMERGENCY_STOP,
+                f"PLC {self.plc_id}: emergency stop" if self._estop.value else None,
+            )
+        if self._earth.feed(bool(s["EARTH_FAULT"])):
+            events += self._set_fault(
+                FaultKind.EARTH_FAULT,
+                f"PLC {self.plc_id}: earth fault" if self._earth.value else None,
+            )
+        reason = int(s["FAULT_REASON"])
+        self._plc_fault_reason = reason
+        self._plc_comm_fault = bool(s["COMM_FAULT"])
+        comm: str | None = None
+        if reason in _COMM_REASONS:
+            comm = f"PLC {self.plc_id} reports {_COMM_REASONS[reason]}"
+        elif self._plc_comm_fault:
+            comm = f"PLC {self.plc_id} reports a communication fault"
+        events += self._comm_cause("plc", comm)
+        events += self._set_fault(
+            FaultKind.POWER_SWITCH,
+            f"PLC {self.plc_id}: relay feedback mismatch"
+            if reason == _FAULT_RELAY_MISMATCH
+            else None,
+        )
+        # Wake set_relay waiters; a fresh Event so the next wait blocks until the next frame.
+        self._status_changed.set()
+        self._status_changed = trio.Event()
+
+    def _supervise(self, now: float) -> list[HardwareEvent]:
+        backend = self._backend
+        events: list[HardwareEvent] = []
+        if now - self._last_rx >= backend._rx_timeout:
+            events += self._comm_cause("rx", f"PLC {self.plc_id} communication lost")
+        if now - self._last_fresh_meter >= backend._meter_stale:
+            events += self._set_fault(FaultKind.METER, "meter data stale")
+        return events
+
+    def _comm_cause(self, cause: str, detail: str | None) -> list[HardwareEvent]:
+        if detail is None:
+            self._comm_causes.pop(cause, None)
+        else:
+            self._comm_causes.setdefault(cause, detail)
+        first = next(iter(self._comm_causes.values()), None)
+        if first is None or FaultKind.COMMUNICATION not in self._faults:
+            return self._set_fault(FaultKind.COMMUNICATION, first)
+        return []
+
+    def _set_fault(self, kind: FaultKind, detail: str | None) -> list[HardwareEvent]:
+        """Record a fault as active (detail) or gone (None); the event only on a change."""
+        if detail is None:
+            if self._faults.pop(kind, None) is None:
+                return []
+            return [FaultCleared(kind)]
+        if kind in self._faults:
+            return []
+        self._faults[kind] = detail
+        return [FaultRaised(kind, detail)]
+
+    async def _emit(self, events: list[HardwareEvent]) -> None:
+        channel = self._events
+        for event in events:
+            if channel is None:
+                return
+            try:
+                await channel.send(event)
+            except (trio.BrokenResourceError, trio.ClosedResourceError):
+                # The connector is gone (shutting down): nobody to tell.
+                self._events = channel = None
+
+
+class PlcBackend:
+    """The charger's guns behind their PLCs on one CAN bus (implements `HardwareBackend`).
+
+    `bus_factory` opens the bus (e.g. `lambda: can.Bus(interface="socketcan", channel="can0")`);
+    `run` owns it and shuts it down when it ends."""
+
+    def __init__(
+        self,
+        connectors: Sequence[ConnectorConfig],
+        *,
+        bus_factory: Callable[[], can.BusABC],
+        keepalive: float = 0.1,
+        ack_timeout: float = 0.3,
+        attempts: int = 3,
+        backoff: float = 0.05,
+        rx_timeout: float = 1.0,
+        meter_stale: float = 2.0,
+        debounce_frames: int = 2,
+    ):
+        if attempts < 1 or debounce_frames < 1:
+            raise ValueError("attempts and debounce_frames must be >= 1")
+        if min(keepalive, ack_timeout, rx_timeout, meter_stale) <= 0 or backoff < 0:
+            raise ValueError("periods and timeouts must be > 0, backoff >= 0")
+        self._bus_factory = bus_factory
+        self._keepalive = keepalive
+        self._ack_timeout = ack_timeout
+        self._attempts = attempts
+        self._backoff = backoff
+        self._rx_timeout = rx_timeout
+        self._meter_stale = meter_stale
+        self._debounce_frames = debounce_frames
+        self._guns: dict[int, PlcGun] = {}
+        self._by_plc: dict[int, PlcGun] = {}
+        for config in connectors:
+            if config.id in self._guns:
+                raise ValueError(f"connector {config.id} configured twice")
+            if config.plc_id in self._by_plc:
+                raise ValueError(f"plcId {config.plc_id} used by two connectors")
+            codec.frame_id("RelayControl", config.plc_id)  # validates the range
+            gun = PlcGun(self, config)
+            self._guns[config.id] = gun
+            self._by_plc[config.plc_id] = gun
+        self._bus: can.BusABC | None = None
+        self._stats = PlcStats()
+        self._running = False
+
+    @property
+    def stats(self) -> PlcStats:
+        return self._stats
+
+    def gun(self, connector_id: int) -> PlcGun:
+        try:
+            return self._guns[connector_id]
+        except KeyError:
+            raise KeyError(f"no connector {connector_id}") from None
+
+    async def run(
+        self,
+        events: Mapping[int, trio.MemorySendChannel[HardwareEvent]],
+        *,
+        task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
+    ) -> None:
+        """Open the bus, start the reader, the keep-alive writers and the supervisors;
+        `task_status.started()` once frames are being read and keep-alives sent. Runs until
+        cancelled. Raises PlcDriverError when the bus fails (the reader's exception is the
+        cause), KeyError for an unknown connector id, RuntimeError if already running. Always
+        stops the reader thread, shuts the bus down and closes the given channels."""
+        try:
+            if self._running:
+                raise RuntimeError("PLC backend already running")
+            for connector_id in events:
+                self.gun(connector_id)
+            self._running = True
+            bus = self._bus_factory()
+            try:
+                bus.set_filters(
+                    [
+                        {
+                            "can_id": codec.frame_id(name, plc_id),
+                            "can_mask": 0x1FFF_FFFF,
+                            "extended": True,
+                        }
+                        for plc_id in self._by_plc
+                        for name in _PLC_TO_HOST
+                    ]
+                )
+                self._bus = bus
+                async with trio.open_nursery() as nursery:
+                    now = trio.current_time()
+                    for gun in self._guns.values():
+                        # Silence is measured from start: a PLC that never talks is a fault.
+                        gun._last_rx = gun._last_fresh_meter = now
+                        gun._events = events.get(gun.config.id)
+                        gun._running = True
+                        nursery.start_soon(self._write_loop, gun)
+                        nursery.start_soon(self._supervise_loop, gun)
+                    await nursery.start(self._read_loop, bus)
+                    task_status.started()
+            finally:
+                self._bus = None
+                for gun in self._guns.values():
+                    gun._running = False
+                    gun._events = None
+                bus.shutdown()
+        finally:
+            self._running = False
+            # Synchronous close: an `await aclose()` would stop at the first one when cancelled.
+            for channel in events.values():
+                channel.close()
+
+    # --- transmit -----------------------------------------------------------------------
+
+    def _send(self, message: str, plc_id: int, signals: Mapping[str, int]) -> None:
+        bus = self._bus
+        if bus is None:
+            raise PlcDriverError("PLC bus not open")
+        can_id, data = codec.encode(message, plc_id, signals, scaling=False)
+        try:
+            bus.send(can.Message(arbitration_id=can_id, data=data, is_extended_id=True))
+        except can.CanError as exc:
+            # Counted and logged; the PLC's watchdog and our rx timeout turn a lasting
+            # failure into a COMMUNICATION fault.
+            self._bump("tx_errors")
+            log.warning("PLC %d: sending %s failed: %s", plc_id, message, exc)
+        else:
+            self._bump("tx_frames")
+
+    async def _write_loop(self, gun: PlcGun) -> None:
+        """RelayControl every `keepalive`, and at once when a new command wakes us."""
+        while True:
+            gun._wake_writer = trio.Event()
+            self._send("RelayControl", gun.plc_id, gun._relay_control())
+            with trio.move_on_after(self._keepalive):
+                await gun._wake_writer.wait()
+
+    async def _supervise_loop(self, gun: PlcGun) -> None:
+        period = min(self._keepalive, self._rx_timeout / 4, self._meter_stale / 4)
+        while True:
+            await trio.sleep(period)
+            await gun._emit(gun._supervise(trio.current_time()))
+
+    # --- receive ------------------------------------------------------------------------
+
+    async def _read_loop(
+        self, bus: can.BusABC, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
+    ) -> None:
+        try:
+            fd = bus.fileno()
+        except NotImplementedError:
+            fd = -1
+        if fd >= 0:
+            task_status.started()
+            while True:
+                await trio.lowlevel.wait_readable(fd)
+                try:
+                    # recv(0) never blocks: drain what the socket holds, then wait again.
+                    while (msg := bus.recv(0)) is not None:
+                        await self._on_message(msg)
+                except can.CanError as exc:
+                    raise PlcDriverError(f"CAN bus error: {exc}") from exc
+        token = trio.lowlevel.current_trio_token()
+        send, receive = trio.open_memory_channel[can.Message | Exception](RX_QUEUE)
+        bridge = _TrioBridge(token, send, lambda: self._bump("rx_overruns"))
+        notifier = can.Notifier(bus, [bridge], timeout=NOTIFIER_POLL_S)
+        try:
+            task_status.started()
+            async with receive:
+                async for item in receive:
+                    if isinstance(item, Exception):
+                        raise PlcDriverError(f"CAN bus error: {item}") from item
+                    await self._on_message(item)
+        finally:
+            bridge.closed = True
+            send.close()
+            # Blocks trio for at most one NOTIFIER_POLL_S: no thread outlives `run`.
+            notifier.stop(timeout=5.0)
+
+    async def _on_message(self, msg: can.Message) -> None:
+        if msg.is_error_frame or msg.is_remote_frame or not msg.is_extended_id:
+            self._bump("ignored")
+            return
+        gun = self._by_plc.get(msg.arbitration_id & codec.PLC_ID_MASK)
+        try:
+            name = codec.message_of(msg.arbitration_id).name
+        except codec.PlcCodecError:
+            name = None
+        # Reached only where the bus cannot filter: another plcId, host -> PLC, or foreign.
+        if gun is None or name not in _PLC_TO_HOST:
+            self._bump("ignored")
+            return
+        self._bump("rx_frames")
+        try:
+            decoded = codec.decode(msg.arbitration_id, bytes(msg.data), scaling=False)
+        except codec.CrcError:
+            self._bump("crc_errors")
+            return
+        except codec.PlcCodecError:
+            self._bump("decode_errors")
+            return
+        await gun._emit(gun._on_frame(decoded, trio.current_time()))
+
+    def _bump(self, field: str) -> None:
+        self._stats = attrs.evolve(self._stats, **{field: getattr(self._stats, field) + 1})
+
+
+class _TrioBridge(can.Listener):
+    """Runs in the Notifier's thread: hands frames (and a reader failure) to trio."""
+
+    def __init__(
+        self,
+        token: trio.lowlevel.TrioToken,
+        send: trio.MemorySendChannel[can.Message | Exception],
+        on_overrun: Callable[[], None],
+    ):
+        self._token = token
+        self._send = send
+        self._on_overrun = on_overrun
+        self.closed = False  # set by trio when the reader ends; late frames are dropped
+
+    def on_message_received(self, msg: can.Message) -> None:
+        self._post(msg)
+
+    def on_error(self, exc: Exception) -> None:
+        self._post(exc)
+
+    def _post(self, item: can.Message | Exception) -> None:
+        if self.closed:
+            return
+        try:
+            self._token.run_sync_soon(self._deliver, item)
+        except trio.RunFinishedError:
+            self.closed = True
+
+    def _deliver(self, item: can.Message | Exception) -> None:  # in trio's thread
+        if self.closed:
+            return
+        try:
+            self._send.send_nowait(item)
+        except trio.WouldBlock:
+            self._on_overrun()
+        except trio.ClosedResourceError:
+            pass
+
+
+if TYPE_CHECKING:
+
+    def _fits_the_contract(backend: PlcBackend) -> tuple[HardwareBackend, GunHardware]:
+        return backend, backend.gun(1)
