@@ -45,6 +45,7 @@ from dcocpp.hardware.interface import (
     RelayState,
 )
 from dcocpp.hardware.plc import codec
+from dcocpp.hardware.plc.bridge import TrioBridge
 
 if TYPE_CHECKING:
     from dcocpp.hardware.interface import GunHardware, HardwareBackend
@@ -535,7 +536,7 @@ class PlcBackend:
                     raise PlcDriverError(f"CAN bus error: {exc}") from exc
         token = trio.lowlevel.current_trio_token()
         send, receive = trio.open_memory_channel[can.Message | Exception](RX_QUEUE)
-        bridge = _TrioBridge(token, send, lambda: self._bump("rx_overruns"))
+        bridge = TrioBridge(token, send, lambda: self._bump("rx_overruns"))
         notifier = can.Notifier(bus, [bridge], timeout=NOTIFIER_POLL_S)
         try:
             task_status.started()
@@ -576,45 +577,6 @@ class PlcBackend:
 
     def _bump(self, field: str) -> None:
         self._stats = attrs.evolve(self._stats, **{field: getattr(self._stats, field) + 1})
-
-
-class _TrioBridge(can.Listener):
-    """Runs in the Notifier's thread: hands frames (and a reader failure) to trio."""
-
-    def __init__(
-        self,
-        token: trio.lowlevel.TrioToken,
-        send: trio.MemorySendChannel[can.Message | Exception],
-        on_overrun: Callable[[], None],
-    ):
-        self._token = token
-        self._send = send
-        self._on_overrun = on_overrun
-        self.closed = False  # set by trio when the reader ends; late frames are dropped
-
-    def on_message_received(self, msg: can.Message) -> None:
-        self._post(msg)
-
-    def on_error(self, exc: Exception) -> None:
-        self._post(exc)
-
-    def _post(self, item: can.Message | Exception) -> None:
-        if self.closed:
-            return
-        try:
-            self._token.run_sync_soon(self._deliver, item)
-        except trio.RunFinishedError:
-            self.closed = True
-
-    def _deliver(self, item: can.Message | Exception) -> None:  # in trio's thread
-        if self.closed:
-            return
-        try:
-            self._send.send_nowait(item)
-        except trio.WouldBlock:
-            self._on_overrun()
-        except trio.ClosedResourceError:
-            pass
 
 
 if TYPE_CHECKING:

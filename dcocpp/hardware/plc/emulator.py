@@ -38,6 +38,7 @@ from dcocpp.hardware.ev import (
 )
 from dcocpp.hardware.interface import HardwareError, MeterReading
 from dcocpp.hardware.plc import codec
+from dcocpp.hardware.plc.bridge import TrioBridge
 
 __all__ = [
     "ACK_OK",
@@ -221,7 +222,7 @@ class PlcEmulator:
             raise RuntimeError("emulator already running")
         token = trio.lowlevel.current_trio_token()
         send, receive = trio.open_memory_channel[can.Message | Exception](RX_QUEUE)
-        listener = _TrioBridge(token, send, self._count_overrun)
+        listener = TrioBridge(token, send, self._count_overrun)
         notifier = can.Notifier(self._bus, [listener], timeout=NOTIFIER_POLL_S)
         try:
             async with trio.open_nursery() as nursery:
@@ -722,42 +723,3 @@ class PlcEmulator:
             voltage_v=volts,
             soc=soc,
         )
-
-
-class _TrioBridge(can.Listener):
-    """Runs in the Notifier's thread: hands frames (and a reader failure) to trio."""
-
-    def __init__(
-        self,
-        token: trio.lowlevel.TrioToken,
-        send: trio.MemorySendChannel[can.Message | Exception],
-        on_overrun: Callable[[], None],
-    ):
-        self._token = token
-        self._send = send
-        self._on_overrun = on_overrun
-        self.closed = False  # set by trio when `run` ends; late frames are dropped
-
-    def on_message_received(self, msg: can.Message) -> None:
-        self._post(msg)
-
-    def on_error(self, exc: Exception) -> None:
-        self._post(exc)
-
-    def _post(self, item: can.Message | Exception) -> None:
-        if self.closed:
-            return
-        try:
-            self._token.run_sync_soon(self._deliver, item)
-        except trio.RunFinishedError:
-            self.closed = True
-
-    def _deliver(self, item: can.Message | Exception) -> None:  # in trio's thread
-        if self.closed:
-            return
-        try:
-            self._send.send_nowait(item)
-        except trio.WouldBlock:
-            self._on_overrun()
-        except trio.ClosedResourceError:
-            pass
