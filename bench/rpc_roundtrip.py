@@ -124,6 +124,7 @@ async def exercise(
     results: dict[str, list[dict[str, float]]] = {name: [] for name, _ in MESSAGES}
     for _ in range(repeat):
         for name, make in MESSAGES:
+            # BENCH_PROFILE=Heartbeat profiles the Heartbeat rounds instead.
             profile = profiler if name == os.environ.get("BENCH_PROFILE", "MeterValues") else None
             wall, cpu = time.perf_counter(), time.process_time()
             if profile is not None:
@@ -353,7 +354,8 @@ def profile_report(path: Path, limit: int = 15) -> str:
     # Drop pstats' preamble up to the column header.
     start = next((i for i, line in enumerate(lines) if "ncalls" in line), 0)
     out = [
-        "cProfile (CPU time of the main thread), dcocpp child, MeterValues round: "
+        "cProfile (CPU time of the main thread), dcocpp child, "
+        f"{os.environ.get('BENCH_PROFILE', 'MeterValues')} round: "
         f"top {limit} cumulative in {PROFILE_FILTER}"
     ]
     for line in lines[start:]:
@@ -390,7 +392,6 @@ def run_parent(args: argparse.Namespace) -> int:
             profile = ""
             if args.profile:
                 profile_path = work / "dcocpp-metervalues.prof"
-                os.environ["BENCH_PROFILE_KEEP"] = str(profile_path)
                 spawn_child("dcocpp", csms, child_args, profile_out=profile_path)
                 profile = profile_report(profile_path)
         finally:
