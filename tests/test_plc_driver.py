@@ -32,7 +32,7 @@ from dcocpp.hardware.interface import (
     RelayState,
 )
 from dcocpp.hardware.plc import codec
-from dcocpp.hardware.plc.driver import PlcBackend
+from dcocpp.hardware.plc.driver import PlcBackend, PlcDriverError
 from dcocpp.hardware.plc.emulator import FAULT_NONE, PlcEmulator
 
 WAIT = 3.0  # any single step; generous so that a loaded machine slows, not fails, a test
@@ -55,6 +55,7 @@ class Rig:
     emulators: dict[int, PlcEmulator]  # by plcId
     listener: can.BusABC  # a third node on the bus: sees what the driver sends
     events: dict[int, list[HardwareEvent]]
+    opened: list[can.BusABC]  # every bus the driver's bus_factory opened, in order
 
     async def wait_event(self, cid: int, event: HardwareEvent) -> None:
         await self.wait_until(lambda: event in self.events[cid])
@@ -80,6 +81,7 @@ async def rig(
     *,
     extra_plcs: tuple[int, ...] = (),
     no_filters: bool = False,
+    wrap_bus: Callable[[can.BusABC], None] | None = None,
     **options: Any,
 ) -> AsyncIterator[Rig]:
     channel = f"plc-driver-{uuid.uuid4().hex}"
@@ -96,7 +98,12 @@ async def rig(
         bus = can.Bus(interface="virtual", channel=channel)
         if no_filters:  # a controller without acceptance filters: the driver must sort
             bus.set_filters = lambda filters=None: None  # type: ignore[method-assign]
+        if wrap_bus is not None:
+            wrap_bus(bus)
+        opened.append(bus)
         return bus
+
+    opened: list[can.BusABC] = []
 
     backend = PlcBackend(connectors, bus_factory=factory, **options)
     events: dict[int, list[HardwareEvent]] = {c.id: [] for c in connectors}
@@ -109,8 +116,21 @@ async def rig(
                 send, receive = trio.open_memory_channel[HardwareEvent](64)
                 senders[c.id] = send
                 nursery.start_soon(collect, receive, events[c.id])
-            await nursery.start(backend.run, senders)
-            yield Rig(backend, emulators, listener, events)
+            backend_scope, backend_done = trio.CancelScope(), trio.Event()
+
+            async def run_backend(*, task_status: trio.TaskStatus[None]) -> None:
+                try:
+                    with backend_scope:
+                        await backend.run(senders, task_status=task_status)
+                finally:
+                    backend_done.set()
+
+            await nursery.start(run_backend)
+            yield Rig(backend, emulators, listener, events, opened)
+            # The driver first, so that no frame of it is still in flight towards an emulator
+            # whose reader is shutting down.
+            backend_scope.cancel()
+            await backend_done.wait()
             nursery.cancel_scope.cancel()
     finally:
         for bus in [*emu_buses, listener]:
@@ -292,3 +312,109 @@ async def test_current_limit_and_lock() -> None:
         gun.set_current_limit(32.5)
         await r.wait_until(lambda: r.emulators[3].state.current_limit_a == pytest.approx(32.5))
         await gun.set_lock(True)  # no lock on the contract: returns at once
+
+
+async def test_configure_acked_and_applied() -> None:
+    async with rig(ONE) as r:
+        gun = r.backend.gun(1)
+        assert await gun.configure(1, 160) == 160
+        assert r.emulators[3].state.current_limit_a == pytest.approx(16.0)
+        assert await gun.read_config(1) == 160
+        assert await gun.read_config(3) == 300  # the relay timeout's default
+
+
+async def test_configure_refused() -> None:
+    async with rig(ONE) as r:
+        gun = r.backend.gun(1)
+        with pytest.raises(PlcDriverError, match="unknown param"):
+            await gun.configure(99, 1)
+        with pytest.raises(PlcDriverError, match="read-only"):
+            await gun.configure(4, 100)
+        with pytest.raises(PlcDriverError, match="out of range"):
+            await gun.configure(1, 999_999)
+        assert r.emulators[3].state.current_limit_a == pytest.approx(200.0)  # unchanged
+
+
+async def test_configure_without_ack() -> None:
+    async with rig(ONE, config_timeout=0.2, rx_timeout=5.0) as r:
+        r.emulators[3].set_silent(True)
+        gun = r.backend.gun(1)
+        started = trio.current_time()
+        with pytest.raises(PlcDriverError, match="no ConfigAck"):
+            await gun.configure(1, 160)
+        assert 0.19 <= trio.current_time() - started < WAIT
+        # The silent PLC still received and applied it; only the answer is missing.
+        assert r.emulators[3].state.current_limit_a == pytest.approx(16.0)
+
+
+async def test_set_current_limit_failure_is_logged(caplog: pytest.LogCaptureFixture) -> None:
+    async with rig(ONE) as r:
+        r.backend.gun(1).set_current_limit(500.0)  # above the connector's 200 A
+        await r.wait_until(lambda: "not applied" in caplog.text)
+        assert "out of range" in caplog.text
+
+
+async def test_bus_error_reopens_the_bus() -> None:
+    fail = threading.Event()
+
+    def failing_once(bus: can.BusABC) -> None:
+        recv = bus.recv
+
+        def flaky_recv(timeout: float | None = None) -> can.Message | None:
+            if fail.is_set():
+                fail.clear()
+                raise can.CanError("injected receive failure")
+            return recv(timeout)
+
+        bus.recv = flaky_recv  # type: ignore[method-assign]
+
+    connectors = [connector(1, 3), connector(2, 4)]
+    async with rig(connectors, wrap_bus=failing_once, rx_timeout=2.0) as r:
+        await r.backend.gun(1).set_relay(True)
+        fail.set()
+        raised = FaultRaised(FaultKind.COMMUNICATION, "CAN bus error: injected receive failure")
+        for cid in (1, 2):
+            await r.wait_event(cid, raised)
+        await r.wait_until(lambda: len(r.opened) == 2)
+        for cid in (1, 2):
+            await r.wait_event(cid, FaultCleared(FaultKind.COMMUNICATION))
+            assert r.backend.gun(cid).status().faults == ()
+        # Relay commands work again on the reopened bus.
+        await r.backend.gun(1).set_relay(False)
+        await r.backend.gun(2).set_relay(True)
+        assert r.emulators[4].state.relay_closed and not r.emulators[3].state.relay_closed
+
+
+async def test_repeated_send_errors_reopen_the_bus() -> None:
+    failures = [0]  # sends still to fail, on whichever bus is open
+
+    def failing_sends(bus: can.BusABC) -> None:
+        send = bus.send
+
+        def flaky_send(msg: can.Message, timeout: float | None = None) -> None:
+            if failures[0] > 0:
+                failures[0] -= 1
+                raise can.CanError("injected send failure")
+            send(msg, timeout)
+
+        bus.send = flaky_send  # type: ignore[method-assign]
+
+    async with rig(ONE, wrap_bus=failing_sends, rx_timeout=2.0) as r:
+        # A longer PLC watchdog: the missed keep-alives must not trip it (its own fault
+        # would be the COMMUNICATION fault's first cause).
+        assert await r.backend.gun(1).configure(3, 2000) == 2000
+        await r.backend.gun(1).set_relay(True)
+        failures[0] = 3
+        await r.wait_until(
+            lambda: any(
+                isinstance(e, FaultRaised)
+                and e.kind == FaultKind.COMMUNICATION
+                and e.detail.startswith("CAN bus error: 3 sends in a row failed")
+                for e in r.events[1]
+            )
+        )
+        await r.wait_until(lambda: len(r.opened) == 2)
+        await r.wait_event(1, FaultCleared(FaultKind.COMMUNICATION))
+        assert r.backend.stats.tx_errors == 3
+        await r.backend.gun(1).set_relay(False)
+        assert not r.emulators[3].state.relay_closed

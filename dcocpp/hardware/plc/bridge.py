@@ -49,5 +49,6 @@ class TrioBridge(can.Listener):
             self._send.send_nowait(item)
         except trio.WouldBlock:
             self._on_overrun()
-        except trio.ClosedResourceError:
+        except (trio.ClosedResourceError, trio.BrokenResourceError):
+            # The owner closed its end before marking us closed: a late frame, dropped.
             pass

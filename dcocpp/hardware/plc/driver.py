@@ -14,6 +14,15 @@ python-can bus, one PLC (plcId) per gun, all PLCs on one bus.
 - one supervisor per gun, which turns silence (no frame for `rx_timeout`, no fresh meter data
   for `meter_stale`) into COMMUNICATION / METER faults and clears them when data comes back.
 
+A bus error (the reader's `recv` fails, or `TX_ERRORS_BEFORE_REOPEN` sends in a row raise
+`can.CanError`) does not end `run`: every gun gets a COMMUNICATION fault "CAN bus error: ...",
+the bus is shut down and reopened through `bus_factory` after a backoff (0.1 s doubling up to
+5 s while reopening fails or the reopened bus delivers nothing); the first frame from a PLC
+clears its fault.
+
+Parameters (ConfigCmd) are set and read with `PlcGun.configure` / `read_config`, which wait for
+the PLC's ConfigAck; one ConfigCmd is in flight per PLC.
+
 Events are delivered with `await send`, so a connector that stops draining its inbox slows the
 reader (backpressure) rather than growing a hidden queue; the keep-alive writers never wait on
 event channels, so a slow connector cannot make a PLC's watchdog trip.
@@ -64,9 +73,16 @@ _PLC_TO_HOST = (
     "CpStatus",
     "ChargingSession",
 )
+TX_ERRORS_BEFORE_REOPEN = 3  # consecutive failed sends that count as a bus error
+REOPEN_MIN_S = 0.1  # first reopen delay after a bus error; doubles while reopening fails
+REOPEN_MAX_S = 5.0
 _PARAM_CURRENT_LIMIT = 1
+_CFG_GET = 0
 _CFG_SET = 1
+_S32_MIN = -(2**31)
 _S32_MAX = 2**31 - 1
+_ACK_OK = 0
+_ACK_STATUS = {1: "unknown param", 2: "out of range", 3: "read-only"}
 
 # FAULT_REASON values that mean the link to the host failed, as the PLC sees it.
 _COMM_REASONS = {1: "relay control timeout", 2: "bus off", 3: "CRC failure"}
@@ -87,6 +103,14 @@ class PlcStats:
     rx_overruns: int = 0  # frames lost because trio fell RX_QUEUE frames behind the thread
     tx_frames: int = 0
     tx_errors: int = 0  # bus.send raised can.CanError
+
+
+@attrs.define
+class _ConfigWaiter:
+    param: int
+    done: trio.Event = attrs.Factory(trio.Event)
+    status: int = 0
+    value: int = 0
 
 
 class _Debounced:
@@ -146,6 +170,10 @@ class PlcGun:
         self._energy_wh = 0.0
         self._soc: float | None = None
 
+        # ConfigCmd: one in flight, answered by the ConfigAck with the same CFG_PARAM_ID.
+        self._config_lock = trio.Lock()
+        self._config_waiter: _ConfigWaiter | None = None
+
         self._faults: dict[FaultKind, str] = {}
         # Several causes feed the one COMMUNICATION fault; it clears when none is left.
         self._comm_causes: dict[str, str] = {}
@@ -189,15 +217,59 @@ class PlcGun:
         self._require_running()
 
     def set_current_limit(self, amps: float) -> None:
-        """ConfigCmd SET CURRENT_LIMIT_0p1A, fire and forget: the PLC answers with a ConfigAck
-        that the reader logs (a refused value shows up there)."""
+        """ConfigCmd SET CURRENT_LIMIT_0p1A. Synchronous (the GunHardware contract): the
+        `configure` call runs in the backend's nursery and a failure (refused, no ack) is
+        logged as a warning."""
         self._require_running()
+        nursery = self._backend._nursery
+        if nursery is None:
+            raise PlcDriverError(f"PLC {self.plc_id}: backend not running")
         raw = max(0, min(round(amps * 10), _S32_MAX))
-        self._backend._send(
-            "ConfigCmd",
-            self.plc_id,
-            {"CFG_PARAM_ID": _PARAM_CURRENT_LIMIT, "CFG_OP": _CFG_SET, "CFG_VALUE": raw},
-        )
+        nursery.start_soon(self._apply_current_limit, raw)
+
+    async def _apply_current_limit(self, raw: int) -> None:
+        try:
+            await self.configure(_PARAM_CURRENT_LIMIT, raw)
+        except PlcDriverError as exc:
+            log.warning("PLC %d: current limit %d x 0.1 A not applied: %s", self.plc_id, raw, exc)
+
+    # --- parameters (ConfigCmd / ConfigAck) -----------------------------------------------
+
+    async def configure(self, param: int, value: int) -> int:
+        """SET parameter `param` to `value` (raw units, see the README); returns the value the
+        PLC acknowledged. PlcDriverError when the PLC refuses it (unknown param, out of range,
+        read-only) or no ConfigAck arrives within `config_timeout`."""
+        return await self._config(param, _CFG_SET, value)
+
+    async def read_config(self, param: int) -> int:
+        """GET parameter `param`; the PLC's value. PlcDriverError as for `configure`."""
+        return await self._config(param, _CFG_GET, 0)
+
+    async def _config(self, param: int, op: int, value: int) -> int:
+        self._require_running()
+        if not 0 <= param <= 255 or not _S32_MIN <= value <= _S32_MAX:
+            raise PlcDriverError(f"PLC {self.plc_id}: param {param} / value {value} out of range")
+        what = f"{'set' if op == _CFG_SET else 'get'} param {param}"
+        timeout = self._backend._config_timeout
+        async with self._config_lock:
+            waiter = _ConfigWaiter(param)
+            self._config_waiter = waiter
+            try:
+                self._backend._send(
+                    "ConfigCmd",
+                    self.plc_id,
+                    {"CFG_PARAM_ID": param, "CFG_OP": op, "CFG_VALUE": value},
+                )
+                with trio.move_on_after(timeout):
+                    await waiter.done.wait()
+            finally:
+                self._config_waiter = None
+        if not waiter.done.is_set():
+            raise PlcDriverError(f"PLC {self.plc_id}: no ConfigAck for {what} within {timeout} s")
+        if waiter.status != _ACK_OK:
+            status = _ACK_STATUS.get(waiter.status, f"status {waiter.status}")
+            raise PlcDriverError(f"PLC {self.plc_id}: {what} refused: {status}")
+        return waiter.value
 
     def read_meter(self) -> MeterReading:
         return MeterReading(
@@ -258,6 +330,7 @@ class PlcGun:
     def _on_frame(self, decoded: codec.Decoded, now: float) -> list[HardwareEvent]:
         events: list[HardwareEvent] = []
         self._last_rx = now
+        self._comm_causes.pop("bus", None)  # frames flow again
         events += self._comm_cause("rx", None)
         s = decoded.signals
         match decoded.message:
@@ -288,13 +361,22 @@ class PlcGun:
             case "ChargingSession":
                 self._soc = float(s["SOC_PCT"]) if s["SESSION_ACTIVE"] else None
             case "ConfigAck":
+                param, status, value = (
+                    int(s["CFG_PARAM_ID"]),
+                    int(s["ACK_STATUS"]),
+                    int(s["CFG_VALUE"]),
+                )
                 log.info(
                     "PLC %d: ConfigAck param %d status %d value %d",
                     self.plc_id,
-                    s["CFG_PARAM_ID"],
-                    s["ACK_STATUS"],
-                    s["CFG_VALUE"],
+                    param,
+                    status,
+                    value,
                 )
+                waiter = self._config_waiter
+                if waiter is not None and waiter.param == param and not waiter.done.is_set():
+                    waiter.status, waiter.value = status, value
+                    waiter.done.set()
         return events
 
     def _on_relay_status(self, s: Mapping[str, float | int], events: list[HardwareEvent]) -> None:
@@ -392,10 +474,11 @@ class PlcBackend:
         rx_timeout: float = 1.0,
         meter_stale: float = 2.0,
         debounce_frames: int = 2,
+        config_timeout: float = 0.5,
     ):
         if attempts < 1 or debounce_frames < 1:
             raise ValueError("attempts and debounce_frames must be >= 1")
-        if min(keepalive, ack_timeout, rx_timeout, meter_stale) <= 0 or backoff < 0:
+        if min(keepalive, ack_timeout, rx_timeout, meter_stale, config_timeout) <= 0 or backoff < 0:
             raise ValueError("periods and timeouts must be > 0, backoff >= 0")
         self._bus_factory = bus_factory
         self._keepalive = keepalive
@@ -405,6 +488,7 @@ class PlcBackend:
         self._rx_timeout = rx_timeout
         self._meter_stale = meter_stale
         self._debounce_frames = debounce_frames
+        self._config_timeout = config_timeout
         self._guns: dict[int, PlcGun] = {}
         self._by_plc: dict[int, PlcGun] = {}
         for config in connectors:
@@ -417,6 +501,10 @@ class PlcBackend:
             self._guns[config.id] = gun
             self._by_plc[config.plc_id] = gun
         self._bus: can.BusABC | None = None
+        self._nursery: trio.Nursery | None = None
+        self._bus_failed = trio.Event()
+        self._bus_error: str | None = None
+        self._tx_error_streak = 0
         self._stats = PlcStats()
         self._running = False
 
@@ -438,8 +526,9 @@ class PlcBackend:
     ) -> None:
         """Open the bus, start the reader, the keep-alive writers and the supervisors;
         `task_status.started()` once frames are being read and keep-alives sent. Runs until
-        cancelled. Raises PlcDriverError when the bus fails (the reader's exception is the
-        cause), KeyError for an unknown connector id, RuntimeError if already running. Always
+        cancelled; a bus error later on is reported as COMMUNICATION faults and the bus is
+        reopened (see the module docstring). Raises what `bus_factory` raises for the first
+        bus, KeyError for an unknown connector id, RuntimeError if already running. Always
         stops the reader thread, shuts the bus down and closes the given channels."""
         try:
             if self._running:
@@ -447,20 +536,8 @@ class PlcBackend:
             for connector_id in events:
                 self.gun(connector_id)
             self._running = True
-            bus = self._bus_factory()
+            bus = self._open_bus()
             try:
-                bus.set_filters(
-                    [
-                        {
-                            "can_id": codec.frame_id(name, plc_id),
-                            "can_mask": 0x1FFF_FFFF,
-                            "extended": True,
-                        }
-                        for plc_id in self._by_plc
-                        for name in _PLC_TO_HOST
-                    ]
-                )
-                self._bus = bus
                 async with trio.open_nursery() as nursery:
                     now = trio.current_time()
                     for gun in self._guns.values():
@@ -468,21 +545,96 @@ class PlcBackend:
                         gun._last_rx = gun._last_fresh_meter = now
                         gun._events = events.get(gun.config.id)
                         gun._running = True
+                    self._nursery = nursery
+                    # From here the bus loop owns `bus` (and shuts it down).
+                    await nursery.start(self._bus_loop, bus)
+                    for gun in self._guns.values():
                         nursery.start_soon(self._write_loop, gun)
                         nursery.start_soon(self._supervise_loop, gun)
-                    await nursery.start(self._read_loop, bus)
                     task_status.started()
             finally:
+                self._nursery = None
                 self._bus = None
                 for gun in self._guns.values():
                     gun._running = False
                     gun._events = None
-                bus.shutdown()
         finally:
             self._running = False
             # Synchronous close: an `await aclose()` would stop at the first one when cancelled.
             for channel in events.values():
                 channel.close()
+
+    # --- the bus ------------------------------------------------------------------------
+
+    def _open_bus(self) -> can.BusABC:
+        bus = self._bus_factory()
+        try:
+            bus.set_filters(
+                [
+                    {
+                        "can_id": codec.frame_id(name, plc_id),
+                        "can_mask": 0x1FFF_FFFF,
+                        "extended": True,
+                    }
+                    for plc_id in self._by_plc
+                    for name in _PLC_TO_HOST
+                ]
+            )
+        except BaseException:
+            bus.shutdown()
+            raise
+        return bus
+
+    async def _bus_loop(
+        self, bus: can.BusABC, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
+    ) -> None:
+        """Serve `bus` until a bus error, report it on every gun, reopen with backoff."""
+        delay = REOPEN_MIN_S
+        status = task_status
+        while True:
+            error, flowed = await self._serve(bus, status)
+            status = trio.TASK_STATUS_IGNORED
+            if flowed:
+                delay = REOPEN_MIN_S
+            detail = f"CAN bus error: {error}"
+            log.warning("%s; closing and reopening the bus", detail)
+            for gun in self._guns.values():
+                await gun._emit(gun._comm_cause("bus", detail))
+            while True:
+                await trio.sleep(delay)
+                delay = min(delay * 2, REOPEN_MAX_S)
+                try:
+                    bus = self._open_bus()
+                except Exception as exc:  # whatever the interface raises: retry later
+                    log.warning("reopening the CAN bus failed: %s (next try in %.1f s)", exc, delay)
+                else:
+                    log.info("CAN bus reopened")
+                    break
+
+    async def _serve(self, bus: can.BusABC, task_status: trio.TaskStatus[None]) -> tuple[str, bool]:
+        """Read and send on `bus` until a bus error; always shuts it down. Returns the error
+        and whether any PLC frame arrived on it."""
+        self._bus_error = None
+        self._bus_failed = failed = trio.Event()
+        self._tx_error_streak = 0
+        rx_before = self._stats.rx_frames
+        try:
+            async with trio.open_nursery() as nursery:
+                self._bus = bus
+                await nursery.start(self._read_loop, bus)
+                task_status.started()
+                await failed.wait()
+                nursery.cancel_scope.cancel()
+        finally:
+            self._bus = None
+            bus.shutdown()
+        return self._bus_error or "unknown", self._stats.rx_frames > rx_before
+
+    def _fail_bus(self, error: str) -> None:
+        """The current bus is unusable: the bus loop closes and reopens it."""
+        if self._bus_error is None:
+            self._bus_error = error
+            self._bus_failed.set()
 
     # --- transmit -----------------------------------------------------------------------
 
@@ -498,14 +650,19 @@ class PlcBackend:
             # failure into a COMMUNICATION fault.
             self._bump("tx_errors")
             log.warning("PLC %d: sending %s failed: %s", plc_id, message, exc)
+            self._tx_error_streak += 1
+            if self._tx_error_streak >= TX_ERRORS_BEFORE_REOPEN:
+                self._fail_bus(f"{self._tx_error_streak} sends in a row failed: {exc}")
         else:
+            self._tx_error_streak = 0
             self._bump("tx_frames")
 
     async def _write_loop(self, gun: PlcGun) -> None:
         """RelayControl every `keepalive`, and at once when a new command wakes us."""
         while True:
             gun._wake_writer = trio.Event()
-            self._send("RelayControl", gun.plc_id, gun._relay_control())
+            if self._bus is not None:  # None while the bus is being reopened
+                self._send("RelayControl", gun.plc_id, gun._relay_control())
             with trio.move_on_after(self._keepalive):
                 await gun._wake_writer.wait()
 
@@ -533,21 +690,26 @@ class PlcBackend:
                     while (msg := bus.recv(0)) is not None:
                         await self._on_message(msg)
                 except can.CanError as exc:
-                    raise PlcDriverError(f"CAN bus error: {exc}") from exc
+                    self._fail_bus(str(exc) or type(exc).__name__)
+                    return
         token = trio.lowlevel.current_trio_token()
         send, receive = trio.open_memory_channel[can.Message | Exception](RX_QUEUE)
         bridge = TrioBridge(token, send, lambda: self._bump("rx_overruns"))
         notifier = can.Notifier(bus, [bridge], timeout=NOTIFIER_POLL_S)
         try:
             task_status.started()
-            async with receive:
-                async for item in receive:
-                    if isinstance(item, Exception):
-                        raise PlcDriverError(f"CAN bus error: {item}") from item
-                    await self._on_message(item)
+            async for item in receive:
+                if isinstance(item, Exception):
+                    # The Notifier's thread has ended: this bus reads nothing more.
+                    self._fail_bus(str(item) or type(item).__name__)
+                    return
+                await self._on_message(item)
         finally:
+            # `closed` before the channel: a frame already posted to trio is then dropped by
+            # the bridge instead of hitting a closed channel (BrokenResourceError in trio).
             bridge.closed = True
             send.close()
+            receive.close()
             # Blocks trio for at most one NOTIFIER_POLL_S: no thread outlives `run`.
             notifier.stop(timeout=5.0)
 
