@@ -1,9 +1,10 @@
 """The PLC driver against the PLC firmware emulator on a python-can virtual bus.
 
-Real time, short periods: frames cross python-can's receive threads (the emulator's and the
-driver's Notifiers), and trio's autojump clock would jump while a frame is in flight. Every wait
-is a poll with a deadline well above what the step needs, so a loaded machine slows the test
-rather than failing it.
+Every test runs twice: on python-can's plain `virtual` bus, read through the Notifier thread
+bridge, and on `SelectableVirtualBus`, read through the file-descriptor path that socketcan
+takes. Real time, short periods: on the thread path trio's autojump clock would jump while a
+frame is in flight. Every wait is a poll with a deadline well above what the step needs, so a
+loaded machine slows the test rather than failing it.
 """
 
 from __future__ import annotations
@@ -34,8 +35,21 @@ from dcocpp.hardware.interface import (
 from dcocpp.hardware.plc import codec
 from dcocpp.hardware.plc.driver import PlcBackend, PlcDriverError
 from dcocpp.hardware.plc.emulator import FAULT_NONE, PlcEmulator
+from dcocpp.hardware.plc.virtualbus import SelectableVirtualBus
 
 WAIT = 3.0  # any single step; generous so that a loaded machine slows, not fails, a test
+BUS_CLASSES: dict[str, type[can.BusABC]] = {
+    "thread": can.interfaces.virtual.VirtualBus,
+    "fd": SelectableVirtualBus,
+}
+_bus_class: list[type[can.BusABC]] = [SelectableVirtualBus]
+
+
+@pytest.fixture(autouse=True, params=sorted(BUS_CLASSES))
+def bus_class(request: pytest.FixtureRequest) -> type[can.BusABC]:
+    """Which reader path the test exercises (the rig opens every bus with this class)."""
+    _bus_class[0] = BUS_CLASSES[request.param]
+    return _bus_class[0]
 
 
 def connector(cid: int, plc_id: int) -> ConnectorConfig:
@@ -87,15 +101,16 @@ async def rig(
     channel = f"plc-driver-{uuid.uuid4().hex}"
     threads_before = set(threading.enumerate())
     plc_ids = [c.plc_id for c in connectors] + list(extra_plcs)
-    emu_buses = [can.Bus(interface="virtual", channel=channel) for _ in plc_ids]
-    listener = can.Bus(interface="virtual", channel=channel)
+    bus_class = _bus_class[0]
+    emu_buses = [bus_class(channel=channel) for _ in plc_ids]
+    listener = bus_class(channel=channel)
     emulators = {
         plc_id: PlcEmulator(bus, plc_id, connector=connector(99, plc_id), period=0.05)
         for plc_id, bus in zip(plc_ids, emu_buses, strict=True)
     }
 
     def factory() -> can.BusABC:
-        bus = can.Bus(interface="virtual", channel=channel)
+        bus = bus_class(channel=channel)
         if no_filters:  # a controller without acceptance filters: the driver must sort
             bus.set_filters = lambda filters=None: None  # type: ignore[method-assign]
         if wrap_bus is not None:

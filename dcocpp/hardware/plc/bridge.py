@@ -1,17 +1,33 @@
-"""python-can's receive thread -> trio: the one bridge both ends of the PLC bus use.
+"""Reading a python-can bus from trio: the one reader both ends of the PLC bus use.
 
-A bus without a file descriptor (python-can's `virtual`, most vendor interfaces) is read by a
-`can.Notifier` thread; this listener hands each frame (or the reader's failure) to trio with
-`run_sync_soon` into a bounded memory channel, counting what does not fit rather than blocking
-the bus thread.
+A bus with a file descriptor (socketcan, `SelectableVirtualBus`) is waited on with
+`trio.lowlevel.wait_readable` and drained with `recv(0)`, which never blocks: no thread at all.
+
+A bus without one (python-can's plain `virtual`, most vendor interfaces) can only be read by
+blocking in `recv`, so a `can.Notifier` thread reads it and `TrioBridge` hands each frame (or the
+reader's failure) to trio with `run_sync_soon` into a bounded memory channel, counting what does
+not fit rather than blocking the bus thread. A Notifier rather than `trio.to_thread.run_sync(
+bus.recv)`: its thread is ours to stop and join, so when the reader ends no thread is left behind
+(trio's worker cache would keep idle threads), and a cancelled reader does not abandon a thread
+blocked in `recv`.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 
 import can
 import trio
+
+__all__ = ["NOTIFIER_POLL_S", "RX_QUEUE", "BusReadError", "TrioBridge", "read_frames"]
+
+RX_QUEUE = 256  # frames the Notifier thread may be ahead of trio before it drops (counted)
+NOTIFIER_POLL_S = 0.02  # the reader thread's recv timeout: bounds the join on shutdown
+
+
+class BusReadError(Exception):
+    """Reading the bus failed; `__cause__` is what python-can raised. Callers translate it
+    into their own layer's error."""
 
 
 class TrioBridge(can.Listener):
@@ -52,3 +68,55 @@ class TrioBridge(can.Listener):
         except (trio.ClosedResourceError, trio.BrokenResourceError):
             # The owner closed its end before marking us closed: a late frame, dropped.
             pass
+
+
+def _fileno(bus: can.BusABC) -> int:
+    try:
+        return bus.fileno()
+    except NotImplementedError:
+        return -1
+
+
+async def read_frames(
+    bus: can.BusABC,
+    handle: Callable[[can.Message], Awaitable[None]],
+    *,
+    on_overrun: Callable[[], None],
+    task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    """Call `handle` for every frame `bus` receives, in order, until cancelled;
+    `task_status.started()` once frames are being read. Raises BusReadError when the bus
+    fails. `on_overrun` counts frames the Notifier thread had to drop (thread path only).
+    Never closes the bus; on the thread path the thread is stopped and joined on the way out
+    (blocking trio for at most one NOTIFIER_POLL_S)."""
+    fd = _fileno(bus)
+    if fd >= 0:
+        task_status.started()
+        while True:
+            await trio.lowlevel.wait_readable(fd)
+            while True:
+                try:
+                    msg = bus.recv(0)
+                except can.CanError as exc:
+                    raise BusReadError(str(exc) or type(exc).__name__) from exc
+                if msg is None:
+                    break
+                await handle(msg)
+    token = trio.lowlevel.current_trio_token()
+    send, receive = trio.open_memory_channel[can.Message | Exception](RX_QUEUE)
+    bridge = TrioBridge(token, send, on_overrun)
+    notifier = can.Notifier(bus, [bridge], timeout=NOTIFIER_POLL_S)
+    try:
+        task_status.started()
+        async for item in receive:
+            if isinstance(item, Exception):
+                # The Notifier's thread has ended: this bus reads nothing more.
+                raise BusReadError(str(item) or type(item).__name__) from item
+            await handle(item)
+    finally:
+        # `closed` before the channel: a frame already posted to trio is then dropped by the
+        # bridge instead of hitting a closed channel (BrokenResourceError in trio).
+        bridge.closed = True
+        send.close()
+        receive.close()
+        notifier.stop(timeout=5.0)

@@ -54,7 +54,7 @@ from dcocpp.hardware.interface import (
     RelayState,
 )
 from dcocpp.hardware.plc import codec
-from dcocpp.hardware.plc.bridge import TrioBridge
+from dcocpp.hardware.plc.bridge import BusReadError, read_frames
 
 if TYPE_CHECKING:
     from dcocpp.hardware.interface import GunHardware, HardwareBackend
@@ -63,8 +63,6 @@ __all__ = ["PlcBackend", "PlcDriverError", "PlcGun", "PlcStats"]
 
 log = logging.getLogger(__name__)
 
-RX_QUEUE = 256  # frames the Notifier bridge may be ahead of trio before it drops (counted)
-NOTIFIER_POLL_S = 0.02  # the reader thread's recv timeout: bounds the join on shutdown
 _PLC_TO_HOST = (
     "RelayStatus",
     "SafetySwitchStatus",
@@ -113,24 +111,31 @@ class _ConfigWaiter:
     value: int = 0
 
 
-class _Debounced:
-    """A safety bit accepted only once it reads the same in `frames` consecutive frames, so a
-    single corrupted-but-CRC-less or glitching frame does not raise or clear a fault."""
+class _SafetyInput:
+    """A safety bit as the host believes it: fail-safe, so it trips on the first frame that
+    reports it (the PLC has debounced its input already, and a spurious trip only opens a
+    relay) and is released only once `frames` consecutive frames report it gone, so that one
+    glitching frame cannot re-enable a relay."""
 
     def __init__(self, frames: int):
         self._frames = frames
         self.value = False
-        self._candidate = False
-        self._count = 0
+        self._clear_count = 0
 
     def feed(self, value: bool) -> bool:
         """Feed one frame's value; True when the accepted value changed."""
-        if value != self._candidate:
-            self._candidate, self._count = value, 0
-        self._count += 1
-        if self._count >= self._frames and self._candidate != self.value:
-            self.value = self._candidate
-            return True
+        if value:
+            self._clear_count = 0
+            if not self.value:
+                self.value = True
+                return True
+            return False
+        if self.value:
+            self._clear_count += 1
+            if self._clear_count >= self._frames:
+                self.value = False
+                self._clear_count = 0
+                return True
         return False
 
 
@@ -160,8 +165,11 @@ class PlcGun:
         self._status_changed = trio.Event()
         self._plc_fault_reason = 0
         self._plc_comm_fault = False
-        self._estop = _Debounced(backend._debounce_frames)
-        self._earth = _Debounced(backend._debounce_frames)
+        # Fed by RelayStatus and SafetySwitchStatus alike (both carry the PLC's debounced
+        # inputs); `_chain` is SAFETY_OK=0 for a reason that is neither (another switch).
+        self._estop = _SafetyInput(backend._debounce_frames)
+        self._earth = _SafetyInput(backend._debounce_frames)
+        self._chain = _SafetyInput(backend._debounce_frames)
         self._last_rx = -math.inf
         self._last_fresh_meter = -math.inf
         self._voltage_v = 0.0
@@ -191,9 +199,11 @@ class PlcGun:
         self._require_running()
         backend = self._backend
         for attempt in range(1, backend._attempts + 1):
+            if closed and self._safety_tripped():
+                raise PlcDriverError(f"PLC {self.plc_id}: relay may not close: safety trip")
             seq = self._command(closed, force_off=False)
             with trio.move_on_after(backend._ack_timeout):
-                await self._wait_ack(seq, closed)
+                await self._wait_ack(closed)
                 return
             log.warning(
                 "PLC %d: relay %s not confirmed (seq %d, attempt %d/%d)",
@@ -302,16 +312,22 @@ class PlcGun:
         self._wake_writer.set()
         return self._seq
 
-    async def _wait_ack(self, seq: int, closed: bool) -> None:
-        # Equality with the current seq: an ack of an older command (stale) never matches.
-        while not (self._last_applied == seq and self._relay_closed == closed):
+    async def _wait_ack(self, closed: bool) -> None:
+        # The newest command must be applied: an ack of an older one (stale) never matches.
+        # A newer command to the same state counts (a safety trip's FORCE_ALL_OFF confirms
+        # an open that was waiting); one to the other state leaves this wait to time out.
+        while not (
+            self._last_applied == self._seq
+            and self._relay_cmd == closed
+            and self._relay_closed == closed
+        ):
             await self._status_changed.wait()
 
     def _relay_control(self) -> dict[str, int]:
         return {
             "RLY1_CMD": int(self._relay_cmd),
             "SYS_ENABLE": 1,
-            "FORCE_ALL_OFF": int(self._force_off),
+            "FORCE_ALL_OFF": int(self._force_off or self._safety_tripped()),
             "CLEAR_FAULTS": int(self._should_clear()),
             "CMD_SEQ": self._seq,
             "RLY_ENABLE_MASK": 1,
@@ -323,7 +339,10 @@ class PlcGun:
         """CLEAR_FAULTS when the PLC still latches a fault whose cause is gone as far as we
         can tell: it then unlatches (it never closes a relay by itself, so this is safe)."""
         latched = self._plc_comm_fault or self._plc_fault_reason not in (0, _REMOTE_FORCE_OFF)
-        return latched and not (self._estop.value or self._earth.value)
+        return latched and not self._safety_tripped()
+
+    def _safety_tripped(self) -> bool:
+        return self._estop.value or self._earth.value or self._chain.value
 
     # --- what the PLC says ----------------------------------------------------------------
 
@@ -358,6 +377,14 @@ class PlcGun:
                         self._power_w = int(s["ACTIVE_POWER_0p01kW"]) * 10.0
                     elif s["MUX"] == 1:
                         self._energy_wh = int(s["IMPORT_ENERGY_0p1kWh"]) * 100.0
+            case "SafetySwitchStatus":
+                self._on_safety(
+                    events,
+                    estop=bool(s["ESTOP"]),
+                    earth=bool(s["EARTH_FAULT"]),
+                    chain=not s["SAFETY_OK"] and not s["ESTOP"] and not s["EARTH_FAULT"],
+                    switches=int(s["SW_STATES"]) & int(s["SW_MASK"]),
+                )
             case "ChargingSession":
                 self._soc = float(s["SOC_PCT"]) if s["SESSION_ACTIVE"] else None
             case "ConfigAck":
@@ -385,16 +412,13 @@ class PlcGun:
             self._relay_closed = closed
             events.append(RelayState(closed))
         self._last_applied = int(s["LAST_CMD_SEQ_APPLIED"])
-        if self._estop.feed(bool(s["ESTOP_INPUT"])):
-            events += self._set_fault(
-                FaultKind.EMERGENCY_STOP,
-                f"PLC {self.plc_id}: emergency stop" if self._estop.value else None,
-            )
-        if self._earth.feed(bool(s["EARTH_FAULT"])):
-            events += self._set_fault(
-                FaultKind.EARTH_FAULT,
-                f"PLC {self.plc_id}: earth fault" if self._earth.value else None,
-            )
+        self._on_safety(
+            events,
+            estop=bool(s["ESTOP_INPUT"]),
+            earth=bool(s["EARTH_FAULT"]),
+            chain=not s["SAFETY_OK"] and not s["ESTOP_INPUT"] and not s["EARTH_FAULT"],
+            switches=int(s["SW_STATES"]),
+        )
         reason = int(s["FAULT_REASON"])
         self._plc_fault_reason = reason
         self._plc_comm_fault = bool(s["COMM_FAULT"])
@@ -413,6 +437,32 @@ class PlcGun:
         # Wake set_relay waiters; a fresh Event so the next wait blocks until the next frame.
         self._status_changed.set()
         self._status_changed = trio.Event()
+
+    def _on_safety(
+        self, events: list[HardwareEvent], *, estop: bool, earth: bool, chain: bool, switches: int
+    ) -> None:
+        """The safety inputs of one frame. A trip opens the relay from here, before any
+        connector hears of it: the very next RelayControl (sent at once) carries
+        FORCE_ALL_OFF, and keeps carrying it until every input is released."""
+        was_tripped = self._safety_tripped()
+        if self._earth.feed(earth):
+            events += self._set_fault(
+                FaultKind.EARTH_FAULT,
+                f"PLC {self.plc_id}: earth fault" if self._earth.value else None,
+            )
+        # An open safety chain for another reason is reported as an emergency stop too.
+        if self._estop.feed(estop) | self._chain.feed(chain):
+            detail = None
+            if self._estop.value:
+                detail = f"PLC {self.plc_id}: emergency stop"
+            elif self._chain.value:
+                detail = f"PLC {self.plc_id}: safety chain open (switches 0x{switches:02x})"
+            events += self._set_fault(FaultKind.EMERGENCY_STOP, detail)
+        if self._safety_tripped() and not was_tripped:
+            log.warning("PLC %d: safety trip, forcing all relays off", self.plc_id)
+            # FORCE_ALL_OFF follows the trip (see _relay_control); the command itself is an
+            # open, so the relay stays open once the inputs are released.
+            self._command(False, force_off=False)
 
     def _supervise(self, now: float) -> list[HardwareEvent]:
         backend = self._backend
@@ -678,40 +728,14 @@ class PlcBackend:
         self, bus: can.BusABC, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
     ) -> None:
         try:
-            fd = bus.fileno()
-        except NotImplementedError:
-            fd = -1
-        if fd >= 0:
-            task_status.started()
-            while True:
-                await trio.lowlevel.wait_readable(fd)
-                try:
-                    # recv(0) never blocks: drain what the socket holds, then wait again.
-                    while (msg := bus.recv(0)) is not None:
-                        await self._on_message(msg)
-                except can.CanError as exc:
-                    self._fail_bus(str(exc) or type(exc).__name__)
-                    return
-        token = trio.lowlevel.current_trio_token()
-        send, receive = trio.open_memory_channel[can.Message | Exception](RX_QUEUE)
-        bridge = TrioBridge(token, send, lambda: self._bump("rx_overruns"))
-        notifier = can.Notifier(bus, [bridge], timeout=NOTIFIER_POLL_S)
-        try:
-            task_status.started()
-            async for item in receive:
-                if isinstance(item, Exception):
-                    # The Notifier's thread has ended: this bus reads nothing more.
-                    self._fail_bus(str(item) or type(item).__name__)
-                    return
-                await self._on_message(item)
-        finally:
-            # `closed` before the channel: a frame already posted to trio is then dropped by
-            # the bridge instead of hitting a closed channel (BrokenResourceError in trio).
-            bridge.closed = True
-            send.close()
-            receive.close()
-            # Blocks trio for at most one NOTIFIER_POLL_S: no thread outlives `run`.
-            notifier.stop(timeout=5.0)
+            await read_frames(
+                bus,
+                self._on_message,
+                on_overrun=lambda: self._bump("rx_overruns"),
+                task_status=task_status,
+            )
+        except BusReadError as exc:
+            self._fail_bus(str(exc))
 
     async def _on_message(self, msg: can.Message) -> None:
         if msg.is_error_frame or msg.is_remote_frame or not msg.is_extended_id:

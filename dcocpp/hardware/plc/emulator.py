@@ -7,12 +7,8 @@ and the DC meter. The EV and energy model is the simulation module's (`EvModel` 
 closed-form charging curve), so a charge through the emulator reads like one in
 `SimulatedHardware`. Everything is timed on trio's clock.
 
-Receiving: python-can buses without a file descriptor (the `virtual` one) can only be read by
-blocking in `bus.recv`, so a `can.Notifier` thread reads the bus and hands each frame to trio
-with `TrioToken.run_sync_soon` into a bounded memory channel. A Notifier rather than
-`trio.to_thread.run_sync(bus.recv, ...)`: its thread is ours to stop and join, so when `run`
-ends no thread is left behind (trio's worker-thread cache would keep idle threads alive for a
-while), and a cancelled `run` does not have to abandon a thread blocked in `recv`.
+Receiving: `bridge.read_frames`, the same reader the driver uses (fd wait on buses that have one,
+a joined Notifier thread otherwise).
 """
 
 from __future__ import annotations
@@ -38,7 +34,7 @@ from dcocpp.hardware.ev import (
 )
 from dcocpp.hardware.interface import HardwareError, MeterReading
 from dcocpp.hardware.plc import codec
-from dcocpp.hardware.plc.bridge import TrioBridge
+from dcocpp.hardware.plc.bridge import BusReadError, read_frames
 
 __all__ = [
     "ACK_OK",
@@ -59,8 +55,6 @@ __all__ = [
 ]
 
 DEBOUNCE_S = 0.020  # a safety input must be stable this long before SAFETY_OK follows it
-NOTIFIER_POLL_S = 0.02  # the reader thread's recv timeout: bounds the join on shutdown
-RX_QUEUE = 256
 
 FAULT_NONE = 0
 FAULT_RELAY_TIMEOUT = 1
@@ -138,8 +132,8 @@ class _Input:
 class PlcEmulator:
     """One PLC (one gun, relay RLY1) on `bus`, answering to `plc_id`.
 
-    `run` starts the bus reader thread and the firmware tasks and runs until cancelled; it stops
-    and joins the reader thread when it ends and never closes the bus (the caller owns it).
+    `run` starts the bus reader and the firmware tasks and runs until cancelled; no reader
+    thread outlives it and it never closes the bus (the caller owns it).
     Give every emulator its own Bus object (each PLC has its own CAN controller): two emulators
     on one virtual channel see each other's frames, one Bus object read by two emulators would
     not. The fault-injection and EV controls work while `run` runs and raise RuntimeError
@@ -214,34 +208,32 @@ class PlcEmulator:
     # --- lifetime -------------------------------------------------------------------------
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-        """Read the bus (Notifier thread -> trio channel), send the periodic frames, run the
-        watchdog; `task_status.started()` once frames are being received. Runs until
-        cancelled. Raises PlcEmulatorError if reading the bus fails, RuntimeError if already
-        running. Stops and joins the reader thread on the way out; the bus stays open."""
+        """Read the bus, send the periodic frames, run the watchdog; `task_status.started()`
+        once frames are being received. Runs until cancelled. Raises PlcEmulatorError if
+        reading the bus fails, RuntimeError if already running. The bus stays open."""
         if self._nursery is not None:
             raise RuntimeError("emulator already running")
-        token = trio.lowlevel.current_trio_token()
-        send, receive = trio.open_memory_channel[can.Message | Exception](RX_QUEUE)
-        listener = TrioBridge(token, send, self._count_overrun)
-        notifier = can.Notifier(self._bus, [listener], timeout=NOTIFIER_POLL_S)
         try:
             async with trio.open_nursery() as nursery:
                 self._nursery = nursery
                 self._updated_at = trio.current_time()
                 nursery.start_soon(self._transmit_loop)
                 nursery.start_soon(self._watchdog_loop)
+                await nursery.start(self._read)
                 task_status.started()
-                async with receive:
-                    async for item in receive:
-                        if isinstance(item, Exception):
-                            raise PlcEmulatorError(f"PLC {self._plc_id}: bus failed") from item
-                        self._on_frame(item)
         finally:
             self._nursery = None
-            listener.closed = True
-            send.close()
-            # Blocks trio for at most one NOTIFIER_POLL_S: the thread is gone when run ends.
-            notifier.stop(timeout=5.0)
+
+    async def _read(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        async def handle(msg: can.Message) -> None:
+            self._on_frame(msg)
+
+        try:
+            await read_frames(
+                self._bus, handle, on_overrun=self._count_overrun, task_status=task_status
+            )
+        except BusReadError as exc:
+            raise PlcEmulatorError(f"PLC {self._plc_id}: bus failed: {exc}") from exc
 
     # --- controls (fault injection and the EV) --------------------------------------------
 
