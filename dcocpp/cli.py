@@ -16,7 +16,7 @@ from pathlib import Path
 
 import trio
 
-from dcocpp import __version__, demo, simcli, statecharts
+from dcocpp import __version__, demo, plcsim, simcli, statecharts
 from dcocpp.api import ApiError
 from dcocpp.config import ChargerConfig, ConfigError, load_charger_config
 from dcocpp.logs import LoggingSetup
@@ -112,6 +112,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     simcli.add_subcommands(commands)
     demo.add_subcommands(commands)
+    plcsim.add_subcommands(commands)
     return parser
 
 
@@ -191,15 +192,6 @@ def _run(args: argparse.Namespace) -> int:
         print(f"{args.config}: invalid configuration, not starting", file=sys.stderr)
         for line in str(exc).splitlines():
             print(f"  {line}", file=sys.stderr)
-        return EXIT_USAGE
-    if config.charge_point.use_plc:
-        # Never pretend: a charger configured for real PLCs must not run on simulated guns.
-        print(
-            f"{args.config}: chargePoint.usePLC is true, but this version has no PLC/CAN "
-            "backend yet (only its DBC, codec and emulator); set usePLC to false to run on "
-            "simulated hardware",
-            file=sys.stderr,
-        )
         return EXIT_USAGE
     logging_setup = LoggingSetup()
     logging_setup.start(

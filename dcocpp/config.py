@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 import attrs
+import can
 
 from dcocpp.jsontypes import json_type
 
@@ -71,8 +72,11 @@ class ChargePointConfig:
     firmware_version: str
     central_system_uri: str
     use_plc: bool
-    can_interface: str
+    can_interface: str  # the bus's channel, e.g. the OS interface "can0"
     serial_number: str | None = None
+    # python-can's interface type: "socketcan" on a charger; "virtual" runs the PLC emulators
+    # in-process (development, demos, tests); any other python-can interface by name.
+    can_interface_type: str = "socketcan"
 
 
 @attrs.frozen
@@ -308,7 +312,7 @@ class _Checker:
     def charge_point(self, value: Any, csms: str | None) -> ChargePointConfig | None:
         path = "chargePoint"
         required = ["id", "vendor", "model", "firmwareVersion", "usePLC", "canInterface"]
-        optional = ["serialNumber"]
+        optional = ["serialNumber", "canInterfaceType"]
         # With --csms the file's URI is being overridden, so it need not be there (or be right).
         (optional if csms is not None else required).append("centralSystemURI")
         obj = self.fields(value, path, required, optional)
@@ -331,6 +335,14 @@ class _Checker:
         serial = self.string(obj, path, "serialNumber", max_length=_SERIAL_MAX, default=None)
         use_plc = self.boolean(obj, path, "usePLC")
         can_interface = self.string(obj, path, "canInterface")
+        can_type = self.string(obj, path, "canInterfaceType", default="socketcan")
+        if isinstance(can_type, str) and can_type not in can.VALID_INTERFACES:
+            self.problem(
+                f"{path}.canInterfaceType",
+                f"{can_type!r} is not a python-can interface (one of: "
+                f"{', '.join(sorted(can.VALID_INTERFACES))})",
+            )
+            can_type = _MISSING
 
         uri: Any
         if csms is not None:
@@ -343,7 +355,7 @@ class _Checker:
             ):
                 uri = _MISSING
 
-        values = (cp_id, vendor, model, firmware, uri, use_plc, can_interface, serial)
+        values = (cp_id, vendor, model, firmware, uri, use_plc, can_interface, serial, can_type)
         if any(v is _MISSING for v in values):
             return None
         return ChargePointConfig(*values)

@@ -40,8 +40,8 @@ from dcocpp.config import ChargerConfig
 from dcocpp.connector import events as ev
 from dcocpp.connector.metering import SystemClock, WallClock, ocpp_time
 from dcocpp.connector.task import INBOX_SIZE, ConnectorServices, ConnectorTask
-from dcocpp.hardware.interface import FaultKind, HardwareBackend
-from dcocpp.hardware.simulation import SimulatedHardware
+from dcocpp.hardware.factory import build_hardware
+from dcocpp.hardware.interface import FaultKind, HardwareBackend, HardwareError, SimulationControl
 from dcocpp.ocpp import transport
 from dcocpp.ocpp.authcache import AuthorizationCache
 from dcocpp.ocpp.authorization import Authorizer
@@ -98,12 +98,18 @@ class Station:
         config: ChargerConfig,
         *,
         hardware: HardwareBackend | None = None,
+        simulation: SimulationControl | None = None,
         open_stream: transport.OpenStream | None = None,
         clock: WallClock | None = None,
         api_address: tuple[str, int] | None = None,
     ):
         self.config = config
-        self.hardware = hardware or SimulatedHardware(config.connectors)
+        if hardware is None:
+            built = build_hardware(config)
+            hardware, simulation = built.backend, built.simulation
+        self.hardware = hardware
+        # What the local API's simulation endpoints drive; None on real hardware.
+        self.simulation = simulation
         self.clock = clock or SystemClock()
         self._open_stream = open_stream
         self._api_address = api_address
@@ -303,10 +309,10 @@ class Station:
     def _task(self, connector_id: int) -> ConnectorTask:
         return self.connectors[connector_id]  # KeyError -> 404
 
-    def _simulator(self) -> SimulatedHardware:
-        if not isinstance(self.hardware, SimulatedHardware):
+    def _simulator(self) -> SimulationControl:
+        if self.simulation is None:
             raise ValueError("this charger runs on real hardware; there is nothing to simulate")
-        return self.hardware
+        return self.simulation
 
     async def plug(self, connector_id: int) -> None:
         self._task(connector_id)
@@ -330,4 +336,7 @@ class Station:
 
     async def set_fault(self, connector_id: int, kind: str, active: bool) -> None:
         self._task(connector_id)
-        await self._simulator().set_fault(connector_id, _FAULT_KINDS[kind], active)
+        try:
+            await self._simulator().set_fault(connector_id, _FAULT_KINDS[kind], active)
+        except HardwareError as exc:
+            raise ValueError(str(exc)) from exc

@@ -5,8 +5,11 @@ import inspect
 from collections.abc import Callable
 from typing import Any
 
+import pytest
 import trio
 import trio.testing
+
+from tests.station_harness import BACKENDS, use_backend
 
 # A hang fails the test with its logs instead of stalling the run. Under autojump_clock a
 # deadlock jumps straight to the guard, so it can be generous in virtual time.
@@ -31,3 +34,15 @@ def pytest_collection_modifyitems(items: list[Any]) -> None:
         function = getattr(item, "obj", None)
         if function is not None and inspect.iscoroutinefunction(function):
             item.obj = _hang_guard(function)
+
+
+@pytest.fixture(params=BACKENDS)
+def backend(request: pytest.FixtureRequest) -> Any:
+    """Runs a scenario on each hardware backend (`charger_config` configures it); a test
+    marked `simulated_only(reason)` is skipped on the PLC backend with that reason."""
+    marker = request.node.get_closest_marker("simulated_only")
+    if request.param != "simulated" and marker is not None:
+        pytest.skip(marker.args[0])
+    use_backend(request.param)
+    yield request.param
+    use_backend("simulated")

@@ -1,13 +1,15 @@
 """Run a whole `Station` against a `FakeCsms` on the in-memory network, for autojump tests.
 
-The station runs the simulated hardware (`Harness.hardware`) and, unless a test passes its own
-`clock=`, a wall clock that advances with trio's clock from `WALL_START`, so that meter value
-timestamps and clock-aligned intervals are deterministic.
+The station runs on the hardware `charger_config` chose (`BACKENDS`: the simulated guns, or the
+PLC driver against emulated PLCs on a python-can virtual bus; `Harness.hardware` drives either)
+and, unless a test passes its own `clock=`, a wall clock that advances with trio's clock from
+`WALL_START`, so that meter value timestamps and clock-aligned intervals are deterministic.
 """
 
 from __future__ import annotations
 
 import json
+import uuid
 from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime, timedelta
@@ -20,6 +22,7 @@ import trio
 from dcocpp.config import ChargerConfig, load_charger_config
 from dcocpp.connector.metering import TrioWallClock, WallClock, ocpp_time
 from dcocpp.connector.task import ConnectorTask
+from dcocpp.hardware.interface import SimulationControl
 from dcocpp.hardware.simulation import EvModel, SimulatedHardware
 from dcocpp.ocpp.registration import Registration
 from dcocpp.ocpp.session import CONNECT_TIMEOUT
@@ -32,6 +35,16 @@ CSMS_URL = "ws://csms.test/ocpp"
 WALL_START = datetime(2026, 11, 23, 23, 50, tzinfo=UTC)
 # How long (virtual seconds) the harness's wait helpers wait before failing.
 WAIT_LIMIT = 3600.0
+# The hardware a scenario can run on: the simulator, or the PLC backend on emulated PLCs.
+BACKENDS = ("simulated", "plc")
+# Set by the `backend` fixture of the scenario modules (tests/conftest.py); "simulated" else.
+_backend = ["simulated"]
+
+
+def use_backend(name: str) -> None:
+    """Make `charger_config` configure `name` (one of BACKENDS) until the next call."""
+    assert name in BACKENDS, name
+    _backend[0] = name
 
 
 def charger_config(
@@ -44,11 +57,19 @@ def charger_config(
 
     `connector_changes` (charger.json field names, e.g. `fixedCable=False`) apply to every
     connector, `connectors` to single ones (`connectors={1: {"fixedCable": False}}`); with
-    either, a modified copy of charger.json is written to tmp_path (its other paths still
-    point at the repository's files)."""
+    either, or on the PLC backend (`usePLC` on a virtual bus of its own), a modified copy of
+    charger.json is written to tmp_path (its other paths still point at the repository's
+    files)."""
     source = REPO / "configs" / "charger.json"
-    if connectors or connector_changes:
+    plc = _backend[0] == "plc"
+    if connectors or connector_changes or plc:
         document = json.loads(source.read_text(encoding="utf-8"))
+        if plc:
+            document["chargePoint"].update(
+                usePLC=True,
+                canInterfaceType="virtual",
+                canInterface=f"dcocpp-test-{uuid.uuid4().hex}",
+            )
         for connector in document["connectors"]:
             connector.update(connector_changes)
             connector.update((connectors or {}).get(connector["id"], {}))
@@ -91,17 +112,30 @@ class Harness:
         return self.station.store
 
     @property
-    def hardware(self) -> SimulatedHardware:
-        hardware = self.station.hardware
-        assert isinstance(hardware, SimulatedHardware)
-        return hardware
+    def hardware(self) -> SimulationControl:
+        """The physical world of the station's hardware (plug, faults, ...)."""
+        simulation = self.station.simulation
+        assert simulation is not None
+        return simulation
 
     def connector(self, connector_id: int) -> ConnectorTask:
         return self.station.connectors[connector_id]
 
     def register_wh(self, connector_id: int) -> float:
-        """The simulated meter's import register, as the gun reads it now."""
-        return self.hardware.state(connector_id).meter.energy_wh
+        """The meter's import register, as the gun reads it now (what the station bills)."""
+        return self.station.hardware.gun(connector_id).read_meter().energy_wh
+
+    def relay_closed(self, connector_id: int) -> bool:
+        """The relay as it physically is (a silent PLC cannot tell the station)."""
+        return self.hardware.relay_closed(connector_id)
+
+    def locked(self, connector_id: int) -> bool:
+        """The connector lock: on simulated guns the physical one; the PLC contract has no
+        lock (a DC inlet latch is the EV's), so there it is what the connector commanded."""
+        simulated = self.station.hardware
+        if isinstance(simulated, SimulatedHardware):
+            return simulated.state(connector_id).locked
+        return self.connector(connector_id).machine.truth.locked
 
     def wall_time(self, trio_time: float) -> str:
         """The OCPP timestamp the default virtual wall clock gives at `trio_time`."""
@@ -221,7 +255,13 @@ async def running_station(
         if clock is None:
             wall_origin = trio.current_time()
             clock = TrioWallClock(WALL_START)
-        station = Station(config, open_stream=network.open_stream, clock=clock, hardware=hardware)
+        station = Station(
+            config,
+            open_stream=network.open_stream,
+            clock=clock,
+            hardware=hardware,
+            simulation=hardware,
+        )
         harness = Harness(station, csms, network, nursery, wall_origin)
         await nursery.start(station.run)
         yield harness

@@ -113,19 +113,3 @@ def test_statecharts_export_and_check(tmp_path: Path, capsys: pytest.CaptureFixt
     chart.write_text(chart.read_text().replace("Pending", "Waiting"))
     assert cli.main(["statecharts", "--check", "--output", str(tmp_path)]) == 1
     assert "session-registration.mmd: stale" in capsys.readouterr().err
-
-
-def test_run_refuses_use_plc_until_the_backend_exists(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str]
-) -> None:
-    shipped = json.loads((REPO / "configs" / "charger.json").read_text())
-    shipped["chargePoint"]["usePLC"] = True
-    shipped["paths"] = {
-        "ocppConfig": str(REPO / "configs" / "ocpp16-config.json"),
-        "dataDir": str(tmp_path / "data"),
-        "logDir": str(tmp_path / "logs"),
-    }
-    config = tmp_path / "charger.json"
-    config.write_text(json.dumps(shipped))
-    assert cli.main(["run", "--config", str(config)]) == cli.EXIT_USAGE
-    assert "usePLC" in capsys.readouterr().err

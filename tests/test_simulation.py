@@ -357,8 +357,8 @@ async def test_lock(rig: Rig, autojump_clock: trio.abc.Clock) -> None:
 @pytest.mark.parametrize(
     ("connector_id", "kind", "detail"),
     [
-        (1, FaultKind.EMERGENCY_STOP, "emergency stop pressed"),
-        (1, FaultKind.EARTH_FAULT, "earth fault detected"),
+        (1, FaultKind.EMERGENCY_STOP, "PLC 0: emergency stop"),
+        (1, FaultKind.EARTH_FAULT, "PLC 0: earth fault"),
         (1, FaultKind.COMMUNICATION, "PLC 0 communication lost"),
         (2, FaultKind.COMMUNICATION, "Rear PLC communication lost"),
         (1, FaultKind.METER, "meter data stale"),
@@ -386,8 +386,8 @@ async def test_fault_with_own_detail(rig: Rig, autojump_clock: trio.abc.Clock) -
 
 
 INTERLOCKS = {
-    FaultKind.EMERGENCY_STOP: "emergency stop pressed",
-    FaultKind.EARTH_FAULT: "earth fault detected",
+    FaultKind.EMERGENCY_STOP: "PLC 0: emergency stop",
+    FaultKind.EARTH_FAULT: "PLC 0: earth fault",
 }
 
 
@@ -423,7 +423,7 @@ async def test_interlock_while_the_relay_closes(rig: Rig, autojump_clock: trio.a
         with pytest.raises(HardwareError):
             await rig.sim.gun(1).set_relay(True)
     assert not rig.sim.state(1).relay_closed
-    assert rig.drain(1) == [FaultRaised(FaultKind.EMERGENCY_STOP, "emergency stop pressed")]
+    assert rig.drain(1) == [FaultRaised(FaultKind.EMERGENCY_STOP, "PLC 0: emergency stop")]
 
 
 @pytest.mark.parametrize("kind", [FaultKind.COMMUNICATION, FaultKind.METER])
@@ -460,7 +460,7 @@ async def test_guns_are_independent(rig: Rig, autojump_clock: trio.abc.Clock) ->
     await trio.sleep(10)
     assert rig.sim.gun(2).read_meter().energy_wh > 1_100_000
     assert rig.drain(1) == [
-        FaultRaised(FaultKind.EMERGENCY_STOP, "emergency stop pressed"),
+        FaultRaised(FaultKind.EMERGENCY_STOP, "PLC 0: emergency stop"),
         RelayState(False),
         FaultRaised(FaultKind.COMMUNICATION, "PLC 0 communication lost"),
     ]

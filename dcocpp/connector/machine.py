@@ -587,6 +587,10 @@ class ConnectorMachine:
             self._clear_fault(FaultKind.POWER_SWITCH)  # the relay does as told again
 
     def _relay_failed(self, event: ev.RelayFailed) -> None:
+        if FaultKind.COMMUNICATION in self.truth.fault_kinds:
+            # No confirmation is expected from hardware we cannot talk to: the link is the
+            # fault (already reported); the relay worker retries and confirms once it is back.
+            return
         self._raise_fault(FaultKind.POWER_SWITCH, event.detail)
 
     def _lock_engaged(self, _: ev.LockEngaged) -> None:

@@ -16,6 +16,8 @@ from typing import Protocol
 import attrs
 import trio
 
+from dcocpp.hardware.ev import EvModel
+
 
 class HardwareError(Exception):
     """The one exception root of the hardware layer."""
@@ -142,3 +144,28 @@ class HardwareBackend(Protocol):
         *,
         task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
     ) -> None: ...
+
+
+class SimulationControl(Protocol):
+    """The physical world around a simulated charger (the simulator, or emulated PLCs): what
+    the local API, the demo and the tests use to plug EVs in and to break things. Raises
+    KeyError for an unknown connector, ValueError for what cannot happen (plugging a plugged
+    gun), HardwareError for a fault this hardware cannot have."""
+
+    async def plug(self, connector_id: int, ev: EvModel | None = None) -> None: ...
+
+    async def unplug(self, connector_id: int) -> None: ...
+
+    async def set_ev_suspended(self, connector_id: int, suspended: bool) -> None: ...
+
+    async def set_fault(self, connector_id: int, kind: FaultKind, active: bool) -> None: ...
+
+    def set_relay_stuck(self, connector_id: int, stuck: bool) -> None: ...
+
+    def meter(self, connector_id: int) -> MeterReading:
+        """The meter's physical truth (what the gun will read once its data arrives)."""
+        ...
+
+    def relay_closed(self, connector_id: int) -> bool:
+        """The relay's physical truth (the controller may not know it: a silent PLC)."""
+        ...

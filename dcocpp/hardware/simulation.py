@@ -47,7 +47,7 @@ from dcocpp.hardware.interface import (
 )
 
 if TYPE_CHECKING:
-    from dcocpp.hardware.interface import GunHardware, HardwareBackend
+    from dcocpp.hardware.interface import GunHardware, HardwareBackend, SimulationControl
 
 __all__ = ["EvModel", "GunState", "SimulatedGun", "SimulatedHardware"]
 
@@ -56,9 +56,8 @@ _INTERLOCKS = frozenset({FaultKind.EMERGENCY_STOP, FaultKind.EARTH_FAULT})
 # The host stops getting fresh samples; the energy keeps flowing regardless.
 _FREEZE_METER = frozenset({FaultKind.COMMUNICATION, FaultKind.METER})
 
+# The PLC driver's wording, so that the central system reads the same on either backend.
 _DEFAULT_DETAILS = {
-    FaultKind.EMERGENCY_STOP: "emergency stop pressed",
-    FaultKind.EARTH_FAULT: "earth fault detected",
     FaultKind.METER: "meter data stale",
     FaultKind.LOCK: "connector lock failure",
     FaultKind.POWER_SWITCH: "relay feedback mismatch",
@@ -254,6 +253,10 @@ class SimulatedGun:
     def _default_detail(self, kind: FaultKind) -> str:
         if kind is FaultKind.COMMUNICATION:
             return f"{self._plc_name} communication lost"
+        if kind is FaultKind.EMERGENCY_STOP:
+            return f"{self._plc_name}: emergency stop"
+        if kind is FaultKind.EARTH_FAULT:
+            return f"{self._plc_name}: earth fault"
         return _DEFAULT_DETAILS[kind]
 
     async def _emit(self, event: HardwareEvent) -> None:
@@ -447,8 +450,16 @@ class SimulatedHardware:
     def state(self, connector_id: int) -> GunState:
         return self.gun(connector_id).state()
 
+    def meter(self, connector_id: int) -> MeterReading:
+        return self.gun(connector_id).state().meter
+
+    def relay_closed(self, connector_id: int) -> bool:
+        return self.gun(connector_id).state().relay_closed
+
 
 if TYPE_CHECKING:
 
-    def _fits_the_contract(hardware: SimulatedHardware) -> tuple[HardwareBackend, GunHardware]:
-        return hardware, hardware.gun(1)
+    def _fits_the_contract(
+        hardware: SimulatedHardware,
+    ) -> tuple[HardwareBackend, GunHardware, SimulationControl]:
+        return hardware, hardware.gun(1), hardware

@@ -14,8 +14,9 @@ python-can bus, one PLC (plcId) per gun, all PLCs on one bus.
 - one supervisor per gun, which turns silence (no frame for `rx_timeout`, no fresh meter data
   for `meter_stale`) into COMMUNICATION / METER faults and clears them when data comes back.
 
-A bus error (the reader's `recv` fails, or `TX_ERRORS_BEFORE_REOPEN` sends in a row raise
-`can.CanError`) does not end `run`: every gun gets a COMMUNICATION fault "CAN bus error: ...",
+A bus error (the bus cannot be opened, e.g. its interface is not up yet; the reader's `recv`
+fails; or `TX_ERRORS_BEFORE_REOPEN` sends in a row raise `can.CanError`) does not end `run`:
+every gun gets a COMMUNICATION fault "CAN bus error: ...",
 the bus is shut down and reopened through `bus_factory` after a backoff (0.1 s doubling up to
 5 s while reopening fails or the reopened bus delivers nothing); the first frame from a PLC
 clears its fault.
@@ -71,9 +72,17 @@ _PLC_TO_HOST = (
     "CpStatus",
     "ChargingSession",
 )
+# Relay commands: each attempt waits ACK_TIMEOUT for LAST_CMD_SEQ_APPLIED, the k-th retry
+# waits BACKOFF * 2**(k-1) first; after ATTEMPTS the driver forces all off (1.05 s in all).
+ACK_TIMEOUT = 0.3
+ATTEMPTS = 3
+BACKOFF = 0.05
 TX_ERRORS_BEFORE_REOPEN = 3  # consecutive failed sends that count as a bus error
 REOPEN_MIN_S = 0.1  # first reopen delay after a bus error; doubles while reopening fails
 REOPEN_MAX_S = 5.0
+# What the driver waits for from each PLC before `run` reports started: the relay, the cable,
+# and both meter branches (a transaction must not start on a meter register nobody has read).
+_FIRST_FRAMES = {"RelayStatus", "CpStatus", "EnergyMeterData0", "EnergyMeterData1"}
 _PARAM_CURRENT_LIMIT = 1
 _CFG_GET = 0
 _CFG_SET = 1
@@ -181,6 +190,10 @@ class PlcGun:
         # ConfigCmd: one in flight, answered by the ConfigAck with the same CFG_PARAM_ID.
         self._config_lock = trio.Lock()
         self._config_waiter: _ConfigWaiter | None = None
+
+        # Which frames have arrived at least once: until then the gun's state is unknown.
+        self._seen: set[str] = set()
+        self._known = trio.Event()
 
         self._faults: dict[FaultKind, str] = {}
         # Several causes feed the one COMMUNICATION fault; it clears when none is left.
@@ -349,23 +362,29 @@ class PlcGun:
     def _on_frame(self, decoded: codec.Decoded, now: float) -> list[HardwareEvent]:
         events: list[HardwareEvent] = []
         self._last_rx = now
+        if "rx" in self._comm_causes or "bus" in self._comm_causes:
+            # The PLC talks again: its meter gets a full meter_stale to report before it is
+            # called stale (the silence was the link's fault, already reported).
+            self._last_fresh_meter = max(self._last_fresh_meter, now)
         self._comm_causes.pop("bus", None)  # frames flow again
         events += self._comm_cause("rx", None)
         s = decoded.signals
         match decoded.message:
             case "RelayStatus":
                 self._on_relay_status(s, events)
+                self._saw("RelayStatus")
             case "CpStatus":
                 plugged, requesting = bool(s["PLUGGED"]), bool(s["EV_READY"])
                 if plugged and not self._plugged:
                     events.append(CablePlugged())
-                if requesting != self._requesting:
-                    events.append(EvDemand(requesting))
                 if not plugged and self._plugged:
-                    events.append(CableUnplugged())
+                    events.append(CableUnplugged())  # implies the demand is gone
+                elif requesting != self._requesting:
+                    events.append(EvDemand(requesting))
                 self._plugged, self._requesting = plugged, requesting
                 if not plugged:
                     self._soc = None
+                self._saw("CpStatus")
             case "EnergyMeterData":
                 if s["METER_OK"] and not s["DATA_STALE"] and not s["COMM_ERROR"]:
                     self._last_fresh_meter = now
@@ -377,6 +396,7 @@ class PlcGun:
                         self._power_w = int(s["ACTIVE_POWER_0p01kW"]) * 10.0
                     elif s["MUX"] == 1:
                         self._energy_wh = int(s["IMPORT_ENERGY_0p1kWh"]) * 100.0
+                    self._saw(f"EnergyMeterData{s['MUX']}")
             case "SafetySwitchStatus":
                 self._on_safety(
                     events,
@@ -406,12 +426,15 @@ class PlcGun:
                     waiter.done.set()
         return events
 
+    def _saw(self, what: str) -> None:
+        if not self._known.is_set():
+            self._seen.add(what)
+            if self._seen >= _FIRST_FRAMES:
+                self._known.set()
+
     def _on_relay_status(self, s: Mapping[str, float | int], events: list[HardwareEvent]) -> None:
-        closed = bool(s["RLY1_STATE"])
-        if closed != self._relay_closed:
-            self._relay_closed = closed
-            events.append(RelayState(closed))
-        self._last_applied = int(s["LAST_CMD_SEQ_APPLIED"])
+        # Safety first: a relay opened by an interlock is reported after the interlock, so
+        # the connector knows why it opened.
         self._on_safety(
             events,
             estop=bool(s["ESTOP_INPUT"]),
@@ -419,6 +442,11 @@ class PlcGun:
             chain=not s["SAFETY_OK"] and not s["ESTOP_INPUT"] and not s["EARTH_FAULT"],
             switches=int(s["SW_STATES"]),
         )
+        closed = bool(s["RLY1_STATE"])
+        if closed != self._relay_closed:
+            self._relay_closed = closed
+            events.append(RelayState(closed))
+        self._last_applied = int(s["LAST_CMD_SEQ_APPLIED"])
         reason = int(s["FAULT_REASON"])
         self._plc_fault_reason = reason
         self._plc_comm_fault = bool(s["COMM_FAULT"])
@@ -469,7 +497,11 @@ class PlcGun:
         events: list[HardwareEvent] = []
         if now - self._last_rx >= backend._rx_timeout:
             events += self._comm_cause("rx", f"PLC {self.plc_id} communication lost")
-        if now - self._last_fresh_meter >= backend._meter_stale:
+        # A silent PLC's meter is not reported stale on top: the link is the fault.
+        if (
+            now - self._last_fresh_meter >= backend._meter_stale
+            and FaultKind.COMMUNICATION not in self._faults
+        ):
             events += self._set_fault(FaultKind.METER, "meter data stale")
         return events
 
@@ -518,9 +550,9 @@ class PlcBackend:
         *,
         bus_factory: Callable[[], can.BusABC],
         keepalive: float = 0.1,
-        ack_timeout: float = 0.3,
-        attempts: int = 3,
-        backoff: float = 0.05,
+        ack_timeout: float = ACK_TIMEOUT,
+        attempts: int = ATTEMPTS,
+        backoff: float = BACKOFF,
         rx_timeout: float = 1.0,
         meter_stale: float = 2.0,
         debounce_frames: int = 2,
@@ -555,12 +587,13 @@ class PlcBackend:
         self._bus_failed = trio.Event()
         self._bus_error: str | None = None
         self._tx_error_streak = 0
-        self._stats = PlcStats()
+        # Counted in a plain dict (the hot path); `stats` is a frozen snapshot of it.
+        self._counts = dict.fromkeys(attrs.fields_dict(PlcStats), 0)
         self._running = False
 
     @property
     def stats(self) -> PlcStats:
-        return self._stats
+        return PlcStats(**self._counts)
 
     def gun(self, connector_id: int) -> PlcGun:
         try:
@@ -575,10 +608,11 @@ class PlcBackend:
         task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
     ) -> None:
         """Open the bus, start the reader, the keep-alive writers and the supervisors;
-        `task_status.started()` once frames are being read and keep-alives sent. Runs until
+        `task_status.started()` once every PLC has reported its relay, cable and meter (or
+        `rx_timeout` has passed: a PLC that did not is then faulted). Runs until
         cancelled; a bus error later on is reported as COMMUNICATION faults and the bus is
-        reopened (see the module docstring). Raises what `bus_factory` raises for the first
-        bus, KeyError for an unknown connector id, RuntimeError if already running. Always
+        reopened (see the module docstring), and so is a bus that cannot be opened at all.
+        Raises KeyError for an unknown connector id, RuntimeError if already running. Always
         stops the reader thread, shuts the bus down and closes the given channels."""
         try:
             if self._running:
@@ -586,7 +620,6 @@ class PlcBackend:
             for connector_id in events:
                 self.gun(connector_id)
             self._running = True
-            bus = self._open_bus()
             try:
                 async with trio.open_nursery() as nursery:
                     now = trio.current_time()
@@ -596,11 +629,15 @@ class PlcBackend:
                         gun._events = events.get(gun.config.id)
                         gun._running = True
                     self._nursery = nursery
-                    # From here the bus loop owns `bus` (and shuts it down).
-                    await nursery.start(self._bus_loop, bus)
+                    await nursery.start(self._bus_loop)
                     for gun in self._guns.values():
                         nursery.start_soon(self._write_loop, gun)
                         nursery.start_soon(self._supervise_loop, gun)
+                    # The guns' physical state first (a silent PLC is reported by its
+                    # supervisor once rx_timeout has passed, so the wait is bounded by it).
+                    with trio.move_on_after(self._rx_timeout):
+                        for gun in self._guns.values():
+                            await gun._known.wait()
                     task_status.started()
             finally:
                 self._nursery = None
@@ -635,31 +672,38 @@ class PlcBackend:
             raise
         return bus
 
-    async def _bus_loop(
-        self, bus: can.BusABC, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
-    ) -> None:
-        """Serve `bus` until a bus error, report it on every gun, reopen with backoff."""
+    async def _bus_loop(self, *, task_status: trio.TaskStatus[None]) -> None:
+        """Open and serve the bus; after a bus error (or when it cannot be opened, e.g. the
+        interface is not up yet) report it on every gun and reopen it with backoff."""
         delay = REOPEN_MIN_S
         status = task_status
+        bus, error = self._try_open_bus()
         while True:
-            error, flowed = await self._serve(bus, status)
+            if bus is not None:
+                error, flowed = await self._serve(bus, status)
+                if flowed:
+                    delay = REOPEN_MIN_S
+                log.warning("CAN bus error: %s; closing and reopening the bus", error)
+            else:
+                log.error("cannot open the CAN bus: %s (next try in %.1f s)", error, delay)
+                status.started()
             status = trio.TASK_STATUS_IGNORED
-            if flowed:
-                delay = REOPEN_MIN_S
-            detail = f"CAN bus error: {error}"
-            log.warning("%s; closing and reopening the bus", detail)
             for gun in self._guns.values():
-                await gun._emit(gun._comm_cause("bus", detail))
+                await gun._emit(gun._comm_cause("bus", f"CAN bus error: {error}"))
             while True:
                 await trio.sleep(delay)
                 delay = min(delay * 2, REOPEN_MAX_S)
-                try:
-                    bus = self._open_bus()
-                except Exception as exc:  # whatever the interface raises: retry later
-                    log.warning("reopening the CAN bus failed: %s (next try in %.1f s)", exc, delay)
-                else:
+                bus, error = self._try_open_bus()
+                if bus is not None:
                     log.info("CAN bus reopened")
                     break
+                log.debug("reopening the CAN bus failed: %s (next try in %.1f s)", error, delay)
+
+    def _try_open_bus(self) -> tuple[can.BusABC | None, str]:
+        try:
+            return self._open_bus(), ""
+        except Exception as exc:  # whatever the interface raises: reported, retried
+            return None, f"{type(exc).__name__}: {exc}"
 
     async def _serve(self, bus: can.BusABC, task_status: trio.TaskStatus[None]) -> tuple[str, bool]:
         """Read and send on `bus` until a bus error; always shuts it down. Returns the error
@@ -667,7 +711,7 @@ class PlcBackend:
         self._bus_error = None
         self._bus_failed = failed = trio.Event()
         self._tx_error_streak = 0
-        rx_before = self._stats.rx_frames
+        rx_before = self._counts["rx_frames"]
         try:
             async with trio.open_nursery() as nursery:
                 self._bus = bus
@@ -678,7 +722,7 @@ class PlcBackend:
         finally:
             self._bus = None
             bus.shutdown()
-        return self._bus_error or "unknown", self._stats.rx_frames > rx_before
+        return self._bus_error or "unknown", self._counts["rx_frames"] > rx_before
 
     def _fail_bus(self, error: str) -> None:
         """The current bus is unusable: the bus loop closes and reopens it."""
@@ -762,7 +806,7 @@ class PlcBackend:
         await gun._emit(gun._on_frame(decoded, trio.current_time()))
 
     def _bump(self, field: str) -> None:
-        self._stats = attrs.evolve(self._stats, **{field: getattr(self._stats, field) + 1})
+        self._counts[field] += 1
 
 
 if TYPE_CHECKING:

@@ -166,7 +166,8 @@ class PlcEmulator:
             codec.frame_id("ConfigCmd", plc_id): self._on_config_cmd,
         }
         self._nursery: trio.Nursery | None = None
-        self._stats = PlcStats()
+        # Counted in a plain dict (the hot path); `stats` is a frozen snapshot of it.
+        self._counts = dict.fromkeys(attrs.fields_dict(PlcStats), 0)
 
         # relay and host commands
         self._relay_closed = False
@@ -272,6 +273,7 @@ class PlcEmulator:
         self._ev = ev if ev is not None else EvModel()
         self._soc = self._ev.soc
         self._ev_suspended = False
+        self._send_cp_status()  # a control pilot change is reported at once
 
     def unplug(self) -> None:
         self._require_running()
@@ -280,6 +282,7 @@ class PlcEmulator:
         self._advance()
         self._ev = None
         self._ev_suspended = False
+        self._send_cp_status()
 
     def set_ev_suspended(self, suspended: bool) -> None:
         self._require_running()
@@ -287,10 +290,11 @@ class PlcEmulator:
             raise ValueError(f"PLC {self._plc_id}: no EV plugged")
         self._advance()
         self._ev_suspended = suspended
+        self._send_cp_status()
 
     @property
     def stats(self) -> PlcStats:
-        return self._stats
+        return PlcStats(**self._counts)
 
     @property
     def state(self) -> PlcState:
@@ -569,6 +573,12 @@ class PlcEmulator:
                 "SW_MASK": _SW_MASK,
             },
         )
+        self._send_cp_status()
+        self._send_meter(self._tick % 2)
+        if self._ev is not None:
+            self._send_session(self._ev)
+
+    def _send_cp_status(self) -> None:
         cp_state = CP_A if self._ev is None else (CP_C if self._requesting() else CP_B)
         self._send(
             "CpStatus",
@@ -580,9 +590,6 @@ class PlcEmulator:
                 "CP_DUTY_PCT": 100 if cp_state == CP_A else _DC_DUTY_PCT,
             },
         )
-        self._send_meter(self._tick % 2)
-        if self._ev is not None:
-            self._send_session(self._ev)
 
     def _switch_states(self) -> int:
         return int(self._estop.stable) | int(self._earth.stable) << 1
@@ -665,7 +672,7 @@ class PlcEmulator:
             raise RuntimeError(f"PLC {self._plc_id} emulator is not running")
 
     def _bump(self, field: str) -> None:
-        self._stats = attrs.evolve(self._stats, **{field: getattr(self._stats, field) + 1})
+        self._counts[field] += 1
 
     def _requesting(self) -> bool:
         ev = self._ev

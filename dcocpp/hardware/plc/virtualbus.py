@@ -13,6 +13,7 @@ considers itself idle: with `autojump_clock` a frame is never overtaken by a clo
 
 from __future__ import annotations
 
+import contextlib
 import queue
 import socket
 from typing import Any
@@ -32,14 +33,12 @@ class _SignallingQueue(queue.Queue[can.Message]):
 
     def _put(self, item: can.Message) -> None:
         super()._put(item)
-        try:
+        # Full: the socket is readable already. Closed: the bus is shutting down.
+        with contextlib.suppress(BlockingIOError, OSError):
             self._signal.send(b"\0")
-        except (BlockingIOError, OSError):
-            # Full: the socket is readable already. Closed: the bus is shutting down.
-            pass
 
 
-class SelectableVirtualBus(VirtualBus):  # type: ignore[misc]
+class SelectableVirtualBus(VirtualBus):
     """A `VirtualBus` with a `fileno()` that is readable while frames are waiting.
 
     Interface name for python-can's `can.Bus`: use the class directly (it is not registered as
@@ -70,14 +69,12 @@ class SelectableVirtualBus(VirtualBus):  # type: ignore[misc]
 
     def _recv_internal(self, timeout: float | None) -> tuple[can.Message | None, bool]:
         self._drain()
-        return super()._recv_internal(timeout)  # type: ignore[no-any-return]
+        return super()._recv_internal(timeout)
 
     def _drain(self) -> None:
-        try:
+        with contextlib.suppress(BlockingIOError, OSError):
             while self._wake_r.recv(4096):
                 pass
-        except (BlockingIOError, OSError):
-            pass
 
     def shutdown(self) -> None:
         try:
