@@ -56,6 +56,12 @@ log = logging.getLogger(__name__)
 USER_CONFIG_NAME = "ocpp16-user-config.json"
 # A reset waits this long for the StopTransactions it caused to be delivered.
 RESET_FLUSH_TIMEOUT = 10.0
+# A simulation action (plug, fault, ...) returns once the connector has seen its effect, or
+# after this long: on the PLC backend the effect travels over CAN (and through the PLC's own
+# debounce and timeouts) before the charger knows.
+SIMULATION_SETTLE_TIMEOUT = 3.0
+# An EV asked to resume may have nothing left to ask for: then there is no effect to wait for.
+EV_SETTLE_TIMEOUT = 0.5
 _RESET_REASONS = {ResetType.soft: Reason.soft_reset, ResetType.hard: Reason.hard_reset}
 _FAULT_KINDS = {
     "estop": FaultKind.EMERGENCY_STOP,
@@ -317,10 +323,14 @@ class Station:
     async def plug(self, connector_id: int) -> None:
         self._task(connector_id)
         await self._simulator().plug(connector_id)
+        with trio.move_on_after(SIMULATION_SETTLE_TIMEOUT):
+            await self._task(connector_id).wait_truth(lambda t: t.plugged)
 
     async def unplug(self, connector_id: int) -> None:
         self._task(connector_id)
         await self._simulator().unplug(connector_id)
+        with trio.move_on_after(SIMULATION_SETTLE_TIMEOUT):
+            await self._task(connector_id).wait_truth(lambda t: not t.plugged)
 
     async def present_id(self, connector_id: int, id_tag: str) -> None:
         task = self._task(connector_id)
@@ -333,10 +343,15 @@ class Station:
     async def set_ev_suspended(self, connector_id: int, suspended: bool) -> None:
         self._task(connector_id)
         await self._simulator().set_ev_suspended(connector_id, suspended)
+        with trio.move_on_after(EV_SETTLE_TIMEOUT):
+            await self._task(connector_id).wait_truth(lambda t: t.ev_requesting != suspended)
 
     async def set_fault(self, connector_id: int, kind: str, active: bool) -> None:
         self._task(connector_id)
+        fault = _FAULT_KINDS[kind]
         try:
-            await self._simulator().set_fault(connector_id, _FAULT_KINDS[kind], active)
+            await self._simulator().set_fault(connector_id, fault, active)
         except HardwareError as exc:
             raise ValueError(str(exc)) from exc
+        with trio.move_on_after(SIMULATION_SETTLE_TIMEOUT):
+            await self._task(connector_id).wait_truth(lambda t: (fault in t.fault_kinds) == active)

@@ -246,17 +246,38 @@ def start_peer_csms(
     return csms, int(line.split()[1])
 
 
+def plc_charger_config(tmp: Path) -> Path:
+    """A copy of the shipped charger.json under `tmp` that runs the PLC backend against
+    in-process emulated PLCs (`usePLC`, python-can's virtual bus), paths made absolute."""
+    source = REPO_ROOT / "configs" / "charger.json"
+    document = json.loads(source.read_text(encoding="utf-8"))
+    document["chargePoint"].update(usePLC=True, canInterfaceType="virtual", canInterface="bench")
+    for key, value in document["security"].items():
+        document["security"][key] = str((source.parent / value).resolve())
+    paths = document.setdefault("paths", {})
+    paths["ocppConfig"] = str((source.parent / paths.get("ocppConfig", "ocpp16-config.json")))
+    path = tmp / "charger-plc.json"
+    path.write_text(json.dumps(document, indent=2), encoding="utf-8")
+    return path
+
+
 def start_charger(
-    tmp: Path, csms_url: str, *, name: str = "charger", api_port: int | None = None
+    tmp: Path,
+    csms_url: str,
+    *,
+    name: str = "charger",
+    api_port: int | None = None,
+    config: Path | None = None,
 ) -> ManagedProcess:
-    """`python -m dcocpp run` with the shipped configuration, state and logs under `tmp`."""
+    """`python -m dcocpp run` with `config` (default: the shipped configuration), state and
+    logs under `tmp`."""
     argv = [
         sys.executable,
         "-m",
         "dcocpp",
         "run",
         "--config",
-        "configs/charger.json",
+        str(config) if config is not None else "configs/charger.json",
         "--csms",
         csms_url,
         "--data-dir",

@@ -51,17 +51,27 @@ def _summary_rows(text: str) -> tuple[list[list[str]], str]:
 # --- the whole demo ------------------------------------------------------------------------------
 
 
+@pytest.mark.parametrize("plc", [False, True], ids=["simulated", "plc"])
 async def test_demo_plays_every_gun_and_summarises_the_transactions(
-    autojump_clock: trio.testing.MockClock, tmp_path: Path
+    autojump_clock: trio.testing.MockClock, tmp_path: Path, plc: bool
 ) -> None:
     out = io.StringIO()
     clock = TrioWallClock(datetime(2025, 6, 1, 12, 0, tzinfo=UTC))
     result = await run_demo(
-        speed=1.0, api=None, data_dir=tmp_path, out=out, live=False, in_memory=True, clock=clock
+        speed=1.0,
+        api=None,
+        data_dir=tmp_path,
+        out=out,
+        live=False,
+        in_memory=True,
+        clock=clock,
+        plc=plc,
     )
     text = out.getvalue()
     csms = result.csms
     assert not result.interrupted
+    hardware = "emulated PLCs on a virtual CAN bus" if plc else "simulated hardware"
+    assert f"a DC charger on {hardware}" in text
 
     # Every gun went through the whole session, in the order the script plays it.
     for cid in (1, 2):

@@ -44,7 +44,13 @@ import pytest
 from ocpp.messages import MessageType, get_validator
 
 from dcocpp.cli import EXIT_OK
-from tests.processes import REPO_ROOT, ManagedProcess, start_charger, start_peer_csms
+from tests.processes import (
+    REPO_ROOT,
+    ManagedProcess,
+    plc_charger_config,
+    start_charger,
+    start_peer_csms,
+)
 
 pytestmark = pytest.mark.process
 
@@ -398,10 +404,12 @@ def drive(run: ApiRun, csms: ManagedProcess, charger: ManagedProcess, api: Api) 
     run.exit_status = charger.wait(EXIT_TIMEOUT)
 
 
-@pytest.fixture(scope="module")
-def api_run(tmp_path_factory: pytest.TempPathFactory) -> ApiRun:
-    """One charger with its API against one scripted central system, the whole scenario."""
+@pytest.fixture(scope="module", params=["simulated", "plc"])
+def api_run(tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureRequest) -> ApiRun:
+    """One charger with its API against one scripted central system, the whole scenario: on
+    the simulated guns, and on the PLC backend against emulated PLCs on a virtual CAN bus."""
     tmp = tmp_path_factory.mktemp("api")
+    config = plc_charger_config(tmp) if request.param == "plc" else None
     run = ApiRun()
     csms, csms_port = start_peer_csms(
         tmp, [step for _, step in SCRIPT], heartbeat_interval=60, timeout=START_TIMEOUT
@@ -409,7 +417,9 @@ def api_run(tmp_path_factory: pytest.TempPathFactory) -> ApiRun:
     charger: ManagedProcess | None = None
     try:
         api_port = free_port()
-        charger = start_charger(tmp, f"ws://127.0.0.1:{csms_port}/ocpp", api_port=api_port)
+        charger = start_charger(
+            tmp, f"ws://127.0.0.1:{csms_port}/ocpp", api_port=api_port, config=config
+        )
         api = Api(api_port, charger)
         try:
             drive(run, csms, charger, api)

@@ -116,6 +116,7 @@ class ConnectorTask:
         self._sampler: trio.CancelScope | None = None
         self._finishing = 0  # transactions whose StopTransaction is not queued yet
         self._settled = trio.Event()
+        self._stepped = trio.Event()  # set (and replaced) after every event the machine takes
 
     def _settings(self) -> Settings:
         store = self.services.store
@@ -186,6 +187,14 @@ class ConnectorTask:
         if request is not None:
             request.reply = reply
             request.done.set()
+        self._stepped.set()
+        self._stepped = trio.Event()
+
+    async def wait_truth(self, predicate: Callable[[Truth], bool]) -> None:
+        """Until the machine's truth satisfies `predicate` (checked after every event); the
+        caller bounds the wait."""
+        while not predicate(self.machine.truth):
+            await self._stepped.wait()
 
     def _execute(self, effects: list[ev.Effect]) -> None:
         for effect in effects:

@@ -66,6 +66,12 @@ def add_subcommands(commands: argparse._SubParsersAction[argparse.ArgumentParser
         "if that one is busy)",
     )
     demo.add_argument(
+        "--plc",
+        action="store_true",
+        help="run the charger's PLC backend (CAN driver and codec) against emulated PLCs on a "
+        "python-can virtual bus instead of the simulated guns",
+    )
+    demo.add_argument(
         "--no-live",
         action="store_true",
         help="print one line per event instead of the live table (the default off a terminal)",
@@ -118,6 +124,7 @@ def _demo(args: argparse.Namespace) -> int:
                 live=not args.no_live,
                 capture_logs=args.log_level is None,
                 stop_on_signals=True,
+                plc=args.plc,
             )
         )
     except DemoError as exc:

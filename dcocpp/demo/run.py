@@ -25,6 +25,7 @@ import math
 import signal
 import socket
 import sys
+import uuid
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, TextIO
@@ -167,10 +168,14 @@ class DemoResult:
 # --- configuration ------------------------------------------------------------------------------
 
 
-def demo_config(data_dir: Path, csms_url: str, shipped: Path | None) -> ChargerConfig:
+def demo_config(
+    data_dir: Path, csms_url: str, shipped: Path | None, *, plc: bool = False
+) -> ChargerConfig:
     """The charger for the demo: the shipped configs/charger.json (or the built-in equivalent)
     with the embedded central system's URL, its state and logs under `data_dir`. The file is
-    written to `data_dir/charger.json` and loaded (and validated) like any charger.json."""
+    written to `data_dir/charger.json` and loaded (and validated) like any charger.json.
+    With `plc`, the guns are the PLC backend on emulated PLCs on a python-can virtual bus of
+    the demo's own; else the simulated guns."""
     if shipped is not None:
         source = shipped / "charger.json"
         try:
@@ -184,7 +189,11 @@ def demo_config(data_dir: Path, csms_url: str, shipped: Path | None) -> ChargerC
     if not isinstance(document, dict) or not isinstance(document.get("chargePoint"), dict):
         raise DemoError("charger.json must be an object with a chargePoint object")
     document["chargePoint"]["centralSystemURI"] = csms_url
-    document["chargePoint"]["usePLC"] = False  # the demo always runs on the simulator
+    # Never the configured bus: the demo drives no real hardware.
+    document["chargePoint"]["usePLC"] = plc
+    if plc:
+        document["chargePoint"]["canInterfaceType"] = "virtual"
+        document["chargePoint"]["canInterface"] = f"dcocpp-demo-{uuid.uuid4().hex[:12]}"
     document["security"] = {
         "csmsCaBundle": str(data_dir / "certs" / "csms-ca.pem"),
         "clientCertDir": str(data_dir / "certs" / "client"),
@@ -363,6 +372,7 @@ async def run_demo(
     shipped_configs: Path | None = SHIPPED_CONFIGS,
     clock: WallClock | None = None,
     stop_on_signals: bool = False,
+    plc: bool = False,
 ) -> DemoResult:
     """Run the embedded central system and the charger, play `guns_script` (default: one
     session per gun, `default_script`), show it on `out` and return what the central system
@@ -372,8 +382,9 @@ async def run_demo(
     `capture_logs`, dcocpp's warnings then show among the table's events instead of stderr.
     `in_memory` connects the charger to the central system without sockets (for tests on a
     virtual clock; `api` should then be None). With `stop_on_signals`, SIGINT/SIGTERM end the
-    script early and the summary still prints. Everything started is stopped before it
-    returns; `DemoError` says what went wrong otherwise.
+    script early and the summary still prints. With `plc` the charger runs its PLC backend
+    against emulated PLCs on a virtual CAN bus instead of the simulated guns. Everything
+    started is stopped before it returns; `DemoError` says what went wrong otherwise.
     """
     if not (math.isfinite(speed) and speed > 0):
         raise ValueError(f"speed must be a positive number, not {speed}")
@@ -393,6 +404,7 @@ async def run_demo(
             shipped_configs=shipped_configs,
             clock=clock,
             stop_on_signals=stop_on_signals,
+            plc=plc,
         )
     except* DemoError as group:
         raise _leaf(group) from None
@@ -419,6 +431,7 @@ async def _run(
     shipped_configs: Path | None,
     clock: WallClock | None,
     stop_on_signals: bool,
+    plc: bool,
 ) -> DemoResult:
     def say(text: str) -> None:
         print(text, file=out, flush=True)
@@ -433,7 +446,7 @@ async def _run(
             port = await csms_nursery.start(csms.run, "127.0.0.1", 0)
             csms_url = f"ws://127.0.0.1:{port}/ocpp"
             open_stream = None
-        config = demo_config(data_dir, csms_url, shipped_configs)
+        config = demo_config(data_dir, csms_url, shipped_configs, plc=plc)
         connector_ids = [c.id for c in config.connectors]
         script = list(guns_script) if guns_script is not None else default_script(connector_ids)
         unknown = sorted({s.connector_id for s in script} - set(connector_ids))
@@ -456,7 +469,8 @@ async def _run(
         )
         csms.observer = view.csms_event  # held back until the heading is out
         guns = ", ".join(f"{c.id} {c.label} {c.max_power_w / 1000:g} kW" for c in config.connectors)
-        say("dcocpp demo: a DC charger on simulated hardware and an embedded central system")
+        hardware = "emulated PLCs on a virtual CAN bus" if plc else "simulated hardware"
+        say(f"dcocpp demo: a DC charger on {hardware} and an embedded central system")
         say(f"  central system  {'in memory' if in_memory else csms_url}")
         say(f"                  accepts {', '.join(sorted(csms.accepted_tags))}")
         say(f"  charger         {config.charge_point.id}, guns {guns}")
