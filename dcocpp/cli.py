@@ -110,10 +110,37 @@ def _parser() -> argparse.ArgumentParser:
         action="store_true",
         help="exit 1 and name the file when a diagram is missing or stale",
     )
+    dbc = commands.add_parser(
+        "plc-dbc",
+        help="write a DBC for cantools' own tools (every message for all 16 plcIds)",
+        description="Write a companion of the shipped CAN contract for cantools' tools: every "
+        "PLC message once per plcId 0..15, named like RelayStatus_3. Default: for `candump ... "
+        "| cantools decode` and `cantools plot`; --extended-ids: for `cantools monitor`. "
+        "See docs/can-bus.md.",
+    )
+    dbc.add_argument("output", type=Path, metavar="OUTPUT", help="the DBC file to write")
+    dbc.add_argument(
+        "--extended-ids",
+        action="store_true",
+        help="keep the messages extended frames (for cantools monitor)",
+    )
+    dbc.set_defaults(func=_plc_dbc)
     simcli.add_subcommands(commands)
     demo.add_subcommands(commands)
     plcsim.add_subcommands(commands)
     return parser
+
+
+def _plc_dbc(args: argparse.Namespace) -> int:
+    from dcocpp.hardware.plc.dbctools import write_tools_dbc
+
+    try:
+        write_tools_dbc(args.output, extended_ids=args.extended_ids)
+    except OSError as exc:
+        print(f"dcocpp plc-dbc: cannot write {args.output}: {exc}", file=sys.stderr)
+        return EXIT_RUNTIME_ERROR
+    print(args.output)
+    return EXIT_OK
 
 
 def _config_argument(parser: argparse.ArgumentParser) -> None:

@@ -255,7 +255,7 @@ def plc_charger_config(tmp: Path) -> Path:
     for key, value in document["security"].items():
         document["security"][key] = str((source.parent / value).resolve())
     paths = document.setdefault("paths", {})
-    paths["ocppConfig"] = str((source.parent / paths.get("ocppConfig", "ocpp16-config.json")))
+    paths["ocppConfig"] = str(source.parent / paths.get("ocppConfig", "ocpp16-config.json"))
     path = tmp / "charger-plc.json"
     path.write_text(json.dumps(document, indent=2), encoding="utf-8")
     return path

@@ -13,10 +13,10 @@ import cantools
 import pytest
 from cantools.database.can import Database, Message
 
+from dcocpp import cli
 from dcocpp.hardware.plc import crc8, encode, load_database
 from dcocpp.hardware.plc.dbctools import (
     build_tools_database,
-    main,
     tools_message_name,
     write_tools_dbc,
 )
@@ -234,9 +234,10 @@ def _layout(signal: cantools.database.can.Signal) -> tuple[object, ...]:
     )
 
 
-def test_main_writes_both_variants(tmp_path: Path) -> None:
-    assert main([str(tmp_path / "decode.dbc")]) == 0
-    assert main(["--extended-ids", str(tmp_path / "monitor.dbc")]) == 0
+def test_plc_dbc_command_writes_both_variants(tmp_path: Path) -> None:
+    assert cli.main(["plc-dbc", str(tmp_path / "decode.dbc")]) == 0
+    assert cli.main(["plc-dbc", "--extended-ids", str(tmp_path / "monitor.dbc")]) == 0
+    assert cli.main(["plc-dbc", str(tmp_path / "missing" / "x.dbc")]) == cli.EXIT_RUNTIME_ERROR
     decode_db = cantools.database.load_file(str(tmp_path / "decode.dbc"))
     monitor_db = cantools.database.load_file(str(tmp_path / "monitor.dbc"))
     assert isinstance(decode_db, Database) and isinstance(monitor_db, Database)

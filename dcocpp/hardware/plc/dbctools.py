@@ -24,9 +24,7 @@ codec does.
 
 from __future__ import annotations
 
-import argparse
 import copy
-from collections.abc import Sequence
 from pathlib import Path
 
 from cantools.database.can import Bus, Database
@@ -35,7 +33,6 @@ from dcocpp.hardware.plc.codec import DBC_FILENAME, MAX_PLC_ID, load_database
 
 __all__ = [
     "build_tools_database",
-    "main",
     "tools_dbc_text",
     "tools_message_name",
     "write_tools_dbc",
@@ -91,28 +88,3 @@ def tools_dbc_text(*, extended_ids: bool = False) -> str:
 def write_tools_dbc(path: str | Path, *, extended_ids: bool = False) -> None:
     """Write the companion DBC to `path` (overwritten). See the module doc for the variants."""
     Path(path).write_text(tools_dbc_text(extended_ids=extended_ids), encoding="utf-8")
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    """`python -m dcocpp.hardware.plc.dbctools [--extended-ids] OUTPUT.dbc`."""
-    parser = argparse.ArgumentParser(
-        prog="python -m dcocpp.hardware.plc.dbctools",
-        description=(
-            "Write a DBC for cantools' tools: every PLC message once per plcId 0..15. "
-            "Default: for `candump ... | cantools decode` and `cantools plot`; with "
-            "--extended-ids: for `cantools monitor`."
-        ),
-    )
-    parser.add_argument("output", type=Path, help="the DBC file to write")
-    parser.add_argument(
-        "--extended-ids",
-        action="store_true",
-        help="keep the messages extended frames (for cantools monitor)",
-    )
-    args = parser.parse_args(argv)
-    write_tools_dbc(args.output, extended_ids=args.extended_ids)
-    return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())
