@@ -128,6 +128,7 @@ class Station:
         self._db: Database | None = None
         self.connectors: dict[int, ConnectorTask] = {}
         self._operative0 = True
+        self._first_boot = True  # of this process: the StartupOfTheDevice security event
         self._inboxes = {c.id: trio.open_memory_channel[Any](INBOX_SIZE) for c in config.connectors}
         self.started = trio.Event()
 
@@ -174,7 +175,13 @@ class Station:
                 else None,
                 open_stream=self._open_stream,
             )
-            self.outbox = outbox = TransactionOutbox(session)
+            self.outbox = outbox = TransactionOutbox(session, db)
+            now = ocpp_time(self.clock.now())
+            # Transactions a power cut or crash left running are stopped (PowerLoss) first.
+            cut_off = {tx.connector_id for tx in outbox.recover(now)}
+            if self._first_boot:
+                self._first_boot = False
+                outbox.security_event("StartupOfTheDevice", now)
             services = ConnectorServices(
                 store=store,
                 outbox=outbox,
@@ -195,8 +202,11 @@ class Station:
                     receive,
                     send,
                     operative=self._operative0 and saved.get(connector.id, True),
-                    finishing=previous is not None
-                    and (previous.finishing or previous.transaction is not None),
+                    finishing=connector.id in cut_off
+                    or (
+                        previous is not None
+                        and (previous.finishing or previous.transaction is not None)
+                    ),
                 )
             with trio.CancelScope() as self._scope:
                 async with trio.open_nursery() as nursery:
@@ -263,16 +273,29 @@ class Station:
 
     async def perform_reset(self, kind: ResetType) -> None:
         log.warning("%s reset requested by the central system", kind.value.lower())
-        reason = _RESET_REASONS[kind]
+        if self.outbox is not None:
+            self.outbox.security_event(
+                "ResetOrReboot", ocpp_time(self.clock.now()), f"{kind.value} reset by the CSMS"
+            )
+        await self._stop_all(_RESET_REASONS[kind])
+        self._reset = kind
+        if self._scope is not None:
+            self._scope.cancel()
+
+    async def power_failure(self) -> None:
+        """Mains lost, running on backup power (SIGPWR): stop every transaction with reason
+        PowerLoss and deliver what the outbox holds while the backup lasts (bounded by
+        RESET_FLUSH_TIMEOUT). What is not delivered stays queued for after the restart."""
+        log.warning("power failure: stopping every transaction before the backup runs out")
+        await self._stop_all(Reason.power_loss)
+
+    async def _stop_all(self, reason: Reason) -> None:
         with trio.move_on_after(RESET_FLUSH_TIMEOUT):
             for task in self.connectors.values():
                 await task.ask(ev.StopRequested(reason))
                 await task.wait_settled()  # its StopTransaction is in the outbox
             if self.outbox is not None:
                 await self.outbox.wait_empty()  # and out, if the central system is there
-        self._reset = kind
-        if self._scope is not None:
-            self._scope.cancel()
 
     async def remote_start(self, connector_id: int | None, id_tag: str) -> RemoteStartStopStatus:
         assert self.store is not None

@@ -14,6 +14,8 @@ from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+import attrs
+
 log = logging.getLogger(__name__)
 
 DATABASE_NAME = "dcocpp.sqlite3"
@@ -83,6 +85,41 @@ class StorageError(Exception):
     """The one exception root of the storage layer."""
 
 
+_TX_COLUMNS = (
+    "local_id, connector_id, id_tag, meter_start, started_at, reservation_id, transaction_id,"
+    " last_meter_wh, last_meter_at, stopped"
+)
+
+
+@attrs.frozen
+class TransactionRow:
+    """A transaction as stored (see the `transactions` table)."""
+
+    local_id: int | None  # None until stored
+    connector_id: int
+    id_tag: str
+    meter_start: int
+    started_at: str
+    reservation_id: int | None
+    transaction_id: int | None
+    last_meter_wh: int
+    last_meter_at: str
+    stopped: bool = attrs.field(converter=bool)
+
+
+@attrs.frozen
+class QueuedMessage:
+    """A transaction-related message waiting in the outbox (see the `outbox` table)."""
+
+    seq: int
+    action: str
+    local_id: int | None
+    payload: dict[str, Any]
+    id_tag: str | None
+    attempts: int
+    parked: bool
+
+
 class Database:
     def __init__(self, connection: sqlite3.Connection, path: Path):
         self._db = connection
@@ -144,20 +181,145 @@ class Database:
         except sqlite3.Error as exc:
             raise StorageError(f"cannot store availability: {exc}") from exc
 
+    # --- transactions and the transaction message outbox ----------------------------------
+    # The OCPP layer's outbox (ocpp/transactions.py) is the only user: it keeps a mirror in
+    # memory and writes here first, so a message exists on disk before anyone is told.
+
+    def transactions(self) -> list[TransactionRow]:
+        rows = self._db.execute(f"SELECT {_TX_COLUMNS} FROM transactions ORDER BY local_id")
+        return [TransactionRow(*row) for row in rows]
+
+    def queued_messages(self) -> list[QueuedMessage]:
+        rows = self._db.execute(
+            "SELECT seq, action, local_id, payload, id_tag, attempts, parked FROM outbox"
+            " ORDER BY seq"
+        )
+        return [
+            QueuedMessage(seq, action, local_id, json.loads(payload), id_tag, attempts, bool(p))
+            for seq, action, local_id, payload, id_tag, attempts, p in rows
+        ]
+
+    def begin_transaction(
+        self, fields: Mapping[str, Any], start_payload: Mapping[str, Any], id_tag: str
+    ) -> tuple[int, int]:
+        """Store a new transaction (`fields`: the `transactions` columns but local_id,
+        transaction_id and stopped; its local_id is assigned here) and its StartTransaction,
+        atomically; returns (local_id, the message's seq)."""
+        columns = ", ".join(fields)
+        marks = ", ".join("?" for _ in fields)
+        try:
+            with self._db:
+                self._db.execute("BEGIN")
+                cursor = self._db.execute(
+                    f"INSERT INTO transactions ({columns}) VALUES ({marks})", tuple(fields.values())
+                )
+                local_id = cursor.lastrowid
+                assert local_id is not None
+                seq = self._insert_message("StartTransaction", local_id, start_payload, id_tag)
+        except sqlite3.Error as exc:
+            raise StorageError(f"cannot store a new transaction: {exc}") from exc
+        return local_id, seq
+
+    def queue_message(
+        self,
+        action: str,
+        local_id: int | None,
+        payload: Mapping[str, Any],
+        id_tag: str | None = None,
+        *,
+        stops: bool = False,
+    ) -> int:
+        """Append a message to the outbox; with `stops`, mark its transaction stopped in the
+        same write. Returns the message's seq."""
+        try:
+            with self._db:
+                self._db.execute("BEGIN")
+                seq = self._insert_message(action, local_id, payload, id_tag)
+                if stops:
+                    self._db.execute(
+                        "UPDATE transactions SET stopped = 1 WHERE local_id = ?", (local_id,)
+                    )
+        except sqlite3.Error as exc:
+            raise StorageError(f"cannot queue {action}: {exc}") from exc
+        return seq
+
+    def _insert_message(
+        self, action: str, local_id: int | None, payload: Mapping[str, Any], id_tag: str | None
+    ) -> int:
+        cursor = self._db.execute(
+            "INSERT INTO outbox (action, local_id, payload, id_tag) VALUES (?, ?, ?, ?)",
+            (action, local_id, json.dumps(dict(payload)), id_tag),
+        )
+        assert cursor.lastrowid is not None
+        return cursor.lastrowid
+
+    def record_meter(self, local_id: int, energy_wh: int, at: str) -> None:
+        self._write(
+            "cannot store the meter reading",
+            [
+                (
+                    "UPDATE transactions SET last_meter_wh = ?, last_meter_at = ?"
+                    " WHERE local_id = ?",
+                    (energy_wh, at, local_id),
+                )
+            ],
+        )
+
+    def message_delivered(
+        self, seq: int, *, finished: int | None = None, confirmed: tuple[int, int] | None = None
+    ) -> None:
+        """The message was answered: delete it, in one write with what the answer means:
+        `finished` names a transaction whose StopTransaction it was (forgotten with it),
+        `confirmed` is (local_id, transactionId) from a StartTransaction.conf."""
+        statements: list[tuple[str, tuple[Any, ...]]] = [
+            ("DELETE FROM outbox WHERE seq = ?", (seq,))
+        ]
+        if confirmed is not None:
+            statements.append(
+                (
+                    "UPDATE transactions SET transaction_id = ? WHERE local_id = ?",
+                    (confirmed[1], confirmed[0]),
+                )
+            )
+        if finished is not None:
+            statements.append(("DELETE FROM transactions WHERE local_id = ?", (finished,)))
+        self._write("cannot remove a delivered message", statements)
+
+    def message_failed(self, seq: int, attempts: int, parked: bool) -> None:
+        self._write(
+            "cannot store a message's attempts",
+            [
+                (
+                    "UPDATE outbox SET attempts = ?, parked = ? WHERE seq = ?",
+                    (attempts, int(parked), seq),
+                )
+            ],
+        )
+
+    def unpark_messages(self) -> None:
+        self._write(
+            "cannot unpark messages",
+            [("UPDATE outbox SET attempts = 0, parked = 0 WHERE parked = 1", ())],
+        )
+
     # --- authorization cache and local authorization list -----------------------------------
     # idTagInfo is stored as the JSON of the snake_case dict the OCPP layer uses.
 
     def auth_cache(self) -> dict[str, dict[str, Any]]:
-        rows = self._db.execute("SELECT id_tag, info FROM auth_cache")
-        return {id_tag: json.loads(info) for id_tag, info in rows}
+        """idTag -> idTagInfo, the least recently updated first (the cache evicts from there)."""
+        try:
+            rows = self._db.execute("SELECT id_tag, info FROM auth_cache ORDER BY rowid")
+            return {id_tag: json.loads(info) for id_tag, info in rows}
+        except (sqlite3.Error, ValueError) as exc:
+            raise StorageError(f"cannot read the authorization cache: {exc}") from exc
 
     def put_auth_cache(self, id_tag: str, info: Mapping[str, Any]) -> None:
         self._write(
             "cannot store the authorization cache",
             [
                 (
-                    "INSERT INTO auth_cache (id_tag, info) VALUES (?, ?)"
-                    " ON CONFLICT (id_tag) DO UPDATE SET info = excluded.info",
+                    # REPLACE gives the row a new rowid: rowid order is update order.
+                    "INSERT OR REPLACE INTO auth_cache (id_tag, info) VALUES (?, ?)",
                     (id_tag, json.dumps(dict(info))),
                 )
             ],
@@ -174,9 +336,12 @@ class Database:
 
     def local_list(self) -> tuple[int, dict[str, dict[str, Any]]]:
         """(listVersion, idTag -> idTagInfo); version 0 when no list was ever sent."""
-        row = self._db.execute("SELECT version FROM local_list_version WHERE id = 0").fetchone()
-        rows = self._db.execute("SELECT id_tag, info FROM local_list")
-        return (row[0] if row else 0), {id_tag: json.loads(info) for id_tag, info in rows}
+        try:
+            row = self._db.execute("SELECT version FROM local_list_version WHERE id = 0").fetchone()
+            rows = self._db.execute("SELECT id_tag, info FROM local_list")
+            return (row[0] if row else 0), {id_tag: json.loads(info) for id_tag, info in rows}
+        except (sqlite3.Error, ValueError) as exc:
+            raise StorageError(f"cannot read the local authorization list: {exc}") from exc
 
     def replace_local_list(self, version: int, entries: Mapping[str, Mapping[str, Any]]) -> None:
         """A Full update: the list becomes `entries`, atomically."""

@@ -36,6 +36,8 @@ log = logging.getLogger(__name__)
 RELAY_ACK_DEADLINE = 2.0
 # After a relay failure, the last command is repeated this often until the hardware obeys.
 RELAY_RETRY_INTERVAL = 10.0
+# How often a running transaction's meter reading is persisted (what a PowerLoss stop bills).
+METER_PERSIST_INTERVAL = 10.0
 LOCK_DEADLINE = 5.0
 INBOX_SIZE = 64
 
@@ -367,7 +369,7 @@ class ConnectorTask:
         )
         scope = trio.CancelScope()
         self._sampler = scope
-        self._spawn(self._periodic_sampler, tx, scope)
+        self._spawn(self._transaction_timers, tx, scope)
 
     async def _confirmed(self, transaction_id: int, id_tag_info: dict[str, Any]) -> None:
         await self.post(ev.TransactionConfirmed(transaction_id, id_tag_info["status"]))
@@ -414,27 +416,44 @@ class ConnectorTask:
             round(reading.energy_wh) - tx.meter_start,
         )
 
-    async def _periodic_sampler(self, tx: LocalTransaction, scope: trio.CancelScope) -> None:
+    async def _transaction_timers(self, tx: LocalTransaction, scope: trio.CancelScope) -> None:
+        """While the transaction runs (until `scope` is cancelled at its stop): the periodic
+        meter values and the persisted meter reading."""
+        with scope:
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(self._periodic_sampler, tx)
+                nursery.start_soon(self._keep_meter_reading, tx)
+
+    async def _keep_meter_reading(self, tx: LocalTransaction) -> None:
+        """Persist the meter reading every METER_PERSIST_INTERVAL: after a power cut the
+        transaction is stopped (PowerLoss) at the last one persisted."""
+        while True:
+            await trio.sleep(METER_PERSIST_INTERVAL)
+            reading = self.gun.read_meter()
+            self.services.outbox.record_meter(
+                tx, round(reading.energy_wh), ocpp_time(self.services.clock.now())
+            )
+
+    async def _periodic_sampler(self, tx: LocalTransaction) -> None:
         """MeterValueSampleInterval while the transaction runs (Sample.Periodic)."""
         store = self.services.store
-        with scope:
+        last = trio.current_time()
+        while True:
+            interval = store.get_int("MeterValueSampleInterval")
+            deadline = last + interval if interval > 0 else float("inf")  # 0: disabled
+            if not await self._sleep_unless_changed("MeterValueSampleInterval", deadline):
+                continue  # a new interval counts from the last sample, at once
             last = trio.current_time()
-            while True:
-                interval = store.get_int("MeterValueSampleInterval")
-                deadline = last + interval if interval > 0 else float("inf")  # 0: disabled
-                if not await self._sleep_unless_changed("MeterValueSampleInterval", deadline):
-                    continue  # a new interval counts from the last sample, at once
-                last = trio.current_time()
-                measurands = store.get_list("MeterValuesSampledData")
-                if measurands:
-                    self.services.outbox.meter_values(
-                        tx, [self._sample(measurands, ReadingContext.sample_periodic)]
-                    )
-                stop_measurands = store.get_list("StopTxnSampledData")
-                if stop_measurands:
-                    tx.transaction_data.append(
-                        self._sample(stop_measurands, ReadingContext.sample_periodic)
-                    )
+            measurands = store.get_list("MeterValuesSampledData")
+            if measurands:
+                self.services.outbox.meter_values(
+                    tx, [self._sample(measurands, ReadingContext.sample_periodic)]
+                )
+            stop_measurands = store.get_list("StopTxnSampledData")
+            if stop_measurands:
+                tx.transaction_data.append(
+                    self._sample(stop_measurands, ReadingContext.sample_periodic)
+                )
 
     async def _clock_aligned_sampler(self) -> None:
         """ClockAlignedDataInterval, aligned to midnight UTC (Sample.Clock)."""

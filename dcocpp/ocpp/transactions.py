@@ -1,24 +1,40 @@
-"""Transaction messages to the central system: StartTransaction, transaction MeterValues and
-StopTransaction, sent strictly in order, one in flight, each until it is answered.
+"""Transaction messages to the central system: StartTransaction, transaction MeterValues,
+StopTransaction (and SecurityEventNotification), persisted, sent in order, one in flight, each
+until it is answered.
 
-A transaction exists locally from the moment it starts (`LocalTransaction`); the central
-system's transactionId is filled in when StartTransaction.conf arrives, and the messages queued
-behind it are built at send time, so they carry that id. While the central system cannot be
-reached nothing is lost: the queue waits for the next Accepted registration and resends.
+Every message is written to the station database (`OutboxStore`) before the state it
+describes is acknowledged to anyone, and deleted only when its CALLRESULT arrives, so neither a
+lost connection nor a power cut loses it. A transaction exists locally from its start
+(`LocalTransaction`, with a local id); the central system's transactionId is stored when
+StartTransaction.conf brings it, and the messages queued behind that StartTransaction get it
+at send time: a transaction started offline never produces a message with a wrong or negative
+id, even across a reboot in between.
 
-This queue lives in memory; the offline issue moves it into the station database.
+Order and retries. Messages go out in the order they were queued, one in flight, only while
+registration is Accepted. A lost connection or a missing answer resends the same message on the
+next connection (OCPP-J cannot tell whether an unanswered CALL arrived: the central system sees
+it at least once, never out of order). A CALLERROR is retried after
+TransactionMessageRetryInterval x attempt, up to TransactionMessageAttempts; then the message is
+*parked*, logged as an error, and retried after the next reconnect. A parked message holds back
+the later messages of its own transaction (their order matters) but not those of other
+transactions, which a single poisoned message must not stop being billed.
+
+Power loss. `recover()` runs at every boot: a transaction the database still holds as running
+was cut off (the process died or the power went) and is stopped with reason PowerLoss, the last
+meter reading and its time as persisted (`record_meter`). It is never resumed: after a restart
+the PLC has opened the relay (its RelayControl watchdog) and the EV has ended its session.
 """
 
 from __future__ import annotations
 
 import logging
-from collections import deque
-from collections.abc import Awaitable, Callable
-from typing import Any
+from collections.abc import Awaitable, Callable, Mapping
+from typing import Any, Protocol
 
 import attrs
 import trio
 from ocpp.v16 import call
+from ocpp.v16.enums import Reason
 
 from dcocpp.ocpp.errors import CallError, ConnectionLost, InvalidPayload
 from dcocpp.ocpp.session import ChargePointSession, ResponseTimeout
@@ -26,6 +42,72 @@ from dcocpp.ocpp.session import ChargePointSession, ResponseTimeout
 log = logging.getLogger(__name__)
 
 Confirmed = Callable[[int, dict[str, Any]], Awaitable[None]]
+
+# Messages whose payload gets the central system's transactionId at send time.
+_NEEDS_TRANSACTION_ID = {"MeterValues", "StopTransaction"}
+_CALLS: dict[str, Callable[..., Any]] = {
+    "StartTransaction": call.StartTransaction,
+    "MeterValues": call.MeterValues,
+    "StopTransaction": call.StopTransaction,
+    "SecurityEventNotification": call.SecurityEventNotification,
+}
+# A central system without the security extension answers these; it will not change its mind.
+_UNSUPPORTED = {"NotImplemented", "NotSupported"}
+
+
+class StoredTransaction(Protocol):
+    local_id: int | None
+    connector_id: int
+    id_tag: str
+    meter_start: int
+    started_at: str
+    reservation_id: int | None
+    transaction_id: int | None
+    last_meter_wh: int
+    last_meter_at: str
+    stopped: bool
+
+
+class StoredMessage(Protocol):
+    seq: int
+    action: str
+    local_id: int | None
+    payload: dict[str, Any]
+    id_tag: str | None
+    attempts: int
+    parked: bool
+
+
+class OutboxStore(Protocol):
+    """What the outbox needs from the station database (`storage.Database` provides it)."""
+
+    def transactions(self) -> list[Any]: ...  # StoredTransaction rows
+
+    def queued_messages(self) -> list[Any]: ...  # StoredMessage rows, in order
+
+    def begin_transaction(
+        self, fields: Mapping[str, Any], start_payload: Mapping[str, Any], id_tag: str
+    ) -> tuple[int, int]: ...
+
+    def queue_message(
+        self,
+        action: str,
+        local_id: int | None,
+        payload: Mapping[str, Any],
+        id_tag: str | None = None,
+        *,
+        stops: bool = False,
+    ) -> int: ...
+
+    def record_meter(self, local_id: int, energy_wh: int, at: str) -> None: ...
+
+    def message_delivered(
+        self, seq: int, *, finished: int | None = None, confirmed: tuple[int, int] | None = None
+    ) -> None: ...
+
+    def message_failed(self, seq: int, attempts: int, parked: bool) -> None: ...
+
+    def unpark_messages(self) -> None: ...
 
 
 @attrs.define(eq=False)
@@ -46,21 +128,27 @@ class LocalTransaction:
 
 @attrs.define
 class _Message:
+    seq: int
     action: str
-    build: Callable[[], Any]  # the v16 call dataclass, built when sent
-    transaction: LocalTransaction
+    local_id: int | None
+    payload: dict[str, Any]
     id_tag: str | None  # whose idTagInfo the answer carries (for the authorization cache)
     attempts: int = 0
+    parked: bool = False
 
 
 class TransactionOutbox:
-    """Runs as a service (`run`); connectors enqueue without waiting."""
+    """Runs as a service (`run`); connectors enqueue without waiting (the database write is
+    synchronous: it is done before the caller goes on). `recover()` first, once per boot.
+    Raises the store's errors (StorageError) from the enqueueing methods."""
 
-    def __init__(self, session: ChargePointSession):
+    def __init__(self, session: ChargePointSession, store: OutboxStore):
         self.session = session
-        self._queue: deque[_Message] = deque()
+        self._store = store
+        self._queue: list[_Message] = []
+        self._transactions: dict[int, LocalTransaction] = {}  # by local id, until stopped+sent
         self._wake = trio.Event()
-        self._next_local_id = 1
+        self._loaded = False
 
     def __len__(self) -> int:
         return len(self._queue)
@@ -68,6 +156,55 @@ class TransactionOutbox:
     @property
     def empty(self) -> bool:
         return not self._queue
+
+    @property
+    def parked(self) -> int:
+        return sum(1 for m in self._queue if m.parked)
+
+    # --- boot -----------------------------------------------------------------------------
+
+    def recover(self, now: str) -> list[LocalTransaction]:
+        """Load what the database holds; stop every transaction that was still running with
+        reason PowerLoss (at its last persisted meter reading). Returns those transactions."""
+        self._queue = [
+            _Message(m.seq, m.action, m.local_id, m.payload, m.id_tag, m.attempts, m.parked)
+            for m in self._store.queued_messages()
+        ]
+        cut_off = []
+        for row in self._store.transactions():
+            tx = LocalTransaction(
+                row.local_id,
+                row.connector_id,
+                row.id_tag,
+                row.meter_start,
+                row.started_at,
+                row.reservation_id,
+                row.transaction_id,
+            )
+            self._transactions[tx.local_id] = tx
+            if not row.stopped:
+                log.warning(
+                    "transaction %s on connector %d (%s) was cut off by a power loss or crash:"
+                    " stopping it at %d Wh, read %s",
+                    row.transaction_id if row.transaction_id is not None else "(offline)",
+                    row.connector_id,
+                    row.id_tag,
+                    row.last_meter_wh,
+                    row.last_meter_at,
+                )
+                self.stop(tx, row.last_meter_wh, row.last_meter_at, Reason.power_loss, None)
+                cut_off.append(tx)
+        self._loaded = True
+        self._pulse()
+        if self._queue:
+            log.info(
+                "%d transaction message(s) waiting from before (%d parked)",
+                len(self._queue),
+                self.parked,
+            )
+        return cut_off
+
+    # --- enqueueing -----------------------------------------------------------------------
 
     def start(
         self,
@@ -79,8 +216,26 @@ class TransactionOutbox:
         reservation_id: int | None = None,
         on_confirmed: Confirmed | None = None,
     ) -> LocalTransaction:
+        payload: dict[str, Any] = {
+            "connector_id": connector_id,
+            "id_tag": id_tag,
+            "meter_start": meter_start,
+            "timestamp": timestamp,
+        }
+        if reservation_id is not None:
+            payload["reservation_id"] = reservation_id
+        fields = {
+            "connector_id": connector_id,
+            "id_tag": id_tag,
+            "meter_start": meter_start,
+            "started_at": timestamp,
+            "reservation_id": reservation_id,
+            "last_meter_wh": meter_start,
+            "last_meter_at": timestamp,
+        }
+        local_id, seq = self._store.begin_transaction(fields, payload, id_tag)
         tx = LocalTransaction(
-            self._next_local_id,
+            local_id,
             connector_id,
             id_tag,
             meter_start,
@@ -88,36 +243,18 @@ class TransactionOutbox:
             reservation_id,
             on_confirmed=on_confirmed,
         )
-        self._next_local_id += 1
-        self._push(
-            _Message(
-                "StartTransaction",
-                lambda: call.StartTransaction(
-                    connector_id=connector_id,
-                    id_tag=id_tag,
-                    meter_start=meter_start,
-                    timestamp=timestamp,
-                    reservation_id=reservation_id,
-                ),
-                tx,
-                id_tag,
-            )
-        )
+        self._transactions[local_id] = tx
+        self._append(_Message(seq, "StartTransaction", local_id, payload, id_tag))
         return tx
 
     def meter_values(self, tx: LocalTransaction, meter_value: list[dict[str, Any]]) -> None:
-        self._push(
-            _Message(
-                "MeterValues",
-                lambda: call.MeterValues(
-                    connector_id=tx.connector_id,
-                    transaction_id=tx.transaction_id,
-                    meter_value=meter_value,
-                ),
-                tx,
-                None,
-            )
-        )
+        payload = {"connector_id": tx.connector_id, "meter_value": meter_value}
+        seq = self._store.queue_message("MeterValues", tx.local_id, payload)
+        self._append(_Message(seq, "MeterValues", tx.local_id, payload, None))
+
+    def record_meter(self, tx: LocalTransaction, energy_wh: int, timestamp: str) -> None:
+        """The transaction's latest meter reading: what a PowerLoss stop would bill."""
+        self._store.record_meter(tx.local_id, energy_wh, timestamp)
 
     def stop(
         self,
@@ -127,85 +264,127 @@ class TransactionOutbox:
         reason: str,
         id_tag: str | None,
     ) -> None:
-        self._push(
-            _Message(
-                "StopTransaction",
-                lambda: call.StopTransaction(
-                    meter_stop=meter_stop,
-                    timestamp=timestamp,
-                    transaction_id=tx.transaction_id,
-                    reason=reason,
-                    id_tag=id_tag,
-                    transaction_data=tx.transaction_data or None,
-                ),
-                tx,
-                id_tag,
-            )
-        )
+        payload: dict[str, Any] = {
+            "meter_stop": meter_stop,
+            "timestamp": timestamp,
+            "reason": reason,
+        }
+        if id_tag is not None:
+            payload["id_tag"] = id_tag
+        if tx.transaction_data:
+            payload["transaction_data"] = list(tx.transaction_data)
+        seq = self._store.queue_message("StopTransaction", tx.local_id, payload, id_tag, stops=True)
+        self._append(_Message(seq, "StopTransaction", tx.local_id, payload, id_tag))
 
-    def _push(self, message: _Message) -> None:
+    def security_event(self, kind: str, timestamp: str, tech_info: str | None = None) -> None:
+        """SecurityEventNotification (OCPP 1.6 security whitepaper): queued like the others."""
+        # tech_info always given: the package's dataclass has no default for it (None is
+        # left out on the wire).
+        payload: dict[str, Any] = {"type": kind, "timestamp": timestamp, "tech_info": tech_info}
+        seq = self._store.queue_message("SecurityEventNotification", None, payload)
+        self._append(_Message(seq, "SecurityEventNotification", None, payload, None))
+
+    def _append(self, message: _Message) -> None:
         self._queue.append(message)
+        self._pulse()
+
+    def _pulse(self) -> None:
+        """Wake everyone waiting for a change of the queue (the sender, wait_empty)."""
         self._wake.set()
+        self._wake = trio.Event()
 
     async def wait_empty(self) -> None:
-        """Until every queued message was answered (used before a reset)."""
-        while self._queue:
+        """Until nothing but parked messages is left (used before a reset)."""
+        while self._next() is not None:
             await self._wake.wait()
 
+    # --- sending --------------------------------------------------------------------------
+
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-        task_status.started()
-        while True:
-            if not self._queue:
-                self._wake = trio.Event()
-                await self._wake.wait()
+        """Send until cancelled; parked messages are retried after every new Accepted
+        connection. `recover()` must have run."""
+        if not self._loaded:
+            raise RuntimeError("TransactionOutbox.recover() must run before run()")
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(self._unpark_after_reconnects)
+            task_status.started()
+            while True:
+                message = self._next()
+                if message is None:
+                    await self._wake.wait()
+                    continue
+                if await self._send(message):
+                    self._queue.remove(message)
+                    self._pulse()
+
+    def _next(self) -> _Message | None:
+        """The first message that may go now: not parked, and not behind a parked message
+        of its own transaction."""
+        held: set[int] = set()
+        for message in self._queue:
+            if message.local_id is not None and message.local_id in held:
                 continue
-            message = self._queue[0]
-            delivered = await self._send(message)
-            if delivered:
-                self._queue.popleft()
-                self._wake.set()  # wait_empty() callers re-check
-                self._wake = trio.Event() if self._queue else self._wake
+            if message.parked:
+                if message.local_id is not None:
+                    held.add(message.local_id)
+                continue
+            return message
+        return None
+
+    async def _unpark_after_reconnects(self) -> None:
+        connection = self.session.connection_number
+        while True:
+            await self.session.wait_until_accepted(after_connection=connection)
+            connection = self.session.connection_number
+            if self.parked:
+                log.info("retrying %d parked message(s) on the new connection", self.parked)
+                self._store.unpark_messages()
+                for message in self._queue:
+                    message.parked, message.attempts = False, 0
+                self._pulse()
 
     async def _send(self, message: _Message) -> bool:
-        """True when the message is done with (answered, or refused for good)."""
+        """True when the message is done with (answered); False to try it again."""
         session = self.session
-        tx = message.transaction
-        if message.action != "StartTransaction" and tx.transaction_id is None:
-            # Its StartTransaction is ahead in the queue, so this cannot happen unless that one
-            # was refused for good: the central system has no id to file this under.
-            log.error(
-                "dropping %s of a transaction the central system never accepted", message.action
-            )
-            return True
+        payload = dict(message.payload)
+        tx = self._transactions.get(message.local_id) if message.local_id is not None else None
+        if message.action in _NEEDS_TRANSACTION_ID:
+            if tx is None or tx.transaction_id is None:
+                # Cannot happen: its StartTransaction is ahead of it, or parked and holding it.
+                raise RuntimeError(f"{message.action} #{message.seq} has no transactionId")
+            payload["transaction_id"] = tx.transaction_id
         connection = session.connection_number
         try:
-            result = await session.call(message.build())
+            result = await session.call(_CALLS[message.action](**payload))
         except (ConnectionLost, ResponseTimeout) as exc:
-            # OCPP-J cannot tell whether a timed-out CALL arrived: resend it on the next
-            # connection (the central system sees it at least once, never out of order).
             log.info("%s not delivered (%s); resending after reconnect", message.action, exc)
             if isinstance(exc, ResponseTimeout):
                 session.reconnect(f"no answer to {message.action}")  # a stuck link, not a no
             await session.wait_until_accepted(after_connection=connection)
             return False
         except (CallError, InvalidPayload) as exc:
-            message.attempts += 1
-            limit = max(1, session.store.get_int("TransactionMessageAttempts"))
-            if message.attempts >= limit:
-                log.error("%s refused %d times, giving up: %s", message.action, limit, exc)
+            if (
+                message.action == "SecurityEventNotification"
+                and isinstance(exc, CallError)
+                and exc.code in _UNSUPPORTED
+            ):
+                log.info("the central system does not take SecurityEventNotification (%s)", exc)
+                self._store.message_delivered(message.seq)
                 return True
-            retry = session.store.get_int("TransactionMessageRetryInterval") * message.attempts
-            log.warning(
-                "%s refused (%s); attempt %d of %d in %d s",
-                message.action,
-                exc,
-                message.attempts + 1,
-                limit,
-                retry,
-            )
-            await trio.sleep(retry)
+            await self._refused(message, exc)
             return False
+        confirmed = None
         if message.action == "StartTransaction":
+            assert tx is not None
+            confirmed = (tx.local_id, result.transaction_id)
+        finished = tx.local_id if tx is not None and message.action == "StopTransaction" else None
+        # The transactionId and the delivery in one write: a power cut cannot leave a
+        # delivered StartTransaction without its id (it would be sent again).
+        self._store.message_delivered(message.seq, finished=finished, confirmed=confirmed)
+        if finished is not None:
+            self._transactions.pop(finished, None)
+        if confirmed is not None:
+            assert tx is not None
             tx.transaction_id = result.transaction_id
             if tx.on_confirmed is not None:
                 await tx.on_confirmed(result.transaction_id, result.id_tag_info)
@@ -213,3 +392,32 @@ class TransactionOutbox:
         if info and message.id_tag:
             session.remember_authorization(message.id_tag, info)
         return True
+
+    async def _refused(self, message: _Message, exc: Exception) -> None:
+        store = self.session.store
+        message.attempts += 1
+        limit = max(1, store.get_int("TransactionMessageAttempts"))
+        if message.attempts >= limit:
+            message.parked = True
+            self._store.message_failed(message.seq, message.attempts, True)
+            self._pulse()
+            log.error(
+                "%s #%d refused %d times (%s): parked; it is retried after the next reconnect,"
+                " and the later messages of its transaction wait for it",
+                message.action,
+                message.seq,
+                message.attempts,
+                exc,
+            )
+            return
+        self._store.message_failed(message.seq, message.attempts, False)
+        retry = store.get_int("TransactionMessageRetryInterval") * message.attempts
+        log.warning(
+            "%s refused (%s); attempt %d of %d in %d s",
+            message.action,
+            exc,
+            message.attempts + 1,
+            limit,
+            retry,
+        )
+        await trio.sleep(retry)
