@@ -13,6 +13,7 @@ import signal
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import trio
 
@@ -22,6 +23,9 @@ from dcocpp.config import ChargerConfig, ConfigError, load_charger_config
 from dcocpp.logs import LoggingSetup
 from dcocpp.ocpp.configuration import ConfigurationError
 from dcocpp.storage import StorageError
+
+if TYPE_CHECKING:
+    from dcocpp.station import Station
 
 log = logging.getLogger("dcocpp")
 
@@ -197,8 +201,20 @@ async def _serve(config: ChargerConfig, api_address: tuple[str, int] | None) -> 
     station = Station(config, api_address=api_address)
     async with trio.open_nursery() as nursery:
         nursery.start_soon(_stop_on_signal, nursery.cancel_scope)
+        nursery.start_soon(_power_failure_on_sigpwr, station, nursery.cancel_scope)
         await station.run()
         nursery.cancel_scope.cancel()
+
+
+async def _power_failure_on_sigpwr(station: Station, scope: trio.CancelScope) -> None:
+    """SIGPWR (a UPS daemon: mains lost, on backup power): stop every transaction with reason
+    PowerLoss, deliver what can be delivered, then stop like SIGTERM."""
+    with trio.open_signal_receiver(signal.SIGPWR) as signals:
+        async for _ in signals:
+            await station.power_failure()
+            log.warning("power failure: transactions stopped, shutting down")
+            scope.cancel()
+            return
 
 
 async def _stop_on_signal(scope: trio.CancelScope) -> None:
