@@ -63,7 +63,8 @@ class StationView(Protocol):
     def snapshot(self) -> dict[str, Any]:
         """Exactly the body of GET /api/status:
 
-        {"chargePoint": {"id": str, "connected": bool, "registration": str},
+        {"chargePoint": {"id": str, "connected": bool, "registration": str,
+                         "outbox": {"queued": int, "parked": int}},
          "connectors": [{"id": int, "status": str, "errorCode": str,
                          "transactionId": int | None, "idTag": str | None, "plugged": bool,
                          "relayClosed": bool, "energyWh": float, "powerW": float,

@@ -256,7 +256,13 @@ def format_status(snapshot: dict[str, Any]) -> str:
     """The `status` table: one line for the charge point, one row per connector."""
     cp = snapshot["chargePoint"]
     link = "connected" if cp["connected"] else "not connected"
-    lines = [f"charge point {cp['id']}: {link}, registration {cp['registration']}", ""]
+    head = f"charge point {cp['id']}: {link}, registration {cp['registration']}"
+    outbox = cp.get("outbox") or {}
+    if outbox.get("queued"):
+        head += f", {outbox['queued']} transaction message(s) queued"
+        if outbox.get("parked"):
+            head += f" ({outbox['parked']} PARKED: refused by the central system)"
+    lines = [head, ""]
     rows = [list(_COLUMNS)] + [_row(c) for c in snapshot["connectors"]]
     widths = [max(len(row[i]) for row in rows) for i in range(len(_COLUMNS))]
     numeric = {"id", "transactionId", "kW", "kWh", "A", "V", "SoC"}

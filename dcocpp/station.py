@@ -47,9 +47,10 @@ from dcocpp.ocpp.authcache import AuthorizationCache
 from dcocpp.ocpp.authorization import Authorizer
 from dcocpp.ocpp.configuration import ConfigurationStore
 from dcocpp.ocpp.control import ConnectorStatus
+from dcocpp.ocpp.locallist import LocalAuthorizationList
 from dcocpp.ocpp.session import ChargePointSession, Identity
 from dcocpp.ocpp.transactions import TransactionOutbox
-from dcocpp.storage import Database
+from dcocpp.storage import Database, StorageError
 
 log = logging.getLogger(__name__)
 
@@ -169,7 +170,13 @@ class Station:
                 cp.central_system_uri,
                 store,
                 self,
-                auth_cache=AuthorizationCache(clock=self.clock.now),
+                # Both persisted in the boot's database; its errors are theirs to translate.
+                auth_cache=AuthorizationCache(
+                    db, clock=self.clock.now, store_errors=(StorageError,)
+                ),
+                local_list=LocalAuthorizationList(
+                    db, clock=self.clock.now, store_errors=(StorageError,)
+                ),
                 ssl_context=client_ssl_context(config)
                 if cp.central_system_uri.startswith("wss")
                 else None,
@@ -326,11 +333,17 @@ class Station:
 
     def snapshot(self) -> dict[str, Any]:
         session = self.session
+        outbox = self.outbox
         return {
             "chargePoint": {
                 "id": self.config.charge_point.id,
                 "connected": bool(session and session.connected),
                 "registration": session.state.value if session else "Disconnected",
+                # Transaction messages not yet answered; parked ones need the operator's eye.
+                "outbox": {
+                    "queued": len(outbox) if outbox else 0,
+                    "parked": outbox.parked if outbox else 0,
+                },
             },
             "connectors": [task.snapshot() for task in self.connectors.values()],
         }

@@ -412,6 +412,19 @@ def test_status_table() -> None:
     ]
 
 
+def test_status_line_shows_queued_and_parked_transaction_messages() -> None:
+    snapshot = FakeView().snapshot()
+    snapshot["chargePoint"]["outbox"] = {"queued": 3, "parked": 1}
+    assert simcli.format_status(snapshot).splitlines()[0] == (
+        "charge point CP-TEST: connected, registration Accepted, 3 transaction message(s)"
+        " queued (1 PARKED: refused by the central system)"
+    )
+    snapshot["chargePoint"]["outbox"] = {"queued": 0, "parked": 0}
+    assert simcli.format_status(snapshot).splitlines()[0] == (
+        "charge point CP-TEST: connected, registration Accepted"
+    )
+
+
 def test_describe_connector() -> None:
     connector = _connector(1) | {
         "status": "Faulted",
