@@ -120,7 +120,11 @@ def test_shipped_config_loads_with_patches(store: ConfigurationStore) -> None:
         "SoC",
     ]
     # Only the profiles that are implemented; later issues add theirs.
-    assert store.get_list("SupportedFeatureProfiles") == ["Core", "RemoteTrigger"]
+    assert store.get_list("SupportedFeatureProfiles") == [
+        "Core",
+        "LocalAuthListManagement",
+        "RemoteTrigger",
+    ]
     assert store.get_list("StopTxnAlignedData") == []
     assert store.get_bool("StopTransactionOnInvalidId") is True
     assert (store.get_int("RetryBackoffWaitMinimum"), store.get_int("RetryBackoffWaitMaximum")) == (

@@ -1,16 +1,60 @@
-"""The authorization cache: idTagInfo the central system returned, kept for LocalPreAuthorize
-and offline authorization (OCPP 1.6 section 3.5.1)."""
+"""The authorization cache: the latest idTagInfo the central system returned for each tag, kept
+for LocalPreAuthorize and offline authorization (OCPP 1.6 section 3.5.1).
+
+Persisted write-through in the station database (`CacheStore`, which `storage.Database`
+satisfies), so that a power cut or a soft reset does not forget who may charge offline. The
+OCPP layer knows no SQL: the owner passes the store and the exception type(s) it raises, and
+they are translated to `AuthStoreError` here, at the boundary.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import logging
+from collections.abc import Callable, Iterable, Mapping
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Protocol
 
 from ocpp.v16.enums import AuthorizationStatus
 
+from dcocpp.ocpp.configuration import ConfigurationStore
+from dcocpp.ocpp.errors import OcppError
 
-def _parse_expiry(value: str | None) -> datetime | None:
+log = logging.getLogger(__name__)
+
+# idTagInfo as the OCPP layer passes it around: snake_case keys status, expiry_date,
+# parent_id_tag (the `ocpp` package's naming of the payload).
+IdTagInfo = dict[str, Any]
+Clock = Callable[[], datetime]
+StoreErrors = tuple[type[Exception], ...]
+
+# OCPP 1.6 has no key for the cache size; this bounds the database (one row per tag ever seen).
+DEFAULT_CACHE_CAPACITY = 10_000
+
+
+class AuthStoreError(OcppError):
+    """The authorization cache or local list could not be read or written."""
+
+
+class CacheStore(Protocol):
+    """What the cache needs from persistent storage (`storage.Database` provides it)."""
+
+    def auth_cache(self) -> dict[str, dict[str, Any]]:
+        """Every cached tag, oldest update first."""
+        ...
+
+    def put_auth_cache(self, id_tag: str, info: Mapping[str, Any]) -> None: ...
+
+    def delete_auth_cache(self, id_tags: Iterable[str] | None = None) -> None:
+        """Forget the given tags, or every tag when None."""
+        ...
+
+
+def utc_now() -> datetime:
+    return datetime.now(UTC)
+
+
+def parse_expiry(value: str | None) -> datetime | None:
+    """An OCPP dateTime as an aware datetime; None when absent or unreadable."""
     if not value:
         return None
     try:
@@ -20,29 +64,120 @@ def _parse_expiry(value: str | None) -> datetime | None:
     return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
 
 
+def effective(info: Mapping[str, Any], now: datetime) -> IdTagInfo:
+    """`info` as it stands at `now`: past its expiryDate any entry counts as Expired (3.5.1:
+    "when the validity of a Cache entry expires, it SHALL be changed to expired"; 3.5.4:
+    identifiers expired by the passage of time MUST be rejected)."""
+    expiry = parse_expiry(info.get("expiry_date"))
+    if expiry is not None and expiry <= now:
+        return {**info, "status": AuthorizationStatus.expired.value}
+    return dict(info)
+
+
+def is_valid(info: Mapping[str, Any]) -> bool:
+    return bool(info["status"] == AuthorizationStatus.accepted)
+
+
+def cache_enabled(store: ConfigurationStore) -> bool:
+    """AuthorizationCacheEnabled, read at every use so that ChangeConfiguration applies at
+    once; a charger whose key file leaves the key out has no cache."""
+    return store.get("AuthorizationCacheEnabled") == "true"
+
+
 class AuthorizationCache:
-    """In memory for now; the offline issue persists it."""
+    """The cache in memory, written through to `store` (in memory only when None).
 
-    def __init__(self, clock: Callable[[], datetime] = lambda: datetime.now(UTC)) -> None:
-        self._entries: dict[str, dict[str, Any]] = {}
+    Updates never raise: a cache that cannot be written is a degraded cache, not a reason to
+    lose the answer that filled it (the failure is logged). `clear()` raises `AuthStoreError`,
+    because ClearCache must not be acknowledged unless it is durable."""
+
+    def __init__(
+        self,
+        store: CacheStore | None = None,
+        *,
+        clock: Clock = utc_now,
+        store_errors: StoreErrors = (),
+        capacity: int = DEFAULT_CACHE_CAPACITY,
+    ) -> None:
+        self._store: CacheStore = store if store is not None else _NoStore()
+        self._errors = store_errors
         self._clock = clock  # the station's wall clock: expiry dates are wall-clock times
+        self._capacity = max(1, capacity)
+        self._entries: dict[str, IdTagInfo] = {}  # insertion order = oldest update first
+        try:
+            self._entries = dict(self._store.auth_cache())
+        except self._errors as exc:
+            # An unreadable cache starts empty: the charger still works, online.
+            log.error("authorization cache not loaded, starting empty: %s", exc)
 
-    def update(self, id_tag: str, id_tag_info: dict[str, Any]) -> None:
-        """Remember the latest idTagInfo the central system gave for a tag."""
-        self._entries[id_tag] = dict(id_tag_info)
+    def update(self, id_tag: str, id_tag_info: Mapping[str, Any]) -> None:
+        """Remember the latest idTagInfo the central system gave for a tag (3.5.1)."""
+        info = dict(id_tag_info)
+        evicted = self._make_room(id_tag)
+        self._entries.pop(id_tag, None)  # re-inserted last: the newest update
+        self._entries[id_tag] = info
+        try:
+            if evicted:
+                self._store.delete_auth_cache(evicted)
+            self._store.put_auth_cache(id_tag, info)
+        except self._errors as exc:
+            log.error("authorization cache entry for %s not stored: %s", id_tag, exc)
 
-    def lookup(self, id_tag: str) -> dict[str, Any] | None:
-        """The cached idTagInfo, with an expired Accepted entry reported as Expired."""
+    def lookup(self, id_tag: str) -> IdTagInfo | None:
+        """The cached idTagInfo as it stands now (an entry past its expiry is Expired)."""
         info = self._entries.get(id_tag)
-        if info is None:
-            return None
-        expiry = _parse_expiry(info.get("expiry_date"))
-        if expiry is not None and expiry <= self._clock():
-            return {**info, "status": AuthorizationStatus.expired}
-        return info
+        return None if info is None else effective(info, self._clock())
+
+    def forget(self, id_tags: Iterable[str]) -> None:
+        """Drop entries (tags that entered the local list, 3.5.3); a failed write is logged."""
+        gone = [tag for tag in id_tags if self._entries.pop(tag, None) is not None]
+        if not gone:
+            return
+        try:
+            self._store.delete_auth_cache(gone)
+        except self._errors as exc:
+            log.error("authorization cache entries not deleted: %s", exc)
 
     def clear(self) -> None:
+        """Empty the cache (ClearCache); raises `AuthStoreError` when that is not durable,
+        and then nothing changed."""
+        try:
+            self._store.delete_auth_cache(None)
+        except self._errors as exc:
+            raise AuthStoreError(f"authorization cache not cleared: {exc}") from exc
         self._entries.clear()
 
     def __len__(self) -> int:
         return len(self._entries)
+
+    def __contains__(self, id_tag: object) -> bool:
+        return id_tag in self._entries
+
+    def _make_room(self, id_tag: str) -> list[str]:
+        """Entries to evict before `id_tag` is added: first the not-valid ones, then the
+        oldest valid ones (3.5.1)."""
+        excess = len(self._entries) + (id_tag not in self._entries) - self._capacity
+        if excess <= 0:
+            return []
+        now = self._clock()
+        by_preference = sorted(
+            (tag for tag in self._entries if tag != id_tag),
+            key=lambda tag: is_valid(effective(self._entries[tag], now)),  # stable: oldest first
+        )
+        evicted = by_preference[:excess]
+        for tag in evicted:
+            del self._entries[tag]
+        return evicted
+
+
+class _NoStore:
+    """The store of a cache that lives in memory only."""
+
+    def auth_cache(self) -> dict[str, dict[str, Any]]:
+        return {}
+
+    def put_auth_cache(self, id_tag: str, info: Mapping[str, Any]) -> None:
+        pass
+
+    def delete_auth_cache(self, id_tags: Iterable[str] | None = None) -> None:
+        pass

@@ -1,4 +1,5 @@
-"""Handlers of the central system's Core and RemoteTrigger CALLs that need no transaction.
+"""Handlers of the central system's Core, RemoteTrigger and LocalAuthListManagement CALLs that
+need no transaction.
 
 Each `@on` handler answers from state it can read at once; anything the CALLRESULT must precede
 (the triggered message, the reset) runs in the matching `@after` hook, which the RPC layer runs
@@ -26,9 +27,13 @@ from ocpp.v16.enums import (
     ResetType,
     TriggerMessageStatus,
     UnlockStatus,
+    UpdateStatus,
+    UpdateType,
 )
 
+from dcocpp.ocpp.authcache import AuthStoreError, cache_enabled
 from dcocpp.ocpp.errors import CallError
+from dcocpp.ocpp.locallist import NO_LIST_SUPPORT, limits_of, list_enabled, tags_of
 
 if TYPE_CHECKING:
     from dcocpp.ocpp.session import ChargePointSession
@@ -183,8 +188,47 @@ class CoreHandlers:
             return call_result.DataTransfer(status=DataTransferStatus.unknown_message_id)
         return call_result.DataTransfer(status=DataTransferStatus.unknown_vendor_id)
 
+    # --- local authorization ------------------------------------------------------------------
+
     @on(Action.clear_cache)
     def on_clear_cache(self, **_: Any) -> Any:
-        self.session.auth_cache.clear()
+        # 5.4: the answer says whether the cache was cleared. A disabled (or absent) cache is
+        # Rejected, as libocpp and Open OCPP answer; a clear that is not durable is too.
+        if not cache_enabled(self.session.store):
+            log.info("ClearCache rejected: AuthorizationCacheEnabled is false")
+            return call_result.ClearCache(status=ClearCacheStatus.rejected)
+        try:
+            self.session.auth_cache.clear()
+        except AuthStoreError as exc:
+            log.error("ClearCache rejected: %s", exc)
+            return call_result.ClearCache(status=ClearCacheStatus.rejected)
         log.info("authorization cache cleared by the central system")
         return call_result.ClearCache(status=ClearCacheStatus.accepted)
+
+    @on(Action.get_local_list_version)
+    def on_get_local_list_version(self, **_: Any) -> Any:
+        session = self.session
+        version = session.local_list.version if list_enabled(session.store) else NO_LIST_SUPPORT
+        return call_result.GetLocalListVersion(list_version=version)
+
+    @on(Action.send_local_list)
+    def on_send_local_list(
+        self,
+        list_version: int,
+        update_type: str,
+        local_authorization_list: list[dict[str, Any]] | None = None,
+        **_: Any,
+    ) -> Any:
+        session = self.session
+        if not list_enabled(session.store):
+            log.info("SendLocalList answered NotSupported: the local list is not enabled")
+            return call_result.SendLocalList(status=UpdateStatus.not_supported)
+        entries = local_authorization_list or []
+        status = session.local_list.update(
+            UpdateType(update_type), list_version, entries, limits_of(session.store)
+        )
+        if status == UpdateStatus.accepted:
+            # 3.5.3: a tag in the list is not in the cache (nor does a stale entry come back
+            # when the tag leaves the list again).
+            session.auth_cache.forget(tags_of(entries))
+        return call_result.SendLocalList(status=status)

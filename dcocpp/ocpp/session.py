@@ -20,14 +20,15 @@ from typing import Any
 import attrs
 import trio
 from ocpp.v16 import call
-from ocpp.v16.enums import RegistrationStatus
+from ocpp.v16.enums import AuthorizationStatus, ChargePointErrorCode, RegistrationStatus
 
 from dcocpp.ocpp import transport
-from dcocpp.ocpp.authcache import AuthorizationCache
+from dcocpp.ocpp.authcache import AuthorizationCache, cache_enabled
 from dcocpp.ocpp.configuration import ConfigurationStore
 from dcocpp.ocpp.control import ChargePointControl, ConnectorStatus
 from dcocpp.ocpp.errors import CallError, ConnectionLost, InvalidPayload, OcppError, TransportError
 from dcocpp.ocpp.handlers import CoreHandlers
+from dcocpp.ocpp.locallist import LocalAuthorizationList, list_enabled
 from dcocpp.ocpp.messagelog import MessageLog
 from dcocpp.ocpp.registration import Registration, RegistrationMachine
 from dcocpp.ocpp.rpc import RpcConnection
@@ -82,13 +83,16 @@ class ChargePointSession:
         ssl_context: ssl.SSLContext | None = None,
         open_stream: transport.OpenStream | None = None,
         auth_cache: AuthorizationCache | None = None,
+        local_list: LocalAuthorizationList | None = None,
         rng: random.Random | None = None,
     ):
         self.identity = identity
         self.csms_url = csms_url
         self.store = store
         self.control = control
-        self.auth_cache = auth_cache or AuthorizationCache()
+        # `is None`, not `or`: an empty cache or list is falsy (it has a length).
+        self.auth_cache = AuthorizationCache() if auth_cache is None else auth_cache
+        self.local_list = LocalAuthorizationList() if local_list is None else local_list
         self._ssl_context = ssl_context
         self._open_stream = open_stream
         self._rng = rng or random.Random()
@@ -159,9 +163,37 @@ class ChargePointSession:
             await self._registration_changed.wait()
 
     def remember_authorization(self, id_tag: str, id_tag_info: dict[str, Any]) -> None:
-        """Fill the authorization cache from any answer carrying an idTagInfo."""
-        if self.store.get_bool("AuthorizationCacheEnabled"):
+        """Fill the authorization cache from any answer carrying an idTagInfo (OCPP 1.6
+        3.5.1). A tag in the local list is never cached (3.5.3) and its entry is not changed
+        (3.5.2: only SendLocalList does that); an answer that contradicts the entry is
+        reported as a LocalListConflict (3.5.2)."""
+        if list_enabled(self.store):
+            listed = self.local_list.lookup(id_tag)
+            if listed is not None:
+                if _validity(listed) != _validity(id_tag_info):
+                    log.warning(
+                        "the central system says %s is %s; the local list says %s",
+                        id_tag,
+                        id_tag_info["status"],
+                        listed["status"],
+                    )
+                    self._report_local_list_conflict(id_tag)
+                return
+        if cache_enabled(self.store):
             self.auth_cache.update(id_tag, id_tag_info)
+
+    def _report_local_list_conflict(self, id_tag: str) -> None:
+        """StatusNotification of connector 0 with errorCode LocalListConflict (3.5.2);
+        `_send_statuses` follows it with the charge point's own status again, so that the
+        conflict reads as an event and the next one is reported too."""
+        own = self.control.statuses()[0]
+        self.report_status(
+            attrs.evolve(
+                own,
+                error_code=ChargePointErrorCode.local_list_conflict,
+                info=f"idTag {id_tag}",  # CiString50: an idTag is at most 20
+            )
+        )
 
     def reconnect(self, reason: str) -> None:
         """Drop the current connection (e.g. new credentials); `run()` connects again."""
@@ -397,6 +429,12 @@ class ChargePointSession:
                     self._status_queue.setdefault(connector_id, (status, since))
                     raise
                 self._status_sent[connector_id] = key
+                # A conflict is an event, not a state: the charge point's own status follows.
+                if (
+                    status.error_code == ChargePointErrorCode.local_list_conflict
+                    and connector_id not in self._status_queue
+                ):
+                    self.report_status(self.control.statuses()[0])
 
     def _minimum_status_duration(self) -> float:
         value = self.store.get("MinimumStatusDuration")
@@ -414,6 +452,13 @@ class ChargePointSession:
             ),
             triggered=triggered,
         )
+
+
+def _validity(info: dict[str, Any]) -> str:
+    """The status that matters for a conflict: 3.5.2 counts Accepted and ConcurrentTx alike
+    as valid (ConcurrentTx only says the tag is charging elsewhere)."""
+    status = str(info["status"])
+    return AuthorizationStatus.accepted if status == AuthorizationStatus.concurrent_tx else status
 
 
 def _same(a: ConnectorStatus, b: ConnectorStatus) -> bool:
