@@ -10,11 +10,14 @@ ResourceWarning fires under `filterwarnings = error`.
 from __future__ import annotations
 
 import json
+import re
 import signal
 import subprocess
 import sys
 import threading
 import time
+import urllib.error
+import urllib.request
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from types import TracebackType
@@ -290,3 +293,80 @@ def start_charger(
     if api_port is not None:
         argv += ["--api", f"127.0.0.1:{api_port}"]
     return ManagedProcess(argv, name=name)
+
+
+# --- the charger's local API, when started with `api_port=0` ----------------------------------
+
+_API_LINE = re.compile(r"local API on http://(?P<host>[^ ]+):(?P<port>\d+)$")
+# The API is local: never send it through a proxy from the environment.
+_api_opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+
+
+def api_port(charger: ManagedProcess, timeout: float) -> int:
+    """The port a charger started with `api_port=0` serves its API on (from its log)."""
+    line = charger.stderr.wait_for_line(lambda s: _API_LINE.search(s) is not None, timeout)
+    found = _API_LINE.search(line)
+    assert found is not None
+    return int(found["port"])
+
+
+def api_request(
+    port: int, method: str, path: str, body: dict[str, Any] | None = None, *, timeout: float = 5
+) -> dict[str, Any]:
+    """One JSON request to the charger's API on 127.0.0.1:`port`; AssertionError with the
+    answer for an HTTP error status."""
+    request = urllib.request.Request(
+        f"http://127.0.0.1:{port}{path}",
+        data=None if body is None else json.dumps(body).encode(),
+        method=method,
+        headers={"Content-Type": "application/json", "Accept": "application/json"},
+    )
+    try:
+        with _api_opener.open(request, timeout=timeout) as response:
+            answer = json.loads(response.read())
+    except urllib.error.HTTPError as error:
+        with error:
+            raise AssertionError(
+                f"{method} {path} {body} -> HTTP {error.code}: {error.read()!r}"
+            ) from None
+    assert isinstance(answer, dict), answer
+    return answer
+
+
+def wait_api_status(
+    port: int,
+    charger: ManagedProcess,
+    predicate: Callable[[dict[str, Any]], bool],
+    what: str,
+    timeout: float,
+    *,
+    poll: float = 0.05,
+) -> dict[str, Any]:
+    """The first `GET /api/status` answer for which `predicate` holds; AssertionError (with
+    the charger's output) after `timeout` s or when the charger exits."""
+    deadline = time.monotonic() + timeout
+    last: Any = None
+    while True:
+        try:
+            last = api_request(port, "GET", "/api/status")
+        except (urllib.error.URLError, ConnectionError, TimeoutError) as exc:
+            last = f"{type(exc).__name__}: {exc}"
+        else:
+            if predicate(last):
+                return last
+        if charger.returncode is not None or time.monotonic() > deadline:
+            raise AssertionError(
+                f"the API never showed {what} within {timeout} s; last answer {last}\n"
+                f"{charger.describe()}"
+            )
+        time.sleep(poll)
+
+
+def preset_user_keys(tmp: Path, **keys: Any) -> None:
+    """OCPP keys for a charger started by `start_charger(tmp, ...)`, as if the central system
+    had changed them before (the user overlay in its data directory)."""
+    path = tmp / "data" / "ocpp16-user-config.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    current = json.loads(path.read_text(encoding="utf-8")) if path.exists() else {}
+    current.update({k: str(v).lower() if isinstance(v, bool) else str(v) for k, v in keys.items()})
+    path.write_text(json.dumps(current), encoding="utf-8")
