@@ -553,16 +553,11 @@ def check_energy(queued: Queued, context: str) -> None:
             last_stop = stop["meter_stop"]
 
 
-# --- product bugs the schedule above steers around ------------------------------------------------
+# --- races the schedule above steers around ------------------------------------------------------
 # The chaos schedule answers every StartTransaction Accepted and leaves time between a gun's
-# sessions; these two tests show what happens when it does not.
+# sessions; these two tests pin what happens when it does not (both were bugs once).
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug: ConnectorTask._confirmed / ConnectorMachine._transaction_confirmed apply a"
-    " StartTransaction.conf to whatever transaction the gun runs now, not to the one it confirms",
-)
 async def test_late_start_confirmation_does_not_touch_the_next_transaction(
     autojump_clock: Any, tmp_path: Path
 ) -> None:
@@ -596,12 +591,6 @@ async def test_late_start_confirmation_does_not_touch_the_next_transaction(
         assert task.machine.status == "Charging"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug: ConnectorTask starts the next transaction (reads meterStart, queues"
-    " StartTransaction) while the previous one's StopTransaction still waits for the relay to"
-    " open (_queue_stop): the two overlap on the wire and in energy",
-)
 async def test_next_session_at_once_starts_where_the_last_one_stopped(
     autojump_clock: Any, tmp_path: Path
 ) -> None:

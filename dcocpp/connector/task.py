@@ -10,6 +10,7 @@ authorization runs as its own task, and transaction messages go to the outbox.
 
 from __future__ import annotations
 
+import functools
 import logging
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -182,6 +183,11 @@ class ConnectorTask:
         self.machine.settings = self._settings()  # keys may have changed at runtime
         reply = self.machine.dispatch(event)
         effects = self.machine.take_effects()
+        if any(isinstance(effect, ev.StartTransaction) for effect in effects):
+            # The previous transaction's StopTransaction first (it waits for the relay to
+            # open to read its final meter): the CSMS must get Stop(old) before Start(new),
+            # and the new meterStart must come after the old meterStop.
+            await self.wait_settled()
         if isinstance(event, ev.UnlockRequested):
             reply = await self._unlock(reply, effects)
         else:
@@ -353,8 +359,8 @@ class ConnectorTask:
             round(reading.energy_wh),
             now,
             reservation_id=effect.reservation_id,
-            on_confirmed=self._confirmed,
         )
+        tx.on_confirmed = functools.partial(self._confirmed, tx)
         self.transaction = tx
         stop_measurands = self.services.store.get_list("StopTxnSampledData")
         if stop_measurands:
@@ -371,7 +377,19 @@ class ConnectorTask:
         self._sampler = scope
         self._spawn(self._transaction_timers, tx, scope)
 
-    async def _confirmed(self, transaction_id: int, id_tag_info: dict[str, Any]) -> None:
+    async def _confirmed(
+        self, tx: LocalTransaction, transaction_id: int, id_tag_info: dict[str, Any]
+    ) -> None:
+        if self.transaction is not tx:
+            # Confirmed after it ended (started and stopped offline): its StopTransaction is
+            # queued with the id the outbox fills in; the gun's current session is not its.
+            log.info(
+                "connector %d: transaction %d confirmed (%s) after it ended",
+                self.id,
+                transaction_id,
+                id_tag_info["status"],
+            )
+            return
         await self.post(ev.TransactionConfirmed(transaction_id, id_tag_info["status"]))
 
     def _stop_transaction(self, effect: ev.StopTransaction) -> None:
