@@ -77,6 +77,22 @@ MIGRATIONS: list[list[str]] = [
                version INTEGER NOT NULL
            )""",
     ],
+    [
+        # Reservations (ReserveNow) until used, cancelled or expired; connector 0 = any gun.
+        """CREATE TABLE reservations (
+               reservation_id INTEGER PRIMARY KEY,
+               connector_id   INTEGER NOT NULL,
+               id_tag         TEXT NOT NULL,
+               parent_id_tag  TEXT,
+               expiry_date    TEXT NOT NULL
+           )""",
+        # Installed charging profiles (SetChargingProfile), as the profile's snake_case JSON.
+        """CREATE TABLE charging_profiles (
+               charging_profile_id INTEGER PRIMARY KEY,
+               connector_id        INTEGER NOT NULL,
+               profile             TEXT NOT NULL
+           )""",
+    ],
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
 
