@@ -11,6 +11,7 @@ from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
 from typing import Any
 
+import attrs
 import trio
 import trio.testing
 from ocpp.routing import on
@@ -18,6 +19,7 @@ from ocpp.v16 import call_result
 from ocpp.v16.enums import Action, AuthorizationStatus, RegistrationStatus
 from trio_websocket import WebSocketConnection
 
+from dcocpp.ocpp.errors import CallError
 from dcocpp.ocpp.messagelog import MessageLog
 from dcocpp.ocpp.rpc import RpcConnection
 from dcocpp.ocpp.transport import Authenticate, serve_stream
@@ -36,6 +38,12 @@ class FakeCsms:
     to its parentIdTag; `start_statuses` overrides `id_tags` for StartTransaction only (a tag
     that became invalid after it was authorized). Transaction ids count up from 1;
     `transactions` maps each id to its StartTransaction payload.
+
+    Misbehaving on purpose (transaction messages, SecurityEventNotification): `refuse` answers
+    the next CALLs of an action with a CALLERROR (each recorded in `refused`, not in `calls`);
+    `hold` keeps the answers to an action back until `release` (the held CALLs are in
+    `waiting` meanwhile). SecurityEventNotification is answered NotImplemented (and recorded in
+    `refused`) unless `security_events` is set.
     """
 
     def __init__(
@@ -47,6 +55,7 @@ class FakeCsms:
         id_tags: Mapping[str, str] | None = None,
         parent_id_tags: Mapping[str, str] | None = None,
         start_statuses: Mapping[str, str] | None = None,
+        security_events: bool = False,
     ):
         self.boot_statuses = list(boot_statuses or [RegistrationStatus.accepted])
         self.interval = interval
@@ -61,6 +70,64 @@ class FakeCsms:
         self.parent_id_tags: dict[str, str] = dict(parent_id_tags or {})
         self.start_statuses: dict[str, str] = dict(start_statuses or {})
         self.transactions: dict[int, dict[str, Any]] = {}
+        self.security_events = security_events
+        # (trio time, action, payload) of every CALL answered with a CALLERROR on purpose.
+        self.refused: list[tuple[float, str, dict[str, Any]]] = []
+        # (trio time, action, payload) of the CALLs held back by `hold` right now, and of
+        # every CALL that was ever held (answered later, or never: its connection died).
+        self.waiting: list[tuple[float, str, dict[str, Any]]] = []
+        self.held: list[tuple[float, str, dict[str, Any]]] = []
+        self._refusals: list[_Refusal] = []
+        self._gates: dict[str, trio.Event] = {}
+
+    # --- misbehaving -------------------------------------------------------------------------
+
+    def refuse(
+        self,
+        action: str,
+        times: int = 1,
+        *,
+        code: str = "InternalError",
+        when: Callable[[dict[str, Any]], bool] | None = None,
+    ) -> None:
+        """Answer the next `times` CALLs of `action` (those `when` accepts) with a CALLERROR
+        `code`; a later `refuse` of the same action adds to the earlier ones."""
+        self._refusals.append(_Refusal(action, times, code, when))
+
+    def hold(self, action: str) -> None:
+        """Keep the answers to `action` back (the CALLs arrive, wait in `waiting`) until
+        `release(action)`."""
+        self._gates.setdefault(action, trio.Event())
+
+    def release(self, action: str) -> None:
+        gate = self._gates.pop(action, None)
+        if gate is not None:
+            gate.set()
+
+    def arrival_times(self, action: str) -> list[float]:
+        """Arrival times of every CALL of `action`, answered or refused, in order."""
+        return sorted(t for t, a, _ in self.calls + self.refused if a == action)
+
+    async def _gate(self, action: str, payload: dict[str, Any]) -> None:
+        """Hold the CALL while `action` is held; raise the CALLERROR of a matching refusal."""
+        gate = self._gates.get(action)
+        if gate is not None:
+            entry = (trio.current_time(), action, payload)
+            self.waiting.append(entry)
+            self.held.append(entry)
+            self._notify()
+            try:
+                await gate.wait()
+            finally:
+                self.waiting.remove(entry)
+        for refusal in self._refusals:
+            if refusal.action == action and (refusal.when is None or refusal.when(payload)):
+                refusal.times -= 1
+                if refusal.times <= 0:
+                    self._refusals.remove(refusal)
+                self.refused.append((trio.current_time(), action, payload))
+                self._notify()
+                raise CallError(refusal.code, f"{action} refused by the test")
 
     # --- id tags -----------------------------------------------------------------------------
 
@@ -183,7 +250,8 @@ class FakeCsms:
         return call_result.Authorize(id_tag_info=self.id_tag_info(id_tag))
 
     @on(Action.start_transaction)
-    def on_start_transaction(self, **payload: Any) -> Any:
+    async def on_start_transaction(self, **payload: Any) -> Any:
+        await self._gate("StartTransaction", payload)
         transaction_id = self.next_transaction_id
         self.next_transaction_id += 1
         self.transactions[transaction_id] = payload
@@ -195,7 +263,8 @@ class FakeCsms:
         )
 
     @on(Action.stop_transaction)
-    def on_stop_transaction(self, **payload: Any) -> Any:
+    async def on_stop_transaction(self, **payload: Any) -> Any:
+        await self._gate("StopTransaction", payload)
         self._record("StopTransaction", payload)
         id_tag = payload.get("id_tag")
         return call_result.StopTransaction(
@@ -203,9 +272,29 @@ class FakeCsms:
         )
 
     @on(Action.meter_values)
-    def on_meter_values(self, **payload: Any) -> Any:
+    async def on_meter_values(self, **payload: Any) -> Any:
+        await self._gate("MeterValues", payload)
         self._record("MeterValues", payload)
         return call_result.MeterValues()
+
+    @on(Action.security_event_notification)
+    async def on_security_event(self, **payload: Any) -> Any:
+        if not self.security_events:
+            # What a central system without the security extension answers.
+            self.refused.append((trio.current_time(), "SecurityEventNotification", payload))
+            self._notify()
+            raise CallError("NotImplemented", "SecurityEventNotification is not implemented")
+        await self._gate("SecurityEventNotification", payload)
+        self._record("SecurityEventNotification", payload)
+        return call_result.SecurityEventNotification()
+
+
+@attrs.define(eq=False)
+class _Refusal:
+    action: str
+    times: int
+    code: str
+    when: Callable[[dict[str, Any]], bool] | None
 
 
 class MemoryNetwork:

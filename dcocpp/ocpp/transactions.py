@@ -17,7 +17,8 @@ it at least once, never out of order). A CALLERROR is retried after
 TransactionMessageRetryInterval x attempt, up to TransactionMessageAttempts; then the message is
 *parked*, logged as an error, and retried after the next reconnect. A parked message holds back
 the later messages of its own transaction (their order matters) but not those of other
-transactions, which a single poisoned message must not stop being billed.
+transactions, which a single poisoned message must not stop being billed. A refused message of
+no transaction (SecurityEventNotification) waits for its retry aside: nothing waits for it.
 
 Power loss. `recover()` runs at every boot: a transaction the database still holds as running
 was cut off (the process died or the power went) and is stopped with reason PowerLoss, the last
@@ -135,6 +136,8 @@ class _Message:
     id_tag: str | None  # whose idTagInfo the answer carries (for the authorization cache)
     attempts: int = 0
     parked: bool = False
+    # A refused message outside any transaction waits for its retry aside (trio time).
+    retry_at: float = float("-inf")
 
 
 class TransactionOutbox:
@@ -294,7 +297,8 @@ class TransactionOutbox:
         self._wake = trio.Event()
 
     async def wait_empty(self) -> None:
-        """Until nothing but parked messages is left (used before a reset)."""
+        """Until nothing but parked messages is left (used before a reset); a refused
+        SecurityEventNotification waiting for its retry does not count."""
         while self._next() is not None:
             await self._wake.wait()
 
@@ -311,25 +315,35 @@ class TransactionOutbox:
             while True:
                 message = self._next()
                 if message is None:
-                    await self._wake.wait()
+                    with trio.move_on_at(self._next_retry()):
+                        await self._wake.wait()
                     continue
                 if await self._send(message):
                     self._queue.remove(message)
                     self._pulse()
 
     def _next(self) -> _Message | None:
-        """The first message that may go now: not parked, and not behind a parked message
-        of its own transaction."""
+        """The first message that may go now: not parked, not waiting for its retry, and
+        not behind a parked message of its own transaction."""
         held: set[int] = set()
+        now = trio.current_time()
         for message in self._queue:
             if message.local_id is not None and message.local_id in held:
                 continue
+            if message.retry_at > now and not message.parked:
+                continue  # outside any transaction: nothing waits behind it
             if message.parked:
                 if message.local_id is not None:
                     held.add(message.local_id)
                 continue
             return message
         return None
+
+    def _next_retry(self) -> float:
+        """When the earliest refused message waiting aside may be retried (inf: none)."""
+        now = trio.current_time()
+        waiting = (m.retry_at for m in self._queue if not m.parked and m.retry_at > now)
+        return min(waiting, default=float("inf"))
 
     async def _unpark_after_reconnects(self) -> None:
         connection = self.session.connection_number
@@ -341,6 +355,7 @@ class TransactionOutbox:
                 self._store.unpark_messages()
                 for message in self._queue:
                     message.parked, message.attempts = False, 0
+                    message.retry_at = float("-inf")
                 self._pulse()
 
     async def _send(self, message: _Message) -> bool:
@@ -420,4 +435,11 @@ class TransactionOutbox:
             limit,
             retry,
         )
+        if message.local_id is None:
+            # Not a transaction's (a SecurityEventNotification): waiting for its retry in
+            # line would hold back every transaction's messages, and a reset's
+            # StopTransactions, for TransactionMessageRetryInterval x attempt.
+            message.retry_at = trio.current_time() + retry
+            self._pulse()
+            return
         await trio.sleep(retry)
