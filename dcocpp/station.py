@@ -122,6 +122,7 @@ class Station:
         self._api_address = api_address
         self.api_port: int | None = None
         self._scope: trio.CancelScope | None = None
+        self._boot_nursery: trio.Nursery | None = None
         self._reset: ResetType | None = None
         self.session: ChargePointSession | None = None
         self.store: ConfigurationStore | None = None
@@ -217,6 +218,7 @@ class Station:
                 )
             with trio.CancelScope() as self._scope:
                 async with trio.open_nursery() as nursery:
+                    self._boot_nursery = nursery
                     for task in self.connectors.values():
                         await nursery.start(task.run)
                     await nursery.start(outbox.run)
@@ -230,6 +232,7 @@ class Station:
                     self.started.set()
                     task_status.started()
         finally:
+            self._boot_nursery = None
             db.close()
         return self._reset
 
@@ -279,6 +282,16 @@ class Station:
         return ResetStatus.accepted
 
     async def perform_reset(self, kind: ResetType) -> None:
+        """Carry out the reset in the boot's own nursery and wait until it is under way: it
+        must not depend on the connection that asked for it (a link that dies right after
+        Reset.conf cancels its handler task, not the reset)."""
+        if self._boot_nursery is None:
+            return
+        stopped = trio.Event()
+        self._boot_nursery.start_soon(self._reset_now, kind, stopped)
+        await stopped.wait()
+
+    async def _reset_now(self, kind: ResetType, stopped: trio.Event) -> None:
         log.warning("%s reset requested by the central system", kind.value.lower())
         if self.outbox is not None:
             self.outbox.security_event(
@@ -286,6 +299,7 @@ class Station:
             )
         await self._stop_all(_RESET_REASONS[kind])
         self._reset = kind
+        stopped.set()
         if self._scope is not None:
             self._scope.cancel()
 

@@ -24,6 +24,7 @@ from dcocpp.connector.metering import TrioWallClock, WallClock, ocpp_time
 from dcocpp.connector.task import ConnectorTask
 from dcocpp.hardware.interface import SimulationControl
 from dcocpp.hardware.simulation import EvModel, SimulatedHardware
+from dcocpp.ocpp.configuration import SPECS
 from dcocpp.ocpp.registration import Registration
 from dcocpp.ocpp.session import CONNECT_TIMEOUT
 from dcocpp.station import USER_CONFIG_NAME, Station
@@ -90,7 +91,11 @@ def charger_config(
 
 
 def preset_keys(config: ChargerConfig, **keys: Any) -> None:
-    """OCPP keys as if a central system had changed them before this start."""
+    """OCPP keys as if a central system had changed them before this start. A read-only key
+    cannot be changed that way (the station would ignore it): asking for one is an error."""
+    readonly = sorted(k for k in keys if k in SPECS and SPECS[k].readonly)
+    if readonly:
+        raise ValueError(f"read-only keys cannot be preset: {', '.join(readonly)}")
     path = config.data_dir / USER_CONFIG_NAME
     current = json.loads(path.read_text()) if path.exists() else {}
     current.update({k: str(v).lower() if isinstance(v, bool) else str(v) for k, v in keys.items()})

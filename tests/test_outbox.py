@@ -353,7 +353,7 @@ async def test_an_unanswered_message_stays_and_is_resent_on_the_next_connection(
     autojump_clock: Any, tmp_path: Path
 ) -> None:
     csms = FakeCsms()
-    async with outbox_rig(tmp_path, csms, keys={"ResponseTimeout": 30}) as rig:
+    async with outbox_rig(tmp_path, csms) as rig:  # ResponseTimeout: the default 30 s
         csms.hold("StartTransaction")
         rig.outbox.start(1, "TAG-3", 1_000_000, T0)
         rig.outbox.security_event("StartupOfTheDevice", T0)  # behind it, not a transaction's

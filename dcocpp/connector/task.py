@@ -110,7 +110,10 @@ class ConnectorTask:
             ),
         )
         self.transaction: LocalTransaction | None = None
-        self._relay_target = physical.relay_closed
+        # A new boot has no transaction: whatever the relay is, it must be open (a relay
+        # found closed, e.g. hardware that outlived the controller without a watchdog, is
+        # opened by the worker at once).
+        self._relay_target = False
         self._relay_confirmed: bool | None = physical.relay_closed  # None: unknown (failed)
         self._relay_wake = trio.Event()
         self._relay_changed = trio.Event()
