@@ -58,3 +58,38 @@ def test_an_unwritable_data_directory_is_a_storage_error(tmp_path: Path) -> None
     blocker.write_text("not a directory")
     with pytest.raises(StorageError, match="data directory"):
         Database.open(blocker / "data")
+
+
+def test_a_data_directory_of_every_older_version_is_migrated_keeping_its_data(
+    tmp_path: Path,
+) -> None:
+    """A newer dcocpp opens what an older one wrote: each older schema, with data in it, is
+    migrated forward step by step and the data stays."""
+    from dcocpp.storage import MIGRATIONS
+
+    for version in range(1, SCHEMA_VERSION):
+        data_dir = tmp_path / f"v{version}"
+        data_dir.mkdir()
+        connection = sqlite3.connect(data_dir / DATABASE_NAME)
+        for statements in MIGRATIONS[:version]:
+            for statement in statements:
+                connection.execute(statement)
+        connection.execute(f"PRAGMA user_version = {version}")
+        connection.execute("INSERT INTO availability (connector_id, operative) VALUES (2, 0)")
+        connection.commit()
+        connection.close()
+
+        db = Database.open(data_dir)
+        try:
+            assert db.availability() == {2: False}
+            # The newer tables work.
+            db.put_auth_cache("TAG", {"status": "Accepted"})
+            assert db.auth_cache() == {"TAG": {"status": "Accepted"}}
+            assert db.queued_messages() == [] and db.transactions() == []
+        finally:
+            db.close()
+        check = sqlite3.connect(data_dir / DATABASE_NAME)
+        try:
+            assert check.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
+        finally:
+            check.close()
