@@ -128,6 +128,31 @@ def stored_transactions(db_dir: Path) -> list[tuple[int, bool]]:
 # --- resets ------------------------------------------------------------------------------------
 
 
+async def test_tc_014_soft_reset_keeps_connector_unavailable(
+    autojump_clock: Any, tmp_path: Path
+) -> None:
+    """A connector set Inoperative stays Unavailable across a soft reset (the availability is
+    persisted before it is answered; the restarted station reads it back)."""
+    async with running_station(charger_config(tmp_path)) as h:
+        await h.booted()
+        result = await h.csms_call(call.ChangeAvailability(connector_id=1, type="Inoperative"))
+        assert result.status == "Accepted"
+        await h.wait_status(1, "Unavailable")
+        old_session = h.station.session
+        result = await h.csms_call(call.Reset(type="Soft"))
+        assert result.status == "Accepted"
+        await h.wait_until(
+            lambda: h.station.session is not old_session and h.station.started.is_set()
+        )
+        since = h.csms.mark()
+        await h.wait_calls("BootNotification", since=since)
+        await h.wait_calls("StatusNotification", 3, since=since)
+    statuses = {
+        p["connector_id"]: p["status"] for p in h.csms.received("StatusNotification", since)
+    }
+    assert statuses == {0: "Available", 1: "Unavailable", 2: "Available"}
+
+
 async def test_tc_015_hard_reset_with_transaction(autojump_clock: Any, tmp_path: Path) -> None:
     config = charger_config(tmp_path)
     csms = FakeCsms()
@@ -483,9 +508,7 @@ async def test_tc_036_connection_loss_during_transaction(
     samples = periodic(h.csms)
     taken = [started + 30 * k for k in range(1, len(samples) + 1)]
     # Sampled every 30 s, each with its own time, whenever it was delivered.
-    assert [p["meter_value"][0]["timestamp"] for _, p in samples] == [
-        h.wall_time(t) for t in taken
-    ]
+    assert [p["meter_value"][0]["timestamp"] for _, p in samples] == [h.wall_time(t) for t in taken]
     assert {p["transaction_id"] for _, p in samples} == {tx_id}
     assert {p["connector_id"] for _, p in samples} == {1}
     # The ones taken offline go out after the reconnect, in one go, before the first new one,
