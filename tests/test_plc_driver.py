@@ -1,4 +1,5 @@
-"""The PLC driver against the PLC firmware emulator on a python-can virtual bus.
+"""The PLC driver against the PLC firmware emulator on a python-can virtual bus (or, where a
+test must script the PLC's frames one by one, against `FakePlc`).
 
 Every test runs twice: on python-can's plain `virtual` bus, read through the Notifier thread
 bridge, and on `SelectableVirtualBus`, read through the file-descriptor path that socketcan
@@ -9,10 +10,12 @@ loaded machine slows the test rather than failing it.
 
 from __future__ import annotations
 
+import itertools
+import logging
 import threading
 import uuid
-from collections.abc import AsyncIterator, Callable
-from contextlib import asynccontextmanager
+from collections.abc import AsyncIterator, Callable, Mapping
+from contextlib import asynccontextmanager, suppress
 from typing import Any
 
 import attrs
@@ -33,7 +36,13 @@ from dcocpp.hardware.interface import (
     RelayState,
 )
 from dcocpp.hardware.plc import codec
-from dcocpp.hardware.plc.driver import PlcBackend, PlcDriverError
+from dcocpp.hardware.plc.driver import (
+    REOPEN_MAX_S,
+    REOPEN_MIN_S,
+    PlcBackend,
+    PlcDriverError,
+    PlcGun,
+)
 from dcocpp.hardware.plc.emulator import FAULT_NONE, PlcEmulator
 from dcocpp.hardware.plc.virtualbus import SelectableVirtualBus
 
@@ -63,13 +72,132 @@ def connector(cid: int, plc_id: int) -> ConnectorConfig:
     )
 
 
+Signals = dict[str, int]
+
+# What a healthy, idle PLC reports (raw values), per frame; EnergyMeterData by MUX branch.
+IDLE_FRAMES: dict[str, Signals] = {
+    "RelayStatus": {
+        "RLY1_STATE": 0,
+        "RLY1_FEEDBACK": 0,
+        "SAFETY_OK": 1,
+        "EARTH_FAULT": 0,
+        "ESTOP_INPUT": 0,
+        "COMM_FAULT": 0,
+        "FORCE_OFF_ACTIVE": 0,
+        "SW_STATES": 0,
+        "FAULT_REASON": 0,
+        "LAST_CMD_SEQ_APPLIED": 0,
+    },
+    "SafetySwitchStatus": {
+        "SW_STATES": 0,
+        "ESTOP": 0,
+        "SAFETY_OK": 1,
+        "EARTH_FAULT": 0,
+        "SW_MASK": 0b11,
+    },
+    "CpStatus": {
+        "CP_STATE": 0,
+        "PLUGGED": 0,
+        "EV_READY": 0,
+        "CP_VOLTAGE_0p1V": 120,
+        "CP_DUTY_PCT": 100,
+    },
+    "EnergyMeterData0": {
+        "MUX": 0,
+        "METER_OK": 1,
+        "COMM_ERROR": 0,
+        "DATA_STALE": 0,
+        "OVERRANGE": 0,
+        "VOLTAGE_0p1V": 0,
+        "CURRENT_0p01A": 0,
+        "ACTIVE_POWER_0p01kW": 0,
+    },
+    "EnergyMeterData1": {
+        "MUX": 1,
+        "METER_OK": 1,
+        "COMM_ERROR": 0,
+        "DATA_STALE": 0,
+        "OVERRANGE": 0,
+        "IMPORT_ENERGY_0p1kWh": 12_345,
+        "FREQ_0p01Hz": 0,
+    },
+}
+ESTOP_FRAMES: dict[str, Signals] = {
+    "RelayStatus": {"ESTOP_INPUT": 1, "SAFETY_OK": 0, "SW_STATES": 0b01, "FAULT_REASON": 4},
+    "SafetySwitchStatus": {"ESTOP": 1, "SAFETY_OK": 0, "SW_STATES": 0b01},
+}
+
+
+class FakePlc:
+    """A scripted PLC: every `period` it sends the frames in `frames` (RelayStatus,
+    SafetySwitchStatus, CpStatus, both EnergyMeterData branches), which the test edits;
+    `paused` stops that, for frame-by-frame tests with `send` and `sync`. It reads nothing:
+    what the driver sends is seen on the rig's listener. With `crc = False` it is old firmware
+    (byte 7 always zero)."""
+
+    def __init__(self, bus: can.BusABC, plc_id: int, period: float = 0.05):
+        self.bus = bus
+        self.plc_id = plc_id
+        self.period = period
+        self.frames = {name: dict(signals) for name, signals in IDLE_FRAMES.items()}
+        self.paused = False
+        self.crc = True
+        self._markers = itertools.cycle(range(1, 101))
+
+    def send(self, frame: str, **overrides: int) -> None:
+        """One frame: `frames[frame]` with `overrides` (a frame not in `frames`, e.g.
+        ChargingSession, takes `overrides` only)."""
+        message = "EnergyMeterData" if frame.startswith("EnergyMeterData") else frame
+        signals = {**self.frames.get(frame, {}), **overrides}
+        can_id, data = codec.encode(message, self.plc_id, signals, scaling=False)
+        if not self.crc:
+            data = data[:7] + b"\0"
+        self.bus.send(can.Message(arbitration_id=can_id, data=data, is_extended_id=True))
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        task_status.started()
+        while True:
+            if not self.paused:
+                for frame in self.frames:
+                    self.send(frame)
+            await trio.sleep(self.period)
+
+    async def sync(self, gun: PlcGun) -> None:
+        """Return once the driver has handled every frame sent so far: a ChargingSession with
+        a new SOC is a marker that shows in `read_meter()` (frames are handled in order)."""
+        marker = next(self._markers)
+        self.send(
+            "ChargingSession",
+            SESSION_ACTIVE=1,
+            SOC_PCT=marker,
+            EVDC_MAX_CURRENT_0p1A=0,
+            EVDC_MAX_VOLTAGE_0p1V=0,
+            EVDC_TARGET_CURRENT_0p1A=0,
+        )
+        with trio.fail_after(WAIT):
+            while gun.read_meter().soc != marker:  # noqa: ASYNC110
+                await trio.sleep(0.005)
+
+
+@attrs.define
+class BusControl:
+    """The rig's bus_factory: raises OSError while `down`; `attempts` has the trio time of
+    every call."""
+
+    down: bool = False
+    attempts: list[float] = attrs.Factory(list)
+
+
 @attrs.define
 class Rig:
     backend: PlcBackend
     emulators: dict[int, PlcEmulator]  # by plcId
-    listener: can.BusABC  # a third node on the bus: sees what the driver sends
+    fakes: dict[int, FakePlc]  # by plcId, for the plcIds given as `fakes`
+    listener: can.BusABC  # a third node on the bus: sees what the driver (and PLCs) send
     events: dict[int, list[HardwareEvent]]
     opened: list[can.BusABC]  # every bus the driver's bus_factory opened, in order
+    control: BusControl
+    backlog: list[codec.Decoded] = attrs.Factory(list)  # read, not yet returned by traffic()
 
     async def wait_event(self, cid: int, event: HardwareEvent) -> None:
         await self.wait_until(lambda: event in self.events[cid])
@@ -80,13 +208,55 @@ class Rig:
             while not condition():  # noqa: ASYNC110
                 await trio.sleep(0.01)
 
+    def traffic(self) -> list[codec.Decoded]:
+        """Every frame on the bus since the last call (but the listener's own), in the order
+        it was sent, decoded; frames with a wrong CRC are left out."""
+        frames, self.backlog = self.backlog, []
+        while (msg := self.listener.recv(0)) is not None:
+            with suppress(codec.CrcError):
+                frames.append(codec.decode(msg.arbitration_id, bytes(msg.data), scaling=False))
+        return frames
+
     def sent(self, plc_id: int) -> list[dict[str, float | int]]:
         """RelayControl frames the driver sent to `plc_id` since the last call."""
-        frames = []
-        while (msg := self.listener.recv(0)) is not None:
-            if msg.arbitration_id == codec.frame_id("RelayControl", plc_id):
-                frames.append(dict(codec.decode(msg.arbitration_id, bytes(msg.data)).signals))
+        return [dict(f.signals) for f in self.traffic() if is_control(f, plc_id)]
+
+    async def wait_traffic(
+        self, condition: Callable[[list[codec.Decoded]], bool]
+    ) -> list[codec.Decoded]:
+        """`traffic()` from now until the frames so far meet `condition`."""
+        frames: list[codec.Decoded] = []
+        with trio.fail_after(WAIT):
+            while not condition(frames):
+                await trio.sleep(0.01)
+                frames += self.traffic()
         return frames
+
+    async def wait_sent(
+        self, plc_id: int, condition: Callable[[Mapping[str, float | int]], bool]
+    ) -> list[dict[str, float | int]]:
+        """RelayControl frames to `plc_id` from now up to the first that meets `condition`
+        (included); later frames are left for the next call."""
+        frames: list[dict[str, float | int]] = []
+        with trio.fail_after(WAIT):
+            while True:
+                traffic = self.traffic()
+                for i, frame in enumerate(traffic):
+                    if is_control(frame, plc_id):
+                        frames.append(dict(frame.signals))
+                        if condition(frame.signals):
+                            self.backlog = traffic[i + 1 :]
+                            return frames
+                await trio.sleep(0.01)
+
+    def inject(self, message: str, plc_id: int, signals: Mapping[str, int]) -> None:
+        """A frame as a PLC would send it, from the listener (raw values, real CRC)."""
+        can_id, data = codec.encode(message, plc_id, signals, scaling=False)
+        self.listener.send(can.Message(arbitration_id=can_id, data=data, is_extended_id=True))
+
+
+def is_control(frame: codec.Decoded, plc_id: int) -> bool:
+    return frame.message == "RelayControl" and frame.plc_id == plc_id
 
 
 @asynccontextmanager
@@ -96,8 +266,17 @@ async def rig(
     extra_plcs: tuple[int, ...] = (),
     no_filters: bool = False,
     wrap_bus: Callable[[can.BusABC], None] | None = None,
+    fakes: tuple[int, ...] = (),
+    no_crc: tuple[int, ...] = (),
+    silent: tuple[int, ...] = (),
+    emulator_options: Mapping[str, Any] | None = None,
+    bus_down: bool = False,
     **options: Any,
 ) -> AsyncIterator[Rig]:
+    """The driver (`options` go to PlcBackend) against one emulator per plcId of `connectors`
+    and `extra_plcs` (with `emulator_options`; those in `silent` silent from the start), but a
+    FakePlc for those in `fakes` (old firmware without CRC for those also in `no_crc`).
+    `bus_down`: the bus cannot be opened until `control.down` is cleared."""
     channel = f"plc-driver-{uuid.uuid4().hex}"
     threads_before = set(threading.enumerate())
     plc_ids = [c.plc_id for c in connectors] + list(extra_plcs)
@@ -105,11 +284,27 @@ async def rig(
     emu_buses = [bus_class(channel=channel) for _ in plc_ids]
     listener = bus_class(channel=channel)
     emulators = {
-        plc_id: PlcEmulator(bus, plc_id, connector=connector(99, plc_id), period=0.05)
+        plc_id: PlcEmulator(
+            bus, plc_id, connector=connector(99, plc_id), period=0.05, **(emulator_options or {})
+        )
         for plc_id, bus in zip(plc_ids, emu_buses, strict=True)
+        if plc_id not in fakes
     }
+    fake_plcs = {
+        plc_id: FakePlc(bus, plc_id)
+        for plc_id, bus in zip(plc_ids, emu_buses, strict=True)
+        if plc_id in fakes
+    }
+    for plc_id in silent:
+        emulators[plc_id].set_silent(True)
+    for plc_id in no_crc:
+        fake_plcs[plc_id].crc = False
+    control = BusControl(down=bus_down)
 
     def factory() -> can.BusABC:
+        control.attempts.append(trio.current_time())
+        if control.down:
+            raise OSError("can0 is down")
         bus = bus_class(channel=channel)
         if no_filters:  # a controller without acceptance filters: the driver must sort
             bus.set_filters = lambda filters=None: None  # type: ignore[method-assign]
@@ -126,6 +321,8 @@ async def rig(
         async with trio.open_nursery() as nursery:
             for emulator in emulators.values():
                 await nursery.start(emulator.run)
+            for fake in fake_plcs.values():
+                await nursery.start(fake.run)
             senders = {}
             for c in connectors:
                 send, receive = trio.open_memory_channel[HardwareEvent](64)
@@ -141,7 +338,7 @@ async def rig(
                     backend_done.set()
 
             await nursery.start(run_backend)
-            yield Rig(backend, emulators, listener, events, opened)
+            yield Rig(backend, emulators, fake_plcs, listener, events, opened, control)
             # The driver first, so that no frame of it is still in flight towards an emulator
             # whose reader is shutting down.
             backend_scope.cancel()
@@ -433,3 +630,450 @@ async def test_repeated_send_errors_reopen_the_bus() -> None:
         assert r.backend.stats.tx_errors == 3
         await r.backend.gun(1).set_relay(False)
         assert not r.emulators[3].state.relay_closed
+
+
+# --- helpers for the tests below ---------------------------------------------------------------
+
+# A paused FakePlc is not a silent one: no COMMUNICATION / METER fault while a test steps it.
+PAUSED_OK: dict[str, Any] = {"rx_timeout": 10.0, "meter_stale": 20.0}
+# For tests about the driver's own fault rules: a late keep-alive on a loaded machine must
+# not trip the emulator's watchdog (its fault would be reported too).
+SLOW_WATCHDOG = {"watchdog": 5.0}
+
+
+def control(
+    seq: int, *, close: bool = False, force_off: bool = False, clear: bool = False
+) -> dict[str, float | int]:
+    """A RelayControl frame as the driver sends it."""
+    return {
+        "RLY1_CMD": int(close),
+        "SYS_ENABLE": 1,
+        "FORCE_ALL_OFF": int(force_off),
+        "CLEAR_FAULTS": int(clear),
+        "CMD_SEQ": seq,
+        "RLY_ENABLE_MASK": 1,
+        "RLY_MODE": 0,
+        "PULSE_MS": 0,
+    }
+
+
+def next_seq(seq: int) -> int:
+    """The driver's seq after `seq` (1..255, 0 is never used)."""
+    return seq % 255 + 1
+
+
+def faulted(gun: PlcGun, kind: FaultKind) -> bool:
+    return kind in dict(gun.status().faults)
+
+
+ESTOP = FaultRaised(FaultKind.EMERGENCY_STOP, "PLC 3: emergency stop")
+ESTOP_GONE = FaultCleared(FaultKind.EMERGENCY_STOP)
+
+
+# --- safety trip -------------------------------------------------------------------------------
+
+
+async def test_estop_forces_all_off_at_once_and_until_released() -> None:
+    # Keep-alives every 0.5 s (the PLC's watchdog lengthened to match): an estop right after
+    # one is 0.5 s from the next, so the first RelayControl after it is the driver's answer.
+    async with rig(ONE, keepalive=0.5, emulator_options=SLOW_WATCHDOG) as r:
+        gun, emu = r.backend.gun(1), r.emulators[3]
+        await gun.set_relay(True)
+        seq = emu.state.last_cmd_seq_applied
+        r.traffic()
+        await r.wait_sent(3, lambda f: True)
+        emu.set_estop(True)
+        await r.wait_event(1, ESTOP)
+        frames = await r.wait_traffic(
+            lambda fs: any(is_control(f, 3) and f.signals["FORCE_ALL_OFF"] for f in fs)
+        )
+        estop = next(
+            i
+            for i, f in enumerate(frames)
+            if f.message == "RelayStatus" and f.signals["ESTOP_INPUT"] == 1
+        )
+        assert all(
+            f.signals == control(seq, close=True) for f in frames[:estop] if is_control(f, 3)
+        )
+        trip = next(f.signals for f in frames[estop:] if is_control(f, 3))
+        trip_seq = next_seq(seq)  # a new command: open
+        assert trip == control(trip_seq, force_off=True)
+
+        # Every keep-alive keeps it while the estop is pressed; closing is refused at once.
+        await trio.sleep(1.4)
+        held = r.sent(3)
+        assert len(held) >= 2
+        assert all(f == control(trip_seq, force_off=True) for f in held)
+        with pytest.raises(PlcDriverError, match="safety trip"):
+            await gun.set_relay(True)
+
+        emu.set_estop(False)
+        await r.wait_event(1, ESTOP_GONE)
+        sent = await r.wait_sent(3, lambda f: f["FORCE_ALL_OFF"] == 0)
+        assert sent[:-1] == [control(trip_seq, force_off=True)] * (len(sent) - 1)
+        # Released: no more FORCE_ALL_OFF, CLEAR_FAULTS for the estop the PLC still latches;
+        # the command stays "open": the relay stays open until the next set_relay(True).
+        assert sent[-1] == control(trip_seq, clear=True)
+        await r.wait_until(lambda: emu.state.fault_reason == FAULT_NONE)
+        await r.wait_sent(3, lambda f: f == control(trip_seq))
+        assert not emu.state.relay_closed and not gun.status().relay_closed
+        assert r.events[1] == [RelayState(True), ESTOP, RelayState(False), ESTOP_GONE]
+        await gun.set_relay(True)
+        assert emu.state.relay_closed
+
+
+async def test_single_glitch_frame_trips_fail_safe() -> None:
+    async with rig(ONE, debounce_frames=3) as r:
+        gun, emu = r.backend.gun(1), r.emulators[3]
+        await gun.set_relay(True)
+        seq = emu.state.last_cmd_seq_applied
+        r.traffic()
+        glitch = {
+            **IDLE_FRAMES["RelayStatus"],
+            "RLY1_STATE": 1,
+            "RLY1_FEEDBACK": 1,
+            "LAST_CMD_SEQ_APPLIED": seq,
+            **ESTOP_FRAMES["RelayStatus"],
+        }
+        r.inject("RelayStatus", 3, glitch)  # between the emulator's own frames
+        await r.wait_event(1, ESTOP)
+        frames = await r.wait_sent(3, lambda f: f["FORCE_ALL_OFF"] == 1)
+        assert frames == [control(seq, close=True)] * (len(frames) - 1) + [
+            control(next_seq(seq), force_off=True)
+        ]
+        # Fail-safe: the PLC never saw an estop, yet its relay was forced open.
+        await r.wait_until(lambda: not emu.state.relay_closed)
+        assert not emu.state.estop
+        # The emulator's clear frames release it (counted exactly in the next test).
+        await r.wait_event(1, ESTOP_GONE)
+        frames = await r.wait_sent(3, lambda f: f["FORCE_ALL_OFF"] == 0)
+        assert frames[-1] == control(next_seq(seq))  # and the relay stays open
+        await r.wait_event(1, RelayState(False))
+        assert r.events[1][:2] == [RelayState(True), ESTOP]
+        assert sorted(map(repr, r.events[1][2:])) == sorted(
+            map(repr, [RelayState(False), ESTOP_GONE])
+        )
+        await trio.sleep(0.2)
+        assert not emu.state.relay_closed and not gun.status().relay_closed
+
+
+async def test_safety_release_needs_debounce_frames_consecutive_clear_frames() -> None:
+    async with rig(ONE, fakes=(3,), debounce_frames=3, **PAUSED_OK) as r:
+        gun, plc = r.backend.gun(1), r.fakes[3]
+        plc.paused = True
+        await plc.sync(gun)
+
+        async def step(*frames: tuple[str, Signals]) -> bool:
+            """Send the frames; whether the driver is tripped once it has handled them."""
+            for name, overrides in frames:
+                plc.send(name, **overrides)
+            await plc.sync(gun)
+            return faulted(gun, FaultKind.EMERGENCY_STOP)
+
+        relay: tuple[str, Signals] = ("RelayStatus", {})
+        switches: tuple[str, Signals] = ("SafetySwitchStatus", {})
+        assert not await step(relay, switches)
+        assert await step(("SafetySwitchStatus", ESTOP_FRAMES["SafetySwitchStatus"]))
+        # Clear frames of either kind count; debounce_frames - 1 are not enough ...
+        assert await step(relay)
+        assert await step(switches)
+        # ... one reporting the estop again starts the count anew ...
+        assert await step(("RelayStatus", ESTOP_FRAMES["RelayStatus"]))
+        assert await step(switches, relay)
+        # ... frames without safety bits do not count ...
+        assert await step(("CpStatus", {}), ("EnergyMeterData1", {}))
+        # ... the third consecutive clear frame releases it.
+        assert not await step(switches)
+        await r.wait_event(1, ESTOP_GONE)
+        assert r.events[1] == [ESTOP, ESTOP_GONE]
+
+
+async def test_safety_chain_open_is_an_emergency_stop() -> None:
+    async with rig(ONE, fakes=(3,), **PAUSED_OK) as r:
+        gun, plc = r.backend.gun(1), r.fakes[3]
+        plc.paused = True
+        await plc.sync(gun)
+        seq = r.sent(3)[-1]["CMD_SEQ"]
+        assert isinstance(seq, int)
+
+        # SAFETY_OK=0 for neither estop nor earth fault: another switch of SW_MASK is open.
+        chain = {"SW_STATES": 0b100, "ESTOP": 0, "SAFETY_OK": 0, "EARTH_FAULT": 0, "SW_MASK": 0b111}
+        chain_open = FaultRaised(
+            FaultKind.EMERGENCY_STOP, "PLC 3: safety chain open (switches 0x04)"
+        )
+        plc.send("SafetySwitchStatus", **chain)
+        await r.wait_event(1, chain_open)
+        frames = await r.wait_sent(3, lambda f: f["CMD_SEQ"] != seq)
+        assert next(f for f in frames if f["CMD_SEQ"] != seq) == control(
+            next_seq(seq), force_off=True
+        )
+        plc.send("SafetySwitchStatus")
+        plc.send("RelayStatus")
+        await r.wait_event(1, ESTOP_GONE)
+        await r.wait_sent(3, lambda f: f == control(next_seq(seq)))
+
+        # An estop and an open chain at once: one fault, the estop's.
+        both = {**chain, "SW_STATES": 0b101, "ESTOP": 1}
+        plc.send("SafetySwitchStatus", **both)
+        plc.send("RelayStatus", ESTOP_INPUT=1, SAFETY_OK=0, SW_STATES=0b101, FAULT_REASON=4)
+        await plc.sync(gun)
+        # The estop released, the chain still open: still tripped, nothing new to report.
+        plc.send("SafetySwitchStatus", **chain)
+        plc.send("RelayStatus", SAFETY_OK=0, SW_STATES=0b100, FAULT_REASON=4)
+        plc.send("SafetySwitchStatus", **chain)
+        await plc.sync(gun)
+        assert faulted(gun, FaultKind.EMERGENCY_STOP)
+        assert r.sent(3)[-1]["FORCE_ALL_OFF"] == 1
+        plc.send("SafetySwitchStatus")
+        plc.send("RelayStatus")
+        await r.wait_until(lambda: r.events[1].count(ESTOP_GONE) == 2)
+        assert r.events[1] == [chain_open, ESTOP_GONE, ESTOP, ESTOP_GONE]
+
+
+# --- relay acknowledgement ---------------------------------------------------------------------
+
+
+async def test_stale_ack_does_not_confirm_a_relay_command() -> None:
+    async with rig(ONE, fakes=(3,), attempts=1, ack_timeout=1.0, **PAUSED_OK) as r:
+        gun, plc = r.backend.gun(1), r.fakes[3]
+        seen_closed = failed = -1.0
+
+        async def close() -> None:
+            nonlocal failed
+            with pytest.raises(PlcDriverError, match="after 1 attempts"):
+                await gun.set_relay(True)
+            failed = trio.current_time()
+
+        async with trio.open_nursery() as nursery:
+            r.sent(3)
+            nursery.start_soon(close)
+            frames = await r.wait_sent(3, lambda f: f["RLY1_CMD"] == 1)
+            seq = next(f["CMD_SEQ"] for f in frames if f["RLY1_CMD"] == 1)
+            assert isinstance(seq, int)
+            # The relay reported closed, but an older command reported applied.
+            plc.frames["RelayStatus"].update(
+                RLY1_STATE=1, RLY1_FEEDBACK=1, LAST_CMD_SEQ_APPLIED=(seq - 2) % 255 + 1
+            )
+            await r.wait_until(lambda: gun.status().relay_closed)
+            seen_closed = trio.current_time()
+        assert 0 <= seen_closed < failed
+        # Given up: the PLC is told FORCE_ALL_OFF with a new (open) command.
+        forced = next_seq(seq)
+        await r.wait_sent(3, lambda f: f == control(forced, force_off=True))
+
+        # The newest command acknowledged with the wanted state: confirmed.
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(gun.set_relay, True)
+            await r.wait_sent(3, lambda f: f == control(next_seq(forced), close=True))
+            plc.frames["RelayStatus"]["LAST_CMD_SEQ_APPLIED"] = next_seq(forced)
+        await r.wait_event(1, RelayState(True))
+        assert r.events[1] == [RelayState(True)]
+
+
+async def test_newer_command_to_the_same_state_confirms_a_waiting_open() -> None:
+    async with rig(ONE, fakes=(3,), attempts=1, ack_timeout=WAIT, **PAUSED_OK) as r:
+        gun, plc = r.backend.gun(1), r.fakes[3]
+        async with trio.open_nursery() as nursery:
+            seq = r.sent(3)[-1]["CMD_SEQ"]
+            assert isinstance(seq, int)
+            nursery.start_soon(gun.set_relay, False)  # the fake PLC does not acknowledge it
+            await r.wait_sent(3, lambda f: f["CMD_SEQ"] == next_seq(seq))
+            # A safety trip commands open again, with a newer seq ...
+            for name, signals in ESTOP_FRAMES.items():
+                plc.frames[name].update(signals)
+            await r.wait_sent(3, lambda f: f == control(next_seq(next_seq(seq)), force_off=True))
+            # ... whose acknowledgement confirms the open that was waiting.
+            plc.frames["RelayStatus"]["LAST_CMD_SEQ_APPLIED"] = next_seq(next_seq(seq))
+        await r.wait_event(1, ESTOP)
+        assert r.events[1] == [ESTOP]
+
+
+# --- startup, bus and silence ------------------------------------------------------------------
+
+
+async def test_started_once_every_plc_has_reported_its_meter() -> None:
+    before = trio.current_time()
+    async with rig(ONE, rx_timeout=WAIT, emulator_options={"initial_energy_wh": 1_234_567.0}) as r:
+        # Nothing has run since `started`: the register was read before it.
+        assert trio.current_time() - before < WAIT
+        assert r.backend.gun(1).read_meter().energy_wh == 1_234_500.0  # floored to 0.1 kWh
+        status = r.backend.gun(1).status()
+        assert not status.plugged and not status.relay_closed and status.faults == ()
+
+
+async def test_silent_plc_delays_started_by_rx_timeout_then_faults() -> None:
+    before = trio.current_time()
+    async with rig(
+        [connector(1, 3), connector(2, 4)],
+        silent=(4,),
+        rx_timeout=0.5,
+        emulator_options=SLOW_WATCHDOG,
+    ) as r:
+        assert trio.current_time() - before >= 0.5
+        # The PLC that did report is fully known.
+        assert r.backend.gun(1).read_meter().energy_wh == 1_300_000.0
+        lost = FaultRaised(FaultKind.COMMUNICATION, "PLC 4 communication lost")
+        await r.wait_event(2, lost)
+        r.emulators[4].set_silent(False)
+        await r.wait_event(2, FaultCleared(FaultKind.COMMUNICATION))
+        assert r.events[2] == [lost, FaultCleared(FaultKind.COMMUNICATION)]
+        assert r.events[1] == []
+
+
+async def test_bus_that_cannot_be_opened_is_retried_with_backoff() -> None:
+    async with rig(ONE, bus_down=True, rx_timeout=0.3) as r:
+        # `run` has started regardless, and reports the bus on every gun.
+        down = FaultRaised(FaultKind.COMMUNICATION, "CAN bus error: OSError: can0 is down")
+        await r.wait_event(1, down)
+        with pytest.raises(PlcDriverError, match="bus not open"):
+            await r.backend.gun(1).configure(1, 100)
+        await r.wait_until(lambda: len(r.control.attempts) >= 3)
+        r.control.down = False
+        await r.wait_event(1, FaultCleared(FaultKind.COMMUNICATION))
+        assert len(r.opened) == 1
+        gaps = [b - a for a, b in itertools.pairwise(r.control.attempts)]
+        for k, gap in enumerate(gaps):
+            assert gap >= min(REOPEN_MIN_S * 2**k, REOPEN_MAX_S) * 0.99
+        await r.backend.gun(1).set_relay(True)
+        assert r.emulators[3].state.relay_closed
+        await r.wait_event(1, RelayState(True))  # set_relay returns before it is delivered
+        assert r.events[1] == [down, FaultCleared(FaultKind.COMMUNICATION), RelayState(True)]
+
+
+def meter_faults(events: list[HardwareEvent]) -> list[HardwareEvent]:
+    return [e for e in events if isinstance(e, FaultRaised) and e.kind == FaultKind.METER]
+
+
+async def test_silent_plc_is_not_reported_meter_stale_on_top() -> None:
+    async with rig(ONE, rx_timeout=0.5, meter_stale=1.0, emulator_options=SLOW_WATCHDOG) as r:
+        emu = r.emulators[3]
+        lost = FaultRaised(FaultKind.COMMUNICATION, "PLC 3 communication lost")
+        emu.set_silent(True)
+        await r.wait_event(1, lost)
+        # It will come back without fresh meter data.
+        emu.set_meter_stale(True)
+        await trio.sleep(1.5)  # well past meter_stale: the link is the fault, not the meter
+        assert r.events[1] == [lost]
+        emu.set_silent(False)
+        await r.wait_event(1, FaultCleared(FaultKind.COMMUNICATION))
+        back = trio.current_time()
+        # The meter gets a full meter_stale from the first frame before it is called stale.
+        stale = FaultRaised(FaultKind.METER, "meter data stale")
+        await r.wait_event(1, stale)
+        assert trio.current_time() - back >= 0.5
+        assert r.events[1][:2] == [lost, FaultCleared(FaultKind.COMMUNICATION)]
+        assert meter_faults(r.events[1]) == [stale]
+        emu.set_meter_stale(False)
+        await r.wait_event(1, FaultCleared(FaultKind.METER))
+
+
+async def test_silence_and_back_raises_no_meter_fault() -> None:
+    async with rig(ONE, rx_timeout=0.5, meter_stale=1.0, emulator_options=SLOW_WATCHDOG) as r:
+        lost = FaultRaised(FaultKind.COMMUNICATION, "PLC 3 communication lost")
+        r.emulators[3].set_silent(True)
+        await r.wait_event(1, lost)
+        await trio.sleep(1.2)
+        r.emulators[3].set_silent(False)
+        await r.wait_event(1, FaultCleared(FaultKind.COMMUNICATION))
+        await trio.sleep(1.2)  # past meter_stale since the PLC came back
+        assert r.events[1][:2] == [lost, FaultCleared(FaultKind.COMMUNICATION)]
+        assert meter_faults(r.events[1]) == []
+
+
+async def test_unplug_while_requesting_is_cable_unplugged_only() -> None:
+    async with rig(ONE) as r:
+        emu = r.emulators[3]
+        emu.plug()
+        await r.wait_event(1, EvDemand(True))
+        emu.unplug()
+        await r.wait_event(1, CableUnplugged())
+        await trio.sleep(0.2)
+        assert r.events[1] == [CablePlugged(), EvDemand(True), CableUnplugged()]
+        status = r.backend.gun(1).status()
+        assert not status.plugged and not status.ev_requesting
+
+
+# --- CRC ---------------------------------------------------------------------------------------
+
+
+def zero_crc_cp_status(**signals: int) -> Signals:
+    """CpStatus signals (`signals` plus a searched CP voltage) whose real CRC8 is 0: on the
+    wire such a frame looks exactly like one without CRC."""
+    for volts in range(1000):
+        candidate = {**IDLE_FRAMES["CpStatus"], **signals, "CP_VOLTAGE_0p1V": volts}
+        if codec.encode("CpStatus", 3, candidate, scaling=False)[1][7] == 0:
+            return candidate
+    raise AssertionError("no CpStatus with CRC 0")
+
+
+def send_without_crc(bus: can.BusABC, message: str, plc_id: int, signals: Signals) -> None:
+    can_id, data = codec.encode(message, plc_id, signals, scaling=False)
+    assert data[7] != 0  # else it would not be a frame without CRC
+    bus.send(can.Message(arbitration_id=can_id, data=data[:7] + b"\0", is_extended_id=True))
+
+
+PLUGGED = {"CP_STATE": 1, "PLUGGED": 1, "EV_READY": 0, "CP_VOLTAGE_0p1V": 90, "CP_DUTY_PCT": 5}
+
+
+async def test_frame_without_crc_from_a_plc_that_sends_crcs_is_dropped(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.WARNING, logger="dcocpp.hardware.plc.driver")
+    async with rig(ONE) as r:
+        await trio.sleep(0.1)
+        assert r.backend.stats.crc_errors == 0
+        for _ in range(2):
+            send_without_crc(r.listener, "CpStatus", 3, PLUGGED)
+        await r.wait_until(lambda: r.backend.stats.crc_errors == 2)
+        warnings = [rec for rec in caplog.records if "without CRC" in rec.getMessage()]
+        assert len(warnings) == 1 and warnings[0].levelno == logging.WARNING
+        assert "PLC 3" in warnings[0].getMessage()
+        # A frame whose real CRC is 0 (byte 7 zero, yet valid) is still accepted.
+        r.inject("CpStatus", 3, zero_crc_cp_status(**PLUGGED))
+        await r.wait_event(1, CablePlugged())
+        await r.wait_event(1, CableUnplugged())  # the emulator's next CpStatus
+        assert r.backend.stats.crc_errors == 2
+
+
+async def test_old_firmware_without_crc_is_accepted() -> None:
+    async with rig(ONE, fakes=(3,), no_crc=(3,), **PAUSED_OK) as r:
+        gun, plc = r.backend.gun(1), r.fakes[3]
+        plc.paused = True
+        await plc.sync(gun)
+        plc.send("CpStatus", **PLUGGED)
+        await r.wait_event(1, CablePlugged())
+        # A frame whose real CRC happens to be 0 proves nothing: still old firmware.
+        plc.send("CpStatus", **zero_crc_cp_status())
+        await r.wait_event(1, CableUnplugged())
+        plc.send("CpStatus", **PLUGGED)
+        await r.wait_until(lambda: r.events[1].count(CablePlugged()) == 2)
+        assert r.backend.stats.crc_errors == 0
+        # One frame with a (valid, non-zero) CRC: from now on frames without one are dropped.
+        plc.crc = True
+        plc.send("RelayStatus")
+        plc.crc = False
+        plc.send("CpStatus")
+        await r.wait_until(lambda: r.backend.stats.crc_errors == 1)
+        plc.crc = True
+        await plc.sync(gun)
+        assert gun.status().plugged
+        assert r.events[1] == [CablePlugged(), CableUnplugged(), CablePlugged()]
+
+
+async def test_force_off_of_a_failed_command_outlasts_a_safety_trip() -> None:
+    async with rig(ONE, fakes=(3,), attempts=1, ack_timeout=0.2, **PAUSED_OK) as r:
+        gun, plc = r.backend.gun(1), r.fakes[3]
+        plc.paused = True
+        with pytest.raises(PlcDriverError, match="after 1 attempts"):
+            await gun.set_relay(True)  # the fake PLC never acknowledges
+        forced = (await r.wait_sent(3, lambda f: f["FORCE_ALL_OFF"] == 1))[-1]
+        assert forced["RLY1_CMD"] == 0
+        plc.send("SafetySwitchStatus", **ESTOP_FRAMES["SafetySwitchStatus"])
+        await r.wait_event(1, ESTOP)
+        plc.send("SafetySwitchStatus")
+        plc.send("RelayStatus")
+        await r.wait_event(1, ESTOP_GONE)
+        r.sent(3)
+        # Released, but the earlier give-up still holds until the next set_relay.
+        frames = await r.wait_sent(3, lambda f: True)
+        assert frames == [control(next_seq(int(forced["CMD_SEQ"])), force_off=True)]

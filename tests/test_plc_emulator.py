@@ -216,6 +216,50 @@ async def test_periodic_frames_and_ids_for_plc_3() -> None:
             await host.wait_for("CpStatus", CP_STATE=0, PLUGGED=0)
 
 
+async def test_cp_status_sent_at_once_on_plug_unplug_and_suspend(autojump_clock: Any) -> None:
+    with buses(2) as (plc_bus, host_bus):
+        emulator = PlcEmulator(plc_bus, 3, connector=CONNECTOR, watchdog=NO_WATCHDOG, period=1.0)
+        host = Host(host_bus)
+        async with running(emulator):
+            await trio.sleep(0.5)  # halfway between two periodic bursts
+            host.drain()
+            now = trio.current_time()
+
+            def cp_state_now() -> dict[str, float | int]:
+                # Without any sleep: only what the control itself sent.
+                (frame,) = decoded(host.drain())
+                assert frame.message == "CpStatus" and frame.plc_id == 3
+                return dict(frame.signals)
+
+            emulator.plug(EvModel(soc=40.0))
+            assert cp_state_now() == {
+                "CP_STATE": 2,
+                "PLUGGED": 1,
+                "EV_READY": 1,
+                "CP_VOLTAGE_0p1V": 60,
+                "CP_DUTY_PCT": 5,
+            }
+            emulator.set_ev_suspended(True)
+            assert cp_state_now() == {
+                "CP_STATE": 1,
+                "PLUGGED": 1,
+                "EV_READY": 0,
+                "CP_VOLTAGE_0p1V": 90,
+                "CP_DUTY_PCT": 5,
+            }
+            emulator.set_ev_suspended(False)
+            assert cp_state_now()["CP_STATE"] == 2
+            emulator.unplug()
+            assert cp_state_now() == {
+                "CP_STATE": 0,
+                "PLUGGED": 0,
+                "EV_READY": 0,
+                "CP_VOLTAGE_0p1V": 120,
+                "CP_DUTY_PCT": 100,
+            }
+            assert trio.current_time() == now
+
+
 # --- relay commands ------------------------------------------------------------------------------
 
 

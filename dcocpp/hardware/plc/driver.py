@@ -3,7 +3,8 @@ python-can bus, one PLC (plcId) per gun, all PLCs on one bus.
 
 `run` opens the bus with `bus_factory` and owns it until it ends. It starts:
 
-- one reader, which decodes every PLC -> host frame (codec + CRC8) into per-gun state and
+- one reader, which decodes every PLC -> host frame (codec + CRC8; a frame without CRC is
+  dropped from a PLC that has sent CRCs, see `PlcGun._check_crc`) into per-gun state and
   hardware events. On a bus with a file descriptor (socketcan) it waits with
   `trio.lowlevel.wait_readable` and drains with `bus.recv(0)`; a bus without one (`virtual`)
   can only be read by blocking in `recv`, so a `can.Notifier` thread hands the frames to trio
@@ -105,7 +106,8 @@ class PlcDriverError(HardwareError):
 class PlcStats:
     rx_frames: int = 0  # frames handed to the decoder
     ignored: int = 0  # from an unconfigured plcId, or not a PLC -> host message
-    crc_errors: int = 0  # wrong non-zero CRC byte: dropped
+    # wrong non-zero CRC byte, or no CRC from a PLC that has sent CRCs before: dropped
+    crc_errors: int = 0
     decode_errors: int = 0  # unknown id, bad DLC, ...: dropped
     rx_overruns: int = 0  # frames lost because trio fell RX_QUEUE frames behind the thread
     tx_frames: int = 0
@@ -190,6 +192,12 @@ class PlcGun:
         # ConfigCmd: one in flight, answered by the ConfigAck with the same CFG_PARAM_ID.
         self._config_lock = trio.Lock()
         self._config_waiter: _ConfigWaiter | None = None
+
+        # CRC: a zero CRC byte means "no CRC" (old firmware), but one frame in 256 really has
+        # CRC 0. Once this PLC has sent a frame with a valid non-zero CRC byte it is known to
+        # protect its frames, and a frame without CRC from it is dropped (see `_check_crc`).
+        self._crc_protected = False
+        self._crc_less_logged = False
 
         # Which frames have arrived at least once: until then the gun's state is unknown.
         self._seen: set[str] = set()
@@ -359,6 +367,29 @@ class PlcGun:
 
     # --- what the PLC says ----------------------------------------------------------------
 
+    def _check_crc(self, decoded: codec.Decoded, crc_byte: int) -> bool:
+        """Whether to accept a decoded frame as far as its CRC goes (a wrong non-zero CRC
+        byte has been refused by the codec already). A frame without CRC (`crc_ok` False) is
+        accepted from a PLC that has never sent a valid non-zero CRC byte (old firmware) and
+        dropped from one that has. A zero byte that happens to be the frame's real CRC
+        (`crc_ok` True) is accepted but proves nothing: old firmware sends such frames too."""
+        if decoded.crc_ok:
+            if crc_byte != 0 and not self._crc_protected:
+                self._crc_protected = True
+                log.debug("PLC %d sends CRC-protected frames", self.plc_id)
+            return True
+        if not self._crc_protected:
+            return True
+        if not self._crc_less_logged:
+            self._crc_less_logged = True
+            log.warning(
+                "PLC %d: frame without CRC (%s) from a PLC that sends CRCs: dropping such "
+                "frames (counted as CRC errors)",
+                self.plc_id,
+                decoded.message,
+            )
+        return False
+
     def _on_frame(self, decoded: codec.Decoded, now: float) -> list[HardwareEvent]:
         events: list[HardwareEvent] = []
         self._last_rx = now
@@ -489,8 +520,9 @@ class PlcGun:
         if self._safety_tripped() and not was_tripped:
             log.warning("PLC %d: safety trip, forcing all relays off", self.plc_id)
             # FORCE_ALL_OFF follows the trip (see _relay_control); the command itself is an
-            # open, so the relay stays open once the inputs are released.
-            self._command(False, force_off=False)
+            # open, so the relay stays open once the inputs are released. A force-off of a
+            # set_relay that gave up stays until the next set_relay.
+            self._command(False, force_off=self._force_off)
 
     def _supervise(self, now: float) -> list[HardwareEvent]:
         backend = self._backend
@@ -802,6 +834,9 @@ class PlcBackend:
             return
         except codec.PlcCodecError:
             self._bump("decode_errors")
+            return
+        if not gun._check_crc(decoded, msg.data[codec.FRAME_LENGTH - 1]):
+            self._bump("crc_errors")
             return
         await gun._emit(gun._on_frame(decoded, trio.current_time()))
 
