@@ -82,13 +82,18 @@ async def read_frames(
     handle: Callable[[can.Message], Awaitable[None]],
     *,
     on_overrun: Callable[[], None],
+    gather: float = 0.0,
     task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Call `handle` for every frame `bus` receives, in order, until cancelled;
     `task_status.started()` once frames are being read. Raises BusReadError when the bus
     fails. `on_overrun` counts frames the Notifier thread had to drop (thread path only).
     Never closes the bus; on the thread path the thread is stopped and joined on the way out
-    (blocking trio for at most one NOTIFIER_POLL_S)."""
+    (blocking trio for at most one NOTIFIER_POLL_S).
+
+    `gather` (fd path): after a burst, wait this long before looking again, so that a busy
+    bus is read in batches (one wake-up per `gather` instead of one per frame, like a NIC's
+    interrupt coalescing); a frame on a quiet bus is still handled at once."""
     fd = _fileno(bus)
     if fd >= 0:
         task_status.started()
@@ -102,6 +107,8 @@ async def read_frames(
                 if msg is None:
                     break
                 await handle(msg)
+            if gather > 0:
+                await trio.sleep(gather)
     token = trio.lowlevel.current_trio_token()
     send, receive = trio.open_memory_channel[can.Message | Exception](RX_QUEUE)
     bridge = TrioBridge(token, send, on_overrun)
