@@ -56,35 +56,14 @@ _CALLS: dict[str, Callable[..., Any]] = {
 _UNSUPPORTED = {"NotImplemented", "NotSupported"}
 
 
-class StoredTransaction(Protocol):
-    local_id: int | None
-    connector_id: int
-    id_tag: str
-    meter_start: int
-    started_at: str
-    reservation_id: int | None
-    transaction_id: int | None
-    last_meter_wh: int
-    last_meter_at: str
-    stopped: bool
-
-
-class StoredMessage(Protocol):
-    seq: int
-    action: str
-    local_id: int | None
-    payload: dict[str, Any]
-    id_tag: str | None
-    attempts: int
-    parked: bool
-
-
 class OutboxStore(Protocol):
     """What the outbox needs from the station database (`storage.Database` provides it)."""
 
-    def transactions(self) -> list[Any]: ...  # StoredTransaction rows
+    # Rows with the columns of the `transactions` / `outbox` tables as attributes (the
+    # storage layer's TransactionRow / QueuedMessage), messages in queue order.
+    def transactions(self) -> list[Any]: ...
 
-    def queued_messages(self) -> list[Any]: ...  # StoredMessage rows, in order
+    def queued_messages(self) -> list[Any]: ...
 
     def begin_transaction(
         self, fields: Mapping[str, Any], start_payload: Mapping[str, Any], id_tag: str
