@@ -19,6 +19,7 @@ import trio
 
 from dcocpp import __version__, demo, plcsim, simcli, statecharts
 from dcocpp.api import ApiError
+from dcocpp.cliargs import DEFAULT_CONFIG, config_argument, log_level_argument
 from dcocpp.config import ChargerConfig, ConfigError, load_charger_config
 from dcocpp.logs import LoggingSetup
 from dcocpp.ocpp.configuration import ConfigurationError
@@ -33,7 +34,6 @@ EXIT_OK = 0
 EXIT_RUNTIME_ERROR = 1
 EXIT_USAGE = 2
 EXIT_HARD_RESET = 3
-DEFAULT_CONFIG = Path("configs/charger.json")
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -68,12 +68,7 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument(
         "--log-dir", metavar="DIR", type=Path, help="directory for the OCPP message log"
     )
-    run.add_argument(
-        "--log-level",
-        default="INFO",
-        choices=["DEBUG", "INFO", "WARNING", "ERROR"],
-        help="console log level",
-    )
+    log_level_argument(run, default="INFO", help="console log level")
     run.add_argument(
         "--api",
         metavar="HOST:PORT",
@@ -148,13 +143,7 @@ def _plc_dbc(args: argparse.Namespace) -> int:
 
 
 def _config_argument(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "--config",
-        type=Path,
-        default=DEFAULT_CONFIG,
-        metavar="PATH",
-        help=f"charger.json (default: {DEFAULT_CONFIG})",
-    )
+    config_argument(parser)
 
 
 def _load(args: argparse.Namespace) -> ChargerConfig:

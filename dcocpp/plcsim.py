@@ -29,13 +29,13 @@ import sys
 from collections import deque
 from collections.abc import AsyncIterable, Callable, Collection, Mapping, Sequence
 from functools import partial
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import attrs
 import can
 import trio
 
+from dcocpp.cliargs import config_argument, log_level_argument
 from dcocpp.config import ConfigError, ConnectorConfig, load_charger_config
 from dcocpp.hardware.ev import EvModel
 from dcocpp.hardware.interface import FaultKind, HardwareError
@@ -73,7 +73,6 @@ log = logging.getLogger(__name__)
 EXIT_OK = 0
 EXIT_RUNTIME_ERROR = 1
 EXIT_USAGE = 2
-DEFAULT_CONFIG = Path("configs/charger.json")
 MAX_LINE = 1024  # characters in a console line; longer input is refused, not buffered
 READ_SIZE = 4096
 
@@ -570,13 +569,7 @@ def add_subcommands(commands: argparse._SubParsersAction[argparse.ArgumentParser
         description=_DESCRIPTION,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    sim.add_argument(
-        "--config",
-        type=Path,
-        default=DEFAULT_CONFIG,
-        metavar="PATH",
-        help=f"charger.json: the connectors and the bus (default: {DEFAULT_CONFIG})",
-    )
+    config_argument(sim, "charger.json: the connectors and the bus")
     sim.add_argument(
         "--interface",
         type=_interface_argument,
@@ -588,12 +581,7 @@ def add_subcommands(commands: argparse._SubParsersAction[argparse.ArgumentParser
         metavar="CH",
         help="the bus's channel, e.g. vcan0 (default: chargePoint.canInterface)",
     )
-    sim.add_argument(
-        "--log-level",
-        default="INFO",
-        choices=["DEBUG", "INFO", "WARNING", "ERROR"],
-        help="stderr log level (default: INFO)",
-    )
+    log_level_argument(sim, default="INFO", help="stderr log level (default: INFO)")
     sim.add_argument(
         "--no-console",
         action="store_true",

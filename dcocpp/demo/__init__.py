@@ -16,6 +16,7 @@ from functools import partial
 from pathlib import Path
 
 from dcocpp import simcli
+from dcocpp.cliargs import log_level_argument
 
 __all__ = ["add_subcommands", "main"]
 
@@ -82,9 +83,9 @@ def add_subcommands(commands: argparse._SubParsersAction[argparse.ArgumentParser
         help="keep the demo's data directory (charger.json, database, OCPP message log) and "
         "print where it is",
     )
-    demo.add_argument(
-        "--log-level",
-        choices=["DEBUG", "INFO", "WARNING", "ERROR"],
+    log_level_argument(
+        demo,
+        default=None,
         help="print log lines at this level on stderr (default: warnings only, in the view)",
     )
     demo.set_defaults(func=_demo)
