@@ -21,15 +21,18 @@ from __future__ import annotations
 import logging
 import ssl
 from collections.abc import Sequence
+from datetime import datetime
 from typing import Any
 
 import trio
 from ocpp.v16.enums import (
     AvailabilityStatus,
+    CancelReservationStatus,
     ChargePointStatus,
     ReadingContext,
     Reason,
     RemoteStartStopStatus,
+    ReservationStatus,
     ResetStatus,
     ResetType,
     UnlockStatus,
@@ -42,6 +45,7 @@ from dcocpp.connector.metering import SystemClock, WallClock, ocpp_time
 from dcocpp.connector.task import INBOX_SIZE, ConnectorServices, ConnectorTask
 from dcocpp.hardware.factory import build_hardware
 from dcocpp.hardware.interface import FaultKind, HardwareBackend, HardwareError, SimulationControl
+from dcocpp.limits import LimitEnforcer
 from dcocpp.ocpp import transport
 from dcocpp.ocpp.authcache import AuthorizationCache
 from dcocpp.ocpp.authorization import Authorizer
@@ -49,7 +53,9 @@ from dcocpp.ocpp.configuration import ConfigurationStore
 from dcocpp.ocpp.control import ConnectorStatus
 from dcocpp.ocpp.locallist import LocalAuthorizationList
 from dcocpp.ocpp.session import ChargePointSession, Identity
+from dcocpp.ocpp.smartcharging.service import ChargingContext, ChargingProfiles
 from dcocpp.ocpp.transactions import TransactionOutbox
+from dcocpp.reservations import ReservationBook
 from dcocpp.storage import Database, StorageError
 
 log = logging.getLogger(__name__)
@@ -129,6 +135,8 @@ class Station:
         self.outbox: TransactionOutbox | None = None
         self._db: Database | None = None
         self.connectors: dict[int, ConnectorTask] = {}
+        self.limits: LimitEnforcer | None = None  # smart charging's enforcement, per boot
+        self.reservations: ReservationBook | None = None  # ReserveNow's, per boot
         self._operative0 = True
         self._first_boot = True  # of this process: the StartupOfTheDevice security event
         self._inboxes = {c.id: trio.open_memory_channel[Any](INBOX_SIZE) for c in config.connectors}
@@ -166,6 +174,9 @@ class Station:
             saved = db.availability()
             self._operative0 = saved.get(0, True)
             cp = config.charge_point
+            charging_profiles = ChargingProfiles(
+                store, db, clock=self.clock.now, store_errors=(StorageError,)
+            )
             self.session = session = ChargePointSession(
                 Identity(cp.id, cp.vendor, cp.model, cp.firmware_version, cp.serial_number),
                 cp.central_system_uri,
@@ -178,6 +189,7 @@ class Station:
                 local_list=LocalAuthorizationList(
                     db, clock=self.clock.now, store_errors=(StorageError,)
                 ),
+                charging_profiles=charging_profiles,
                 ssl_context=client_ssl_context(config)
                 if cp.central_system_uri.startswith("wss")
                 else None,
@@ -190,7 +202,11 @@ class Station:
             if self._first_boot:
                 self._first_boot = False
                 outbox.security_event("StartupOfTheDevice", now)
+            self.reservations = reservations = ReservationBook(
+                db, store, self.clock, lambda: self.connectors, lambda: self._operative0
+            )
             services = ConnectorServices(
+                reservations=reservations,
                 store=store,
                 outbox=outbox,
                 authorizer=Authorizer(session),
@@ -216,11 +232,16 @@ class Station:
                         and (previous.finishing or previous.transaction is not None)
                     ),
                 )
+            reservations.load()  # each connector takes its reservations as it starts
+            self.limits = limits = LimitEnforcer(self.connectors, charging_profiles, self.clock)
             with trio.CancelScope() as self._scope:
                 async with trio.open_nursery() as nursery:
                     self._boot_nursery = nursery
+                    await nursery.start(reservations.run)
                     for task in self.connectors.values():
                         await nursery.start(task.run)
+                    # The guns' current limits are in place before the central system is.
+                    await nursery.start(limits.run)
                     await nursery.start(outbox.run)
                     await nursery.start(session.run)
                     log.info(
@@ -254,6 +275,8 @@ class Station:
             self._operative0 = operative
             if was != operative:
                 self.session.report_status(self.statuses()[0])
+            if not operative and self.reservations is not None:
+                self.reservations.charge_point_unavailable()  # 5.13
             saved = self._db.availability()
             targets = {cid: operative and saved.get(cid, True) for cid in self.connectors}
         else:
@@ -321,11 +344,33 @@ class Station:
     async def remote_start(self, connector_id: int | None, id_tag: str) -> RemoteStartStopStatus:
         assert self.store is not None
         authorize = self.store.get_bool("AuthorizeRemoteTxRequests")
-        candidates = [connector_id] if connector_id is not None else list(self.connectors)
+        if connector_id is not None:
+            candidates = [connector_id]
+        elif self.reservations is not None:
+            candidates = self.reservations.preferred_connectors(id_tag)  # its reservation first
+        else:
+            candidates = list(self.connectors)
         for cid in candidates:
             if await self.connectors[cid].ask(ev.RemoteStartRequested(id_tag, authorize)):
                 return RemoteStartStopStatus.accepted
         return RemoteStartStopStatus.rejected
+
+    async def reserve_now(
+        self,
+        connector_id: int,
+        expiry: datetime,
+        id_tag: str,
+        reservation_id: int,
+        parent_id_tag: str | None = None,
+    ) -> ReservationStatus:
+        assert self.reservations is not None
+        return self.reservations.reserve(
+            connector_id, expiry, id_tag, reservation_id, parent_id_tag
+        )
+
+    async def cancel_reservation(self, reservation_id: int) -> CancelReservationStatus:
+        assert self.reservations is not None
+        return self.reservations.cancel(reservation_id)
 
     async def remote_stop(self, transaction_id: int) -> RemoteStartStopStatus:
         for task in self.connectors.values():
@@ -343,6 +388,10 @@ class Station:
             if connector_id in (None, 0, cid):
                 await task.send_meter_values(ReadingContext.trigger)
 
+    def charging_context(self, connector_id: int) -> ChargingContext:
+        assert self.limits is not None
+        return self.limits.context(connector_id)
+
     # --- StationView (for the local API) -----------------------------------------------------
 
     def snapshot(self) -> dict[str, Any]:
@@ -359,8 +408,16 @@ class Station:
                     "parked": outbox.parked if outbox else 0,
                 },
             },
-            "connectors": [task.snapshot() for task in self.connectors.values()],
+            "connectors": [
+                {**task.snapshot(), "currentLimitA": self._current_limit(cid)}
+                for cid, task in self.connectors.items()
+            ],
         }
+
+    def _current_limit(self, connector_id: int) -> float | None:
+        """The current limit smart charging gave the gun's hardware (None: not yet)."""
+        applied = None if self.limits is None else self.limits.applied.get(connector_id)
+        return None if applied is None else float(applied)
 
     def _task(self, connector_id: int) -> ConnectorTask:
         return self.connectors[connector_id]  # KeyError -> 404

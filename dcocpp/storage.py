@@ -7,6 +7,7 @@ and migrated forward on open, so a newer dcocpp opens an older data directory.
 
 from __future__ import annotations
 
+import decimal
 import json
 import logging
 import sqlite3
@@ -121,6 +122,17 @@ class TransactionRow:
     last_meter_wh: int
     last_meter_at: str
     stopped: bool = attrs.field(converter=bool)
+
+
+@attrs.frozen
+class ReservationRow:
+    """A reservation as stored (see the `reservations` table); connector 0 = any gun."""
+
+    reservation_id: int
+    connector_id: int
+    id_tag: str
+    parent_id_tag: str | None
+    expiry_date: str  # OCPP dateTime, UTC
 
 
 @attrs.frozen
@@ -388,6 +400,92 @@ class Database:
         statements.append(_set_list_version(version))
         self._write("cannot store the local authorization list", statements)
 
+    # --- charging profiles -------------------------------------------------------------------
+    # A profile is stored as the JSON of the snake_case dict the OCPP layer reads back with
+    # `parse_profile`; its Decimal numbers (16.25 A) are written and read back exactly.
+
+    def charging_profiles(self) -> list[tuple[int, dict[str, Any]]]:
+        """(connector_id, profile) of every installed charging profile, by id."""
+        try:
+            rows = self._db.execute(
+                "SELECT connector_id, profile FROM charging_profiles ORDER BY charging_profile_id"
+            )
+            return [
+                (connector_id, json.loads(profile, parse_float=decimal.Decimal))
+                for connector_id, profile in rows
+            ]
+        except (sqlite3.Error, ValueError) as exc:
+            raise StorageError(f"cannot read the charging profiles: {exc}") from exc
+
+    def put_charging_profile(
+        self, connector_id: int, profile: Mapping[str, Any], *, replaces: Iterable[int] = ()
+    ) -> None:
+        """Install `profile` (keyed by its charging_profile_id) on `connector_id`, and remove
+        the profiles it `replaces` (their ids), atomically."""
+        statements: list[tuple[str, tuple[Any, ...]]] = [
+            ("DELETE FROM charging_profiles WHERE charging_profile_id = ?", (profile_id,))
+            for profile_id in replaces
+        ]
+        statements.append(
+            (
+                "INSERT OR REPLACE INTO charging_profiles"
+                " (charging_profile_id, connector_id, profile) VALUES (?, ?, ?)",
+                (
+                    profile["charging_profile_id"],
+                    connector_id,
+                    json.dumps(dict(profile), default=_json_decimal),
+                ),
+            )
+        )
+        self._write("cannot store the charging profile", statements)
+
+    def delete_charging_profiles(self, profile_ids: Iterable[int]) -> None:
+        """Remove the charging profiles with these ids, atomically."""
+        self._write(
+            "cannot remove charging profiles",
+            [
+                ("DELETE FROM charging_profiles WHERE charging_profile_id = ?", (profile_id,))
+                for profile_id in profile_ids
+            ],
+        )
+
+    # --- reservations ------------------------------------------------------------------------
+    # ReserveNow's reservations until used, cancelled, expired or ended by their connector.
+
+    def reservations(self) -> list[ReservationRow]:
+        """Every stored reservation, by id."""
+        try:
+            rows = self._db.execute(
+                "SELECT reservation_id, connector_id, id_tag, parent_id_tag, expiry_date"
+                " FROM reservations ORDER BY reservation_id"
+            )
+            return [ReservationRow(*row) for row in rows]
+        except sqlite3.Error as exc:
+            raise StorageError(f"cannot read the reservations: {exc}") from exc
+
+    def put_reservation(self, row: ReservationRow) -> None:
+        """Store a reservation, replacing the one with the same id (ReserveNow replaces)."""
+        self._write(
+            "cannot store the reservation",
+            [
+                (
+                    "INSERT OR REPLACE INTO reservations (reservation_id, connector_id, id_tag,"
+                    " parent_id_tag, expiry_date) VALUES (?, ?, ?, ?, ?)",
+                    attrs.astuple(row),
+                )
+            ],
+        )
+
+    def delete_reservations(self, reservation_ids: Iterable[int]) -> None:
+        """Forget these reservations, atomically."""
+        self._write(
+            "cannot remove reservations",
+            [
+                ("DELETE FROM reservations WHERE reservation_id = ?", (reservation_id,))
+                for reservation_id in reservation_ids
+            ],
+        )
+
     # --- writing ------------------------------------------------------------------------------
 
     def _write(self, what: str, statements: Sequence[tuple[str, tuple[Any, ...]]]) -> None:
@@ -407,3 +505,11 @@ def _set_list_version(version: int) -> tuple[str, tuple[Any, ...]]:
         " ON CONFLICT (id) DO UPDATE SET version = excluded.version",
         (version,),
     )
+
+
+def _json_decimal(value: Any) -> Any:
+    # json cannot write a Decimal; as int or float it reads back (parse_float=Decimal) exactly:
+    # the float's shortest repr of 16.25 is "16.25".
+    if isinstance(value, decimal.Decimal):
+        return int(value) if value == value.to_integral_value() else float(value)
+    raise TypeError(f"{type(value).__name__} is not JSON serializable")

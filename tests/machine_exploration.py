@@ -17,7 +17,7 @@ from dcocpp.hardware.interface import FaultKind
 
 ACCEPTED, INVALID = AuthorizationStatus.accepted, AuthorizationStatus.invalid
 
-ALPHABET: list[ev.Event] = [
+BASE_ALPHABET: list[ev.Event] = [
     ev.Plugged(),
     ev.Unplugged(),
     ev.EvRequesting(True),
@@ -50,10 +50,20 @@ ALPHABET: list[ev.Event] = [
     ev.TransactionConfirmed(1, INVALID),
     ev.UnlockRequested(),
 ]
+# Reservations: the gun's own (tag A, or any tag of group G, as B is), a connector-0 one the
+# station keeps this gun for, and none (cancelled, expired, used elsewhere).
+RESERVATIONS: list[ev.Event] = [
+    ev.ReservationsChanged((ev.Reservation(1, "A", "G"),)),
+    ev.ReservationsChanged((ev.Reservation(2, "B", any_connector=True),), hold_zero=True),
+    ev.ReservationsChanged(),
+]
+ALPHABET = BASE_ALPHABET + RESERVATIONS
 
 ALL_SETTINGS = [Settings(*flags) for flags in itertools.product([True, False], repeat=4)]
-# Five combinations that together reach every edge the sixteen reach (checked when EDGES was
-# generated); the test suite explores these to stay fast.
+# What the test suite explores to stay fast (checked when EDGES was generated: together they
+# reach every edge that the whole ALPHABET reaches under all sixteen settings): BASE_ALPHABET
+# under five combinations, and the whole ALPHABET under RESERVATION_SETTINGS.
+RESERVATION_SETTINGS = Settings(stop_on_ev_disconnect=False, fixed_cable=False)
 COVERING_SETTINGS = [
     Settings(),
     Settings(False, False, False, False),
@@ -67,15 +77,16 @@ PERMISSIVE = {
 }
 
 
-def explore(settings: Settings, edges=PERMISSIVE, limit: int = 200_000):
-    """Returns (observed edges, number of truths visited)."""
+def explore(settings: Settings, edges=PERMISSIVE, limit: int = 200_000, alphabet=None):
+    """Returns (observed edges, number of truths visited); `alphabet` defaults to ALPHABET."""
+    alphabet = ALPHABET if alphabet is None else alphabet
     observed: set[tuple[str, ChargePointStatus, ChargePointStatus]] = set()
     seen = {Truth()}
     queue = deque([Truth()])
     machine = ConnectorMachine(1, settings, edges=edges)
     while queue:
         truth = queue.popleft()
-        for event in ALPHABET:
+        for event in alphabet:
             machine.restore(truth)
             status = machine.status
             machine.dispatch(event)

@@ -124,6 +124,8 @@ def test_shipped_config_loads_with_patches(store: ConfigurationStore) -> None:
         "Core",
         "LocalAuthListManagement",
         "RemoteTrigger",
+        "Reservation",
+        "SmartCharging",
     ]
     assert store.get_list("StopTxnAlignedData") == []
     assert store.get_bool("StopTransactionOnInvalidId") is True

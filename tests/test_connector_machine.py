@@ -24,12 +24,20 @@ from dcocpp.connector.machine import (
     EDGES,
     ConnectorMachine,
     Settings,
+    Truth,
     derive_status,
+    kept_for,
     relay_may_close,
     replay,
 )
 from dcocpp.hardware.interface import FaultKind
-from tests.machine_exploration import COVERING_SETTINGS, explore
+from tests.machine_exploration import (
+    ALPHABET,
+    BASE_ALPHABET,
+    COVERING_SETTINGS,
+    RESERVATION_SETTINGS,
+    explore,
+)
 
 ALLOWED = json.loads(
     (Path(__file__).resolve().parents[2] / "shared/ocpp16/status-transitions.json").read_text()
@@ -55,8 +63,10 @@ def test_statechart_is_exactly_what_exhaustive_exploration_finds() -> None:
     """Every status change any event can cause, for every setting, is an edge, and every edge
     happens: the exported diagram hides nothing and shows nothing impossible."""
     observed: set[tuple[str, S, S]] = set()
-    for machine_settings in COVERING_SETTINGS:
-        found, visited = explore(machine_settings, EDGES)
+    explorations = [(s, BASE_ALPHABET) for s in COVERING_SETTINGS]
+    explorations.append((RESERVATION_SETTINGS, ALPHABET))
+    for machine_settings, alphabet in explorations:
+        found, visited = explore(machine_settings, EDGES, alphabet=alphabet)
         observed |= found
         assert visited > 1000
     declared = {(t, a, b) for t, pairs in EDGES.items() for a, b in pairs}
@@ -294,6 +304,130 @@ def test_relay_that_does_not_confirm_is_a_power_switch_failure() -> None:
     assert statuses(replay(machine, [ev.RelayConfirmed(False)])) == ["Finishing"]
 
 
+# --- reservations -------------------------------------------------------------------------------
+
+OWN = ev.Reservation(7, "HOLDER")
+GROUP = ev.Reservation(8, "HOLDER", "FLEET")
+ZERO = ev.Reservation(9, "HOLDER", any_connector=True)
+
+
+def reserved(reservation: ev.Reservation = OWN, *, hold_zero: bool = False) -> ConnectorMachine:
+    machine = fresh()
+    effects = replay(machine, [ev.ReservationsChanged((reservation,), hold_zero)])
+    assert statuses(effects) == (["Reserved"] if kept_for(machine.truth) else [])
+    return machine
+
+
+def test_reserved_gun_takes_only_the_holder_and_the_start_carries_the_id() -> None:
+    machine = reserved()
+    # TC_046: another tag is refused at once, without an Authorize.
+    assert machine.dispatch(ev.IdPresented("OTHER")) is False
+    assert machine.take_effects() == []
+    assert machine.dispatch(ev.RemoteStartRequested("OTHER", authorize=False)) is False
+    effects = replay(
+        machine, [ev.IdPresented("HOLDER"), ev.AuthorizationResult("HOLDER", ACCEPTED)]
+    )
+    assert effects == [
+        ev.Authorize("HOLDER"),
+        ev.ConnectionTimer(True),
+        ev.NotifyStatus(S.preparing),
+    ]
+    effects = replay(machine, [ev.Plugged()])
+    assert ev.StartTransaction("HOLDER", None, 7) in effects
+    assert machine.truth.reservations == ()  # used: it ends with the start
+
+
+def test_holder_already_plugged_in_goes_through_preparing() -> None:
+    machine = reserved()
+    assert replay(machine, [ev.Plugged(), ev.EvRequesting(True)]) == []  # still Reserved
+    effects = replay(
+        machine,
+        [
+            ev.IdPresented("HOLDER"),
+            ev.AuthorizationResult("HOLDER", ACCEPTED),
+            ev.RelayConfirmed(True),
+        ],
+    )
+    assert ev.StartTransaction("HOLDER", None, 7) in effects
+    assert statuses(effects) == ["Preparing", "Charging"]
+
+
+def test_reservation_with_a_parent_admits_its_group_after_an_authorization() -> None:
+    machine = reserved(GROUP)
+    # 5.13: the incoming tag's parentIdTag decides, and only an authorization tells it.
+    assert machine.dispatch(ev.IdPresented("CARD")) is True
+    assert machine.take_effects() == [ev.Authorize("CARD")]
+    assert replay(machine, [ev.AuthorizationResult("CARD", ACCEPTED, "ELSEWHERE")]) == []
+    assert machine.status == S.reserved and machine.truth.authorized is None
+    replay(machine, [ev.IdPresented("CARD2"), ev.AuthorizationResult("CARD2", ACCEPTED, "FLEET")])
+    assert machine.status == S.preparing
+    effects = replay(machine, [ev.Plugged()])
+    assert ev.StartTransaction("CARD2", "FLEET", 8) in effects
+    # A remote start of a group tag is authorized even without AuthorizeRemoteTxRequests.
+    machine = reserved(GROUP)
+    assert machine.dispatch(ev.RemoteStartRequested("CARD", authorize=False)) is True
+    assert machine.take_effects() == [ev.Authorize("CARD")]
+
+
+def test_remote_start_for_the_holder_uses_the_reservation() -> None:
+    machine = reserved()
+    assert machine.dispatch(ev.RemoteStartRequested("HOLDER", authorize=False)) is True
+    assert statuses(machine.take_effects()) == ["Preparing"]
+    assert ev.StartTransaction("HOLDER", None, 7) in replay(machine, [ev.Plugged()])
+
+
+def test_holder_who_does_not_plug_in_leaves_the_gun_reserved_again() -> None:
+    machine = reserved()
+    replay(machine, [ev.IdPresented("HOLDER"), ev.AuthorizationResult("HOLDER", ACCEPTED)])
+    # OCPP allows no Preparing -> Reserved: the way back passes through Available.
+    assert statuses(replay(machine, [ev.ConnectionTimedOut()])) == ["Available", "Reserved"]
+    assert machine.truth.reservations == (OWN,)
+
+
+def test_fault_or_unavailability_ends_the_connectors_own_reservation() -> None:
+    machine = reserved()
+    effects = replay(machine, [ev.FaultRaised(FaultKind.EARTH_FAULT, "earth")])
+    assert ev.ReservationEnded(7, "Faulted") in effects
+    assert statuses(effects) == ["Faulted"]
+    assert statuses(replay(machine, [ev.FaultCleared(FaultKind.EARTH_FAULT)])) == ["Available"]
+    machine = reserved()
+    assert machine.dispatch(ev.AvailabilityChanged(False)) == "Accepted"  # not busy
+    assert machine.take_effects() == [
+        ev.ReservationEnded(7, "Unavailable"),
+        ev.NotifyStatus(S.unavailable),
+    ]
+    # Connector-0 reservations are the station's: it keeps them on its other guns.
+    machine = reserved(ZERO, hold_zero=True)
+    effects = replay(machine, [ev.FaultRaised(FaultKind.EARTH_FAULT, "earth")])
+    assert not any(isinstance(e, ev.ReservationEnded) for e in effects)
+    assert machine.truth.reservations == (ZERO,)
+
+
+def test_connector_zero_reservation_is_served_on_any_gun_but_kept_only_when_held() -> None:
+    machine = reserved(ZERO)  # not held: the gun is Available and takes anyone
+    assert machine.status == S.available
+    effects = replay(machine, [ev.Plugged(), ev.RemoteStartRequested("OTHER", authorize=False)])
+    assert ev.StartTransaction("OTHER") in effects
+    machine = reserved(ZERO)
+    effects = replay(machine, [ev.Plugged(), ev.RemoteStartRequested("HOLDER", authorize=False)])
+    assert ev.StartTransaction("HOLDER", None, 9) in effects  # its id wherever it starts
+    machine = reserved(ZERO, hold_zero=True)
+    assert machine.status == S.reserved
+    assert machine.dispatch(ev.IdPresented("OTHER")) is False
+    # Released (another gun became free) while a holder is not there: Available again.
+    assert statuses(replay(machine, [ev.ReservationsChanged((ZERO,))])) == ["Available"]
+
+
+def test_reservation_changes_while_busy_wait_for_the_session_to_end() -> None:
+    machine = fresh()
+    started(machine)
+    assert replay(machine, [ev.ReservationsChanged((OWN,))]) == []  # still Charging
+    effects = replay(machine, [ev.StopRequested(Reason.remote)])
+    assert statuses(effects) == ["Finishing"]
+    # OCPP allows no Finishing -> Reserved either.
+    assert statuses(replay(machine, [ev.Unplugged()])) == ["Available", "Reserved"]
+
+
 # --- property-based: random event sequences ------------------------------------------------------
 
 TAGS = st.sampled_from(["A", "B", "C"])
@@ -321,6 +455,21 @@ EVENTS = st.one_of(
     st.builds(ev.StopRequested, st.sampled_from(list(Reason))),
     st.builds(ev.TransactionConfirmed, st.integers(1, 5), st.sampled_from([ACCEPTED, INVALID])),
     st.just(ev.UnlockRequested()),
+    st.builds(
+        ev.ReservationsChanged,
+        st.lists(
+            st.builds(
+                ev.Reservation,
+                st.integers(1, 3),
+                TAGS,
+                st.sampled_from([None, "G", "H"]),
+                st.booleans(),
+            ),
+            max_size=2,
+            unique_by=lambda r: r.reservation_id,
+        ).map(tuple),
+        st.booleans(),
+    ),
 )
 
 
@@ -345,10 +494,11 @@ class ConnectorRules(RuleBasedStateMachine):
     @rule(event=EVENTS)
     def dispatch(self, event: Any) -> None:
         assert self.machine is not None
+        before = self.machine.truth
         self.machine.dispatch(event)
-        self._absorb(self.machine.take_effects())
+        self._absorb(self.machine.take_effects(), before)
 
-    def _absorb(self, effects: list[ev.Effect]) -> None:
+    def _absorb(self, effects: list[ev.Effect], before: Truth | None = None) -> None:
         for effect in effects:
             if isinstance(effect, ev.NotifyStatus):
                 if self.reported:
@@ -361,6 +511,13 @@ class ConnectorRules(RuleBasedStateMachine):
             elif isinstance(effect, ev.StartTransaction):
                 assert self.starts == self.stops  # at most one transaction at a time
                 self.starts += 1
+                assert before is not None
+                # A reserved gun starts only for a holder, and says which reservation it used.
+                used = [r for r in before.reservations if r.reservation_id == effect.reservation_id]
+                if kept_for(before):
+                    assert used and used[0] in kept_for(before)
+                if effect.reservation_id is not None:
+                    assert used and used[0].admits(effect.id_tag, effect.parent_id_tag)
             elif isinstance(effect, ev.StopTransaction):
                 assert self.starts == self.stops + 1  # exactly one stop per start
                 self.stops += 1
@@ -387,6 +544,9 @@ class ConnectorRules(RuleBasedStateMachine):
         assert (self.starts == self.stops + 1) == (t.transaction is not None)
         # The last notification is the current status.
         assert self.reported[-1].status == machine.status
+        # A Faulted or Unavailable connector has no reservation of its own (5.13).
+        if t.faults or not t.operative:
+            assert all(r.any_connector for r in t.reservations)
 
 
 TestConnectorRules = ConnectorRules.TestCase

@@ -8,9 +8,11 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+import attrs
 import pytest
 import trio
 from ocpp.v16 import call
+from ocpp.v16.enums import ChargePointStatus
 
 from dcocpp.connector.task import RELAY_ACK_DEADLINE
 from dcocpp.hardware.plc.driver import ACK_TIMEOUT, ATTEMPTS, BACKOFF
@@ -421,6 +423,37 @@ async def test_minimum_status_duration_suppresses_short_statuses(
         await h.station.plug(1)
         await h.wait_status(1, "Preparing", since=since)
         assert trio.current_time() - plugged_at == pytest.approx(10, abs=1e-6)
+
+
+async def test_every_status_is_sent_in_order_online_without_minimum_duration(
+    autojump_clock: Any, tmp_path: Path
+) -> None:
+    """Statuses a connector passes through in one go are all reported, in order (the
+    central system must see only transitions the OCPP table allows); offline only the latest
+    per connector is kept."""
+    async with running_station(charger_config(tmp_path)) as h:
+        await h.booted()
+        session = h.station.session
+        assert session is not None
+        since = h.csms.mark()
+        statuses = h.station.statuses()
+        one = statuses[1]
+        for status in ("Preparing", "Available", "Unavailable"):
+            session.report_status(attrs.evolve(one, status=ChargePointStatus(status)))
+        await h.wait_calls("StatusNotification", 3, since=since)
+        assert statuses_of(h, 1, since) == ["Preparing", "Available", "Unavailable"]
+        # Offline: coalesced to the latest.
+        h.network.down = True
+        await h.network.drop()
+        await h.wait_until(lambda: not session.connected, poll=0.01)
+        for status in ("Available", "Preparing", "Available"):
+            session.report_status(attrs.evolve(one, status=ChargePointStatus(status)))
+        since = h.csms.mark()
+        h.network.down = False
+        await h.wait_calls("BootNotification", since=since)
+        await h.wait_calls("StatusNotification", 3, since=since)  # 0, 1, 2 after the boot
+        await trio.sleep(10)
+        assert statuses_of(h, 1, since) == ["Available"]
 
 
 async def test_plugged_ev_is_finishing_after_a_soft_reset_that_stopped_its_session(

@@ -127,6 +127,35 @@ class UnlockRequested:
     """UnlockConnector. Reply: "Unlocked", "UnlockFailed" or "NotSupported"."""
 
 
+@attrs.frozen
+class Reservation:
+    """A reservation (ReserveNow) a connector serves: who may use it, and the id its
+    StartTransaction carries."""
+
+    reservation_id: int
+    id_tag: str
+    parent_id_tag: str | None = None
+    any_connector: bool = False  # connectorId 0: any gun of the station may serve it
+
+    def admits(self, id_tag: str, parent_id_tag: str | None = None) -> bool:
+        """OCPP 1.6 5.13: the reserved idTag, or a tag of the reservation's parentIdTag (the
+        parent itself, or a tag whose parentIdTag it is)."""
+        return id_tag == self.id_tag or (
+            self.parent_id_tag is not None and self.parent_id_tag in (id_tag, parent_id_tag)
+        )
+
+
+@attrs.frozen
+class ReservationsChanged:
+    """The reservations this gun serves, as the station keeps them now (ReserveNow,
+    CancelReservation, expiry, a reservation used elsewhere): its own connector's and every
+    connector-0 one. `hold_zero`: the station needs this gun free for its connector-0
+    reservations, so only their holders may start here."""
+
+    reservations: tuple[Reservation, ...] = ()
+    hold_zero: bool = False
+
+
 Event = (
     Plugged
     | Unplugged
@@ -146,6 +175,7 @@ Event = (
     | StopRequested
     | TransactionConfirmed
     | UnlockRequested
+    | ReservationsChanged
 )
 
 # --- effects: what the connector task must do ---------------------------------------------
@@ -203,6 +233,15 @@ class AvailabilityApplied:
     operative: bool
 
 
+@attrs.frozen
+class ReservationEnded:
+    """The connector ended a reservation of its own: it became Faulted or Unavailable (OCPP
+    1.6 5.13). A reservation used by a transaction ends with its StartTransaction."""
+
+    reservation_id: int
+    cause: str  # "Faulted" or "Unavailable"
+
+
 Effect = (
     NotifyStatus
     | SwitchRelay
@@ -212,4 +251,5 @@ Effect = (
     | StopTransaction
     | ConnectionTimer
     | AvailabilityApplied
+    | ReservationEnded
 )

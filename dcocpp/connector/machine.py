@@ -4,7 +4,7 @@ The machine keeps two things:
 
 - the *truth* (`Truth`): what is physically and commercially the case — cable plugged, EV
   asking for energy, relay commanded and confirmed, who is authorized, the running transaction,
-  active faults, availability;
+  active faults, availability, the reservations the gun serves;
 - the *reported status*: one of the OCPP 1.6 ChargePointStatus values, held by a `transitions`
   Machine whose states are those statuses and whose transitions are the status changes each
   event can cause (`EDGES`, also the exported statechart).
@@ -60,6 +60,11 @@ FAULTS: dict[FaultKind, tuple[ChargePointErrorCode, str | None, Reason]] = {
     FaultKind.LOCK: (ChargePointErrorCode.connector_lock_failure, None, Reason.other),
 }
 _OCPP_TEXT = 50  # info and vendorErrorCode are CiString50
+_NO_FAULT: tuple[ChargePointErrorCode, str | None, str | None] = (
+    ChargePointErrorCode.no_error,
+    None,
+    None,
+)
 
 
 class MachineInconsistency(RuntimeError):
@@ -108,7 +113,10 @@ class Truth:
     faults: tuple[tuple[FaultKind, str], ...] = ()  # (kind, detail), in the order raised
     operative: bool = True
     scheduled: bool | None = None  # an availability change waiting until not busy
-    reservation_id: int | None = None  # the reservations issue makes this reachable
+    # The reservations this gun serves (its own connector's, every connector-0 one) and
+    # whether the station keeps it free for the connector-0 ones (see `kept_for`).
+    reservations: tuple[ev.Reservation, ...] = ()
+    hold_zero: bool = False
 
     @property
     def fault_kinds(self) -> frozenset[FaultKind]:
@@ -125,6 +133,13 @@ def relay_may_close(t: Truth) -> bool:
         and not t.faults
         and not t.evse_suspended
     )
+
+
+def kept_for(t: Truth) -> tuple[ev.Reservation, ...]:
+    """The reservations this gun is kept for: while there are any it is Reserved and only their
+    holders may start here (OCPP 1.6 5.13). Its own connector's always; the connector-0 ones
+    while the station needs this gun to keep one free for each of them."""
+    return tuple(r for r in t.reservations if not r.any_connector or t.hold_zero)
 
 
 def derive_status(t: Truth) -> ChargePointStatus:
@@ -144,17 +159,19 @@ def derive_status(t: Truth) -> ChargePointStatus:
         return S.unavailable
     if t.finishing:
         return S.finishing
-    if t.plugged or t.authorized is not None:
+    if t.authorized is not None:
         return S.preparing
-    if t.reservation_id is not None:
-        return S.reserved
+    if kept_for(t):
+        return S.reserved  # even with an EV plugged in: only the holder's tag starts it
+    if t.plugged:
+        return S.preparing
     return S.available
 
 
 def fault_report(t: Truth) -> tuple[ChargePointErrorCode, str | None, str | None]:
     """(errorCode, vendorErrorCode, info) for the most severe active fault."""
     if not t.faults:
-        return ChargePointErrorCode.no_error, None, None
+        return _NO_FAULT
     details = dict(t.faults)
     kind = next(k for k in FAULTS if k in details)
     code, vendor, _ = FAULTS[kind]
@@ -172,7 +189,7 @@ def _clip(text: str | None) -> str | None:
 
 # Every status change each event can cause: exactly the changes found by exhaustively exploring
 # the truth (tests/machine_exploration.py), each of them allowed by the OCPP 1.6 table; the tests
-# fail when the two drift apart. Reserved has no edges yet: the reservations issue adds them.
+# fail when the two drift apart.
 _A, _P, _C, _SEV, _SEVSE, _F, _R, _U, _X = (
     S.available,
     S.preparing,
@@ -189,6 +206,7 @@ _A, _P, _C, _SEV, _SEVSE, _F, _R, _U, _X = (
 EDGES: dict[str, list[tuple[ChargePointStatus, ChargePointStatus]]] = {
     "authorization_result": [
         (_A, _P),
+        (_A, _R),
         (_A, _U),
         (_P, _C),
         (_P, _SEVSE),
@@ -199,24 +217,56 @@ EDGES: dict[str, list[tuple[ChargePointStatus, ChargePointStatus]]] = {
         (_SEV, _A),
         (_SEV, _F),
         (_F, _U),
+        (_R, _P),
+        (_R, _U),
     ],
     "availability_changed": [
+        (_A, _R),
         (_A, _U),
         (_F, _U),
+        (_R, _U),
         (_U, _A),
         (_U, _P),
         (_U, _C),
         (_U, _SEVSE),
         (_U, _SEV),
     ],
-    "connection_timed_out": [(_A, _U), (_P, _A)],
+    "connection_timed_out": [(_A, _R), (_A, _U), (_P, _A), (_R, _U)],
     "ev_requesting": [(_C, _SEV), (_SEV, _C)],
     "evse_suspended": [(_P, _SEVSE), (_C, _SEVSE), (_SEVSE, _C), (_SEVSE, _SEV), (_SEV, _SEVSE)],
-    "fault_cleared": [(_X, _A), (_X, _P), (_X, _C), (_X, _SEVSE), (_X, _SEV), (_X, _F), (_X, _U)],
-    "fault_raised": [(_A, _X), (_P, _X), (_C, _X), (_SEVSE, _X), (_SEV, _X), (_F, _X), (_U, _X)],
-    "id_presented": [(_A, _U), (_P, _F), (_C, _F), (_SEVSE, _F), (_SEV, _A), (_SEV, _F), (_F, _U)],
+    "fault_cleared": [
+        (_X, _A),
+        (_X, _P),
+        (_X, _C),
+        (_X, _SEVSE),
+        (_X, _SEV),
+        (_X, _F),
+        (_X, _R),
+        (_X, _U),
+    ],
+    "fault_raised": [
+        (_A, _X),
+        (_P, _X),
+        (_C, _X),
+        (_SEVSE, _X),
+        (_SEV, _X),
+        (_F, _X),
+        (_R, _X),
+        (_U, _X),
+    ],
+    "id_presented": [
+        (_A, _R),
+        (_A, _U),
+        (_P, _F),
+        (_C, _F),
+        (_SEVSE, _F),
+        (_SEV, _A),
+        (_SEV, _F),
+        (_F, _U),
+        (_R, _U),
+    ],
     "lock_engaged": [(_P, _C), (_P, _SEVSE), (_P, _SEV)],
-    "lock_released": [(_F, _A), (_F, _P)],
+    "lock_released": [(_A, _R), (_F, _A), (_F, _P)],
     "plugged": [(_A, _P), (_P, _SEVSE), (_P, _SEV), (_SEV, _SEVSE)],
     "relay_confirmed": [
         (_P, _C),
@@ -229,11 +279,23 @@ EDGES: dict[str, list[tuple[ChargePointStatus, ChargePointStatus]]] = {
         (_X, _P),
         (_X, _SEVSE),
         (_X, _F),
+        (_X, _R),
         (_X, _U),
     ],
-    "relay_failed": [(_A, _X), (_P, _X), (_C, _X), (_SEVSE, _X), (_SEV, _X), (_F, _X), (_U, _X)],
-    "remote_start_requested": [(_A, _P), (_P, _C), (_P, _SEVSE), (_P, _SEV)],
+    "relay_failed": [
+        (_A, _X),
+        (_P, _X),
+        (_C, _X),
+        (_SEVSE, _X),
+        (_SEV, _X),
+        (_F, _X),
+        (_R, _X),
+        (_U, _X),
+    ],
+    "remote_start_requested": [(_A, _P), (_P, _C), (_P, _SEVSE), (_P, _SEV), (_R, _P)],
+    "reservations_changed": [(_A, _R), (_P, _A), (_R, _A), (_R, _P), (_R, _U)],
     "stop_requested": [
+        (_A, _R),
         (_A, _U),
         (_P, _F),
         (_C, _F),
@@ -241,8 +303,10 @@ EDGES: dict[str, list[tuple[ChargePointStatus, ChargePointStatus]]] = {
         (_SEV, _A),
         (_SEV, _F),
         (_F, _U),
+        (_R, _U),
     ],
     "transaction_confirmed": [
+        (_A, _R),
         (_A, _U),
         (_P, _SEVSE),
         (_P, _F),
@@ -253,8 +317,10 @@ EDGES: dict[str, list[tuple[ChargePointStatus, ChargePointStatus]]] = {
         (_SEV, _SEVSE),
         (_SEV, _F),
         (_F, _U),
+        (_R, _U),
     ],
     "unlock_requested": [
+        (_A, _R),
         (_A, _U),
         (_P, _F),
         (_C, _F),
@@ -262,8 +328,10 @@ EDGES: dict[str, list[tuple[ChargePointStatus, ChargePointStatus]]] = {
         (_SEV, _A),
         (_SEV, _F),
         (_F, _U),
+        (_R, _U),
     ],
     "unplugged": [
+        (_A, _R),
         (_A, _U),
         (_P, _A),
         (_P, _SEV),
@@ -278,13 +346,24 @@ EDGES: dict[str, list[tuple[ChargePointStatus, ChargePointStatus]]] = {
         (_SEV, _F),
         (_F, _A),
         (_F, _U),
+        (_R, _U),
     ],
 }
 
 
 def _trigger_name(event: Any) -> str:
-    name = type(event).__name__
-    return "".join("_" + c.lower() if c.isupper() else c for c in name).lstrip("_")
+    kind = type(event)
+    name = _TRIGGERS.get(kind)
+    if name is None:
+        words = "".join("_" + c.lower() if c.isupper() else c for c in kind.__name__)
+        name = _TRIGGERS[kind] = words.lstrip("_")
+    return name
+
+
+_TRIGGERS: dict[type, str] = {}  # event class -> trigger name (dispatch is hot in the tests)
+
+
+_STATUS = {s.value: s for s in ChargePointStatus}
 
 
 def build_machine(
@@ -369,6 +448,7 @@ class ConnectorMachine:
             ev.StopRequested: self._stop_requested,
             ev.TransactionConfirmed: self._transaction_confirmed,
             ev.UnlockRequested: self._unlock_requested,
+            ev.ReservationsChanged: self._reservations_changed,
         }
         self._settle(None)
 
@@ -376,7 +456,7 @@ class ConnectorMachine:
 
     @property
     def status(self) -> ChargePointStatus:
-        return ChargePointStatus(self.state)
+        return _STATUS[self.state]
 
     @property
     def error_code(self) -> ChargePointErrorCode:
@@ -416,7 +496,7 @@ class ConnectorMachine:
         self._effects.append(effect)
 
     def _settle(self, trigger: str | None) -> None:
-        """Bring relay, availability and status in line with the truth."""
+        """Bring relay, availability, reservations and status in line with the truth."""
         t = self.truth
         if t.finishing and not t.plugged and not t.locked:
             self._update(finishing=False)
@@ -424,6 +504,7 @@ class ConnectorMachine:
         if want_closed != self.truth.relay_commanded:
             self._update(relay_commanded=want_closed)
             self._emit(ev.SwitchRelay(want_closed))
+        self._end_reservations_if_unusable()
         self._move(trigger)
         # A scheduled availability change applies once the connector is free. OCPP allows no
         # Preparing -> Unavailable, so a connector leaving Preparing gets there in two steps.
@@ -433,14 +514,40 @@ class ConnectorMachine:
             if not operative:
                 self._update(finishing=False)  # Unavailable -> Finishing is not allowed either
             self._emit(ev.AvailabilityApplied(operative))
+            self._end_reservations_if_unusable()
             self._move(trigger)
         tx = self.truth.transaction
         if tx is not None and not tx.past_preparing and self.status != S.preparing:
             self._update(transaction=attrs.evolve(tx, past_preparing=True))
 
+    def _end_reservations_if_unusable(self) -> None:
+        """OCPP 1.6 5.13: a reservation ends when its connector becomes Faulted or Unavailable.
+        The connector-0 ones are the station's: it keeps them on its other guns."""
+        t = self.truth
+        if not (t.faults or not t.operative):
+            return
+        own = [r for r in t.reservations if not r.any_connector]
+        if own:
+            self._update(reservations=tuple(r for r in t.reservations if r.any_connector))
+            cause = S.faulted.value if t.faults else S.unavailable.value
+            for reservation in own:
+                self._emit(ev.ReservationEnded(reservation.reservation_id, cause))
+
     def _move(self, trigger: str | None) -> None:
-        """Take the event's transition to the status the truth demands, then report it."""
+        """Take the event's transition(s) to the status the truth demands, and report them.
+        OCPP 1.6 allows Reserved only after Available or Faulted, and only Preparing (of the
+        statuses of a session) after Reserved: a gun that becomes Reserved from anywhere else
+        (its holder's authorization timed out) passes through Available, and a reserved gun
+        whose holder's transaction starts at once (the EV was waiting) through Preparing, each
+        reported like any other status."""
         target = derive_status(self.truth)
+        if target == S.reserved and self.status not in (S.available, S.faulted, S.reserved):
+            self._go(trigger, S.available)
+        elif self.status == S.reserved and target in (S.charging, S.suspended_ev, S.suspended_evse):
+            self._go(trigger, S.preparing)
+        self._go(trigger, target)
+
+    def _go(self, trigger: str | None, target: ChargePointStatus) -> None:
         if target != self.status:
             self._target = target
             if trigger is None or not self.trigger(trigger):  # type: ignore[attr-defined]
@@ -472,12 +579,28 @@ class ConnectorMachine:
                 self._update(locking=True)
                 self._emit(ev.SetLock(True))
             return
+        # The reservation this transaction uses ends with it (5.13): its id goes in the
+        # StartTransaction; the one this gun is kept for first, else a connector-0 one.
+        reservation = next(
+            (
+                r
+                for r in (*kept_for(t), *t.reservations)
+                if r.admits(auth.id_tag, auth.parent_id_tag)
+            ),
+            None,
+        )
         self._update(
             authorized=None,
             transaction=Transaction(auth.id_tag, auth.parent_id_tag),
-            reservation_id=None,
+            reservations=tuple(r for r in t.reservations if r != reservation),
         )
-        self._emit(ev.StartTransaction(auth.id_tag, auth.parent_id_tag, t.reservation_id))
+        self._emit(
+            ev.StartTransaction(
+                auth.id_tag,
+                auth.parent_id_tag,
+                None if reservation is None else reservation.reservation_id,
+            )
+        )
 
     def _stop(self, reason: Reason, id_tag: str | None = None) -> None:
         t = self.truth
@@ -533,6 +656,8 @@ class ConnectorMachine:
             return False  # no session can start now: the tag is refused, not kept
         if t.authorized is not None and t.authorized.id_tag == event.id_tag:
             return True
+        if not self._may_authorize(event.id_tag):
+            return False  # reserved for another tag: refused without asking anyone (TC_046)
         self._update(pending_id=event.id_tag)
         self._emit(ev.Authorize(event.id_tag))
         return True
@@ -546,16 +671,33 @@ class ConnectorMachine:
             or t.finishing
             or t.pending_id is not None
             or t.authorized is not None
+            or not self._may_authorize(event.id_tag)
         ):
             return False
-        if event.authorize:
+        kept = kept_for(t)
+        # A tag the reservation does not name may still be of its parentIdTag: only an
+        # authorization tells, whatever AuthorizeRemoteTxRequests says (5.13).
+        authorize = event.authorize or (
+            bool(kept) and not any(r.admits(event.id_tag) for r in kept)
+        )
+        if authorize:
             self._update(pending_id=event.id_tag)
             self._emit(ev.Authorize(event.id_tag))
         else:
             self._accept(Authorized(event.id_tag))
         return True
 
+    def _may_authorize(self, id_tag: str) -> bool:
+        """Whether a tag may try to start here. On a reserved gun only one the reservation may
+        admit: the one it names, or (when it names a parentIdTag) any, whose authorization then
+        tells its parentIdTag (OCPP 1.6 5.13: look it up, else Authorize.req)."""
+        kept = kept_for(self.truth)
+        return not kept or any(r.admits(id_tag) or r.parent_id_tag is not None for r in kept)
+
     def _accept(self, auth: Authorized) -> None:
+        kept = kept_for(self.truth)
+        if kept and not any(r.admits(auth.id_tag, auth.parent_id_tag) for r in kept):
+            return  # accepted, but the gun is reserved for someone else
         self._update(authorized=auth)
         if not self.truth.plugged:
             self._emit(ev.ConnectionTimer(True))
@@ -655,6 +797,17 @@ class ConnectorMachine:
                 tx = self.truth.transaction
                 assert tx is not None
                 self._update(transaction=attrs.evolve(tx, deauthorized=True))
+
+    def _reservations_changed(self, event: ev.ReservationsChanged) -> None:
+        self._update(reservations=event.reservations, hold_zero=event.hold_zero)
+        auth = self.truth.authorized
+        kept = kept_for(self.truth)
+        if (
+            auth is not None
+            and kept
+            and not any(r.admits(auth.id_tag, auth.parent_id_tag) for r in kept)
+        ):
+            self._update(authorized=None)  # now reserved for someone else (the station avoids it)
 
     def _unlock_requested(self, _: ev.UnlockRequested) -> UnlockStatus:
         if self.settings.fixed_cable:

@@ -13,7 +13,7 @@ from __future__ import annotations
 import functools
 import logging
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import Any, Protocol
 
 import attrs
 import trio
@@ -61,6 +61,28 @@ class _Request:
     reply: Any = None
 
 
+class ReservationDesk(Protocol):
+    """The station's reservations, as the connectors see them."""
+
+    def wanted(self, connector_id: int) -> ev.ReservationsChanged:
+        """The reservations this connector serves now, and whether it is held for the
+        connector-0 ones."""
+        ...
+
+    def stepped(self, connector_id: int) -> None:
+        """The connector's machine took an event: what other guns serve may have changed."""
+        ...
+
+    def ended(self, connector_id: int, reservation_id: int, cause: str) -> None:
+        """The connector ended a reservation: "used" (its StartTransaction carries it),
+        "Faulted" or "Unavailable"."""
+        ...
+
+
+# An inbox item that only brings the machine's reservations in line with the station's.
+_RESYNC = object()
+
+
 @attrs.frozen
 class ConnectorServices:
     """What a connector needs from the rest of the station."""
@@ -71,6 +93,7 @@ class ConnectorServices:
     clock: WallClock
     report_status: Callable[[ConnectorStatus], None]
     availability_applied: Callable[[int, bool], None]
+    reservations: ReservationDesk | None = None
 
 
 class ConnectorTask:
@@ -123,6 +146,7 @@ class ConnectorTask:
         self._finishing = 0  # transactions whose StopTransaction is not queued yet
         self._settled = trio.Event()
         self._stepped = trio.Event()  # set (and replaced) after every event the machine takes
+        self._resync = trio.Event()  # the station's reservations changed (see resync)
 
     def _settings(self) -> Settings:
         store = self.services.store
@@ -144,6 +168,11 @@ class ConnectorTask:
 
     async def post(self, event: ev.Event) -> None:
         await self._send.send(event)
+
+    def resync(self) -> None:
+        """The station's reservations may have changed: bring the machine in line soon (it is
+        also brought in line before every event it takes)."""
+        self._resync.set()
 
     def status(self) -> ConnectorStatus:
         code, vendor, info = fault_report(self.machine.truth)
@@ -172,12 +201,51 @@ class ConnectorTask:
             self._nursery = nursery
             nursery.start_soon(self._relay_worker)
             nursery.start_soon(self._clock_aligned_sampler)
+            nursery.start_soon(self._resync_worker)
             self._execute(self.machine.take_effects())
+            self._sync_reservations()  # those restored at boot: reported Reserved at once
             task_status.started()
             async for item in self._inbox:
                 await self._handle(item)
 
+    async def _resync_worker(self) -> None:
+        while True:
+            await self._resync.wait()
+            self._resync = trio.Event()
+            await self._send.send(_RESYNC)
+
+    def _sync_reservations(self) -> None:
+        """Give the machine the reservations the station keeps for this gun now. Done before
+        every event, not only when told: a connector-0 hold that another gun's step has just
+        created must already apply to the tag this gun hears next."""
+        desk = self.services.reservations
+        if desk is None:
+            return
+        wanted = desk.wanted(self.id)
+        truth = self.machine.truth
+        if (truth.reservations, truth.hold_zero) == (wanted.reservations, wanted.hold_zero):
+            return
+        self.machine.dispatch(wanted)
+        effects = self.machine.take_effects()
+        self._note_reservations(effects)
+        self._execute(effects)
+
+    def _note_reservations(self, effects: list[ev.Effect]) -> None:
+        """Tell the station at once (before any await) which reservations ended here, so that
+        no other gun serves one that a transaction here has just used."""
+        desk = self.services.reservations
+        if desk is None:
+            return
+        for effect in effects:
+            if isinstance(effect, ev.StartTransaction) and effect.reservation_id is not None:
+                desk.ended(self.id, effect.reservation_id, "used")
+            elif isinstance(effect, ev.ReservationEnded):
+                desk.ended(self.id, effect.reservation_id, effect.cause)
+
     async def _handle(self, item: Any) -> None:
+        self._sync_reservations()
+        if item is _RESYNC:
+            return
         request = item if isinstance(item, _Request) else None
         event = request.event if request else item
         translate = _HARDWARE_EVENTS.get(type(event))
@@ -186,6 +254,9 @@ class ConnectorTask:
         self.machine.settings = self._settings()  # keys may have changed at runtime
         reply = self.machine.dispatch(event)
         effects = self.machine.take_effects()
+        self._note_reservations(effects)
+        if self.services.reservations is not None:
+            self.services.reservations.stepped(self.id)
         if any(isinstance(effect, ev.StartTransaction) for effect in effects):
             # The previous transaction's StopTransaction first (it waits for the relay to
             # open to read its final meter): the CSMS must get Stop(old) before Start(new),
@@ -236,6 +307,8 @@ class ConnectorTask:
                     self._set_connection_timer(running)
                 case ev.AvailabilityApplied(operative=operative):
                     self.services.availability_applied(self.id, operative)
+                case ev.ReservationEnded():
+                    pass  # the station was told at once (_note_reservations)
 
     def _spawn(self, fn: Callable[..., Awaitable[None]], *args: Any) -> None:
         assert self._nursery is not None

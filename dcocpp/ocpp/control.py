@@ -8,18 +8,24 @@ import direction one way: station -> ocpp, never back.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Protocol
+from datetime import datetime
+from typing import TYPE_CHECKING, Protocol
 
 import attrs
 from ocpp.v16.enums import (
     AvailabilityStatus,
+    CancelReservationStatus,
     ChargePointErrorCode,
     ChargePointStatus,
     RemoteStartStopStatus,
+    ReservationStatus,
     ResetStatus,
     ResetType,
     UnlockStatus,
 )
+
+if TYPE_CHECKING:
+    from dcocpp.ocpp.smartcharging.service import ChargingContext
 
 
 @attrs.frozen
@@ -63,8 +69,28 @@ class ChargePointControl(Protocol):
 
     async def remote_stop(self, transaction_id: int) -> RemoteStartStopStatus: ...
 
+    async def reserve_now(
+        self,
+        connector_id: int,
+        expiry: datetime,
+        id_tag: str,
+        reservation_id: int,
+        parent_id_tag: str | None = None,
+    ) -> ReservationStatus:
+        """ReserveNow for a connector, or (0) for any gun; persisted before it returns."""
+        ...
+
+    async def cancel_reservation(self, reservation_id: int) -> CancelReservationStatus:
+        """CancelReservation: Accepted for a reservation the charger has, else Rejected."""
+        ...
+
     async def unlock(self, connector_id: int) -> UnlockStatus: ...
 
     async def trigger_meter_values(self, connector_id: int | None) -> None:
         """Send MeterValues now (TriggerMessage) for one connector or all."""
+        ...
+
+    def charging_context(self, connector_id: int) -> ChargingContext:
+        """What smart charging needs to know about a connector (0: the charge point): its
+        running transaction, how amperes and watts relate there, its own maximum."""
         ...

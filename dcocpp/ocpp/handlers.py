@@ -1,9 +1,10 @@
-"""Handlers of the central system's Core, RemoteTrigger and LocalAuthListManagement CALLs that
-need no transaction.
+"""Handlers of the central system's Core, RemoteTrigger, LocalAuthListManagement and
+Reservation CALLs that need no transaction.
 
 Each `@on` handler answers from state it can read at once; anything the CALLRESULT must precede
 (the triggered message, the reset) runs in the matching `@after` hook, which the RPC layer runs
 once the answer is on the wire. Actions without a handler are answered NotImplemented by the RPC.
+The SmartCharging CALLs come from a mixin (`smartcharging/handlers.py`).
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from ocpp.v16.enums import (
     FirmwareStatus,
     MessageTrigger,
     RemoteStartStopStatus,
+    ReservationStatus,
     ResetStatus,
     ResetType,
     TriggerMessageStatus,
@@ -31,9 +33,11 @@ from ocpp.v16.enums import (
     UpdateType,
 )
 
-from dcocpp.ocpp.authcache import AuthStoreError, cache_enabled
+from dcocpp.ocpp.authcache import AuthStoreError, cache_enabled, parse_expiry
 from dcocpp.ocpp.errors import CallError
 from dcocpp.ocpp.locallist import NO_LIST_SUPPORT, limits_of, list_enabled, tags_of
+from dcocpp.ocpp.smartcharging.handlers import SmartChargingHandlers
+from dcocpp.ocpp.smartcharging.profiles import ProfileError
 
 if TYPE_CHECKING:
     from dcocpp.ocpp.session import ChargePointSession
@@ -55,7 +59,7 @@ _TRIGGERABLE = frozenset(
 )
 
 
-class CoreHandlers:
+class CoreHandlers(SmartChargingHandlers):
     def __init__(self, session: ChargePointSession):
         self.session = session
 
@@ -121,11 +125,21 @@ class CoreHandlers:
     ) -> Any:
         if connector_id == 0 or not self._valid_connector(connector_id):
             return call_result.RemoteStartTransaction(status=RemoteStartStopStatus.rejected)
+        pending = None
         if charging_profile is not None:
-            # SmartCharging is not a supported profile yet: refusing beats ignoring a limit.
-            log.warning("RemoteStartTransaction with a charging profile rejected")
-            return call_result.RemoteStartTransaction(status=RemoteStartStopStatus.rejected)
+            # 5.11: a TxProfile for the transaction to start; one the charger cannot take is
+            # refused (refusing beats ignoring a limit).
+            profiles = self.session.charging_profiles
+            try:
+                profile = profiles.check_remote_start(charging_profile)
+            except ProfileError as exc:
+                log.warning("RemoteStartTransaction rejected: chargingProfile %s", exc)
+                return call_result.RemoteStartTransaction(status=RemoteStartStopStatus.rejected)
+            # Kept before asking: with the EV plugged the transaction starts at once.
+            pending = profiles.expect_remote_start(connector_id, id_tag, profile)
         status = await self.session.control.remote_start(connector_id, id_tag)
+        if pending is not None and status != RemoteStartStopStatus.accepted:
+            self.session.charging_profiles.cancel_remote_start(pending)
         return call_result.RemoteStartTransaction(status=status)
 
     @on(Action.remote_stop_transaction)
@@ -138,6 +152,33 @@ class CoreHandlers:
         if connector_id == 0 or not self._valid_connector(connector_id):
             return call_result.UnlockConnector(status=UnlockStatus.not_supported)
         return call_result.UnlockConnector(status=await self.session.control.unlock(connector_id))
+
+    # --- reservation -------------------------------------------------------------------------
+
+    @on(Action.reserve_now)
+    async def on_reserve_now(
+        self,
+        connector_id: int,
+        expiry_date: str,
+        id_tag: str,
+        reservation_id: int,
+        parent_id_tag: str | None = None,
+        **_: Any,
+    ) -> Any:
+        if connector_id < 0 or not self._valid_connector(connector_id):
+            return call_result.ReserveNow(status=ReservationStatus.rejected)
+        expiry = parse_expiry(expiry_date)
+        if expiry is None:
+            raise CallError("PropertyConstraintViolation", "expiryDate is not a date-time")
+        status = await self.session.control.reserve_now(
+            connector_id, expiry, id_tag, reservation_id, parent_id_tag
+        )
+        return call_result.ReserveNow(status=status)
+
+    @on(Action.cancel_reservation)
+    async def on_cancel_reservation(self, reservation_id: int, **_: Any) -> Any:
+        status = await self.session.control.cancel_reservation(reservation_id)
+        return call_result.CancelReservation(status=status)
 
     # --- remote trigger ----------------------------------------------------------------------
 

@@ -32,6 +32,7 @@ from dcocpp.ocpp.locallist import LocalAuthorizationList, list_enabled
 from dcocpp.ocpp.messagelog import MessageLog
 from dcocpp.ocpp.registration import Registration, RegistrationMachine
 from dcocpp.ocpp.rpc import RpcConnection
+from dcocpp.ocpp.smartcharging.service import ChargingProfiles
 
 log = logging.getLogger("dcocpp.session")
 
@@ -84,6 +85,7 @@ class ChargePointSession:
         open_stream: transport.OpenStream | None = None,
         auth_cache: AuthorizationCache | None = None,
         local_list: LocalAuthorizationList | None = None,
+        charging_profiles: ChargingProfiles | None = None,
         rng: random.Random | None = None,
     ):
         self.identity = identity
@@ -93,6 +95,9 @@ class ChargePointSession:
         # `is None`, not `or`: an empty cache or list is falsy (it has a length).
         self.auth_cache = AuthorizationCache() if auth_cache is None else auth_cache
         self.local_list = LocalAuthorizationList() if local_list is None else local_list
+        self.charging_profiles = (
+            ChargingProfiles(store) if charging_profiles is None else charging_profiles
+        )
         self._ssl_context = ssl_context
         self._open_stream = open_stream
         self._rng = rng or random.Random()
@@ -105,7 +110,8 @@ class ChargePointSession:
         self._heartbeat_scope: trio.CancelScope | None = None
         self._last_heartbeat = 0.0
         # Latest status per connector not yet delivered; coalesced, sent in id order.
-        self._status_queue: dict[int, tuple[ConnectorStatus, float]] = {}  # status, since when
+        # Per connector: (status, since when) not yet sent, oldest first.
+        self._status_queue: dict[int, list[tuple[ConnectorStatus, float]]] = {}
         self._status_sent: dict[int, tuple[str, str]] = {}  # (status, errorCode) last delivered
         self._status_ready = trio.Event()
         self._handlers = CoreHandlers(self)
@@ -122,11 +128,18 @@ class ChargePointSession:
         return Registration(self.registration.state)
 
     def report_status(self, status: ConnectorStatus) -> None:
-        """Queue a StatusNotification; only the latest per connector is kept while offline."""
-        queued = self._status_queue.get(status.connector_id)
-        if queued is not None and _same(queued[0], status):
+        """Queue a StatusNotification. Online with MinimumStatusDuration 0 every status is
+        sent, in order (a connector that passes through Available on its way to Reserved
+        reports both: the central system sees only allowed transitions). Offline, or with
+        MinimumStatusDuration, only the latest per connector is kept."""
+        queue = self._status_queue.setdefault(status.connector_id, [])
+        if queue and _same(queue[-1][0], status):
             return  # still the same: keep the time it began (MinimumStatusDuration)
-        self._status_queue[status.connector_id] = (status, trio.current_time())
+        entry = (status, trio.current_time())
+        if queue and self.registration.accepted and not self._minimum_status_duration():
+            queue.append(entry)
+        else:
+            queue[:] = [entry]
         self._status_ready.set()
 
     async def call(self, payload: Any, *, triggered: bool = False) -> Any:
@@ -306,7 +319,7 @@ class ChargePointSession:
         if new == Registration.ACCEPTED:
             self._status_sent.clear()  # after every boot, every connector's status again
             for status in self.control.statuses():
-                self._status_queue[status.connector_id] = (status, float("-inf"))
+                self._status_queue[status.connector_id] = [(status, float("-inf"))]
 
     # --- per-connection tasks ----------------------------------------------------------------
 
@@ -395,17 +408,18 @@ class ChargePointSession:
                 raise ConnectionLost(f"no WebSocket pong within {interval} s")
 
     async def _send_statuses(self) -> None:
-        """Deliver the latest status of each connector once it has held for
+        """Deliver each connector's queued statuses, in order, once each has held for
         MinimumStatusDuration; a status that came and went in between is never sent, and
         neither is one the central system already has."""
         while True:
-            if not (self._status_queue and self.registration.accepted):
+            waiting = [queue for queue in self._status_queue.values() if queue]
+            if not (waiting and self.registration.accepted):
                 # No await between the check and the new Event: nothing can slip in between.
                 self._status_ready = trio.Event()
                 await self._status_ready.wait()
                 continue
             hold = self._minimum_status_duration()
-            due = min(since for _, since in self._status_queue.values()) + hold
+            due = min(queue[0][1] for queue in waiting) + hold
             if due > trio.current_time():
                 self._status_ready = trio.Event()
                 with trio.move_on_at(due):
@@ -413,28 +427,28 @@ class ChargePointSession:
                 continue
             now = trio.current_time()
             for connector_id in sorted(self._status_queue):
-                status, since = self._status_queue[connector_id]
-                if since + hold > now:
-                    continue
-                del self._status_queue[connector_id]
-                key = (status.status.value, status.error_code.value)
-                if self._status_sent.get(connector_id) == key:
-                    continue
-                try:
-                    await self.send_status(status)
-                except CallError as exc:
-                    log.warning("StatusNotification for connector %d failed: %s", connector_id, exc)
-                except BaseException:
-                    # Not delivered: keep it unless something newer arrived meanwhile.
-                    self._status_queue.setdefault(connector_id, (status, since))
-                    raise
-                self._status_sent[connector_id] = key
-                # A conflict is an event, not a state: the charge point's own status follows.
-                if (
-                    status.error_code == ChargePointErrorCode.local_list_conflict
-                    and connector_id not in self._status_queue
-                ):
-                    self.report_status(self.control.statuses()[0])
+                queue = self._status_queue[connector_id]
+                while queue and queue[0][1] + hold <= now:
+                    status, since = queue.pop(0)
+                    key = (status.status.value, status.error_code.value)
+                    if self._status_sent.get(connector_id) == key:
+                        continue
+                    try:
+                        await self.send_status(status)
+                    except CallError as exc:
+                        log.warning(
+                            "StatusNotification for connector %d failed: %s", connector_id, exc
+                        )
+                    except BaseException:
+                        # Not delivered: keep it unless something newer arrived meanwhile.
+                        if not queue:
+                            queue.append((status, since))
+                        raise
+                    self._status_sent[connector_id] = key
+                    # A conflict is an event, not a state: the charge point's own status
+                    # follows.
+                    if status.error_code == ChargePointErrorCode.local_list_conflict and not queue:
+                        self.report_status(self.control.statuses()[0])
 
     def _minimum_status_duration(self) -> float:
         value = self.store.get("MinimumStatusDuration")

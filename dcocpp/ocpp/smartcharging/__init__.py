@@ -1,6 +1,8 @@
-"""OCPP 1.6 smart charging, the pure core: charging profiles (`profiles`) and the composite
-schedule with its enforcement helpers (`schedule`). No I/O, no clock, no trio: the station
-wiring owns persistence, timers and the OCPP handlers, and calls these functions."""
+"""OCPP 1.6 smart charging. The pure core: charging profiles (`profiles`) and the composite
+schedule with its enforcement helpers (`schedule`), with no I/O, no clock and no trio. Around
+it, still in the OCPP layer: `service` keeps the installed profiles (persisted, answered, removed
+with their transaction) and `handlers` answers the central system's SmartCharging CALLs. The
+enforcement on the guns is station wiring (`dcocpp/limits.py`)."""
 
 from dcocpp.ocpp.smartcharging.profiles import (
     ChargingProfile,

@@ -1,0 +1,328 @@
+"""Smart charging enforced: the current limit of every gun, sent to its hardware.
+
+`LimitEnforcer.run()` keeps each gun's current setpoint (`GunHardware.set_current_limit`) at
+
+    min(its composite schedule, its maxCurrentA / maxPowerW, its share of the station limit)
+
+where the composite schedule is the OCPP one (TxProfile or TxDefaultProfile, capped by the
+ChargePointMaxProfile) and the station limit, the ChargePointMaxProfile, is shared among the
+guns with a running transaction (max-min fair, `share_station_limit`). A limit of 0 suspends
+the energy (EvseSuspended: the relay opens, the connector reports SuspendedEVSE); a limit above
+0 resumes it.
+
+The limits are recomputed when the installed profiles change, when a transaction starts, is
+confirmed or stops (watched through each connector's truth, `ConnectorTask.wait_truth`), when
+a gun's status or faults change (a PLC back from a communication loss gets its setpoint again),
+and at the next instant a schedule can change (`next_change`): one timer sleeping until then,
+no polling.
+
+Units. The hardware takes amperes. A limit in W becomes amperes at the gun's DC voltage: the
+one its meter measures (while delivering, or the EV battery's while plugged, where the hardware
+reports it), else the gun's nominal voltage, maxPowerW / maxCurrentA (the voltage at which the
+gun reaches both ratings: 375 V for 75 kW / 200 A). The station limit is shared in its own
+unit: in A it bounds the sum of the guns' DC currents, in W the sum of their powers. A W limit
+is converted when the limits are recomputed; as the battery voltage rises during charging the
+power drifts up by as much (about 0.3 % per 1 % of state of charge) until the next recompute.
+
+This module is station wiring: it knows the connector tasks and their hardware, and the OCPP
+layer's profiles, and it is the only place where the two meet for smart charging.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import math
+from collections.abc import Mapping
+from datetime import datetime
+from decimal import ROUND_FLOOR, Decimal
+
+import attrs
+import trio
+from ocpp.v16.enums import ChargePointStatus
+from ocpp.v16.enums import ChargingProfilePurposeType as Purpose
+from ocpp.v16.enums import ChargingRateUnitType as Unit
+
+from dcocpp.config import ConnectorConfig
+from dcocpp.connector import events as ev
+from dcocpp.connector.metering import WallClock
+from dcocpp.connector.task import ConnectorTask
+from dcocpp.hardware.interface import FaultKind, HardwareError
+from dcocpp.ocpp.smartcharging import (
+    InstalledProfiles,
+    RunningTransaction,
+    Supply,
+    limit_now,
+    next_change,
+    parse_datetime,
+    share_station_limit,
+)
+from dcocpp.ocpp.smartcharging.service import (
+    UNCONFIRMED_TRANSACTION,
+    ChargingContext,
+    ChargingProfiles,
+)
+
+log = logging.getLogger(__name__)
+
+# The hardware's resolution (CURRENT_LIMIT_0p1A); limits are rounded down to it.
+STEP = Decimal("0.1")
+# A measured voltage below this is no measurement (an idle meter reads 0 V).
+MIN_MEASURED_VOLTAGE = 1.0
+
+
+def nominal_voltage(config: ConnectorConfig) -> Decimal:
+    """The gun's nominal DC voltage: where its current and power ratings meet."""
+    return (Decimal(str(config.max_power_w)) / Decimal(str(config.max_current_a))).quantize(STEP)
+
+
+@attrs.frozen
+class _Seen:
+    """What a connector's watcher compares after each of the connector's steps."""
+
+    local_id: int | None
+    transaction_id: int | None
+    id_tag: str | None
+    status: ChargePointStatus
+    faults: frozenset[FaultKind]
+
+
+def _changed(task: ConnectorTask, seen: _Seen, _truth: object) -> bool:
+    return _seen(task) != seen
+
+
+def _seen(task: ConnectorTask) -> _Seen:
+    tx = task.transaction
+    truth = task.machine.truth
+    return _Seen(
+        None if tx is None else tx.local_id,
+        None if tx is None else tx.transaction_id,
+        None if tx is None else tx.id_tag,
+        task.machine.status,
+        truth.fault_kinds,
+    )
+
+
+class LimitEnforcer:
+    """Keeps the guns' current setpoints at their smart-charging limits (see the module
+    docstring). `run()` applies them once, reports started, and then runs until cancelled: one
+    watcher per connector and the recompute loop, all in its own nursery. Hardware errors are
+    logged (the setpoint is tried again at the next recompute); nothing else escapes."""
+
+    def __init__(
+        self,
+        connectors: Mapping[int, ConnectorTask],
+        profiles: ChargingProfiles,
+        clock: WallClock,
+    ):
+        self._connectors = connectors
+        self._profiles = profiles
+        self._clock = clock
+        self._wake = trio.Event()
+        # The limit (A) each gun's hardware was last given.
+        self.applied: dict[int, Decimal] = {}
+        nominal = [nominal_voltage(task.config) for task in connectors.values()]
+        self._station_supply = Supply.dc(min(nominal, default=Decimal(400)))
+
+    # --- what the OCPP layer asks ---------------------------------------------------------
+
+    def context(self, connector_id: int) -> ChargingContext:
+        """The `ChargingContext` of a connector (0: the charge point as a whole)."""
+        if connector_id == 0:
+            configs = [task.config for task in self._connectors.values()]
+            return ChargingContext(
+                supply=self._station_supply,
+                max_current_a=sum((_decimal(c.max_current_a) for c in configs), Decimal(0)),
+                max_power_w=sum((_decimal(c.max_power_w) for c in configs), Decimal(0)),
+            )
+        task = self._connectors[connector_id]
+        volts = task.gun.read_meter().voltage_v
+        if math.isfinite(volts) and volts >= MIN_MEASURED_VOLTAGE:
+            supply = Supply.dc(_decimal(volts).quantize(STEP))
+        else:
+            supply = Supply.dc(nominal_voltage(task.config))
+        tx = task.transaction
+        transaction = None
+        if tx is not None:
+            transaction = RunningTransaction(
+                UNCONFIRMED_TRANSACTION if tx.transaction_id is None else tx.transaction_id,
+                parse_datetime(tx.started_at),
+            )
+        return ChargingContext(
+            supply=supply,
+            max_current_a=_decimal(task.config.max_current_a),
+            max_power_w=_decimal(task.config.max_power_w),
+            transaction=transaction,
+        )
+
+    def wake(self) -> None:
+        """Recompute now (something the limits depend on changed)."""
+        self._wake.set()
+
+    # --- lifetime ---------------------------------------------------------------------------
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        unsubscribe = self._profiles.subscribe(self.wake)
+        try:
+            async with trio.open_nursery() as nursery:
+                for task in self._connectors.values():
+                    nursery.start_soon(self._watch, task)
+                self._wake = trio.Event()
+                next_at = await self._enforce(None)
+                task_status.started()
+                await self._loop(next_at)
+        finally:
+            unsubscribe()
+
+    async def _loop(self, next_at: datetime | None) -> None:
+        while True:
+            deadline = math.inf
+            if next_at is not None:
+                delay = (next_at - self._clock.now()).total_seconds()
+                deadline = trio.current_time() + max(delay, 0.0)
+            at = None
+            with trio.move_on_at(deadline) as sleep:
+                await self._wake.wait()
+            if sleep.cancelled_caught:
+                # Woken by the timer: the change is due even if the wall clock, read a
+                # rounding error early, does not quite say so.
+                at = next_at
+            self._wake = trio.Event()
+            next_at = await self._enforce(at)
+
+    async def _watch(self, task: ConnectorTask) -> None:
+        """Follow one connector: its transactions start and end here for the profiles (the
+        RemoteStartTransaction's TxProfile installed, ended transactions' TxProfiles
+        removed), and every change that matters wakes the recompute."""
+        seen = _seen(task)
+        while True:
+            await task.wait_truth(functools.partial(_changed, task, seen))
+            now = _seen(task)
+            if seen.local_id is not None and now.local_id != seen.local_id:
+                self._profiles.transaction_ended(task.id, seen.transaction_id)
+            if now.local_id is not None and now.local_id != seen.local_id:
+                assert now.id_tag is not None
+                self._profiles.transaction_started(task.id, now.id_tag)
+            if now.faults != seen.faults:
+                # Hardware back from a fault (a restarted PLC) may have lost its setpoint.
+                self.applied.pop(task.id, None)
+            seen = now
+            self.wake()
+
+    # --- computing and applying --------------------------------------------------------------
+
+    async def _enforce(self, at: datetime | None) -> datetime | None:
+        """Apply every gun's limit as of now (`at` if later); returns when to look again."""
+        now = self._clock.now()
+        if at is not None and at > now:
+            now = at
+        self._profiles.remove_expired()
+        installed = self._profiles.installed
+        contexts = {cid: self.context(cid) for cid in self._connectors}
+        for cid, limit in self.limits(installed, contexts, now).items():
+            await self._apply(cid, limit)
+        changes = [
+            next_change(installed, cid, now, transaction=ctx.transaction)
+            for cid, ctx in contexts.items()
+        ]
+        changes.append(next_change(installed, 0, now))
+        return min((c for c in changes if c is not None), default=None)
+
+    def limits(
+        self,
+        installed: InstalledProfiles,
+        contexts: Mapping[int, ChargingContext],
+        now: datetime,
+    ) -> dict[int, Decimal]:
+        """Each gun's limit in A at `now` (see the module docstring)."""
+        own: dict[int, Decimal] = {}
+        for cid, ctx in contexts.items():
+            limit = limit_now(
+                installed,
+                cid,
+                now,
+                unit=Unit.amps,
+                supply=ctx.supply,
+                transaction=ctx.transaction,
+                local_limit=ctx.local_limit(Unit.amps),
+            )
+            assert limit is not None  # the local limit is always there
+            own[cid] = _floor(limit)
+        station = self._station_limit(installed, now)
+        if station is None:
+            return own
+        value, unit = station
+
+        def in_unit(cid: int) -> Decimal:
+            return contexts[cid].supply.convert(own[cid], Unit.amps, unit)
+
+        charging = {
+            cid: in_unit(cid) for cid, ctx in contexts.items() if ctx.transaction is not None
+        }
+        shares = share_station_limit(value, charging)
+        result: dict[int, Decimal] = {}
+        for cid in contexts:
+            if cid in shares:
+                share = shares[cid]
+            else:
+                # An idle gun is given the share it would get if it started now: it is ready,
+                # and the others give up theirs once its transaction starts.
+                share = share_station_limit(value, {**charging, cid: in_unit(cid)})[cid]
+            assert share is not None
+            if share >= in_unit(cid):
+                result[cid] = own[cid]
+            else:
+                back = contexts[cid].supply.convert(share, unit, Unit.amps)
+                result[cid] = min(own[cid], _floor(back))
+        return result
+
+    def _station_limit(
+        self, installed: InstalledProfiles, now: datetime
+    ) -> tuple[Decimal, Unit] | None:
+        """The ChargePointMaxProfile limit in force (None: none), in its own unit."""
+        prevailing = None
+        for entry in installed:
+            profile = entry.profile
+            if profile.charging_profile_purpose is not Purpose.charge_point_max_profile:
+                continue
+            unit = profile.charging_schedule.charging_rate_unit
+            alone = InstalledProfiles((entry,))
+            if limit_now(alone, 0, now, unit=unit, supply=self._station_supply) is None:
+                continue  # not in force now
+            if prevailing is None or profile.stack_level > prevailing.stack_level:
+                prevailing = profile
+        if prevailing is None:
+            return None
+        unit = prevailing.charging_schedule.charging_rate_unit
+        value = limit_now(installed, 0, now, unit=unit, supply=self._station_supply)
+        assert value is not None
+        return value, unit
+
+    async def _apply(self, connector_id: int, limit: Decimal) -> None:
+        task = self._connectors[connector_id]
+        if self.applied.get(connector_id) != limit:
+            try:
+                task.gun.set_current_limit(float(limit))
+            except HardwareError as exc:
+                log.warning(
+                    "connector %d: current limit %s A not set: %s", connector_id, limit, exc
+                )
+            else:
+                self.applied[connector_id] = limit
+                log.info("connector %d: current limit %s A", connector_id, limit)
+        suspended = limit <= 0
+        if task.machine.truth.evse_suspended != suspended:
+            log.info(
+                "connector %d: energy %s by smart charging",
+                connector_id,
+                "suspended" if suspended else "resumed",
+            )
+            await task.post(ev.EvseSuspended(suspended))
+
+
+def _decimal(value: float) -> Decimal:
+    return Decimal(str(value))
+
+
+def _floor(value: Decimal) -> Decimal:
+    return max(value, Decimal(0)).quantize(STEP, rounding=ROUND_FLOOR)

@@ -1,0 +1,326 @@
+"""The station's reservations (OCPP 1.6 Reservation profile: ReserveNow, CancelReservation).
+
+A reservation is for one connector or, with ReserveConnectorZeroSupported, for connector 0:
+any gun of the station. The book keeps them in the station database (written before
+ReserveNow is answered, restored at boot, expired ones dropped) and ends each one when it is
+used (its holder's StartTransaction carries its id), cancelled, expired (at its expiryDate, by
+the station's wall clock), or when its connector becomes Faulted or Unavailable (the connector
+machine decides that and reports it), as 5.13 says.
+
+The connectors see the book through `ReservationDesk` (`wanted`): every gun serves its own
+connector's reservation and every connector-0 one, so that a transaction for a holder carries
+the reservation's id wherever it starts. A connector-0 reservation keeps one gun free for its
+holder (5.13: "one connector remains available for the reserved idTag"): while more guns are
+free than there are connector-0 reservations, every gun stays Available and takes anyone;
+once only as many are free as there are connector-0 reservations, each of those guns is held:
+it reports Reserved and only a holder of a connector-0 reservation may start on it. A gun is
+free when nothing but a plugged EV or a tag being authorized is on it: no transaction, no
+authorized session, no fault, operative, not Finishing, and no reservation of its own (so an
+EV plugged into the last free gun does not take it from the holder).
+
+Starts nothing but its expiry timers, which live in `run()`'s nursery; StorageError does not
+escape (a reservation that cannot be stored is Rejected; one that cannot be deleted is logged
+and dropped from memory).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Mapping
+from datetime import datetime
+
+import trio
+from ocpp.v16.enums import CancelReservationStatus, ReservationStatus
+
+from dcocpp.connector import events as ev
+from dcocpp.connector.machine import Truth
+from dcocpp.connector.metering import WallClock, ocpp_time
+from dcocpp.connector.task import ConnectorTask
+from dcocpp.ocpp.authcache import parse_expiry
+from dcocpp.ocpp.configuration import ConfigurationStore
+from dcocpp.storage import Database, ReservationRow, StorageError
+
+log = logging.getLogger(__name__)
+
+PROFILE = "Reservation"
+# An expiry timer looks at the wall clock again at least this often (it may be set).
+EXPIRY_RECHECK = 60.0
+
+
+def reservation_supported(store: ConfigurationStore) -> bool:
+    """The Reservation profile is in SupportedFeatureProfiles: without it every ReserveNow is
+    answered Rejected ("configured not to accept reservations", 5.13)."""
+    profiles = store.get("SupportedFeatureProfiles") or ""
+    return PROFILE in (p.strip() for p in profiles.split(","))
+
+
+def _engaged(t: Truth) -> bool:
+    """A session or state that keeps the gun from a new user, whatever a reservation says."""
+    return bool(
+        t.transaction is not None
+        or t.authorized is not None
+        or t.finishing
+        or t.faults
+        or not t.operative
+    )
+
+
+class ReservationBook:
+    """The reservations of one boot of the station (see the module docstring)."""
+
+    def __init__(
+        self,
+        db: Database,
+        store: ConfigurationStore,
+        clock: WallClock,
+        connectors: Callable[[], Mapping[int, ConnectorTask]],
+        charge_point_operative: Callable[[], bool],
+    ):
+        self._db = db
+        self._store = store
+        self._clock = clock
+        self._connectors = connectors
+        self._operative0 = charge_point_operative
+        self._rows: dict[int, ReservationRow] = {}
+        self._timers: dict[int, trio.CancelScope] = {}
+        self._nursery: trio.Nursery | None = None
+
+    def __len__(self) -> int:
+        return len(self._rows)
+
+    def load(self) -> None:
+        """Restore the stored reservations (before the connectors start). Expired ones, and
+        connector-0 ones while the charge point is Unavailable, are dropped; one whose
+        connector is Faulted or Unavailable now is ended by that connector when it starts."""
+        try:
+            rows = self._db.reservations()
+        except StorageError as exc:
+            log.error("reservations not restored: %s", exc)
+            return
+        now = self._clock.now()
+        dropped = []
+        for row in rows:
+            expiry = parse_expiry(row.expiry_date)
+            if expiry is None or expiry <= now:
+                dropped.append((row, "expired"))
+            elif row.connector_id == 0 and not self._operative0():
+                dropped.append((row, "the charge point is Unavailable"))
+            elif row.connector_id != 0 and row.connector_id not in self._connectors():
+                dropped.append((row, "no such connector"))
+            else:
+                self._rows[row.reservation_id] = row
+        for row, why in dropped:
+            log.info("reservation %d not restored: %s", row.reservation_id, why)
+        self._forget([row.reservation_id for row, _ in dropped])
+        if self._rows:
+            log.info("%d reservation(s) restored", len(self._rows))
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Run the expiry timers until cancelled."""
+        async with trio.open_nursery() as nursery:
+            self._nursery = nursery
+            for row in self._rows.values():
+                self._schedule(row)
+            task_status.started()
+            await trio.sleep_forever()
+
+    # --- ReserveNow, CancelReservation (for the OCPP layer, through the station) -------------
+
+    def reserve(
+        self,
+        connector_id: int,
+        expiry: datetime,
+        id_tag: str,
+        reservation_id: int,
+        parent_id_tag: str | None = None,
+    ) -> ReservationStatus:
+        """ReserveNow (OCPP 1.6 5.13). The same reservationId replaces its reservation, which
+        is then not counted against the new one; a reservation that cannot be made keeps the
+        old one as it was."""
+        where = "the charge point" if connector_id == 0 else f"connector {connector_id}"
+        status = self._answer(connector_id, expiry, reservation_id)
+        if status != ReservationStatus.accepted:
+            log.info("reservation %d on %s for %s: %s", reservation_id, where, id_tag, status.value)
+            return status
+        row = ReservationRow(reservation_id, connector_id, id_tag, parent_id_tag, ocpp_time(expiry))
+        try:
+            self._db.put_reservation(row)  # on disk before it is acknowledged
+        except StorageError as exc:
+            log.error("reservation %d rejected: %s", reservation_id, exc)
+            return ReservationStatus.rejected
+        replaced = self._rows.get(reservation_id)
+        self._rows[reservation_id] = row
+        self._cancel_timer(reservation_id)
+        self._schedule(row)
+        self._resync_all()
+        log.info(
+            "reservation %d %s on %s for %s%s until %s",
+            reservation_id,
+            "replaced" if replaced else "made",
+            where,
+            id_tag,
+            f" (parentIdTag {parent_id_tag})" if parent_id_tag else "",
+            row.expiry_date,
+        )
+        return ReservationStatus.accepted
+
+    def cancel(self, reservation_id: int) -> CancelReservationStatus:
+        """CancelReservation (5.1): Accepted for a reservation the charger has, else Rejected."""
+        if not reservation_supported(self._store) or reservation_id not in self._rows:
+            log.info("CancelReservation %d rejected: no such reservation", reservation_id)
+            return CancelReservationStatus.rejected
+        self._end(reservation_id, "cancelled by the central system")
+        return CancelReservationStatus.accepted
+
+    def charge_point_unavailable(self) -> None:
+        """The charge point became Unavailable: its connector-0 reservations end (5.13); each
+        connector ends its own as it becomes Unavailable."""
+        for row in list(self._rows.values()):
+            if row.connector_id == 0:
+                self._end(row.reservation_id, "the charge point became Unavailable")
+
+    def preferred_connectors(self, id_tag: str) -> list[int]:
+        """Every connector, those reserved for `id_tag` first (RemoteStartTransaction without
+        a connectorId uses the holder's reservation rather than leave it unused)."""
+        reserved = {
+            row.connector_id
+            for row in self._rows.values()
+            if row.connector_id != 0 and row.id_tag == id_tag
+        }
+        ids = sorted(self._connectors())
+        return [c for c in ids if c in reserved] + [c for c in ids if c not in reserved]
+
+    # --- ReservationDesk (for the connector tasks) --------------------------------------------
+
+    def wanted(self, connector_id: int) -> ev.ReservationsChanged:
+        own = tuple(
+            _reservation(row) for row in self._rows.values() if row.connector_id == connector_id
+        )
+        zero = tuple(_reservation(row) for row in self._rows.values() if row.connector_id == 0)
+        if not zero:
+            return ev.ReservationsChanged(own)
+        free = self._free()
+        return ev.ReservationsChanged(
+            own + zero, hold_zero=connector_id in free and len(free) <= len(zero)
+        )
+
+    def stepped(self, connector_id: int) -> None:
+        for cid, task in self._connectors().items():
+            if cid == connector_id:
+                continue  # it syncs before its next event anyway
+            wanted = self.wanted(cid)
+            truth = task.machine.truth
+            if (truth.reservations, truth.hold_zero) != (wanted.reservations, wanted.hold_zero):
+                task.resync()
+
+    def ended(self, connector_id: int, reservation_id: int, cause: str) -> None:
+        if reservation_id not in self._rows:
+            return  # already gone (a connector-0 reservation two guns served)
+        if cause == "used":
+            self._end(reservation_id, f"used by a transaction on connector {connector_id}")
+        else:
+            self._end(reservation_id, f"connector {connector_id} became {cause}")
+
+    # --- internals ---------------------------------------------------------------------------
+
+    def _free(self, rows: Mapping[int, ReservationRow] | None = None) -> list[int]:
+        """The guns free for a connector-0 reservation's holder (see the module docstring)."""
+        rows = self._rows if rows is None else rows
+        reserved = {row.connector_id for row in rows.values()}
+        return [
+            cid
+            for cid, task in sorted(self._connectors().items())
+            if cid not in reserved and not _engaged(task.machine.truth)
+        ]
+
+    def _answer(
+        self, connector_id: int, expiry: datetime, reservation_id: int
+    ) -> ReservationStatus:
+        """What ReserveNow answers (5.13), counting every other reservation but the one it
+        would replace."""
+        if not reservation_supported(self._store):
+            return ReservationStatus.rejected
+        if connector_id == 0 and self._store.get("ReserveConnectorZeroSupported") != "true":
+            return ReservationStatus.rejected
+        if expiry <= self._clock.now():
+            return ReservationStatus.rejected  # nothing left to reserve
+        if not self._operative0():
+            return ReservationStatus.unavailable
+        others = {rid: row for rid, row in self._rows.items() if rid != reservation_id}
+        zero = sum(1 for row in others.values() if row.connector_id == 0)
+        connectors = self._connectors()
+        # Free and with nobody at it: what a new reservation may take.
+        available = [cid for cid in self._free(others) if not connectors[cid].machine.truth.plugged]
+        if connector_id != 0:
+            t = connectors[connector_id].machine.truth
+            if t.faults:
+                return ReservationStatus.faulted
+            if not t.operative:
+                return ReservationStatus.unavailable
+            # Occupied: in use, reserved (for the same or another idTag), or needed to keep a
+            # gun free for the connector-0 reservations.
+            if connector_id in available and len(available) > zero:
+                return ReservationStatus.accepted
+            return ReservationStatus.occupied
+        if len(available) > zero:
+            return ReservationStatus.accepted
+        truths = [task.machine.truth for task in connectors.values()]
+        if any(t.operative and not t.faults for t in truths):
+            return ReservationStatus.occupied
+        if any(t.faults for t in truths):
+            return ReservationStatus.faulted
+        return ReservationStatus.unavailable
+
+    def _end(self, reservation_id: int, why: str) -> None:
+        row = self._rows.pop(reservation_id)
+        self._cancel_timer(reservation_id)
+        self._forget([reservation_id])
+        self._resync_all()
+        where = "the charge point" if row.connector_id == 0 else f"connector {row.connector_id}"
+        log.info("reservation %d on %s for %s ended: %s", reservation_id, where, row.id_tag, why)
+
+    def _forget(self, reservation_ids: list[int]) -> None:
+        if not reservation_ids:
+            return
+        try:
+            self._db.delete_reservations(reservation_ids)
+        except StorageError as exc:
+            # Harmless after a restart: an expired one is dropped then, a used or cancelled
+            # one comes back until its expiryDate.
+            log.error("ended reservations %s stay in the database: %s", reservation_ids, exc)
+
+    def _resync_all(self) -> None:
+        for task in self._connectors().values():
+            task.resync()
+
+    def _schedule(self, row: ReservationRow) -> None:
+        if self._nursery is None:
+            return  # run() schedules every reservation as it starts
+        scope = trio.CancelScope()
+        self._timers[row.reservation_id] = scope
+        self._nursery.start_soon(self._expire, row, scope)
+
+    def _cancel_timer(self, reservation_id: int) -> None:
+        scope = self._timers.pop(reservation_id, None)
+        if scope is not None:
+            scope.cancel()
+
+    async def _expire(self, row: ReservationRow, scope: trio.CancelScope) -> None:
+        """End the reservation at its expiryDate by the wall clock (sleeping on trio's clock;
+        a wall clock that is set meanwhile is noticed within EXPIRY_RECHECK)."""
+        expiry = parse_expiry(row.expiry_date)
+        assert expiry is not None  # written by ocpp_time, or checked by load()
+        with scope:
+            while True:
+                left = (expiry - self._clock.now()).total_seconds()
+                if left <= 0:
+                    break
+                await trio.sleep(min(left, EXPIRY_RECHECK))
+            self._timers.pop(row.reservation_id, None)
+            self._end(row.reservation_id, f"expired at {row.expiry_date}")
+
+
+def _reservation(row: ReservationRow) -> ev.Reservation:
+    return ev.Reservation(
+        row.reservation_id, row.id_tag, row.parent_id_tag, any_connector=row.connector_id == 0
+    )
