@@ -309,6 +309,7 @@ class LimitEnforcer:
                 )
             else:
                 self.applied[connector_id] = limit
+                task.offered_a = float(limit)
                 log.info("connector %d: current limit %s A", connector_id, limit)
         suspended = limit <= 0
         if task.machine.truth.evse_suspended != suspended:

@@ -403,7 +403,9 @@ async def test_tc_082_tx_default_profile_during_a_transaction(
 ) -> None:
     """A TxDefaultProfile of 6 A arrives while the gun charges at 200 A: the hardware holds
     the new setpoint before the next meter sample, and that sample shows the power drop."""
-    async with running_station(charger_config(tmp_path), keys=SAMPLED) as h:
+    measurands = "Energy.Active.Import.Register,Power.Active.Import,Current.Import,Voltage,"
+    keys = {**SAMPLED, "MeterValuesSampledData": measurands + "Current.Offered"}
+    async with running_station(charger_config(tmp_path), keys=keys) as h:
         await h.booted()
         await h.start_charging(1, "TAG-082")
         before_time, before = await next_sample(h, 1)
@@ -421,6 +423,9 @@ async def test_tc_082_tx_default_profile_during_a_transaction(
     assert after["Current.Import"] == pytest.approx(6, abs=0.05)
     assert after["Power.Active.Import"] == pytest.approx(6 * after["Voltage"], rel=0.01)
     assert after["Power.Active.Import"] < before["Power.Active.Import"] / 30
+    # What the charger offers follows the limit too.
+    assert before["Current.Offered"] == pytest.approx(MAX_A)
+    assert after["Current.Offered"] == pytest.approx(6)
 
 
 # --- enforcement -------------------------------------------------------------------------------

@@ -146,6 +146,9 @@ class ConnectorTask:
         self._finishing = 0  # transactions whose StopTransaction is not queued yet
         self._settled = trio.Event()
         self._stepped = trio.Event()  # set (and replaced) after every event the machine takes
+        # The current limit the gun's hardware was given (smart charging); None: its maximum.
+        # Reported as Current.Offered.
+        self.offered_a: float | None = None
         self._resync = trio.Event()  # the station's reservations changed (see resync)
 
     def _settings(self) -> Settings:
@@ -423,7 +426,7 @@ class ConnectorTask:
             measurands,
             context,
             ocpp_time(self.services.clock.now()),
-            offered_a=self.config.max_current_a,
+            offered_a=self.offered_a if self.offered_a is not None else self.config.max_current_a,
         )
 
     def _start_transaction(self, effect: ev.StartTransaction) -> None:
