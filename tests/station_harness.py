@@ -285,3 +285,28 @@ async def _not_while_connecting(station: Station) -> None:
         if session is None or session.state != Registration.CONNECTING:
             return
         await trio.sleep(step)
+
+
+# --- what the central system heard -------------------------------------------------------------
+
+
+def statuses_of(h: Harness, connector_id: int, since: int = 0) -> list[str]:
+    """The statuses the CSMS heard for one connector, in order."""
+    return [
+        p["status"]
+        for p in h.csms.received("StatusNotification", since)
+        if p["connector_id"] == connector_id
+    ]
+
+
+def flow(h: Harness, connector_id: int, since: int = 0) -> list[tuple[str, Any]]:
+    """The session's messages in arrival order: (action, status or idTag or reason)."""
+    out: list[tuple[str, Any]] = []
+    for _, action, p in h.csms.calls[since:]:
+        if action == "StatusNotification" and p["connector_id"] == connector_id:
+            out.append((action, p["status"]))
+        elif action in ("Authorize", "StartTransaction"):
+            out.append((action, p["id_tag"]))
+        elif action == "StopTransaction":
+            out.append((action, p["reason"]))
+    return out

@@ -20,7 +20,14 @@ from dcocpp.connector.metering import TrioWallClock, ocpp_time
 from dcocpp.ocpp.errors import CallError
 from dcocpp.storage import Database, ReservationRow, StorageError
 from tests.csms import FakeCsms
-from tests.station_harness import WALL_START, Harness, charger_config, running_station
+from tests.station_harness import (
+    WALL_START,
+    Harness,
+    charger_config,
+    flow,
+    running_station,
+    statuses_of,
+)
 
 # Every scenario runs on the simulated guns and on the PLC backend (emulated PLCs on CAN).
 pytestmark = pytest.mark.usefixtures("backend")
@@ -43,27 +50,6 @@ def config_with(tmp_path: Path, **keys: Any) -> ChargerConfig:
 
 def zero_supported(tmp_path: Path) -> ChargerConfig:
     return config_with(tmp_path, Reservation__ReserveConnectorZeroSupported=True)
-
-
-def statuses_of(h: Harness, connector_id: int, since: int = 0) -> list[str]:
-    return [
-        p["status"]
-        for p in h.csms.received("StatusNotification", since)
-        if p["connector_id"] == connector_id
-    ]
-
-
-def flow(h: Harness, connector_id: int, since: int = 0) -> list[tuple[str, Any]]:
-    """The session's messages in arrival order: (action, status or idTag or reason)."""
-    out: list[tuple[str, Any]] = []
-    for _, action, p in h.csms.calls[since:]:
-        if action == "StatusNotification" and p["connector_id"] == connector_id:
-            out.append((action, p["status"]))
-        elif action in ("Authorize", "StartTransaction"):
-            out.append((action, p["id_tag"]))
-        elif action == "StopTransaction":
-            out.append((action, p["reason"]))
-    return out
 
 
 async def reserve(

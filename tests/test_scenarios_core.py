@@ -14,35 +14,13 @@ from ocpp.v16 import call
 
 from dcocpp.hardware.interface import HardwareError
 from tests.csms import FakeCsms
-from tests.station_harness import Harness, charger_config, running_station
+from tests.station_harness import charger_config, flow, running_station, statuses_of
 
 # Every scenario runs on the simulated guns and on the PLC backend (emulated PLCs on CAN).
 pytestmark = pytest.mark.usefixtures("backend")
 NO_LOCK_ON_PLC = pytest.mark.simulated_only("the PLC CAN contract has no connector lock to fail")
 
 DETACHABLE = {1: {"fixedCable": False}}
-
-
-def statuses_of(h: Harness, connector_id: int, since: int = 0) -> list[str]:
-    """The statuses the CSMS heard for one connector, in order."""
-    return [
-        p["status"]
-        for p in h.csms.received("StatusNotification", since)
-        if p["connector_id"] == connector_id
-    ]
-
-
-def flow(h: Harness, connector_id: int, since: int = 0) -> list[tuple[str, Any]]:
-    """The session's messages in arrival order: (action, status or reason or idTag)."""
-    out: list[tuple[str, Any]] = []
-    for _, action, p in h.csms.calls[since:]:
-        if action == "StatusNotification" and p["connector_id"] == connector_id:
-            out.append((action, p["status"]))
-        elif action in ("Authorize", "StartTransaction"):
-            out.append((action, p["id_tag"]))
-        elif action == "StopTransaction":
-            out.append((action, p["reason"]))
-    return out
 
 
 # --- starting a session ----------------------------------------------------------------------

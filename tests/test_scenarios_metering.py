@@ -18,7 +18,7 @@ from dcocpp.connector.task import RELAY_ACK_DEADLINE
 from dcocpp.hardware.plc.driver import ACK_TIMEOUT, ATTEMPTS, BACKOFF
 from dcocpp.station import RESET_FLUSH_TIMEOUT
 from tests.csms import FakeCsms
-from tests.station_harness import Harness, charger_config, running_station
+from tests.station_harness import Harness, charger_config, running_station, statuses_of
 
 # Every scenario runs on the simulated guns and on the PLC backend (emulated PLCs on CAN).
 pytestmark = pytest.mark.usefixtures("backend")
@@ -30,14 +30,6 @@ SAMPLED_UNITS = [
     ("Voltage", "V"),
     ("SoC", "Percent"),
 ]
-
-
-def statuses_of(h: Harness, connector_id: int, since: int = 0) -> list[str]:
-    return [
-        p["status"]
-        for p in h.csms.received("StatusNotification", since)
-        if p["connector_id"] == connector_id
-    ]
 
 
 def meter_values(

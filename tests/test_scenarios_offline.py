@@ -29,6 +29,7 @@ from tests.station_harness import (
     Harness,
     charger_config,
     running_station,
+    statuses_of,
 )
 
 # Every scenario runs on the simulated guns and on the PLC backend (emulated PLCs on CAN).
@@ -37,14 +38,6 @@ pytestmark = pytest.mark.usefixtures("backend")
 # No clock-aligned samples: the periodic ones (every 60 s) are the meter values to follow.
 PERIODIC_ONLY = {"ClockAlignedDataInterval": 0, "MeterValueSampleInterval": 60}
 OFFLINE_UNKNOWN_OK = {**PERIODIC_ONLY, "AllowOfflineTxForUnknownId": True}
-
-
-def statuses_of(h: Harness, connector_id: int, since: int = 0) -> list[str]:
-    return [
-        p["status"]
-        for p in h.csms.received("StatusNotification", since)
-        if p["connector_id"] == connector_id
-    ]
 
 
 def transaction_flow(csms: FakeCsms, since: int = 0) -> list[tuple[str, Any]]:

@@ -17,7 +17,7 @@ from ocpp.v16 import call
 from dcocpp.hardware.plc.emulated import InProcessPlcHardware
 from dcocpp.hardware.simulation import SimulatedHardware
 from dcocpp.ocpp.smartcharging import format_datetime, parse_datetime
-from tests.station_harness import Harness, charger_config, running_station
+from tests.station_harness import Harness, charger_config, running_station, statuses_of
 
 # Every scenario runs on the simulated guns and on the PLC backend (emulated PLCs on CAN).
 pytestmark = pytest.mark.usefixtures("backend")
@@ -154,14 +154,6 @@ async def next_sample(h: Harness, connector_id: int) -> tuple[float, dict[str, f
     since = h.csms.mark()
     await h.wait_until(lambda: len(periodic(h, connector_id, since)) >= 1)
     return periodic(h, connector_id, since)[0]
-
-
-def statuses_of(h: Harness, connector_id: int, since: int = 0) -> list[str]:
-    return [
-        p["status"]
-        for p in h.csms.received("StatusNotification", since)
-        if p["connector_id"] == connector_id
-    ]
 
 
 # --- OCTT conformance cases ----------------------------------------------------------------------
