@@ -97,8 +97,15 @@ async def read_frames(
     fd = _fileno(bus)
     if fd >= 0:
         task_status.started()
+        busy = False
         while True:
-            await trio.lowlevel.wait_readable(fd)
+            if busy and gather > 0:
+                # Frames came last time: let more gather, then drain without asking epoll
+                # (one wake-up per `gather` while the bus is busy, not two).
+                await trio.sleep(gather)
+            else:
+                await trio.lowlevel.wait_readable(fd)
+            busy = False
             while True:
                 try:
                     msg = bus.recv(0)
@@ -106,9 +113,8 @@ async def read_frames(
                     raise BusReadError(str(exc) or type(exc).__name__) from exc
                 if msg is None:
                     break
+                busy = True
                 await handle(msg)
-            if gather > 0:
-                await trio.sleep(gather)
     token = trio.lowlevel.current_trio_token()
     send, receive = trio.open_memory_channel[can.Message | Exception](RX_QUEUE)
     bridge = TrioBridge(token, send, on_overrun)
