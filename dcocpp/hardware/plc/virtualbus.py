@@ -32,10 +32,15 @@ class _SignallingQueue(queue.Queue[can.Message]):
         self._signal = signal
 
     def _put(self, item: can.Message) -> None:
+        # Called under the queue's lock. Only a frame into an empty queue needs a signal: the
+        # reader drains the signal only once it has found the queue empty, and looks at the
+        # queue again afterwards (`SelectableVirtualBus._recv_internal`).
+        signal = not self._qsize()
         super()._put(item)
-        # Full: the socket is readable already. Closed: the bus is shutting down.
-        with contextlib.suppress(BlockingIOError, OSError):
-            self._signal.send(b"\0")
+        if signal:
+            # Full: the socket is readable already. Closed: the bus is shutting down.
+            with contextlib.suppress(BlockingIOError, OSError):
+                self._signal.send(b"\0")
 
 
 class SelectableVirtualBus(VirtualBus):
@@ -68,6 +73,15 @@ class SelectableVirtualBus(VirtualBus):
         return self._wake_r.fileno()
 
     def _recv_internal(self, timeout: float | None) -> tuple[can.Message | None, bool]:
+        # A queued frame is taken without touching the socket (a leftover signal byte only
+        # makes one later wake-up find nothing). The signal bytes are drained when the queue
+        # looks empty, and the queue is looked at again after that: a byte is never drained
+        # for a frame that is then not taken.
+        self._check_if_open()
+        try:
+            return self.queue.get_nowait(), False
+        except queue.Empty:
+            pass
         self._drain()
         return super()._recv_internal(timeout)
 
