@@ -4,8 +4,9 @@ A plain `VirtualBus` can only be read by blocking in `recv`, which needs a threa
 trio's `autojump_clock` do not mix (the clock jumps while a frame is still in the thread), and
 the in-process simulation would pay a thread per bus. `SelectableVirtualBus` is the same bus on
 the same in-process channels (it talks to plain `VirtualBus` objects on the channel both ways)
-whose receive queue also writes a byte to a socket pair on every frame: `fileno()` is readable
-whenever a frame is waiting, and the driver and the emulator read it exactly as they read
+whose receive queue writes a byte to a socket pair when a frame arrives while it is empty:
+`fileno()` is readable whenever a frame is waiting (until the reader has found the queue
+empty), and the driver and the emulator read it exactly as they read
 socketcan (`trio.lowlevel.wait_readable`, then `recv(0)` until empty). Since the peer's `send`
 writes synchronously, a frame sent from trio is visible to the next I/O poll, before trio
 considers itself idle: with `autojump_clock` a frame is never overtaken by a clock jump.
