@@ -78,6 +78,7 @@ class Host:
         self.seq = 0
         self.close = False
         self.clear = False
+        self.force_off = False  # FORCE_ALL_OFF in every RelayControl, keep-alives included
         self.keep_alive_scope: trio.CancelScope | None = None
         self.last_sent = -math.inf
 
@@ -85,7 +86,7 @@ class Host:
         signals = {
             "RLY1_CMD": int(self.close),
             "SYS_ENABLE": 1,
-            "FORCE_ALL_OFF": 0,
+            "FORCE_ALL_OFF": int(self.force_off),
             "CLEAR_FAULTS": int(self.clear),
             "CMD_SEQ": self.seq,
             "RLY_ENABLE_MASK": 1,
@@ -300,11 +301,14 @@ async def test_force_all_off_and_sys_enable() -> None:
             await nursery.start(host.keep_alive)
             seq = host.command(close=True)
             await host.wait_for("RelayStatus", LAST_CMD_SEQ_APPLIED=seq, RLY1_STATE=1)
-            host.send_control(FORCE_ALL_OFF=1)
-            status = await host.wait_for("RelayStatus", RLY1_STATE=0)
-            assert status.signals["FORCE_OFF_ACTIVE"] == 1
+            # Held in the keep-alives too: a keep-alive without it in between would end it
+            # before the relay has opened on a loaded machine.
+            host.force_off = True
+            host.send_control()
+            await host.wait_for("RelayStatus", RLY1_STATE=0, FORCE_OFF_ACTIVE=1)
             assert emulator.state.force_off_active
-            # The keep-alives (FORCE_ALL_OFF=0) end it; the relay stays open.
+            # Keep-alives with FORCE_ALL_OFF=0 end it; the relay stays open.
+            host.force_off = False
             await host.wait_for("RelayStatus", FORCE_OFF_ACTIVE=0, RLY1_STATE=0)
             seq = host.command(close=True)
             await host.wait_for("RelayStatus", LAST_CMD_SEQ_APPLIED=seq, RLY1_STATE=1)

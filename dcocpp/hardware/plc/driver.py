@@ -3,17 +3,20 @@ python-can bus, one PLC (plcId) per gun, all PLCs on one bus.
 
 `run` opens the bus with `bus_factory` and owns it until it ends. It starts:
 
-- one reader, which decodes every PLC -> host frame (codec + CRC8; a frame without CRC is
-  dropped from a PLC that has sent CRCs, see `PlcGun._check_crc`) into per-gun state and
-  hardware events. On a bus with a file descriptor (socketcan) it waits with
-  `trio.lowlevel.wait_readable` and drains with `bus.recv(0)`; a bus without one (`virtual`)
-  can only be read by blocking in `recv`, so a `can.Notifier` thread hands the frames to trio
-  through `TrioToken.run_sync_soon` into a bounded channel (the thread is ours to stop and
-  join, so none is left when `run` ends);
-- one RelayControl writer per PLC: a keep-alive every `keepalive` (the PLC opens its relays
-  after ~300 ms without one) and an immediate frame on every new command;
-- one supervisor per gun, which turns silence (no frame for `rx_timeout`, no fresh meter data
-  for `meter_stale`) into COMMUNICATION / METER faults and clears them when data comes back.
+- one reader, which decodes PLC -> host frames (codec + CRC8; a frame without CRC is dropped
+  from a PLC that has sent CRCs, see `PlcGun._check_crc`) into per-gun state and hardware
+  events; a frame that repeats the last one of its id from a healthy gun is not decoded (see
+  `PlcGun._repeat`). On a bus with a file descriptor (socketcan, `SelectableVirtualBus`) it
+  waits with `trio.lowlevel.wait_readable` and drains with `bus.recv(0)`, a busy bus in
+  batches (`RX_GATHER_S`); a bus without one (python-can's plain `virtual`) can only be read by
+  blocking in `recv`, so a `can.Notifier` thread hands the frames to trio through
+  `TrioToken.run_sync_soon` into a bounded channel (the thread is ours to stop and join, so
+  none is left when `run` ends);
+- one writer for all PLCs: a RelayControl keep-alive to each every `keepalive` (the PLC opens
+  its relays after ~300 ms without one) and an immediate frame on every new command;
+- one supervisor for all guns, which turns silence (no frame for `rx_timeout`, no fresh meter
+  data for `meter_stale`) into COMMUNICATION / METER faults and clears them when data comes
+  back.
 
 A bus error (the bus cannot be opened, e.g. its interface is not up yet; the reader's `recv`
 fails; or `TX_ERRORS_BEFORE_REOPEN` sends in a row raise `can.CanError`) does not end `run`:
@@ -40,6 +43,7 @@ from typing import TYPE_CHECKING
 import attrs
 import can
 import trio
+from can.typechecking import CanFilter
 
 from dcocpp.config import ConnectorConfig
 from dcocpp.hardware.interface import (
@@ -117,13 +121,40 @@ def plc_id_blocks(plc_ids: Iterable[int]) -> list[tuple[int, int]]:
     return blocks
 
 
+def acceptance_filters(plc_ids: Iterable[int]) -> list[CanFilter]:
+    """The bus filters for the PLC -> host messages of exactly `plc_ids` (see
+    `plc_id_blocks`)."""
+    return [
+        {
+            "can_id": codec.frame_id(name, 0) | value,
+            "can_mask": 0x1FFF_FFF0 | nibble_mask,
+            "extended": True,
+        }
+        for value, nibble_mask in plc_id_blocks(plc_ids)
+        for name in _PLC_TO_HOST
+    ]
+
+
+def _next_tick(start: float, period: float, now: float) -> float:
+    """The first time `start` + k * `period` after `now` (ticks missed by a late task are
+    skipped, not caught up)."""
+    k = math.floor((now - start) / period) + 1
+    # (now - start) / period can round down below a whole k when `now` is a tick itself.
+    # Always start + k * period, so every caller gets the very same float for a tick.
+    while start + k * period <= now:
+        k += 1
+    return start + k * period
+
+
 class PlcDriverError(HardwareError):
     """The PLC driver's failures (relay not confirmed, gun not running, bus unusable)."""
 
 
 @attrs.frozen
 class PlcStats:
-    rx_frames: int = 0  # frames handed to the decoder
+    rx_frames: int = 0  # frames from a configured PLC, handled (repeats included)
+    # of those, frames identical to the last one of their id from a healthy gun: not decoded
+    repeats: int = 0
     ignored: int = 0  # from an unconfigured plcId, or not a PLC -> host message
     # wrong non-zero CRC byte, or no CRC from a PLC that has sent CRCs before: dropped
     crc_errors: int = 0
@@ -208,7 +239,9 @@ class PlcGun:
         self._current_a = 0.0
         self._power_w = 0.0
         self._energy_wh = 0.0
-        self._soc: float | None = None
+        # ChargingSession's word alone (each field here has one writer message, see
+        # `_repeat`): the PLC reports SESSION_ACTIVE=0 once the EV is gone.
+        self._session_soc: float | None = None
 
         # ConfigCmd: one in flight, answered by the ConfigAck with the same CFG_PARAM_ID.
         self._config_lock = trio.Lock()
@@ -227,6 +260,10 @@ class PlcGun:
         self._faults: dict[FaultKind, str] = {}
         # Several causes feed the one COMMUNICATION fault; it clears when none is left.
         self._comm_causes: dict[str, str] = {}
+
+        # The last accepted frame of each bus id (its bytes, and whether it was fresh meter
+        # data), for the repeat fast path: see `_repeat`.
+        self._last_frame: dict[int, tuple[bytes, bool]] = {}
 
     # --- GunHardware --------------------------------------------------------------------
 
@@ -329,7 +366,7 @@ class PlcGun:
             power_w=self._power_w,
             current_a=self._current_a,
             voltage_v=self._voltage_v,
-            soc=self._soc,
+            soc=self._session_soc,
         )
 
     def status(self) -> GunStatus:
@@ -435,8 +472,6 @@ class PlcGun:
                 elif requesting != self._requesting:
                     events.append(EvDemand(requesting))
                 self._plugged, self._requesting = plugged, requesting
-                if not plugged:
-                    self._soc = None
                 self._saw("CpStatus")
             case "EnergyMeterData":
                 if s["METER_OK"] and not s["DATA_STALE"] and not s["COMM_ERROR"]:
@@ -459,7 +494,7 @@ class PlcGun:
                     switches=int(s["SW_STATES"]) & int(s["SW_MASK"]),
                 )
             case "ChargingSession":
-                self._soc = float(s["SOC_PCT"]) if s["SESSION_ACTIVE"] else None
+                self._session_soc = float(s["SOC_PCT"]) if s["SESSION_ACTIVE"] else None
             case "ConfigAck":
                 param, status, value = (
                     int(s["CFG_PARAM_ID"]),
@@ -478,6 +513,50 @@ class PlcGun:
                     waiter.status, waiter.value = status, value
                     waiter.done.set()
         return events
+
+    def _healthy(self) -> bool:
+        return not (self._faults or self._comm_causes or self._safety_tripped())
+
+    def _repeat(self, can_id: int, data: bytes, now: float) -> bool:
+        """Whether a received frame repeats the last frame of its id, one that left this gun
+        healthy, while the gun is healthy; then its only effects, the times the PLC (and
+        fresh meter data) were last heard, are applied here and the frame needs no decoding.
+
+        Most of a bus's traffic is such repeats (relay, cable and safety states change
+        rarely), so this saves the decode on most frames. It is exact because handling such a
+        frame again is a no-op apart from those times: each state field is written by frames
+        of one id only, so it still holds what that frame set; the safety inputs, fed by
+        two ids, are all clear and the frame reported them clear (else it would have left a
+        fault); no fault or comm cause is active (a frame can end those); and a repeat cannot
+        end a relay wait (its seq is the one already seen). ConfigAck is never remembered (a
+        repeat answers a new request), nor a frame without CRC (which a PLC may stop being
+        allowed to send, see `_check_crc`). tests/test_plc_repeats.py checks all this
+        against decoding every frame."""
+        if not self._healthy():
+            return False
+        last = self._last_frame.get(can_id)
+        if last is None or last[0] != data:
+            return False
+        self._last_rx = now
+        if last[1]:
+            self._last_fresh_meter = now
+        return True
+
+    def _remember(self, can_id: int, data: bytes, decoded: codec.Decoded) -> None:
+        """Keep a frame just handled for `_repeat`; one that may not be kept still replaces
+        the kept one (the next frame equal to that is then no repeat of the latest state)."""
+        if (
+            decoded.message == "ConfigAck"
+            or data[codec.FRAME_LENGTH - 1] == 0
+            or not self._healthy()
+        ):
+            self._last_frame.pop(can_id, None)
+            return
+        s = decoded.signals
+        fresh_meter = decoded.message == "EnergyMeterData" and bool(
+            s["METER_OK"] and not s["DATA_STALE"] and not s["COMM_ERROR"]
+        )
+        self._last_frame[can_id] = (data, fresh_meter)
 
     def _saw(self, what: str) -> None:
         if not self._known.is_set():
@@ -686,9 +765,10 @@ class PlcBackend:
                     self._nursery = nursery
                     await nursery.start(self._bus_loop)
                     # One writer and one supervisor for all PLCs: a wake-up per period, not
-                    # one per PLC (16 PLCs would mean 320 wake-ups a second).
-                    nursery.start_soon(self._write_loop)
-                    nursery.start_soon(self._supervise_loop)
+                    # one per PLC (16 PLCs would mean 320 wake-ups a second); both on one
+                    # time grid from `now`, so that with equal periods they share a wake-up.
+                    nursery.start_soon(self._write_loop, now)
+                    nursery.start_soon(self._supervise_loop, now)
                     # The guns' physical state first (a silent PLC is reported by its
                     # supervisor once rx_timeout has passed, so the wait is bounded by it).
                     with trio.move_on_after(self._rx_timeout):
@@ -712,17 +792,7 @@ class PlcBackend:
     def _open_bus(self) -> can.BusABC:
         bus = self._bus_factory()
         try:
-            bus.set_filters(
-                [
-                    {
-                        "can_id": codec.frame_id(name, 0) | value,
-                        "can_mask": 0x1FFF_FFF0 | nibble_mask,
-                        "extended": True,
-                    }
-                    for value, nibble_mask in plc_id_blocks(self._by_plc)
-                    for name in _PLC_TO_HOST
-                ]
-            )
+            bus.set_filters(acceptance_filters(self._by_plc))
         except BaseException:
             bus.shutdown()
             raise
@@ -810,16 +880,17 @@ class PlcBackend:
             self._tx_error_streak = 0
             self._bump("tx_frames")
 
-    async def _write_loop(self) -> None:
-        """RelayControl to every PLC every `keepalive`, and at once to a PLC with a new
-        command."""
+    async def _write_loop(self, start: float) -> None:
+        """RelayControl to every PLC every `keepalive` (at `start` + k * `keepalive`), and at
+        once to a PLC with a new command."""
         guns = list(self._guns.values())
-        due = trio.current_time()
+        due = start
         while True:
             self._wake_writer = trio.Event()
-            keepalive = trio.current_time() >= due
+            now = trio.current_time()
+            keepalive = now >= due
             if keepalive:
-                due = trio.current_time() + self._keepalive
+                due = _next_tick(start, self._keepalive, now)
             for gun in guns:
                 if keepalive or gun._pending:
                     gun._pending = False
@@ -837,11 +908,11 @@ class PlcBackend:
             gun._encoded = (key, data)
         self._send_frame(codec.frame_id("RelayControl", gun.plc_id), gun._encoded[1], gun.plc_id)
 
-    async def _supervise_loop(self) -> None:
+    async def _supervise_loop(self, start: float) -> None:
         period = min(self._keepalive, self._rx_timeout / 4, self._meter_stale / 4)
         guns = list(self._guns.values())
         while True:
-            await trio.sleep(period)
+            await trio.sleep_until(_next_tick(start, period, trio.current_time()))
             now = trio.current_time()
             for gun in guns:
                 await gun._emit(gun._supervise(now))
@@ -867,6 +938,13 @@ class PlcBackend:
             self._bump("ignored")
             return
         gun = self._by_plc.get(msg.arbitration_id & codec.PLC_ID_MASK)
+        data = bytes(msg.data)
+        now = trio.current_time()
+        if gun is not None and gun._repeat(msg.arbitration_id, data, now):
+            # Only accepted PLC -> host frames are remembered: no need to look at the id.
+            self._bump("rx_frames")
+            self._bump("repeats")
+            return
         try:
             name = codec.message_of(msg.arbitration_id).name
         except codec.PlcCodecError:
@@ -877,17 +955,19 @@ class PlcBackend:
             return
         self._bump("rx_frames")
         try:
-            decoded = codec.decode(msg.arbitration_id, bytes(msg.data), scaling=False)
+            decoded = codec.decode(msg.arbitration_id, data, scaling=False)
         except codec.CrcError:
             self._bump("crc_errors")
             return
         except codec.PlcCodecError:
             self._bump("decode_errors")
             return
-        if not gun._check_crc(decoded, msg.data[codec.FRAME_LENGTH - 1]):
+        if not gun._check_crc(decoded, data[codec.FRAME_LENGTH - 1]):
             self._bump("crc_errors")
             return
-        await gun._emit(gun._on_frame(decoded, trio.current_time()))
+        events = gun._on_frame(decoded, now)
+        gun._remember(msg.arbitration_id, data, decoded)
+        await gun._emit(events)
 
     def _bump(self, field: str) -> None:
         self._counts[field] += 1

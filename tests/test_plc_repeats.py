@@ -1,0 +1,294 @@
+"""The PLC driver's repeat fast path (`PlcGun._repeat`): a frame equal to the last one of its
+id, from a healthy gun, is not decoded. Property: for any sequence of frames and elapsed time,
+a driver with the fast path ends every step exactly where a driver that decodes every frame
+does: the same hardware events, the same state, the same RelayControl to send.
+
+Both drivers are fed in one trio run with a `MockClock`, without a bus: `_on_message` is what
+the reader calls per frame, `_supervise` what the supervisor calls per period."""
+
+from __future__ import annotations
+
+from contextlib import suppress
+from typing import Any
+
+import attrs
+import can
+import trio
+import trio.testing
+from hypothesis import example, given, settings
+from hypothesis import strategies as st
+
+from dcocpp.config import ConnectorConfig
+from dcocpp.hardware.interface import HardwareEvent
+from dcocpp.hardware.plc import codec
+from dcocpp.hardware.plc.driver import PlcBackend, PlcGun
+
+PLC_ID = 3
+DEBOUNCE = 2
+
+_RELAY = {
+    "RLY1_STATE": 0,
+    "RLY1_FEEDBACK": 0,
+    "SAFETY_OK": 1,
+    "EARTH_FAULT": 0,
+    "ESTOP_INPUT": 0,
+    "COMM_FAULT": 0,
+    "FORCE_OFF_ACTIVE": 0,
+    "SW_STATES": 0,
+    "FAULT_REASON": 0,
+    "LAST_CMD_SEQ_APPLIED": 0,
+}
+_SWITCHES = {"SW_STATES": 0, "ESTOP": 0, "SAFETY_OK": 1, "EARTH_FAULT": 0, "SW_MASK": 0b11}
+_CP = {"CP_STATE": 0, "PLUGGED": 0, "EV_READY": 0, "CP_VOLTAGE_0p1V": 120, "CP_DUTY_PCT": 100}
+_METER_FLAGS = {"METER_OK": 1, "COMM_ERROR": 0, "DATA_STALE": 0, "OVERRANGE": 0}
+_METER0 = {
+    "MUX": 0,
+    **_METER_FLAGS,
+    "VOLTAGE_0p1V": 4000,
+    "CURRENT_0p01A": 100,
+    "ACTIVE_POWER_0p01kW": 4,
+}
+_METER1 = {"MUX": 1, **_METER_FLAGS, "IMPORT_ENERGY_0p1kWh": 100, "FREQ_0p01Hz": 0}
+_SESSION = {
+    "SESSION_ACTIVE": 1,
+    "SOC_PCT": 50,
+    "EVDC_MAX_CURRENT_0p1A": 0,
+    "EVDC_MAX_VOLTAGE_0p1V": 0,
+    "EVDC_TARGET_CURRENT_0p1A": 0,
+}
+_ACK = {"CFG_PARAM_ID": 1, "ACK_STATUS": 0, "PLC_ID": PLC_ID, "CFG_VALUE": 60}
+
+# (message, signals): a few values of every field the driver acts on, healthy and not.
+_VARIANTS: list[tuple[str, dict[str, int]]] = [
+    ("RelayStatus", _RELAY),
+    ("RelayStatus", _RELAY | {"RLY1_STATE": 1, "RLY1_FEEDBACK": 1, "LAST_CMD_SEQ_APPLIED": 2}),
+    ("RelayStatus", _RELAY | {"LAST_CMD_SEQ_APPLIED": 3}),
+    ("RelayStatus", _RELAY | {"ESTOP_INPUT": 1, "SAFETY_OK": 0, "SW_STATES": 1, "FAULT_REASON": 4}),
+    ("RelayStatus", _RELAY | {"EARTH_FAULT": 1, "SAFETY_OK": 0, "FAULT_REASON": 5}),
+    ("RelayStatus", _RELAY | {"SAFETY_OK": 0, "SW_STATES": 2}),
+    ("RelayStatus", _RELAY | {"COMM_FAULT": 1, "FAULT_REASON": 1}),
+    ("RelayStatus", _RELAY | {"FAULT_REASON": 7}),
+    ("SafetySwitchStatus", _SWITCHES),
+    ("SafetySwitchStatus", _SWITCHES | {"ESTOP": 1, "SAFETY_OK": 0, "SW_STATES": 1}),
+    ("SafetySwitchStatus", _SWITCHES | {"EARTH_FAULT": 1, "SAFETY_OK": 0}),
+    ("SafetySwitchStatus", _SWITCHES | {"SAFETY_OK": 0, "SW_STATES": 2}),
+    ("CpStatus", _CP),
+    ("CpStatus", _CP | {"CP_STATE": 1, "PLUGGED": 1, "CP_VOLTAGE_0p1V": 90}),
+    ("CpStatus", _CP | {"CP_STATE": 2, "PLUGGED": 1, "EV_READY": 1, "CP_VOLTAGE_0p1V": 60}),
+    ("EnergyMeterData", _METER0),
+    ("EnergyMeterData", _METER0 | {"CURRENT_0p01A": 15_000, "ACTIVE_POWER_0p01kW": 600}),
+    ("EnergyMeterData", _METER0 | {"DATA_STALE": 1}),
+    ("EnergyMeterData", _METER1),
+    ("EnergyMeterData", _METER1 | {"IMPORT_ENERGY_0p1kWh": 101}),
+    ("EnergyMeterData", _METER1 | {"METER_OK": 0, "COMM_ERROR": 1}),
+    ("ChargingSession", _SESSION),
+    ("ChargingSession", _SESSION | {"SOC_PCT": 51}),
+    ("ChargingSession", _SESSION | {"SESSION_ACTIVE": 0}),
+    ("ConfigAck", _ACK),
+]
+
+
+def _zero_crc_cp_status() -> dict[str, int]:
+    """A plugged CpStatus whose real CRC8 is 0: on the wire it looks like a frame without CRC,
+    yet it is valid, so even a PLC known to send CRCs gets it accepted."""
+    for volts in range(1000):
+        signals = _CP | {"CP_STATE": 1, "PLUGGED": 1, "CP_VOLTAGE_0p1V": volts}
+        if codec.encode("CpStatus", PLC_ID, signals, scaling=False)[1][7] == 0:
+            return signals
+    raise AssertionError("no CpStatus with CRC 0")
+
+
+def _frames() -> list[can.Message]:
+    """Every variant with its CRC; the CpStatus and RelayStatus ones also without (byte 7
+    zero: old firmware, or a frame a CRC-sending PLC may not send) and with a wrong CRC."""
+    frames = []
+    for name, signals in [*_VARIANTS, ("CpStatus", _zero_crc_cp_status())]:
+        can_id, data = codec.encode(name, PLC_ID, signals, scaling=False)
+        payloads = [data]
+        if name in ("CpStatus", "RelayStatus"):
+            payloads += [data[:7] + b"\0", data[:7] + bytes([data[7] ^ 0x5A])]
+        frames += [
+            can.Message(arbitration_id=can_id, data=payload, is_extended_id=True)
+            for payload in payloads
+        ]
+    return frames
+
+
+FRAMES = _frames()
+
+
+# A step: a frame (its index in FRAMES), one of the last three frames again (`Again`: most
+# of a real bus's frames repeat an earlier one), or time passing and the supervisor looking
+# (`Elapse`, seconds; the rx timeout is 1 s, the stale-meter one 2 s).
+@attrs.frozen
+class Again:
+    back: int
+
+
+@attrs.frozen
+class Elapse:
+    seconds: float
+
+
+Step = int | Again | Elapse
+
+
+CONNECTOR = ConnectorConfig(
+    id=1,
+    plc_id=PLC_ID,
+    label="1",
+    max_current_a=200.0,
+    max_power_w=60_000.0,
+    meter_sample_interval_s=10,
+)
+
+
+def _no_bus() -> can.BusABC:
+    raise AssertionError("these tests feed frames without a bus")
+
+
+def _state(gun: PlcGun) -> dict[str, Any]:
+    """Everything a frame can change that anyone reads."""
+    return {
+        "status": gun.status(),
+        "meter": gun.read_meter(),
+        "relay_control": gun._relay_control(),
+        "last_applied": gun._last_applied,
+        "plc_fault": (gun._plc_fault_reason, gun._plc_comm_fault),
+        "safety": [(i.value, i._clear_count) for i in (gun._estop, gun._earth, gun._chain)],
+        "comm_causes": dict(gun._comm_causes),
+        "heard": (gun._last_rx, gun._last_fresh_meter),
+        "crc_protected": gun._crc_protected,
+        "known": gun._known.is_set(),
+    }
+
+
+async def _run(steps: list[Step]) -> None:
+    drivers = [
+        PlcBackend([CONNECTOR], bus_factory=_no_bus, debounce_frames=DEBOUNCE) for _ in range(2)
+    ]
+    fast, full = drivers
+    channels = []
+    for backend in drivers:
+        send, receive = trio.open_memory_channel[HardwareEvent](10_000)
+        backend.gun(1)._events = send
+        channels.append(receive)
+
+    def events() -> list[list[HardwareEvent]]:
+        out: list[list[HardwareEvent]] = [[], []]
+        for i, receive in enumerate(channels):
+            with suppress(trio.WouldBlock):
+                while True:
+                    out[i].append(receive.receive_nowait())
+        return out
+
+    clock = trio.lowlevel.current_clock()
+    assert isinstance(clock, trio.testing.MockClock)
+    sent: list[can.Message] = []
+    for n, step in enumerate(steps):
+        if isinstance(step, Elapse):
+            clock.jump(step.seconds)
+            now = trio.current_time()
+            for backend in drivers:
+                gun = backend.gun(1)
+                await gun._emit(gun._supervise(now))
+        else:
+            if isinstance(step, Again):
+                if len(sent) < step.back:
+                    continue
+                msg = sent[-step.back]
+            else:
+                msg = FRAMES[step]
+            sent.append(msg)
+            # The reference decodes every frame: it never has a frame to compare with.
+            full.gun(1)._last_frame.clear()
+            for backend in drivers:
+                await backend._on_message(msg)
+        got_fast, got_full = events()
+        assert got_fast == got_full, f"step {n}: {steps[: n + 1]}"
+        assert _state(fast.gun(1)) == _state(full.gun(1)), f"step {n}: {steps[: n + 1]}"
+        counts = [{**backend._counts, "repeats": 0} for backend in drivers]
+        assert counts[0] == counts[1]
+    assert full._counts["repeats"] == 0
+
+
+_BY_MESSAGE: dict[str, list[int]] = {}
+for _i, _msg in enumerate(FRAMES):
+    _BY_MESSAGE.setdefault(codec.message_of(_msg.arbitration_id).name, []).append(_i)
+
+
+def _frame(name: str, signals: dict[str, int]) -> int:
+    """The index in FRAMES of this frame, with its CRC."""
+    can_id, data = codec.encode(name, PLC_ID, signals, scaling=False)
+    return next(
+        i for i, m in enumerate(FRAMES) if m.arbitration_id == can_id and bytes(m.data) == data
+    )
+
+
+STEPS = st.lists(
+    st.one_of(
+        st.sampled_from(sorted(_BY_MESSAGE)).flatmap(lambda m: st.sampled_from(_BY_MESSAGE[m])),
+        st.builds(Again, st.integers(1, 3)),
+        st.builds(Again, st.integers(1, 3)),
+        st.builds(Elapse, st.sampled_from([0.05, 0.3, 1.2, 2.5])),
+    ),
+    min_size=1,
+    max_size=80,
+)
+
+
+@settings(max_examples=1000, deadline=None)
+@given(steps=STEPS)
+# A valid frame with CRC 0 is accepted but cannot be remembered: it must still replace the
+# remembered one, else the next unplugged CpStatus would look like a repeat.
+@example(steps=[_frame("CpStatus", _CP), _frame("CpStatus", _zero_crc_cp_status()), Again(2)])
+# While a safety input is tripped, a repeated clear frame counts towards its release.
+@example(
+    steps=[
+        _frame("RelayStatus", _RELAY),
+        _frame("SafetySwitchStatus", _SWITCHES | {"ESTOP": 1, "SAFETY_OK": 0, "SW_STATES": 1}),
+        Again(2),
+    ]
+)
+# A frame that left the gun unhealthy is no repeat later: this estop must trip again once
+# the first one has been released by clear RelayStatus frames.
+@example(
+    steps=[
+        _frame("SafetySwitchStatus", _SWITCHES | {"ESTOP": 1, "SAFETY_OK": 0, "SW_STATES": 1}),
+        _frame("RelayStatus", _RELAY),
+        Again(1),
+        Again(3),
+    ]
+)
+# A repeat after a silence ends the communication fault ...
+@example(steps=[_frame("RelayStatus", _RELAY), Elapse(1.2), Again(1)])
+# ... and a repeated fresh meter frame ends a stale-meter fault.
+@example(
+    steps=[
+        _frame("EnergyMeterData", _METER0),
+        *[Elapse(0.3), _frame("RelayStatus", _RELAY)] * 7,
+        _frame("EnergyMeterData", _METER0),
+    ]
+)
+def test_a_repeat_changes_nothing_a_decode_would(steps: list[Step]) -> None:
+    trio.run(_run, steps, clock=trio.testing.MockClock())
+
+
+def test_repeats_of_a_healthy_gun_are_not_decoded() -> None:
+    """The fast path is taken: three rounds of a healthy idle PLC's steady frames decode each
+    distinct frame once."""
+    cycle = [
+        _frame("RelayStatus", _RELAY),
+        _frame("SafetySwitchStatus", _SWITCHES),
+        _frame("CpStatus", _CP),
+        _frame("ChargingSession", _SESSION),
+    ]
+
+    async def main() -> None:
+        backend = PlcBackend([CONNECTOR], bus_factory=_no_bus)
+        for step in cycle * 3:
+            await backend._on_message(FRAMES[step])
+        assert backend.stats.rx_frames == 12
+        assert backend.stats.repeats == 8
+
+    trio.run(main, clock=trio.testing.MockClock())
