@@ -32,6 +32,7 @@ from datetime import datetime
 import trio
 from ocpp.v16.enums import CancelReservationStatus, ReservationStatus
 
+from dcocpp import idtags
 from dcocpp.connector import events as ev
 from dcocpp.connector.machine import Truth
 from dcocpp.connector.metering import WallClock, ocpp_time
@@ -185,7 +186,7 @@ class ReservationBook:
         reserved = {
             row.connector_id
             for row in self._rows.values()
-            if row.connector_id != 0 and row.id_tag == id_tag
+            if row.connector_id != 0 and idtags.same(row.id_tag, id_tag)
         }
         ids = sorted(self._connectors())
         return [c for c in ids if c in reserved] + [c for c in ids if c not in reserved]

@@ -94,6 +94,17 @@ MIGRATIONS: list[list[str]] = [
                profile             TEXT NOT NULL
            )""",
     ],
+    [
+        # idTags are case-insensitive (dcocpp.idtags): the cache and the local list are keyed
+        # by the folded tag. SQLite's lower() folds ASCII only, as idtags.key does; of tags that
+        # fold to one, the newest row (highest rowid: INSERT OR REPLACE inserts anew) stays.
+        """DELETE FROM auth_cache WHERE rowid NOT IN
+               (SELECT max(rowid) FROM auth_cache GROUP BY lower(id_tag))""",
+        "UPDATE auth_cache SET id_tag = lower(id_tag)",
+        """DELETE FROM local_list WHERE rowid NOT IN
+               (SELECT max(rowid) FROM local_list GROUP BY lower(id_tag))""",
+        "UPDATE local_list SET id_tag = lower(id_tag)",
+    ],
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
 

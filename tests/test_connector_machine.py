@@ -129,6 +129,24 @@ def test_same_tag_stops_without_authorize_and_different_tag_needs_the_parent() -
     ]
 
 
+def test_id_tags_are_case_insensitive() -> None:
+    """OCPP 1.6: an idTag is case-insensitive. The start's tag in other letters stops the
+    session without an Authorize, and a parentIdTag in other letters is the same group."""
+    machine = fresh()
+    started(machine)
+    effects = replay(machine, [ev.IdPresented("tag1")])
+    assert ev.StopTransaction(Reason.local, "tag1") in effects
+    machine = fresh()
+    started(machine)
+    replay(machine, [ev.IdPresented("OTHER")])
+    effects = replay(machine, [ev.AuthorizationResult("OTHER", ACCEPTED, "group")])
+    assert ev.StopTransaction(Reason.local, "OTHER") in effects
+    reservation = ev.Reservation(7, "Holder", parent_id_tag="Fleet")
+    assert reservation.admits("HOLDER")
+    assert reservation.admits("someone", "FLEET") and reservation.admits("fleet")
+    assert not reservation.admits("someone", "other")
+
+
 def test_fault_during_charging_stops_and_clearing_restores_the_truth() -> None:
     machine = fresh()
     started(machine)

@@ -95,9 +95,9 @@ def test_cache_survives_reopening_the_database(tmp_path: Path) -> None:
         assert len(cache) == 2
         assert cache.lookup("TAG-1") == {"status": "Accepted", "parent_id_tag": "FLEET"}
         assert cache.lookup("TAG-2") == {"status": "Blocked"}
-        assert db.auth_cache() == {  # least recently updated first
-            "TAG-2": {"status": "Blocked"},
-            "TAG-1": {"status": "Accepted", "parent_id_tag": "FLEET"},
+        assert db.auth_cache() == {  # least recently updated first, by folded tag
+            "tag-2": {"status": "Blocked"},
+            "tag-1": {"status": "Accepted", "parent_id_tag": "FLEET"},
         }
     finally:
         db.close()
@@ -121,11 +121,11 @@ def test_full_cache_evicts_not_valid_entries_first_then_the_oldest(tmp_path: Pat
         cache.update("BLOCKED", {"status": "Blocked"})
         cache.update("LAPSED", {"status": "Accepted", "expiry_date": EXPIRED_AT})
         cache.update("NEW", {"status": "Accepted"})  # evicts BLOCKED (not valid, oldest)
-        assert set(db.auth_cache()) == {"OLD", "LAPSED", "NEW"}
+        assert set(db.auth_cache()) == {"old", "lapsed", "new"}  # stored folded
         cache.update("NEWER", {"status": "Accepted"})  # evicts LAPSED (expired: not valid)
         cache.update("OLD", {"status": "Accepted"})  # an update makes it the newest
         cache.update("NEWEST", {"status": "Accepted"})  # evicts NEW, now the oldest valid
-        assert list(db.auth_cache()) == ["NEWER", "OLD", "NEWEST"]
+        assert list(db.auth_cache()) == ["newer", "old", "newest"]
         assert len(cache) == 3 and "NEW" not in cache
     finally:
         db.close()
@@ -189,7 +189,7 @@ def test_full_and_differential_updates_survive_reopening_the_database(tmp_path: 
     try:
         assert db.local_list() == (
             4,
-            {"A": {"status": "Accepted"}, "B": {"status": "Invalid"}, "D": {"status": "Accepted"}},
+            {"a": {"status": "Accepted"}, "b": {"status": "Invalid"}, "d": {"status": "Accepted"}},
         )
         local = LocalAuthorizationList(db, clock=lambda: NOW, store_errors=(StorageError,))
         assert local.version == 4
@@ -197,7 +197,7 @@ def test_full_and_differential_updates_survive_reopening_the_database(tmp_path: 
         assert local.lookup("C") is None
         # A Full update replaces everything, whatever its version.
         assert local.update(FULL, 2, [entry("E")], LIMITS) == UpdateStatus.accepted
-        assert db.local_list() == (2, {"E": {"status": "Accepted"}})
+        assert db.local_list() == (2, {"e": {"status": "Accepted"}})
     finally:
         db.close()
 
@@ -228,6 +228,7 @@ def test_differential_not_newer_than_the_list_is_a_version_mismatch(version: int
         (FULL, 1, [entry(f"T{i}") for i in range(4)], "4 entries; SendLocalListMaxLength is 3"),
         (FULL, 1, [entry("X"), entry("X", "Blocked")], "idTag X is listed twice"),
         (DIFFERENTIAL, 9, [entry("X"), entry("X", None)], "idTag X is listed twice"),
+        (FULL, 1, [entry("X"), entry("x")], "idTag x is listed twice"),
         (FULL, 1, [entry("X", None)], "idTag X has no idTagInfo"),
         (FULL, 1, [entry("X", expiry_date="soon")], "idTag X has an unreadable expiryDate"),
         (FULL, 1, [entry(t) for t in "XYZ"], "would hold 3 entries; LocalAuthListMaxLength is 2"),
@@ -248,6 +249,32 @@ def test_refused_updates_answer_failed_and_change_nothing(
     assert local.update(update_type, version, entries, limits) == UpdateStatus.failed
     assert (local.version, len(local), local.lookup("OLD")) == (5, 1, {"status": "Accepted"})
     assert why in caplog.text
+
+
+def test_id_tags_are_case_insensitive_in_the_list_and_the_cache(tmp_path: Path) -> None:
+    """OCPP 1.6: an idTag is case-insensitive. A tag found in other letters is the same entry,
+    in memory and after reopening the database."""
+    db = Database.open(tmp_path)
+    try:
+        local = LocalAuthorizationList(db)
+        assert local.update(FULL, 1, [entry("AbC-1")], LIMITS) == UpdateStatus.accepted
+        assert local.lookup("abc-1") == local.lookup("ABC-1") == {"status": "Accepted"}
+        assert "aBc-1" in local
+        assert local.update(DIFFERENTIAL, 2, [entry("ABC-1", None)], LIMITS) == (
+            UpdateStatus.accepted
+        )
+        assert local.lookup("AbC-1") is None and len(local) == 0
+
+        cache = AuthorizationCache(db, clock=lambda: NOW)
+        cache.update("Card-7", {"status": "Accepted"})
+        cache.update("CARD-7", {"status": "Blocked"})
+        assert len(cache) == 1 and cache.lookup("card-7") == {"status": "Blocked"}
+        assert AuthorizationCache(db, clock=lambda: NOW).lookup("Card-7") == {"status": "Blocked"}
+        cache.forget(["card-7"])
+        assert "Card-7" not in cache
+        assert AuthorizationCache(db, clock=lambda: NOW).lookup("CARD-7") is None
+    finally:
+        db.close()
 
 
 def test_list_write_failure_answers_failed_and_keeps_the_old_list(
@@ -435,6 +462,25 @@ async def test_tc_008_id_in_local_list_starts_without_authorize(
         }
     ]
     assert "TAG-008" not in cache_of(h)
+
+
+@SCENARIO
+async def test_tag_in_local_list_in_other_letters_starts_without_authorize(
+    autojump_clock: Any, tmp_path: Path
+) -> None:
+    """The list says TAG-008, the reader says tag-008: the same tag (idTags are
+    case-insensitive). StartTransaction carries the tag as presented."""
+    keys = {**LIST_KEYS, "AuthorizationCacheEnabled": False}
+    async with running_station(charger_config(tmp_path), keys=keys) as h:
+        await h.booted()
+        result = await h.csms_call(send_local_list(1, FULL, [data("TAG-008")]))
+        assert result == call_result.SendLocalList(status=UpdateStatus.accepted)
+        since = h.csms.mark()
+        await h.station.present_id(1, "tag-008")
+        await h.station.plug(1)
+        await h.wait_status(1, "Charging", since=since)
+    assert h.csms.authorize_count() == 0
+    assert [p["id_tag"] for p in h.csms.received("StartTransaction")] == ["tag-008"]
 
 
 @SCENARIO
@@ -659,7 +705,7 @@ async def test_tc_061_clear_cache_is_durable_and_leaves_the_list(
         assert "CACHED" in cache_of(h)
     db = Database.open(config.data_dir)
     try:
-        assert list(db.auth_cache()) == ["CACHED"]
+        assert list(db.auth_cache()) == ["cached"]
     finally:
         db.close()
 

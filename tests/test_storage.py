@@ -3,6 +3,7 @@ refusing a data directory written by a newer dcocpp."""
 
 from __future__ import annotations
 
+import json
 import sqlite3
 from pathlib import Path
 
@@ -83,8 +84,8 @@ def test_a_data_directory_of_every_older_version_is_migrated_keeping_its_data(
         try:
             assert db.availability() == {2: False}
             # The newer tables work.
-            db.put_auth_cache("TAG", {"status": "Accepted"})
-            assert db.auth_cache() == {"TAG": {"status": "Accepted"}}
+            db.put_auth_cache("tag", {"status": "Accepted"})
+            assert db.auth_cache() == {"tag": {"status": "Accepted"}}
             assert db.queued_messages() == [] and db.transactions() == []
         finally:
             db.close()
@@ -93,3 +94,34 @@ def test_a_data_directory_of_every_older_version_is_migrated_keeping_its_data(
             assert check.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
         finally:
             check.close()
+
+
+def test_stored_id_tags_are_folded_keeping_the_newest_of_one_tag(tmp_path: Path) -> None:
+    """Schema 5 keys the authorization cache and the local list by the folded idTag (idTags
+    are case-insensitive): an older database's "ABC" and "abc" become one entry, the newer."""
+    from dcocpp.storage import MIGRATIONS
+
+    connection = sqlite3.connect(tmp_path / DATABASE_NAME)
+    for statements in MIGRATIONS[:4]:
+        for statement in statements:
+            connection.execute(statement)
+    connection.execute("PRAGMA user_version = 4")
+    rows = [("ABC", "Blocked"), ("Other", "Accepted"), ("abc", "Accepted")]
+    for table in ("auth_cache", "local_list"):
+        for tag, status in rows:
+            connection.execute(
+                f"INSERT INTO {table} (id_tag, info) VALUES (?, ?)",
+                (tag, json.dumps({"status": status})),
+            )
+    connection.execute("INSERT INTO local_list_version (id, version) VALUES (0, 3)")
+    connection.commit()
+    connection.close()
+
+    db = Database.open(tmp_path)
+    try:
+        expected = {"other": {"status": "Accepted"}, "abc": {"status": "Accepted"}}
+        assert db.auth_cache() == expected
+        assert list(db.auth_cache()) == ["other", "abc"]  # the order of the updates stays
+        assert db.local_list() == (3, expected)
+    finally:
+        db.close()

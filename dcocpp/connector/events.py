@@ -5,6 +5,7 @@ from __future__ import annotations
 import attrs
 from ocpp.v16.enums import AuthorizationStatus, ChargePointErrorCode, ChargePointStatus, Reason
 
+from dcocpp import idtags
 from dcocpp.hardware.interface import FaultKind
 
 # --- events: what happened ------------------------------------------------------------------
@@ -140,8 +141,9 @@ class Reservation:
     def admits(self, id_tag: str, parent_id_tag: str | None = None) -> bool:
         """OCPP 1.6 5.13: the reserved idTag, or a tag of the reservation's parentIdTag (the
         parent itself, or a tag whose parentIdTag it is)."""
-        return id_tag == self.id_tag or (
-            self.parent_id_tag is not None and self.parent_id_tag in (id_tag, parent_id_tag)
+        return idtags.same(id_tag, self.id_tag) or (
+            idtags.same(self.parent_id_tag, id_tag)
+            or idtags.same(self.parent_id_tag, parent_id_tag)
         )
 
 

@@ -36,6 +36,7 @@ from ocpp.v16.enums import (
 )
 from transitions import Machine
 
+from dcocpp import idtags
 from dcocpp.connector import events as ev
 from dcocpp.hardware.interface import FaultKind
 
@@ -646,7 +647,7 @@ class ConnectorMachine:
     def _id_presented(self, event: ev.IdPresented) -> bool:
         t = self.truth
         if t.transaction is not None:
-            if event.id_tag == t.transaction.id_tag:
+            if idtags.same(event.id_tag, t.transaction.id_tag):
                 self._stop(Reason.local, event.id_tag)  # the same tag stops without Authorize
             else:
                 self._update(stop_candidate=event.id_tag)
@@ -654,7 +655,7 @@ class ConnectorMachine:
             return True
         if t.finishing or not t.operative or t.faults or t.pending_id is not None:
             return False  # no session can start now: the tag is refused, not kept
-        if t.authorized is not None and t.authorized.id_tag == event.id_tag:
+        if t.authorized is not None and idtags.same(t.authorized.id_tag, event.id_tag):
             return True
         if not self._may_authorize(event.id_tag):
             return False  # reserved for another tag: refused without asking anyone (TC_046)
@@ -709,7 +710,7 @@ class ConnectorMachine:
         if t.transaction is not None and event.id_tag == t.stop_candidate:
             self._update(stop_candidate=None)
             parent = t.transaction.parent_id_tag
-            if accepted and parent is not None and event.parent_id_tag == parent:
+            if accepted and idtags.same(event.parent_id_tag, parent):
                 self._stop(Reason.local, event.id_tag)  # same group (parentIdTag) may stop
         elif event.id_tag == t.pending_id:
             self._update(pending_id=None)

@@ -16,6 +16,7 @@ from typing import Any, Protocol
 
 from ocpp.v16.enums import AuthorizationStatus
 
+from dcocpp import idtags
 from dcocpp.ocpp.configuration import ConfigurationStore
 from dcocpp.ocpp.errors import OcppError
 
@@ -103,9 +104,10 @@ class AuthorizationCache:
         self._errors = store_errors
         self._clock = clock  # the station's wall clock: expiry dates are wall-clock times
         self._capacity = max(1, capacity)
-        self._entries: dict[str, IdTagInfo] = {}  # insertion order = oldest update first
+        # By folded idTag (`idtags.key`); insertion order = oldest update first.
+        self._entries: dict[str, IdTagInfo] = {}
         try:
-            self._entries = dict(self._store.auth_cache())
+            self._entries = {idtags.key(t): info for t, info in self._store.auth_cache().items()}
         except self._errors as exc:
             # An unreadable cache starts empty: the charger still works, online.
             log.error("authorization cache not loaded, starting empty: %s", exc)
@@ -113,24 +115,26 @@ class AuthorizationCache:
     def update(self, id_tag: str, id_tag_info: Mapping[str, Any]) -> None:
         """Remember the latest idTagInfo the central system gave for a tag (3.5.1)."""
         info = dict(id_tag_info)
-        evicted = self._make_room(id_tag)
-        self._entries.pop(id_tag, None)  # re-inserted last: the newest update
-        self._entries[id_tag] = info
+        tag = idtags.key(id_tag)
+        evicted = self._make_room(tag)
+        self._entries.pop(tag, None)  # re-inserted last: the newest update
+        self._entries[tag] = info
         try:
             if evicted:
                 self._store.delete_auth_cache(evicted)
-            self._store.put_auth_cache(id_tag, info)
+            self._store.put_auth_cache(tag, info)
         except self._errors as exc:
             log.error("authorization cache entry for %s not stored: %s", id_tag, exc)
 
     def lookup(self, id_tag: str) -> IdTagInfo | None:
         """The cached idTagInfo as it stands now (an entry past its expiry is Expired)."""
-        info = self._entries.get(id_tag)
+        info = self._entries.get(idtags.key(id_tag))
         return None if info is None else effective(info, self._clock())
 
     def forget(self, id_tags: Iterable[str]) -> None:
         """Drop entries (tags that entered the local list, 3.5.3); a failed write is logged."""
-        gone = [tag for tag in id_tags if self._entries.pop(tag, None) is not None]
+        keys = [idtags.key(tag) for tag in id_tags]
+        gone = [tag for tag in keys if self._entries.pop(tag, None) is not None]
         if not gone:
             return
         try:
@@ -151,11 +155,11 @@ class AuthorizationCache:
         return len(self._entries)
 
     def __contains__(self, id_tag: object) -> bool:
-        return id_tag in self._entries
+        return isinstance(id_tag, str) and idtags.key(id_tag) in self._entries
 
     def _make_room(self, id_tag: str) -> list[str]:
-        """Entries to evict before `id_tag` is added: first the not-valid ones, then the
-        oldest valid ones (3.5.1)."""
+        """Entries (folded tags) to evict before `id_tag` (folded) is added: first the
+        not-valid ones, then the oldest valid ones (3.5.1)."""
         excess = len(self._entries) + (id_tag not in self._entries) - self._capacity
         if excess <= 0:
             return []

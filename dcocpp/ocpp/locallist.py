@@ -16,6 +16,7 @@ from typing import Any, Protocol
 import attrs
 from ocpp.v16.enums import UpdateStatus, UpdateType
 
+from dcocpp import idtags
 from dcocpp.ocpp.authcache import Clock, IdTagInfo, StoreErrors, effective, parse_expiry, utc_now
 from dcocpp.ocpp.configuration import ConfigurationStore
 from dcocpp.ocpp.errors import OcppError
@@ -96,10 +97,11 @@ class LocalAuthorizationList:
         self._errors = store_errors
         self._clock = clock
         self._version = 0
-        self._entries: dict[str, IdTagInfo] = {}
+        self._entries: dict[str, IdTagInfo] = {}  # by folded idTag (`idtags.key`)
         if store is not None:
             try:
-                self._version, self._entries = store.local_list()
+                self._version, entries = store.local_list()
+                self._entries = {idtags.key(t): info for t, info in entries.items()}
             except self._errors as exc:
                 # An empty list reports version 0, which makes the central system send it all.
                 log.error("local authorization list not loaded, starting empty: %s", exc)
@@ -114,11 +116,11 @@ class LocalAuthorizationList:
 
     def lookup(self, id_tag: str) -> IdTagInfo | None:
         """The entry as it stands now (past its expiryDate it is Expired), or None."""
-        info = self._entries.get(id_tag)
+        info = self._entries.get(idtags.key(id_tag))
         return None if info is None else effective(info, self._clock())
 
     def __contains__(self, id_tag: object) -> bool:
-        return id_tag in self._entries
+        return isinstance(id_tag, str) and idtags.key(id_tag) in self._entries
 
     def __len__(self) -> int:
         return len(self._entries)
@@ -204,7 +206,9 @@ class LocalAuthorizationList:
 def _changes(
     entries: Sequence[Mapping[str, Any]], update_type: UpdateType, limits: ListLimits
 ) -> dict[str, IdTagInfo | None]:
-    """idTag -> its new idTagInfo (None: remove it) of a well-formed request, or `_Refused`."""
+    """Folded idTag -> its new idTagInfo (None: remove it) of a well-formed request, or
+    `_Refused`. Tags that differ only in case are the same tag, so listing both is a
+    duplicate."""
     if len(entries) > limits.per_update:
         raise _Refused(
             UpdateStatus.failed,
@@ -214,13 +218,13 @@ def _changes(
     for entry in entries:
         tag = entry["id_tag"]
         info = entry.get("id_tag_info")
-        if tag in changes:
+        if idtags.key(tag) in changes:
             raise _Refused(UpdateStatus.failed, f"idTag {tag} is listed twice (5.15: unique)")
         if info is None and update_type == UpdateType.full:
             raise _Refused(UpdateStatus.failed, f"idTag {tag} has no idTagInfo (6.41: required)")
         if info is not None and info.get("expiry_date") and not parse_expiry(info["expiry_date"]):
             raise _Refused(UpdateStatus.failed, f"idTag {tag} has an unreadable expiryDate")
-        changes[tag] = None if info is None else dict(info)
+        changes[idtags.key(tag)] = None if info is None else dict(info)
     return changes
 
 

@@ -25,6 +25,7 @@ from ocpp.v16.enums import ChargingProfilePurposeType as Purpose
 from ocpp.v16.enums import ChargingProfileStatus, ClearChargingProfileStatus
 from ocpp.v16.enums import ChargingRateUnitType as Unit
 
+from dcocpp import idtags
 from dcocpp.ocpp.configuration import ConfigurationStore
 from dcocpp.ocpp.errors import OcppError
 from dcocpp.ocpp.smartcharging.profiles import (
@@ -328,7 +329,7 @@ class ChargingProfiles:
                 continue
             if (
                 match is None
-                and pending.id_tag == id_tag
+                and idtags.same(pending.id_tag, id_tag)
                 and pending.connector_id
                 in (
                     None,
