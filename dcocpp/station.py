@@ -195,7 +195,7 @@ class Station:
                 else None,
                 open_stream=self._open_stream,
             )
-            self.outbox = outbox = TransactionOutbox(session, db)
+            self.outbox = outbox = TransactionOutbox(session, db, store_errors=(StorageError,))
             now = ocpp_time(self.clock.now())
             # Transactions a power cut or crash left running are stopped (PowerLoss) first.
             cut_off = {tx.connector_id for tx in outbox.recover(now)}

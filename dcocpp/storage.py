@@ -105,6 +105,16 @@ MIGRATIONS: list[list[str]] = [
                (SELECT max(rowid) FROM local_list GROUP BY lower(id_tag))""",
         "UPDATE local_list SET id_tag = lower(id_tag)",
     ],
+    [
+        # A running transaction's StopTxnSampledData / StopTxnAlignedData samples, so that a
+        # PowerLoss stop after a power cut still carries them (transactionData). Deleted once
+        # its StopTransaction, which carries them, is queued.
+        """CREATE TABLE transaction_data (
+               id       INTEGER PRIMARY KEY AUTOINCREMENT,
+               local_id INTEGER NOT NULL,
+               sample   TEXT NOT NULL
+           )""",
+    ],
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
 
@@ -278,6 +288,8 @@ class Database:
                     self._db.execute(
                         "UPDATE transactions SET stopped = 1 WHERE local_id = ?", (local_id,)
                     )
+                    # The StopTransaction carries the samples now.
+                    self._db.execute("DELETE FROM transaction_data WHERE local_id = ?", (local_id,))
         except sqlite3.Error as exc:
             raise StorageError(f"cannot queue {action}: {exc}") from exc
         return seq
@@ -291,6 +303,34 @@ class Database:
         )
         assert cursor.lastrowid is not None
         return cursor.lastrowid
+
+    def transaction_data(self) -> dict[int, list[dict[str, Any]]]:
+        """local_id -> the stop samples of each transaction not stopped yet, in order."""
+        rows = self._db.execute("SELECT local_id, sample FROM transaction_data ORDER BY id")
+        samples: dict[int, list[dict[str, Any]]] = {}
+        for local_id, sample in rows:
+            samples.setdefault(local_id, []).append(json.loads(sample))
+        return samples
+
+    def add_transaction_data(
+        self, local_id: int, sample: Mapping[str, Any], energy_wh: int, at: str
+    ) -> None:
+        """A stop sample, with the meter reading it was taken at as the transaction's latest
+        (in one write: a PowerLoss stop never bills less than a sample it carries)."""
+        self._write(
+            "cannot store a stop sample",
+            [
+                (
+                    "INSERT INTO transaction_data (local_id, sample) VALUES (?, ?)",
+                    (local_id, json.dumps(dict(sample))),
+                ),
+                (
+                    "UPDATE transactions SET last_meter_wh = ?, last_meter_at = ?"
+                    " WHERE local_id = ?",
+                    (energy_wh, at, local_id),
+                ),
+            ],
+        )
 
     def record_meter(self, local_id: int, energy_wh: int, at: str) -> None:
         self._write(

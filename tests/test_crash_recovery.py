@@ -86,6 +86,13 @@ def read_database(tmp: Path) -> tuple[list[TransactionRow], list[QueuedMessage]]
         return db.transactions(), db.queued_messages()
 
 
+def read_stop_samples(tmp: Path) -> dict[int, list[dict[str, Any]]]:
+    """The StopTxnSampledData samples on disk, by transaction (read-only)."""
+    path = tmp / "data" / DATABASE_NAME
+    with closing(sqlite3.connect(f"file:{path}?mode=ro", uri=True)) as connection:
+        return Database(connection, path).transaction_data()
+
+
 def wait_database(
     tmp: Path,
     predicate: Callable[[list[TransactionRow], list[QueuedMessage]], bool],
@@ -179,6 +186,10 @@ def test_sigkill_mid_transaction_then_restart_stops_it_with_power_loss(tmp_path:
     assert (row.connector_id, row.id_tag, row.transaction_id) == (GUN, "CRASH-1", transaction_id)
     assert not row.stopped
     assert row.last_meter_at > row.started_at and row.last_meter_wh > row.meter_start, row
+    # The StopTxnSampledData samples taken before the cut, persisted with their readings.
+    samples = read_stop_samples(tmp_path)[row.local_id]
+    assert samples[0]["sampled_value"][0]["context"] == "Transaction.Begin", samples
+    assert samples[-1]["timestamp"] <= row.last_meter_at, (samples[-1], row)
     pending = [m for m in queued if m.action in TX_ACTIONS]
     assert pending and all(m.action == "MeterValues" for m in pending), queued
     assert all(m.local_id == row.local_id for m in pending), queued
@@ -222,6 +233,7 @@ def test_sigkill_mid_transaction_then_restart_stops_it_with_power_loss(tmp_path:
                 "meterStop": row.last_meter_wh,
                 "timestamp": row.last_meter_at,
                 "reason": "PowerLoss",
+                "transactionData": wire.to_camel(samples),
             },
         )
     ], recent(events)

@@ -830,6 +830,58 @@ async def test_power_loss_recovery_stops_at_the_last_persisted_reading(
     ]
 
 
+async def test_power_loss_stop_carries_the_stop_samples_taken_before_the_cut(
+    autojump_clock: Any, tmp_path: Path
+) -> None:
+    """StopTxnSampledData samples are persisted as they are taken: the PowerLoss stop after a
+    power cut sends them as transactionData, and a stop queued normally takes them off the
+    database (its payload carries them)."""
+    begin = {
+        "timestamp": T0,
+        "sampled_value": [{"value": "1000000", "context": "Transaction.Begin"}],
+    }
+    periodic = {
+        "timestamp": T1,
+        "sampled_value": [{"value": "1000400", "context": "Sample.Periodic"}],
+    }
+    csms = FakeCsms()
+    csms.next_transaction_id = 41
+    async with outbox_rig(tmp_path, csms) as rig:
+        cut = rig.outbox.start(1, "TAG-CUT", 1_000_000, T0)
+        rig.outbox.add_transaction_data(cut, begin, 1_000_000, T0)
+        rig.outbox.add_transaction_data(cut, periodic, 1_000_400, T1)
+        done = rig.outbox.start(2, "TAG-DONE", 2_000_000, T0)
+        rig.outbox.add_transaction_data(done, begin, 2_000_000, T0)
+        rig.outbox.stop(done, 2_000_100, T1, "Local", None)
+        assert rig.db.transaction_data() == {cut.local_id: [begin, periodic]}
+        # The sample's reading is the transaction's latest: a stop never bills less.
+        assert [(t.last_meter_wh, t.last_meter_at) for t in rig.db.transactions()] == [
+            (1_000_400, T1),
+            (2_000_000, T0),
+        ]
+        rig.outbox.record_meter(cut, 1_000_500, T2)
+        await rig.reboot(BOOT)
+        with trio.fail_after(LIMIT):
+            await rig.outbox.wait_empty()
+        assert rig.db.transaction_data() == {}
+    assert [payload for _, payload in rig.flow("StopTransaction")] == [
+        {
+            "transaction_id": 42,
+            "meter_stop": 2_000_100,
+            "timestamp": T1,
+            "reason": "Local",
+            "transaction_data": [begin],
+        },
+        {
+            "transaction_id": 41,
+            "meter_stop": 1_000_500,
+            "timestamp": T2,
+            "reason": "PowerLoss",
+            "transaction_data": [begin, periodic],
+        },
+    ]
+
+
 # --- through the station ----------------------------------------------------------------------
 
 

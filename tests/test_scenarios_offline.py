@@ -380,6 +380,15 @@ async def test_tc_032_2_power_failure_without_backup_stops_with_power_loss_after
         await h.booted()
         await trio.sleep(10)
     (stop,) = csms.received("StopTransaction")
+    # The StopTxnSampledData samples taken before the cut were persisted: Transaction.Begin
+    # and the two periodic ones (StopTxnSampledData: Energy.Active.Import.Register).
+    data = stop.pop("transaction_data")
+    assert [(d["timestamp"], d["sampled_value"][0]["context"]) for d in data] == [
+        (before.wall_time(started), "Transaction.Begin"),
+        (before.wall_time(started + 60), "Sample.Periodic"),
+        (before.wall_time(started + 120), "Sample.Periodic"),
+    ]
+    assert energy_of(data[-1]) == energy_of(samples[1])
     assert stop == {
         "transaction_id": tx_id,
         "meter_stop": energy_of(samples[1]),

@@ -420,14 +420,30 @@ class ConnectorTask:
 
     # --- transactions and meter values -----------------------------------------------------
 
-    def _sample(self, measurands: list[str], context: ReadingContext) -> dict[str, Any]:
+    def _sample(
+        self,
+        measurands: list[str],
+        context: ReadingContext,
+        reading: hw.MeterReading | None = None,
+        at: str | None = None,
+    ) -> dict[str, Any]:
         return meter_value(
-            self.gun.read_meter(),
+            self.gun.read_meter() if reading is None else reading,
             measurands,
             context,
-            ocpp_time(self.services.clock.now()),
+            ocpp_time(self.services.clock.now()) if at is None else at,
             offered_a=self.offered_a if self.offered_a is not None else self.config.max_current_a,
         )
+
+    def _add_stop_sample(
+        self, tx: LocalTransaction, measurands: list[str], context: ReadingContext
+    ) -> None:
+        """A sample for the StopTransaction's transactionData (StopTxnSampledData /
+        StopTxnAlignedData), persisted with the reading it shows."""
+        reading = self.gun.read_meter()
+        at = ocpp_time(self.services.clock.now())
+        sample = self._sample(measurands, context, reading, at)
+        self.services.outbox.add_transaction_data(tx, sample, round(reading.energy_wh), at)
 
     def _start_transaction(self, effect: ev.StartTransaction) -> None:
         reading = self.gun.read_meter()
@@ -443,9 +459,7 @@ class ConnectorTask:
         self.transaction = tx
         stop_measurands = self.services.store.get_list("StopTxnSampledData")
         if stop_measurands:
-            tx.transaction_data.append(
-                self._sample(stop_measurands, ReadingContext.transaction_begin)
-            )
+            self._add_stop_sample(tx, stop_measurands, ReadingContext.transaction_begin)
         log.info(
             "connector %d: transaction started for %s at %d Wh",
             self.id,
@@ -495,9 +509,7 @@ class ConnectorTask:
         reading = self.gun.read_meter()
         stop_measurands = self.services.store.get_list("StopTxnSampledData")
         if stop_measurands:
-            tx.transaction_data.append(
-                self._sample(stop_measurands, ReadingContext.transaction_end)
-            )
+            self._add_stop_sample(tx, stop_measurands, ReadingContext.transaction_end)
         self.services.outbox.stop(
             tx,
             round(reading.energy_wh),
@@ -548,9 +560,7 @@ class ConnectorTask:
                 )
             stop_measurands = store.get_list("StopTxnSampledData")
             if stop_measurands:
-                tx.transaction_data.append(
-                    self._sample(stop_measurands, ReadingContext.sample_periodic)
-                )
+                self._add_stop_sample(tx, stop_measurands, ReadingContext.sample_periodic)
 
     async def _clock_aligned_sampler(self) -> None:
         """ClockAlignedDataInterval, aligned to midnight UTC (Sample.Clock)."""
@@ -571,9 +581,7 @@ class ConnectorTask:
                     self._send_without_transaction(sample)
             stop_measurands = store.get_list("StopTxnAlignedData")
             if tx is not None and stop_measurands:
-                tx.transaction_data.append(
-                    self._sample(stop_measurands, ReadingContext.sample_clock)
-                )
+                self._add_stop_sample(tx, stop_measurands, ReadingContext.sample_clock)
 
     async def _sleep_unless_changed(self, key: str, deadline: float) -> bool:
         """Sleep until `deadline`; False if configuration key `key` changed first."""

@@ -81,6 +81,12 @@ class OutboxStore(Protocol):
 
     def record_meter(self, local_id: int, energy_wh: int, at: str) -> None: ...
 
+    def transaction_data(self) -> dict[int, list[dict[str, Any]]]: ...
+
+    def add_transaction_data(
+        self, local_id: int, sample: Mapping[str, Any], energy_wh: int, at: str
+    ) -> None: ...
+
     def message_delivered(
         self, seq: int, *, finished: int | None = None, confirmed: tuple[int, int] | None = None
     ) -> None: ...
@@ -124,9 +130,16 @@ class TransactionOutbox:
     synchronous: it is done before the caller goes on). `recover()` first, once per boot.
     Raises the store's errors (StorageError) from the enqueueing methods."""
 
-    def __init__(self, session: ChargePointSession, store: OutboxStore):
+    def __init__(
+        self,
+        session: ChargePointSession,
+        store: OutboxStore,
+        *,
+        store_errors: tuple[type[Exception], ...] = (),
+    ):
         self.session = session
         self._store = store
+        self._errors = store_errors  # what a failed write of a stop sample raises
         self._queue: list[_Message] = []
         self._transactions: dict[int, LocalTransaction] = {}  # by local id, until stopped+sent
         self._wake = trio.Event()
@@ -153,6 +166,7 @@ class TransactionOutbox:
             for m in self._store.queued_messages()
         ]
         cut_off = []
+        samples = self._store.transaction_data()
         for row in self._store.transactions():
             tx = LocalTransaction(
                 row.local_id,
@@ -162,6 +176,7 @@ class TransactionOutbox:
                 row.started_at,
                 row.reservation_id,
                 row.transaction_id,
+                transaction_data=samples.get(row.local_id, []),
             )
             self._transactions[tx.local_id] = tx
             if not row.stopped:
@@ -233,6 +248,20 @@ class TransactionOutbox:
         payload = {"connector_id": tx.connector_id, "meter_value": meter_value}
         seq = self._store.queue_message("MeterValues", tx.local_id, payload)
         self._append(_Message(seq, "MeterValues", tx.local_id, payload, None))
+
+    def add_transaction_data(
+        self, tx: LocalTransaction, sample: dict[str, Any], energy_wh: int, timestamp: str
+    ) -> None:
+        """A StopTxnSampledData / StopTxnAlignedData sample for the transaction's
+        StopTransaction, taken at meter reading `energy_wh` at `timestamp`; persisted with
+        that reading (as `record_meter`), so that a PowerLoss stop after a power cut carries
+        the sample and bills at least up to it. A failed write is logged: the sample still
+        goes with a stop of this process."""
+        tx.transaction_data.append(sample)
+        try:
+            self._store.add_transaction_data(tx.local_id, sample, energy_wh, timestamp)
+        except self._errors as exc:
+            log.error("stop sample of transaction %d not stored: %s", tx.local_id, exc)
 
     def record_meter(self, tx: LocalTransaction, energy_wh: int, timestamp: str) -> None:
         """The transaction's latest meter reading: what a PowerLoss stop would bill."""
