@@ -22,33 +22,16 @@ from dcocpp.config import ConnectorConfig
 from dcocpp.hardware.interface import HardwareEvent
 from dcocpp.hardware.plc import codec
 from dcocpp.hardware.plc.driver import PlcBackend, PlcGun
+from tests.plc_frames import IDLE_FRAMES
 
 PLC_ID = 3
 DEBOUNCE = 2
 
-_RELAY = {
-    "RLY1_STATE": 0,
-    "RLY1_FEEDBACK": 0,
-    "SAFETY_OK": 1,
-    "EARTH_FAULT": 0,
-    "ESTOP_INPUT": 0,
-    "COMM_FAULT": 0,
-    "FORCE_OFF_ACTIVE": 0,
-    "SW_STATES": 0,
-    "FAULT_REASON": 0,
-    "LAST_CMD_SEQ_APPLIED": 0,
-}
-_SWITCHES = {"SW_STATES": 0, "ESTOP": 0, "SAFETY_OK": 1, "EARTH_FAULT": 0, "SW_MASK": 0b11}
-_CP = {"CP_STATE": 0, "PLUGGED": 0, "EV_READY": 0, "CP_VOLTAGE_0p1V": 120, "CP_DUTY_PCT": 100}
-_METER_FLAGS = {"METER_OK": 1, "COMM_ERROR": 0, "DATA_STALE": 0, "OVERRANGE": 0}
-_METER0 = {
-    "MUX": 0,
-    **_METER_FLAGS,
-    "VOLTAGE_0p1V": 4000,
-    "CURRENT_0p01A": 100,
-    "ACTIVE_POWER_0p01kW": 4,
-}
-_METER1 = {"MUX": 1, **_METER_FLAGS, "IMPORT_ENERGY_0p1kWh": 100, "FREQ_0p01Hz": 0}
+_RELAY = IDLE_FRAMES["RelayStatus"]
+_SWITCHES = IDLE_FRAMES["SafetySwitchStatus"]
+_CP = IDLE_FRAMES["CpStatus"]
+_METER0 = IDLE_FRAMES["EnergyMeterData0"] | {"VOLTAGE_0p1V": 4000, "CURRENT_0p01A": 100}
+_METER1 = IDLE_FRAMES["EnergyMeterData1"]
 _SESSION = {
     "SESSION_ACTIVE": 1,
     "SOC_PCT": 50,
