@@ -20,9 +20,11 @@ Units. The hardware takes amperes. A limit in W becomes amperes at the gun's DC 
 one its meter measures (while delivering, or the EV battery's while plugged, where the hardware
 reports it), else the gun's nominal voltage, maxPowerW / maxCurrentA (the voltage at which the
 gun reaches both ratings: 375 V for 75 kW / 200 A). The station limit is shared in its own
-unit: in A it bounds the sum of the guns' DC currents, in W the sum of their powers. A W limit
-is converted when the limits are recomputed; as the battery voltage rises during charging the
-power drifts up by as much (about 0.3 % per 1 % of state of charge) until the next recompute.
+unit: in A it bounds the sum of the guns' DC currents, in W the sum of their powers. As the
+battery voltage rises during charging, a current converted from W lets the power creep up
+(about 0.3 % per 1 % of state of charge), so while a transaction runs the limits are also
+recomputed every `RECONVERT_S` at the voltage measured then (the gun's own maxPowerW is such
+a limit too). An unchanged setpoint is not sent again.
 
 This module is station wiring: it knows the connector tasks and their hardware, and the OCPP
 layer's profiles, and it is the only place where the two meet for smart charging.
@@ -34,7 +36,7 @@ import functools
 import logging
 import math
 from collections.abc import Mapping
-from datetime import datetime
+from datetime import datetime, timedelta
 from decimal import ROUND_FLOOR, Decimal
 
 import attrs
@@ -67,6 +69,9 @@ log = logging.getLogger(__name__)
 
 # The hardware's resolution (CURRENT_LIMIT_0p1A); limits are rounded down to it.
 STEP = Decimal("0.1")
+# While a transaction runs, the limits are recomputed at least this often (wall seconds): a
+# limit in W is converted to A again at the voltage measured then.
+RECONVERT_S = 10
 # A measured voltage below this is no measurement (an idle meter reads 0 V).
 MIN_MEASURED_VOLTAGE = 1.0
 
@@ -226,6 +231,8 @@ class LimitEnforcer:
             for cid, ctx in contexts.items()
         ]
         changes.append(next_change(installed, 0, now))
+        if any(ctx.transaction is not None for ctx in contexts.values()):
+            changes.append(now + timedelta(seconds=RECONVERT_S))
         return min((c for c in changes if c is not None), default=None)
 
     def limits(

@@ -14,6 +14,7 @@ import pytest
 import trio
 from ocpp.v16 import call
 
+from dcocpp.hardware.ev import EvModel
 from dcocpp.hardware.plc.emulated import InProcessPlcHardware
 from dcocpp.hardware.simulation import SimulatedHardware
 from dcocpp.ocpp.smartcharging import format_datetime, parse_datetime
@@ -543,6 +544,29 @@ async def test_a_power_limit_becomes_current_at_the_guns_voltage(
     assert values["Power.Active.Import"] == pytest.approx(11000, rel=0.005)
     assert values["Power.Active.Import"] <= 11000 * 1.001
     assert periods(in_watts) == expect((0, 11000))
+
+
+async def test_a_power_limit_follows_the_rising_battery_voltage(
+    autojump_clock: Any, tmp_path: Path
+) -> None:
+    """A small battery at 11 kW: in 10 minutes its voltage rises by about 6 %. The current is
+    converted again as it rises (every RECONVERT_S), so the power stays at the limit rather
+    than creeping up with the voltage."""
+    async with running_station(charger_config(tmp_path), keys=SAMPLED) as h:
+        await h.booted()
+        await h.start_charging(1, "TAG-W", ev=EvModel(capacity_wh=10_000, soc=20))
+        body = profile(1, "TxDefaultProfile", [(0, 11000)], kind="Relative", unit="W")
+        assert await set_profile(h, 1, body) == "Accepted"
+        await h.wait_until(lambda: setpoint(h, 1) < MAX_A, limit=0.1, poll=0.001)
+        first = setpoint(h, 1)
+        volts_before = h.station.hardware.gun(1).read_meter().voltage_v
+        await trio.sleep(600)
+        _, values = await next_sample(h, 1)
+        volts_after = h.station.hardware.gun(1).read_meter().voltage_v
+        last = setpoint(h, 1)
+    assert volts_after > volts_before * 1.05
+    assert last < first * 0.96
+    assert 11000 * 0.98 <= values["Power.Active.Import"] <= 11000 * 1.005
 
 
 async def test_profiles_survive_a_restart_but_tx_profiles_do_not(
