@@ -504,6 +504,30 @@ async def test_configure_without_ack() -> None:
         assert r.emulators[3].state.current_limit_a == pytest.approx(16.0)
 
 
+async def test_config_ack_of_an_earlier_set_does_not_answer_a_new_one() -> None:
+    """ConfigAck has no sequence number: a late ack of a SET that timed out carries the same
+    CFG_PARAM_ID as the next request. A SET that took effect echoes its value, so an OK ack
+    with another value is not the answer to the SET waiting."""
+    async with rig(ONE, fakes=(3,), **PAUSED_OK) as r:
+        gun, plc = r.backend.gun(1), r.fakes[3]
+        plc.paused = True
+        await plc.sync(gun)
+        results: list[int] = []
+
+        async def configure() -> None:
+            results.append(await gun.configure(1, 100))
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(configure)
+            await r.wait_until(lambda: gun._config_waiter is not None)
+            ack = {"CFG_PARAM_ID": 1, "ACK_STATUS": 0, "PLC_ID": 3}
+            plc.send("ConfigAck", **ack, CFG_VALUE=50)  # the answer to an earlier SET 50
+            await plc.sync(gun)
+            assert results == []
+            plc.send("ConfigAck", **ack, CFG_VALUE=100)
+        assert results == [100]
+
+
 async def test_set_current_limit_failure_is_logged(caplog: pytest.LogCaptureFixture) -> None:
     async with rig(ONE) as r:
         r.backend.gun(1).set_current_limit(500.0)  # above the connector's 200 A

@@ -167,6 +167,8 @@ class PlcStats:
 @attrs.define
 class _ConfigWaiter:
     param: int
+    op: int
+    requested: int  # the value of a SET
     done: trio.Event = attrs.Factory(trio.Event)
     status: int = 0
     value: int = 0
@@ -341,7 +343,7 @@ class PlcGun:
         what = f"{'set' if op == _CFG_SET else 'get'} param {param}"
         timeout = self._backend._config_timeout
         async with self._config_lock:
-            waiter = _ConfigWaiter(param)
+            waiter = _ConfigWaiter(param, op, value)
             self._config_waiter = waiter
             try:
                 self._backend._send(
@@ -510,8 +512,17 @@ class PlcGun:
                 )
                 waiter = self._config_waiter
                 if waiter is not None and waiter.param == param and not waiter.done.is_set():
-                    waiter.status, waiter.value = status, value
-                    waiter.done.set()
+                    if waiter.op == _CFG_SET and status == _ACK_OK and value != waiter.requested:
+                        # A SET that took effect echoes its value: this one answers an
+                        # earlier request (one that timed out), not the one waiting.
+                        log.info(
+                            "PLC %d: ConfigAck of an earlier set of param %d ignored",
+                            self.plc_id,
+                            param,
+                        )
+                    else:
+                        waiter.status, waiter.value = status, value
+                        waiter.done.set()
         return events
 
     def _healthy(self) -> bool:
