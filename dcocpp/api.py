@@ -64,7 +64,8 @@ class StationView(Protocol):
         """Exactly the body of GET /api/status:
 
         {"chargePoint": {"id": str, "connected": bool, "registration": str,
-                         "outbox": {"queued": int, "parked": int}},
+                         "outbox": {"queued": int, "parked": int},
+                         "hardware": {str: int}},
          "connectors": [{"id": int, "status": str, "errorCode": str,
                          "transactionId": int | None, "idTag": str | None, "plugged": bool,
                          "relayClosed": bool, "energyWh": float, "powerW": float,

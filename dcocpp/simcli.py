@@ -262,7 +262,14 @@ def format_status(snapshot: dict[str, Any]) -> str:
         head += f", {outbox['queued']} transaction message(s) queued"
         if outbox.get("parked"):
             head += f" ({outbox['parked']} PARKED: refused by the central system)"
-    lines = [head, ""]
+    lines = [head]
+    counters = cp.get("hardware") or {}
+    if counters:
+        # The PLC backend's CAN bus counters: errors here explain a gun's COMMUNICATION fault.
+        lines.append(
+            "hardware: " + ", ".join(f"{name} {value}" for name, value in counters.items())
+        )
+    lines.append("")
     rows = [list(_COLUMNS)] + [_row(c) for c in snapshot["connectors"]]
     widths = [max(len(row[i]) for row in rows) for i in range(len(_COLUMNS))]
     numeric = {"id", "transactionId", "kW", "kWh", "A", "V", "SoC"}

@@ -407,6 +407,8 @@ class Station:
                     "queued": len(outbox) if outbox else 0,
                     "parked": outbox.parked if outbox else 0,
                 },
+                # The hardware's own counters (the PLC backend's CAN frames and errors).
+                "hardware": dict(self.hardware.counters()),
             },
             "connectors": [
                 {**task.snapshot(), "currentLimitA": self._current_limit(cid)}

@@ -425,6 +425,17 @@ def test_status_line_shows_queued_and_parked_transaction_messages() -> None:
     )
 
 
+def test_status_shows_the_hardware_counters_when_there_are_any() -> None:
+    snapshot = FakeView().snapshot()
+    snapshot["chargePoint"]["hardware"] = {"rxFrames": 1200, "crcErrors": 2}
+    assert simcli.format_status(snapshot).splitlines()[:2] == [
+        "charge point CP-TEST: connected, registration Accepted",
+        "hardware: rxFrames 1200, crcErrors 2",
+    ]
+    snapshot["chargePoint"]["hardware"] = {}
+    assert simcli.format_status(snapshot).splitlines()[1] == ""
+
+
 def test_describe_connector() -> None:
     connector = _connector(1) | {
         "status": "Faulted",

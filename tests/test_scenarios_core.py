@@ -557,3 +557,30 @@ async def test_tag_of_another_group_does_not_stop(autojump_clock: Any, tmp_path:
         assert h.transaction_id(1) == tx_id
     assert h.csms.received("StopTransaction") == []
     assert statuses_of(h, 1, since) == []
+
+
+async def test_status_shows_the_hardware_counters(
+    autojump_clock: Any, tmp_path: Path, backend: str
+) -> None:
+    """`GET /api/status` (and `dcocpp status`) carries the backend's own counters: on the PLC
+    backend the driver's CAN frame counts, so a communication fault can be told apart."""
+    async with running_station(charger_config(tmp_path)) as h:
+        await h.booted()
+        await trio.sleep(1)
+        counters = h.station.snapshot()["chargePoint"]["hardware"]
+    if backend == "simulated":
+        assert counters == {}
+        return
+    assert set(counters) == {
+        "rxFrames",
+        "repeats",
+        "ignored",
+        "crcErrors",
+        "decodeErrors",
+        "rxOverruns",
+        "txFrames",
+        "txErrors",
+    }
+    assert counters["rxFrames"] > counters["repeats"] > 0
+    assert counters["txFrames"] > 0
+    assert counters["crcErrors"] == counters["decodeErrors"] == counters["txErrors"] == 0

@@ -145,6 +145,11 @@ class HardwareBackend(Protocol):
         task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
     ) -> None: ...
 
+    def counters(self) -> Mapping[str, int]:
+        """The backend's own counters for the operator (`dcocpp status`), by camelCase name:
+        e.g. the CAN frames read, sent and refused. Empty when it keeps none."""
+        ...
+
 
 class SimulationControl(Protocol):
     """The physical world around a simulated charger (the simulator, or emulated PLCs): what

@@ -385,6 +385,9 @@ class SimulatedHardware:
         except KeyError:
             raise KeyError(f"unknown connector {connector_id}") from None
 
+    def counters(self) -> Mapping[str, int]:
+        return {}  # no bus, nothing to count
+
     async def run(
         self,
         events: Mapping[int, trio.MemorySendChannel[HardwareEvent]],

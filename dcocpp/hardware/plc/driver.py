@@ -135,6 +135,11 @@ def acceptance_filters(plc_ids: Iterable[int]) -> list[CanFilter]:
     ]
 
 
+def _camel(name: str) -> str:
+    first, *rest = name.split("_")
+    return first + "".join(part.capitalize() for part in rest)
+
+
 def _next_tick(start: float, period: float, now: float) -> float:
     """The first time `start` + k * `period` after `now` (ticks missed by a late task are
     skipped, not caught up)."""
@@ -739,6 +744,10 @@ class PlcBackend:
     @property
     def stats(self) -> PlcStats:
         return PlcStats(**self._counts)
+
+    def counters(self) -> Mapping[str, int]:
+        """`stats` by camelCase name (`HardwareBackend.counters`)."""
+        return {_camel(name): value for name, value in self._counts.items()}
 
     def gun(self, connector_id: int) -> PlcGun:
         try:

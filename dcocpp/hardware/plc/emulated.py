@@ -147,6 +147,9 @@ class InProcessPlcHardware:
     def gun(self, connector_id: int) -> PlcGun:
         return self.driver.gun(connector_id)
 
+    def counters(self) -> Mapping[str, int]:
+        return self.driver.counters()  # the host's side, as on a real bus
+
     async def run(
         self,
         events: Mapping[int, trio.MemorySendChannel[HardwareEvent]],
