@@ -324,25 +324,12 @@ class Database:
                     "INSERT INTO transaction_data (local_id, sample) VALUES (?, ?)",
                     (local_id, json.dumps(dict(sample))),
                 ),
-                (
-                    "UPDATE transactions SET last_meter_wh = ?, last_meter_at = ?"
-                    " WHERE local_id = ?",
-                    (energy_wh, at, local_id),
-                ),
+                _meter_update(local_id, energy_wh, at),
             ],
         )
 
     def record_meter(self, local_id: int, energy_wh: int, at: str) -> None:
-        self._write(
-            "cannot store the meter reading",
-            [
-                (
-                    "UPDATE transactions SET last_meter_wh = ?, last_meter_at = ?"
-                    " WHERE local_id = ?",
-                    (energy_wh, at, local_id),
-                )
-            ],
-        )
+        self._write("cannot store the meter reading", [_meter_update(local_id, energy_wh, at)])
 
     def message_delivered(
         self, seq: int, *, finished: int | None = None, confirmed: tuple[int, int] | None = None
@@ -564,3 +551,11 @@ def _json_decimal(value: Any) -> Any:
     if isinstance(value, decimal.Decimal):
         return int(value) if value == value.to_integral_value() else float(value)
     raise TypeError(f"{type(value).__name__} is not JSON serializable")
+
+
+def _meter_update(local_id: int, energy_wh: int, at: str) -> tuple[str, tuple[Any, ...]]:
+    """The statement that makes a reading the transaction's latest (what PowerLoss bills)."""
+    return (
+        "UPDATE transactions SET last_meter_wh = ?, last_meter_at = ? WHERE local_id = ?",
+        (energy_wh, at, local_id),
+    )

@@ -19,6 +19,7 @@ import trio
 from ocpp.v16 import call
 from ocpp.v16.enums import ResetType
 
+from dcocpp.config import ChargerConfig
 from dcocpp.connector.task import METER_PERSIST_INTERVAL, RELAY_ACK_DEADLINE
 from dcocpp.hardware.simulation import SimulatedHardware
 from dcocpp.station import RESET_FLUSH_TIMEOUT, HardReset
@@ -118,6 +119,16 @@ def stored_transactions(db_dir: Path) -> list[tuple[int, bool]]:
         db.close()
 
 
+async def assert_a_restart_repeats_nothing(config: ChargerConfig, csms: FakeCsms) -> None:
+    """Start the station again on the same data: no transaction message is sent twice (no
+    second PowerLoss from the boot's recovery, no StopTransaction delivered before)."""
+    since = csms.mark()
+    async with running_station(config, csms) as h:
+        await h.booted()
+        await trio.sleep(10)
+    assert transaction_flow(csms, since) == []
+
+
 # --- resets ------------------------------------------------------------------------------------
 
 
@@ -175,11 +186,7 @@ async def test_tc_015_hard_reset_with_transaction(autojump_clock: Any, tmp_path:
     assert data[-1]["sampled_value"][0]["context"] == "Transaction.End"
     assert stored_transactions(config.data_dir) == []  # delivered: nothing left for the next start
     # The restarted process has nothing to repeat.
-    since = csms.mark()
-    async with running_station(config, csms) as h:
-        await h.booted()
-        await trio.sleep(10)
-    assert transaction_flow(csms, since) == []
+    await assert_a_restart_repeats_nothing(config, csms)
 
 
 async def test_hard_reset_while_offline_delivers_the_stop_after_the_restart(
@@ -307,11 +314,7 @@ async def test_tc_032_1_power_failure_with_backup_power(
         assert stop_times[tx_id] - stop_times[tx_1] <= RELAY_ACK_DEADLINE
     assert stored_transactions(config.data_dir) == []
     # The next start repeats nothing (no second PowerLoss from the boot's recovery).
-    since = csms.mark()
-    async with running_station(config, csms) as h:
-        await h.booted()
-        await trio.sleep(10)
-    assert transaction_flow(csms, since) == []
+    await assert_a_restart_repeats_nothing(config, csms)
 
 
 async def test_tc_032_1_power_failure_while_offline_delivers_after_restart(
