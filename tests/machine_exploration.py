@@ -103,10 +103,9 @@ def explore(settings: Settings, edges=PERMISSIVE, limit: int = 200_000, alphabet
 
 
 if __name__ == "__main__":
-    import json
-    from pathlib import Path
+    from dcocpp.ocpp.statuses import allowed_transitions
 
-    allowed = json.loads(Path("../shared/ocpp16/status-transitions.json").read_text())["connector"]
+    allowed = allowed_transitions("connector")
     everything = set()
     for settings in ALL_SETTINGS:
         observed, n = explore(settings)
@@ -115,7 +114,7 @@ if __name__ == "__main__":
     by_trigger = {}
     for trig, a, b in sorted(everything):
         by_trigger.setdefault(trig, []).append((a.value, b.value))
-        if b.value not in allowed[a.value]:
+        if b not in allowed[a]:
             print("NOT ALLOWED", trig, a.value, b.value)
     for trig, pairs in by_trigger.items():
         print(trig, pairs)
