@@ -1,4 +1,4 @@
-"""The station: the nursery tree that is the life of the process (see DESIGN.md).
+"""The station: the nursery tree that is the life of the process (README, Architecture).
 
     Station.run()
     ├── hardware backend            started first, runs for the life of the process

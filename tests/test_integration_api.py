@@ -21,7 +21,7 @@ One charger and one central system serve the whole module (`api_run`). The scena
 5. SIGTERM: the charger exits 0.
 
 Each test asserts one part of it and is named after the OCTT case it covers
-(../shared/ocpp16/octt-cs-cases.md). Every wait has a deadline and both processes are stopped in a
+(docs/conformance.md). Every wait has a deadline and both processes are stopped in a
 `finally`, so a broken charger fails these tests with its output instead of hanging them.
 """
 

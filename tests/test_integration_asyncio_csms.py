@@ -7,7 +7,7 @@ drives the central system's side, its `--record` file is what we assert on.
 
 Most checks share one run (`main_run`: boot, configuration, availability, trigger, RPC errors,
 then a hard reset); each test asserts one part of it, named after the OCTT case it covers
-(../shared/ocpp16/octt-cs-cases.md). Every wait has a deadline and every process is killed in a
+(docs/conformance.md). Every wait has a deadline and every process is killed in a
 `finally`, so a broken charger fails these tests with its output instead of hanging them.
 """
 

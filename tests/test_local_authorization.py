@@ -3,7 +3,7 @@
 
 Unit tests of the cache and the list (including persistence in a reopened database), the
 decision matrix of the `Authorizer`, and scenarios through the whole station against the fake
-central system, named after the OCTT cases they cover (../shared/ocpp16/octt-cs-cases.md)."""
+central system, named after the OCTT cases they cover (docs/conformance.md)."""
 
 from __future__ import annotations
 

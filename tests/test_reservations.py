@@ -1,6 +1,6 @@
 """Reservations (OCPP 1.6 Reservation profile: ReserveNow, CancelReservation) through the whole
 station against the in-test central system, on virtual time, on both hardware backends. Tests
-are named after the OCTT conformance cases (../shared/ocpp16/octt-cs-cases.md, "Reservation");
+are named after the OCTT conformance cases (docs/conformance.md, "Reservation");
 the machine's side of reservations is in tests/test_connector_machine.py."""
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """Charging sessions through the whole station (simulated hardware, connector tasks, OCPP
 session and RPC) against the in-test central system, on virtual time. Tests are named after
-the OCTT conformance cases they cover (../shared/ocpp16/octt-cs-cases.md): sessions started
+the OCTT conformance cases they cover (docs/conformance.md): sessions started
 and stopped locally and remotely, EV-side disconnects, authorization, unlocking."""
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """Meter values, billing, faults, availability, two guns at once and reset through the whole
 station against the in-test central system, on virtual time (the companion of
-test_scenarios_core.py; OCTT case names from ../shared/ocpp16/octt-cs-cases.md)."""
+test_scenarios_core.py; OCTT case names from docs/conformance.md)."""
 
 from __future__ import annotations
 

@@ -1,6 +1,6 @@
 """Resets, power failures and a central system out of reach, through the whole station against
 the in-test central system, on virtual time (OCTT case names from
-../shared/ocpp16/octt-cs-cases.md). What must not get lost is the transaction messages: they
+docs/conformance.md). What must not get lost is the transaction messages: they
 are in the station database before anyone is told (dcocpp/ocpp/transactions.py), so they are
 delivered, in order and with the central system's transactionId, after a reconnect, a reset or
 a power cut. TC_016 (soft reset with a transaction) is in test_scenarios_metering.py.

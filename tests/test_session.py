@@ -1,5 +1,5 @@
 """The OCPP session through the whole station, against an in-test central system, on virtual
-time. Tests are named after the OCTT conformance cases they cover (../shared/ocpp16)."""
+time. Tests are named after the OCTT conformance cases they cover (docs/conformance.md)."""
 
 from __future__ import annotations
 

@@ -1,5 +1,5 @@
 """Smart charging through the whole station: charging profiles set, cleared and reported by the
-central system (OCTT TC_056..TC_082, ../shared/ocpp16/octt-cs-cases.md "Smart charging"), and
+central system (OCTT TC_056..TC_082, docs/conformance.md "Smart charging"), and
 their enforcement: the current setpoint each gun's hardware receives, and what the meter values
 show, on the simulated guns and on the PLC backend, on virtual time."""
 
