@@ -1,9 +1,16 @@
 """The local HTTP API: watch the charger and drive the simulator.
 
-A small JSON API served by Starlette on Hypercorn's trio worker, bound to the loopback interface
-by default (it has no authentication: whoever can reach it can plug guns and raise faults).
-The charger side is reached only through `StationView`, which the station implements; this
-module knows nothing of connectors, OCPP or hardware beyond that protocol.
+A small JSON API served by Starlette on Hypercorn's trio worker. The charger side is reached
+only through `StationView`, which the station implements; this module knows nothing of
+connectors, OCPP or hardware beyond that protocol.
+
+Access: whoever reaches the API can plug guns and raise faults, so on an address that is not
+loopback (127.0.0.0/8, ::1, `localhost`; 0.0.0.0 and :: are every interface) `serve_api`
+refuses to run without a token (at least TOKEN_MIN_LENGTH printable ASCII characters). With a
+token (required off loopback, enforced on loopback too when one is given) every request must
+carry `Authorization: Bearer <token>`; anything else is answered 401 with `WWW-Authenticate:
+Bearer` before routing, so it learns nothing. The command line takes the token from TOKEN_ENV
+(preferred: argv is visible in `ps`) or `--api-token`.
 
 Routes (JSON in and out; every error is `{"error": "<reason>"}`):
 
@@ -21,6 +28,8 @@ connector's state -> 422; wrong method -> 405.
 
 from __future__ import annotations
 
+import hmac
+import ipaddress
 import json
 import logging
 import re
@@ -35,8 +44,16 @@ from hypercorn.config import Config as HypercornConfig
 from hypercorn.trio import serve as hypercorn_serve
 from hypercorn.typing import ASGIFramework
 from starlette.applications import Starlette
+from starlette.authentication import (
+    AuthCredentials,
+    AuthenticationBackend,
+    AuthenticationError,
+    SimpleUser,
+)
 from starlette.exceptions import HTTPException
-from starlette.requests import Request
+from starlette.middleware import Middleware
+from starlette.middleware.authentication import AuthenticationMiddleware
+from starlette.requests import HTTPConnection, Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
@@ -51,6 +68,10 @@ FAULT_KINDS = ("estop", "earth", "comm", "meter", "lock")
 DEFAULT_HOST = "127.0.0.1"
 ID_TAG_MAX_LENGTH = 20  # OCPP 1.6 IdToken is a CiString20
 MAX_BODY_BYTES = 16 * 1024  # the bodies are a few dozen bytes
+# Where the command line finds the API token (`run` to require it, `status`/`sim` to send it).
+TOKEN_ENV = "DCOCPP_API_TOKEN"
+TOKEN_MIN_LENGTH = 16
+NEEDS_TOKEN = f"not a loopback address, so the API needs a token: set {TOKEN_ENV} (or --api-token)"
 
 
 class StationView(Protocol):
@@ -107,8 +128,9 @@ class _Reject(Exception):
 # --- the application -------------------------------------------------------------------------
 
 
-def create_app(view: StationView) -> Starlette:
-    """The ASGI application serving `view`; see the module docstring for the routes."""
+def create_app(view: StationView, *, token: str | None = None) -> Starlette:
+    """The ASGI application serving `view`; see the module docstring for the routes. With a
+    `token`, every request must carry it as `Authorization: Bearer <token>`."""
 
     def connector_id(request: Request) -> int:
         raw = request.path_params["connector_id"]
@@ -182,10 +204,40 @@ def create_app(view: StationView) -> Starlette:
         Route(f"{connector}/ev", _answering(ev), methods=["POST"]),
         Route(f"{connector}/faults/{{kind}}", _answering(fault), methods=["POST"]),
     ]
+    middleware = []
+    if token is not None:
+        middleware.append(
+            Middleware(
+                AuthenticationMiddleware, backend=_BearerToken(token), on_error=_unauthorized
+            )
+        )
     return Starlette(
         routes=routes,
+        middleware=middleware,
         exception_handlers={HTTPException: _http_error, Exception: _internal_error},
     )
+
+
+class _BearerToken(AuthenticationBackend):
+    """Lets through only requests with `Authorization: Bearer <the token>` (RFC 6750)."""
+
+    def __init__(self, token: str) -> None:
+        self._token = token.encode()
+
+    async def authenticate(self, conn: HTTPConnection) -> tuple[AuthCredentials, SimpleUser]:
+        scheme, _, credentials = conn.headers.get("authorization", "").partition(" ")
+        if scheme.lower() != "bearer" or not credentials.strip():
+            raise AuthenticationError("missing API token: send Authorization: Bearer <token>")
+        # Constant time: the answer's timing must not tell how much of a guess was right.
+        if not hmac.compare_digest(credentials.strip().encode(), self._token):
+            raise AuthenticationError("wrong API token")
+        return AuthCredentials(["api"]), SimpleUser("operator")
+
+
+def _unauthorized(conn: HTTPConnection, exc: AuthenticationError) -> Response:
+    client = format_address(*conn.client) if conn.client else "unknown client"
+    log.info("API: refused a request for %s from %s: %s", conn.url.path, client, exc)
+    return _error(401, str(exc), {"WWW-Authenticate": 'Bearer realm="dcocpp"'})
 
 
 _DIGITS = re.compile(r"[0-9]{1,9}")
@@ -313,17 +365,25 @@ async def serve_api(
     host: str,
     port: int,
     *,
+    token: str | None = None,
     task_status: trio.TaskStatus[tuple[str, int]] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Serve the API on host:port until cancelled.
 
+    Without a `token` only on a loopback address (else `ApiError`); with one, every request
+    must carry it (see the module docstring).
     Binds the socket itself (so that a busy or bad address is a plain `ApiError`, not an error
     deep in Hypercorn's nurseries), then runs Hypercorn's trio worker on it.
     `task_status.started()` gets `(host, bound_port)` once the socket listens, so port 0 binds
     an ephemeral port. Cancelling the caller's scope stops the server and closes the socket and
     its connections. A failing request is answered with 500 and logged; it does not escape.
     """
-    app = create_app(view)
+    where = format_address(host, port)
+    if token is None and not is_loopback(host):
+        raise ApiError(f"cannot serve the API on {where}: {NEEDS_TOKEN}")
+    if token is not None and (problem := token_problem(token)) is not None:
+        raise ApiError(f"cannot serve the API on {where}: the token {problem}")
+    app = create_app(view, token=token)
     listening = await _bind(host, port)
     bound_port: int = listening.getsockname()[1]
     config = _hypercorn_config(listening)
@@ -369,3 +429,30 @@ def parse_address(text: str) -> tuple[str, int]:
 def format_address(host: str, port: int) -> str:
     """The inverse of `parse_address`: brackets around an IPv6 address."""
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+def is_loopback(host: str) -> bool:
+    """Whether serving on `host` (as given to --api) is reachable from this machine only:
+    127.0.0.0/8, ::1 (also IPv4-mapped) or `localhost`. 0.0.0.0 and :: are every interface;
+    any other host name may resolve to anything, so it is not."""
+    if host.lower().rstrip(".") == "localhost":
+        return True
+    try:
+        address = ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        return address.ipv4_mapped.is_loopback
+    return address.is_loopback
+
+
+def token_problem(token: str) -> str | None:
+    """What is wrong with an API token (never quoting it), or None."""
+    if len(token) < TOKEN_MIN_LENGTH:
+        return (
+            f"must be at least {TOKEN_MIN_LENGTH} characters (make one with "
+            "python3 -c 'import secrets; print(secrets.token_urlsafe(32))')"
+        )
+    if not all(0x21 <= ord(c) <= 0x7E for c in token):
+        return "must be printable ASCII without spaces (it travels in an HTTP header)"
+    return None

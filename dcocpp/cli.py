@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING
 
 import trio
 
-from dcocpp import __version__, demo, plcsim, simcli, statecharts
+from dcocpp import __version__, api, cliargs, defaults, demo, plcsim, simcli, statecharts
 from dcocpp.api import ApiError
 from dcocpp.cliargs import DEFAULT_CONFIG, config_argument, log_level_argument
 from dcocpp.config import ChargerConfig, ConfigError, load_charger_config
@@ -73,8 +73,10 @@ def _parser() -> argparse.ArgumentParser:
         "--api",
         metavar="HOST:PORT",
         type=simcli.address_argument,
-        help=f"serve the local HTTP API there, e.g. {simcli.DEFAULT_API} (off when not given)",
+        help=f"serve the local HTTP API there, e.g. {simcli.DEFAULT_API} (off when not given); "
+        "an address that is not loopback needs a token",
     )
+    simcli.api_token_argument(run, "required on every request when given, and off loopback")
 
     check = commands.add_parser(
         "check-config",
@@ -126,6 +128,7 @@ def _parser() -> argparse.ArgumentParser:
     dbc.set_defaults(func=_plc_dbc)
     simcli.add_subcommands(commands)
     demo.add_subcommands(commands)
+    defaults.add_subcommands(commands)
     plcsim.add_subcommands(commands)
     return parser
 
@@ -158,6 +161,9 @@ def _load(args: argparse.Namespace) -> ChargerConfig:
 def _check_config(args: argparse.Namespace) -> int:
     from dcocpp.station import load_configuration_store
 
+    if (hint := cliargs.missing_default_config(args.config, "dcocpp check-config")) is not None:
+        print(hint, file=sys.stderr)
+        return EXIT_USAGE
     try:
         config = _load(args)
         load_configuration_store(config)
@@ -184,10 +190,12 @@ def _statecharts(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-async def _serve(config: ChargerConfig, api_address: tuple[str, int] | None) -> None:
+async def _serve(
+    config: ChargerConfig, api_address: tuple[str, int] | None, api_token: str | None
+) -> None:
     from dcocpp.station import Station
 
-    station = Station(config, api_address=api_address)
+    station = Station(config, api_address=api_address, api_token=api_token)
     async with trio.open_nursery() as nursery:
         nursery.start_soon(_stop_on_signal, nursery.cancel_scope)
         nursery.start_soon(_power_failure_on_sigpwr, station, nursery.cancel_scope)
@@ -214,9 +222,30 @@ async def _stop_on_signal(scope: trio.CancelScope) -> None:
             return
 
 
+def _api_access_problem(args: argparse.Namespace) -> str | None:
+    """Why `run` must not serve the API as asked (a usage error), or None."""
+    if args.api is None:
+        return None
+    token = simcli.api_token(args)
+    if token is None:
+        if api.is_loopback(args.api[0]):
+            return None
+        return f"--api {api.format_address(*args.api)}: {api.NEEDS_TOKEN}"
+    problem = api.token_problem(token)
+    source = "--api-token" if args.api_token is not None else api.TOKEN_ENV
+    return None if problem is None else f"{source}: the API token {problem}"
+
+
 def _run(args: argparse.Namespace) -> int:
     from dcocpp.station import HardReset, load_configuration_store
 
+    if (hint := cliargs.missing_default_config(args.config, "dcocpp run --config")) is not None:
+        print(hint, file=sys.stderr)
+        return EXIT_USAGE
+    refusal = _api_access_problem(args)
+    if refusal is not None:
+        print(f"dcocpp run: {refusal}", file=sys.stderr)
+        return EXIT_USAGE
     try:
         config = _load(args)
         keys = load_configuration_store(config)
@@ -235,7 +264,7 @@ def _run(args: argparse.Namespace) -> int:
     status = EXIT_OK
     try:
         log.info("dcocpp %s starting with %s", __version__, config.path)
-        trio.run(_serve, config, args.api)
+        trio.run(_serve, config, args.api, simcli.api_token(args))
         log.info("stopped")
     except* HardReset:
         log.warning("exiting with status %d for the hard reset", EXIT_HARD_RESET)

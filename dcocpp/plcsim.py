@@ -35,7 +35,7 @@ import attrs
 import can
 import trio
 
-from dcocpp.cliargs import config_argument, log_level_argument
+from dcocpp.cliargs import config_argument, log_level_argument, missing_default_config
 from dcocpp.config import ConfigError, ConnectorConfig, load_charger_config
 from dcocpp.hardware.ev import EvModel
 from dcocpp.hardware.interface import FaultKind, HardwareError
@@ -602,6 +602,9 @@ def _interface_argument(text: str) -> str:
 def _plc_sim(args: argparse.Namespace) -> int:
     from dcocpp.logs import LoggingSetup
 
+    if (hint := missing_default_config(args.config, "dcocpp plc-sim --config")) is not None:
+        print(hint, file=sys.stderr)
+        return EXIT_USAGE
     try:
         config = load_charger_config(args.config)
     except ConfigError as exc:

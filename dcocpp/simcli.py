@@ -10,13 +10,14 @@ from __future__ import annotations
 import argparse
 import http.client
 import json
+import os
 import sys
 import urllib.error
 import urllib.request
 from collections.abc import Sequence
 from typing import Any
 
-from dcocpp.api import FAULT_KINDS, format_address, parse_address
+from dcocpp.api import FAULT_KINDS, TOKEN_ENV, format_address, parse_address, token_problem
 
 DEFAULT_API = "127.0.0.1:8765"
 TIMEOUT_SECONDS = 5.0
@@ -48,6 +49,7 @@ def add_subcommands(commands: argparse._SubParsersAction[argparse.ArgumentParser
         metavar="HOST:PORT",
         help=f"address of the charger's local API (default: {DEFAULT_API})",
     )
+    api_token_argument(api, "sent as Authorization: Bearer")
 
     sim = commands.add_parser(
         "sim",
@@ -119,6 +121,22 @@ def add_subcommands(commands: argparse._SubParsersAction[argparse.ArgumentParser
     status.set_defaults(func=_status)
 
 
+def api_token_argument(parser: argparse.ArgumentParser, what: str) -> None:
+    parser.add_argument(
+        "--api-token",
+        metavar="TOKEN",
+        help=f"the local API's token, {what} (default: ${TOKEN_ENV}, preferred: "
+        "a command line is visible to every user in ps)",
+    )
+
+
+def api_token(args: argparse.Namespace) -> str | None:
+    """The API token: --api-token, else the environment's TOKEN_ENV; None when neither is set
+    (an empty one counts as not set)."""
+    token: str | None = args.api_token
+    return (token if token is not None else os.environ.get(TOKEN_ENV)) or None
+
+
 def address_argument(text: str) -> tuple[str, int]:
     try:
         return parse_address(text)
@@ -155,7 +173,9 @@ def _fault(args: argparse.Namespace) -> int:
 
 def _act(args: argparse.Namespace, action: str, body: dict[str, Any] | None) -> int:
     try:
-        answer = _request(args.api, "POST", f"/api/connectors/{args.connector}/{action}", body)
+        answer = _request(
+            args.api, "POST", f"/api/connectors/{args.connector}/{action}", body, _token(args)
+        )
     except _Failure as failure:
         print(failure.message, file=sys.stderr)
         return failure.status
@@ -165,7 +185,7 @@ def _act(args: argparse.Namespace, action: str, body: dict[str, Any] | None) -> 
 
 def _status(args: argparse.Namespace) -> int:
     try:
-        snapshot = _request(args.api, "GET", "/api/status", None)
+        snapshot = _request(args.api, "GET", "/api/status", None, _token(args))
     except _Failure as failure:
         print(failure.message, file=sys.stderr)
         return failure.status
@@ -178,21 +198,39 @@ def _status(args: argparse.Namespace) -> int:
 
 # --- HTTP ------------------------------------------------------------------------------------
 
+
+def _token(args: argparse.Namespace) -> str | None:
+    """The token to send; `_Failure` for one no charger can have (and HTTP cannot carry)."""
+    token = api_token(args)
+    if token is None:
+        return None
+    problem = token_problem(token)
+    if problem is not None:
+        source = "--api-token" if args.api_token is not None else TOKEN_ENV
+        raise _Failure(f"{source}: the API token {problem}", EXIT_REFUSED)
+    return token
+
+
 # The API is local: never send it through an HTTP proxy from the environment.
 _opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
 
 
 def _request(
-    api: tuple[str, int], method: str, path: str, body: dict[str, Any] | None
+    api: tuple[str, int],
+    method: str,
+    path: str,
+    body: dict[str, Any] | None,
+    token: str | None = None,
 ) -> dict[str, Any]:
-    """One JSON request to the API; its JSON answer, or `_Failure` with what to tell the user."""
+    """One JSON request to the API (with `token` as a bearer token); its JSON answer, or
+    `_Failure` with what to tell the user."""
     where = format_address(*api)
     data = None if body is None else json.dumps(body).encode()
+    headers = {"Accept": "application/json", "Content-Type": "application/json"}
+    if token is not None:
+        headers["Authorization"] = f"Bearer {token}"
     request = urllib.request.Request(
-        f"http://{where}{path}",
-        data=data,
-        method=method,
-        headers={"Accept": "application/json", "Content-Type": "application/json"},
+        f"http://{where}{path}", data=data, method=method, headers=headers
     )
     try:
         with _opener.open(request, timeout=TIMEOUT_SECONDS) as response:
@@ -200,6 +238,8 @@ def _request(
     except urllib.error.HTTPError as error:
         with error:
             reason = _error_reason(error.read()) or f"HTTP {error.code} {error.reason}"
+        if error.code == 401:
+            reason += f" (the API at {where} requires its token: set {TOKEN_ENV} or --api-token)"
         status = EXIT_REFUSED if 400 <= error.code < 500 else EXIT_UNREACHABLE
         raise _Failure(f"error: {reason}", status) from None
     except urllib.error.URLError as error:

@@ -22,6 +22,7 @@ import logging
 import ssl
 from collections.abc import Sequence
 from datetime import datetime
+from functools import partial
 from typing import Any
 
 import trio
@@ -115,6 +116,7 @@ class Station:
         open_stream: transport.OpenStream | None = None,
         clock: WallClock | None = None,
         api_address: tuple[str, int] | None = None,
+        api_token: str | None = None,
     ):
         self.config = config
         if hardware is None:
@@ -126,6 +128,7 @@ class Station:
         self.clock = clock or SystemClock()
         self._open_stream = open_stream
         self._api_address = api_address
+        self._api_token = api_token  # required by the API when given (see dcocpp.api)
         self.api_port: int | None = None
         self._scope: trio.CancelScope | None = None
         self._boot_nursery: trio.Nursery | None = None
@@ -156,7 +159,9 @@ class Station:
             )
             if self._api_address is not None:
                 # The API outlives soft resets: its port stays where the operator put it.
-                _, self.api_port = await nursery.start(api.serve_api, self, *self._api_address)
+                _, self.api_port = await nursery.start(
+                    partial(api.serve_api, token=self._api_token), self, *self._api_address
+                )
             while True:
                 kind = await self._boot(task_status)
                 task_status = trio.TASK_STATUS_IGNORED

@@ -2,13 +2,14 @@ from __future__ import annotations
 
 import functools
 import inspect
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
 import trio
 import trio.testing
 
+from dcocpp.api import TOKEN_ENV
 from tests.station_harness import BACKENDS, use_backend
 
 # A hang fails the test with its logs instead of stalling the run. Under autojump_clock a
@@ -46,3 +47,12 @@ def backend(request: pytest.FixtureRequest) -> Any:
     use_backend(request.param)
     yield request.param
     use_backend("simulated")
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _no_api_token_from_the_environment() -> Iterator[None]:
+    """An operator's DCOCPP_API_TOKEN would make every charger the tests start (child
+    processes inherit it) require a token the tests do not send."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.delenv(TOKEN_ENV, raising=False)
+        yield

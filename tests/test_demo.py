@@ -21,11 +21,10 @@ from ocpp.v16 import call
 from ocpp.v16.enums import Action, AuthorizationStatus, ChargePointStatus
 from trio_websocket import wrap_client_stream
 
-from dcocpp import demo
+from dcocpp import defaults, demo
 from dcocpp.connector.metering import TrioWallClock
 from dcocpp.demo.central_system import CsmsEvent, DemoCentralSystem
 from dcocpp.demo.run import REJECTED_TAG, GunSession, default_script, run_demo
-from dcocpp.ocpp.configuration import ConfigurationStore
 from dcocpp.ocpp.messagelog import MessageLog
 from dcocpp.ocpp.rpc import RpcConnection
 from dcocpp.ocpp.wire import SUBPROTOCOL
@@ -140,19 +139,15 @@ async def test_demo_without_the_repository_uses_the_packaged_configuration(
         in_memory=True,
         shipped_configs=None,
     )
-    config = (tmp_path / "charger.json").read_text()
-    assert str(REPO / "dcocpp" / "demo" / "ocpp16-config.json") in config
+    config = json.loads((tmp_path / "charger.json").read_text())
+    assert config["paths"]["ocppConfig"] == str(tmp_path / "ocpp16-config.json")
+    assert (tmp_path / "ocpp16-config.json").read_text() == defaults.read_text(
+        defaults.OCPP_CONFIG_JSON
+    )
     assert [(t.connector_id, t.id_tag, t.reason) for t in result.csms.transactions] == [
         (2, "TAG-B", "Local")
     ]
     assert "gun 1" not in out.getvalue()
-
-
-def test_the_packaged_ocpp_keys_are_valid(tmp_path: Path) -> None:
-    store = ConfigurationStore.load(
-        REPO / "dcocpp" / "demo" / "ocpp16-config.json", tmp_path / "user.json", patches={}
-    )
-    assert store.get_int("MeterValueSampleInterval") > 0
 
 
 async def test_demo_live_view_redraws_in_place(
@@ -435,12 +430,3 @@ def test_python_m_dcocpp_demo_help() -> None:
         pytest.skip("dcocpp/cli.py does not register `demo` yet")
     assert done.returncode == 0, done.stderr
     assert "embedded central system" in done.stdout
-
-
-def test_packaged_ocpp_configuration_is_the_shipped_one() -> None:
-    """The demo carries configs/ocpp16-config.json for installs without the repository: the
-    two copies must not drift apart."""
-    repo = Path(__file__).resolve().parents[1]
-    shipped = (repo / "configs" / "ocpp16-config.json").read_text()
-    packaged = (repo / "dcocpp" / "demo" / "ocpp16-config.json").read_text()
-    assert json.loads(packaged) == json.loads(shipped)

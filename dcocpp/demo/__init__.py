@@ -16,6 +16,7 @@ from functools import partial
 from pathlib import Path
 
 from dcocpp import simcli
+from dcocpp.api import is_loopback
 from dcocpp.cliargs import log_level_argument
 
 __all__ = ["add_subcommands", "main"]
@@ -60,7 +61,7 @@ def add_subcommands(commands: argparse._SubParsersAction[argparse.ArgumentParser
     )
     demo.add_argument(
         "--api",
-        type=simcli.address_argument,
+        type=_loopback_address,
         default=simcli.DEFAULT_API,
         metavar="HOST:PORT",
         help=f"serve the charger's local API there (default: {simcli.DEFAULT_API}; a free port "
@@ -89,6 +90,16 @@ def add_subcommands(commands: argparse._SubParsersAction[argparse.ArgumentParser
         help="print log lines at this level on stderr (default: warnings only, in the view)",
     )
     demo.set_defaults(func=_demo)
+
+
+def _loopback_address(text: str) -> tuple[str, int]:
+    # The demo's API has no token: dcocpp.api serves that on loopback only.
+    address = simcli.address_argument(text)
+    if not is_loopback(address[0]):
+        raise argparse.ArgumentTypeError(
+            f"{text}: the demo serves its API on loopback only (127.0.0.1, ::1, localhost)"
+        )
+    return address
 
 
 def _speed(text: str) -> float:

@@ -18,7 +18,6 @@ machine's load; only the pauses between steps are divided by `speed`.
 from __future__ import annotations
 
 import contextlib
-import copy
 import errno
 import json
 import math
@@ -34,7 +33,7 @@ import attrs
 import trio
 from ocpp.v16.enums import Reason
 
-from dcocpp import simcli
+from dcocpp import defaults, simcli
 from dcocpp.api import ApiError, format_address, parse_address
 from dcocpp.config import ChargerConfig, ConfigError, load_charger_config
 from dcocpp.connector import events as ev
@@ -71,7 +70,6 @@ FINAL_PAUSE = 1.0
 STOP_TIMEOUT = 5.0  # for the StopTransactions of an interrupted demo
 
 _REPO = Path(__file__).resolve().parents[2]
-_PACKAGED_OCPP_CONFIG = Path(__file__).with_name("ocpp16-config.json")
 MEMORY_CSMS_URL = "ws://demo-csms.invalid/ocpp"
 
 
@@ -88,41 +86,6 @@ def _shipped_configs() -> Path | None:
 
 
 SHIPPED_CONFIGS = _shipped_configs()
-
-# The same 2-gun charger as configs/charger.json, for an installed package without the repo.
-BUILTIN_CHARGER: dict[str, Any] = {
-    "chargePoint": {
-        "id": "DCOCPP-001",
-        "vendor": "dcocpp",
-        "model": "DC-2G-150",
-        "firmwareVersion": "0.1.0",
-        "centralSystemURI": "ws://127.0.0.1:8180/ocpp",
-        "usePLC": False,
-        "canInterface": "can0",
-    },
-    "connectors": [
-        {
-            "id": 1,
-            "plcId": 0,
-            "label": "Gun A",
-            "maxCurrentA": 200,
-            "maxPowerW": 75000,
-            "meterSampleIntervalSeconds": 10,
-            "fixedCable": True,
-        },
-        {
-            "id": 2,
-            "plcId": 1,
-            "label": "Gun B",
-            "maxCurrentA": 200,
-            "maxPowerW": 75000,
-            "meterSampleIntervalSeconds": 10,
-            "fixedCable": True,
-        },
-    ],
-    "security": {},
-    "paths": {},
-}
 
 
 class DemoError(Exception):
@@ -171,11 +134,13 @@ class DemoResult:
 def demo_config(
     data_dir: Path, csms_url: str, shipped: Path | None, *, plc: bool = False
 ) -> ChargerConfig:
-    """The charger for the demo: the shipped configs/charger.json (or the built-in equivalent)
-    with the embedded central system's URL, its state and logs under `data_dir`. The file is
-    written to `data_dir/charger.json` and loaded (and validated) like any charger.json.
+    """The charger for the demo: the shipped configs/charger.json (without the repository, the
+    package's copy, `dcocpp.defaults`) with the embedded central system's URL, its state and
+    logs under `data_dir`. The file is written to `data_dir/charger.json` and loaded (and
+    validated) like any charger.json.
     With `plc`, the guns are the PLC backend on emulated PLCs on a python-can virtual bus of
     the demo's own; else the simulated guns."""
+    data_dir.mkdir(parents=True, exist_ok=True)
     if shipped is not None:
         source = shipped / "charger.json"
         try:
@@ -184,8 +149,10 @@ def demo_config(
             raise DemoError(f"cannot read {source}: {exc}") from exc
         ocpp_config = shipped / "ocpp16-config.json"
     else:
-        document = copy.deepcopy(BUILTIN_CHARGER)
-        ocpp_config = _PACKAGED_OCPP_CONFIG
+        document = json.loads(defaults.read_text(defaults.CHARGER_JSON))
+        # Package data need not be a file on disk: the key file goes beside the demo's.
+        ocpp_config = data_dir / defaults.OCPP_CONFIG_JSON
+        ocpp_config.write_text(defaults.read_text(defaults.OCPP_CONFIG_JSON), encoding="utf-8")
     if not isinstance(document, dict) or not isinstance(document.get("chargePoint"), dict):
         raise DemoError("charger.json must be an object with a chargePoint object")
     document["chargePoint"]["centralSystemURI"] = csms_url
@@ -204,7 +171,6 @@ def demo_config(
         "logDir": str(data_dir / "logs"),
         "ocppConfig": str(ocpp_config),
     }
-    data_dir.mkdir(parents=True, exist_ok=True)
     path = data_dir / "charger.json"
     path.write_text(json.dumps(document, indent=2) + "\n", encoding="utf-8")
     try:

@@ -1,0 +1,136 @@
+"""`dcocpp init`: the default configuration, shipped with the package.
+
+`charger.json` and `ocpp16-config.json` here are the repository's `configs/` (a test keeps them
+equal), so that a charger installed with pip, without the repository, can start:
+`dcocpp init DIR` writes both into DIR, laid out for an installed charger: its state in
+DIR/data and its logs in DIR/logs, beside the configuration (the repository's `configs/` keep
+them one level up, in the checkout's data/ and logs/). The demo reads them here too when it
+runs without the repository.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shlex
+import sys
+from importlib import resources
+from pathlib import Path
+
+__all__ = [
+    "CHARGER_JSON",
+    "OCPP_CONFIG_JSON",
+    "ConfigurationExists",
+    "InitError",
+    "add_subcommands",
+    "installed_charger_json",
+    "read_text",
+    "write_configuration",
+]
+
+CHARGER_JSON = "charger.json"
+OCPP_CONFIG_JSON = "ocpp16-config.json"
+
+EXIT_OK = 0
+EXIT_FAILED = 1
+EXIT_USAGE = 2
+
+# Relative to DIR; every path field of charger.json (security and paths) is set.
+_INSTALLED_LAYOUT = {
+    "security": {
+        "csmsCaBundle": "data/certs/ca/csms-ca.pem",
+        "clientCertDir": "data/certs/client",
+        "keyDir": "data/keys",
+    },
+    "paths": {"dataDir": "data", "logDir": "logs", "ocppConfig": OCPP_CONFIG_JSON},
+}
+
+
+class InitError(Exception):
+    """The configuration was not written (nothing was): what to tell the operator."""
+
+
+class ConfigurationExists(InitError):
+    """A file to write is already there and `force` was not given."""
+
+
+def read_text(name: str) -> str:
+    """A shipped default file (CHARGER_JSON or OCPP_CONFIG_JSON), from the installed package."""
+    return resources.files(__name__).joinpath(name).read_text(encoding="utf-8")
+
+
+def installed_charger_json() -> str:
+    """The default charger.json with its paths laid out for a directory of its own."""
+    document = json.loads(read_text(CHARGER_JSON))
+    document.update(_INSTALLED_LAYOUT)
+    return json.dumps(document, indent=2) + "\n"
+
+
+def write_configuration(directory: Path, *, force: bool = False) -> list[Path]:
+    """Write the default charger.json and ocpp16-config.json into `directory` (created if
+    needed); the paths written. Existing files are replaced only with `force`: else
+    `ConfigurationExists`, and nothing is written."""
+    contents = {
+        directory / CHARGER_JSON: installed_charger_json(),
+        directory / OCPP_CONFIG_JSON: read_text(OCPP_CONFIG_JSON),
+    }
+    existing = [path for path in contents if path.exists()]
+    if existing and not force:
+        names = " and ".join(str(path) for path in existing)
+        verb = "exists" if len(existing) == 1 else "exist"
+        raise ConfigurationExists(f"{names} {verb}: not overwriting (--force replaces)")
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+        for path, text in contents.items():
+            # "x": never clobber a file that appeared since the check above.
+            with path.open("w" if force else "x", encoding="utf-8") as file:
+                file.write(text)
+    except OSError as exc:
+        raise InitError(f"cannot write the configuration into {directory}: {exc}") from exc
+    return list(contents)
+
+
+# --- the command -----------------------------------------------------------------------------
+
+
+def add_subcommands(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """Register `init` on the program's subcommands; it sets `func`."""
+    init = commands.add_parser(
+        "init",
+        help="write the default configuration into a directory",
+        description="Write the default charger.json and ocpp16-config.json (a 2-gun DC "
+        "charger) into DIR, creating it; the charger's state goes to DIR/data and its logs to "
+        "DIR/logs. Prints what to edit first and how to check and run it.",
+    )
+    init.add_argument("directory", type=Path, metavar="DIR", help="where the files go")
+    init.add_argument(
+        "--force", action="store_true", help="replace charger.json and ocpp16-config.json there"
+    )
+    init.set_defaults(func=_init)
+
+
+def _init(args: argparse.Namespace) -> int:
+    directory: Path = args.directory
+    try:
+        written = write_configuration(directory, force=args.force)
+    except InitError as exc:
+        print(f"dcocpp init: {exc}", file=sys.stderr)
+        return EXIT_USAGE if isinstance(exc, ConfigurationExists) else EXIT_FAILED
+    config = shlex.quote(str(directory / CHARGER_JSON))
+    for path in written:
+        print(f"wrote {path}")
+    print(
+        f"""
+Edit first, in {directory / CHARGER_JSON}:
+  chargePoint.id                the id the central system knows this charger by
+  chargePoint.centralSystemURI  ws:// or wss:// URL of the central system
+  connectors                    one entry per gun: plcId, label, maxCurrentA, maxPowerW
+  chargePoint.usePLC            true drives the guns' PLCs over CAN (chargePoint.canInterface,
+                                e.g. can0); false runs simulated guns
+State goes to {directory / "data"}, logs to {directory / "logs"}.
+
+Then check it and run the charger:
+  dcocpp check-config {config}
+  dcocpp run --config {config}"""
+    )
+    return EXIT_OK
