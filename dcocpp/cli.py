@@ -1,8 +1,9 @@
 """`dcocpp` / `python -m dcocpp`: the operator's entry point.
 
-Exit status: 0 after a clean stop (Ctrl-C, SIGTERM), 2 for a usage or configuration error,
-1 for a runtime error, EXIT_HARD_RESET after the central system asked for a hard reset (so that a
-supervisor such as systemd with `Restart=on-failure` starts the charger again).
+Exit status: 0 after a clean stop (Ctrl-C, SIGTERM, SIGPWR: the transactions are stopped
+first), 2 for a usage or configuration error, 1 for a runtime error, EXIT_HARD_RESET after the
+central system asked for a hard reset (so that a supervisor such as systemd with
+`Restart=on-failure` starts the charger again).
 """
 
 from __future__ import annotations
@@ -197,29 +198,43 @@ async def _serve(
 
     station = Station(config, api_address=api_address, api_token=api_token)
     async with trio.open_nursery() as nursery:
-        nursery.start_soon(_stop_on_signal, nursery.cancel_scope)
-        nursery.start_soon(_power_failure_on_sigpwr, station, nursery.cancel_scope)
+        nursery.start_soon(_stop_on_signals, station, nursery.cancel_scope)
         await station.run()
         nursery.cancel_scope.cancel()
 
 
-async def _power_failure_on_sigpwr(station: Station, scope: trio.CancelScope) -> None:
-    """SIGPWR (a UPS daemon: mains lost, on backup power): stop every transaction with reason
-    PowerLoss, deliver what can be delivered, then stop like SIGTERM."""
-    with trio.open_signal_receiver(signal.SIGPWR) as signals:
-        async for _ in signals:
-            await station.power_failure()
-            log.warning("power failure: transactions stopped, shutting down")
-            scope.cancel()
-            return
+async def _stop_on_signals(station: Station, scope: trio.CancelScope) -> None:
+    """SIGTERM or SIGINT (systemctl stop/restart, Ctrl-C): a planned stop, every transaction
+    stopped with reason Reboot and delivered within a short grace (`Station.shut_down`).
+    SIGPWR (a UPS daemon: mains lost, on backup power): the same with reason PowerLoss, for as
+    long as the backup is trusted to last (`Station.power_failure`). Then the process ends
+    (`scope`). A SIGTERM or SIGINT while stopping ends the delivery at once: what was not
+    delivered is stored and goes out after the next start."""
+    with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM, signal.SIGPWR) as signals:
+        async with trio.open_nursery() as nursery:
+            stopping = False
+            async for signum in signals:
+                name = signal.Signals(signum).name
+                if not stopping:
+                    stopping = True
+                    nursery.start_soon(_stop, station, signum, scope)
+                elif signum == signal.SIGPWR:
+                    log.info("%s received while stopping: the stop goes on", name)
+                else:
+                    log.warning(
+                        "%s received again: exiting without waiting for the central system", name
+                    )
+                    station.end_delivery()
 
 
-async def _stop_on_signal(scope: trio.CancelScope) -> None:
-    with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
-        async for signum in signals:
-            log.info("%s received: stopping", signal.Signals(signum).name)
-            scope.cancel()
-            return
+async def _stop(station: Station, signum: int, scope: trio.CancelScope) -> None:
+    if signum == signal.SIGPWR:
+        await station.power_failure()
+        log.warning("power failure: transactions stopped, shutting down")
+    else:
+        log.info("%s received: stopping", signal.Signals(signum).name)
+        await station.shut_down()
+    scope.cancel()
 
 
 def _api_access_problem(args: argparse.Namespace) -> str | None:

@@ -43,7 +43,12 @@ from dcocpp import api
 from dcocpp.config import ChargerConfig
 from dcocpp.connector import events as ev
 from dcocpp.connector.metering import SystemClock, WallClock, ocpp_time
-from dcocpp.connector.task import INBOX_SIZE, ConnectorServices, ConnectorTask
+from dcocpp.connector.task import (
+    INBOX_SIZE,
+    RELAY_ACK_DEADLINE,
+    ConnectorServices,
+    ConnectorTask,
+)
 from dcocpp.hardware.factory import build_hardware
 from dcocpp.hardware.interface import FaultKind, HardwareBackend, HardwareError, SimulationControl
 from dcocpp.limits import LimitEnforcer
@@ -62,8 +67,17 @@ from dcocpp.storage import Database, StorageError
 log = logging.getLogger(__name__)
 
 USER_CONFIG_NAME = "ocpp16-user-config.json"
-# A reset waits this long for the StopTransactions it caused to be delivered.
+# A reset or a power failure waits this long (in all) for the StopTransactions it caused to be
+# delivered.
 RESET_FLUSH_TIMEOUT = 10.0
+# A planned stop (SIGTERM, Ctrl-C) delivers the StopTransactions it stored for at most this
+# long, then the process exits; what is left goes out after the next start. Short next to
+# systemd's TimeoutStopSec (90 s by default): a restart does not wait long for a central
+# system that is away.
+SHUTDOWN_GRACE = 5.0
+# Stopping every transaction takes this long at most: each waits up to RELAY_ACK_DEADLINE for
+# its relay to open before the reading it is billed at.
+STOP_TIMEOUT = RELAY_ACK_DEADLINE + 1.0
 # A simulation action (plug, fault, ...) returns once the connector has seen its effect, or
 # after this long: on the PLC backend the effect travels over CAN (and through the PLC's own
 # debounce and timeouts) before the charger knows.
@@ -144,6 +158,9 @@ class Station:
         self._first_boot = True  # of this process: the StartupOfTheDevice security event
         self._inboxes = {c.id: trio.open_memory_channel[Any](INBOX_SIZE) for c in config.connectors}
         self.started = trio.Event()
+        # The delivery that follows stopping every transaction (see `_deliver`).
+        self._delivery: trio.CancelScope | None = None
+        self._delivery_cut = False  # `end_delivery` was called: no delivery waits any more
 
     @property
     def connector_ids(self) -> Sequence[int]:
@@ -202,8 +219,9 @@ class Station:
             )
             self.outbox = outbox = TransactionOutbox(session, db, store_errors=(StorageError,))
             now = ocpp_time(self.clock.now())
-            # Transactions a power cut or crash left running are stopped (PowerLoss) first.
-            cut_off = {tx.connector_id for tx in outbox.recover(now)}
+            # Transactions a power cut or crash left running are stopped (PowerLoss) first, at
+            # the register of a meter that kept counting through it (a PLC's) where there is one.
+            cut_off = {tx.connector_id for tx in outbox.recover(now, self._surviving_registers())}
             if self._first_boot:
                 self._first_boot = False
                 outbox.security_event("StartupOfTheDevice", now)
@@ -261,6 +279,15 @@ class Station:
             self._boot_nursery = None
             db.close()
         return self._reset
+
+    def _surviving_registers(self) -> dict[int, int | None]:
+        """Each gun's meter register as kept through a crash (None: its hardware keeps none),
+        in Wh, as the OCPP layer bills."""
+        registers: dict[int, int | None] = {}
+        for cid in self.connector_ids:
+            wh = self.hardware.gun(cid).surviving_register_wh()
+            registers[cid] = None if wh is None else round(wh)
+        return registers
 
     # --- ChargePointControl (for the OCPP layer) ---------------------------------------------
 
@@ -325,26 +352,92 @@ class Station:
             self.outbox.security_event(
                 "ResetOrReboot", ocpp_time(self.clock.now()), f"{kind.value} reset by the CSMS"
             )
-        await self._stop_all(_RESET_REASONS[kind])
+        window = self._flush_window()
+        await self._stop_transactions(_RESET_REASONS[kind])
+        await self._deliver(window)
         self._reset = kind
         stopped.set()
         if self._scope is not None:
             self._scope.cancel()
+
+    async def shut_down(self) -> None:
+        """A planned stop (SIGTERM, Ctrl-C; then the process exits): every transaction is
+        stopped with reason Reboot, at the meter reading taken after its relay opened, its
+        StopTransaction stored; then, if there was one, what the outbox holds is delivered
+        for SHUTDOWN_GRACE at most (`end_delivery` ends that at once). What is not
+        delivered goes out after the next start."""
+        if await self._stop_transactions(Reason.reboot):
+            await self._deliver(trio.CancelScope(relative_deadline=SHUTDOWN_GRACE))
 
     async def power_failure(self) -> None:
         """Mains lost, running on backup power (SIGPWR): stop every transaction with reason
         PowerLoss and deliver what the outbox holds while the backup lasts (bounded by
         RESET_FLUSH_TIMEOUT). What is not delivered stays queued for after the restart."""
         log.warning("power failure: stopping every transaction before the backup runs out")
-        await self._stop_all(Reason.power_loss)
+        window = self._flush_window()
+        await self._stop_transactions(Reason.power_loss)
+        await self._deliver(window)
 
-    async def _stop_all(self, reason: Reason) -> None:
-        with trio.move_on_after(RESET_FLUSH_TIMEOUT):
-            for task in self.connectors.values():
-                await task.ask(ev.StopRequested(reason))
+    def end_delivery(self) -> None:
+        """Deliver nothing more (a second SIGTERM or Ctrl-C while stopping): the stop under
+        way ends once every StopTransaction is stored, without waiting for the central
+        system; the next start delivers them."""
+        self._delivery_cut = True
+        if self._delivery is not None:
+            self._delivery.cancel()
+
+    @staticmethod
+    def _flush_window() -> trio.CancelScope:
+        """RESET_FLUSH_TIMEOUT from now, for the stops and their delivery together."""
+        return trio.CancelScope(deadline=trio.current_time() + RESET_FLUSH_TIMEOUT)
+
+    async def _stop_transactions(self, reason: Reason) -> list[int]:
+        """Stop every running transaction with `reason`: every relay is commanded open at
+        once, and each StopTransaction is billed at the reading taken after its relay opened
+        and stored in the outbox (within STOP_TIMEOUT). Returns the connectors stopped."""
+        tasks = list(self.connectors.values())
+        stopped: list[int] = []
+        with trio.move_on_after(STOP_TIMEOUT) as stopping:
+            for task in tasks:
+                if await task.ask(ev.StopRequested(reason)):
+                    stopped.append(task.id)
+            if stopped:
+                log.info(
+                    "stopping %d transaction(s) with reason %s: connector %s",
+                    len(stopped),
+                    reason.value,
+                    ", ".join(map(str, stopped)),
+                )
+            for task in tasks:
                 await task.wait_settled()  # its StopTransaction is in the outbox
-            if self.outbox is not None:
-                await self.outbox.wait_empty()  # and out, if the central system is there
+        if stopping.cancelled_caught:
+            log.error(
+                "not every transaction stopped within %g s: the next start stops what is left"
+                " (PowerLoss)",
+                STOP_TIMEOUT,
+            )
+        return stopped
+
+    async def _deliver(self, window: trio.CancelScope) -> None:
+        """Deliver what the outbox holds until `window` ends (its deadline, or
+        `end_delivery`); what is left stays queued for the next start."""
+        outbox = self.outbox
+        if outbox is None:
+            return
+        self._delivery = window
+        if self._delivery_cut:
+            window.cancel()
+        with window:
+            await outbox.wait_empty()  # out, if the central system is there
+        if outbox.empty:
+            log.info("transaction messages delivered")
+        else:
+            parked = f", {outbox.parked} of them parked" if outbox.parked else ""
+            log.warning(
+                "%d transaction message(s) not delivered%s: queued for the next start",
+                len(outbox),
+                parked,
+            )
 
     async def remote_start(self, connector_id: int | None, id_tag: str) -> RemoteStartStopStatus:
         assert self.store is not None

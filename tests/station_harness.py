@@ -23,6 +23,9 @@ from dcocpp.config import ChargerConfig, load_charger_config
 from dcocpp.connector.metering import TrioWallClock, WallClock, ocpp_time
 from dcocpp.connector.task import ConnectorTask
 from dcocpp.hardware.interface import SimulationControl
+from dcocpp.hardware.plc.driver import PlcBackend
+from dcocpp.hardware.plc.emulated import EmulatedPlcs
+from dcocpp.hardware.plc.virtualbus import SelectableVirtualBus
 from dcocpp.hardware.simulation import EvModel, SimulatedHardware
 from dcocpp.ocpp.configuration import SPECS
 from dcocpp.ocpp.registration import Registration
@@ -245,13 +248,15 @@ async def running_station(
     ping: int = 0,
     clock: WallClock | None = None,
     keys: Mapping[str, Any] | None = None,
-    hardware: SimulatedHardware | None = None,
+    hardware: SimulatedHardware | PlcBackend | None = None,
+    simulation: SimulationControl | None = None,
 ) -> AsyncIterator[Harness]:
     """A started station; by default without WebSocket pings (tests that want them say so).
 
     `keys` are OCPP configuration keys preset as if the central system had changed them;
-    `clock` defaults to a `TrioWallClock` starting at `WALL_START`; `hardware` to a fresh
-    `SimulatedHardware`."""
+    `clock` defaults to a `TrioWallClock` starting at `WALL_START`; `hardware` to what the
+    configuration asks for, built by the station. A `PlcBackend` comes with the `simulation`
+    of the PLCs it drives (`emulated_plcs`); a `SimulatedHardware` is its own."""
     csms = csms or FakeCsms()
     preset_keys(config, WebSocketPingInterval=ping, **dict(keys or {}))
     async with trio.open_nursery() as nursery:
@@ -265,13 +270,33 @@ async def running_station(
             open_stream=network.open_stream,
             clock=clock,
             hardware=hardware,
-            simulation=hardware,
+            simulation=hardware if isinstance(hardware, SimulatedHardware) else simulation,
         )
         harness = Harness(station, csms, network, nursery, wall_origin)
         await nursery.start(station.run)
         yield harness
         await _not_while_connecting(station)
         nursery.cancel_scope.cancel()
+
+
+@asynccontextmanager
+async def emulated_plcs(config: ChargerConfig) -> AsyncIterator[EmulatedPlcs]:
+    """The PLCs of a PLC-backend `config` (`use_backend("plc")`), emulated on its virtual bus
+    for the whole block: they outlive the stations started on them with `plc_driver`, as
+    real PLCs outlive a crashed controller (the meter keeps its register, the watchdog opens
+    the relay)."""
+    channel = config.charge_point.can_interface
+    plcs = EmulatedPlcs(config.connectors, lambda: SelectableVirtualBus(channel=channel))
+    async with trio.open_nursery() as nursery:
+        await nursery.start(plcs.run)
+        yield plcs
+        nursery.cancel_scope.cancel()
+
+
+def plc_driver(config: ChargerConfig) -> PlcBackend:
+    """A fresh PLC driver (what a new process builds) on the virtual bus of `emulated_plcs`."""
+    channel = config.charge_point.can_interface
+    return PlcBackend(config.connectors, bus_factory=lambda: SelectableVirtualBus(channel=channel))
 
 
 async def _not_while_connecting(station: Station) -> None:

@@ -7,7 +7,11 @@ connector task persisted (every METER_PERSIST_INTERVAL, dcocpp/connector/task.py
 reading's time; and what was queued but not delivered before the kill (here MeterValues
 queued while the central system was away) is delivered after the restart, in order, before
 that StopTransaction. The second test is the orderly version: SIGPWR (a UPS daemon's "mains
-lost") stops every transaction with PowerLoss, delivers it, and exits 0.
+lost") stops every transaction with PowerLoss, delivers it, and exits 0. The last ones are the
+planned stop (dcocpp/station.py `Station.shut_down`): SIGTERM stops every transaction with
+Reboot at the reading after its relay opened, stores it, delivers it within SHUTDOWN_GRACE or
+leaves it for the next start (once, never stopped again as PowerLoss), and exits 0; a second
+SIGTERM cuts the grace short.
 
 Both processes run on loopback with port 0; every wait has a deadline and every process is
 stopped in a `with` block, so a broken charger fails these tests with its output instead of
@@ -29,7 +33,7 @@ import pytest
 from dcocpp.cli import EXIT_OK
 from dcocpp.connector.task import METER_PERSIST_INTERVAL
 from dcocpp.ocpp import wire
-from dcocpp.station import RESET_FLUSH_TIMEOUT
+from dcocpp.station import RESET_FLUSH_TIMEOUT, SHUTDOWN_GRACE, STOP_TIMEOUT
 from dcocpp.storage import DATABASE_NAME, Database, QueuedMessage, TransactionRow
 from tests.processes import (
     ManagedProcess,
@@ -305,3 +309,144 @@ def test_sigpwr_while_the_central_system_is_away_keeps_the_stop_for_the_restart(
     ]
     assert expected[-1][0] == "StopTransaction"
     assert transaction_calls(events) == expected, recent(events)
+
+
+# --- a planned stop: SIGTERM, Ctrl-C ------------------------------------------------------------
+
+# SIGTERM with the central system away: the relay opens, the stop is stored, the grace runs out.
+SHUTDOWN_TIMEOUT = STOP_TIMEOUT + SHUTDOWN_GRACE + 3.0
+
+
+def register_shown(charger: ManagedProcess, csms: ManagedProcess) -> float:
+    """Gun 1's energy register as `GET /api/status` shows it once 20 Wh have flowed since
+    the transaction started (the EV is charging)."""
+    (start,) = calls(csms, "StartTransaction")
+    snapshot = wait_api_status(
+        api_port(charger, START_TIMEOUT),
+        charger,
+        lambda s: gun(s)["energyWh"] >= start["meterStart"] + 20,
+        "energy flowing on gun 1",
+        STATE_TIMEOUT,
+    )
+    return float(gun(snapshot)["energyWh"])
+
+
+def restart_and_deliver(
+    tmp: Path, transaction_id: int
+) -> tuple[list[tuple[str, dict[str, Any]]], str]:
+    """Start the central system and the charger again on the same data, until the charger
+    has nothing left to send; returns the transaction messages the central system received
+    and the charger's log."""
+    csms, port = start_peer_csms(
+        tmp, None, name="csms-after", heartbeat_interval=60, timeout=START_TIMEOUT
+    )
+    with csms, start_charger(tmp, url(port), name="charger-after", api_port=0) as charger:
+        wait_api_status(
+            api_port(charger, START_TIMEOUT),
+            charger,
+            lambda s: (
+                s["chargePoint"]["registration"] == "Accepted"
+                and s["chargePoint"]["outbox"]["queued"] == 0
+            ),
+            "the charger registered with nothing left to send",
+            START_TIMEOUT,
+        )
+        wait_database(
+            tmp,
+            lambda rows, queued: rows == [] and all(m.action not in TX_ACTIONS for m in queued),
+            "the transaction delivered and forgotten",
+            STATE_TIMEOUT,
+            charger,
+        )
+        charger.send_signal(signal.SIGTERM)
+        assert charger.wait(EXIT_TIMEOUT) == EXIT_OK, charger.describe()
+        return transaction_calls(csms.stdout.events), charger.stderr.text
+
+
+def test_sigterm_mid_transaction_stops_it_with_reboot_at_the_register_and_exits_0(
+    tmp_path: Path,
+) -> None:
+    preset_user_keys(tmp_path, **KEYS)
+    csms, port = start_peer_csms(tmp_path, None, heartbeat_interval=60, timeout=START_TIMEOUT)
+    with csms, start_charger(tmp_path, url(port), api_port=0) as charger:
+        transaction_id = start_session(csms, charger, "STOP-1")
+        shown = register_shown(charger, csms)
+        charger.send_signal(signal.SIGTERM)
+        assert charger.wait(EXIT_TIMEOUT) == EXIT_OK, charger.describe()
+        (start,) = calls(csms, "StartTransaction")
+        (stop,) = calls(csms, "StopTransaction")
+    assert (stop["transactionId"], stop["reason"]) == (transaction_id, "Reboot")
+    # Billed to the Wh (meterStop is whole Wh; the API shows tenths).
+    assert stop["meterStop"] >= int(shown) > start["meterStart"], (shown, stop)
+    assert stop["transactionData"][-1]["sampledValue"][0]["context"] == "Transaction.End"
+    assert "stopping 1 transaction(s) with reason Reboot" in charger.stderr.text
+    assert "transaction messages delivered" in charger.stderr.text
+    # Delivered before the exit: nothing left for the next start, which repeats nothing.
+    rows, queued = read_database(tmp_path)
+    assert rows == [] and [m for m in queued if m.action in TX_ACTIONS] == []
+    sent, log_after = restart_and_deliver(tmp_path, transaction_id)
+    assert sent == [], recent(csms.stdout.events)
+    assert "cut off by a power loss" not in log_after
+
+
+def test_sigterm_while_the_central_system_is_away_delivers_the_stop_after_the_restart(
+    tmp_path: Path,
+) -> None:
+    preset_user_keys(tmp_path, **KEYS)
+    csms, port = start_peer_csms(tmp_path, None, heartbeat_interval=60, timeout=START_TIMEOUT)
+    with csms, start_charger(tmp_path, url(port), api_port=0) as charger:
+        transaction_id = start_session(csms, charger, "STOP-2")
+        shown = register_shown(charger, csms)
+        csms.stop()
+        signalled = time.monotonic()
+        charger.send_signal(signal.SIGTERM)
+        assert charger.wait(SHUTDOWN_TIMEOUT) == EXIT_OK, charger.describe()
+        took = time.monotonic() - signalled
+    # The grace is waited out (the central system may come back within it), not more.
+    assert SHUTDOWN_GRACE <= took < SHUTDOWN_TIMEOUT, charger.describe()
+    assert "not delivered: queued for the next start" in charger.stderr.text
+    rows, queued = read_database(tmp_path)
+    (row,) = rows
+    assert row.stopped and row.transaction_id == transaction_id, row
+    (stored,) = [m for m in queued if m.action == "StopTransaction"]
+    assert stored.payload["reason"] == "Reboot"
+    assert stored.payload["meter_stop"] >= int(shown), (shown, stored)
+
+    sent, log_after = restart_and_deliver(tmp_path, transaction_id)
+    expected = [
+        (m.action, wire.to_camel({**m.payload, "transaction_id": transaction_id}))
+        for m in queued
+        if m.action in TX_ACTIONS
+    ]
+    assert expected[-1][0] == "StopTransaction"
+    # What was queued, in order, each once; no PowerLoss stop besides.
+    assert sent == expected, sent
+    assert "cut off by a power loss" not in log_after
+
+
+def test_second_sigterm_during_the_grace_exits_at_once_and_loses_nothing(
+    tmp_path: Path,
+) -> None:
+    preset_user_keys(tmp_path, **KEYS)
+    csms, port = start_peer_csms(tmp_path, None, heartbeat_interval=60, timeout=START_TIMEOUT)
+    with csms, start_charger(tmp_path, url(port), api_port=0) as charger:
+        transaction_id = start_session(csms, charger, "STOP-3")
+        csms.stop()
+        charger.send_signal(signal.SIGTERM)
+        # The StopTransaction is stored: the grace has begun.
+        charger.stderr.wait_for_line(lambda s: "transaction stopped (Reboot)" in s, STATE_TIMEOUT)
+        again = time.monotonic()
+        charger.send_signal(signal.SIGTERM)
+        assert charger.wait(EXIT_TIMEOUT) == EXIT_OK, charger.describe()
+        took = time.monotonic() - again
+    assert took < SHUTDOWN_GRACE / 2, charger.describe()
+    assert "SIGTERM received again" in charger.stderr.text
+    rows, queued = read_database(tmp_path)
+    assert [(row.transaction_id, row.stopped) for row in rows] == [(transaction_id, True)]
+    (stored,) = [m for m in queued if m.action == "StopTransaction"]
+    assert stored.payload["reason"] == "Reboot"
+
+    sent, log_after = restart_and_deliver(tmp_path, transaction_id)
+    stops = [payload for action, payload in sent if action == "StopTransaction"]
+    assert stops == [wire.to_camel({**stored.payload, "transaction_id": transaction_id})], sent
+    assert "cut off by a power loss" not in log_after

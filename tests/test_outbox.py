@@ -157,16 +157,17 @@ class Rig:
             while parked and self.outbox.parked == parked:  # noqa: ASYNC110
                 await trio.sleep(0.001)
 
-    async def reboot(self, now: str = BOOT) -> None:
+    async def reboot(self, now: str = BOOT, registers: dict[int, int | None] | None = None) -> None:
         """The process dies and starts again: the outbox and its database connection go, a
-        new outbox recovers from the database file."""
+        new outbox recovers from the database file (with the meter `registers` the hardware
+        kept, by connector)."""
         scope, ended = self._outbox_run
         scope.cancel()
         await ended.wait()  # its last database write is done
         self.db.close()
         self.db = Database.open(self.data_dir)
         self.outbox = TransactionOutbox(self.session, self.db)
-        self.recovered = self.outbox.recover(now)
+        self.recovered = self.outbox.recover(now, registers)
         self._outbox_run = await self.nursery.start(_run_outbox, self.outbox)
 
 
@@ -878,6 +879,68 @@ async def test_power_loss_stop_carries_the_stop_samples_taken_before_the_cut(
             "timestamp": T2,
             "reason": "PowerLoss",
             "transaction_data": [begin, periodic],
+        },
+    ]
+
+
+@pytest.mark.parametrize(
+    ("registers", "meter_stops"),
+    [
+        # Hardware without a register (the simulation): the checkpoint, or a carried sample
+        # above it.
+        ({}, (1_000_900, 2_000_500)),
+        ({1: None, 2: None}, (1_000_900, 2_000_500)),
+        # A register above both (a PLC's meter counted on after the last checkpoint).
+        ({1: 1_001_200, 2: 2_000_800}, (1_001_200, 2_000_800)),
+        # A register below the checkpoint, or between it and a carried sample, takes nothing
+        # off the bill.
+        ({1: 1_000_000, 2: 2_000_400}, (1_000_900, 2_000_500)),
+        ({1: 1_000_900, 2: 2_000_500}, (1_000_900, 2_000_500)),
+    ],
+)
+async def test_power_loss_stop_bills_the_highest_of_register_checkpoint_and_carried_samples(
+    autojump_clock: Any,
+    tmp_path: Path,
+    registers: dict[int, int | None],
+    meter_stops: tuple[int, int],
+) -> None:
+    """The PowerLoss stop's meterStop is max(the register the hardware kept, the last
+    persisted reading, the readings of the samples it carries); its timestamp stays the last
+    persisted reading's, whichever of them bills."""
+    # A's last reading is only persisted; B carries a sample (in kWh, beside a power reading)
+    # above the reading persisted after it (a meter read lower once).
+    sample = {
+        "timestamp": T1,
+        "sampled_value": [
+            {"value": "99000", "measurand": "Power.Active.Import", "unit": "W"},
+            {"value": "2000.5", "measurand": "Energy.Active.Import.Register", "unit": "kWh"},
+        ],
+    }
+    csms = FakeCsms()
+    csms.next_transaction_id = 51
+    async with outbox_rig(tmp_path, csms) as rig:
+        a = rig.outbox.start(1, "TAG-A", 1_000_000, T0)
+        b = rig.outbox.start(2, "TAG-B", 2_000_000, T0)
+        rig.outbox.record_meter(a, 1_000_900, T2)
+        rig.outbox.add_transaction_data(b, sample, 2_000_500, T1)
+        rig.outbox.record_meter(b, 2_000_300, T2)
+        await rig.reboot(BOOT, registers)
+        with trio.fail_after(LIMIT):
+            await rig.outbox.wait_empty()
+    stops = [payload for _, payload in rig.flow("StopTransaction")]
+    assert stops == [
+        {
+            "transaction_id": 51,
+            "meter_stop": meter_stops[0],
+            "timestamp": T2,
+            "reason": "PowerLoss",
+        },
+        {
+            "transaction_id": 52,
+            "meter_stop": meter_stops[1],
+            "timestamp": T2,
+            "reason": "PowerLoss",
+            "transaction_data": [sample],
         },
     ]
 

@@ -126,6 +126,14 @@ class GunHardware(Protocol):
         """The latest meter sample (cheap; call it as often as needed)."""
         ...
 
+    def surviving_register_wh(self) -> float | None:
+        """The import register of a meter that outlives this process, as it last reported it:
+        a PLC's meter keeps its register through a controller crash (and the PLC's watchdog
+        has opened the relay), so at start it tells what a transaction cut off by the crash
+        delivered. None when there is no such register: hardware that dies with the process
+        (the simulation), or a meter that has not reported one."""
+        ...
+
     def status(self) -> GunStatus:
         """The gun's current physical state."""
         ...

@@ -157,6 +157,9 @@ class SimulatedGun:
         self._advance()
         return self._frozen if self._frozen is not None else self._live_reading()
 
+    def surviving_register_wh(self) -> None:
+        return None  # the simulated meter dies with the process: nothing survives a crash
+
     # --- controls -------------------------------------------------------------------------
 
     async def plug(self, ev: EvModel | None = None) -> None:

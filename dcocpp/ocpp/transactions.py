@@ -21,21 +21,29 @@ transactions, which a single poisoned message must not stop being billed. A refu
 no transaction (SecurityEventNotification) waits for its retry aside: nothing waits for it.
 
 Power loss. `recover()` runs at every boot: a transaction the database still holds as running
-was cut off (the process died or the power went) and is stopped with reason PowerLoss, the last
-meter reading and its time as persisted (`record_meter`). It is never resumed: after a restart
-the PLC has opened the relay (its RelayControl watchdog) and the EV has ended its session.
+was cut off (the process died or the power went) and is stopped with reason PowerLoss. It is
+never resumed: after a restart the PLC has opened the relay (its RelayControl watchdog) and the
+EV has ended its session. Its meterStop is the highest of: the meter register the hardware
+kept through the cut (a PLC's meter does; the station hands it over, None where there is
+none), the last reading persisted for it (`record_meter`, every 10 s while it ran), and the
+readings of the stop samples it carries; so the register bills the energy that flowed after
+the last checkpoint, and a register that reads lower (a replaced or reset meter) never takes
+anything off the bill. Its timestamp is that checkpoint's time, the last moment the charger
+saw it running: the cut came at most one checkpoint interval later, whereas the boot can be
+hours later (after a power cut), which a tariff by the minute would bill.
 """
 
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any, Protocol
 
 import attrs
 import trio
 from ocpp.v16 import call
-from ocpp.v16.enums import Reason
+from ocpp.v16.enums import Measurand, Reason, UnitOfMeasure, ValueFormat
 
 from dcocpp.ocpp.errors import CallError, ConnectionLost, InvalidPayload
 from dcocpp.ocpp.session import ChargePointSession, ResponseTimeout
@@ -54,6 +62,7 @@ _CALLS: dict[str, Callable[..., Any]] = {
 }
 # A central system without the security extension answers these; it will not change its mind.
 _UNSUPPORTED = {"NotImplemented", "NotSupported"}
+_WH_PER_UNIT = {UnitOfMeasure.wh: 1, UnitOfMeasure.kwh: 1000}
 
 
 class OutboxStore(Protocol):
@@ -125,6 +134,41 @@ class _Message:
     retry_at: float = float("-inf")
 
 
+def _power_loss_meter_stop(
+    checkpoint: int, register: int | None, samples: list[dict[str, Any]]
+) -> tuple[int, str]:
+    """The meterStop of a cut-off transaction (see the module docstring) and its source, for
+    the log; of equal readings the checkpoint, the fallback, is named."""
+    candidates = [(checkpoint, "the last persisted reading")]
+    sampled = [wh for wh in map(_register_wh, samples) if wh is not None]
+    if sampled:
+        candidates.append((max(sampled), "a stop sample it carries"))
+    if register is not None:
+        candidates.append((register, "the meter's register"))
+    return max(candidates, key=lambda candidate: candidate[0])
+
+
+def _register_wh(sample: Mapping[str, Any]) -> int | None:
+    """The highest Energy.Active.Import.Register reading (Wh) in a MeterValue sample, None
+    without one. OCPP 1.6's defaults apply: a value without measurand is that register, one
+    without unit is in Wh, one without format is Raw (SignedData is no number)."""
+    register = Measurand.energy_active_import_register
+    readings = []
+    for value in sample.get("sampled_value", ()):
+        scale = _WH_PER_UNIT.get(value.get("unit", UnitOfMeasure.wh))
+        if value.get("measurand", register) != register or scale is None:
+            continue
+        if value.get("format", ValueFormat.raw) != ValueFormat.raw:
+            continue
+        try:
+            reading = float(value["value"]) * scale
+        except (KeyError, TypeError, ValueError):
+            continue
+        if math.isfinite(reading):
+            readings.append(round(reading))
+    return max(readings, default=None)
+
+
 class TransactionOutbox:
     """Runs as a service (`run`); connectors enqueue without waiting (the database write is
     synchronous: it is done before the caller goes on). `recover()` first, once per boot.
@@ -158,9 +202,14 @@ class TransactionOutbox:
 
     # --- boot -----------------------------------------------------------------------------
 
-    def recover(self, now: str) -> list[LocalTransaction]:
+    def recover(
+        self, now: str, registers: Mapping[int, int | None] | None = None
+    ) -> list[LocalTransaction]:
         """Load what the database holds; stop every transaction that was still running with
-        reason PowerLoss (at its last persisted meter reading). Returns those transactions."""
+        reason PowerLoss, at the highest of its gun's meter register in `registers`
+        (connector id -> Wh, None or absent: the hardware keeps none), its last persisted
+        reading and the readings of the samples it carries, timestamped at that persisted
+        reading (see the module docstring). Returns those transactions."""
         self._queue = [
             _Message(m.seq, m.action, m.local_id, m.payload, m.id_tag, m.attempts, m.parked)
             for m in self._store.queued_messages()
@@ -180,16 +229,24 @@ class TransactionOutbox:
             )
             self._transactions[tx.local_id] = tx
             if not row.stopped:
+                register = (registers or {}).get(row.connector_id)
+                meter_stop, source = _power_loss_meter_stop(
+                    row.last_meter_wh, register, tx.transaction_data
+                )
                 log.warning(
                     "transaction %s on connector %d (%s) was cut off by a power loss or crash:"
-                    " stopping it at %d Wh, read %s",
+                    " stopping it at %d Wh from %s (meter register %s; last persisted reading"
+                    " %d Wh at %s)",
                     row.transaction_id if row.transaction_id is not None else "(offline)",
                     row.connector_id,
                     row.id_tag,
+                    meter_stop,
+                    source,
+                    "none kept" if register is None else f"{register} Wh",
                     row.last_meter_wh,
                     row.last_meter_at,
                 )
-                self.stop(tx, row.last_meter_wh, row.last_meter_at, Reason.power_loss, None)
+                self.stop(tx, meter_stop, row.last_meter_at, Reason.power_loss, None)
                 cut_off.append(tx)
         self._loaded = True
         self._pulse()

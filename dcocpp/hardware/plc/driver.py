@@ -376,6 +376,12 @@ class PlcGun:
             soc=self._session_soc,
         )
 
+    def surviving_register_wh(self) -> float | None:
+        """The EnergyMeterData IMPORT_ENERGY register this PLC's meter reported (valid data
+        only), which a controller crash does not reset; None until it has reported one."""
+        # `_seen` keeps every first frame, so it holds "EnergyMeterData1" once one arrived.
+        return self._energy_wh if "EnergyMeterData1" in self._seen else None
+
     def status(self) -> GunStatus:
         return GunStatus(
             plugged=self._plugged,
