@@ -41,6 +41,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from dcocpp.jsontypes import json_type
+from dcocpp.oserrors import reason
 
 log = logging.getLogger("dcocpp.api")
 # Hypercorn's own messages ("Running on ...", connection errors). Quiet unless something is
@@ -92,7 +93,13 @@ class StationView(Protocol):
 
 
 class ApiError(Exception):
-    """The API server cannot run (e.g. its address is in use or cannot be resolved)."""
+    """The API server cannot run (e.g. its address is in use or cannot be resolved): `address`
+    is where it was to listen (HOST:PORT), `reason` why it cannot."""
+
+    def __init__(self, address: str, reason: str) -> None:
+        super().__init__(f"cannot serve the API on {address}: {reason}")
+        self.address = address
+        self.reason = reason
 
 
 class _Reject(Exception):
@@ -295,7 +302,7 @@ async def _bind(host: str, port: int) -> socket.socket:
             host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
         )
     except OSError as exc:
-        raise ApiError(f"cannot serve the API on {where}: {exc}") from exc
+        raise ApiError(where, reason(exc)) from exc
     family, kind, proto, _, address = infos[0]
     sock = socket.socket(family, kind, proto)
     try:
@@ -304,7 +311,7 @@ async def _bind(host: str, port: int) -> socket.socket:
         sock.bind(address)
     except OSError as exc:
         sock.close()
-        raise ApiError(f"cannot serve the API on {where}: {exc.strerror or exc}") from exc
+        raise ApiError(where, reason(exc)) from exc
     return sock
 
 

@@ -61,6 +61,23 @@ def test_an_unwritable_data_directory_is_a_storage_error(tmp_path: Path) -> None
         Database.open(blocker / "data")
 
 
+@pytest.mark.parametrize(
+    ("where", "problem"),
+    [
+        ("file", "not a directory"),
+        ("file/data", "cannot create it: not a directory"),
+    ],
+)
+def test_a_data_directory_that_cannot_be_used_is_named_with_the_cause(
+    tmp_path: Path, where: str, problem: str
+) -> None:
+    (tmp_path / "file").write_text("not a directory")
+    data_dir = tmp_path / where
+    with pytest.raises(StorageError) as info:
+        Database.open(data_dir)
+    assert str(info.value) == f"data directory {data_dir}: {problem}"
+
+
 def test_a_data_directory_of_every_older_version_is_migrated_keeping_its_data(
     tmp_path: Path,
 ) -> None:
