@@ -10,13 +10,15 @@ Routes (JSON in and out; every error is `{"error": "<reason>"}`):
 - `GET  /api/status`                          the charger's snapshot
 - `POST /api/connectors/{id}/plug`            plug the gun into the simulated EV
 - `POST /api/connectors/{id}/unplug`
-- `POST /api/connectors/{id}/authorize`       `{"idTag": "..."}`: a tag at that gun's reader
+- `POST /api/connectors/{id}/authorize`       `{"idTag": "..."}`: a tag at that gun's reader;
+                                              answers what the charger decided (`authorization`)
 - `POST /api/connectors/{id}/ev`              `{"suspended": true|false}`
 - `POST /api/connectors/{id}/faults/{kind}`   `{"active": true|false}`, kind in FAULT_KINDS
 
-A successful POST answers `{"ok": true, "connector": <that connector's snapshot entry>}`.
-Unknown connector, fault kind or route -> 404; a bad body, or an action that does not fit the
-connector's state -> 422; wrong method -> 405.
+A successful POST answers `{"ok": true, "connector": <that connector's snapshot entry>}`;
+`authorize` adds `"authorization"` (see `StationView.present_id`). Unknown connector, fault kind
+or route -> 404; a bad body, or an action that does not fit the connector's state (a tag the
+gun's reader refuses) -> 422; wrong method -> 405.
 """
 
 from __future__ import annotations
@@ -81,8 +83,18 @@ class StationView(Protocol):
 
     async def unplug(self, connector_id: int) -> None: ...
 
-    async def present_id(self, connector_id: int, id_tag: str) -> None:
-        """A tag presented at that gun's reader."""
+    async def present_id(self, connector_id: int, id_tag: str) -> dict[str, Any]:
+        """A tag presented at that gun's reader, answered with what the charger decided once it
+        is known (bounded by the charger):
+
+        {"idTag": str, "status": "Accepted" | "Invalid" | "Blocked" | "Expired" |
+                                 "ConcurrentTx" | None (no decision in time),
+         "source": str | None (who decided: "central system", "local list", ...),
+         "taken": bool (the gun acted on it: a session for it, or the transaction stopped),
+         "detail": str | None (what the gun did with it, or why not)}
+
+        A tag the reader refuses (the gun takes no tag now, reserved for another tag, ...)
+        is a ValueError saying why."""
         ...
 
     async def set_ev_suspended(self, connector_id: int, suspended: bool) -> None: ...
@@ -129,16 +141,22 @@ def create_app(view: StationView) -> Starlette:
                 return dict(entry)
         raise KeyError(cid)
 
-    async def act(cid: int, action: Awaitable[None], what: str) -> Response:
+    async def act(
+        cid: int, action: Awaitable[Any], what: str, answer: str | None = None
+    ) -> Response:
+        """Run `action`; its result goes into the answer as `answer` when that is given."""
         try:
-            await action
+            result = await action
             entry = connector_entry(cid)
         except KeyError:
             raise _Reject(404, f"unknown connector '{cid}'") from None
         except ValueError as exc:
             raise _Reject(422, str(exc) or f"cannot {what} connector {cid} now") from None
         log.debug("API: %s connector %d", what, cid)
-        return JSONResponse({"ok": True, "connector": entry})
+        body = {"ok": True, "connector": entry}
+        if answer is not None:
+            body[answer] = result
+        return JSONResponse(body)
 
     async def status(request: Request) -> Response:
         return JSONResponse(view.snapshot())
@@ -161,7 +179,7 @@ def create_app(view: StationView) -> Starlette:
             raise _Reject(
                 422, f"idTag must be 1 to {ID_TAG_MAX_LENGTH} characters, got {len(id_tag)}"
             )
-        return await act(cid, view.present_id(cid, id_tag), "authorize at")
+        return await act(cid, view.present_id(cid, id_tag), "authorize at", "authorization")
 
     async def ev(request: Request) -> Response:
         cid = connector_id(request)
