@@ -216,7 +216,16 @@ class Database:
                 for statement in MIGRATIONS[target]:
                     self._db.execute(statement)
                 self._db.execute(f"PRAGMA user_version = {target + 1}")
-            log.info("database %s migrated to schema version %d", self.path, target + 1)
+        # One line for the whole change (none when there was nothing to do).
+        if version == 0:
+            log.info("database %s created (schema version %d)", self.path, SCHEMA_VERSION)
+        elif version < SCHEMA_VERSION:
+            log.info(
+                "database %s migrated from schema version %d to %d",
+                self.path,
+                version,
+                SCHEMA_VERSION,
+            )
 
     def close(self) -> None:
         self._db.close()
