@@ -17,13 +17,15 @@ Routes (JSON in and out; every error is `{"error": "<reason>"}`):
 - `GET  /api/status`                          the charger's snapshot
 - `POST /api/connectors/{id}/plug`            plug the gun into the simulated EV
 - `POST /api/connectors/{id}/unplug`
-- `POST /api/connectors/{id}/authorize`       `{"idTag": "..."}`: a tag at that gun's reader
+- `POST /api/connectors/{id}/authorize`       `{"idTag": "..."}`: a tag at that gun's reader;
+                                              answers what the charger decided (`authorization`)
 - `POST /api/connectors/{id}/ev`              `{"suspended": true|false}`
 - `POST /api/connectors/{id}/faults/{kind}`   `{"active": true|false}`, kind in FAULT_KINDS
 
-A successful POST answers `{"ok": true, "connector": <that connector's snapshot entry>}`.
-Unknown connector, fault kind or route -> 404; a bad body, or an action that does not fit the
-connector's state -> 422; wrong method -> 405.
+A successful POST answers `{"ok": true, "connector": <that connector's snapshot entry>}`;
+`authorize` adds `"authorization"` (see `StationView.present_id`). Unknown connector, fault kind
+or route -> 404; a bad body, or an action that does not fit the connector's state (a tag the
+gun's reader refuses) -> 422; wrong method -> 405.
 """
 
 from __future__ import annotations
@@ -58,6 +60,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from dcocpp.jsontypes import json_type
+from dcocpp.oserrors import reason
 
 log = logging.getLogger("dcocpp.api")
 # Hypercorn's own messages ("Running on ...", connection errors). Quiet unless something is
@@ -101,8 +104,18 @@ class StationView(Protocol):
 
     async def unplug(self, connector_id: int) -> None: ...
 
-    async def present_id(self, connector_id: int, id_tag: str) -> None:
-        """A tag presented at that gun's reader."""
+    async def present_id(self, connector_id: int, id_tag: str) -> dict[str, Any]:
+        """A tag presented at that gun's reader, answered with what the charger decided once it
+        is known (bounded by the charger):
+
+        {"idTag": str, "status": "Accepted" | "Invalid" | "Blocked" | "Expired" |
+                                 "ConcurrentTx" | None (no decision in time),
+         "source": str | None (who decided: "central system", "local list", ...),
+         "taken": bool (the gun acted on it: a session for it, or the transaction stopped),
+         "detail": str | None (what the gun did with it, or why not)}
+
+        A tag the reader refuses (the gun takes no tag now, reserved for another tag, ...)
+        is a ValueError saying why."""
         ...
 
     async def set_ev_suspended(self, connector_id: int, suspended: bool) -> None: ...
@@ -113,7 +126,13 @@ class StationView(Protocol):
 
 
 class ApiError(Exception):
-    """The API server cannot run (e.g. its address is in use or cannot be resolved)."""
+    """The API server cannot run (e.g. its address is in use or cannot be resolved): `address`
+    is where it was to listen (HOST:PORT), `reason` why it cannot."""
+
+    def __init__(self, address: str, reason: str) -> None:
+        super().__init__(f"cannot serve the API on {address}: {reason}")
+        self.address = address
+        self.reason = reason
 
 
 class _Reject(Exception):
@@ -144,16 +163,22 @@ def create_app(view: StationView, *, token: str | None = None) -> Starlette:
                 return dict(entry)
         raise KeyError(cid)
 
-    async def act(cid: int, action: Awaitable[None], what: str) -> Response:
+    async def act(
+        cid: int, action: Awaitable[Any], what: str, answer: str | None = None
+    ) -> Response:
+        """Run `action`; its result goes into the answer as `answer` when that is given."""
         try:
-            await action
+            result = await action
             entry = connector_entry(cid)
         except KeyError:
             raise _Reject(404, f"unknown connector '{cid}'") from None
         except ValueError as exc:
             raise _Reject(422, str(exc) or f"cannot {what} connector {cid} now") from None
         log.debug("API: %s connector %d", what, cid)
-        return JSONResponse({"ok": True, "connector": entry})
+        body = {"ok": True, "connector": entry}
+        if answer is not None:
+            body[answer] = result
+        return JSONResponse(body)
 
     async def status(request: Request) -> Response:
         return JSONResponse(view.snapshot())
@@ -176,7 +201,7 @@ def create_app(view: StationView, *, token: str | None = None) -> Starlette:
             raise _Reject(
                 422, f"idTag must be 1 to {ID_TAG_MAX_LENGTH} characters, got {len(id_tag)}"
             )
-        return await act(cid, view.present_id(cid, id_tag), "authorize at")
+        return await act(cid, view.present_id(cid, id_tag), "authorize at", "authorization")
 
     async def ev(request: Request) -> Response:
         cid = connector_id(request)
@@ -347,7 +372,7 @@ async def _bind(host: str, port: int) -> socket.socket:
             host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
         )
     except OSError as exc:
-        raise ApiError(f"cannot serve the API on {where}: {exc}") from exc
+        raise ApiError(where, reason(exc)) from exc
     family, kind, proto, _, address = infos[0]
     sock = socket.socket(family, kind, proto)
     try:
@@ -356,7 +381,7 @@ async def _bind(host: str, port: int) -> socket.socket:
         sock.bind(address)
     except OSError as exc:
         sock.close()
-        raise ApiError(f"cannot serve the API on {where}: {exc.strerror or exc}") from exc
+        raise ApiError(where, reason(exc)) from exc
     return sock
 
 
@@ -380,9 +405,9 @@ async def serve_api(
     """
     where = format_address(host, port)
     if token is None and not is_loopback(host):
-        raise ApiError(f"cannot serve the API on {where}: {NEEDS_TOKEN}")
+        raise ApiError(where, NEEDS_TOKEN)
     if token is not None and (problem := token_problem(token)) is not None:
-        raise ApiError(f"cannot serve the API on {where}: the token {problem}")
+        raise ApiError(where, f"the token {problem}")
     app = create_app(view, token=token)
     listening = await _bind(host, port)
     bound_port: int = listening.getsockname()[1]

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import signal
 import sys
 from collections.abc import Sequence
@@ -22,9 +23,10 @@ from dcocpp import __version__, api, cliargs, defaults, demo, plcsim, simcli, st
 from dcocpp.api import ApiError
 from dcocpp.cliargs import DEFAULT_CONFIG, config_argument, log_level_argument
 from dcocpp.config import ChargerConfig, ConfigError, load_charger_config
-from dcocpp.logs import LoggingSetup
+from dcocpp.hardware.interface import HardwareError
+from dcocpp.logs import LoggingError, LoggingSetup
 from dcocpp.ocpp.configuration import ConfigurationError
-from dcocpp.storage import StorageError
+from dcocpp.storage import StorageError, prepare_data_dir
 
 if TYPE_CHECKING:
     from dcocpp.station import Station
@@ -252,7 +254,7 @@ def _api_access_problem(args: argparse.Namespace) -> str | None:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from dcocpp.station import HardReset, load_configuration_store
+    from dcocpp.station import load_configuration_store
 
     if (hint := cliargs.missing_default_config(args.config, "dcocpp run --config")) is not None:
         print(hint, file=sys.stderr)
@@ -263,47 +265,111 @@ def _run(args: argparse.Namespace) -> int:
         return EXIT_USAGE
     try:
         config = _load(args)
-        keys = load_configuration_store(config)
-    except (ConfigError, ConfigurationError) as exc:
-        print(f"{args.config}: invalid configuration, not starting", file=sys.stderr)
-        for line in str(exc).splitlines():
-            print(f"  {line}", file=sys.stderr)
-        return EXIT_USAGE
+    except ConfigError as exc:
+        return _invalid_configuration(args.config, exc)
     logging_setup = LoggingSetup()
-    logging_setup.start(
-        args.log_level,
-        config.log_dir,
-        max_bytes=keys.get_int("LogMessagesMaxFileSize"),
-        backup_count=keys.get_int("LogMessagesBackupCount"),
-    )
-    status = EXIT_OK
+    logging_setup.start(args.log_level, None)  # the console first: it tells what goes wrong
     try:
+        # Before anything reads or writes there (the OCPP keys changed by the central system
+        # are the first): a data directory that cannot be used is one line, not a warning.
+        prepare_data_dir(config.data_dir)
+        try:
+            keys = load_configuration_store(config)
+        except ConfigurationError as exc:
+            return _invalid_configuration(args.config, exc)
+        logging_setup.open_message_log(
+            config.log_dir,
+            max_bytes=keys.get_int("LogMessagesMaxFileSize"),
+            backup_count=keys.get_int("LogMessagesBackupCount"),
+        )
         log.info("dcocpp %s starting with %s", __version__, config.path)
         trio.run(_serve, config, args.api, simcli.api_token(args))
         log.info("stopped")
-    except* HardReset:
-        log.warning("exiting with status %d for the hard reset", EXIT_HARD_RESET)
-        status = EXIT_HARD_RESET
-    except* ConfigurationError as group:
-        # Only possible when the key file was edited into a bad state before a soft reset.
-        for problem in group.exceptions:
-            log.error("invalid OCPP configuration, stopping:\n%s", problem)
-        status = EXIT_USAGE
-    except* (ApiError, StorageError) as failures:
-        for failure in failures.exceptions:
-            log.error("cannot run: %s", failure)
-        status = EXIT_RUNTIME_ERROR
+        return EXIT_OK
+    except BaseException as error:
+        return _ended_by(error, debug=args.log_level == "DEBUG")
     finally:
         logging_setup.stop()
-    return status
+
+
+def _invalid_configuration(path: Path, error: ConfigError | ConfigurationError) -> int:
+    print(f"{path}: invalid configuration, not starting", file=sys.stderr)
+    for line in str(error).splitlines():
+        print(f"  {line}", file=sys.stderr)
+    return EXIT_USAGE
+
+
+# The layers' exception roots: what they raise is a message for the operator, not a bug; each
+# names the thing (path, address, channel) and the cause.
+_OPERATOR_ERRORS = (ApiError, StorageError, HardwareError, LoggingError, ConfigurationError)
+
+
+def _ended_by(error: BaseException, *, debug: bool) -> int:
+    """The exit status for the exception that ended a command, and what the operator is told:
+    the one place where the exception groups of trio's nurseries are taken apart. A layer's
+    error is one line (its traceback only at DEBUG); anything else is a bug and is raised."""
+    from dcocpp.station import HardReset
+
+    leaves = _leaves(error)
+    if any(isinstance(leaf, BrokenPipeError) for leaf in leaves):
+        # Whoever read stdout has gone (`dcocpp demo | head`): stop quietly. Python would
+        # report the broken pipe once more when it flushes stdout at exit.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+        return EXIT_RUNTIME_ERROR
+    if not all(
+        isinstance(leaf, (*_OPERATOR_ERRORS, HardReset, KeyboardInterrupt)) for leaf in leaves
+    ):
+        raise error
+    if debug:
+        log.debug("the exception that ended it:", exc_info=error)
+    if any(isinstance(leaf, KeyboardInterrupt) for leaf in leaves):
+        # Ctrl-C before the signal handling took over: a stop like any other.
+        log.info("interrupted")
+        return EXIT_OK
+    errors = [leaf for leaf in leaves if not isinstance(leaf, HardReset)]
+    if not errors:
+        log.warning("exiting with status %d for the hard reset", EXIT_HARD_RESET)
+        return EXIT_HARD_RESET
+    # One line per distinct error: several tasks may have run into the same one.
+    for line in dict.fromkeys(_describe(leaf) for leaf in errors):
+        log.error("%s", line)
+    if any(isinstance(leaf, ConfigurationError) for leaf in errors):
+        return EXIT_USAGE
+    return EXIT_RUNTIME_ERROR
+
+
+def _describe(error: BaseException) -> str:
+    if isinstance(error, ApiError):
+        return f"--api {error.address}: {error.reason}"
+    if isinstance(error, ConfigurationError):
+        # Only possible when the key file was edited into a bad state before a soft reset.
+        return f"invalid OCPP configuration, stopping:\n{error}"
+    return str(error)
+
+
+def _leaves(error: BaseException) -> list[BaseException]:
+    if isinstance(error, BaseExceptionGroup):
+        return [leaf for inner in error.exceptions for leaf in _leaves(inner)]
+    return [error]
+
+
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    """The command line, parsed; a bad one exits with status 2 and says why (argparse)."""
+    return _parser().parse_args(argv)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
+    args = parse_args(argv)
     if args.command == "run":
         return _run(args)
-    if args.command == "check-config":
-        return _check_config(args)
-    if args.command == "statecharts":
-        return _statecharts(args)
-    return args.func(args)
+    try:
+        if args.command == "check-config":
+            return _check_config(args)
+        if args.command == "statecharts":
+            return _statecharts(args)
+        status: int = args.func(args)
+        return status
+    except BaseException as error:
+        return _ended_by(error, debug=getattr(args, "log_level", None) == "DEBUG")

@@ -7,6 +7,10 @@ from pathlib import Path
 
 DEFAULT_CONFIG = Path("configs/charger.json")
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
+# What -v and -q stand for.
+VERBOSE = "DEBUG"
+QUIET = "WARNING"
+_LEVEL_ALIASES = {"WARN": "WARNING"}
 
 
 def config_argument(parser: argparse.ArgumentParser, what: str = "charger.json") -> None:
@@ -31,5 +35,40 @@ def missing_default_config(path: Path, command: str) -> str | None:
     )
 
 
+def log_level(text: str) -> str:
+    """A log level as scripts write it: any case, WARN for WARNING."""
+    level = text.strip().upper()
+    level = _LEVEL_ALIASES.get(level, level)
+    if level not in LOG_LEVELS:
+        raise argparse.ArgumentTypeError(
+            f"unknown level {text!r}: one of {', '.join(LOG_LEVELS)} (any case; WARN works too)"
+        )
+    return level
+
+
 def log_level_argument(parser: argparse.ArgumentParser, *, default: str | None, help: str) -> None:
-    parser.add_argument("--log-level", default=default, choices=LOG_LEVELS, help=help)
+    """--log-level LEVEL, with -v (DEBUG) and -q (WARNING) as its short forms; at most one."""
+    levels = parser.add_mutually_exclusive_group()
+    levels.add_argument(
+        "--log-level",
+        type=log_level,
+        default=default,
+        metavar="LEVEL",
+        help=f"{help}; one of {', '.join(LOG_LEVELS)}, in any case",
+    )
+    levels.add_argument(
+        "-v",
+        "--verbose",
+        dest="log_level",
+        action="store_const",
+        const=VERBOSE,
+        help=f"the same as --log-level {VERBOSE}",
+    )
+    levels.add_argument(
+        "-q",
+        "--quiet",
+        dest="log_level",
+        action="store_const",
+        const=QUIET,
+        help=f"the same as --log-level {QUIET}: warnings and errors only",
+    )

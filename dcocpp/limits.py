@@ -24,7 +24,8 @@ unit: in A it bounds the sum of the guns' DC currents, in W the sum of their pow
 battery voltage rises during charging, a current converted from W lets the power creep up
 (about 0.3 % per 1 % of state of charge), so while a transaction runs the limits are also
 recomputed every `RECONVERT_S` at the voltage measured then (the gun's own maxPowerW is such
-a limit too). An unchanged setpoint is not sent again.
+a limit too). An unchanged setpoint is not sent again, and one that only follows the voltage
+is logged at DEBUG: INFO says when the limit itself changes.
 
 This module is station wiring: it knows the connector tasks and their hardware, and the OCPP
 layer's profiles, and it is the only place where the two meet for smart charging.
@@ -126,6 +127,8 @@ class LimitEnforcer:
         self._wake = trio.Event()
         # The limit (A) each gun's hardware was last given.
         self.applied: dict[int, Decimal] = {}
+        # The supply (voltage) each gun's limit was computed at the last time.
+        self._supplies: dict[int, Supply] = {}
         nominal = [nominal_voltage(task.config) for task in connectors.values()]
         self._station_supply = Supply.dc(min(nominal, default=Decimal(400)))
 
@@ -224,8 +227,22 @@ class LimitEnforcer:
         self._profiles.remove_expired()
         installed = self._profiles.installed
         contexts = {cid: self.context(cid) for cid in self._connectors}
-        for cid, limit in self.limits(installed, contexts, now).items():
-            await self._apply(cid, limit)
+        limits = self.limits(installed, contexts, now)
+        # The limits at the voltages of the last recompute: where a gun's is what it has, its
+        # new one only follows the voltage (a limit in W, converted again while a transaction
+        # runs), and is no news to the operator.
+        previous = self._supplies
+        at_previous = self.limits(
+            installed,
+            {
+                cid: attrs.evolve(ctx, supply=previous.get(cid, ctx.supply))
+                for cid, ctx in contexts.items()
+            },
+            now,
+        )
+        self._supplies = {cid: ctx.supply for cid, ctx in contexts.items()}
+        for cid, limit in limits.items():
+            await self._apply(cid, limit, news=at_previous[cid] != self.applied.get(cid))
         changes = [
             next_change(installed, cid, now, transaction=ctx.transaction)
             for cid, ctx in contexts.items()
@@ -305,7 +322,9 @@ class LimitEnforcer:
         assert value is not None
         return value, unit
 
-    async def _apply(self, connector_id: int, limit: Decimal) -> None:
+    async def _apply(self, connector_id: int, limit: Decimal, *, news: bool) -> None:
+        """Give the gun `limit`; `news`: the limit changed for another reason than the
+        voltage it was converted at (logged at INFO, else at DEBUG)."""
         task = self._connectors[connector_id]
         if self.applied.get(connector_id) != limit:
             try:
@@ -317,7 +336,14 @@ class LimitEnforcer:
             else:
                 self.applied[connector_id] = limit
                 task.offered_a = float(limit)
-                log.info("connector %d: current limit %s A", connector_id, limit)
+                if news:
+                    log.info("connector %d: current limit %s A", connector_id, limit)
+                else:
+                    log.debug(
+                        "connector %d: current limit %s A (at the voltage measured now)",
+                        connector_id,
+                        limit,
+                    )
         suspended = limit <= 0
         if task.machine.truth.evse_suspended != suspended:
             log.info(

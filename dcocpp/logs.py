@@ -7,9 +7,15 @@ import logging
 from pathlib import Path
 
 from dcocpp.ocpp.messagelog import close_message_file, open_message_file
+from dcocpp.oserrors import directory_problem, reason
 
 MESSAGE_LOG_NAME = "ocpp-messages.log"
 _FORMAT = "%(asctime)s %(levelname)-7s %(name)s: %(message)s"
+
+
+class LoggingError(Exception):
+    """The one exception root of logging: the message log cannot be written (its message names
+    the directory or file and the cause)."""
 
 
 class LoggingSetup:
@@ -37,9 +43,19 @@ class LoggingSetup:
         # transitions logs every callback at INFO; only its warnings are news to an operator.
         logging.getLogger("transitions").setLevel(logging.WARNING)
         if log_dir is not None:
-            open_message_file(
-                log_dir / MESSAGE_LOG_NAME, max_bytes=max_bytes, backup_count=backup_count
-            )
+            self.open_message_log(log_dir, max_bytes=max_bytes, backup_count=backup_count)
+
+    def open_message_log(self, log_dir: Path, *, max_bytes: int, backup_count: int) -> None:
+        """Write the OCPP message log to `log_dir` (created when missing); LoggingError when
+        it cannot be written there."""
+        problem = directory_problem(log_dir)
+        if problem is not None:
+            raise LoggingError(f"log directory {log_dir}: {problem}")
+        path = log_dir / MESSAGE_LOG_NAME
+        try:
+            open_message_file(path, max_bytes=max_bytes, backup_count=backup_count)
+        except OSError as exc:  # e.g. a directory where the file should be
+            raise LoggingError(f"message log {path}: cannot open it: {reason(exc)}") from exc
 
     def stop(self) -> None:
         close_message_file()

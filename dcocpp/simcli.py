@@ -3,6 +3,9 @@
 Plain standard-library HTTP (urllib, JSON) so that they run anywhere the charger does. Exit
 status: 0 on success, 1 when the API cannot be reached or fails, 2 when it refuses the request
 (unknown connector, an action that does not fit the gun's state, ...) or the arguments are bad.
+`sim authorize` prints what the charger decided about the tag: 0 when the gun took it (a
+session for it, or the transaction stopped), 2 when it refused it (at the reader, or the
+authorization: Invalid, Blocked, Expired, ConcurrentTx), 1 when no decision came in time.
 """
 
 from __future__ import annotations
@@ -20,7 +23,8 @@ from typing import Any
 from dcocpp.api import FAULT_KINDS, TOKEN_ENV, format_address, parse_address, token_problem
 
 DEFAULT_API = "127.0.0.1:8765"
-TIMEOUT_SECONDS = 5.0
+# Above the charger's own wait for an authorization's decision (station.AUTHORIZATION_WAIT).
+TIMEOUT_SECONDS = 10.0
 
 EXIT_OK = 0
 EXIT_UNREACHABLE = 1
@@ -76,7 +80,11 @@ def add_subcommands(commands: argparse._SubParsersAction[argparse.ArgumentParser
         "authorize",
         parents=[api],
         help="present an RFID tag at the gun's reader",
-        description="Present an id tag (1 to 20 characters) at the gun's reader.",
+        description="Present an id tag (1 to 20 characters) at the gun's reader and print what "
+        "the charger decided: Accepted, Invalid, Blocked, Expired, ConcurrentTx (and who "
+        "decided), or why the reader refused it. Exit status 0 when the gun took the tag (a "
+        "session for it, or the running transaction stopped), 2 when it was refused, 1 when no "
+        "decision came in time.",
     )
     _connector_argument(authorize)
     authorize.add_argument("id_tag", metavar="TAG", help="the id tag")
@@ -160,7 +168,20 @@ def _unplug(args: argparse.Namespace) -> int:
 
 
 def _authorize(args: argparse.Namespace) -> int:
-    return _act(args, "authorize", {"idTag": args.id_tag})
+    try:
+        answer = _request(
+            args.api, "POST", f"/api/connectors/{args.connector}/authorize", {"idTag": args.id_tag}
+        )
+    except _Failure as failure:
+        print(failure.message, file=sys.stderr)
+        return failure.status
+    decision = answer.get("authorization")
+    if isinstance(decision, dict):
+        print(describe_authorization(decision))
+    print(describe_connector(answer["connector"]))
+    if not isinstance(decision, dict) or decision["taken"]:
+        return EXIT_OK
+    return EXIT_UNREACHABLE if decision["status"] is None else EXIT_REFUSED
 
 
 def _ev(args: argparse.Namespace) -> int:
@@ -341,6 +362,18 @@ def _row(connector: dict[str, Any]) -> list[str]:
 
 def _or_dash(value: Any) -> str:
     return "-" if value is None else str(value)
+
+
+def describe_authorization(decision: dict[str, Any]) -> str:
+    """What the charger decided about a tag, e.g. `TAG-1: Invalid (central system)` or
+    `TAG-1: Accepted (the transaction's own tag), stops the transaction`."""
+    if decision["status"] is None:
+        line = f"{decision['idTag']}: {decision['detail'] or 'no decision'}"
+    else:
+        line = f"{decision['idTag']}: {decision['status']} ({decision['source']})"
+        if decision["detail"]:
+            line += f", {decision['detail']}"
+    return line
 
 
 def describe_connector(connector: dict[str, Any]) -> str:

@@ -84,6 +84,9 @@ STOP_TIMEOUT = RELAY_ACK_DEADLINE + 1.0
 SIMULATION_SETTLE_TIMEOUT = 3.0
 # An EV asked to resume may have nothing left to ask for: then there is no effect to wait for.
 EV_SETTLE_TIMEOUT = 0.5
+# A tag at the reader (local API) is answered with the charger's decision once it is known, or
+# after this long (an Authorize.req may wait for the central system's answer much longer).
+AUTHORIZATION_WAIT = 5.0
 _RESET_REASONS = {ResetType.soft: Reason.soft_reset, ResetType.hard: Reason.hard_reset}
 _FAULT_KINDS = {
     "estop": FaultKind.EMERGENCY_STOP,
@@ -539,13 +542,20 @@ class Station:
         with trio.move_on_after(SIMULATION_SETTLE_TIMEOUT):
             await self._task(connector_id).wait_truth(lambda t: not t.plugged)
 
-    async def present_id(self, connector_id: int, id_tag: str) -> None:
-        task = self._task(connector_id)
-        if not await task.ask(ev.IdPresented(id_tag)):
+    async def present_id(self, connector_id: int, id_tag: str) -> dict[str, Any]:
+        outcome = await self._task(connector_id).present_id(id_tag, wait=AUTHORIZATION_WAIT)
+        if outcome.refused is not None:
             raise ValueError(
-                f"connector {connector_id} takes no tag now ({task.machine.status.value}"
-                f"{', an authorization is pending' if task.machine.truth.pending_id else ''})"
+                f"connector {connector_id} refused {id_tag} at the reader: {outcome.refused}"
             )
+        decision = outcome.decision
+        return {
+            "idTag": id_tag,
+            "status": None if decision is None else decision.status.value,
+            "source": None if decision is None else decision.source,
+            "taken": outcome.taken,
+            "detail": outcome.detail,
+        }
 
     async def set_ev_suspended(self, connector_id: int, suspended: bool) -> None:
         self._task(connector_id)

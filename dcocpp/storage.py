@@ -17,6 +17,8 @@ from typing import Any
 
 import attrs
 
+from dcocpp.oserrors import directory_problem
+
 log = logging.getLogger(__name__)
 
 DATABASE_NAME = "dcocpp.sqlite3"
@@ -123,6 +125,14 @@ class StorageError(Exception):
     """The one exception root of the storage layer."""
 
 
+def prepare_data_dir(data_dir: Path) -> None:
+    """Create the data directory when it is missing; StorageError naming it when it is not a
+    directory the charger can write (checked before anything reads or writes in it)."""
+    problem = directory_problem(data_dir)
+    if problem is not None:
+        raise StorageError(f"data directory {data_dir}: {problem}")
+
+
 _TX_COLUMNS = (
     "local_id, connector_id, id_tag, meter_start, started_at, reservation_id, transaction_id,"
     " last_meter_wh, last_meter_at, stopped"
@@ -177,8 +187,8 @@ class Database:
     @classmethod
     def open(cls, data_dir: Path) -> Database:
         path = data_dir / DATABASE_NAME
+        prepare_data_dir(data_dir)
         try:
-            data_dir.mkdir(parents=True, exist_ok=True)
             # Autocommit: every statement is its own durable transaction unless we group them.
             connection = sqlite3.connect(path, isolation_level=None)
             db = cls(connection, path)
@@ -190,9 +200,7 @@ class Database:
                 connection.close()
                 raise
         except sqlite3.Error as exc:
-            raise StorageError(f"cannot open the database {path}: {exc}") from exc
-        except OSError as exc:
-            raise StorageError(f"cannot create the data directory {data_dir}: {exc}") from exc
+            raise StorageError(f"database {path}: cannot open it: {exc}") from exc
         return db
 
     def _migrate(self) -> None:
@@ -208,7 +216,16 @@ class Database:
                 for statement in MIGRATIONS[target]:
                     self._db.execute(statement)
                 self._db.execute(f"PRAGMA user_version = {target + 1}")
-            log.info("database %s migrated to schema version %d", self.path, target + 1)
+        # One line for the whole change (none when there was nothing to do).
+        if version == 0:
+            log.info("database %s created (schema version %d)", self.path, SCHEMA_VERSION)
+        elif version < SCHEMA_VERSION:
+            log.info(
+                "database %s migrated from schema version %d to %d",
+                self.path,
+                version,
+                SCHEMA_VERSION,
+            )
 
     def close(self) -> None:
         self._db.close()

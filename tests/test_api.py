@@ -6,6 +6,7 @@ import json
 import logging
 import socket
 from collections.abc import AsyncIterator, Sequence
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -14,6 +15,9 @@ import trio
 
 from dcocpp import simcli
 from dcocpp.api import FAULT_KINDS, ApiError, StationView, create_app, parse_address, serve_api
+from dcocpp.station import AUTHORIZATION_WAIT
+from tests.csms import FakeCsms
+from tests.station_harness import charger_config, running_station
 
 
 class FakeView:
@@ -57,10 +61,17 @@ class FakeView:
             raise ValueError(f"connector {connector_id} is not plugged")
         connector.update(plugged=False, status="Available", idTag=None)
 
-    async def present_id(self, connector_id: int, id_tag: str) -> None:
+    async def present_id(self, connector_id: int, id_tag: str) -> dict[str, Any]:
+        """INVALID* tags are Invalid, a faulted gun's reader refuses every tag."""
         await trio.lowlevel.checkpoint()
         self.calls.append(("present_id", connector_id, id_tag))
-        self._get(connector_id).update(idTag=id_tag)
+        connector = self._get(connector_id)
+        if self.faults[connector_id]:
+            raise ValueError(f"connector {connector_id} refused {id_tag} at the reader: Faulted")
+        status = "Invalid" if id_tag.startswith("INVALID") else "Accepted"
+        if status == "Accepted":
+            connector.update(idTag=id_tag)
+        return _decision(id_tag, status)
 
     async def set_ev_suspended(self, connector_id: int, suspended: bool) -> None:
         await trio.lowlevel.checkpoint()
@@ -96,6 +107,16 @@ def _connector(cid: int) -> dict[str, Any]:
         "currentA": 0.0,
         "voltageV": 0.0,
         "soc": None,
+    }
+
+
+def _decision(id_tag: str, status: str) -> dict[str, Any]:
+    return {
+        "idTag": id_tag,
+        "status": status,
+        "source": "central system",
+        "taken": status == "Accepted",
+        "detail": None,
     }
 
 
@@ -155,7 +176,11 @@ async def test_action_that_does_not_fit_the_state_is_422(
 async def test_authorize(client: httpx.AsyncClient, view: FakeView, id_tag: str) -> None:
     response = await client.post("/api/connectors/2/authorize", json={"idTag": id_tag})
     assert response.status_code == 200
-    assert response.json() == {"ok": True, "connector": _connector(2) | {"idTag": id_tag}}
+    assert response.json() == {
+        "ok": True,
+        "connector": _connector(2) | {"idTag": id_tag},
+        "authorization": _decision(id_tag, "Accepted"),
+    }
     assert view.calls == [("present_id", 2, id_tag)]
 
 
@@ -485,6 +510,7 @@ async def test_served_over_http_and_driven_by_the_cli(
 
         assert await _cli("sim", "authorize", "1", "TAG-0001", "--api", api) == 0
         assert capsys.readouterr().out == (
+            "TAG-0001: Accepted (central system)\n"
             "connector 1: Preparing, plugged, relay open, idTag TAG-0001\n"
         )
         assert await _cli("sim", "ev", "1", "suspend", "--api", api) == 0
@@ -587,3 +613,99 @@ def _free_port() -> int:
         probe.bind(("127.0.0.1", 0))
         port: int = probe.getsockname()[1]
     return port
+
+
+# --- the charger's decision about a tag (a real station) --------------------------------------
+
+
+async def test_sim_authorize_prints_what_the_charger_decided(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Over real HTTP to a real station (simulated guns, an in-memory central system): the
+    decision, who made it and what the gun did; exit 0 when the gun took the tag, 2 else."""
+    csms = FakeCsms(id_tags={"INVALID-1": "Invalid", "BLOCKED-1": "Blocked"})
+    async with running_station(charger_config(tmp_path), csms) as h:
+        await h.booted()
+        _, port = await h.nursery.start(serve_api, h.station, "127.0.0.1", 0)
+        api = ("--api", f"127.0.0.1:{port}")
+
+        async def authorize(cid: int, tag: str) -> tuple[int, list[str], str]:
+            status = await _cli("sim", "authorize", str(cid), tag, *api)
+            out, err = capsys.readouterr()
+            return status, out.splitlines(), err
+
+        assert await _cli("sim", "plug", "1", *api) == 0
+        capsys.readouterr()
+        status, out, _ = await authorize(1, "INVALID-1")
+        assert (status, out[0]) == (2, "INVALID-1: Invalid (central system)")
+        assert out[1].startswith("connector 1: Preparing, plugged, relay open")
+        status, out, _ = await authorize(1, "BLOCKED-1")
+        assert (status, out[0]) == (2, "BLOCKED-1: Blocked (central system)")
+
+        status, out, _ = await authorize(1, "TAG-OK")
+        assert (status, out[0]) == (0, "TAG-OK: Accepted (central system)")
+        assert "idTag TAG-OK" in out[1]
+        await h.wait_status(1, "Charging")
+        status, out, _ = await authorize(1, "TAG-OK")
+        assert (status, out[0]) == (
+            0,
+            "TAG-OK: Accepted (the transaction's own tag), stops the transaction",
+        )
+
+        # Refused at the reader: nobody is asked.
+        asked = h.csms.authorize_count()
+        await h.wait_machine_status(1, "Finishing")
+        status, out, err = await authorize(1, "TAG-NEXT")
+        assert (status, out) == (2, [])
+        assert err == (
+            "error: connector 1 refused TAG-NEXT at the reader: the gun is Finishing "
+            "(unplug the EV first)\n"
+        )
+        assert await _cli("sim", "fault", "2", "estop", "on", *api) == 0
+        capsys.readouterr()
+        status, out, err = await authorize(2, "TAG-OK")
+        assert (status, out) == (2, [])
+        assert err.startswith("error: connector 2 refused TAG-OK at the reader: the gun is Faulted")
+        assert h.csms.authorize_count() == asked
+        h.nursery.cancel_scope.cancel()
+
+
+async def test_a_decision_that_does_not_come_in_time_is_said_so(
+    autojump_clock: Any, tmp_path: Path
+) -> None:
+    async with running_station(charger_config(tmp_path)) as h:
+        await h.booted()
+        await h.hardware.plug(1)
+        h.network.freeze()  # the central system does not answer the Authorize.req
+        started = trio.current_time()
+        answer = await h.station.present_id(1, "TAG-SLOW")
+        assert trio.current_time() - started == pytest.approx(AUTHORIZATION_WAIT)
+        assert answer == {
+            "idTag": "TAG-SLOW",
+            "status": None,
+            "source": None,
+            "taken": False,
+            "detail": f"no decision within {AUTHORIZATION_WAIT:g} s",
+        }
+        assert simcli.describe_authorization(answer) == "TAG-SLOW: no decision within 5 s"
+
+
+async def test_another_tag_stops_only_a_transaction_of_its_group(
+    autojump_clock: Any, tmp_path: Path
+) -> None:
+    csms = FakeCsms(parent_id_tags={"TAG-A": "FLEET-1", "TAG-B": "FLEET-2", "TAG-C": "FLEET-1"})
+    async with running_station(charger_config(tmp_path), csms) as h:
+        await h.booted()
+        await h.start_charging(1, "TAG-A")
+        other = await h.station.present_id(1, "TAG-B")
+        assert other == {
+            "idTag": "TAG-B",
+            "status": "Accepted",
+            "source": "central system",
+            "taken": False,
+            "detail": "but not of the transaction's group (parentIdTag): it goes on",
+        }
+        assert h.transaction_id(1) is not None
+        same_group = await h.station.present_id(1, "TAG-C")
+        assert (same_group["taken"], same_group["detail"]) == (True, "stops the transaction")
+        assert h.transaction_id(1) is None

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+import os
 import re
 import signal
 import socket
@@ -12,7 +13,7 @@ import sys
 from datetime import UTC, datetime
 from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import pytest
 import trio
@@ -23,6 +24,7 @@ from trio_websocket import wrap_client_stream
 
 from dcocpp import defaults, demo
 from dcocpp.connector.metering import TrioWallClock
+from dcocpp.demo import MIN_SPEED
 from dcocpp.demo.central_system import CsmsEvent, DemoCentralSystem
 from dcocpp.demo.run import REJECTED_TAG, GunSession, default_script, run_demo
 from dcocpp.ocpp.messagelog import MessageLog
@@ -410,14 +412,6 @@ def test_demo_help_explains_the_demo(capsys: pytest.CaptureFixture[str]) -> None
         assert text in out, text
 
 
-@pytest.mark.parametrize("speed", ["0", "-1", "nan", "fast"])
-def test_demo_refuses_a_bad_speed(speed: str, capsys: pytest.CaptureFixture[str]) -> None:
-    with pytest.raises(SystemExit) as info:
-        demo.main(["demo", "--speed", speed])
-    assert info.value.code == 2
-    assert "--speed" in capsys.readouterr().err
-
-
 def test_python_m_dcocpp_demo_help() -> None:
     done = subprocess.run(
         [sys.executable, "-m", "dcocpp", "demo", "--help"],
@@ -430,3 +424,124 @@ def test_python_m_dcocpp_demo_help() -> None:
         pytest.skip("dcocpp/cli.py does not register `demo` yet")
     assert done.returncode == 0, done.stderr
     assert "embedded central system" in done.stdout
+
+
+# --- every pace, any end ------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("speed", [MIN_SPEED, 1e9], ids=["slowest", "fastest"])
+async def test_every_accepted_pace_plays_the_whole_script(
+    autojump_clock: trio.testing.MockClock, tmp_path: Path, speed: float
+) -> None:
+    result = await run_demo(
+        speed=speed, api=None, data_dir=tmp_path, out=io.StringIO(), live=False, in_memory=True
+    )
+    csms = result.csms
+    assert not result.interrupted
+    for cid in (1, 2):
+        seen = [status for c, status in csms.status_history if c == cid]
+        expected = ["Available", "Preparing", "Charging", "SuspendedEV", "Charging"]
+        assert seen == [*expected, "Finishing", "Available"], (cid, seen)
+    assert [(a.id_tag, a.status) for a in csms.authorizations if a.id_tag == REJECTED_TAG] == [
+        (REJECTED_TAG, AuthorizationStatus.invalid)
+    ]
+    transactions = sorted(csms.transactions, key=lambda t: t.connector_id)
+    assert [(t.connector_id, t.reason) for t in transactions] == [(1, "Local"), (2, "Local")]
+    assert all(t.energy_wh is not None and t.energy_wh > 0 for t in transactions)
+
+
+@pytest.mark.parametrize("speed", ["0", "-1", "nan", "inf", "fast", "0.009"])
+def test_demo_refuses_a_pace_it_cannot_play(speed: str, capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as info:
+        demo.main(["demo", "--speed", speed])
+    assert info.value.code == 2
+    err = capsys.readouterr().err
+    assert "argument --speed: " in err
+    if speed != "fast":
+        assert "must be a number from 0.01 up" in err
+
+
+def _demo_process(tmp_path: Path, *args: str) -> subprocess.Popen[str]:
+    """`python -m dcocpp demo --no-live` with its temporary directory under `tmp_path`."""
+    return subprocess.Popen(
+        [sys.executable, "-m", "dcocpp", "demo", "--no-live", "--api", "127.0.0.1:0", *args],
+        cwd=REPO,
+        env={**os.environ, "TMPDIR": str(tmp_path)},
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
+def _read_until(stream: IO[str], marker: str) -> list[str]:
+    """Lines of `stream` up to the first containing `marker` (the process's output is bounded:
+    it ends, and the test's hang guard bounds the whole test)."""
+    lines = []
+    for line in stream:
+        lines.append(line)
+        if marker in line:
+            return lines
+    raise AssertionError(f"no {marker!r} in:\n{''.join(lines)}")
+
+
+def _temporary_data(tmp_path: Path) -> list[Path]:
+    return sorted(tmp_path.glob("dcocpp-demo-*"))
+
+
+@pytest.mark.process
+def test_demo_at_500_times_the_pace_plays_the_whole_script(tmp_path: Path) -> None:
+    """At a fast pace the first tag used to come before the central system had accepted the
+    charger: decided offline, it never reached the central system and the demo failed after
+    30 s. The script now starts once the charger is registered."""
+    with _demo_process(tmp_path, "--speed", "500") as process:
+        out, err = process.communicate(timeout=60)
+    assert process.returncode == 0, err
+    rows, _ = _summary_rows(out)
+    assert sorted((r[1], r[5]) for r in rows) == [("1", "Local"), ("2", "Local")], out
+    assert f"Refused: {REJECTED_TAG}" in out
+    assert _temporary_data(tmp_path) == []
+
+
+@pytest.mark.process
+@pytest.mark.parametrize(
+    "signum", [signal.SIGINT, signal.SIGHUP, signal.SIGTERM], ids=["SIGINT", "SIGHUP", "SIGTERM"]
+)
+def test_an_interrupted_demo_removes_its_temporary_data(tmp_path: Path, signum: int) -> None:
+    with _demo_process(tmp_path, "--speed", "5") as process:
+        assert process.stdout is not None
+        _read_until(process.stdout, "charging, transaction")
+        assert len(_temporary_data(tmp_path)) == 1
+        process.send_signal(signum)
+        out, err = process.communicate(timeout=30)
+    assert process.returncode == 0, err
+    assert "interrupted: stopping the running transactions" in out
+    assert "Transactions recorded by the central system" in out
+    assert "Traceback" not in err
+    assert _temporary_data(tmp_path) == []
+
+
+@pytest.mark.process
+def test_a_hangup_while_the_demo_starts_removes_its_temporary_data(tmp_path: Path) -> None:
+    with _demo_process(tmp_path) as process:
+        assert process.stdout is not None
+        _read_until(process.stdout, "dcocpp demo: a DC charger")  # its first line
+        process.send_signal(signal.SIGHUP)
+        _, err = process.communicate(timeout=30)
+    assert process.returncode == 0, err
+    assert "Traceback" not in err
+    assert _temporary_data(tmp_path) == []
+
+
+@pytest.mark.process
+def test_demo_into_a_pipe_closed_early_ends_quietly(tmp_path: Path) -> None:
+    """`dcocpp demo | head -3`: no BrokenPipeError traceback, the temporary data removed."""
+    with _demo_process(tmp_path, "--speed", "5") as process:
+        assert process.stdout is not None and process.stderr is not None
+        head = [process.stdout.readline() for _ in range(3)]
+        process.stdout.close()  # as `head` exits
+        err = process.stderr.read()
+        assert process.wait(timeout=30) == 1
+    assert head[0].startswith("dcocpp demo: a DC charger")
+    assert err == ""
+    assert _temporary_data(tmp_path) == []

@@ -12,7 +12,8 @@ One charger and one central system serve the whole module (`api_run`). The scena
 
 1. TC_010 on gun 2: plug it (CLI); the script waits for its StatusNotification Preparing and
    sends RemoteStartTransaction -> transaction 1 (the peer numbers transactions from 1).
-2. TC_003 on gun 1, while gun 2 charges: plug, present TAG-A -> transaction 2.
+2. TC_003 on gun 1, while gun 2 charges: plug, present INVALID-A (refused by the peer, with
+   `python -m dcocpp sim authorize`), then TAG-A -> transaction 2.
 3. Emergency stop on gun 1 -> Faulted, StopTransaction(2, EmergencyStop); the script, waiting for
    that StopTransaction, then sends RemoteStopTransaction(1) (TC_012 on gun 2). A tag at the
    faulted gun is refused; the fault is cleared with the EV still plugged -> Finishing.
@@ -170,9 +171,13 @@ class Api:
 
     def post(self, path: str, body: dict[str, Any] | None = None) -> dict[str, Any]:
         """POST a JSON object; the connector entry of the `{"ok": true, ...}` answer."""
+        return self.post_answer(path, body)["connector"]  # type: ignore[no-any-return]
+
+    def post_answer(self, path: str, body: dict[str, Any] | None = None) -> dict[str, Any]:
+        """POST a JSON object; the whole `{"ok": true, ...}` answer."""
         answer = self._request("POST", path, {} if body is None else body)
         assert answer.get("ok") is True, answer
-        return answer["connector"]  # type: ignore[no-any-return]
+        return answer
 
     def post_refused(self, path: str, body: dict[str, Any]) -> tuple[int, Any]:
         """POST what the API must refuse: its HTTP status and the answer's `error`."""
@@ -248,6 +253,7 @@ class ApiRun:
     events: list[dict[str, Any]] = field(default_factory=list)  # the peer's, in order
     entries: dict[str, dict[str, Any]] = field(default_factory=dict)  # API answers, by name
     cli: subprocess.CompletedProcess[str] | None = None
+    invalid_tag_cli: subprocess.CompletedProcess[str] | None = None  # sim authorize INVALID-A
     tag_while_faulted: tuple[int, Any] | None = None  # HTTP status and error of the refusal
     exit_status: int | None = None
     charger_stderr: str = ""
@@ -348,7 +354,10 @@ def drive(run: ApiRun, csms: ManagedProcess, charger: ManagedProcess, api: Api) 
 
     # 2. TC_003 on gun 1 while gun 2 charges: plug in first, then the tag.
     run.entries["gun1_plugged"] = api.post("/api/connectors/1/plug")
-    run.entries["gun1_authorize"] = api.post("/api/connectors/1/authorize", {"idTag": "TAG-A"})
+    run.invalid_tag_cli = run_sim_cli(api, "authorize", "1", "INVALID-A")  # the peer refuses it
+    answer = api.post_answer("/api/connectors/1/authorize", {"idTag": "TAG-A"})
+    run.entries["gun1_authorize"] = answer["connector"]
+    run.entries["tag_a_decision"] = answer["authorization"]
     run.entries["gun1_charging"] = api.wait_connector(1, charging, "Charging")
     peer.wait_for_event(
         is_call("StatusNotification", connectorId=1, status="Charging"), STATE_TIMEOUT
@@ -394,7 +403,8 @@ def drive(run: ApiRun, csms: ManagedProcess, charger: ManagedProcess, api: Api) 
         )
     # Gun 1's own tag ends gun 1's transaction; gun 2 charges on.
     tx_1 = run.entries["both_api_1"]["transactionId"]
-    api.post("/api/connectors/1/authorize", {"idTag": "TAG-B"})
+    answer = api.post_answer("/api/connectors/1/authorize", {"idTag": "TAG-B"})
+    run.entries["tag_b_stop_decision"] = answer["authorization"]
     peer.wait_for_event(is_call("StopTransaction", transactionId=tx_1), STATE_TIMEOUT)
     run.entries["both_api_1_stopped"] = api.wait_connector(1, settled("Finishing"), "Finishing")
     run.entries["both_api_2_after"] = connector(api.status(), 2)
@@ -628,6 +638,40 @@ def test_two_guns_charging_at_once_over_the_api(api_run: ApiRun) -> None:
     after = api_run.entry("both_api_2_after")
     assert charging(after) and after["transactionId"] == tx_2, after
     assert api_run.entry("both_api_1_stopped")["transactionId"] is None
+
+
+def test_the_api_answers_a_tag_with_what_the_charger_decided(api_run: ApiRun) -> None:
+    # Invalid for the central system, through the operator's command line: exit status 2.
+    cli = api_run.invalid_tag_cli
+    assert cli is not None, api_run.context()
+    assert cli.returncode == 2, cli
+    lines = cli.stdout.splitlines()
+    assert lines[0] == "INVALID-A: Invalid (central system)", cli.stdout
+    assert lines[1].startswith("connector 1: Preparing, plugged, relay open"), cli.stdout
+    api_run.one(is_call("Authorize", idTag="INVALID-A"), "Authorize INVALID-A")
+    assert not api_run.find(is_call("StartTransaction", idTag="INVALID-A")), api_run.context()
+
+    # Accepted: the gun took it.
+    assert api_run.entry("tag_a_decision") == {
+        "idTag": "TAG-A",
+        "status": "Accepted",
+        "source": "central system",
+        "taken": True,
+        "detail": None,
+    }
+    # The transaction's own tag stops it, nobody asked.
+    assert api_run.entry("tag_b_stop_decision") == {
+        "idTag": "TAG-B",
+        "status": "Accepted",
+        "source": "the transaction's own tag",
+        "taken": True,
+        "detail": "stops the transaction",
+    }
+    # Refused at the reader (the gun is Faulted), and why.
+    assert api_run.tag_while_faulted is not None, api_run.context()
+    code, error = api_run.tag_while_faulted
+    assert code == 422, api_run.tag_while_faulted
+    assert error.startswith("connector 1 refused TAG-X at the reader: the gun is Faulted ("), error
 
 
 def test_every_call_passes_the_schemas_and_the_script_ran_clean(api_run: ApiRun) -> None:

@@ -39,6 +39,7 @@ from dcocpp.hardware.plc import codec
 from dcocpp.hardware.plc.driver import (
     REOPEN_MAX_S,
     REOPEN_MIN_S,
+    CanBusNotFound,
     PlcBackend,
     PlcDriverError,
     PlcGun,
@@ -126,11 +127,12 @@ class FakePlc:
 
 @attrs.define
 class BusControl:
-    """The rig's bus_factory: raises OSError while `down`; `attempts` has the trio time of
+    """The rig's bus_factory: raises `error` while `down`; `attempts` has the trio time of
     every call."""
 
     down: bool = False
     attempts: list[float] = attrs.Factory(list)
+    error: Exception = attrs.Factory(lambda: OSError("can0 is down"))
 
 
 @attrs.define
@@ -249,7 +251,7 @@ async def rig(
     def factory() -> can.BusABC:
         control.attempts.append(trio.current_time())
         if control.down:
-            raise OSError("can0 is down")
+            raise control.error
         bus = bus_class(channel=channel)
         if no_filters:  # a controller without acceptance filters: the driver must sort
             bus.set_filters = lambda filters=None: None  # type: ignore[method-assign]
@@ -907,6 +909,51 @@ async def test_bus_that_cannot_be_opened_is_retried_with_backoff() -> None:
         assert r.emulators[3].state.relay_closed
         await r.wait_event(1, RelayState(True))  # set_relay returns before it is delivered
         assert r.events[1] == [down, FaultCleared(FaultKind.COMMUNICATION), RelayState(True)]
+
+
+async def test_a_bus_that_does_not_exist_at_start_ends_run() -> None:
+    """A channel or interface type missing on this machine is not waited for: `run` raises
+    before it has started (the charger does not start, see docs/can-bus.md)."""
+
+    def missing() -> can.BusABC:
+        raise CanBusNotFound("CAN channel can9 (interface socketcan): no such device")
+
+    backend = PlcBackend(ONE, bus_factory=missing)
+    send, receive = trio.open_memory_channel[HardwareEvent](8)
+    async with trio.open_nursery() as nursery:
+        with pytest.RaisesGroup(
+            pytest.RaisesExc(CanBusNotFound, match="^CAN channel can9 "), flatten_subgroups=True
+        ):
+            await nursery.start(backend.run, {1: send})
+    with pytest.raises(trio.EndOfChannel):
+        receive.receive_nowait()  # no event, and closed
+
+
+async def test_a_bus_that_disappears_later_is_retried_like_any_bus_error() -> None:
+    fail = threading.Event()
+
+    def failing_once(bus: can.BusABC) -> None:
+        recv = bus.recv
+
+        def flaky_recv(timeout: float | None = None) -> can.Message | None:
+            if fail.is_set():
+                fail.clear()
+                raise can.CanError("adapter unplugged")
+            return recv(timeout)
+
+        bus.recv = flaky_recv  # type: ignore[method-assign]
+
+    async with rig(ONE, wrap_bus=failing_once, rx_timeout=2.0) as r:
+        r.control.error = CanBusNotFound("CAN channel can0 (interface socketcan): no such device")
+        r.control.down = True
+        fail.set()
+        await r.wait_event(
+            1, FaultRaised(FaultKind.COMMUNICATION, "CAN bus error: adapter unplugged")
+        )
+        await r.wait_until(lambda: len(r.control.attempts) >= 3)  # reopened again and again
+        r.control.down = False
+        await r.wait_event(1, FaultCleared(FaultKind.COMMUNICATION))
+        assert len(r.opened) == 2
 
 
 def meter_faults(events: list[HardwareEvent]) -> list[HardwareEvent]:

@@ -120,7 +120,11 @@ async def test_tc_046_1_reserved_connector_local_start(autojump_clock: Any, tmp_
         assert stored(h.station.config) == [ReservationRow(46, 1, "RES-TAG", None, expires)]
         await h.wait_status(1, "Reserved", since=since)
         # Another tag is refused without asking the central system.
-        with pytest.raises(ValueError, match=r"takes no tag now \(Reserved"):
+        with pytest.raises(
+            ValueError,
+            match=r"refused OTHER-TAG at the reader: the gun is Reserved for another tag "
+            r"\(reservation 46\)",
+        ):
             await h.station.present_id(1, "OTHER-TAG")
         await trio.sleep(5)
         assert h.csms.received("Authorize", since) == []

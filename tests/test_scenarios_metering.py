@@ -459,7 +459,7 @@ async def test_plugged_ev_is_finishing_after_a_soft_reset_that_stopped_its_sessi
         await h.wait_until(lambda: h.station.started.is_set() and 1 in h.station.connectors)
         await h.wait_machine_status(1, "Finishing")
         # The driver's session ended with the reset: a tag does not start another one.
-        with pytest.raises(ValueError, match="takes no tag"):
+        with pytest.raises(ValueError, match="refused TAG-RST at the reader: the gun is Finishing"):
             await h.station.present_id(1, "TAG-RST")
         await h.station.unplug(1)
         await h.wait_machine_status(1, "Available")

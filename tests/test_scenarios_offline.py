@@ -417,7 +417,9 @@ async def test_tc_032_2_ev_still_plugged_after_the_power_cut_is_finishing(
         await trio.sleep(30)
         assert h.connector(1).machine.status == "Finishing"
         # The driver's session is over: their tag does not start another one.
-        with pytest.raises(ValueError, match="takes no tag"):
+        with pytest.raises(
+            ValueError, match="refused TAG-032-2 at the reader: the gun is Finishing"
+        ):
             await h.station.present_id(1, "TAG-032-2")
         await h.station.unplug(1)
         await h.wait_status(1, "Available", since=since)

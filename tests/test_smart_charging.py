@@ -5,6 +5,7 @@ show, on the simulated guns and on the PLC backend, on virtual time."""
 
 from __future__ import annotations
 
+import logging
 from datetime import datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
@@ -567,6 +568,36 @@ async def test_a_power_limit_follows_the_rising_battery_voltage(
     assert volts_after > volts_before * 1.05
     assert last < first * 0.96
     assert 11000 * 0.98 <= values["Power.Active.Import"] <= 11000 * 1.005
+
+
+async def test_a_limit_that_only_follows_the_voltage_is_logged_once(
+    autojump_clock: Any, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A limit in W converted again at the rising voltage every RECONVERT_S is the same fact
+    to the operator: one INFO line when the limit changes, the conversions at DEBUG."""
+    caplog.set_level(logging.DEBUG, logger="dcocpp.limits")
+    async with running_station(charger_config(tmp_path), keys=SAMPLED) as h:
+        await h.booted()
+        await h.start_charging(1, "TAG-W", ev=EvModel(capacity_wh=10_000, soc=20))
+        body = profile(1, "TxDefaultProfile", [(0, 11000)], kind="Relative", unit="W")
+        assert await set_profile(h, 1, body) == "Accepted"
+        await h.wait_until(lambda: setpoint(h, 1) < MAX_A, limit=0.1, poll=0.001)
+        first = setpoint(h, 1)
+        await trio.sleep(600)
+        assert h.station.limits is not None
+        last = h.station.limits.applied[1]  # the PLC's own may still be on its way
+    lines = [
+        (record.levelno, record.getMessage())
+        for record in caplog.records
+        if record.getMessage().startswith("connector 1: current limit ")
+    ]
+    assert [text for level, text in lines if level == logging.INFO] == [
+        f"connector 1: current limit {MAX_A:.1f} A",  # at boot
+        f"connector 1: current limit {first:.1f} A",  # the profile
+    ]
+    conversions = [text for level, text in lines if level == logging.DEBUG]
+    assert len(conversions) >= 10  # every RECONVERT_S while the voltage rose
+    assert conversions[-1] == f"connector 1: current limit {last} A (at the voltage measured now)"
 
 
 async def test_profiles_survive_a_restart_but_tx_profiles_do_not(

@@ -4,6 +4,7 @@ refusing a data directory written by a newer dcocpp."""
 from __future__ import annotations
 
 import json
+import logging
 import sqlite3
 from pathlib import Path
 
@@ -46,6 +47,40 @@ def test_an_empty_old_file_is_migrated(tmp_path: Path) -> None:
         db.close()
 
 
+def _storage_lines(caplog: pytest.LogCaptureFixture) -> list[str]:
+    return [r.getMessage() for r in caplog.records if r.name == "dcocpp.storage"]
+
+
+def test_a_new_database_is_one_line_created(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="dcocpp.storage")
+    Database.open(tmp_path).close()
+    path = tmp_path / DATABASE_NAME
+    assert _storage_lines(caplog) == [f"database {path} created (schema version {SCHEMA_VERSION})"]
+    caplog.clear()
+    Database.open(tmp_path).close()  # up to date: nothing to say
+    assert _storage_lines(caplog) == []
+
+
+def test_a_migration_is_one_line_from_which_to_which_version(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    from dcocpp.storage import MIGRATIONS
+
+    connection = sqlite3.connect(tmp_path / DATABASE_NAME)
+    for statements in MIGRATIONS[:2]:
+        for statement in statements:
+            connection.execute(statement)
+    connection.execute("PRAGMA user_version = 2")
+    connection.close()
+    caplog.set_level(logging.INFO, logger="dcocpp.storage")
+    Database.open(tmp_path).close()
+    assert _storage_lines(caplog) == [
+        f"database {tmp_path / DATABASE_NAME} migrated from schema version 2 to {SCHEMA_VERSION}"
+    ]
+
+
 def test_a_newer_schema_is_refused_untouched(tmp_path: Path) -> None:
     connection = sqlite3.connect(tmp_path / DATABASE_NAME)
     connection.execute(f"PRAGMA user_version = {SCHEMA_VERSION + 1}")
@@ -59,6 +94,23 @@ def test_an_unwritable_data_directory_is_a_storage_error(tmp_path: Path) -> None
     blocker.write_text("not a directory")
     with pytest.raises(StorageError, match="data directory"):
         Database.open(blocker / "data")
+
+
+@pytest.mark.parametrize(
+    ("where", "problem"),
+    [
+        ("file", "not a directory"),
+        ("file/data", "cannot create it: not a directory"),
+    ],
+)
+def test_a_data_directory_that_cannot_be_used_is_named_with_the_cause(
+    tmp_path: Path, where: str, problem: str
+) -> None:
+    (tmp_path / "file").write_text("not a directory")
+    data_dir = tmp_path / where
+    with pytest.raises(StorageError) as info:
+        Database.open(data_dir)
+    assert str(info.value) == f"data directory {data_dir}: {problem}"
 
 
 def test_a_data_directory_of_every_older_version_is_migrated_keeping_its_data(

@@ -644,6 +644,29 @@ class ConnectorMachine:
         if self.truth.plugged:
             self._update(ev_requesting=event.requesting)
 
+    def reader_refusal(self, id_tag: str) -> str | None:
+        """Why the gun's reader refuses `id_tag` now, for the operator (None: it takes it, to
+        start or to stop a session)."""
+        t = self.truth
+        if t.transaction is not None:
+            return None
+        # No session can start now: the tag is refused, not kept.
+        if t.faults:
+            return f"the gun is Faulted ({', '.join(detail or kind for kind, detail in t.faults)})"
+        if not t.operative:
+            return "the gun is Unavailable"
+        if t.finishing:
+            return "the gun is Finishing (unplug the EV first)"
+        if t.pending_id is not None:
+            return f"the authorization of {t.pending_id} is still pending"
+        if t.authorized is not None and idtags.same(t.authorized.id_tag, id_tag):
+            return None
+        if not self._may_authorize(id_tag):
+            # Refused without asking anyone (TC_046).
+            ids = ", ".join(str(r.reservation_id) for r in kept_for(t))
+            return f"the gun is Reserved for another tag (reservation {ids})"
+        return None
+
     def _id_presented(self, event: ev.IdPresented) -> bool:
         t = self.truth
         if t.transaction is not None:
@@ -653,12 +676,10 @@ class ConnectorMachine:
                 self._update(stop_candidate=event.id_tag)
                 self._emit(ev.Authorize(event.id_tag))
             return True
-        if t.finishing or not t.operative or t.faults or t.pending_id is not None:
-            return False  # no session can start now: the tag is refused, not kept
+        if self.reader_refusal(event.id_tag) is not None:
+            return False
         if t.authorized is not None and idtags.same(t.authorized.id_tag, event.id_tag):
             return True
-        if not self._may_authorize(event.id_tag):
-            return False  # reserved for another tag: refused without asking anyone (TC_046)
         self._update(pending_id=event.id_tag)
         self._emit(ev.Authorize(event.id_tag))
         return True

@@ -18,14 +18,15 @@ from typing import Any, Protocol
 import attrs
 import trio
 from ocpp.v16 import call
-from ocpp.v16.enums import ReadingContext, UnlockStatus
+from ocpp.v16.enums import AuthorizationStatus, ReadingContext, UnlockStatus
 
+from dcocpp import idtags
 from dcocpp.config import ConnectorConfig
 from dcocpp.connector import events as ev
-from dcocpp.connector.machine import ConnectorMachine, Settings, Truth, fault_report
+from dcocpp.connector.machine import ConnectorMachine, Settings, Truth, fault_report, kept_for
 from dcocpp.connector.metering import WallClock, meter_value, ocpp_time, seconds_to_next_aligned
 from dcocpp.hardware import interface as hw
-from dcocpp.ocpp.authorization import Authorizer
+from dcocpp.ocpp.authorization import Authorizer, Decision
 from dcocpp.ocpp.configuration import ConfigurationStore
 from dcocpp.ocpp.control import ConnectorStatus
 from dcocpp.ocpp.errors import OcppError
@@ -59,6 +60,29 @@ class _Request:
     event: ev.Event
     done: trio.Event = attrs.field(factory=trio.Event)
     reply: Any = None
+    refusal: str | None = None  # IdPresented: why the reader refused the tag
+    outcome: _TagWait | None = None  # IdPresented: what became of the tag
+
+
+@attrs.frozen
+class TagOutcome:
+    """What a gun made of a tag presented at its reader (`ConnectorTask.present_id`)."""
+
+    id_tag: str
+    refused: str | None = None  # refused at the reader, and why (then nothing else applies)
+    decision: Decision | None = None  # the authorization's (None: not known in time)
+    taken: bool = False  # the gun acted on it: a session for it, or the transaction stopped
+    detail: str | None = None  # what the gun did with it, or why not, for the operator
+
+
+@attrs.define
+class _TagWait:
+    """A tag presented at the reader, until the machine has taken its authorization's result."""
+
+    id_tag: str
+    decision: Decision | None = None
+    outcome: TagOutcome | None = None
+    done: trio.Event = attrs.field(factory=trio.Event)
 
 
 class ReservationDesk(Protocol):
@@ -150,6 +174,8 @@ class ConnectorTask:
         # Reported as Current.Offered.
         self.offered_a: float | None = None
         self._resync = trio.Event()  # the station's reservations changed (see resync)
+        # Tags presented at the reader whose authorization someone awaits (present_id).
+        self._tag_waits: dict[str, _TagWait] = {}
 
     def _settings(self) -> Settings:
         store = self.services.store
@@ -171,6 +197,22 @@ class ConnectorTask:
 
     async def post(self, event: ev.Event) -> None:
         await self._send.send(event)
+
+    async def present_id(self, id_tag: str, *, wait: float) -> TagOutcome:
+        """A tag at the gun's reader, and what the gun made of it: refused at the reader (and
+        why), or the authorization's decision, waited for up to `wait` seconds, and whether
+        the gun acted on it."""
+        request = _Request(ev.IdPresented(id_tag))
+        await self._send.send(request)
+        await request.done.wait()
+        pending = request.outcome
+        if pending is None:
+            return TagOutcome(id_tag, refused=request.refusal or "the gun takes no tag now")
+        with trio.move_on_after(wait):
+            await pending.done.wait()
+        if pending.outcome is None:
+            return TagOutcome(id_tag, detail=f"no decision within {wait:g} s")
+        return pending.outcome
 
     def resync(self) -> None:
         """The station's reservations may have changed: bring the machine in line soon (it is
@@ -255,8 +297,14 @@ class ConnectorTask:
         if translate is not None:
             event = translate(event)
         self.machine.settings = self._settings()  # keys may have changed at runtime
+        before = self.machine.truth
+        refusal = (
+            self.machine.reader_refusal(event.id_tag) if isinstance(event, ev.IdPresented) else None
+        )
         reply = self.machine.dispatch(event)
         effects = self.machine.take_effects()
+        if isinstance(event, ev.AuthorizationResult):
+            self._settle_tag(event, before, effects)
         self._note_reservations(effects)
         if self.services.reservations is not None:
             self.services.reservations.stepped(self.id)
@@ -270,6 +318,10 @@ class ConnectorTask:
         else:
             self._execute(effects)
         if request is not None:
+            if isinstance(event, ev.IdPresented):
+                request.refusal = refusal
+                if reply:
+                    request.outcome = self._tag_taken(event.id_tag, before, effects)
             request.reply = reply
             request.done.set()
         self._stepped.set()
@@ -402,7 +454,65 @@ class ConnectorTask:
         log.info(
             "connector %d: %s is %s (%s)", self.id, id_tag, decision.status.value, decision.source
         )
+        wait = self._tag_waits.get(id_tag)
+        if wait is not None:
+            wait.decision = decision
         await self.post(ev.AuthorizationResult(id_tag, decision.status, decision.parent_id_tag))
+
+    # --- what became of a tag at the reader (present_id) -----------------------------------
+
+    def _tag_taken(self, id_tag: str, before: Truth, effects: list[ev.Effect]) -> _TagWait:
+        """The reader took `id_tag`: its outcome now when no authorization is needed, else a
+        wait that `_settle_tag` ends once the machine has the authorization's result."""
+        wait = _TagWait(id_tag)
+        if any(isinstance(e, ev.Authorize) and e.id_tag == id_tag for e in effects):
+            self._tag_waits[id_tag] = wait
+            return wait
+        if before.transaction is not None:  # the transaction's own tag: it stops, no Authorize
+            decision = Decision(AuthorizationStatus.accepted, source="the transaction's own tag")
+            detail = "stops the transaction"
+        else:
+            assert before.authorized is not None
+            decision = Decision(
+                AuthorizationStatus.accepted,
+                before.authorized.parent_id_tag,
+                source="authorized already",
+            )
+            detail = None
+        wait.outcome = TagOutcome(id_tag, decision=decision, taken=True, detail=detail)
+        wait.done.set()
+        return wait
+
+    def _settle_tag(
+        self, result: ev.AuthorizationResult, before: Truth, effects: list[ev.Effect]
+    ) -> None:
+        """The machine took the authorization result of a tag someone awaits: what it did."""
+        wait = self._tag_waits.pop(result.id_tag, None)
+        if wait is None:
+            return
+        accepted = result.status == AuthorizationStatus.accepted
+        after = self.machine.truth
+        taken, detail = False, None
+        if before.transaction is not None and result.id_tag == before.stop_candidate:
+            taken = any(isinstance(e, ev.StopTransaction) for e in effects)
+            if taken:
+                detail = "stops the transaction"
+            elif accepted:
+                detail = "but not of the transaction's group (parentIdTag): it goes on"
+        elif result.id_tag == before.pending_id:
+            if accepted:
+                holder = after.transaction or after.authorized
+                taken = holder is not None and idtags.same(holder.id_tag, result.id_tag)
+                if not taken:
+                    detail = (
+                        "but the gun is reserved for another tag"
+                        if kept_for(after)
+                        else "but the gun no longer takes it"
+                    )
+        else:
+            detail = "the gun no longer waited for it"
+        wait.outcome = TagOutcome(result.id_tag, decision=wait.decision, taken=taken, detail=detail)
+        wait.done.set()
 
     def _set_connection_timer(self, running: bool) -> None:
         if self._connection_timer is not None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import math
 import shutil
+import signal
 import sys
 import tempfile
 from functools import partial
@@ -23,6 +24,10 @@ __all__ = ["add_subcommands", "main"]
 
 EXIT_OK = 0
 EXIT_FAILED = 1
+# The slowest pace the script works at: slower, the simulated EV's battery (75 kWh from 20 %,
+# charged in real time at 75 kW) is full before the script pauses it (at 0.004, after 12 / 0.004
+# s), and a full EV does not resume. Any faster pace works: every step waits for the charger.
+MIN_SPEED = 0.01
 
 _DESCRIPTION = """\
 Run a complete charging demo with nothing else installed. An embedded central system (a small
@@ -34,8 +39,8 @@ resumes, the driver presents the tag again to stop, unplug. The connectors' stat
 energy show live (a table redrawn in place on a terminal, one line per event otherwise);
 at the end the transactions the central system recorded are printed with the energy of each.
 It takes about half a minute (--speed 5: about 7 s). While it runs the charger's local API answers,
-so `dcocpp status` and `dcocpp sim ...` work from another terminal. Ctrl-C stops it cleanly
-(exit status 0) and still prints the summary.
+so `dcocpp status` and `dcocpp sim ...` work from another terminal. Ctrl-C (or SIGTERM, or a
+hangup) stops it cleanly (exit status 0) and still prints the summary.
 
 Logging: only warnings are shown, inside the live view. --log-level prints log lines at that
 level on stderr (best together with --no-live). The charger's state, its configuration and
@@ -56,8 +61,8 @@ def add_subcommands(commands: argparse._SubParsersAction[argparse.ArgumentParser
         type=_speed,
         default=1.0,
         metavar="FACTOR",
-        help="pace of the script: 2 is twice as fast (default: 1; the charging itself runs "
-        "in real time, so a faster demo delivers less energy)",
+        help="pace of the script: 2 is twice as fast, from 0.01 up (default: 1; the charging "
+        "itself runs in real time, so a faster demo delivers less energy)",
     )
     demo.add_argument(
         "--api",
@@ -107,12 +112,32 @@ def _speed(text: str) -> float:
         value = float(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
-    if not (math.isfinite(value) and value > 0):
-        raise argparse.ArgumentTypeError(f"must be a positive number, not {text}")
+    if not (math.isfinite(value) and value >= MIN_SPEED):
+        raise argparse.ArgumentTypeError(
+            f"must be a number from {MIN_SPEED:g} up (slower, the simulated EV's battery is "
+            f"full before the script pauses it), not {text}"
+        )
     return value
 
 
 def _demo(args: argparse.Namespace) -> int:
+    # Until the demo's own signal handling takes over (`stop_on_signals`), a hangup (the
+    # terminal was closed) or SIGTERM stops it as Ctrl-C does, so that its temporary data is
+    # removed on the way out: by default both would just end the process.
+    previous = {sig: signal.signal(sig, _as_ctrl_c) for sig in (signal.SIGHUP, signal.SIGTERM)}
+    try:
+        return _demo_in_temporary_data(args)
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+def _as_ctrl_c(signum: int, frame: object) -> None:
+    # Through SIGINT: Python's KeyboardInterrupt, or inside trio its safe delivery of it.
+    signal.raise_signal(signal.SIGINT)
+
+
+def _demo_in_temporary_data(args: argparse.Namespace) -> int:
     import trio
 
     from dcocpp.demo.run import DemoError, run_demo

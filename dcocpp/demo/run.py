@@ -25,7 +25,7 @@ import signal
 import socket
 import sys
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, TextIO
 
@@ -38,6 +38,7 @@ from dcocpp.api import ApiError, format_address, parse_address
 from dcocpp.config import ChargerConfig, ConfigError, load_charger_config
 from dcocpp.connector import events as ev
 from dcocpp.connector.metering import WallClock
+from dcocpp.demo import MIN_SPEED
 from dcocpp.demo.central_system import DemoCentralSystem
 from dcocpp.demo.view import DemoView, format_summary
 from dcocpp.ocpp.configuration import ConfigurationError
@@ -242,6 +243,19 @@ class _Player:
     async def until_status(self, connector_id: int, status: str) -> dict[str, Any]:
         return await self.until(connector_id, f"become {status}", lambda e: e["status"] == status)
 
+    async def until_registered(self) -> None:
+        """Until the central system has accepted the charger: a tag presented before that is
+        decided offline, and the central system never sees it (at a fast pace the script's
+        first tag comes before the BootNotification is answered)."""
+
+        def registered() -> bool:
+            session = self.station.session
+            return session is not None and session.registration.accepted
+
+        # Checked at every message the central system hears: the charger's first ones once
+        # accepted are its StatusNotifications.
+        await self.until_csms("the charger registered", registered)
+
     async def until_csms(self, what: str, predicate: Callable[[], bool]) -> None:
         with trio.move_on_after(STEP_TIMEOUT):
             await self.csms.wait_for(predicate)
@@ -352,8 +366,8 @@ async def run_demo(
     against emulated PLCs on a virtual CAN bus instead of the simulated guns. Everything
     started is stopped before it returns; `DemoError` says what went wrong otherwise.
     """
-    if not (math.isfinite(speed) and speed > 0):
-        raise ValueError(f"speed must be a positive number, not {speed}")
+    if not (math.isfinite(speed) and speed >= MIN_SPEED):
+        raise ValueError(f"speed must be a number from {MIN_SPEED:g} up, not {speed}")
     out = out if out is not None else sys.stdout
     live = live and out.isatty()
     data_dir = Path(data_dir)
@@ -404,76 +418,83 @@ async def _run(
 
     csms = DemoCentralSystem([])
     interrupted = False
+    api_address: tuple[str, int] | None = None
     async with trio.open_nursery() as csms_nursery:
-        if in_memory:
-            csms_url = MEMORY_CSMS_URL
-            open_stream = csms.memory_network(csms_nursery)
-        else:
-            port = await csms_nursery.start(csms.run, "127.0.0.1", 0)
-            csms_url = f"ws://127.0.0.1:{port}/ocpp"
-            open_stream = None
-        config = demo_config(data_dir, csms_url, shipped_configs, plc=plc)
-        connector_ids = [c.id for c in config.connectors]
-        script = list(guns_script) if guns_script is not None else default_script(connector_ids)
-        unknown = sorted({s.connector_id for s in script} - set(connector_ids))
-        if unknown:
-            raise DemoError(f"the script names connectors the charger lacks: {unknown}")
-        csms.accepted_tags = frozenset(s.id_tag for s in script)
-        busy_port = api[1] if api is not None else 0
-        if api is not None:
-            api, busy = _api_address(api)
-            busy_port = busy_port if busy else 0
+        stop = _OnSignal()
+        if stop_on_signals:
+            await csms_nursery.start(stop.watch)
+        # A signal while starting: nothing has been played, the demo ends at once.
+        with stop.cancels() as starting:
+            if in_memory:
+                csms_url = MEMORY_CSMS_URL
+                open_stream = csms.memory_network(csms_nursery)
+            else:
+                port = await csms_nursery.start(csms.run, "127.0.0.1", 0)
+                csms_url = f"ws://127.0.0.1:{port}/ocpp"
+                open_stream = None
+            config = demo_config(data_dir, csms_url, shipped_configs, plc=plc)
+            connector_ids = [c.id for c in config.connectors]
+            script = list(guns_script) if guns_script is not None else default_script(connector_ids)
+            unknown = sorted({s.connector_id for s in script} - set(connector_ids))
+            if unknown:
+                raise DemoError(f"the script names connectors the charger lacks: {unknown}")
+            csms.accepted_tags = frozenset(s.id_tag for s in script)
+            busy_port = api[1] if api is not None else 0
+            if api is not None:
+                api, busy = _api_address(api)
+                busy_port = busy_port if busy else 0
 
-        station = Station(config, open_stream=open_stream, clock=clock, api_address=api)
-        view = DemoView(
-            station,
-            csms,
-            out,
-            live=live,
-            labels={c.id: c.label for c in config.connectors},
-            headline="dcocpp demo",
-        )
-        csms.observer = view.csms_event  # held back until the heading is out
-        guns = ", ".join(f"{c.id} {c.label} {c.max_power_w / 1000:g} kW" for c in config.connectors)
-        hardware = "emulated PLCs on a virtual CAN bus" if plc else "simulated hardware"
-        say(f"dcocpp demo: a DC charger on {hardware} and an embedded central system")
-        say(f"  central system  {'in memory' if in_memory else csms_url}")
-        say(f"                  accepts {', '.join(sorted(csms.accepted_tags))}")
-        say(f"  charger         {config.charge_point.id}, guns {guns}")
-        async with trio.open_nursery() as station_nursery:
-            await station_nursery.start(station.run)
-            assert station.store is not None
-            station.store.set_value(
-                "MeterValueSampleInterval", max(1, round(METER_SAMPLE_INTERVAL / speed))
+            station = Station(config, open_stream=open_stream, clock=clock, api_address=api)
+            view = DemoView(
+                station,
+                csms,
+                out,
+                live=live,
+                labels={c.id: c.label for c in config.connectors},
+                headline="dcocpp demo",
             )
-            api_address = (api[0], station.api_port or api[1]) if api is not None else None
-            if api_address is not None:
-                where = format_address(*api_address)
-                hint = "" if api_address == DEFAULT_API_ADDRESS else f" --api {where}"
-                say(f"  local API       http://{where}  (try `dcocpp status{hint}`)")
-                if busy_port:
-                    say(f"                  port {busy_port} was busy, so it took a free one")
-            say(f"  pace            {speed:g}x; Ctrl-C stops the demo")
-            say("")
-            player = _Player(station, csms, view, speed)
-            with view.capturing_logs() if capture_logs else contextlib.nullcontext():
-                view.release()
-                station_nursery.start_soon(view.run)
-                with trio.CancelScope() as script_scope:
-                    async with trio.open_nursery() as watchers:
-                        if stop_on_signals:
-                            watchers.start_soon(_cancel_on_signal, script_scope)
+            csms.observer = view.csms_event  # held back until the heading is out
+            guns = ", ".join(
+                f"{c.id} {c.label} {c.max_power_w / 1000:g} kW" for c in config.connectors
+            )
+            hardware = "emulated PLCs on a virtual CAN bus" if plc else "simulated hardware"
+            say(f"dcocpp demo: a DC charger on {hardware} and an embedded central system")
+            say(f"  central system  {'in memory' if in_memory else csms_url}")
+            say(f"                  accepts {', '.join(sorted(csms.accepted_tags))}")
+            say(f"  charger         {config.charge_point.id}, guns {guns}")
+            async with trio.open_nursery() as station_nursery:
+                await station_nursery.start(station.run)
+                assert station.store is not None
+                station.store.set_value(
+                    "MeterValueSampleInterval", max(1, round(METER_SAMPLE_INTERVAL / speed))
+                )
+                api_address = (api[0], station.api_port or api[1]) if api is not None else None
+                if api_address is not None:
+                    where = format_address(*api_address)
+                    hint = "" if api_address == DEFAULT_API_ADDRESS else f" --api {where}"
+                    say(f"  local API       http://{where}  (try `dcocpp status{hint}`)")
+                    if busy_port:
+                        say(f"                  port {busy_port} was busy, so it took a free one")
+                say(f"  pace            {speed:g}x; Ctrl-C stops the demo")
+                say("")
+                player = _Player(station, csms, view, speed)
+                with view.capturing_logs() if capture_logs else contextlib.nullcontext():
+                    view.release()
+                    station_nursery.start_soon(view.run)
+                    # A signal now ends the script; the summary is still printed.
+                    with stop.cancels() as script_scope:
+                        await player.until_registered()
                         async with trio.open_nursery() as players:
                             for session in script:
                                 players.start_soon(player.play, session)
                         await trio.sleep(FINAL_PAUSE / speed)
-                        watchers.cancel_scope.cancel()
-                interrupted = script_scope.cancelled_caught
-                if interrupted:
-                    view.note("interrupted: stopping the running transactions")
-                    await _stop_transactions(station, csms)
-                view.draw()
-                station_nursery.cancel_scope.cancel()
+                    interrupted = script_scope.cancelled_caught
+                    if interrupted:
+                        view.note("interrupted: stopping the running transactions")
+                        await _stop_transactions(station, csms)
+                    view.draw()
+                    station_nursery.cancel_scope.cancel()
+        interrupted = interrupted or starting.cancelled_caught
         csms_nursery.cancel_scope.cancel()
     summary = format_summary(csms)
     say("")
@@ -490,8 +511,25 @@ async def _stop_transactions(station: Station, csms: DemoCentralSystem) -> None:
         await csms.wait_for(lambda: not any(t.active for t in csms.transactions))
 
 
-async def _cancel_on_signal(scope: trio.CancelScope) -> None:
-    with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
-        async for _ in signals:
-            scope.cancel()
-            return
+class _OnSignal:
+    """SIGINT, SIGTERM or SIGHUP (Ctrl-C, `kill`, the terminal closed) cancel the innermost
+    scope entered with `cancels()` at that moment, while `watch` runs."""
+
+    def __init__(self) -> None:
+        self._scopes: list[trio.CancelScope] = []
+
+    @contextlib.contextmanager
+    def cancels(self) -> Iterator[trio.CancelScope]:
+        with trio.CancelScope() as scope:
+            self._scopes.append(scope)
+            try:
+                yield scope
+            finally:
+                self._scopes.remove(scope)
+
+    async def watch(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM, signal.SIGHUP) as signals:
+            task_status.started()
+            async for _ in signals:
+                if self._scopes:
+                    self._scopes[-1].cancel()

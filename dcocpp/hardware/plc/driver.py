@@ -23,7 +23,10 @@ fails; or `TX_ERRORS_BEFORE_REOPEN` sends in a row raise `can.CanError`) does no
 every gun gets a COMMUNICATION fault "CAN bus error: ...",
 the bus is shut down and reopened through `bus_factory` after a backoff (0.1 s doubling up to
 5 s while reopening fails or the reopened bus delivers nothing); the first frame from a PLC
-clears its fault.
+clears its fault. One exception: when the very first open raises `CanBusNotFound` (the channel
+or the interface type does not exist on this machine, a configuration or installation error
+that no retry mends), `run` raises it before it has started. Later, the same error (a USB
+adapter unplugged) is a bus error like any other.
 
 Parameters (ConfigCmd) are set and read with `PlcGun.configure` / `read_config`, which wait for
 the PLC's ConfigAck; one ConfigCmd is in flight per PLC.
@@ -153,6 +156,10 @@ def _next_tick(start: float, period: float, now: float) -> float:
 
 class PlcDriverError(HardwareError):
     """The PLC driver's failures (relay not confirmed, gun not running, bus unusable)."""
+
+
+class CanBusNotFound(PlcDriverError):
+    """Raised by a `bus_factory`: the bus's channel or interface type does not exist here."""
 
 
 @attrs.frozen
@@ -771,9 +778,10 @@ class PlcBackend:
         `task_status.started()` once every PLC has reported its relay, cable and meter (or
         `rx_timeout` has passed: a PLC that did not is then faulted). Runs until
         cancelled; a bus error later on is reported as COMMUNICATION faults and the bus is
-        reopened (see the module docstring), and so is a bus that cannot be opened at all.
-        Raises KeyError for an unknown connector id, RuntimeError if already running. Always
-        stops the reader thread, shuts the bus down and closes the given channels."""
+        reopened (see the module docstring), and so is a bus that cannot be opened at first,
+        unless it does not exist (then `CanBusNotFound` is raised). Raises KeyError for an
+        unknown connector id, RuntimeError if already running. Always stops the reader
+        thread, shuts the bus down and closes the given channels."""
         try:
             if self._running:
                 raise RuntimeError("PLC backend already running")
@@ -829,7 +837,7 @@ class PlcBackend:
         interface is not up yet) report it on every gun and reopen it with backoff."""
         delay = REOPEN_MIN_S
         status = task_status
-        bus, error = self._try_open_bus()
+        bus, error = self._try_open_bus(first=True)
         while True:
             if bus is not None:
                 error, flowed = await self._serve(bus, status)
@@ -851,10 +859,12 @@ class PlcBackend:
                     break
                 log.debug("reopening the CAN bus failed: %s (next try in %.1f s)", error, delay)
 
-    def _try_open_bus(self) -> tuple[can.BusABC | None, str]:
+    def _try_open_bus(self, *, first: bool = False) -> tuple[can.BusABC | None, str]:
         try:
             return self._open_bus(), ""
         except Exception as exc:  # whatever the interface raises: reported, retried
+            if first and isinstance(exc, CanBusNotFound):
+                raise  # at start: a bus that does not exist is not waited for
             return None, f"{type(exc).__name__}: {exc}"
 
     async def _serve(self, bus: can.BusABC, task_status: trio.TaskStatus[None]) -> tuple[str, bool]:
