@@ -24,6 +24,7 @@ from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
 
+import attrs
 import trio
 from ocpp.v16.enums import (
     AvailabilityStatus,
@@ -194,6 +195,7 @@ class Station:
                 if cp.central_system_uri.startswith("wss")
                 else None,
                 open_stream=self._open_stream,
+                clock=self.clock.now,
             )
             self.outbox = outbox = TransactionOutbox(session, db, store_errors=(StorageError,))
             now = ocpp_time(self.clock.now())
@@ -248,7 +250,7 @@ class Station:
                         "station %s up: %d connectors, central system %s",
                         cp.id,
                         len(config.connectors),
-                        cp.central_system_uri,
+                        session.endpoint,
                     )
                     self.started.set()
                     task_status.started()
@@ -402,6 +404,11 @@ class Station:
                 "id": self.config.charge_point.id,
                 "connected": bool(session and session.connected),
                 "registration": session.state.value if session else "Disconnected",
+                # Where it connects (with the charge point id), and why it last could not.
+                "url": session.endpoint if session else None,
+                "lastConnectionFailure": (
+                    attrs.asdict(session.last_failure) if session and session.last_failure else None
+                ),
                 # Transaction messages not yet answered; parked ones need the operator's eye.
                 "outbox": {
                     "queued": len(outbox) if outbox else 0,

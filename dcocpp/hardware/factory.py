@@ -41,4 +41,5 @@ def build_hardware(config: ChargerConfig) -> Hardware:
     def open_bus() -> can.BusABC:
         return can.Bus(interface=cp.can_interface_type, channel=cp.can_interface)
 
-    return Hardware(PlcBackend(config.connectors, bus_factory=open_bus), None)
+    name = f"CAN bus {cp.can_interface} ({cp.can_interface_type})"
+    return Hardware(PlcBackend(config.connectors, bus_factory=open_bus, bus_name=name), None)
