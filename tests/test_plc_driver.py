@@ -69,7 +69,6 @@ def connector(cid: int, plc_id: int) -> ConnectorConfig:
         label=str(cid),
         max_current_a=200.0,
         max_power_w=60_000.0,
-        meter_sample_interval_s=10,
     )
 
 

@@ -508,6 +508,22 @@ async def test_failed_reconnects_logged_once_per_reason_and_shown_in_the_status(
     )
 
 
+async def test_security_profile_reports_what_the_connection_uses(
+    autojump_clock: Any, tmp_path: Path
+) -> None:
+    # ws:// without credentials is no profile; with an AuthorizationKey it is profile 1 (Basic
+    # auth without TLS), whatever the shipped file says.
+    async with running_station(charger_config(tmp_path)) as h:
+        await h.booted()
+        assert h.store.get_int("SecurityProfile") == 0
+        key = "0123456789abcdef0123"
+        result = await h.csms_call(call.ChangeConfiguration(key="AuthorizationKey", value=key))
+        assert result.status == "Accepted"
+        await h.wait_calls("BootNotification", 2)  # it reconnected with the key
+        read = await h.csms_call(call.GetConfiguration(key=["SecurityProfile"]))
+    assert read.configuration_key == [{"key": "SecurityProfile", "readonly": False, "value": "1"}]
+
+
 async def test_message_log_is_schema_valid_json(autojump_clock: Any, tmp_path: Path) -> None:
     # Every CALL the charge point sent passed the fake CSMS's schema validation (it answers
     # a CALLERROR otherwise, which would have failed the calls above); spot-check the shapes.

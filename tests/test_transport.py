@@ -315,3 +315,24 @@ async def test_missing_client_certificate_fails_at_once_and_says_so(
             )
         )
     assert str(info.value) == expected
+
+
+@pytest.mark.parametrize(
+    ("url", "key", "certificate", "profile"),
+    [
+        ("ws://h/ocpp", False, False, 0),
+        ("ws://h/ocpp", True, False, 1),
+        ("ws://h/ocpp", True, True, 1),  # a client certificate needs TLS to be presented
+        ("wss://h/ocpp", False, False, 0),
+        ("wss://h/ocpp", True, False, 2),
+        ("wss://h/ocpp", False, True, 3),
+        ("wss://h/ocpp", True, True, 3),
+    ],
+)
+def test_security_profile_of_a_connection(
+    url: str, key: bool, certificate: bool, profile: int
+) -> None:
+    assert (
+        transport.security_profile(url, authorization_key=key, client_certificate=certificate)
+        == profile
+    )

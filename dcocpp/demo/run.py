@@ -107,7 +107,6 @@ BUILTIN_CHARGER: dict[str, Any] = {
             "label": "Gun A",
             "maxCurrentA": 200,
             "maxPowerW": 75000,
-            "meterSampleIntervalSeconds": 10,
             "fixedCable": True,
         },
         {
@@ -116,7 +115,6 @@ BUILTIN_CHARGER: dict[str, Any] = {
             "label": "Gun B",
             "maxCurrentA": 200,
             "maxPowerW": 75000,
-            "meterSampleIntervalSeconds": 10,
             "fixedCable": True,
         },
     ],

@@ -29,7 +29,7 @@ from ocpp.v16.enums import AuthorizationStatus, ChargePointErrorCode, Registrati
 
 from dcocpp.ocpp import transport
 from dcocpp.ocpp.authcache import AuthorizationCache, cache_enabled
-from dcocpp.ocpp.configuration import ConfigurationStore
+from dcocpp.ocpp.configuration import ConfigurationError, ConfigurationStore
 from dcocpp.ocpp.control import ChargePointControl, ConnectorStatus
 from dcocpp.ocpp.errors import CallError, ConnectionLost, InvalidPayload, OcppError, TransportError
 from dcocpp.ocpp.handlers import CoreHandlers
@@ -98,6 +98,7 @@ class ChargePointSession:
         control: ChargePointControl,
         *,
         ssl_context: ssl.SSLContext | None = None,
+        client_certificate: bool = False,
         open_stream: transport.OpenStream | None = None,
         auth_cache: AuthorizationCache | None = None,
         local_list: LocalAuthorizationList | None = None,
@@ -120,6 +121,7 @@ class ChargePointSession:
             ChargingProfiles(store) if charging_profiles is None else charging_profiles
         )
         self._ssl_context = ssl_context
+        self._client_certificate = client_certificate  # `ssl_context` presents one
         self._open_stream = open_stream
         self._rng = rng or random.Random()
         self._clock = clock or (lambda: datetime.now(UTC))  # the time of connection failures
@@ -247,6 +249,7 @@ class ChargePointSession:
         task_status.started()
         failures = 0
         while True:
+            self._report_security_profile()
             self.registration.connect()
             self._reconnecting = False
             reason = "connection closed"
@@ -300,6 +303,21 @@ class ChargePointSession:
             text += f" after {failure.attempts} failed attempt(s) since {failure.since}"
         self._failing = False
         return text
+
+    def _report_security_profile(self) -> None:
+        """SecurityProfile reports the profile the next connection really uses (the base file
+        cannot know whether an AuthorizationKey or a client certificate is installed)."""
+        profile = transport.security_profile(
+            self.csms_url,
+            authorization_key=bool(self.store.get("AuthorizationKey")),
+            client_certificate=self._client_certificate,
+        )
+        if self.store.get("SecurityProfile") in (None, str(profile)):
+            return
+        try:
+            self.store.set_value("SecurityProfile", profile)
+        except ConfigurationError as exc:
+            log.error("SecurityProfile not updated to %d: %s", profile, exc)
 
     def _backoff(self, failures: int) -> float:
         """Exponential backoff, capped, with jitter in [cap/2, cap] so that a fleet of chargers

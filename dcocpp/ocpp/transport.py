@@ -47,6 +47,18 @@ def endpoint_url(base: str, charge_point_id: str) -> str:
     return urlunsplit((parts.scheme, parts.netloc, path, parts.query, ""))
 
 
+def security_profile(url: str, *, authorization_key: bool, client_certificate: bool) -> int:
+    """The OCPP 1.6 security profile a connection made this way has: 3 = TLS with a client
+    certificate, 2 = TLS with Basic auth, 1 = Basic auth without TLS, 0 = none of these (no
+    credentials at all, or TLS without any)."""
+    tls = urlsplit(url).scheme == "wss"
+    if tls and client_certificate:
+        return 3
+    if authorization_key:
+        return 2 if tls else 1
+    return 0
+
+
 def basic_auth_header(charge_point_id: str, authorization_key: str) -> tuple[bytes, bytes]:
     token = base64.b64encode(f"{charge_point_id}:{authorization_key}".encode()).decode("ascii")
     return (b"Authorization", f"Basic {token}".encode("ascii"))
