@@ -490,7 +490,9 @@ async def test_failed_reconnects_logged_once_per_reason_and_shown_in_the_status(
 
     warnings = session_lines(caplog, logging.WARNING)
     assert len(warnings) == 3, warnings  # 30 failed attempts: one line per change of reason
-    assert warnings[0].startswith("connection state Accepted -> Disconnected: connection ")
+    assert warnings[0].startswith(
+        f"connection state Accepted -> Disconnected: connection to {url} lost: "
+    )
     assert warnings[1].startswith(
         f"connection state Connecting -> Disconnected: cannot connect to {url}: "
         "cannot connect to csms.test:80: connection refused"
@@ -509,8 +511,9 @@ async def test_failed_reconnects_logged_once_per_reason_and_shown_in_the_status(
 
 
 async def test_security_profile_reports_what_the_connection_uses(
-    autojump_clock: Any, tmp_path: Path
+    autojump_clock: Any, tmp_path: Path, caplog: Any
 ) -> None:
+    caplog.set_level(logging.INFO, logger="dcocpp.session")
     # ws:// without credentials is no profile; with an AuthorizationKey it is profile 1 (Basic
     # auth without TLS), whatever the shipped file says.
     async with running_station(charger_config(tmp_path)) as h:
@@ -521,7 +524,14 @@ async def test_security_profile_reports_what_the_connection_uses(
         assert result.status == "Accepted"
         await h.wait_calls("BootNotification", 2)  # it reconnected with the key
         read = await h.csms_call(call.GetConfiguration(key=["SecurityProfile"]))
+        # Reconnecting on purpose is no failure.
+        assert h.station.snapshot()["chargePoint"]["lastConnectionFailure"] is None
     assert read.configuration_key == [{"key": "SecurityProfile", "readonly": False, "value": "1"}]
+    assert session_lines(caplog, logging.WARNING) == []
+    assert any(
+        line.startswith("connection state Accepted -> Disconnected: reconnecting (")
+        for line in session_lines(caplog, logging.INFO)
+    )
 
 
 async def test_message_log_is_schema_valid_json(autojump_clock: Any, tmp_path: Path) -> None:

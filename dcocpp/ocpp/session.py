@@ -236,7 +236,7 @@ class ChargePointSession:
         """Drop the current connection (e.g. new credentials); `run()` connects again."""
         if self._connection_scope is not None:
             log.info("reconnecting: %s", reason)
-            self._reconnecting = True
+            self._reconnecting = reason
             self._connection_scope.cancel()
 
     def boot_now(self) -> None:
@@ -251,7 +251,7 @@ class ChargePointSession:
         while True:
             self._report_security_profile()
             self.registration.connect()
-            self._reconnecting = False
+            self._reconnecting = None
             reason = "connection closed"
             try:
                 reason = await self._serve_one_connection()
@@ -265,13 +265,16 @@ class ChargePointSession:
             if self.registration.is_connected:
                 # A connection that was up and went away is news every time, unless we
                 # dropped it ourselves.
-                deliberate = self._reconnecting
-                if not deliberate:
+                if self._reconnecting is not None:
+                    self.registration.connection_lost(
+                        reason=f"reconnecting ({self._reconnecting}); {retry}"
+                    )
+                else:
                     self._record_failure(reason)
-                self.registration.connection_lost(
-                    reason=f"{reason}; {retry}",
-                    level=logging.INFO if deliberate else logging.WARNING,
-                )
+                    self.registration.connection_lost(
+                        reason=f"connection to {self.endpoint} lost: {reason}; {retry}",
+                        level=logging.WARNING,
+                    )
             else:
                 previous = self.last_failure if self._failing else None
                 repeated = previous is not None and previous.reason == reason
@@ -383,7 +386,7 @@ class ChargePointSession:
         return None
 
     _drop_reason: str | None = None
-    _reconnecting = False  # the connection is being dropped on purpose (`reconnect`)
+    _reconnecting: str | None = None  # why `reconnect` drops the connection on purpose
 
     async def _guard(self, task: Callable[[], Any], connection: trio.CancelScope) -> None:
         """Run a per-connection task; a broken connection ends the whole connection."""
