@@ -103,7 +103,6 @@ def connectors() -> list[ConnectorConfig]:
             label=f"gun {plc_id + 1}",
             max_current_a=200.0,
             max_power_w=150_000.0,
-            meter_sample_interval_s=10,
         )
         for plc_id in range(PLCS)
     ]

@@ -88,12 +88,21 @@ class StationView(Protocol):
         """Exactly the body of GET /api/status:
 
         {"chargePoint": {"id": str, "connected": bool, "registration": str,
+                         "url": str,  # the central system's URL with the charge point id
+                         "lastConnectionFailure": None | {
+                             "url": str, "reason": str,  # refused, TLS, HTTP 404, ...
+                             "at": str, "since": str,  # OCPP dateTime: latest, first
+                             "attempts": int},  # failures since a connection last opened
                          "outbox": {"queued": int, "parked": int},
                          "hardware": {str: int}},
          "connectors": [{"id": int, "status": str, "errorCode": str,
                          "transactionId": int | None, "idTag": str | None, "plugged": bool,
                          "relayClosed": bool, "energyWh": float, "powerW": float,
-                         "currentA": float, "voltageV": float, "soc": float | None}]}
+                         "currentA": float, "voltageV": float, "soc": float | None,
+                         # every active fault, the most severe (the one reported) first
+                         "faults": [{"kind": str,  # estop, earth, comm, meter, lock, relay
+                                     "errorCode": str, "vendorErrorCode": str | None,
+                                     "detail": str | None}]}]}
         """
         ...
 

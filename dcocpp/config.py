@@ -17,7 +17,7 @@ from __future__ import annotations
 import json
 import math
 import urllib.parse
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -43,7 +43,15 @@ _FIRMWARE_MAX = 50
 _SERIAL_MAX = 25
 _CHARGE_POINT_ID_MAX = 48
 _PLC_ID_MAX = 15  # the low nibble of the PLC's CAN ids
-_DEFAULT_METER_SAMPLE_INTERVAL_S = 60
+
+# Fields an older charger.json may still carry, with what replaced them. Still errors (a
+# field nothing reads must not pass silently), but not "unknown": the operator set them on
+# purpose and needs to know where the setting lives now.
+_RETIRED_CONNECTOR_FIELDS = {
+    "meterSampleIntervalSeconds": "no longer used (it never set anything): the sample interval "
+    "of MeterValues is the OCPP key MeterValueSampleInterval in ocpp16-config.json (which the "
+    "central system may change); remove this field and set that key instead",
+}
 
 
 @attrs.frozen
@@ -86,14 +94,14 @@ class ConnectorConfig:
     label: str
     max_current_a: float
     max_power_w: float
-    meter_sample_interval_s: int
-    can_interface: str | None = None
     fixed_cable: bool = True
 
 
 @attrs.frozen
 class SecurityConfig:
-    csms_ca_bundle: Path
+    csms_ca_bundle: Path  # the CAs that may sign the central system's certificate (wss://)
+    # Where the charge point's own TLS client certificate and its private key live (see
+    # `dcocpp.station.client_ssl_context`); kept apart so the key directory can be locked down.
     client_cert_dir: Path
     key_dir: Path
 
@@ -171,9 +179,15 @@ class _Checker:
     # -- generic field access -------------------------------------------------------------
 
     def fields(
-        self, value: Any, path: str, required: Iterable[str], optional: Iterable[str]
+        self,
+        value: Any,
+        path: str,
+        required: Iterable[str],
+        optional: Iterable[str],
+        retired: Mapping[str, str] | None = None,
     ) -> dict[str, Any] | None:
-        """Check that `value` is an object with exactly these fields; return it or None."""
+        """Check that `value` is an object with exactly these fields; return it or None.
+        A `retired` field is refused with its own reason instead of "unknown field"."""
         if not isinstance(value, dict):
             self.problem(path, f"must be an object, not {json_type(value)}")
             return None
@@ -184,7 +198,7 @@ class _Checker:
             self.problem(f"{prefix}{key}", "duplicate field; only the last value would be used")
         for key in value:
             if key not in known:
-                self.problem(f"{prefix}{key}", "unknown field")
+                self.problem(f"{prefix}{key}", (retired or {}).get(key, "unknown field"))
         for key in required:
             if key not in value:
                 self.problem(f"{prefix}{key}", "required field is missing")
@@ -381,8 +395,8 @@ class _Checker:
 
     def connector(self, value: Any, path: str, cp_can: str | None) -> ConnectorConfig | None:
         required = ["id", "plcId", "label", "maxCurrentA", "maxPowerW"]
-        optional = ["canInterface", "meterSampleIntervalSeconds", "fixedCable"]
-        obj = self.fields(value, path, required, optional)
+        optional = ["canInterface", "fixedCable"]
+        obj = self.fields(value, path, required, optional, _RETIRED_CONNECTOR_FIELDS)
         if obj is None:
             return None
         connector_id = self.integer(obj, path, "id", minimum=1)
@@ -390,13 +404,8 @@ class _Checker:
         label = self.string(obj, path, "label")
         max_current = self.positive_number(obj, path, "maxCurrentA")
         max_power = self.positive_number(obj, path, "maxPowerW")
-        interval = self.integer(
-            obj,
-            path,
-            "meterSampleIntervalSeconds",
-            minimum=0,
-            default=_DEFAULT_METER_SAMPLE_INTERVAL_S,
-        )
+        # Only a check (nothing else reads it): a config that names each gun's bus must name
+        # the charger's one bus.
         can_interface = self.string(obj, path, "canInterface", default=None)
         if isinstance(can_interface, str) and cp_can is not None and can_interface != cp_can:
             self.problem(
@@ -407,17 +416,8 @@ class _Checker:
             can_interface = _MISSING
         fixed_cable = self.boolean(obj, path, "fixedCable", default=True)
 
-        values = (
-            connector_id,
-            plc_id,
-            label,
-            max_current,
-            max_power,
-            interval,
-            can_interface,
-            fixed_cable,
-        )
-        if any(v is _MISSING for v in values):
+        values = (connector_id, plc_id, label, max_current, max_power, fixed_cable)
+        if can_interface is _MISSING or any(v is _MISSING for v in values):
             return None
         return ConnectorConfig(*values)
 

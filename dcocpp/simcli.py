@@ -314,7 +314,9 @@ _COLUMNS = (
 
 
 def format_status(snapshot: dict[str, Any]) -> str:
-    """The `status` table: one line for the charge point, one row per connector."""
+    """The `status` table: one line for the charge point (and, when there is one, one for the
+    last failed connection to the central system), one row per connector, then one line per
+    active fault."""
     cp = snapshot["chargePoint"]
     link = "connected" if cp["connected"] else "not connected"
     head = f"charge point {cp['id']}: {link}, registration {cp['registration']}"
@@ -324,6 +326,12 @@ def format_status(snapshot: dict[str, Any]) -> str:
         if outbox.get("parked"):
             head += f" ({outbox['parked']} PARKED: refused by the central system)"
     lines = [head]
+    failure = cp.get("lastConnectionFailure")
+    if failure:
+        lines.append(
+            f"last connection failure {failure['at']} ({failure['attempts']} attempt(s) since "
+            f"{failure['since']}), {failure['url']}: {failure['reason']}"
+        )
     counters = cp.get("hardware") or {}
     if counters:
         # The PLC backend's CAN bus counters: errors here explain a gun's COMMUNICATION fault.
@@ -340,7 +348,20 @@ def format_status(snapshot: dict[str, Any]) -> str:
             for name, cell, width in zip(_COLUMNS, row, widths, strict=True)
         ]
         lines.append("  ".join(cells).rstrip())
+    for connector in snapshot["connectors"]:
+        for fault in connector.get("faults") or ():
+            lines.append(f"connector {connector['id']}: fault {describe_fault(fault)}")
     return "\n".join(lines)
+
+
+def describe_fault(fault: dict[str, Any]) -> str:
+    """`estop (OtherError, EmergencyStop): <detail>`: what the central system was told, and
+    the detail it may not have been (a communication fault's detail is its vendorErrorCode)."""
+    codes = fault["errorCode"]
+    vendor, detail = fault.get("vendorErrorCode"), fault.get("detail")
+    if vendor and not (detail or "").startswith(vendor):
+        codes += f", {vendor}"
+    return f"{fault['kind']} ({codes})" + (f": {detail}" if detail else "")
 
 
 def _row(connector: dict[str, Any]) -> list[str]:
@@ -381,6 +402,7 @@ def describe_connector(connector: dict[str, Any]) -> str:
     parts = [f"connector {connector['id']}: {connector['status']}"]
     if connector["errorCode"] != "NoError":
         parts.append(f"error {connector['errorCode']}")
+    parts += [f"fault {describe_fault(f)}" for f in connector.get("faults") or ()]
     parts.append("plugged" if connector["plugged"] else "unplugged")
     parts.append("relay closed" if connector["relayClosed"] else "relay open")
     if connector["transactionId"] is not None:

@@ -25,6 +25,7 @@ from datetime import datetime
 from functools import partial
 from typing import Any
 
+import attrs
 import trio
 from ocpp.v16.enums import (
     AvailabilityStatus,
@@ -67,6 +68,10 @@ from dcocpp.storage import Database, StorageError
 log = logging.getLogger(__name__)
 
 USER_CONFIG_NAME = "ocpp16-user-config.json"
+# The charge point's TLS client certificate (PEM, intermediates after it) and its private key
+# (PEM, unencrypted), presented on wss:// (security profile 3).
+CLIENT_CERTIFICATE = "charge-point.pem"
+CLIENT_KEY = "charge-point.key"
 # A reset or a power failure waits this long (in all) for the StopTransactions it caused to be
 # delivered.
 RESET_FLUSH_TIMEOUT = 10.0
@@ -101,12 +106,37 @@ class HardReset(Exception):
     """The central system asked for a hard reset: the process must exit and be restarted."""
 
 
-def client_ssl_context(config: ChargerConfig) -> ssl.SSLContext:
-    """TLS for wss:// (OCPP 1.6 security profiles 2/3 require TLS 1.2 or newer)."""
-    bundle = config.security.csms_ca_bundle
+def client_ssl_context(config: ChargerConfig) -> tuple[ssl.SSLContext, bool]:
+    """TLS for wss:// (OCPP 1.6 security profiles 2/3 require TLS 1.2 or newer), and whether
+    it presents a client certificate: `CLIENT_CERTIFICATE` in security.clientCertDir with
+    `CLIENT_KEY` in security.keyDir, when both are there. A pair that cannot be used is
+    logged and not presented: the charger runs on, and a central system that wants one says
+    so when it refuses the connection."""
+    security = config.security
+    bundle = security.csms_ca_bundle
     context = ssl.create_default_context(cafile=str(bundle) if bundle.is_file() else None)
     context.minimum_version = ssl.TLSVersion.TLSv1_2
-    return context
+    cert = security.client_cert_dir / CLIENT_CERTIFICATE
+    key = security.key_dir / CLIENT_KEY
+    found = [path for path in (cert, key) if path.is_file()]
+    if not found:
+        return context, False
+    if len(found) == 1:
+        missing = key if found[0] == cert else cert
+        log.warning("no TLS client certificate presented: %s is missing", missing)
+        return context, False
+    try:
+        # Never OpenSSL's own prompt on the terminal for an encrypted key.
+        context.load_cert_chain(cert, key, password=_no_key_password)
+    except (OSError, ssl.SSLError) as exc:
+        log.error("no TLS client certificate presented: %s with %s: %s", cert, key, exc)
+        return context, False
+    log.info("TLS client certificate: %s", cert)
+    return context, True
+
+
+def _no_key_password() -> bytes:
+    raise ssl.SSLError("the key is encrypted; it must not be (protect it by its directory)")
 
 
 def load_configuration_store(config: ChargerConfig) -> ConfigurationStore:
@@ -199,6 +229,11 @@ class Station:
             saved = db.availability()
             self._operative0 = saved.get(0, True)
             cp = config.charge_point
+            ssl_context, client_certificate = (
+                client_ssl_context(config)
+                if cp.central_system_uri.startswith("wss")
+                else (None, False)
+            )
             charging_profiles = ChargingProfiles(
                 store, db, clock=self.clock.now, store_errors=(StorageError,)
             )
@@ -215,10 +250,10 @@ class Station:
                     db, clock=self.clock.now, store_errors=(StorageError,)
                 ),
                 charging_profiles=charging_profiles,
-                ssl_context=client_ssl_context(config)
-                if cp.central_system_uri.startswith("wss")
-                else None,
+                ssl_context=ssl_context,
+                client_certificate=client_certificate,
                 open_stream=self._open_stream,
+                clock=self.clock.now,
             )
             self.outbox = outbox = TransactionOutbox(session, db, store_errors=(StorageError,))
             now = ocpp_time(self.clock.now())
@@ -274,7 +309,7 @@ class Station:
                         "station %s up: %d connectors, central system %s",
                         cp.id,
                         len(config.connectors),
-                        cp.central_system_uri,
+                        session.endpoint,
                     )
                     self.started.set()
                     task_status.started()
@@ -503,6 +538,11 @@ class Station:
                 "id": self.config.charge_point.id,
                 "connected": bool(session and session.connected),
                 "registration": session.state.value if session else "Disconnected",
+                # Where it connects (with the charge point id), and why it last could not.
+                "url": session.endpoint if session else None,
+                "lastConnectionFailure": (
+                    attrs.asdict(session.last_failure) if session and session.last_failure else None
+                ),
                 # Transaction messages not yet answered; parked ones need the operator's eye.
                 "outbox": {
                     "queued": len(outbox) if outbox else 0,

@@ -271,6 +271,7 @@ def start_charger(
     name: str = "charger",
     api_port: int | None = None,
     config: Path | None = None,
+    log_level: str = "INFO",
 ) -> ManagedProcess:
     """`python -m dcocpp run` with `config` (default: the shipped configuration), state and
     logs under `tmp`."""
@@ -288,7 +289,7 @@ def start_charger(
         "--log-dir",
         str(tmp / "logs"),
         "--log-level",
-        "INFO",
+        log_level,
     ]
     if api_port is not None:
         argv += ["--api", f"127.0.0.1:{api_port}"]

@@ -461,6 +461,56 @@ def test_status_shows_the_hardware_counters_when_there_are_any() -> None:
     assert simcli.format_status(snapshot).splitlines()[1] == ""
 
 
+def test_status_shows_the_last_connection_failure_and_every_fault() -> None:
+    snapshot = FakeView().snapshot()
+    snapshot["chargePoint"].update(
+        connected=False,
+        registration="Disconnected",
+        url="wss://csms.example/ocpp/CP-TEST",
+        lastConnectionFailure={
+            "url": "wss://csms.example/ocpp/CP-TEST",
+            "reason": "the central system refused the WebSocket upgrade: HTTP 404 Not Found",
+            "at": "2026-11-24T08:00:30.000Z",
+            "since": "2026-11-24T08:00:00.000Z",
+            "attempts": 4,
+        },
+    )
+    snapshot["connectors"][0].update(
+        status="Faulted",
+        errorCode="OtherError",
+        faults=[
+            {
+                "kind": "estop",
+                "errorCode": "OtherError",
+                "vendorErrorCode": "EmergencyStop",
+                "detail": "PLC 0: emergency stop",
+            },
+            {
+                "kind": "comm",
+                "errorCode": "InternalError",
+                "vendorErrorCode": "PLC 0 communication lost",
+                "detail": "PLC 0 communication lost",
+            },
+        ],
+    )
+    lines = simcli.format_status(snapshot).splitlines()
+    assert lines[:2] == [
+        "charge point CP-TEST: not connected, registration Disconnected",
+        "last connection failure 2026-11-24T08:00:30.000Z (4 attempt(s) since "
+        "2026-11-24T08:00:00.000Z), wss://csms.example/ocpp/CP-TEST: the central system "
+        "refused the WebSocket upgrade: HTTP 404 Not Found",
+    ]
+    assert lines[-2:] == [
+        "connector 1: fault estop (OtherError, EmergencyStop): PLC 0: emergency stop",
+        "connector 1: fault comm (InternalError): PLC 0 communication lost",
+    ]
+    assert simcli.describe_connector(snapshot["connectors"][0]) == (
+        "connector 1: Faulted, error OtherError, fault estop (OtherError, EmergencyStop): "
+        "PLC 0: emergency stop, fault comm (InternalError): PLC 0 communication lost, "
+        "unplugged, relay open"
+    )
+
+
 def test_describe_connector() -> None:
     connector = _connector(1) | {
         "status": "Faulted",

@@ -82,7 +82,7 @@ def test_shipped_charger_json_loads() -> None:
         (2, 1, "Gun B"),
     ]
     assert all(c.max_current_a == 200 and c.max_power_w == 75000 for c in config.connectors)
-    assert all(c.meter_sample_interval_s == 10 and c.fixed_cable for c in config.connectors)
+    assert all(c.fixed_cable for c in config.connectors)
     assert config.path == SHIPPED
     assert config.data_dir == REPO / "data"
     assert config.log_dir == REPO / "logs"
@@ -103,9 +103,7 @@ def test_defaults_and_relative_paths(tmp_path: Path) -> None:
     assert config.security.client_cert_dir == etc / "certs" / "client"
     assert config.security.key_dir == Path("/etc/dcocpp/keys")
     c1, c2 = config.connectors
-    assert c1.meter_sample_interval_s == 60
     assert c1.fixed_cable is True
-    assert c1.can_interface is None
     assert c2.max_current_a == 200.5
     assert config.charge_point.serial_number is None
 
@@ -301,9 +299,6 @@ def test_duplicate_json_keys_are_reported(tmp_path: Path) -> None:
         ("maxCurrentA", True, "must be a number, not a boolean"),
         ("maxCurrentA", "200", "must be a number"),
         ("maxPowerW", 0.0, "positive"),
-        ("meterSampleIntervalSeconds", -1, ">= 0"),
-        ("meterSampleIntervalSeconds", 1.5, "must be an integer"),
-        ("meterSampleIntervalSeconds", False, "must be an integer"),
         ("fixedCable", "no", "must be true or false"),
         ("canInterface", 0, "must be a string"),
     ],
@@ -320,13 +315,31 @@ def test_non_finite_numbers_are_refused(tmp_path: Path) -> None:
 
 
 def test_optional_connector_fields(tmp_path: Path) -> None:
-    document = changed(
-        connectors__0__canInterface="can0",
-        connectors__0__fixedCable=False,
-        connectors__0__meterSampleIntervalSeconds=0,
-    )
+    document = changed(connectors__0__canInterface="can0", connectors__0__fixedCable=False)
     c1 = load_charger_config(write(tmp_path, document)).connectors[0]
-    assert (c1.can_interface, c1.fixed_cable, c1.meter_sample_interval_s) == ("can0", False, 0)
+    assert c1.fixed_cable is False
+
+
+def test_meter_sample_interval_field_is_refused_and_says_where_the_interval_is(
+    tmp_path: Path,
+) -> None:
+    # It was documented but never read: the OCPP key is what sets the interval. A config that
+    # still carries it must learn that (and stop believing in its value), not read "unknown".
+    found = problems(
+        tmp_path,
+        changed(
+            connectors__0__meterSampleIntervalSeconds=10,
+            connectors__1__meterSampleIntervalSeconds=10,
+        ),
+    )
+    assert list(found) == [
+        "connectors[0].meterSampleIntervalSeconds",
+        "connectors[1].meterSampleIntervalSeconds",
+    ]
+    reason = found["connectors[0].meterSampleIntervalSeconds"]
+    assert reason.startswith("no longer used")
+    assert "MeterValueSampleInterval in ocpp16-config.json" in reason
+    assert "unknown" not in reason
 
 
 def test_one_can_interface_per_charger(tmp_path: Path) -> None:

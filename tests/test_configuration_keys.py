@@ -44,7 +44,7 @@ REQUIRED_READONLY = {
     "MeterValuesSampledData": False,
     "MeterValueSampleInterval": False,
     "NumberOfConnectors": True,
-    "ResetRetries": False,
+    "ResetRetries": True,
     "StopTransactionOnEVSideDisconnect": False,
     "StopTransactionOnInvalidId": False,
     "StopTxnAlignedData": False,
@@ -144,7 +144,6 @@ def test_shipped_base_file_groups_like_libocpp() -> None:
     assert list(document) == [
         "Internal",
         "Core",
-        "FirmwareManagement",
         "LocalAuthListManagement",
         "Reservation",
         "SmartCharging",
@@ -326,7 +325,7 @@ def test_tc_040_1_change_unknown_key_not_supported(store: ConfigurationStore) ->
         ("ConnectorPhaseRotation", "1.XYZ"),
         ("ConnectorPhaseRotation", "RST"),
         ("SecurityProfile", "4"),
-        ("CpoName", "x" * 501),
+        ("AuthorizationKey", "x" * 501),
     ],
 )
 def test_tc_040_2_change_invalid_value_rejected(
@@ -399,10 +398,10 @@ def test_csl_max_length_enforced(tmp_path: Path, user_path: Path) -> None:
         tmp_path, MeterValuesSampledDataMaxLength=2, MeterValuesSampledData="SoC,Voltage"
     )
     store = ConfigurationStore.load(path, user_path, patches=PATCHES)
-    assert store.change("MeterValuesSampledData", "SoC,Voltage,Frequency") == (
+    assert store.change("MeterValuesSampledData", "SoC,Voltage,Power.Offered") == (
         ConfigurationStatus.rejected
     )
-    assert store.change("MeterValuesSampledData", "Frequency") == ConfigurationStatus.accepted
+    assert store.change("MeterValuesSampledData", "Power.Offered") == ConfigurationStatus.accepted
 
 
 @pytest.mark.tc("TC_084")
@@ -554,12 +553,12 @@ def test_corrupt_overlay_entries_are_skipped(
     assert "too-short" not in caplog.text
 
     # The next change rewrites the overlay without the bad entries.
-    store.change("ResetRetries", "5")
+    store.change("HeartbeatInterval", "120")
     assert json.loads(user_path.read_text()) == {
         "ConnectionTimeOut": "90",
+        "HeartbeatInterval": "120",
         "LocalPreAuthorize": "true",
         "MeterValueSampleInterval": "30",
-        "ResetRetries": "5",
     }
 
 

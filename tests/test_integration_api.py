@@ -567,6 +567,22 @@ def test_tc_041_emergency_stop_while_charging_then_cleared_with_ev_plugged(
     faulted = api_run.entry("gun1_faulted")
     assert faulted["transactionId"] is None and faulted["powerW"] == 0
     assert faulted["relayClosed"] is False and faulted["plugged"] is True
+    # The status names the fault, not only OtherError; the log says it once, at WARNING.
+    assert faulted["faults"] == [
+        {
+            "kind": "estop",
+            "errorCode": "OtherError",
+            "vendorErrorCode": "EmergencyStop",
+            "detail": "PLC 0: emergency stop",
+        }
+    ]
+    fault_lines = [line for line in api_run.charger_stderr.splitlines() if " fault " in line]
+    assert len(fault_lines) == 2, fault_lines
+    assert "WARNING" in fault_lines[0]
+    assert fault_lines[0].endswith(
+        "connector 1: fault estop raised (OtherError, EmergencyStop): PLC 0: emergency stop"
+    )
+    assert fault_lines[1].endswith("connector 1: fault estop cleared")
 
     faulted_at, sn = api_run.one(
         is_call("StatusNotification", connectorId=1, status="Faulted"), "SN Faulted"
@@ -603,6 +619,7 @@ def test_tc_041_emergency_stop_while_charging_then_cleared_with_ev_plugged(
     ], api_run.context()
     cleared = api_run.entry("gun1_finishing")
     assert cleared["status"] == "Finishing" and cleared["errorCode"] == "NoError"
+    assert cleared["faults"] == []
     assert cleared["plugged"] is True and cleared["transactionId"] is None
 
 

@@ -27,7 +27,7 @@ from ocpp.messages import MessageType, get_validator
 
 from dcocpp.cli import EXIT_HARD_RESET, EXIT_OK
 from dcocpp.logs import MESSAGE_LOG_NAME
-from tests.processes import ManagedProcess, start_charger, start_peer_csms
+from tests.processes import ManagedProcess, start_charger, start_peer_csms, wait_api_status
 
 pytestmark = pytest.mark.process
 
@@ -414,16 +414,27 @@ def test_tc_014_soft_reset_reboots_in_process(tmp_path: Path) -> None:
         csms.stop()
 
 
-def test_no_central_system_keeps_retrying_and_stops_on_sigterm(tmp_path: Path) -> None:
-    url = f"ws://127.0.0.1:{free_port()}/ocpp"
-    with start_charger(tmp_path, url) as charger:
-        # One line about the failed attempt, one (or the same) about when the next one is.
-        charger.stderr.wait_for_line(
-            lambda line: "cannot connect" in line and url in line, START_TIMEOUT
+def test_no_central_system_is_shown_at_warning_once_and_keeps_retrying(tmp_path: Path) -> None:
+    base = f"ws://127.0.0.1:{free_port()}/ocpp"
+    url = f"{base}/DCOCPP-001"  # what it connects to: the charge point id appended
+    port = free_port()
+    with start_charger(tmp_path, base, api_port=port, log_level="WARNING") as charger:
+        # At WARNING too: the URL connected to and the reason, with the next attempt.
+        line = charger.stderr.wait_for_line(lambda s: "cannot connect" in s, START_TIMEOUT)
+        assert f"cannot connect to {url}: cannot connect to 127.0.0.1:" in line, line
+        assert "connection refused" in line and NEXT_ATTEMPT.search(line), line
+        # It keeps trying (the status counts the attempts), without a line per attempt.
+        status = wait_api_status(
+            port,
+            charger,
+            lambda s: (s["chargePoint"]["lastConnectionFailure"] or {}).get("attempts", 0) >= 3,
+            "three failed attempts",
+            15,
         )
-        charger.stderr.wait_for_line(NEXT_ATTEMPT.search, 5)
-        # ... and it keeps trying.
-        charger.stderr.wait_for_line(lambda line: "cannot connect" in line, 5, nth=2)
+        failure = status["chargePoint"]["lastConnectionFailure"]
+        assert failure["url"] == status["chargePoint"]["url"] == url
+        assert "connection refused" in failure["reason"]
+        assert sum("cannot connect" in s for s in charger.stderr.lines) == 1, charger.describe()
         assert charger.returncode is None, charger.describe()
         charger.send_signal(signal.SIGTERM)
         assert charger.wait(5) == EXIT_OK

@@ -70,7 +70,6 @@ def connector(cid: int, plc_id: int) -> ConnectorConfig:
         label=str(cid),
         max_current_a=200.0,
         max_power_w=60_000.0,
-        meter_sample_interval_s=10,
     )
 
 
@@ -601,6 +600,75 @@ async def test_repeated_send_errors_reopen_the_bus() -> None:
         assert r.backend.stats.tx_errors == 3
         await r.backend.gun(1).set_relay(False)
         assert not r.emulators[3].state.relay_closed
+
+
+BUS = "CAN bus can9 (socketcan)"  # the bus_name the tests below give the driver
+
+
+def bus_lines(caplog: pytest.LogCaptureFixture, level: int) -> list[str]:
+    """The driver's lines about the bus (not about single PLCs), at `level`."""
+    return [
+        r.getMessage()
+        for r in caplog.records
+        if r.name == "dcocpp.hardware.plc.driver" and r.levelno == level and BUS in r.getMessage()
+    ]
+
+
+async def test_bus_that_stays_down_is_logged_once_then_once_when_it_works(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.DEBUG, logger="dcocpp.hardware.plc.driver")
+    async with rig(ONE, bus_down=True, rx_timeout=0.3, bus_name=BUS) as r:
+        await r.wait_until(lambda: len(r.control.attempts) >= 5)
+        r.control.down = False
+        await r.wait_event(1, FaultCleared(FaultKind.COMMUNICATION))
+        await r.wait_until(lambda: bool(bus_lines(caplog, logging.INFO)))
+    assert bus_lines(caplog, logging.WARNING) == [
+        f"{BUS} failed: OSError: can0 is down; reopening it until frames arrive again"
+    ]
+    reopening = [m for m in bus_lines(caplog, logging.DEBUG) if m.startswith("reopening")]
+    assert len(reopening) >= 3  # every attempt but the first and the last
+    assert bus_lines(caplog, logging.INFO) == [
+        f"{BUS} works again (it had failed: OSError: can0 is down)"
+    ]
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
+
+
+async def test_sends_failing_on_every_reopened_bus_are_one_warning(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.DEBUG, logger="dcocpp.hardware.plc.driver")
+    failing = [True]
+
+    def failing_sends(bus: can.BusABC) -> None:
+        send = bus.send
+
+        def flaky_send(msg: can.Message, timeout: float | None = None) -> None:
+            if failing[0]:
+                raise can.CanError("injected send failure")
+            send(msg, timeout)
+
+        bus.send = flaky_send  # type: ignore[method-assign]
+
+    async with rig(ONE, wrap_bus=failing_sends, rx_timeout=2.0, bus_name=BUS) as r:
+        failing[0] = True
+        # Frames still arrive on each reopened bus, but its sends fail: not "working again".
+        await r.wait_until(lambda: len(r.opened) >= 4)
+        failing[0] = False
+        await r.wait_until(lambda: bool(bus_lines(caplog, logging.INFO)))
+        assert r.backend.stats.tx_errors >= 3 * 3
+    warnings = bus_lines(caplog, logging.WARNING)
+    assert len(warnings) == 1, warnings
+    assert warnings[0].startswith(f"{BUS} failed: 3 sends in a row failed: injected send failure")
+    assert len(bus_lines(caplog, logging.INFO)) == 1
+    # Each failed send is only counted and logged at DEBUG: ten keep-alives a second would
+    # otherwise flood the log.
+    sends = [
+        r
+        for r in caplog.records
+        if "sending RelayControl failed" in r.getMessage() and r.levelno > logging.DEBUG
+    ]
+    assert sends == []
 
 
 # --- helpers for the tests below ---------------------------------------------------------------

@@ -42,7 +42,6 @@ CONNECTOR = ConnectorConfig(
     label="A",
     max_current_a=200.0,
     max_power_w=60_000.0,
-    meter_sample_interval_s=10,
 )
 FAST = {"period": 0.05}  # real-time tests: frames every 50 ms
 NO_WATCHDOG = 1e9

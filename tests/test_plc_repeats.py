@@ -122,7 +122,6 @@ CONNECTOR = ConnectorConfig(
     label="1",
     max_current_a=200.0,
     max_power_w=60_000.0,
-    meter_sample_interval_s=10,
 )
 
 

@@ -5,13 +5,16 @@ and stopped locally and remotely, EV-side disconnects, authorization, unlocking.
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 import trio
 from ocpp.v16 import call
 
+from dcocpp.api import create_app
 from dcocpp.hardware.interface import HardwareError
 from tests.csms import FakeCsms
 from tests.station_harness import charger_config, flow, running_station, statuses_of
@@ -441,6 +444,56 @@ async def test_tc_041_tag_presented_while_faulted_is_not_kept(
         await trio.sleep(60)
     # Ten minutes later the driver is long gone: the fault's end starts nothing by itself.
     assert h.csms.received("StartTransaction") == []
+
+
+async def test_faults_are_logged_once_each_and_listed_over_the_api(
+    autojump_clock: Any, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="dcocpp.connector.task")
+    async with running_station(charger_config(tmp_path)) as h:
+        await h.booted()
+        since = h.csms.mark()
+        await h.station.set_fault(1, "estop", True)
+        await h.station.set_fault(1, "earth", True)
+        await h.wait_status(1, "Faulted", since=since)
+        await trio.sleep(60)  # on the PLC backend every frame reports both again
+        async with httpx.AsyncClient(
+            transport=httpx.ASGITransport(app=create_app(h.station)), base_url="http://t"
+        ) as client:
+            status = (await client.get("/api/status")).json()
+        since = h.csms.mark()
+        await h.station.set_fault(1, "earth", False)
+        await h.station.set_fault(1, "estop", False)
+        await h.wait_status(1, "Available", since=since)
+        gun1, gun2 = status["connectors"]
+        assert h.station.snapshot()["connectors"][0]["faults"] == []
+    # Every active fault, the one reported (the most severe) first; an emergency stop shows
+    # what errorCode OtherError alone does not.
+    assert gun1["errorCode"] == "OtherError"
+    assert gun1["faults"] == [
+        {
+            "kind": "estop",
+            "errorCode": "OtherError",
+            "vendorErrorCode": "EmergencyStop",
+            "detail": "PLC 0: emergency stop",
+        },
+        {
+            "kind": "earth",
+            "errorCode": "GroundFailure",
+            "vendorErrorCode": None,
+            "detail": "PLC 0: earth fault",
+        },
+    ]
+    assert gun2["faults"] == []
+    assert [(r.levelno, r.getMessage()) for r in caplog.records if " fault " in r.getMessage()] == [
+        (
+            logging.WARNING,
+            "connector 1: fault estop raised (OtherError, EmergencyStop): PLC 0: emergency stop",
+        ),
+        (logging.WARNING, "connector 1: fault earth raised (GroundFailure): PLC 0: earth fault"),
+        (logging.INFO, "connector 1: fault earth cleared"),
+        (logging.INFO, "connector 1: fault estop cleared"),
+    ]
 
 
 async def test_tc_061_clear_cache_forces_a_fresh_authorize(

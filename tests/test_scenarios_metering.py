@@ -4,6 +4,7 @@ test_scenarios_core.py; OCTT case names from docs/conformance.md)."""
 
 from __future__ import annotations
 
+import logging
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -14,7 +15,7 @@ import trio
 from ocpp.v16 import call
 from ocpp.v16.enums import ChargePointStatus
 
-from dcocpp.connector.task import RELAY_ACK_DEADLINE
+from dcocpp.connector.task import RELAY_ACK_DEADLINE, RELAY_RETRY_INTERVAL
 from dcocpp.hardware.plc.driver import ACK_TIMEOUT, ATTEMPTS, BACKOFF
 from dcocpp.station import RESET_FLUSH_TIMEOUT
 from tests.csms import FakeCsms
@@ -282,6 +283,38 @@ async def test_stuck_relay_recovers_once_it_works_again(
         # The relay is open and obeys: the truth is a finished session with the EV plugged.
         assert h.connector(1).machine.status == "Finishing"
         assert statuses_of(h, 1, cleared) == ["Finishing"]
+
+
+def fault_lines(caplog: pytest.LogCaptureFixture) -> list[tuple[int, str]]:
+    return [
+        (r.levelno, r.getMessage())
+        for r in caplog.records
+        if r.name == "dcocpp.connector.task" and " fault " in r.getMessage()
+    ]
+
+
+async def test_stuck_relay_is_logged_once_not_at_every_retry(
+    autojump_clock: Any, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.DEBUG)
+    async with running_station(charger_config(tmp_path)) as h:
+        await h.booted()
+        h.hardware.set_relay_stuck(1, True)
+        since = h.csms.mark()
+        await h.station.plug(1)
+        await h.station.present_id(1, "TAG-RELAY")
+        await h.wait_status(1, "Faulted", since=since)
+        await trio.sleep(300)  # the relay worker retries every RELAY_RETRY_INTERVAL
+        h.hardware.set_relay_stuck(1, False)
+        await h.wait_until(lambda: h.connector(1).machine.status == "Finishing")
+    retries = [m for m in caplog.messages if m.startswith("connector 1: relay command failed")]
+    assert len(retries) >= 300 // (RELAY_ACK_DEADLINE + RELAY_RETRY_INTERVAL)
+    lines = fault_lines(caplog)
+    assert len(lines) == 2, lines
+    level, raised = lines[0]
+    assert level == logging.WARNING
+    assert raised.startswith("connector 1: fault relay raised (PowerSwitchFailure): ")
+    assert lines[1] == (logging.INFO, "connector 1: fault relay cleared")
 
 
 # --- availability ------------------------------------------------------------------------------

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import itertools
 import json
+import logging
+import re
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +21,7 @@ from tests.csms import FakeCsms, MemoryNetwork
 from tests.station_harness import charger_config, preset_keys, running_station
 from tests.test_configuration_keys import REQUIRED_READONLY
 
+NEXT_ATTEMPT = re.compile(r"; next attempt in \d+\.\d s")
 ACCEPTED, PENDING, REJECTED = (
     RegistrationStatus.accepted,
     RegistrationStatus.pending,
@@ -430,12 +433,105 @@ async def test_connection_state_logged_one_line_per_change(
     lines = [
         r.getMessage() for r in caplog.records if r.getMessage().startswith("connection state")
     ]
+    # The URL actually connected to: the configured one with the charge point id. An attempt
+    # is logged with its outcome, not on its own.
     assert lines == [
-        "connection state Disconnected -> Connecting",
-        "connection state Connecting -> Booting: ws://csms.test/ocpp",
+        "connection state Connecting -> Booting: connected to ws://csms.test/ocpp/DCOCPP-001",
         "connection state Booting -> Pending: retry in 10 s",
         "connection state Pending -> Accepted",
     ]
+
+
+def session_lines(caplog: Any, level: int) -> list[str]:
+    return [
+        r.getMessage() for r in caplog.records if r.name == "dcocpp.session" and r.levelno == level
+    ]
+
+
+async def test_failed_reconnects_logged_once_per_reason_and_shown_in_the_status(
+    autojump_clock: Any, tmp_path: Path, caplog: Any
+) -> None:
+    caplog.set_level(logging.DEBUG, logger="dcocpp.session")
+    allowed = [True]
+    csms = FakeCsms(authenticate=lambda cp, pw: allowed[0])
+    url = "ws://csms.test/ocpp/DCOCPP-001"
+    async with running_station(charger_config(tmp_path), csms) as h:
+        await h.booted()
+        assert h.station.snapshot()["chargePoint"]["url"] == url
+        assert h.station.snapshot()["chargePoint"]["lastConnectionFailure"] is None
+        h.network.down = True  # the central system's host refuses connections
+        await h.network.drop()
+        await h.wait_until(lambda: len(h.network.attempts) >= 1 + 15)
+        failure = h.station.snapshot()["chargePoint"]["lastConnectionFailure"]
+        assert failure["url"] == url
+        assert failure["reason"] == (
+            "cannot connect to csms.test:80: connection refused "
+            "(nothing accepts connections on port 80)"
+        )
+        refused_since = failure["since"]
+        assert failure["attempts"] >= 15  # the lost connection and the refusals after it
+        assert failure["at"] > refused_since
+
+        h.network.down, allowed[0] = False, False  # up again, but refusing our credentials
+        before = len(h.network.attempts)
+        await h.wait_until(lambda: len(h.network.attempts) >= before + 15)
+        failure = h.station.snapshot()["chargePoint"]["lastConnectionFailure"]
+        assert failure["reason"] == (
+            "the central system refused the WebSocket upgrade: HTTP 401 Unauthorized "
+            "(wrong or missing AuthorizationKey?)"
+        )
+        assert failure["since"] == refused_since  # the same outage
+        attempts = failure["attempts"]
+
+        allowed[0] = True
+        await h.wait_until(lambda: csms.connections == 2)
+        # The last failure stays for the operator to read.
+        assert h.station.snapshot()["chargePoint"]["lastConnectionFailure"] == failure
+
+    warnings = session_lines(caplog, logging.WARNING)
+    assert len(warnings) == 3, warnings  # 30 failed attempts: one line per change of reason
+    assert warnings[0].startswith(
+        f"connection state Accepted -> Disconnected: connection to {url} lost: "
+    )
+    assert warnings[1].startswith(
+        f"connection state Connecting -> Disconnected: cannot connect to {url}: "
+        "cannot connect to csms.test:80: connection refused"
+    )
+    assert warnings[2].startswith(
+        f"connection state Connecting -> Disconnected: cannot connect to {url}: "
+        "the central system refused the WebSocket upgrade: HTTP 401 Unauthorized"
+    )
+    assert all(NEXT_ATTEMPT.search(line) for line in warnings)
+    retries = [line for line in session_lines(caplog, logging.DEBUG) if "cannot connect" in line]
+    assert len(retries) == attempts - 2 - 1  # all but the first of each reason (and the drop)
+    assert (
+        f"connection state Connecting -> Booting: connected to {url} after {attempts} failed "
+        f"attempt(s) since {refused_since}" in session_lines(caplog, logging.INFO)
+    )
+
+
+async def test_security_profile_reports_what_the_connection_uses(
+    autojump_clock: Any, tmp_path: Path, caplog: Any
+) -> None:
+    caplog.set_level(logging.INFO, logger="dcocpp.session")
+    # ws:// without credentials is no profile; with an AuthorizationKey it is profile 1 (Basic
+    # auth without TLS), whatever the shipped file says.
+    async with running_station(charger_config(tmp_path)) as h:
+        await h.booted()
+        assert h.store.get_int("SecurityProfile") == 0
+        key = "0123456789abcdef0123"
+        result = await h.csms_call(call.ChangeConfiguration(key="AuthorizationKey", value=key))
+        assert result.status == "Accepted"
+        await h.wait_calls("BootNotification", 2)  # it reconnected with the key
+        read = await h.csms_call(call.GetConfiguration(key=["SecurityProfile"]))
+        # Reconnecting on purpose is no failure.
+        assert h.station.snapshot()["chargePoint"]["lastConnectionFailure"] is None
+    assert read.configuration_key == [{"key": "SecurityProfile", "readonly": False, "value": "1"}]
+    assert session_lines(caplog, logging.WARNING) == []
+    assert any(
+        line.startswith("connection state Accepted -> Disconnected: reconnecting (")
+        for line in session_lines(caplog, logging.INFO)
+    )
 
 
 async def test_message_log_is_schema_valid_json(autojump_clock: Any, tmp_path: Path) -> None:

@@ -24,13 +24,9 @@ from dcocpp.hardware.interface import (
 )
 from dcocpp.hardware.simulation import EvModel, SimulatedHardware
 
-GUN_A = ConnectorConfig(
-    id=1, plc_id=0, label="A", max_current_a=200, max_power_w=75000, meter_sample_interval_s=10
-)
+GUN_A = ConnectorConfig(id=1, plc_id=0, label="A", max_current_a=200, max_power_w=75000)
 # Gun B is power-limited well below its current rating.
-GUN_B = ConnectorConfig(
-    id=2, plc_id=1, label="B", max_current_a=200, max_power_w=50000, meter_sample_interval_s=10
-)
+GUN_B = ConnectorConfig(id=2, plc_id=1, label="B", max_current_a=200, max_power_w=50000)
 RELAY_DELAY = 0.05
 
 

@@ -171,15 +171,27 @@ def derive_status(t: Truth) -> ChargePointStatus:
 
 def fault_report(t: Truth) -> tuple[ChargePointErrorCode, str | None, str | None]:
     """(errorCode, vendorErrorCode, info) for the most severe active fault."""
-    if not t.faults:
+    faults = active_faults(t)
+    if not faults:
         return _NO_FAULT
-    details = dict(t.faults)
-    kind = next(k for k in FAULTS if k in details)
+    kind, detail = faults[0]
+    code, vendor = fault_codes(kind, detail)
+    return code, vendor, _clip(detail or None)
+
+
+def active_faults(t: Truth) -> list[tuple[FaultKind, str]]:
+    """Every active fault with its detail, the most severe first (the one reported)."""
+    severity = list(FAULTS)
+    return sorted(t.faults, key=lambda fault: severity.index(fault[0]))
+
+
+def fault_codes(kind: FaultKind, detail: str) -> tuple[ChargePointErrorCode, str | None]:
+    """(errorCode, vendorErrorCode) that report `kind`: a communication fault's detail says
+    which PLC (or the bus), so it is the vendorErrorCode."""
     code, vendor, _ = FAULTS[kind]
-    detail = details[kind] or None
     if kind == FaultKind.COMMUNICATION and detail:
-        vendor = detail  # says which PLC
-    return code, _clip(vendor), _clip(detail)
+        vendor = detail
+    return code, _clip(vendor)
 
 
 def _clip(text: str | None) -> str | None:

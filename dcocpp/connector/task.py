@@ -23,7 +23,15 @@ from ocpp.v16.enums import AuthorizationStatus, ReadingContext, UnlockStatus
 from dcocpp import idtags
 from dcocpp.config import ConnectorConfig
 from dcocpp.connector import events as ev
-from dcocpp.connector.machine import ConnectorMachine, Settings, Truth, fault_report, kept_for
+from dcocpp.connector.machine import (
+    ConnectorMachine,
+    Settings,
+    Truth,
+    active_faults,
+    fault_codes,
+    fault_report,
+    kept_for,
+)
 from dcocpp.connector.metering import WallClock, meter_value, ocpp_time, seconds_to_next_aligned
 from dcocpp.hardware import interface as hw
 from dcocpp.ocpp.authorization import Authorizer, Decision
@@ -247,6 +255,7 @@ class ConnectorTask:
             nursery.start_soon(self._relay_worker)
             nursery.start_soon(self._clock_aligned_sampler)
             nursery.start_soon(self._resync_worker)
+            self._log_faults(())  # those the hardware reports already
             self._execute(self.machine.take_effects())
             self._sync_reservations()  # those restored at boot: reported Reserved at once
             task_status.started()
@@ -301,7 +310,9 @@ class ConnectorTask:
         refusal = (
             self.machine.reader_refusal(event.id_tag) if isinstance(event, ev.IdPresented) else None
         )
+        faults = self.machine.truth.faults
         reply = self.machine.dispatch(event)
+        self._log_faults(faults)
         effects = self.machine.take_effects()
         if isinstance(event, ev.AuthorizationResult):
             self._settle_tag(event, before, effects)
@@ -326,6 +337,29 @@ class ConnectorTask:
             request.done.set()
         self._stepped.set()
         self._stepped = trio.Event()
+
+    def _log_faults(self, before: tuple[tuple[hw.FaultKind, str], ...]) -> None:
+        """One line per fault that the last event raised (WARNING) or cleared (INFO), whatever
+        raised it: the hardware, the relay worker or the lock. A fault already active is
+        not raised again, so it is not logged again."""
+        after = self.machine.truth.faults
+        if after == before:
+            return
+        was, now = dict(before), dict(after)
+        for kind, detail in after:
+            if kind not in was:
+                code, vendor = fault_codes(kind, detail)
+                log.warning(
+                    "connector %d: fault %s raised (%s%s)%s",
+                    self.id,
+                    kind.value,
+                    code.value,
+                    f", {vendor}" if vendor and not detail.startswith(vendor) else "",
+                    f": {detail}" if detail else "",
+                )
+        for kind in was:
+            if kind not in now:
+                log.info("connector %d: fault %s cleared", self.id, kind.value)
 
     async def wait_truth(self, predicate: Callable[[Truth], bool]) -> None:
         """Until the machine's truth satisfies `predicate` (checked after every event); the
@@ -387,18 +421,14 @@ class ConnectorTask:
                     continue
             if deadline.cancelled_caught:
                 action = "close" if target else "open"
-                log.error(
-                    "connector %d: relay did not %s within %g s",
-                    self.id,
-                    action,
-                    RELAY_ACK_DEADLINE,
-                )
                 await self._relay_failed(f"no {action} confirmation in {RELAY_ACK_DEADLINE:g} s")
                 continue
             self._set_relay_confirmed(target)
             await self.post(ev.RelayConfirmed(target))
 
     async def _relay_failed(self, detail: str) -> None:
+        # The PowerSwitchFailure it raises is logged once (`_log_faults`); not every retry.
+        log.debug("connector %d: relay command failed: %s", self.id, detail)
         self._set_relay_confirmed(None)
         await self.post(ev.RelayFailed(detail))
         # Try again later (or at once when the machine wants something new): a relay that
@@ -741,4 +771,15 @@ class ConnectorTask:
             "currentA": round(reading.current_a, 2),
             "voltageV": round(reading.voltage_v, 1),
             "soc": None if reading.soc is None else round(reading.soc, 1),
+            # Every active fault, not only the one the status reports (the most severe).
+            "faults": [
+                {
+                    "kind": kind.value,
+                    "errorCode": code.value,
+                    "vendorErrorCode": vendor,
+                    "detail": detail or None,
+                }
+                for kind, detail in active_faults(truth)
+                for code, vendor in [fault_codes(kind, detail)]
+            ],
         }

@@ -60,7 +60,8 @@ def build_hardware(config: ChargerConfig) -> Hardware:
     def open_bus() -> can.BusABC:
         return open_can_bus(cp.can_interface_type, cp.can_interface)
 
-    return Hardware(PlcBackend(config.connectors, bus_factory=open_bus), None)
+    name = f"CAN bus {cp.can_interface} ({cp.can_interface_type})"
+    return Hardware(PlcBackend(config.connectors, bus_factory=open_bus, bus_name=name), None)
 
 
 def open_can_bus(interface: str, channel: str) -> can.BusABC:

@@ -179,7 +179,10 @@ _ALL_SPECS = [
     _spec("MeterValueSampleInterval", "Core", _I, _RW, required=True, minimum=0),
     _spec("MinimumStatusDuration", "Core", _I, _RW, minimum=0),
     _spec("NumberOfConnectors", "Core", _I, _R, required=True, minimum=1),
-    _spec("ResetRetries", "Core", _I, _RW, required=True, minimum=0),
+    # Read-only here: a reset restarts the process (in place, or by its supervisor), which
+    # either happens or exits for the supervisor to restart; there is nothing to retry, so
+    # the value is 0 and a central system that asks for retries is told Rejected.
+    _spec("ResetRetries", "Core", _I, _R, required=True, minimum=0),
     _spec("StopTransactionOnEVSideDisconnect", "Core", _B, _RW, required=True),
     _spec("StopTransactionOnInvalidId", "Core", _B, _RW, required=True),
     _measurand_list("StopTxnAlignedData"),

@@ -1,8 +1,9 @@
 """The session's connection and registration state, as an explicit `transitions` machine.
 
 Pure and synchronous like every machine here: the session task fires events, the machine keeps
-the state, logs one line per change, and answers the one question the rest of the session asks:
-may we send CALLs other than BootNotification yet?
+the state, logs one line per change (at the `level` the event carries: the session knows
+whether a failure is news or the same one again), and answers the one question the rest of
+the session asks: may we send CALLs other than BootNotification yet?
 """
 
 from __future__ import annotations
@@ -81,7 +82,10 @@ class RegistrationMachine:
         if old == new:
             return  # a repeated Pending/Rejected answer is not a change
         reason = str(event.kwargs.get("reason", ""))
-        log.info("connection state %s -> %s%s", old, new, f": {reason}" if reason else "")
+        # An attempt to connect is only worth a line together with its outcome.
+        default = logging.DEBUG if new == Registration.CONNECTING else logging.INFO
+        level = int(event.kwargs.get("level", default))
+        log.log(level, "connection state %s -> %s%s", old, new, f": {reason}" if reason else "")
         if self._on_change is not None:
             self._on_change(old, new, reason)
 

@@ -5,6 +5,11 @@ the registration (BootNotification until Accepted), the heartbeat, the WebSocket
 status sender. When the connection dies, for whatever reason, that nursery is cancelled, one line
 is logged, and the session reconnects after an exponential backoff with jitter. Nothing but
 cancellation ends `run()`; a central system that is down never crashes the charger.
+
+Failures are logged once per change, not once per retry: the first failed attempt of a series
+(and a lost connection) at WARNING, with the URL and the reason; further attempts that fail
+the same way at DEBUG; a new reason at WARNING again; the connection that finally opens at
+INFO. `last_failure` keeps the latest failure for the operator's status.
 """
 
 from __future__ import annotations
@@ -24,7 +29,7 @@ from ocpp.v16.enums import AuthorizationStatus, ChargePointErrorCode, Registrati
 
 from dcocpp.ocpp import transport
 from dcocpp.ocpp.authcache import AuthorizationCache, cache_enabled
-from dcocpp.ocpp.configuration import ConfigurationStore
+from dcocpp.ocpp.configuration import ConfigurationError, ConfigurationStore
 from dcocpp.ocpp.control import ChargePointControl, ConnectorStatus
 from dcocpp.ocpp.errors import CallError, ConnectionLost, InvalidPayload, OcppError, TransportError
 from dcocpp.ocpp.handlers import CoreHandlers
@@ -51,6 +56,17 @@ class ResponseTimeout(OcppError):
 
 
 @attrs.frozen
+class ConnectionFailure:
+    """The latest failed connection attempt (or lost connection) to the central system."""
+
+    url: str  # the URL connected to, with the charge point id
+    reason: str  # in an operator's words: refused, host not found, the TLS problem, HTTP 404
+    at: str  # OCPP dateTime of this failure
+    since: str  # of the first failure since a connection last opened
+    attempts: int  # failures since a connection last opened (this one included)
+
+
+@attrs.frozen
 class Identity:
     """What BootNotification says about this charge point."""
 
@@ -61,9 +77,9 @@ class Identity:
     serial_number: str | None = None
 
 
-def utc_now() -> str:
+def ocpp_datetime(moment: datetime) -> str:
     """OCPP dateTime: UTC, millisecond precision, 'Z' suffix."""
-    return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    return moment.astimezone(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
 class ChargePointSession:
@@ -82,14 +98,20 @@ class ChargePointSession:
         control: ChargePointControl,
         *,
         ssl_context: ssl.SSLContext | None = None,
+        client_certificate: bool = False,
         open_stream: transport.OpenStream | None = None,
         auth_cache: AuthorizationCache | None = None,
         local_list: LocalAuthorizationList | None = None,
         charging_profiles: ChargingProfiles | None = None,
         rng: random.Random | None = None,
+        clock: Callable[[], datetime] | None = None,
     ):
         self.identity = identity
         self.csms_url = csms_url
+        # What is connected to: the configured URL with the charge point id appended.
+        self.endpoint = transport.endpoint_url(csms_url, identity.charge_point_id)
+        self.last_failure: ConnectionFailure | None = None
+        self._failing = False  # no connection has opened since `last_failure`
         self.store = store
         self.control = control
         # `is None`, not `or`: an empty cache or list is falsy (it has a length).
@@ -99,8 +121,10 @@ class ChargePointSession:
             ChargingProfiles(store) if charging_profiles is None else charging_profiles
         )
         self._ssl_context = ssl_context
+        self._client_certificate = client_certificate  # `ssl_context` presents one
         self._open_stream = open_stream
         self._rng = rng or random.Random()
+        self._clock = clock or (lambda: datetime.now(UTC))  # the time of connection failures
         self.registration = RegistrationMachine(on_change=self._on_registration_change)
         self._registration_changed = trio.Event()
         self._rpc: RpcConnection | None = None
@@ -212,6 +236,7 @@ class ChargePointSession:
         """Drop the current connection (e.g. new credentials); `run()` connects again."""
         if self._connection_scope is not None:
             log.info("reconnecting: %s", reason)
+            self._reconnecting = reason
             self._connection_scope.cancel()
 
     def boot_now(self) -> None:
@@ -224,7 +249,9 @@ class ChargePointSession:
         task_status.started()
         failures = 0
         while True:
+            self._report_security_profile()
             self.registration.connect()
+            self._reconnecting = None
             reason = "connection closed"
             try:
                 reason = await self._serve_one_connection()
@@ -234,12 +261,66 @@ class ChargePointSession:
             # A connection that got as far as Accepted resets the backoff.
             failures = 0 if was_accepted else failures + 1
             delay = self._backoff(failures)
-            reason = f"{reason}; next attempt in {delay:.1f} s"
+            retry = f"next attempt in {delay:.1f} s"
             if self.registration.is_connected:
-                self.registration.connection_lost(reason=reason)
+                # A connection that was up and went away is news every time, unless we
+                # dropped it ourselves.
+                if self._reconnecting is not None:
+                    self.registration.connection_lost(
+                        reason=f"reconnecting ({self._reconnecting}); {retry}"
+                    )
+                else:
+                    self._record_failure(reason)
+                    self.registration.connection_lost(
+                        reason=f"connection to {self.endpoint} lost: {reason}; {retry}",
+                        level=logging.WARNING,
+                    )
             else:
-                self.registration.connect_failed(reason=reason)
+                previous = self.last_failure if self._failing else None
+                repeated = previous is not None and previous.reason == reason
+                failure = self._record_failure(reason)
+                self.registration.connect_failed(
+                    reason=f"cannot connect to {self.endpoint}: {reason}; {retry}"
+                    + (f" (attempt {failure.attempts})" if repeated else ""),
+                    level=logging.DEBUG if repeated else logging.WARNING,
+                )
             await trio.sleep(delay)
+
+    def _record_failure(self, reason: str) -> ConnectionFailure:
+        now = ocpp_datetime(self._clock())
+        previous = self.last_failure if self._failing else None
+        self.last_failure = failure = ConnectionFailure(
+            url=self.endpoint,
+            reason=reason,
+            at=now,
+            since=previous.since if previous is not None else now,
+            attempts=previous.attempts + 1 if previous is not None else 1,
+        )
+        self._failing = True
+        return failure
+
+    def _connected_reason(self) -> str:
+        text = f"connected to {self.endpoint}"
+        if self._failing and self.last_failure is not None:
+            failure = self.last_failure
+            text += f" after {failure.attempts} failed attempt(s) since {failure.since}"
+        self._failing = False
+        return text
+
+    def _report_security_profile(self) -> None:
+        """SecurityProfile reports the profile the next connection really uses (the base file
+        cannot know whether an AuthorizationKey or a client certificate is installed)."""
+        profile = transport.security_profile(
+            self.csms_url,
+            authorization_key=bool(self.store.get("AuthorizationKey")),
+            client_certificate=self._client_certificate,
+        )
+        if self.store.get("SecurityProfile") in (None, str(profile)):
+            return
+        try:
+            self.store.set_value("SecurityProfile", profile)
+        except ConfigurationError as exc:
+            log.error("SecurityProfile not updated to %d: %s", profile, exc)
 
     def _backoff(self, failures: int) -> float:
         """Exponential backoff, capped, with jitter in [cap/2, cap] so that a fleet of chargers
@@ -264,7 +345,7 @@ class ChargePointSession:
                     rpc = RpcConnection(ws, self._handlers, message_log=MessageLog("csms"))
                     self._rpc = rpc
                     self._connections += 1
-                    self.registration.connected(reason=self.csms_url)
+                    self.registration.connected(reason=self._connected_reason())
                     for task in (self._register, self._send_statuses, self._heartbeat, self._ping):
                         nursery.start_soon(self._guard, task, nursery.cancel_scope)
                     await rpc.run()
@@ -299,10 +380,13 @@ class ChargePointSession:
             except TransportError as exc:
                 self._drop_reason = str(exc)
                 return None
-        self._drop_reason = f"connecting to {self.csms_url} timed out"
+        self._drop_reason = (
+            f"no answer within {CONNECT_TIMEOUT:g} s (TCP, TLS and WebSocket handshake)"
+        )
         return None
 
     _drop_reason: str | None = None
+    _reconnecting: str | None = None  # why `reconnect` drops the connection on purpose
 
     async def _guard(self, task: Callable[[], Any], connection: trio.CancelScope) -> None:
         """Run a per-connection task; a broken connection ends the whole connection."""

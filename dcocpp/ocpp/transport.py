@@ -9,7 +9,9 @@ from __future__ import annotations
 import base64
 import binascii
 import contextlib
+import http
 import logging
+import socket
 import ssl
 from collections.abc import Awaitable, Callable
 from typing import NoReturn
@@ -43,6 +45,18 @@ def endpoint_url(base: str, charge_point_id: str) -> str:
     parts = urlsplit(base)
     path = parts.path.rstrip("/") + "/" + quote(charge_point_id, safe="")
     return urlunsplit((parts.scheme, parts.netloc, path, parts.query, ""))
+
+
+def security_profile(url: str, *, authorization_key: bool, client_certificate: bool) -> int:
+    """The OCPP 1.6 security profile a connection made this way has: 3 = TLS with a client
+    certificate, 2 = TLS with Basic auth, 1 = Basic auth without TLS, 0 = none of these (no
+    credentials at all, or TLS without any)."""
+    tls = urlsplit(url).scheme == "wss"
+    if tls and client_certificate:
+        return 3
+    if authorization_key:
+        return 2 if tls else 1
+    return 0
 
 
 def basic_auth_header(charge_point_id: str, authorization_key: str) -> tuple[bytes, bytes]:
@@ -83,7 +97,9 @@ async def run_client(
 
     Start it with `await nursery.start(run_client, ...)` inside the caller's deadline: the
     handshake (TCP, TLS, HTTP upgrade, subprotocol check) runs under that deadline and any
-    failure of it raises `TransportError`. Afterwards the task keeps the WebSocket's reader
+    failure of it raises `TransportError`, which says what failed in an operator's words
+    (refused, host not found, the TLS problem, the HTTP status) but not the URL, which the
+    caller knows. Afterwards the task keeps the WebSocket's reader
     alive until it is cancelled, then closes the connection politely (bounded by CLOSE_TIMEOUT).
     """
     target = urlsplit(endpoint_url(url, charge_point_id))
@@ -98,7 +114,7 @@ async def run_client(
     try:
         stream: trio.abc.Stream = await open_stream(host, port)
     except OSError as exc:
-        raise TransportError(f"cannot connect to {url}: {exc}") from exc
+        raise TransportError(_connect_failure(host, port, exc)) from exc
     try:
         if tls:
             # Handshake TLS before the WebSocket: a certificate that fails verification then
@@ -112,10 +128,8 @@ async def run_client(
             try:
                 await stream.do_handshake()
             except trio.BrokenResourceError as exc:
-                raise TransportError(
-                    f"TLS handshake with {url} failed: {exc.__cause__ or exc}"
-                ) from exc
-        await _run_websocket(stream, url, host_header, resource, headers, task_status)
+                raise TransportError(_tls_failure(exc.__cause__ or exc)) from exc
+        await _run_websocket(stream, tls, host_header, resource, headers, task_status)
     finally:
         # Whatever happened above, the socket is ours to close (a no-op when already closed).
         await trio.aclose_forcefully(stream)
@@ -124,7 +138,7 @@ async def run_client(
 
 async def _run_websocket(
     stream: trio.abc.Stream,
-    url: str,
+    tls: bool,
     host_header: str,
     resource: str,
     headers: list[tuple[bytes, bytes]],
@@ -137,17 +151,28 @@ async def _run_websocket(
             reader_nursery, reader_scope = await nursery.start(_shielded_nursery)
             ws: WebSocketConnection | None = None
             try:
-                try:
-                    ws = await wrap_client_stream(
-                        reader_nursery,
-                        stream,  # type: ignore[arg-type]
-                        host_header,
-                        resource,
-                        subprotocols=[SUBPROTOCOL],
-                        extra_headers=headers,
-                    )
-                except (OSError, trio.BrokenResourceError, HandshakeError, ConnectionClosed) as exc:
-                    raise TransportError(f"WebSocket handshake with {url} failed: {exc}") from exc
+                with trio.CancelScope() as upgrade:
+                    watched = _UpgradeWatch(stream, upgrade, tls=tls)
+                    try:
+                        ws = await wrap_client_stream(
+                            reader_nursery,
+                            watched,  # type: ignore[arg-type]
+                            host_header,
+                            resource,
+                            subprotocols=[SUBPROTOCOL],
+                            extra_headers=headers,
+                        )
+                    except (
+                        OSError,
+                        trio.BrokenResourceError,
+                        HandshakeError,
+                        ConnectionClosed,
+                    ) as exc:
+                        raise TransportError(f"WebSocket handshake failed: {exc}") from exc
+                    watched.upgraded()
+                if watched.broken is not None:
+                    raise TransportError(watched.broken)
+                assert ws is not None
                 if ws.subprotocol != SUBPROTOCOL:
                     raise TransportError(
                         f"the central system did not accept subprotocol {SUBPROTOCOL} "
@@ -160,19 +185,137 @@ async def _run_websocket(
                     with trio.CancelScope(shield=True), trio.move_on_after(CLOSE_TIMEOUT):
                         await ws.aclose()
                 reader_scope.cancel()
-    except* ConnectionRejected as group:
-        status = getattr(_leaf(group), "status_code", "?")
-        raise TransportError(f"the central system rejected the connection: HTTP {status}") from None
-    except* TransportError as group:
-        # Unwrapped: callers catch TransportError, not a group holding one.
-        raise _leaf(group) from None
+    except* (ConnectionRejected, TransportError) as group:
+        # One TransportError, not a group: callers catch that. An HTTP answer says most.
+        failures = _leaves(group)
+        rejected = [e for e in failures if isinstance(e, ConnectionRejected)]
+        if rejected:
+            raise TransportError(_http_rejection(rejected[0])) from None
+        raise failures[0] from None
 
 
-def _leaf(group: BaseException) -> BaseException:
-    """The first exception in a (possibly nested) group."""
-    while isinstance(group, BaseExceptionGroup):
-        group = group.exceptions[0]
-    return group
+class _UpgradeWatch(trio.abc.Stream):
+    """The stream under the WebSocket, watched until the upgrade is answered: a connection
+    that breaks before then cancels `upgrade` and says why in `broken`. trio-websocket's
+    client handshake would wait for the answer forever (until our connect timeout), e.g. when
+    a TLS 1.3 server refuses our client certificate, which it can only say after our side of
+    the TLS handshake has completed."""
+
+    def __init__(self, stream: trio.abc.Stream, upgrade: trio.CancelScope, *, tls: bool):
+        self._stream = stream
+        self._tls = tls
+        self._upgrade: trio.CancelScope | None = upgrade
+        self.broken: str | None = None
+
+    def upgraded(self) -> None:
+        self._upgrade = None
+
+    def _break(self, why: str) -> None:
+        if self._upgrade is not None and self.broken is None:
+            self.broken = why
+            self._upgrade.cancel()
+
+    async def receive_some(self, max_bytes: int | None = None) -> bytes | bytearray:
+        try:
+            data = await self._stream.receive_some(max_bytes)
+        except trio.BrokenResourceError as exc:
+            self._break(_broken_connection(exc))
+            raise
+        if not data:
+            why = "the central system closed the connection without answering the upgrade"
+            if self._tls:
+                # What a TLS 1.3 server does that dislikes the client certificate (or its
+                # absence) and sends no alert.
+                why += " (over TLS: does it require a client certificate?)"
+            self._break(why)
+        return data
+
+    async def send_all(self, data: bytes | bytearray | memoryview) -> None:
+        try:
+            await self._stream.send_all(data)
+        except trio.BrokenResourceError as exc:
+            self._break(_broken_connection(exc))
+            raise
+
+    async def wait_send_all_might_not_block(self) -> None:
+        await self._stream.wait_send_all_might_not_block()
+
+    async def aclose(self) -> None:
+        await self._stream.aclose()
+
+
+# --- what went wrong, in an operator's words --------------------------------------------------
+
+# OpenSSL's reason codes an operator cannot be expected to decode.
+_TLS_HINTS = {
+    "WRONG_VERSION_NUMBER": "the server does not speak TLS on this port (ws:// instead of wss://?)",
+    "TLSV13_ALERT_CERTIFICATE_REQUIRED": "the central system requires a client certificate",
+    "SSLV3_ALERT_HANDSHAKE_FAILURE": "the central system refused the handshake "
+    "(no client certificate, or no common cipher)",
+    "SSLV3_ALERT_BAD_CERTIFICATE": "the central system refused our client certificate",
+    "SSLV3_ALERT_CERTIFICATE_UNKNOWN": "the central system refused our client certificate",
+    "TLSV1_ALERT_UNKNOWN_CA": "the central system does not trust the CA of our client certificate",
+    "TLSV1_ALERT_PROTOCOL_VERSION": "no TLS version in common (TLS 1.2 or newer is required)",
+    "UNSUPPORTED_PROTOCOL": "no TLS version in common (TLS 1.2 or newer is required)",
+    "UNEXPECTED_EOF_WHILE_READING": "the central system hung up during the handshake "
+    "(does it require a client certificate?)",
+}
+
+
+def _connect_failure(host: str, port: int, exc: OSError) -> str:
+    """Why the TCP connection failed: trio says "all attempts to connect ... failed" and
+    keeps the reason of each attempt in its cause."""
+    where = f"cannot connect to {host}:{port}"
+    if isinstance(exc, socket.gaierror):
+        return f"{where}: host name not found ({exc.strerror})"
+    causes = [e for e in _leaves(exc.__cause__ or exc) if isinstance(e, OSError)] or [exc]
+    cause = causes[0]
+    if isinstance(cause, ConnectionRefusedError):
+        return f"{where}: connection refused (nothing accepts connections on port {port})"
+    if isinstance(cause, TimeoutError):
+        return f"{where}: no answer (timed out)"
+    return f"{where}: {(cause.strerror or str(cause)).lower()}"
+
+
+def _tls_failure(exc: BaseException) -> str:
+    if isinstance(exc, ssl.SSLCertVerificationError):
+        return (
+            "TLS handshake failed: the central system's certificate is not trusted: "
+            f"{exc.verify_message} (CERTIFICATE_VERIFY_FAILED; is its CA in the CA bundle?)"
+        )
+    reason = getattr(exc, "reason", None)
+    hint = _TLS_HINTS.get(reason) if isinstance(reason, str) else None
+    if hint is not None:
+        return f"TLS handshake failed: {hint} ({reason})"
+    return f"TLS handshake failed: {exc}"
+
+
+def _broken_connection(exc: trio.BrokenResourceError) -> str:
+    cause = exc.__cause__
+    if isinstance(cause, ssl.SSLError):
+        return _tls_failure(cause)
+    return f"the connection broke before the WebSocket upgrade was answered: {cause or exc}"
+
+
+def _http_rejection(rejected: ConnectionRejected) -> str:
+    status = rejected.status_code
+    try:
+        phrase = f" {http.HTTPStatus(status).phrase}"
+    except ValueError:
+        phrase = ""
+    text = f"the central system refused the WebSocket upgrade: HTTP {status}{phrase}"
+    if status in (401, 403):
+        return f"{text} (wrong or missing AuthorizationKey?)"
+    if status == 404:
+        return f"{text} (wrong URL path, or a charge point id it does not know?)"
+    return text
+
+
+def _leaves(error: BaseException) -> list[BaseException]:
+    """Every exception in a (possibly nested) group, in order; [error] for a plain one."""
+    if isinstance(error, BaseExceptionGroup):
+        return [leaf for inner in error.exceptions for leaf in _leaves(inner)]
+    return [error]
 
 
 async def _shielded_nursery(

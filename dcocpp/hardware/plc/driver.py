@@ -298,7 +298,9 @@ class PlcGun:
             with trio.move_on_after(backend._ack_timeout):
                 await self._wait_ack(closed)
                 return
-            log.warning(
+            # DEBUG: the connector retries a failed command every few seconds; its
+            # PowerSwitchFailure is logged once, with this error.
+            log.debug(
                 "PLC %d: relay %s not confirmed (seq %d, attempt %d/%d)",
                 self.plc_id,
                 "close" if closed else "open",
@@ -704,7 +706,8 @@ class PlcBackend:
     """The charger's guns behind their PLCs on one CAN bus (implements `HardwareBackend`).
 
     `bus_factory` opens the bus (e.g. `lambda: can.Bus(interface="socketcan", channel="can0")`);
-    `run` owns it and shuts it down when it ends."""
+    `run` owns it and shuts it down when it ends. `bus_name` names it in log lines (its
+    channel and interface type)."""
 
     def __init__(
         self,
@@ -719,6 +722,7 @@ class PlcBackend:
         meter_stale: float = 2.0,
         debounce_frames: int = 2,
         config_timeout: float = 0.5,
+        bus_name: str = "the CAN bus",
     ):
         if attempts < 1 or debounce_frames < 1:
             raise ValueError("attempts and debounce_frames must be >= 1")
@@ -748,6 +752,11 @@ class PlcBackend:
         self._nursery: trio.Nursery | None = None
         self._bus_failed = trio.Event()
         self._bus_error: str | None = None
+        self._bus_name = bus_name
+        # Why the bus last failed, until it works again (see `_bus_progress`): its state
+        # changes are logged, not every reopen.
+        self._bus_trouble: str | None = None
+        self._bus_heard = self._bus_sent = False
         self._tx_error_streak = 0
         # Counted in a plain dict (the hot path); `stats` is a frozen snapshot of it.
         self._counts = dict.fromkeys(attrs.fields_dict(PlcStats), 0)
@@ -834,7 +843,9 @@ class PlcBackend:
 
     async def _bus_loop(self, *, task_status: trio.TaskStatus[None]) -> None:
         """Open and serve the bus; after a bus error (or when it cannot be opened, e.g. the
-        interface is not up yet) report it on every gun and reopen it with backoff."""
+        interface is not up yet) report it on every gun and reopen it with backoff. Logged
+        once per change, not per retry: WARNING (naming the bus) when it goes bad, INFO when
+        it works again (`_bus_progress`), DEBUG for the reopening in between."""
         delay = REOPEN_MIN_S
         status = task_status
         bus, error = self._try_open_bus(first=True)
@@ -843,11 +854,17 @@ class PlcBackend:
                 error, flowed = await self._serve(bus, status)
                 if flowed:
                     delay = REOPEN_MIN_S
-                log.warning("CAN bus error: %s; closing and reopening the bus", error)
             else:
-                log.error("cannot open the CAN bus: %s (next try in %.1f s)", error, delay)
                 status.started()
             status = trio.TASK_STATUS_IGNORED
+            if self._bus_trouble is None:
+                log.warning(
+                    "%s failed: %s; reopening it until frames arrive again", self._bus_name, error
+                )
+            else:
+                log.debug("%s failed again: %s", self._bus_name, error)
+            self._bus_trouble = error
+            self._bus_heard = self._bus_sent = False
             for gun in self._guns.values():
                 await gun._emit(gun._comm_cause("bus", f"CAN bus error: {error}"))
             while True:
@@ -855,9 +872,21 @@ class PlcBackend:
                 delay = min(delay * 2, REOPEN_MAX_S)
                 bus, error = self._try_open_bus()
                 if bus is not None:
-                    log.info("CAN bus reopened")
+                    log.debug("%s reopened", self._bus_name)
                     break
-                log.debug("reopening the CAN bus failed: %s (next try in %.1f s)", error, delay)
+                log.debug(
+                    "reopening %s failed: %s (next try in %.1f s)", self._bus_name, error, delay
+                )
+
+    def _bus_progress(self, *, heard: bool = False, sent: bool = False) -> None:
+        """After a bus error: frames arrive and a send succeeded on the reopened bus, so it
+        works again (logged once). Either alone is not enough: a bus whose sends keep failing
+        would be "back" at every reopen."""
+        self._bus_heard |= heard
+        self._bus_sent |= sent
+        if self._bus_heard and self._bus_sent:
+            log.info("%s works again (it had failed: %s)", self._bus_name, self._bus_trouble)
+            self._bus_trouble = None
 
     def _try_open_bus(self, *, first: bool = False) -> tuple[can.BusABC | None, str]:
         try:
@@ -905,16 +934,19 @@ class PlcBackend:
         try:
             bus.send(can.Message(arbitration_id=can_id, data=data, is_extended_id=True))
         except can.CanError as exc:
-            # Counted and logged; the PLC's watchdog and our rx timeout turn a lasting
-            # failure into a COMMUNICATION fault.
+            # Counted (txErrors in the status) and logged at DEBUG: a keep-alive fails ten
+            # times a second on a bad bus. TX_ERRORS_BEFORE_REOPEN in a row are a bus error,
+            # logged once; the PLC's watchdog and our rx timeout fault a lasting failure.
             self._bump("tx_errors")
-            log.warning("PLC %d: sending %s failed: %s", plc_id, codec.message_of(can_id).name, exc)
+            log.debug("PLC %d: sending %s failed: %s", plc_id, codec.message_of(can_id).name, exc)
             self._tx_error_streak += 1
             if self._tx_error_streak >= TX_ERRORS_BEFORE_REOPEN:
                 self._fail_bus(f"{self._tx_error_streak} sends in a row failed: {exc}")
         else:
             self._tx_error_streak = 0
             self._bump("tx_frames")
+            if self._bus_trouble is not None:
+                self._bus_progress(sent=True)
 
     async def _write_loop(self, start: float) -> None:
         """RelayControl to every PLC every `keepalive` (at `start` + k * `keepalive`), and at
@@ -970,6 +1002,8 @@ class PlcBackend:
             self._fail_bus(str(exc))
 
     async def _on_message(self, msg: can.Message) -> None:
+        if self._bus_trouble is not None:
+            self._bus_progress(heard=True)
         if msg.is_error_frame or msg.is_remote_frame or not msg.is_extended_id:
             self._bump("ignored")
             return

@@ -142,7 +142,12 @@ class InProcessPlcHardware:
 
         self.channel = channel
         self.plcs = EmulatedPlcs(connectors, open_bus, **dict(emulator_options or {}))
-        self.driver = PlcBackend(connectors, bus_factory=open_bus, **dict(driver_options or {}))
+        self.driver = PlcBackend(
+            connectors,
+            bus_factory=open_bus,
+            bus_name=f"CAN bus {channel} (virtual)",
+            **dict(driver_options or {}),
+        )
 
     def gun(self, connector_id: int) -> PlcGun:
         return self.driver.gun(connector_id)
