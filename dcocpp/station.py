@@ -194,6 +194,7 @@ class Station:
         # The delivery that follows stopping every transaction (see `_deliver`).
         self._delivery: trio.CancelScope | None = None
         self._delivery_cut = False  # `end_delivery` was called: no delivery waits any more
+        self._closing = False  # shut_down / power_failure began: no new transaction
 
     @property
     def connector_ids(self) -> Sequence[int]:
@@ -404,6 +405,7 @@ class Station:
         StopTransaction stored; then, if there was one, what the outbox holds is delivered
         for SHUTDOWN_GRACE at most (`end_delivery` ends that at once). What is not
         delivered goes out after the next start."""
+        self._close_connectors()
         if await self._stop_transactions(Reason.reboot):
             await self._deliver(trio.CancelScope(relative_deadline=SHUTDOWN_GRACE))
 
@@ -413,8 +415,17 @@ class Station:
         RESET_FLUSH_TIMEOUT). What is not delivered stays queued for after the restart."""
         log.warning("power failure: stopping every transaction before the backup runs out")
         window = self._flush_window()
+        self._close_connectors()
         await self._stop_transactions(Reason.power_loss)
         await self._deliver(window)
+
+    def _close_connectors(self) -> None:
+        """No new transaction from now on (the process is about to exit): a tag whose
+        authorization arrives during the grace, a remote start or an EV plugged in now would
+        start one that is cut off at exit."""
+        self._closing = True
+        for task in self.connectors.values():
+            task.closing = True
 
     def end_delivery(self) -> None:
         """Deliver nothing more (a second SIGTERM or Ctrl-C while stopping): the stop under
@@ -479,6 +490,8 @@ class Station:
 
     async def remote_start(self, connector_id: int | None, id_tag: str) -> RemoteStartStopStatus:
         assert self.store is not None
+        if self._closing:
+            return RemoteStartStopStatus.rejected  # the charger is stopping
         authorize = self.store.get_bool("AuthorizeRemoteTxRequests")
         if connector_id is not None:
             candidates = [connector_id]

@@ -159,6 +159,31 @@ async def test_planned_stop_with_nothing_charging_does_not_wait_for_the_central_
 
 
 @pytest.mark.usefixtures("backend")
+async def test_no_transaction_starts_while_the_station_stops(
+    autojump_clock: Any, tmp_path: Path
+) -> None:
+    """During the grace nothing new may start: a transaction started then would be cut off
+    at exit and billed only at the next start (PowerLoss). An EV plugged in after its tag was
+    accepted does not start, and a remote start is Rejected."""
+    config = charger_config(tmp_path)
+    csms = FakeCsms()
+    async with running_station(config, csms, keys=PERIODIC_ONLY) as h:
+        await h.booted()
+        await h.station.present_id(2, "TAG-WAITING")  # accepted, waiting for its EV
+        await h.wait_until(lambda: h.connector(2).machine.truth.authorized is not None)
+        await stop_offline(h, 1, "TAG-STOP-NEW")
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(h.station.shut_down)
+            await trio.sleep(RELAY_ACK_DEADLINE + 0.5)  # the stop is stored: the grace runs
+            await h.hardware.plug(2)
+            assert await h.station.remote_start(1, "TAG-REMOTE") == "Rejected"
+            await trio.sleep(1)
+            assert h.connector(2).transaction is None
+            assert not h.relay_closed(2)
+    assert stored_transactions(config.data_dir) == [(1, True)]
+
+
+@pytest.mark.usefixtures("backend")
 @pytest.mark.parametrize("cut_after", [0.0, 1.0], ids=["while-stopping", "during-the-grace"])
 async def test_ending_the_delivery_returns_at_once_with_every_stop_stored(
     autojump_clock: Any, tmp_path: Path, cut_after: float

@@ -80,6 +80,9 @@ class Settings:
     unlock_on_ev_disconnect: bool = True  # UnlockConnectorOnEVSideDisconnect
     stop_on_invalid_id: bool = True  # StopTransactionOnInvalidId
     fixed_cable: bool = True  # a DC gun's cable is fixed: no socket lock to drive
+    # The station is stopping (SIGTERM, SIGPWR): no new transaction may start, since the
+    # process exits before it could be stopped and billed properly.
+    closing: bool = False
 
 
 @attrs.frozen
@@ -583,6 +586,7 @@ class ConnectorMachine:
             or t.faults
             or not t.operative
             or t.finishing
+            or self.settings.closing
         ):
             return
         if not self.settings.fixed_cable and not t.locked:

@@ -150,6 +150,8 @@ class ConnectorTask:
         self.services = services
         self._inbox = inbox
         self._send = inbox_send
+        # Set once by the station when the process is about to exit: no new transaction.
+        self.closing = False
         physical = gun.status()
         self.machine = ConnectorMachine(
             config.id,
@@ -192,6 +194,7 @@ class ConnectorTask:
             unlock_on_ev_disconnect=store.get_bool("UnlockConnectorOnEVSideDisconnect"),
             stop_on_invalid_id=store.get_bool("StopTransactionOnInvalidId"),
             fixed_cable=self.config.fixed_cable,
+            closing=self.closing,
         )
 
     # --- public ----------------------------------------------------------------------------
