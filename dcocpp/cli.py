@@ -25,7 +25,7 @@ from dcocpp.cliargs import DEFAULT_CONFIG, config_argument, log_level_argument
 from dcocpp.config import ChargerConfig, ConfigError, load_charger_config
 from dcocpp.hardware.interface import HardwareError
 from dcocpp.logs import LoggingError, LoggingSetup
-from dcocpp.ocpp.configuration import ConfigurationError
+from dcocpp.ocpp.configuration import ConfigurationError, ConfigurationStore
 from dcocpp.storage import StorageError, prepare_data_dir
 
 if TYPE_CHECKING:
@@ -194,11 +194,14 @@ def _statecharts(args: argparse.Namespace) -> int:
 
 
 async def _serve(
-    config: ChargerConfig, api_address: tuple[str, int] | None, api_token: str | None
+    config: ChargerConfig,
+    keys: ConfigurationStore,
+    api_address: tuple[str, int] | None,
+    api_token: str | None,
 ) -> None:
     from dcocpp.station import Station
 
-    station = Station(config, api_address=api_address, api_token=api_token)
+    station = Station(config, api_address=api_address, api_token=api_token, store=keys)
     async with trio.open_nursery() as nursery:
         nursery.start_soon(_stop_on_signals, station, nursery.cancel_scope)
         await station.run()
@@ -206,13 +209,15 @@ async def _serve(
 
 
 async def _stop_on_signals(station: Station, scope: trio.CancelScope) -> None:
-    """SIGTERM or SIGINT (systemctl stop/restart, Ctrl-C): a planned stop, every transaction
+    """SIGTERM, SIGINT or SIGHUP (systemctl stop/restart, Ctrl-C, the terminal of a foreground
+    run closed): a planned stop, every transaction
     stopped with reason Reboot and delivered within a short grace (`Station.shut_down`).
     SIGPWR (a UPS daemon: mains lost, on backup power): the same with reason PowerLoss, for as
     long as the backup is trusted to last (`Station.power_failure`). Then the process ends
-    (`scope`). A SIGTERM or SIGINT while stopping ends the delivery at once: what was not
-    delivered is stored and goes out after the next start."""
-    with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM, signal.SIGPWR) as signals:
+    (`scope`). Another of these while stopping (but SIGPWR) ends the delivery at once: what was
+    not delivered is stored and goes out after the next start."""
+    stops = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGPWR)
+    with trio.open_signal_receiver(*stops) as signals:
         async with trio.open_nursery() as nursery:
             stopping = False
             async for signum in signals:
@@ -283,7 +288,7 @@ def _run(args: argparse.Namespace) -> int:
             backup_count=keys.get_int("LogMessagesBackupCount"),
         )
         log.info("dcocpp %s starting with %s", __version__, config.path)
-        trio.run(_serve, config, args.api, simcli.api_token(args))
+        trio.run(_serve, config, keys, args.api, simcli.api_token(args))
         log.info("stopped")
         return EXIT_OK
     except BaseException as error:

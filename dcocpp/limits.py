@@ -127,6 +127,9 @@ class LimitEnforcer:
         self._wake = trio.Event()
         # The limit (A) each gun's hardware was last given.
         self.applied: dict[int, Decimal] = {}
+        # The limit each gun was last said to have at INFO: a setpoint sent again (hardware
+        # back from a fault) or only following the voltage is no news to the operator.
+        self._reported: dict[int, Decimal] = {}
         # The supply (voltage) each gun's limit was computed at the last time.
         self._supplies: dict[int, Supply] = {}
         nominal = [nominal_voltage(task.config) for task in connectors.values()]
@@ -336,8 +339,9 @@ class LimitEnforcer:
             else:
                 self.applied[connector_id] = limit
                 task.offered_a = float(limit)
-                if news:
+                if news and self._reported.get(connector_id) != limit:
                     log.info("connector %d: current limit %s A", connector_id, limit)
+                    self._reported[connector_id] = limit
                 else:
                     log.debug(
                         "connector %d: current limit %s A (at the voltage measured now)",

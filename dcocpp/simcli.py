@@ -170,7 +170,11 @@ def _unplug(args: argparse.Namespace) -> int:
 def _authorize(args: argparse.Namespace) -> int:
     try:
         answer = _request(
-            args.api, "POST", f"/api/connectors/{args.connector}/authorize", {"idTag": args.id_tag}
+            args.api,
+            "POST",
+            f"/api/connectors/{args.connector}/authorize",
+            {"idTag": args.id_tag},
+            _token(args),
         )
     except _Failure as failure:
         print(failure.message, file=sys.stderr)

@@ -164,8 +164,12 @@ class Station:
         clock: WallClock | None = None,
         api_address: tuple[str, int] | None = None,
         api_token: str | None = None,
+        store: ConfigurationStore | None = None,
     ):
         self.config = config
+        # The OCPP keys as the command line already loaded them, for the first boot (a soft
+        # reset loads them again from the files).
+        self._loaded_store = store
         if hardware is None:
             built = build_hardware(config)
             hardware, simulation = built.backend, built.simulation
@@ -224,7 +228,8 @@ class Station:
         config = self.config
         self._reset = None
         self.started = trio.Event()
-        self.store = store = load_configuration_store(config)
+        self.store = store = self._loaded_store or load_configuration_store(config)
+        self._loaded_store = None
         self._db = db = Database.open(config.data_dir)
         try:
             saved = db.availability()
@@ -294,6 +299,8 @@ class Station:
                         and (previous.finishing or previous.transaction is not None)
                     ),
                 )
+                # A stop signalled during a soft reset holds for the guns of the new boot too.
+                self.connectors[connector.id].closing = self._closing
             reservations.load()  # each connector takes its reservations as it starts
             self.limits = limits = LimitEnforcer(self.connectors, charging_profiles, self.clock)
             with trio.CancelScope() as self._scope:

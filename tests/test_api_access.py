@@ -175,6 +175,14 @@ async def test_status_and_sim_send_the_token_from_the_environment(
         wrong = "another-token-0123456789"
         assert await _cli("status", "--api", api, "--api-token", wrong) == simcli.EXIT_REFUSED
         assert capsys.readouterr().err.startswith("error: wrong API token")
+        # Every sim action sends it.
+        for action in (
+            ["authorize", "1", "TAG-1"],
+            ["ev", "1", "suspend"],
+            ["fault", "1", "estop", "on"],
+        ):
+            assert await _cli("sim", *action, "--api", api) == 0, capsys.readouterr().err
+        capsys.readouterr()
         monkeypatch.delenv(TOKEN_ENV)
         assert await _cli("sim", "unplug", "1", "--api", api, "--api-token", TOKEN) == 0
         # A token no charger accepts is refused before anything is sent.
@@ -183,7 +191,13 @@ async def test_status_and_sim_send_the_token_from_the_environment(
             "must be printable ASCII without spaces (it travels in an HTTP header)\n"
         )
         nursery.cancel_scope.cancel()
-    assert view.calls == [("plug", 1), ("unplug", 1)]
+    assert view.calls == [
+        ("plug", 1),
+        ("present_id", 1, "TAG-1"),
+        ("set_ev_suspended", 1, True),
+        ("set_fault", 1, "estop", True),
+        ("unplug", 1),
+    ]
 
 
 # --- dcocpp run ------------------------------------------------------------------------------

@@ -256,3 +256,22 @@ def test_a_script_starting_the_charger_with_log_level_info_runs(tmp_path: Path) 
         charger.stderr.wait_for_line(lambda line: " INFO    dcocpp.station: station " in line, 30)
         charger.send_signal()
         assert charger.wait(10) == EXIT_OK
+
+
+@pytest.mark.process
+def test_a_broken_user_configuration_is_reported_once(tmp_path: Path) -> None:
+    """The OCPP keys the central system changed are read once at start (the command line
+    and the station share them): their warning is not repeated."""
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "ocpp16-user-config.json").write_text("{not json")
+    argv = [
+        sys.executable, "-m", "dcocpp", "run", "--csms", CLOSED_CSMS,
+        "--data-dir", str(data), "--log-dir", str(tmp_path / "logs"),
+    ]  # fmt: skip
+    with ManagedProcess(argv, name="charger") as charger:
+        charger.stderr.wait_for_line(lambda line: " INFO    dcocpp.station: station " in line, 30)
+        charger.send_signal()
+        assert charger.wait(10) == EXIT_OK
+    warnings = [line for line in charger.stderr.lines if "ignoring user configuration" in line]
+    assert len(warnings) == 1, warnings

@@ -516,6 +516,22 @@ def test_write_is_atomic(
         store.set_value("HeartbeatInterval", 30)
 
 
+def test_a_value_set_again_unchanged_is_no_news(
+    store: ConfigurationStore, user_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """BootNotification.conf brings the same HeartbeatInterval at every boot: one line when it
+    changes, none (and no write) when it is the value in force."""
+    caplog.set_level(logging.INFO, logger="dcocpp.ocpp.configuration")
+    heard: list[str] = []
+    store.subscribe("HeartbeatInterval", lambda key, value: heard.append(value))
+    for _ in range(3):
+        store.set_value("HeartbeatInterval", 30)
+    changed = [r.getMessage() for r in caplog.records if "changed" in r.getMessage()]
+    assert changed == ["configuration key HeartbeatInterval changed to 30"]
+    assert heard == ["30"]
+    assert json.loads(user_path.read_text()) == {"HeartbeatInterval": "30"}
+
+
 def test_read_only_set_value_is_not_persisted(store: ConfigurationStore, user_path: Path) -> None:
     store.set_value("NumberOfConnectors", 4)
     assert store.get_int("NumberOfConnectors") == 4

@@ -363,15 +363,18 @@ def restart_and_deliver(
         return transaction_calls(csms.stdout.events), charger.stderr.text
 
 
+@pytest.mark.parametrize("stop_signal", [signal.SIGTERM, signal.SIGINT, signal.SIGHUP])
 def test_sigterm_mid_transaction_stops_it_with_reboot_at_the_register_and_exits_0(
-    tmp_path: Path,
+    tmp_path: Path, stop_signal: signal.Signals
 ) -> None:
+    """SIGTERM (systemctl), SIGINT (Ctrl-C) and SIGHUP (the terminal or ssh session of a
+    foreground `dcocpp run` closed) are each a planned stop."""
     preset_user_keys(tmp_path, **KEYS)
     csms, port = start_peer_csms(tmp_path, None, heartbeat_interval=60, timeout=START_TIMEOUT)
     with csms, start_charger(tmp_path, url(port), api_port=0) as charger:
         transaction_id = start_session(csms, charger, "STOP-1")
         shown = register_shown(charger, csms)
-        charger.send_signal(signal.SIGTERM)
+        charger.send_signal(stop_signal)
         assert charger.wait(EXIT_TIMEOUT) == EXIT_OK, charger.describe()
         (start,) = calls(csms, "StartTransaction")
         (stop,) = calls(csms, "StopTransaction")

@@ -534,11 +534,14 @@ def test_a_hangup_while_the_demo_starts_removes_its_temporary_data(tmp_path: Pat
 
 
 @pytest.mark.process
-def test_demo_into_a_pipe_closed_early_ends_quietly(tmp_path: Path) -> None:
-    """`dcocpp demo | head -3`: no BrokenPipeError traceback, the temporary data removed."""
+@pytest.mark.parametrize("lines", [3, 20, 40])
+def test_demo_into_a_pipe_closed_early_ends_quietly(tmp_path: Path, lines: int) -> None:
+    """`dcocpp demo | head -N`: no BrokenPipeError traceback, whichever task writes when the
+    reader goes (the heading, the view, the embedded central system's handlers), no hang, and
+    the temporary data removed."""
     with _demo_process(tmp_path, "--speed", "5") as process:
         assert process.stdout is not None and process.stderr is not None
-        head = [process.stdout.readline() for _ in range(3)]
+        head = [process.stdout.readline() for _ in range(lines)]
         process.stdout.close()  # as `head` exits
         err = process.stderr.read()
         assert process.wait(timeout=30) == 1

@@ -510,6 +510,26 @@ async def test_failed_reconnects_logged_once_per_reason_and_shown_in_the_status(
     )
 
 
+async def test_a_security_profile_the_charger_cannot_switch_to_is_rejected(
+    autojump_clock: Any, tmp_path: Path
+) -> None:
+    """Accepting SecurityProfile 1 without an AuthorizationKey, or 2/3 on ws://, would be a
+    promise the next connection breaks: Rejected, no reconnect; the profile in use is
+    Accepted (nothing changes)."""
+    async with running_station(charger_config(tmp_path)) as h:
+        await h.booted()
+        assert h.station.session is not None
+        connection = h.station.session.connection_number
+        for value in ("1", "2", "3"):
+            result = await h.csms_call(call.ChangeConfiguration(key="SecurityProfile", value=value))
+            assert result.status == "Rejected", value
+        same = await h.csms_call(call.ChangeConfiguration(key="SecurityProfile", value="0"))
+        assert same.status == "Accepted"
+        await trio.sleep(5)
+        assert h.station.session.connection_number == connection  # no reconnect
+        assert h.store.get_int("SecurityProfile") == 0
+
+
 async def test_security_profile_reports_what_the_connection_uses(
     autojump_clock: Any, tmp_path: Path, caplog: Any
 ) -> None:

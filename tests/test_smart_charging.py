@@ -600,6 +600,27 @@ async def test_a_limit_that_only_follows_the_voltage_is_logged_once(
     assert conversions[-1] == f"connector 1: current limit {last} A (at the voltage measured now)"
 
 
+@pytest.mark.usefixtures("backend")
+async def test_a_limit_sent_again_after_a_fault_is_not_logged_again(
+    autojump_clock: Any, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Hardware back from a fault gets its setpoint again (it may have lost it); for the
+    operator that is the same limit, logged at INFO once."""
+    caplog.set_level(logging.DEBUG, logger="dcocpp.limits")
+    async with running_station(charger_config(tmp_path)) as h:
+        await h.booted()
+        for _ in range(3):
+            await h.station.set_fault(1, "earth", True)
+            await h.station.set_fault(1, "earth", False)
+    infos = [
+        record.getMessage()
+        for record in caplog.records
+        if record.levelno == logging.INFO
+        and record.getMessage().startswith("connector 1: current limit ")
+    ]
+    assert infos == [f"connector 1: current limit {MAX_A:.1f} A"]
+
+
 async def test_profiles_survive_a_restart_but_tx_profiles_do_not(
     autojump_clock: Any, tmp_path: Path
 ) -> None:

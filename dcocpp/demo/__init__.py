@@ -152,7 +152,7 @@ def _demo_in_temporary_data(args: argparse.Namespace) -> int:
     )
     status = EXIT_OK
     try:
-        trio.run(
+        result = trio.run(
             partial(
                 run_demo,
                 speed=args.speed,
@@ -164,6 +164,8 @@ def _demo_in_temporary_data(args: argparse.Namespace) -> int:
                 plc=args.plc,
             )
         )
+        if result.reader_gone:
+            status = EXIT_FAILED  # `dcocpp demo | head`: ended quietly, but not played out
     except DemoError as exc:
         print(f"dcocpp demo: {exc}", file=sys.stderr)
         status = EXIT_FAILED

@@ -19,15 +19,17 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import io
 import json
 import math
+import os
 import signal
 import socket
 import sys
 import uuid
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
-from typing import Any, TextIO
+from typing import Any, TextIO, cast
 
 import attrs
 import trio
@@ -127,6 +129,7 @@ class DemoResult:
     summary: str
     interrupted: bool
     api_address: tuple[str, int] | None
+    reader_gone: bool = False  # the output's reader went away (`dcocpp demo | head`)
 
 
 # --- configuration ------------------------------------------------------------------------------
@@ -413,6 +416,12 @@ async def _run(
     stop_on_signals: bool,
     plc: bool,
 ) -> DemoResult:
+    stop = _OnSignal()
+    # Whoever reads the output may go (`dcocpp demo | head`) while any task is writing, the
+    # embedded central system's handlers included: the demo then ends as if interrupted.
+    output = ReaderAwareOutput(out, on_gone=stop.interrupt)
+    out = cast(TextIO, output)  # a TextIOBase: what print and the view use of a TextIO
+
     def say(text: str) -> None:
         print(text, file=out, flush=True)
 
@@ -420,7 +429,6 @@ async def _run(
     interrupted = False
     api_address: tuple[str, int] | None = None
     async with trio.open_nursery() as csms_nursery:
-        stop = _OnSignal()
         if stop_on_signals:
             await csms_nursery.start(stop.watch)
         # A signal while starting: nothing has been played, the demo ends at once.
@@ -499,7 +507,41 @@ async def _run(
     summary = format_summary(csms)
     say("")
     say(summary)
-    return DemoResult(csms, summary, interrupted, api_address)
+    return DemoResult(csms, summary, interrupted, api_address, reader_gone=output.gone)
+
+
+class ReaderAwareOutput(io.TextIOBase):
+    """A text stream that survives its reader going away: the first BrokenPipeError sends
+    everything after it to /dev/null (on the same file descriptor, so that Python's own flush
+    at exit does not report it again) and calls `on_gone` once."""
+
+    def __init__(self, target: TextIO, *, on_gone: Callable[[], None]) -> None:
+        self._target: TextIO = target
+        self._on_gone = on_gone
+        self.gone = False
+
+    def write(self, text: str) -> int:
+        self._guarded(self._target.write, text)
+        return len(text)
+
+    def flush(self) -> None:
+        self._guarded(self._target.flush)
+
+    def isatty(self) -> bool:
+        return self._target.isatty()
+
+    def _guarded(self, operation: Callable[..., object], *args: str) -> None:
+        if self.gone:
+            return
+        try:
+            operation(*args)
+        except BrokenPipeError:
+            self.gone = True
+            with contextlib.suppress(OSError, ValueError):
+                devnull = os.open(os.devnull, os.O_WRONLY)
+                os.dup2(devnull, self._target.fileno())
+                os.close(devnull)
+            self._on_gone()
 
 
 async def _stop_transactions(station: Station, csms: DemoCentralSystem) -> None:
@@ -513,10 +555,15 @@ async def _stop_transactions(station: Station, csms: DemoCentralSystem) -> None:
 
 class _OnSignal:
     """SIGINT, SIGTERM or SIGHUP (Ctrl-C, `kill`, the terminal closed) cancel the innermost
-    scope entered with `cancels()` at that moment, while `watch` runs."""
+    scope entered with `cancels()` at that moment, while `watch` runs; so does `interrupt()`."""
 
     def __init__(self) -> None:
         self._scopes: list[trio.CancelScope] = []
+
+    def interrupt(self) -> None:
+        """As if a signal came (the reader of the output has gone)."""
+        if self._scopes:
+            self._scopes[-1].cancel()
 
     @contextlib.contextmanager
     def cancels(self) -> Iterator[trio.CancelScope]:
@@ -531,5 +578,4 @@ class _OnSignal:
         with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM, signal.SIGHUP) as signals:
             task_status.started()
             async for _ in signals:
-                if self._scopes:
-                    self._scopes[-1].cancel()
+                self.interrupt()

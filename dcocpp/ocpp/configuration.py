@@ -522,6 +522,8 @@ class ConfigurationStore:
             text = _validate(spec, _to_text(spec, value), self._values.get)
         except _Invalid as err:
             raise ConfigurationError([f"{key}: {err}"]) from None
+        if self._values.get(key) == text:
+            return  # in force already (the same HeartbeatInterval at every boot): no news
         try:
             self._store(spec, text)
         except OSError as err:

@@ -19,6 +19,7 @@ from ocpp.v16.enums import (
     AvailabilityStatus,
     AvailabilityType,
     ClearCacheStatus,
+    ConfigurationStatus,
     DataTransferStatus,
     DiagnosticsStatus,
     FirmwareStatus,
@@ -44,8 +45,9 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-# Keys whose change must reach the transport: the next connection uses them.
-_RECONNECT_KEYS = frozenset({"AuthorizationKey", "SecurityProfile"})
+# Keys whose change must reach the transport: the next connection uses them. (SecurityProfile
+# is only Accepted for the profile in use, see on_change_configuration: nothing to reconnect.)
+_RECONNECT_KEYS = frozenset({"AuthorizationKey"})
 
 _TRIGGERABLE = frozenset(
     {
@@ -86,6 +88,19 @@ class CoreHandlers(SmartChargingHandlers):
 
     @on(Action.change_configuration)
     def on_change_configuration(self, key: str, value: str, **_: Any) -> Any:
+        if key.casefold() == "securityprofile":
+            in_use = self.session.security_profile_in_use()
+            if value.strip() != str(in_use):
+                # Moving to another profile means a new URL scheme or credentials this
+                # charger cannot switch to on its own yet: accepting it would be a promise
+                # the next connection breaks (it reports the profile it really uses).
+                log.warning(
+                    "SecurityProfile %s refused: the connection uses profile %d and this "
+                    "charger cannot change it over OCPP",
+                    value,
+                    in_use,
+                )
+                return call_result.ChangeConfiguration(status=ConfigurationStatus.rejected)
         return call_result.ChangeConfiguration(status=self.session.store.change(key, value))
 
     @after(Action.change_configuration)

@@ -307,14 +307,19 @@ class ChargePointSession:
         self._failing = False
         return text
 
-    def _report_security_profile(self) -> None:
-        """SecurityProfile reports the profile the next connection really uses (the base file
-        cannot know whether an AuthorizationKey or a client certificate is installed)."""
-        profile = transport.security_profile(
+    def security_profile_in_use(self) -> int:
+        """The security profile the next connection really uses: the URL's scheme, an
+        AuthorizationKey, a client certificate."""
+        return transport.security_profile(
             self.csms_url,
             authorization_key=bool(self.store.get("AuthorizationKey")),
             client_certificate=self._client_certificate,
         )
+
+    def _report_security_profile(self) -> None:
+        """SecurityProfile reports the profile the next connection really uses (the base file
+        cannot know whether an AuthorizationKey or a client certificate is installed)."""
+        profile = self.security_profile_in_use()
         if self.store.get("SecurityProfile") in (None, str(profile)):
             return
         try:
