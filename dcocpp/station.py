@@ -19,6 +19,7 @@ The station is the only place that knows both the OCPP layer and the hardware: i
 from __future__ import annotations
 
 import logging
+import math
 import ssl
 from collections.abc import Sequence
 from datetime import datetime
@@ -46,6 +47,7 @@ from dcocpp.connector import events as ev
 from dcocpp.connector.metering import SystemClock, WallClock, ocpp_time
 from dcocpp.connector.task import (
     INBOX_SIZE,
+    METER_PERSIST_INTERVAL,
     RELAY_ACK_DEADLINE,
     ConnectorServices,
     ConnectorTask,
@@ -80,6 +82,11 @@ RESET_FLUSH_TIMEOUT = 10.0
 # systemd's TimeoutStopSec (90 s by default): a restart does not wait long for a central
 # system that is away.
 SHUTDOWN_GRACE = 5.0
+# After a crash, a gun's surviving meter register is believed up to its rating for
+# METER_PERSIST_INTERVAL + this (the PLC watchdog opens the relay within ~0.3 s), plus the
+# register's resolution (the CAN contract's 0.1 kWh).
+CRASH_SLACK_S = 1.0
+REGISTER_RESOLUTION_WH = 100
 # Stopping every transaction takes this long at most: each waits up to RELAY_ACK_DEADLINE for
 # its relay to open before the reading it is billed at.
 STOP_TIMEOUT = RELAY_ACK_DEADLINE + 1.0
@@ -265,7 +272,8 @@ class Station:
             now = ocpp_time(self.clock.now())
             # Transactions a power cut or crash left running are stopped (PowerLoss) first, at
             # the register of a meter that kept counting through it (a PLC's) where there is one.
-            cut_off = {tx.connector_id for tx in outbox.recover(now, self._surviving_registers())}
+            recovered = outbox.recover(now, self._surviving_registers(), self._max_rise())
+            cut_off = {tx.connector_id for tx in recovered}
             if self._first_boot:
                 self._first_boot = False
                 outbox.security_event("StartupOfTheDevice", now)
@@ -334,6 +342,16 @@ class Station:
             wh = self.hardware.gun(cid).surviving_register_wh()
             registers[cid] = None if wh is None else round(wh)
         return registers
+
+    def _max_rise(self) -> dict[int, int]:
+        """The most energy (Wh) each gun can have delivered after the last reading persisted
+        before a crash: its rating for one persist interval, the PLC watchdog's reaction and
+        a second of slack, plus the register's 0.1 kWh resolution."""
+        hours = (METER_PERSIST_INTERVAL + CRASH_SLACK_S) / 3600
+        return {
+            c.id: math.ceil(c.max_power_w * hours) + REGISTER_RESOLUTION_WH
+            for c in self.config.connectors
+        }
 
     # --- ChargePointControl (for the OCPP layer) ---------------------------------------------
 

@@ -157,17 +157,22 @@ class Rig:
             while parked and self.outbox.parked == parked:  # noqa: ASYNC110
                 await trio.sleep(0.001)
 
-    async def reboot(self, now: str = BOOT, registers: dict[int, int | None] | None = None) -> None:
+    async def reboot(
+        self,
+        now: str = BOOT,
+        registers: dict[int, int | None] | None = None,
+        max_rise: dict[int, int] | None = None,
+    ) -> None:
         """The process dies and starts again: the outbox and its database connection go, a
         new outbox recovers from the database file (with the meter `registers` the hardware
-        kept, by connector)."""
+        kept, by connector, believed up to `max_rise` Wh above the last persisted reading)."""
         scope, ended = self._outbox_run
         scope.cancel()
         await ended.wait()  # its last database write is done
         self.db.close()
         self.db = Database.open(self.data_dir)
         self.outbox = TransactionOutbox(self.session, self.db)
-        self.recovered = self.outbox.recover(now, registers)
+        self.recovered = self.outbox.recover(now, registers, max_rise)
         self._outbox_run = await self.nursery.start(_run_outbox, self.outbox)
 
 
@@ -989,3 +994,25 @@ async def test_a_refused_security_event_holds_back_neither_a_start_nor_a_resets_
     assert csms.index_of("StopTransaction") < second_boot
     (stop,) = csms.received("StopTransaction")
     assert (stop["transaction_id"], stop["reason"]) == (tx_id, "SoftReset")
+
+
+async def test_power_loss_stop_does_not_bill_a_register_the_gun_cannot_have_reached(
+    autojump_clock: Any, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A garbage or swapped register far above the last reading persisted (more than the gun
+    can deliver between that reading and the crash) is not believed: the checkpoint bills,
+    and a warning says why. A register within the rise bills."""
+    csms = FakeCsms()
+    csms.next_transaction_id = 71
+    async with outbox_rig(tmp_path, csms) as rig:
+        a = rig.outbox.start(1, "TAG-A", 1_000_000, T0)
+        b = rig.outbox.start(2, "TAG-B", 2_000_000, T0)
+        rig.outbox.record_meter(a, 1_000_900, T2)
+        rig.outbox.record_meter(b, 2_000_300, T2)
+        registers: dict[int, int | None] = {1: 429_496_729_500, 2: 2_000_500}
+        await rig.reboot(BOOT, registers, max_rise={1: 310, 2: 310})
+        with trio.fail_after(LIMIT):
+            await rig.outbox.wait_empty()
+    stops = {p["transaction_id"]: p["meter_stop"] for _, p in rig.flow("StopTransaction")}
+    assert stops == {71: 1_000_900, 72: 2_000_500}
+    assert any("not billed" in r.getMessage() for r in caplog.records)

@@ -135,16 +135,31 @@ class _Message:
 
 
 def _power_loss_meter_stop(
-    checkpoint: int, register: int | None, samples: list[dict[str, Any]]
+    checkpoint: int,
+    register: int | None,
+    samples: list[dict[str, Any]],
+    max_rise: int | None = None,
 ) -> tuple[int, str]:
     """The meterStop of a cut-off transaction (see the module docstring) and its source, for
-    the log; of equal readings the checkpoint, the fallback, is named."""
+    the log; of equal readings the checkpoint, the fallback, is named. A register more than
+    `max_rise` Wh above what was persisted is not believed: the gun cannot have delivered that
+    between the last reading persisted and the crash (a garbage or swapped register)."""
     candidates = [(checkpoint, "the last persisted reading")]
     sampled = [wh for wh in map(_register_wh, samples) if wh is not None]
     if sampled:
         candidates.append((max(sampled), "a stop sample it carries"))
     if register is not None:
-        candidates.append((register, "the meter's register"))
+        known = max(candidate[0] for candidate in candidates)
+        if max_rise is None or register <= known + max_rise:
+            candidates.append((register, "the meter's register"))
+        else:
+            log.warning(
+                "the meter's register (%d Wh) is %d Wh above the last reading persisted, more "
+                "than the gun can deliver in the time between (%d Wh): not billed",
+                register,
+                register - known,
+                max_rise,
+            )
     return max(candidates, key=lambda candidate: candidate[0])
 
 
@@ -203,13 +218,17 @@ class TransactionOutbox:
     # --- boot -----------------------------------------------------------------------------
 
     def recover(
-        self, now: str, registers: Mapping[int, int | None] | None = None
+        self,
+        now: str,
+        registers: Mapping[int, int | None] | None = None,
+        max_rise: Mapping[int, int] | None = None,
     ) -> list[LocalTransaction]:
         """Load what the database holds; stop every transaction that was still running with
         reason PowerLoss, at the highest of its gun's meter register in `registers`
         (connector id -> Wh, None or absent: the hardware keeps none), its last persisted
         reading and the readings of the samples it carries, timestamped at that persisted
-        reading (see the module docstring). Returns those transactions."""
+        reading (see the module docstring); a register more than `max_rise` (connector id ->
+        Wh) above those readings is not billed. Returns those transactions."""
         self._queue = [
             _Message(m.seq, m.action, m.local_id, m.payload, m.id_tag, m.attempts, m.parked)
             for m in self._store.queued_messages()
@@ -231,7 +250,10 @@ class TransactionOutbox:
             if not row.stopped:
                 register = (registers or {}).get(row.connector_id)
                 meter_stop, source = _power_loss_meter_stop(
-                    row.last_meter_wh, register, tx.transaction_data
+                    row.last_meter_wh,
+                    register,
+                    tx.transaction_data,
+                    (max_rise or {}).get(row.connector_id),
                 )
                 log.warning(
                     "transaction %s on connector %d (%s) was cut off by a power loss or crash:"
