@@ -90,6 +90,7 @@ class CoreHandlers(SmartChargingHandlers):
 
     @after(Action.change_configuration)
     def after_change_configuration(self, key: str, value: str, **_: Any) -> None:
+        key = self.session.store.canonical(key) or key  # in whatever letters it came
         if key in _RECONNECT_KEYS and self.session.store.get(key) == value:
             self.session.reconnect(f"{key} changed")
 
