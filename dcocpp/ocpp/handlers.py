@@ -36,6 +36,7 @@ from ocpp.v16.enums import (
 from dcocpp.ocpp.authcache import AuthStoreError, cache_enabled, parse_expiry
 from dcocpp.ocpp.errors import CallError
 from dcocpp.ocpp.locallist import NO_LIST_SUPPORT, limits_of, list_enabled, tags_of
+from dcocpp.ocpp.registration import Registration
 from dcocpp.ocpp.smartcharging.handlers import SmartChargingHandlers
 from dcocpp.ocpp.smartcharging.profiles import ProfileError
 
@@ -69,6 +70,17 @@ class CoreHandlers(SmartChargingHandlers):
         if connector_id == 0:
             return allow_zero
         return connector_id in self.session.control.connector_ids
+
+    def _registered(self, action: str) -> bool:
+        """Whether the registration is Accepted. OCPP 1.6 4.2: while Pending the central
+        system may read and change the configuration, but RemoteStartTransaction and
+        RemoteStopTransaction are not allowed (nor, before an answer, decided by the offline
+        rules)."""
+        state = self.session.state
+        if state == Registration.ACCEPTED:
+            return True
+        log.warning("%s rejected: the registration is %s (OCPP 1.6 4.2)", action, state.value)
+        return False
 
     # --- configuration -----------------------------------------------------------------------
 
@@ -124,6 +136,8 @@ class CoreHandlers(SmartChargingHandlers):
         charging_profile: dict[str, Any] | None = None,
         **_: Any,
     ) -> Any:
+        if not self._registered("RemoteStartTransaction"):
+            return call_result.RemoteStartTransaction(status=RemoteStartStopStatus.rejected)
         if connector_id == 0 or not self._valid_connector(connector_id):
             return call_result.RemoteStartTransaction(status=RemoteStartStopStatus.rejected)
         pending = None
@@ -145,6 +159,8 @@ class CoreHandlers(SmartChargingHandlers):
 
     @on(Action.remote_stop_transaction)
     async def on_remote_stop_transaction(self, transaction_id: int, **_: Any) -> Any:
+        if not self._registered("RemoteStopTransaction"):
+            return call_result.RemoteStopTransaction(status=RemoteStartStopStatus.rejected)
         status = await self.session.control.remote_stop(transaction_id)
         return call_result.RemoteStopTransaction(status=status)
 
