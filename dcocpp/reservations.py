@@ -238,13 +238,20 @@ class ReservationBook:
         self, connector_id: int, expiry: datetime, reservation_id: int
     ) -> ReservationStatus:
         """What ReserveNow answers (5.13), counting every other reservation but the one it
-        would replace."""
+        would replace. The gun's state (Faulted, Unavailable, Occupied) answers first, as
+        central systems and their tests expect; only a reservation that could be made is
+        Rejected for an expiryDate already past."""
         if not reservation_supported(self._store):
             return ReservationStatus.rejected
         if connector_id == 0 and self._store.get("ReserveConnectorZeroSupported") != "true":
             return ReservationStatus.rejected
-        if expiry <= self._clock.now():
+        status = self._state_answer(connector_id, reservation_id)
+        if status == ReservationStatus.accepted and expiry <= self._clock.now():
             return ReservationStatus.rejected  # nothing left to reserve
+        return status
+
+    def _state_answer(self, connector_id: int, reservation_id: int) -> ReservationStatus:
+        """ReserveNow's answer from the state of the guns alone."""
         if not self._operative0():
             return ReservationStatus.unavailable
         others = {rid: row for rid, row in self._rows.items() if rid != reservation_id}

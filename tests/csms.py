@@ -300,7 +300,8 @@ class _Refusal:
 class MemoryNetwork:
     """Connects `open_stream` callers to `csms` over in-memory streams.
 
-    `down = True` refuses new connections (like a CSMS that is not running); `drop()` closes
+    `down = True` refuses new connections (like a CSMS that is not running); `hang_up = True`
+    accepts them and closes each at once, before the WebSocket upgrade; `drop()` closes
     the current connections abruptly; `freeze()` makes the CSMS side stop reading and answering
     (a dead link that TCP has not noticed)."""
 
@@ -308,6 +309,7 @@ class MemoryNetwork:
         self.csms = csms
         self._nursery = nursery
         self.down = False
+        self.hang_up = False
         self.attempts: list[float] = []
         self._links: list[tuple[trio.CancelScope, trio.abc.Stream]] = []
 
@@ -315,6 +317,11 @@ class MemoryNetwork:
         self.attempts.append(trio.current_time())
         if self.down:
             raise ConnectionRefusedError(111, "Connection refused")
+        if self.hang_up:
+            # A TCP FIN: what the charge point sends goes nowhere, what it reads is the end.
+            closed = trio.testing.MemoryReceiveStream()
+            closed.put_eof()
+            return trio.StapledStream(trio.testing.MemorySendStream(), closed)
         client, server = trio.testing.memory_stream_pair()
         scope = trio.CancelScope()
         self._links.append((scope, server))

@@ -287,6 +287,59 @@ def test_get_requested_keys_and_unknown_keys(store: ConfigurationStore) -> None:
     assert unknown == ["NoSuchKey", "BlinkRepeat"]
 
 
+def test_key_names_are_case_insensitive_and_answered_in_the_canonical_spelling(
+    store: ConfigurationStore, user_path: Path
+) -> None:
+    """OCPP 1.6 keys are CiString50: `ConnectionTimeout` is `ConnectionTimeOut` (EVerest's
+    integration tests change it so; it was NotSupported)."""
+    assert store.canonical("connectiontimeout") == "ConnectionTimeOut"
+    assert store.canonical("NoSuchKey") is None
+    assert store.change("ConnectionTimeout", "30") == ConfigurationStatus.accepted
+    assert store.get_int("ConnectionTimeOut") == 30
+    assert store.change("NUMBEROFCONNECTORS", "4") == ConfigurationStatus.rejected  # read-only
+    assert store.change("blinkrepeat", "1") == ConfigurationStatus.not_supported  # not here
+    entries, unknown = store.get_configuration(
+        ["CONNECTIONTIMEOUT", "heartbeatInterval", "ConnectionTimeOut", "noSuchKey"]
+    )
+    assert entries == [
+        {"key": "ConnectionTimeOut", "readonly": False, "value": "30"},
+        {"key": "HeartbeatInterval", "readonly": False, "value": "300"},
+    ]
+    assert unknown == ["noSuchKey"]  # as asked
+    assert store.get_configuration(["authorizationkey"]) == ([], ["authorizationkey"])
+    # The overlay holds the canonical spelling, whatever the central system wrote.
+    assert json.loads(user_path.read_text()) == {"ConnectionTimeOut": "30"}
+
+
+def test_key_files_name_keys_in_any_letters(
+    tmp_path: Path, user_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    document = json.loads(BASE.read_text())
+    document["Core"]["heartbeatinterval"] = document["Core"].pop("HeartbeatInterval")
+    base = tmp_path / "base.json"
+    base.write_text(json.dumps(document))
+    user_path.parent.mkdir(parents=True)
+    user_path.write_text(json.dumps({"connectionTIMEOUT": "45", "METERVALUESAMPLEINTERVAL": 20}))
+    with caplog.at_level(logging.WARNING):
+        store = ConfigurationStore.load(base, user_path, patches=PATCHES)
+    assert store.get_int("HeartbeatInterval") == 300
+    assert store.get_int("ConnectionTimeOut") == 45
+    assert store.get_int("MeterValueSampleInterval") == 20
+    assert caplog.records == []
+    assert as_dict(store.get_configuration(["HeartbeatInterval"])[0]) == {
+        "HeartbeatInterval": {"key": "HeartbeatInterval", "readonly": False, "value": "300"}
+    }
+    # The same key twice in a key file is a mistake, whatever the letters.
+    document["Core"]["HeartbeatInterval"] = 60
+    base.write_text(json.dumps(document))
+    with pytest.raises(ConfigurationError) as info:
+        ConfigurationStore.load(base, user_path, patches=PATCHES)
+    assert info.value.problems == [
+        f"{base}: Core.HeartbeatInterval: also set as Core.heartbeatinterval "
+        "(key names are case-insensitive)"
+    ]
+
+
 def test_values_are_ocpp_strings(store: ConfigurationStore) -> None:
     by_key = as_dict(store.get_configuration(None)[0])
     assert by_key["LocalAuthListEnabled"]["value"] == "true"

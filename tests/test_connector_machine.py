@@ -126,6 +126,25 @@ def test_same_tag_stops_without_authorize_and_different_tag_needs_the_parent() -
     ]
 
 
+def test_parent_from_the_start_confirmation_lets_its_group_stop() -> None:
+    """A remote start is authorized by nobody: the StartTransaction.conf's idTagInfo is the
+    first to tell the parentIdTag, and it counts for stopping (3.5, TC_069)."""
+    machine = fresh()
+    replay(machine, [ev.Plugged(), ev.RemoteStartRequested("TAG1", False)])
+    assert machine.truth.transaction is not None
+    assert machine.truth.transaction.parent_id_tag is None
+    replay(machine, [ev.TransactionConfirmed(7, ACCEPTED, "GROUP")])
+    replay(machine, [ev.IdPresented("OTHER")])
+    effects = replay(machine, [ev.AuthorizationResult("OTHER", ACCEPTED, "group")])
+    assert ev.StopTransaction(Reason.local, "OTHER") in effects
+    # A confirmation without a parent does not forget the one the authorization told.
+    machine = fresh()
+    started(machine)
+    replay(machine, [ev.TransactionConfirmed(7, ACCEPTED), ev.IdPresented("OTHER")])
+    effects = replay(machine, [ev.AuthorizationResult("OTHER", ACCEPTED, "GROUP")])
+    assert ev.StopTransaction(Reason.local, "OTHER") in effects
+
+
 def test_id_tags_are_case_insensitive() -> None:
     """OCPP 1.6: an idTag is case-insensitive. The start's tag in other letters stops the
     session without an Authorize, and a parentIdTag in other letters is the same group."""

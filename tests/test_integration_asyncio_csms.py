@@ -414,6 +414,43 @@ def test_tc_014_soft_reset_reboots_in_process(tmp_path: Path) -> None:
         csms.stop()
 
 
+def test_reconnect_resumes_the_registration_without_a_boot_notification(tmp_path: Path) -> None:
+    """A central system that hangs up gets the charger back without a BootNotification (it
+    is no reboot; some central systems end its transactions on one): a Heartbeat and every
+    connector's status."""
+    steps = [
+        {"wait_for": "StatusNotification", "count": 3, "timeout": 5},
+        {"close": True},
+        {"wait_for": "StatusNotification", "count": 3, "timeout": 10},
+        {"wait_for": "Heartbeat", "timeout": 5},
+    ]
+    csms, port = start_peer_csms(tmp_path, steps, name="csms", timeout=START_TIMEOUT)
+    charger: ManagedProcess | None = None
+    try:
+        charger = start_charger(tmp_path, f"ws://127.0.0.1:{port}/ocpp")
+        csms.stdout.wait_for_event(is_event("script_done"), SCRIPT_TIMEOUT)
+        events = csms.stdout.events
+        outcomes = {e["step"]: e for e in events if e["event"] in STEP_OUTCOMES}
+        assert [outcomes[i]["event"] for i in (2, 3)] == ["waited", "waited"], events
+        assert [e["event"] for e in events if "connected" in e["event"]] == [
+            "connected",
+            "disconnected",
+            "connected",
+        ]
+        reconnected = max(i for i, e in enumerate(events) if e["event"] == "connected")
+        after = [e["action"] for e in events[reconnected:] if e["event"] == "call"]
+        assert "BootNotification" not in after, after
+        assert len(calls(events, "BootNotification")) == 1
+        assert charger.returncode is None, charger.describe()
+        charger.send_signal(signal.SIGTERM)
+        assert charger.wait(EXIT_TIMEOUT) == EXIT_OK
+        assert_no_traceback(charger)
+    finally:
+        if charger is not None:
+            charger.stop()
+        csms.stop()
+
+
 def test_no_central_system_is_shown_at_warning_once_and_keeps_retrying(tmp_path: Path) -> None:
     base = f"ws://127.0.0.1:{free_port()}/ocpp"
     url = f"{base}/DCOCPP-001"  # what it connects to: the charge point id appended

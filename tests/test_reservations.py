@@ -294,6 +294,34 @@ async def test_reserve_unknown_connector_or_past_expiry_is_rejected(
     assert stored(h.station.config) == []
 
 
+async def test_the_guns_state_answers_before_an_expiry_of_now(
+    autojump_clock: Any, tmp_path: Path
+) -> None:
+    """EVerest reserves a faulted gun with an expiryDate of now and expects Faulted: the gun's
+    state (Faulted, Unavailable, Occupied) is the first answer, a past expiry the next."""
+    config = zero_supported(tmp_path)
+    async with running_station(config) as h:
+        await h.booted()
+        await h.station.set_fault(1, "earth", True)
+        await h.wait_status(1, "Faulted")
+        await make_unavailable(h, 2)
+        answers = [await reserve(h, c, "RES-TAG", c, seconds=s) for c in (1, 2) for s in (0, -60)]
+        assert answers == ["Faulted", "Faulted", "Unavailable", "Unavailable"]
+        assert await reserve(h, 0, "RES-TAG", 10, seconds=0) == "Faulted"
+        await h.station.set_fault(1, "earth", False)
+        await h.wait_status(1, "Available", since=h.csms.mark())
+        await h.station.plug(1)
+        await h.wait_status(1, "Preparing")
+        assert await reserve(h, 1, "RES-TAG", 11, seconds=0) == "Occupied"
+        assert await reserve(h, 0, "RES-TAG", 12, seconds=0) == "Occupied"
+        await h.station.unplug(1)
+        await h.wait_status(1, "Available", since=h.csms.mark())
+        # Free: now the expiry decides.
+        assert await reserve(h, 1, "RES-TAG", 13, seconds=0) == "Rejected"
+        assert await reserve(h, 0, "RES-TAG", 14, seconds=0) == "Rejected"
+    assert stored(config) == []
+
+
 # --- reserving the charge point (connector 0) ----------------------------------------------------
 
 

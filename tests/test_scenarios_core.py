@@ -600,6 +600,40 @@ async def test_tc_069_stop_with_a_tag_of_the_same_group(
     )
 
 
+@pytest.mark.parametrize("start", ["remote", "local"])
+async def test_parent_id_tag_from_the_start_transaction_answer_lets_its_group_stop(
+    autojump_clock: Any, tmp_path: Path, start: str
+) -> None:
+    """The transaction's parentIdTag is learnt from any idTagInfo: here only the
+    StartTransaction.conf says it (a remote start asks nobody; an Authorize.conf may not
+    carry it), and a tag of that group stops the session (EVerest found it charging on)."""
+    csms = FakeCsms(parent_id_tags={"TAG-B": "FLEET"})
+    async with running_station(charger_config(tmp_path), csms) as h:
+        await h.booted()
+        since = h.csms.mark()
+        await h.station.plug(1)
+        csms.hold("StartTransaction")
+        if start == "remote":
+            result = await h.csms_call(call.RemoteStartTransaction(id_tag="TAG-A", connector_id=1))
+            assert result.status == "Accepted"
+        else:
+            await h.station.present_id(1, "TAG-A")
+        await h.wait_until(lambda: bool(csms.waiting))
+        csms.set_id_tag("TAG-A", parent_id_tag="FLEET")  # only its answer carries the parent
+        csms.release("StartTransaction")
+        await h.wait_status(1, "Charging", since=since)
+        await h.wait_until(lambda: h.transaction_id(1) is not None)
+        since = h.csms.mark()
+        await h.station.present_id(1, "TAG-B")
+        await h.wait_calls("StopTransaction", since=since)
+        await h.wait_status(1, "Finishing", since=since)
+    assert [p["id_tag"] for p in csms.received("Authorize")] == (
+        ["TAG-A", "TAG-B"] if start == "local" else ["TAG-B"]
+    )
+    stop = h.csms.received("StopTransaction")[0]
+    assert (stop["id_tag"], stop["reason"]) == ("TAG-B", "Local")
+
+
 async def test_tag_of_another_group_does_not_stop(autojump_clock: Any, tmp_path: Path) -> None:
     csms = FakeCsms(parent_id_tags={"TAG-A": "FLEET", "TAG-B": "OTHER-FLEET"})
     async with running_station(charger_config(tmp_path), csms) as h:

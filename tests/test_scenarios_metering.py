@@ -475,8 +475,8 @@ async def test_every_status_is_sent_in_order_online_without_minimum_duration(
             session.report_status(attrs.evolve(one, status=ChargePointStatus(status)))
         since = h.csms.mark()
         h.network.down = False
-        await h.wait_calls("BootNotification", since=since)
-        await h.wait_calls("StatusNotification", 3, since=since)  # 0, 1, 2 after the boot
+        await h.csms.wait_connected(2)
+        await h.wait_calls("StatusNotification", 3, since=since)  # 0, 1, 2 after the reconnect
         await trio.sleep(10)
         assert statuses_of(h, 1, since) == ["Available"]
 

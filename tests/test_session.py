@@ -10,6 +10,7 @@ import re
 from pathlib import Path
 from typing import Any
 
+import attrs
 import pytest
 import trio
 from ocpp.v16 import call
@@ -98,6 +99,93 @@ async def test_trigger_boot_notification_while_pending_boots_at_once(
         await csms.wait_for_calls("StatusNotification", 3)
     boots = csms.times("BootNotification")
     assert boots[1] - boots[0] == pytest.approx(5)
+
+
+async def test_boot_notification_carries_the_serial_number_in_both_fields(
+    autojump_clock: Any, tmp_path: Path
+) -> None:
+    """chargeBoxSerialNumber is deprecated in OCPP 1.6 but libocpp and many central systems
+    still read it, so the configured serial number goes in both."""
+    config = charger_config(tmp_path)
+    config = attrs.evolve(
+        config, charge_point=attrs.evolve(config.charge_point, serial_number="SN-0042")
+    )
+    csms = FakeCsms()
+    async with running_station(config, csms):
+        await csms.wait_for_calls("BootNotification", 1)
+    boot = csms.received("BootNotification")[0]
+    assert boot["charge_point_serial_number"] == "SN-0042"
+    assert boot["charge_box_serial_number"] == "SN-0042"
+
+
+@pytest.mark.parametrize(
+    "keys",
+    [
+        {},  # AuthorizeRemoteTxRequests false: it used to start without asking anyone
+        # Authorized first: while not Accepted that used to be decided by the offline rules.
+        {"AuthorizeRemoteTxRequests": True, "AllowOfflineTxForUnknownId": True},
+    ],
+)
+async def test_remote_start_while_pending_is_rejected(
+    autojump_clock: Any, tmp_path: Path, keys: dict[str, Any]
+) -> None:
+    """OCPP 1.6 4.2: while Pending the central system may read and change the configuration,
+    but RemoteStartTransaction is not allowed (EVerest's integration tests found it
+    Accepted)."""
+    csms = FakeCsms(boot_statuses=[PENDING], interval=3600)
+    async with running_station(charger_config(tmp_path), csms, keys=keys) as h:
+        await csms.wait_for_calls("BootNotification", 1)
+        await h.station.plug(1)
+        result = await h.csms_call(call.RemoteStartTransaction(id_tag="TAG-P", connector_id=1))
+        anywhere = await h.csms_call(call.RemoteStartTransaction(id_tag="TAG-P"))
+        changed = await h.csms_call(call.ChangeConfiguration(key="HeartbeatInterval", value="60"))
+        await trio.sleep(60)
+        assert h.connector(1).machine.truth.authorized is None
+        assert h.connector(1).transaction is None
+    assert (result.status, anywhere.status, changed.status) == ("Rejected", "Rejected", "Accepted")
+    assert [a for _, a, _ in csms.calls] == ["BootNotification"]
+
+
+async def test_remote_stop_while_pending_is_rejected(autojump_clock: Any, tmp_path: Path) -> None:
+    csms = FakeCsms(interval=3600)
+    async with running_station(charger_config(tmp_path), csms) as h:
+        await h.booted()
+        tx_id = await h.start_charging(1, "TAG-1")
+        csms.boot_statuses = [PENDING]  # a later boot (triggered) is answered Pending
+        result = await h.csms_call(call.TriggerMessage(requested_message="BootNotification"))
+        assert result.status == "Accepted"
+        session = h.station.session
+        assert session is not None
+        await h.wait_until(lambda: session.state == "Pending")
+        stop = await h.csms_call(call.RemoteStopTransaction(transaction_id=tx_id))
+        await trio.sleep(60)
+        assert h.transaction_id(1) == tx_id
+        assert h.relay_closed(1)
+    assert stop.status == "Rejected"
+    assert csms.received("StopTransaction") == []
+
+
+async def test_central_system_calls_are_not_answered_while_rejected(
+    autojump_clock: Any, tmp_path: Path, caplog: Any
+) -> None:
+    """OCPP 1.6 4.2: while Rejected the charge point does not respond to the central system
+    (which should not send anything); after a later Accepted it answers again."""
+    caplog.set_level(logging.WARNING, logger="dcocpp.session")
+    csms = FakeCsms(boot_statuses=[REJECTED, ACCEPTED], interval=600)
+    async with running_station(charger_config(tmp_path), csms) as h:
+        await csms.wait_for_calls("BootNotification", 1)
+        with trio.move_on_after(60) as unanswered:
+            await h.csms_call(call.GetConfiguration(key=["HeartbeatInterval"]))
+        assert unanswered.cancelled_caught
+        await h.booted()
+        answer = await h.csms_call(call.GetConfiguration(key=["HeartbeatInterval"]))
+    assert answer.configuration_key == [
+        {"key": "HeartbeatInterval", "readonly": False, "value": "600"}
+    ]
+    assert session_lines(caplog, logging.WARNING) == [
+        "GetConfiguration from the central system not answered: the registration is "
+        "Rejected (OCPP 1.6 4.2)"
+    ]
 
 
 async def test_heartbeat_interval_change_applies_at_once(
@@ -193,6 +281,25 @@ async def test_tc_040_2_change_invalid_value_rejected(autojump_clock: Any, tmp_p
         assert h.store.get_int("HeartbeatInterval") == 300
 
 
+async def test_change_configuration_takes_key_names_in_any_letters(
+    autojump_clock: Any, tmp_path: Path
+) -> None:
+    """Keys are CiString50: EVerest's `ConnectionTimeout` is our `ConnectionTimeOut` (it was
+    NotSupported); answers spell keys as the charger does."""
+    async with running_station(charger_config(tmp_path)) as h:
+        changed = await h.csms_call(call.ChangeConfiguration(key="ConnectionTimeout", value="33"))
+        read = await h.csms_call(call.GetConfiguration(key=["connectiontimeout"]))
+        assert h.store.get_int("ConnectionTimeOut") == 33
+        key = "0123456789abcdef0123"
+        result = await h.csms_call(call.ChangeConfiguration(key="authorizationkey", value=key))
+        await h.wait_until(lambda: h.csms.connections == 2)  # it reconnected with the new key
+    assert (changed.status, result.status) == ("Accepted", "Accepted")
+    assert read.configuration_key == [
+        {"key": "ConnectionTimeOut", "readonly": False, "value": "33"}
+    ]
+    assert read.unknown_key is None
+
+
 async def test_authorization_key_change_reconnects_with_new_basic_auth(
     autojump_clock: Any, tmp_path: Path
 ) -> None:
@@ -210,9 +317,10 @@ async def test_authorization_key_change_reconnects_with_new_basic_auth(
         key = "0123456789abcdef0123"
         result = await h.csms_call(call.ChangeConfiguration(key="AuthorizationKey", value=key))
         assert result.status == "Accepted"
-        await csms.wait_for_calls("BootNotification", 2)
+        await csms.wait_connected(2)
         read = await h.csms_call(call.GetConfiguration(key=["AuthorizationKey"]))
     assert passwords == [None, key]
+    assert len(csms.received("BootNotification")) == 1  # a reconnect, not a reboot
     assert read.configuration_key is None or read.configuration_key == []
 
 
@@ -397,6 +505,115 @@ async def test_reconnects_with_capped_exponential_backoff_and_jitter(
         await csms.wait_for_calls("StatusNotification", 3)
 
 
+async def test_reconnect_resumes_the_accepted_registration_without_boot_notification(
+    autojump_clock: Any, tmp_path: Path, caplog: Any
+) -> None:
+    """A reconnect is not a reboot (some central systems close a charger's open transactions
+    on a BootNotification): the next connection resumes the Accepted registration with a
+    Heartbeat and every connector's status, and the transaction goes on."""
+    caplog.set_level(logging.INFO, logger="dcocpp.session")
+    csms = FakeCsms(interval=300)
+    async with running_station(charger_config(tmp_path), csms) as h:
+        await h.booted()
+        tx_id = await h.start_charging(1, "TAG-1")
+        await trio.sleep(10)
+        await h.network.drop()
+        await csms.wait_connected(2)
+        since = csms.mark()
+        reconnected_at = trio.current_time()
+        await h.wait_calls("Heartbeat", since=since)
+        await h.wait_calls("StatusNotification", 3, since=since)
+        assert csms.times("Heartbeat")[-1] == pytest.approx(reconnected_at, abs=0.01)
+        await h.station.present_id(1, "TAG-1")
+        await h.wait_calls("StopTransaction", since=since)
+    assert len(csms.received("BootNotification")) == 1
+    assert sorted(statuses(csms)[-4:-1]) == [
+        (0, "Available", "NoError"),
+        (1, "Charging", "NoError"),
+        (2, "Available", "NoError"),
+    ]
+    assert csms.received("StopTransaction")[0]["transaction_id"] == tx_id
+    accepted = [line for line in session_lines(caplog, logging.INFO) if "-> Accepted" in line]
+    assert accepted[0] == "connection state Booting -> Accepted"
+    assert accepted[1].startswith(
+        "connection state Connecting -> Accepted: connected to ws://csms.test/ocpp/DCOCPP-001 "
+        "after 1 failed attempt(s) since "  # the lost connection
+    )
+    assert accepted[1].endswith("; registration resumed without BootNotification")
+    assert len(accepted) == 2
+
+
+@pytest.mark.parametrize("answer", [PENDING, REJECTED])
+async def test_boot_not_accepted_is_sent_again_on_the_next_connection_after_its_interval(
+    autojump_clock: Any, tmp_path: Path, answer: RegistrationStatus
+) -> None:
+    csms = FakeCsms(boot_statuses=[answer, ACCEPTED], interval=120)
+    async with running_station(charger_config(tmp_path), csms) as h:
+        await csms.wait_for_calls("BootNotification", 1)
+        booted_at = trio.current_time()
+        await trio.sleep(10)
+        await h.network.drop()
+        await csms.wait_connected(2)
+        await h.booted()
+    boots = csms.times("BootNotification")
+    assert len(boots) == 2
+    # Not before the interval (4.2), though a new connection opened long before.
+    assert boots[1] - booted_at == pytest.approx(120)
+    assert [a for _, a, _ in csms.calls[:2]] == ["BootNotification", "BootNotification"]
+
+
+class HangingUpCsms(FakeCsms):
+    """Accepts the WebSocket and closes it at once, once `hang_up` is set."""
+
+    hang_up = False
+
+    async def serve(self, charge_point_id: str, ws: Any) -> None:
+        if not self.hang_up:
+            await super().serve(charge_point_id, ws)
+            return
+        self.connections += 1
+        self._notify()
+        await ws.aclose()
+
+
+async def test_central_system_closing_every_resumed_connection_backs_off(
+    autojump_clock: Any, tmp_path: Path
+) -> None:
+    """A resumed registration is Accepted without a word from the central system: only one
+    that answers resets the backoff, else a hang-up right after the upgrade is retried at
+    the shortest interval forever."""
+    csms = HangingUpCsms()
+    async with running_station(charger_config(tmp_path), csms) as h:
+        await h.booted()
+        csms.hang_up = True
+        await h.network.drop()
+        await h.wait_until(lambda: csms.connections >= 10)
+    gaps = [b - a for a, b in itertools.pairwise(h.network.attempts[1:])]
+    assert gaps[-1] > gaps[0] * 4, gaps  # grows
+    assert len(csms.received("BootNotification")) == 1
+
+
+async def test_central_system_hanging_up_before_the_upgrade_is_retried_with_the_backoff(
+    autojump_clock: Any, tmp_path: Path
+) -> None:
+    """A server that accepts the connection and closes it before the WebSocket upgrade fails
+    the attempt at once (not at the 20 s connect timeout) and the backoff goes on."""
+    async with running_station(charger_config(tmp_path)) as h:
+        await h.booted()
+        h.network.hang_up = True
+        await h.network.drop()
+        await h.wait_until(lambda: len(h.network.attempts) >= 1 + 6)
+        failure = h.station.snapshot()["chargePoint"]["lastConnectionFailure"]
+        h.network.hang_up = False
+        await h.csms.wait_connected(2)
+    assert failure["reason"] == (
+        "the central system closed the connection without answering the upgrade"
+    )
+    gaps = [b - a for a, b in itertools.pairwise(h.network.attempts[1:7])]
+    # Each is the backoff alone (RetryBackoffWaitMinimum 1 s, doubling, jitter [1/2, 1]).
+    assert all(2**i / 2 <= gap <= 2**i + 0.01 for i, gap in enumerate(gaps)), gaps
+
+
 async def test_status_notifications_again_after_every_reconnect(
     autojump_clock: Any, tmp_path: Path
 ) -> None:
@@ -505,8 +722,9 @@ async def test_failed_reconnects_logged_once_per_reason_and_shown_in_the_status(
     retries = [line for line in session_lines(caplog, logging.DEBUG) if "cannot connect" in line]
     assert len(retries) == attempts - 2 - 1  # all but the first of each reason (and the drop)
     assert (
-        f"connection state Connecting -> Booting: connected to {url} after {attempts} failed "
-        f"attempt(s) since {refused_since}" in session_lines(caplog, logging.INFO)
+        f"connection state Connecting -> Accepted: connected to {url} after {attempts} failed "
+        f"attempt(s) since {refused_since}; registration resumed without BootNotification"
+        in session_lines(caplog, logging.INFO)
     )
 
 
@@ -542,7 +760,7 @@ async def test_security_profile_reports_what_the_connection_uses(
         key = "0123456789abcdef0123"
         result = await h.csms_call(call.ChangeConfiguration(key="AuthorizationKey", value=key))
         assert result.status == "Accepted"
-        await h.wait_calls("BootNotification", 2)  # it reconnected with the key
+        await h.csms.wait_connected(2)  # it reconnected with the key
         read = await h.csms_call(call.GetConfiguration(key=["SecurityProfile"]))
         # Reconnecting on purpose is no failure.
         assert h.station.snapshot()["chargePoint"]["lastConnectionFailure"] is None

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import re
 import socket
 import ssl
+import struct
 from functools import partial
 from typing import Any
 
@@ -315,6 +317,62 @@ async def test_missing_client_certificate_fails_at_once_and_says_so(
             )
         )
     assert str(info.value) == expected
+
+
+def reset_on_close(stream: trio.SocketStream) -> None:
+    """Closing the socket then sends RST instead of FIN (SO_LINGER with a zero timeout)."""
+    stream.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+
+
+HUNG_UP = "the central system closed the connection without answering the upgrade"
+RESET = r"the connection broke before the WebSocket upgrade was answered: \[Errno \d+\] "
+
+
+@pytest.mark.parametrize("scheme", ["ws", "wss"])
+@pytest.mark.parametrize(
+    ("how", "expected"),
+    [
+        # Having read the request, so that closing sends a FIN and nothing else.
+        pytest.param("FIN after the request", re.escape(HUNG_UP), id="FIN-after-request"),
+        # At once: the request may cross the FIN and be answered by a reset.
+        pytest.param("FIN at once", f"{re.escape(HUNG_UP)}|{RESET}", id="FIN-at-once"),
+        pytest.param("RST at once", RESET, id="RST-at-once"),
+    ],
+)
+async def test_server_that_closes_before_the_upgrade_fails_at_once(
+    nursery: trio.Nursery, ca: trustme.CA, scheme: str, how: str, expected: str
+) -> None:
+    """A server that accepts the TCP connection (and over wss:// the TLS handshake) and then
+    closes it, politely or with a reset, fails the attempt at once with that reason instead
+    of leaving it Connecting until the 20 s connect timeout (EVerest's tests found this)."""
+    server_context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ca.issue_cert("127.0.0.1").configure_cert(server_context)
+
+    async def hang_up(stream: trio.SocketStream) -> None:
+        peer: trio.abc.Stream = stream
+        if scheme == "wss":
+            peer = trio.SSLStream(stream, server_context, server_side=True)
+            await peer.do_handshake()
+        if how == "FIN after the request":
+            await peer.receive_some()
+        if how.startswith("RST"):
+            reset_on_close(stream)
+        await trio.aclose_forcefully(stream)  # no TLS close_notify either: the socket goes
+
+    listeners = await nursery.start(partial(trio.serve_tcp, hang_up, 0, host="127.0.0.1"))
+    port = listeners[0].socket.getsockname()[1]
+    client_context = ssl.create_default_context()
+    ca.configure_trust(client_context)
+    with trio.fail_after(5), pytest.raises(TransportError) as info:
+        await nursery.start(
+            partial(
+                transport.run_client,
+                f"{scheme}://127.0.0.1:{port}/ocpp",
+                charge_point_id="CP1",
+                ssl_context=client_context,
+            )
+        )
+    assert re.match(expected, str(info.value)), str(info.value)
 
 
 @pytest.mark.parametrize(

@@ -117,10 +117,12 @@ class StopRequested:
 
 @attrs.frozen
 class TransactionConfirmed:
-    """StartTransaction.conf: the central system's transaction id and its verdict on the tag."""
+    """StartTransaction.conf: the central system's transaction id and its verdict on the tag
+    (with the tag's parentIdTag, when it says one)."""
 
     transaction_id: int
     status: AuthorizationStatus
+    parent_id_tag: str | None = None
 
 
 @attrs.frozen

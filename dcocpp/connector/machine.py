@@ -827,7 +827,12 @@ class ConnectorMachine:
         tx = self.truth.transaction
         if tx is None:
             return
-        self._update(transaction=attrs.evolve(tx, transaction_id=event.transaction_id))
+        # The parent from any idTagInfo counts for stopping (3.5): a remote start asks nobody,
+        # and an Authorize.conf need not carry it.
+        parent = event.parent_id_tag or tx.parent_id_tag
+        self._update(
+            transaction=attrs.evolve(tx, transaction_id=event.transaction_id, parent_id_tag=parent)
+        )
         if event.status != AuthorizationStatus.accepted:
             if self.settings.stop_on_invalid_id:
                 self._stop(Reason.de_authorized)

@@ -626,7 +626,11 @@ class ConnectorTask:
                 id_tag_info["status"],
             )
             return
-        await self.post(ev.TransactionConfirmed(transaction_id, id_tag_info["status"]))
+        await self.post(
+            ev.TransactionConfirmed(
+                transaction_id, id_tag_info["status"], id_tag_info.get("parent_id_tag")
+            )
+        )
 
     def _stop_transaction(self, effect: ev.StopTransaction) -> None:
         tx = self.transaction

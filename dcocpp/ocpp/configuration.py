@@ -12,6 +12,10 @@ Three layers make up a key's value, later ones winning:
    time, rewritten atomically before a change is acknowledged. A bad overlay entry is skipped
    with a warning: an old data directory must not brick the charger.
 
+Key names are CiString50 and so compared case-insensitively wherever they come from outside
+(GetConfiguration, ChangeConfiguration, both files): `ConnectionTimeout` is `ConnectionTimeOut`,
+and every answer, log line and file written uses the spelling of `SPECS`.
+
 Readonly keys are never taken from the overlay (they belong to the files an integrator edits),
 so `set_value` on a readonly key changes it for this run only.
 
@@ -262,6 +266,11 @@ _ALL_SPECS = [
 SPECS: Mapping[str, KeySpec] = {spec.name: spec for spec in _ALL_SPECS}
 
 
+def _names(specs: Mapping[str, KeySpec]) -> dict[str, str]:
+    """Key names as OCPP compares them (CiString50: case-insensitive) -> their spelling here."""
+    return {name.casefold(): name for name in specs}
+
+
 class _Invalid(Exception):
     """A value a key cannot take. The reason never quotes the whole value (it may be secret)."""
 
@@ -400,6 +409,7 @@ class ConfigurationStore:
         user_path: Path,
     ):
         self._specs = specs
+        self._names = _names(specs)
         self._values = values
         self._overlay = overlay
         self._user_path = user_path
@@ -442,6 +452,11 @@ class ConfigurationStore:
         """Every key this charger supports: the ones with a value, plus write-only keys."""
         return [name for name in self._specs if self._supported(name)]
 
+    def canonical(self, key: str) -> str | None:
+        """The spelling of `key` here, whatever its letters (OCPP key names are CiString50);
+        None for a key this charger does not know."""
+        return self._names.get(key.casefold())
+
     def get(self, key: str) -> str | None:
         """The OCPP string form ("true", "300", "a,b"); None if the key is unset or unknown."""
         return self._values.get(key)
@@ -461,29 +476,31 @@ class ConfigurationStore:
     ) -> tuple[list[dict[str, object]], list[str]]:
         """The ``configurationKey`` and ``unknownKey`` lists of a GetConfiguration.conf.
 
-        No keys (None or empty) asks for every key that has a value. A write-only key is
-        never reported: asked for by name, it goes to ``unknownKey``, so the answer does not
-        even tell whether one is set. Limiting the request to GetConfigurationMaxKeys is the
-        caller's job."""
+        No keys (None or empty) asks for every key that has a value. A key asked for in any
+        letters is reported once, in its spelling here; an unknown one as asked. A write-only
+        key is never reported: asked for by name, it goes to ``unknownKey``, so the answer
+        does not even tell whether one is set. Limiting the request to
+        GetConfigurationMaxKeys is the caller's job."""
         if not keys:
             names = [name for name in self._values if not self._specs[name].write_only]
             return [self._entry(name) for name in self._ordered(names)], []
-        known: list[dict[str, object]] = []
+        known: dict[str, dict[str, object]] = {}
         unknown: list[str] = []
-        for name in dict.fromkeys(keys):
-            spec = self._specs.get(name)
-            if spec is not None and not spec.write_only and name in self._values:
-                known.append(self._entry(name))
+        for asked in dict.fromkeys(keys):
+            name = self.canonical(asked)
+            if name is not None and not self._specs[name].write_only and name in self._values:
+                known.setdefault(name, self._entry(name))
             else:
-                unknown.append(name)
-        return known, unknown
+                unknown.append(asked)
+        return list(known.values()), unknown
 
     # -- changing ---------------------------------------------------------------------------
 
     def change(self, key: str, value: str) -> ConfigurationStatus:
         """Apply a ChangeConfiguration.req; the new value is on disk before this returns
-        Accepted or RebootRequired. Subscribers are called after storing; an exception from
-        one propagates (the value stays changed)."""
+        Accepted or RebootRequired. `key` in any letters. Subscribers are called after
+        storing; an exception from one propagates (the value stays changed)."""
+        key = self.canonical(key) or key
         spec = self._specs.get(key)
         if spec is None or not self._supported(key):
             logger.info("configuration key %s: change refused, key not supported", key)
@@ -593,8 +610,10 @@ def _load_base(
         raise ConfigurationError([f"{path}: must be a JSON object of feature profiles"])
 
     profiles = {spec.profile for spec in specs.values()}
+    names = _names(specs)
     values: dict[str, str] = {}
     mentioned: set[str] = set()
+    seen: dict[str, dict[str, str]] = {}  # profile -> key -> as written there
     problems: list[str] = []
     for profile, group in document.items():
         if profile not in profiles:
@@ -603,13 +622,22 @@ def _load_base(
         if not isinstance(group, dict):
             problems.append(f"{path}: {profile}: must be an object of configuration keys")
             continue
-        for key, value in group.items():
-            mentioned.add(key)
-            where = f"{path}: {profile}.{key}"
-            spec = specs.get(key)
-            if spec is None:
+        for written, value in group.items():
+            where = f"{path}: {profile}.{written}"
+            key = names.get(written.casefold())
+            if key is None:
                 problems.append(f"{where}: unknown configuration key")
-            elif spec.profile != profile:
+                continue
+            if key in seen.get(profile, {}):
+                first = seen[profile][key]
+                problems.append(
+                    f"{where}: also set as {profile}.{first} (key names are case-insensitive)"
+                )
+                continue
+            mentioned.add(key)
+            seen.setdefault(profile, {})[key] = written
+            spec = specs[key]
+            if spec.profile != profile:
                 problems.append(f"{where}: belongs in {spec.profile}")
             else:
                 try:
@@ -659,12 +687,17 @@ def _load_overlay(
         logger.warning("ignoring user configuration %s: not a JSON object", path)
         return {}
 
+    names = _names(specs)
     overlay: dict[str, str] = {}
-    for key, value in document.items():
-        spec = specs.get(key)
-        if spec is None:
-            logger.warning("user configuration %s: skipping unknown key %s", path, key)
+    for written, value in document.items():
+        key = names.get(written.casefold())
+        if key is None:
+            logger.warning("user configuration %s: skipping unknown key %s", path, written)
             continue
+        if key in overlay:
+            logger.warning("user configuration %s: skipping %s: set twice", path, written)
+            continue
+        spec = specs[key]
         if spec.readonly:
             logger.warning("user configuration %s: skipping read-only key %s", path, key)
             continue

@@ -37,6 +37,7 @@ from ocpp.v16.enums import (
 from dcocpp.ocpp.authcache import AuthStoreError, cache_enabled, parse_expiry
 from dcocpp.ocpp.errors import CallError
 from dcocpp.ocpp.locallist import NO_LIST_SUPPORT, limits_of, list_enabled, tags_of
+from dcocpp.ocpp.registration import Registration
 from dcocpp.ocpp.smartcharging.handlers import SmartChargingHandlers
 from dcocpp.ocpp.smartcharging.profiles import ProfileError
 
@@ -72,6 +73,17 @@ class CoreHandlers(SmartChargingHandlers):
             return allow_zero
         return connector_id in self.session.control.connector_ids
 
+    def _registered(self, action: str) -> bool:
+        """Whether the registration is Accepted. OCPP 1.6 4.2: while Pending the central
+        system may read and change the configuration, but RemoteStartTransaction and
+        RemoteStopTransaction are not allowed (nor, before an answer, decided by the offline
+        rules)."""
+        state = self.session.state
+        if state == Registration.ACCEPTED:
+            return True
+        log.warning("%s rejected: the registration is %s (OCPP 1.6 4.2)", action, state.value)
+        return False
+
     # --- configuration -----------------------------------------------------------------------
 
     @on(Action.get_configuration)
@@ -105,6 +117,7 @@ class CoreHandlers(SmartChargingHandlers):
 
     @after(Action.change_configuration)
     def after_change_configuration(self, key: str, value: str, **_: Any) -> None:
+        key = self.session.store.canonical(key) or key  # in whatever letters it came
         if key in _RECONNECT_KEYS and self.session.store.get(key) == value:
             self.session.reconnect(f"{key} changed")
 
@@ -138,6 +151,8 @@ class CoreHandlers(SmartChargingHandlers):
         charging_profile: dict[str, Any] | None = None,
         **_: Any,
     ) -> Any:
+        if not self._registered("RemoteStartTransaction"):
+            return call_result.RemoteStartTransaction(status=RemoteStartStopStatus.rejected)
         if connector_id == 0 or not self._valid_connector(connector_id):
             return call_result.RemoteStartTransaction(status=RemoteStartStopStatus.rejected)
         pending = None
@@ -159,6 +174,8 @@ class CoreHandlers(SmartChargingHandlers):
 
     @on(Action.remote_stop_transaction)
     async def on_remote_stop_transaction(self, transaction_id: int, **_: Any) -> Any:
+        if not self._registered("RemoteStopTransaction"):
+            return call_result.RemoteStopTransaction(status=RemoteStartStopStatus.rejected)
         status = await self.session.control.remote_stop(transaction_id)
         return call_result.RemoteStopTransaction(status=status)
 

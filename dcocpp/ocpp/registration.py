@@ -4,6 +4,13 @@ Pure and synchronous like every machine here: the session task fires events, the
 the state, logs one line per change (at the `level` the event carries: the session knows
 whether a failure is news or the same one again), and answers the one question the rest of
 the session asks: may we send CALLs other than BootNotification yet?
+
+A reconnect is not a reboot (OCPP 1.6 4.2 asks for a BootNotification at each boot, and some
+central systems end a charger's open transactions on one): `registered` remembers an Accepted
+registration across lost connections, and the next connection resumes it (Connecting ->
+Accepted). It is forgotten when a BootNotification is answered Pending or Rejected, and a new
+machine (a start, a soft reset) has none: then a connection boots first (Connecting ->
+Booting).
 """
 
 from __future__ import annotations
@@ -38,7 +45,8 @@ _CONNECTED = [_B, _P, _R, _A]
 
 TRANSITIONS: list[dict[str, object]] = [
     {"trigger": "connect", "source": _D, "dest": _C},
-    {"trigger": "connected", "source": _C, "dest": _B},
+    {"trigger": "connected", "source": _C, "dest": _A, "conditions": "registered"},
+    {"trigger": "connected", "source": _C, "dest": _B, "unless": "registered"},
     {"trigger": "connect_failed", "source": _C, "dest": _D},
     {"trigger": "boot_accepted", "source": _CONNECTED, "dest": _A},
     {"trigger": "boot_pending", "source": _CONNECTED, "dest": _P},
@@ -65,6 +73,8 @@ class RegistrationMachine:
 
     def __init__(self, on_change: Callable[[Registration, Registration, str], None] | None = None):
         self._on_change = on_change
+        # An Accepted registration that a new connection resumes without BootNotification.
+        self.registered = False
         self.machine = build_machine(self)
 
     @property
@@ -79,6 +89,8 @@ class RegistrationMachine:
         assert event.transition is not None
         old = Registration(event.transition.source)
         new = Registration(str(event.transition.dest))
+        if new in (Registration.PENDING, Registration.REJECTED, Registration.ACCEPTED):
+            self.registered = new == Registration.ACCEPTED
         if old == new:
             return  # a repeated Pending/Rejected answer is not a change
         reason = str(event.kwargs.get("reason", ""))

@@ -17,6 +17,7 @@ import inspect
 import itertools
 import logging
 import secrets
+from collections.abc import Callable
 from typing import Any
 
 import attrs
@@ -69,12 +70,16 @@ class RpcConnection:
         call_results: Any = v16_call_result,
         validate: bool = True,
         max_concurrent_handlers: int = 8,
+        answers: Callable[[str], bool] | None = None,
     ):
         self._ws = ws
         self._routes = create_route_map(handlers)
         self._log = message_log
         self._call_results = call_results
         self._validate = validate
+        # Whether a CALL of this action is answered now; one that is not is dropped (a charge
+        # point whose registration was Rejected does not respond, OCPP 1.6 4.2).
+        self._answers = answers
         self._call_lock = trio.Lock()
         self._pending: _Pending | None = None
         self._closed = False
@@ -124,6 +129,9 @@ class RpcConnection:
                 self._log.note(f"dropped malformed frame: {exc.description}")
             return
         if isinstance(frame, Call):
+            if self._answers is not None and not self._answers(frame.action):
+                self._log.note(f"not answered: {frame.action} {frame.unique_id}")
+                return
             # Backpressure: a peer that floods us with CALLs is read no faster than we answer.
             await self._handler_slots.acquire()
             nursery.start_soon(self._handle_call, frame)

@@ -6,6 +6,12 @@ status sender. When the connection dies, for whatever reason, that nursery is ca
 is logged, and the session reconnects after an exponential backoff with jitter. Nothing but
 cancellation ends `run()`; a central system that is down never crashes the charger.
 
+A reconnect is not a reboot: BootNotification goes out on the first connection of a session
+(a start, a soft reset) and on later ones only until a registration is Accepted (or when a
+TriggerMessage asks). A connection after an Accepted one resumes it at once: a Heartbeat (the
+central system's time, and a sign of life) and every connector's status, since the central
+system may have missed changes or marked the charger's connectors unknown meanwhile.
+
 Failures are logged once per change, not once per retry: the first failed attempt of a series
 (and a lost connection) at WARNING, with the URL and the reason; further attempts that fail
 the same way at DEBUG; a new reason at WARNING again; the connection that finally opens at
@@ -131,6 +137,10 @@ class ChargePointSession:
         self._connections = 0
         self._connection_scope: trio.CancelScope | None = None
         self._boot_now = trio.Event()
+        # No BootNotification before this (trio time), unless triggered: a Pending or Rejected
+        # answer's interval holds on a new connection too (4.2).
+        self._next_boot = float("-inf")
+        self._answered = False  # the central system answered a CALL on this connection
         self._heartbeat_scope: trio.CancelScope | None = None
         self._last_heartbeat = 0.0
         # Latest status per connector not yet delivered; coalesced, sent in id order.
@@ -183,7 +193,9 @@ class ChargePointSession:
             raise ConnectionLost("not connected to the central system")
         timeout = self.store.get_int("ResponseTimeout")
         with trio.move_on_after(timeout) as scope:
-            return await rpc.call(payload)
+            result = await rpc.call(payload)
+            self._answered = True
+            return result
         assert scope.cancelled_caught
         raise ResponseTimeout(f"no answer to {type(payload).__name__} within {timeout} s")
 
@@ -258,8 +270,9 @@ class ChargePointSession:
             except TransportError as exc:
                 reason = str(exc)
             was_accepted = self.registration.state == Registration.ACCEPTED
-            # A connection that got as far as Accepted resets the backoff.
-            failures = 0 if was_accepted else failures + 1
+            # A connection that got as far as Accepted, with an answer from the central system
+            # (a resumed registration is Accepted at once), resets the backoff.
+            failures = 0 if was_accepted and self._answered else failures + 1
             delay = self._backoff(failures)
             retry = f"next attempt in {delay:.1f} s"
             if self.registration.is_connected:
@@ -305,6 +318,8 @@ class ChargePointSession:
             failure = self.last_failure
             text += f" after {failure.attempts} failed attempt(s) since {failure.since}"
         self._failing = False
+        if self.registration.registered:
+            text += "; registration resumed without BootNotification"
         return text
 
     def security_profile_in_use(self) -> int:
@@ -347,8 +362,11 @@ class ChargePointSession:
                     ws = await self._open(nursery)
                     if ws is None:
                         raise _ConnectFailed(self._drop_reason or "connection failed")
-                    rpc = RpcConnection(ws, self._handlers, message_log=MessageLog("csms"))
+                    rpc = RpcConnection(
+                        ws, self._handlers, message_log=MessageLog("csms"), answers=self._answers
+                    )
                     self._rpc = rpc
+                    self._answered = False
                     self._connections += 1
                     self.registration.connected(reason=self._connected_reason())
                     for task in (self._register, self._send_statuses, self._heartbeat, self._ping):
@@ -401,26 +419,51 @@ class ChargePointSession:
             self._drop_reason = str(exc)
             connection.cancel()
 
+    def _answers(self, action: str) -> bool:
+        """Whether a CALL of the central system is answered now: not while Rejected (4.2:
+        the charge point does not respond then, and the central system should not send)."""
+        if self.registration.state != Registration.REJECTED:
+            return True
+        log.warning(
+            "%s from the central system not answered: the registration is Rejected (OCPP 1.6 4.2)",
+            action,
+        )
+        return False
+
     def _on_registration_change(self, old: Registration, new: Registration, reason: str) -> None:
         self._registration_changed.set()
         self._registration_changed = trio.Event()
         self._status_ready.set()
         if new == Registration.ACCEPTED:
-            self._status_sent.clear()  # after every boot, every connector's status again
+            # After every boot and every resumed registration, every connector's status again.
+            self._status_sent.clear()
             for status in self.control.statuses():
                 self._status_queue[status.connector_id] = [(status, float("-inf"))]
+            if old == Registration.CONNECTING:
+                # Resumed: a Heartbeat at once brings the central system's time, as the
+                # BootNotification.conf would have.
+                self._last_heartbeat = float("-inf")
 
     # --- per-connection tasks ----------------------------------------------------------------
 
     async def _register(self) -> None:
-        """BootNotification until Accepted (OCPP 1.6 section 4.2); again when triggered."""
+        """BootNotification until Accepted (OCPP 1.6 section 4.2), not before the interval of
+        a Pending or Rejected answer has passed; again only when triggered. A registration
+        resumed on this connection sends none."""
         while True:
+            if self.registration.accepted:
+                await self._boot_now.wait()  # only a TriggerMessage boots again
+            else:
+                with trio.move_on_at(self._next_boot):
+                    await self._boot_now.wait()
             self._boot_now = trio.Event()
             boot = call.BootNotification(
                 charge_point_vendor=self.identity.vendor,
                 charge_point_model=self.identity.model,
                 firmware_version=self.identity.firmware_version,
                 charge_point_serial_number=self.identity.serial_number,
+                # Deprecated in 1.6, but libocpp and many central systems still read it.
+                charge_box_serial_number=self.identity.serial_number,
             )
             retry_after: float = DEFAULT_BOOT_RETRY
             try:
@@ -436,14 +479,12 @@ class ChargePointSession:
                         self.store.set_value("HeartbeatInterval", result.interval)
                     self._last_heartbeat = trio.current_time()
                     self.registration.boot_accepted()
-                    await self._boot_now.wait()  # only a TriggerMessage boots again
                     continue
                 if status == RegistrationStatus.pending:
                     self.registration.boot_pending(reason=f"retry in {retry_after:g} s")
                 else:
                     self.registration.boot_rejected(reason=f"retry in {retry_after:g} s")
-            with trio.move_on_after(retry_after):
-                await self._boot_now.wait()
+            self._next_boot = trio.current_time() + retry_after
 
     async def _heartbeat(self) -> None:
         """Heartbeat every HeartbeatInterval seconds once Accepted; a changed interval moves

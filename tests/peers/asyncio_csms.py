@@ -255,7 +255,8 @@ class Script:
     """Runs the scripted steps, one after the other, against one charge point id.
 
     Each step uses the charge point's current connection, so a script may span
-    a reconnect (e.g. ``{"wait_for": "BootNotification"}`` after a Reset).
+    a reconnect (e.g. ``{"wait_for": "BootNotification"}`` after a Reset, or any
+    step after ``{"close": true}``, which hangs up on the charge point).
     """
 
     def __init__(self, csms: Csms, cp_id: str, steps: list[dict[str, Any]]) -> None:
@@ -280,6 +281,10 @@ class Script:
                     rec.event("slept", step=index, seconds=step["sleep"])
                 elif "wait_for" in step:
                     await self.do_wait_for(index, step)
+                elif "close" in step:
+                    # Hang up on the charge point (a restart, a load balancer): it reconnects.
+                    await self.cp.connection.close()
+                    rec.event("closed", step=index)
                 else:
                     rec.event(
                         "error",
