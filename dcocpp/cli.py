@@ -26,7 +26,7 @@ from dcocpp.config import ChargerConfig, ConfigError, load_charger_config
 from dcocpp.hardware.interface import HardwareError
 from dcocpp.logs import LoggingError, LoggingSetup
 from dcocpp.ocpp.configuration import ConfigurationError, ConfigurationStore
-from dcocpp.storage import StorageError, prepare_data_dir
+from dcocpp.storage import ACCEPT_DATA_LOSS, Database, StorageError, prepare_data_dir
 
 if TYPE_CHECKING:
     from dcocpp.station import Station
@@ -70,6 +70,13 @@ def _parser() -> argparse.ArgumentParser:
     )
     run.add_argument(
         "--log-dir", metavar="DIR", type=Path, help="directory for the OCPP message log"
+    )
+    run.add_argument(
+        ACCEPT_DATA_LOSS,
+        action="store_true",
+        help="start although the database lacks data its directory records (missing, its -wal "
+        "file lost, an older copy, damaged: then kept aside), going on with what is there or a "
+        "new database; give it once, after deciding so",
     )
     log_level_argument(run, default="INFO", help="console log level")
     run.add_argument(
@@ -278,6 +285,9 @@ def _run(args: argparse.Namespace) -> int:
         # Before anything reads or writes there (the OCPP keys changed by the central system
         # are the first): a data directory that cannot be used is one line, not a warning.
         prepare_data_dir(config.data_dir)
+        if args.accept_data_loss:
+            # The operator's decision, taken once here: the station's own opens check as usual.
+            Database.open(config.data_dir, accept_data_loss=True).close()
         try:
             keys = load_configuration_store(config)
         except ConfigurationError as exc:

@@ -225,7 +225,12 @@ class Station:
                     partial(api.serve_api, token=self._api_token), self, *self._api_address
                 )
             while True:
-                kind = await self._boot(task_status)
+                try:
+                    kind = await self._boot(task_status)
+                except BaseExceptionGroup as group:
+                    if self.started.is_set() and group.subgroup(StorageError) is not None:
+                        await self._database_failed()
+                    raise
                 task_status = trio.TASK_STATUS_IGNORED
                 if kind == ResetType.hard:
                     raise HardReset()
@@ -268,7 +273,7 @@ class Station:
                 open_stream=self._open_stream,
                 clock=self.clock.now,
             )
-            self.outbox = outbox = TransactionOutbox(session, db, store_errors=(StorageError,))
+            self.outbox = outbox = TransactionOutbox(session, db)
             now = ocpp_time(self.clock.now())
             # Transactions a power cut or crash left running are stopped (PowerLoss) first, at
             # the register of a meter that kept counting through it (a PLC's) where there is one.
@@ -334,6 +339,25 @@ class Station:
             db.close()
         return self._reset
 
+    async def _database_failed(self) -> None:
+        """A write (or read) of the database failed while the station ran: a transaction
+        record or a queued message cannot be kept, so the process ends (status 1; a
+        supervisor restarts it). No energy flows unrecorded meanwhile: every relay is
+        commanded open first. The database still holds the transactions as running: the next
+        start that can write to it stops them as after a power cut (PowerLoss)."""
+        log.warning("the database failed: commanding every relay open, then stopping")
+        # Shielded: a safety action, whatever else is ending; bounded like any relay command.
+        with trio.CancelScope(shield=True), trio.move_on_after(RELAY_ACK_DEADLINE):
+            async with trio.open_nursery() as nursery:
+                for cid in self.connector_ids:
+                    nursery.start_soon(self._open_relay, cid)
+
+    async def _open_relay(self, connector_id: int) -> None:
+        try:
+            await self.hardware.gun(connector_id).set_relay(False)
+        except HardwareError as exc:
+            log.error("connector %d: relay not opened: %s", connector_id, exc)
+
     def _surviving_registers(self) -> dict[int, int | None]:
         """Each gun's meter register as kept through a crash (None: its hardware keeps none),
         in Wh, as the OCPP layer bills."""
@@ -365,7 +389,11 @@ class Station:
     async def change_availability(self, connector_id: int, operative: bool) -> AvailabilityStatus:
         assert self._db is not None and self.session is not None
         # Persisted before it is acknowledged: a power cut must not forget "Inoperative".
-        self._db.set_availability(connector_id, operative)
+        try:
+            self._db.set_availability(connector_id, operative)
+        except StorageError as exc:
+            log.error("ChangeAvailability of connector %d rejected: %s", connector_id, exc)
+            return AvailabilityStatus.rejected
         if connector_id == 0:
             was = self._operative0
             self._operative0 = operative

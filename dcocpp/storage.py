@@ -3,21 +3,41 @@
 One file, WAL journal, `synchronous=FULL` so that a write has reached the disk before we
 acknowledge the state it describes to anyone. The schema is versioned with `PRAGMA user_version`
 and migrated forward on open, so a newer dcocpp opens an older data directory.
+
+Nothing is lost unnoticed. The data directory's record (dcocpp/datarecord.py) says that it
+holds a database, and the database's *generation*: a number kept in the database too, raised
+at every open and after every checkpoint of the write-ahead log. SQLite's automatic checkpoints
+are off: the database checkpoints every CHECKPOINT_INTERVAL writes and raises the generation
+right after, so the main file without its -wal file (which holds every write since the last
+checkpoint) is always below the recorded generation. A clean close checkpoints everything
+into the main file, so nothing is missing without it then. At open, a database that is missing,
+below the recorded generation (its -wal file lost after a crash, or an older copy), or damaged
+(`PRAGMA quick_check`) is refused with one line that says what is wrong and how to go on, unless
+the operator accepts the loss (`accept_data_loss`: `dcocpp run --accept-data-loss`).
+
+Every failure is a StorageError whose message names the file, what could not be done and
+SQLite's reason with its code (`database or disk is full (SQLITE_FULL)`), and the state of the
+file system when that explains it (full, read-only).
 """
 
 from __future__ import annotations
 
+import contextlib
 import decimal
 import json
 import logging
+import os
 import sqlite3
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import attrs
 
-from dcocpp.oserrors import directory_problem
+from dcocpp import datarecord
+from dcocpp.datarecord import RECORD_NAME, DataRecord
+from dcocpp.oserrors import directory_problem, reason
 
 log = logging.getLogger(__name__)
 
@@ -117,12 +137,45 @@ MIGRATIONS: list[list[str]] = [
                sample   TEXT NOT NULL
            )""",
     ],
+    [
+        # The database's generation, which the data directory's record follows (see the
+        # module docstring): one row.
+        """CREATE TABLE data_generation (
+               id         INTEGER PRIMARY KEY CHECK (id = 0),
+               generation INTEGER NOT NULL
+           )""",
+    ],
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
+# Writes between two checkpoints of the write-ahead log (a write is a few pages: about as
+# often as SQLite's own automatic checkpoint, every 1000 pages).
+CHECKPOINT_INTERVAL = 250
+# What lets the operator start on a database that lost data (`dcocpp run`).
+ACCEPT_DATA_LOSS = "--accept-data-loss"
+# SQLite's primary result codes for a file whose content is not a sound database.
+_DAMAGED = {sqlite3.SQLITE_CORRUPT, sqlite3.SQLITE_NOTADB}
+# ... and for a write the disk or its file system refused (the file system's state may say why).
+_DISK_REFUSED = {
+    sqlite3.SQLITE_IOERR,
+    sqlite3.SQLITE_FULL,
+    sqlite3.SQLITE_READONLY,
+    sqlite3.SQLITE_CANTOPEN,
+}
+# Below this much free space a file system counts as full: a write needs pages and WAL frames.
+_LOW_SPACE = 1 << 20
 
 
 class StorageError(Exception):
     """The one exception root of the storage layer."""
+
+
+class DataLossRefused(StorageError):
+    """The database lacks what the data directory's record says it held (missing, older,
+    damaged): opening it would lose that unnoticed. `accept_data_loss` goes on."""
+
+
+class _Damaged(Exception):
+    """Within `Database.open`: the file is not a sound database (SQLite's reason)."""
 
 
 def prepare_data_dir(data_dir: Path) -> None:
@@ -180,28 +233,108 @@ class QueuedMessage:
 
 
 class Database:
-    def __init__(self, connection: sqlite3.Connection, path: Path):
+    """The station database. `open` it (with its checks and the data directory's record);
+    tests also wrap a connection of their own (then nothing is recorded or checkpointed)."""
+
+    def __init__(
+        self, connection: sqlite3.Connection, path: Path, *, record_path: Path | None = None
+    ):
         self._db = connection
         self.path = path
+        self._record_path = record_path
+        self._record: DataRecord | None = None  # as last written (`open` writes one)
+        self._writes = 0  # since the last checkpoint
 
     @classmethod
-    def open(cls, data_dir: Path) -> Database:
-        path = data_dir / DATABASE_NAME
+    def open(cls, data_dir: Path, *, accept_data_loss: bool = False) -> Database:
+        """Open the database of `data_dir`, creating it (and the directory's record) when the
+        directory has none. StorageError naming the file and SQLite's reason when it cannot
+        be opened; DataLossRefused when it is missing, below the recorded generation or
+        damaged, unless `accept_data_loss`: then a WARNING says what is lost, and a missing or
+        damaged database (kept aside under another name) is replaced by a new one."""
         prepare_data_dir(data_dir)
+        path = data_dir / DATABASE_NAME
+        record_path = data_dir / RECORD_NAME
+        loss = _Loss(accept_data_loss)
+        record = _read_record(record_path, loss)
+        if record is not None and not path.exists():
+            aside = _aside_name(path, "orphaned")
+            leftover = _wal(path).exists()
+            loss.found(
+                f"database {path} is missing, but {record_path} records one there since "
+                f"{record.created}",
+                f"restore it (with its -wal file), or start once with {ACCEPT_DATA_LOSS} to "
+                "begin with a new, empty database",
+                "beginning with a new, empty database (what it held is lost"
+                + (f"; its leftover -wal file is kept as {_wal(aside).name})" if leftover else ")"),
+            )
+            _set_aside(path, aside)  # a -wal file without its database must not be replayed
+            record = None
         try:
+            db = cls._open_checked(path, record_path, record, loss)
+        except _Damaged as damaged:
+            aside = _aside_name(path, "damaged")
+            loss.found(
+                f"database {path} is damaged: {damaged}",
+                f"restore it from a backup, or start once with {ACCEPT_DATA_LOSS} to keep it "
+                "aside and begin with a new, empty database",
+                f"keeping it as {aside.name} and beginning with a new, empty database",
+            )
+            _set_aside(path, aside)
+            db = cls._open_checked(path, record_path, None, loss)
+        if accept_data_loss and not loss.accepted:
+            log.warning(
+                "%s given, but nothing is missing in %s: leave it off the command line, or a "
+                "later loss would go unnoticed",
+                ACCEPT_DATA_LOSS,
+                data_dir,
+            )
+        return db
+
+    @classmethod
+    def _open_checked(
+        cls, path: Path, record_path: Path, record: DataRecord | None, loss: _Loss
+    ) -> Database:
+        """Check the file against `record`, then connect, migrate it and raise its
+        generation. _Damaged when the file is not a sound database."""
+        try:
+            version = _check(path, record_path, record, loss) if path.exists() else 0
             # Autocommit: every statement is its own durable transaction unless we group them.
             connection = sqlite3.connect(path, isolation_level=None)
-            db = cls(connection, path)
-            try:
-                connection.execute("PRAGMA journal_mode=WAL")
-                connection.execute("PRAGMA synchronous=FULL")
-                db._migrate()
-            except BaseException:
-                connection.close()
-                raise
         except sqlite3.Error as exc:
-            raise StorageError(f"database {path}: cannot open it: {exc}") from exc
+            raise _open_failure(exc, path) from exc
+        db = cls(connection, path, record_path=record_path)
+        try:
+            connection.execute("PRAGMA journal_mode=WAL")
+            connection.execute("PRAGMA synchronous=FULL")
+            connection.execute("PRAGMA wal_autocheckpoint=0")  # ours: see the docstring
+            db._migrate()
+            if record is None and version > 0:  # from before records (or the record deleted)
+                log.debug("recording in %s that this directory holds %s", record_path, path)
+            db._advance(record.created if record is not None else _now())
+        except sqlite3.Error as exc:
+            connection.close()
+            raise _open_failure(exc, path) from exc
+        except BaseException:
+            connection.close()
+            raise
         return db
+
+    def _advance(self, created: str) -> None:
+        """Raise the generation, then record it: the record never runs ahead of the file."""
+        assert self._record_path is not None
+        with self._db:
+            self._db.execute("BEGIN")
+            self._db.execute(
+                "INSERT INTO data_generation (id, generation) VALUES (0, 1)"
+                " ON CONFLICT (id) DO UPDATE SET generation = generation + 1"
+            )
+        record = DataRecord(DATABASE_NAME, created, SCHEMA_VERSION, _generation(self._db))
+        try:
+            datarecord.save(self._record_path, record)
+        except OSError as exc:
+            raise StorageError(f"{self._record_path}: cannot write it: {reason(exc)}") from exc
+        self._record = record
 
     def _migrate(self) -> None:
         version = self._db.execute("PRAGMA user_version").fetchone()[0]
@@ -234,36 +367,41 @@ class Database:
 
     def availability(self) -> dict[int, bool]:
         """connector id -> operative, for every connector the central system ever set."""
-        rows = self._db.execute("SELECT connector_id, operative FROM availability")
-        return {cid: bool(operative) for cid, operative in rows}
+        with self._reading("cannot read the availability"):
+            rows = self._db.execute("SELECT connector_id, operative FROM availability")
+            return {cid: bool(operative) for cid, operative in rows}
 
     def set_availability(self, connector_id: int, operative: bool) -> None:
-        try:
-            self._db.execute(
-                "INSERT INTO availability (connector_id, operative) VALUES (?, ?)"
-                " ON CONFLICT (connector_id) DO UPDATE SET operative = excluded.operative",
-                (connector_id, operative),
-            )
-        except sqlite3.Error as exc:
-            raise StorageError(f"cannot store availability: {exc}") from exc
+        self._write(
+            "cannot store availability",
+            [
+                (
+                    "INSERT INTO availability (connector_id, operative) VALUES (?, ?)"
+                    " ON CONFLICT (connector_id) DO UPDATE SET operative = excluded.operative",
+                    (connector_id, operative),
+                )
+            ],
+        )
 
     # --- transactions and the transaction message outbox ----------------------------------
     # The OCPP layer's outbox (ocpp/transactions.py) is the only user: it keeps a mirror in
     # memory and writes here first, so a message exists on disk before anyone is told.
 
     def transactions(self) -> list[TransactionRow]:
-        rows = self._db.execute(f"SELECT {_TX_COLUMNS} FROM transactions ORDER BY local_id")
-        return [TransactionRow(*row) for row in rows]
+        with self._reading("cannot read the transactions"):
+            rows = self._db.execute(f"SELECT {_TX_COLUMNS} FROM transactions ORDER BY local_id")
+            return [TransactionRow(*row) for row in rows]
 
     def queued_messages(self) -> list[QueuedMessage]:
-        rows = self._db.execute(
-            "SELECT seq, action, local_id, payload, id_tag, attempts, parked FROM outbox"
-            " ORDER BY seq"
-        )
-        return [
-            QueuedMessage(seq, action, local_id, json.loads(payload), id_tag, attempts, bool(p))
-            for seq, action, local_id, payload, id_tag, attempts, p in rows
-        ]
+        with self._reading("cannot read the queued messages"):
+            rows = self._db.execute(
+                "SELECT seq, action, local_id, payload, id_tag, attempts, parked FROM outbox"
+                " ORDER BY seq"
+            )
+            return [
+                QueuedMessage(seq, action, local_id, json.loads(payload), id_tag, attempts, bool(p))
+                for seq, action, local_id, payload, id_tag, attempts, p in rows
+            ]
 
     def begin_transaction(
         self, fields: Mapping[str, Any], start_payload: Mapping[str, Any], id_tag: str
@@ -273,17 +411,13 @@ class Database:
         atomically; returns (local_id, the message's seq)."""
         columns = ", ".join(fields)
         marks = ", ".join("?" for _ in fields)
-        try:
-            with self._db:
-                self._db.execute("BEGIN")
-                cursor = self._db.execute(
-                    f"INSERT INTO transactions ({columns}) VALUES ({marks})", tuple(fields.values())
-                )
-                local_id = cursor.lastrowid
-                assert local_id is not None
-                seq = self._insert_message("StartTransaction", local_id, start_payload, id_tag)
-        except sqlite3.Error as exc:
-            raise StorageError(f"cannot store a new transaction: {exc}") from exc
+        with self._writing("cannot store a new transaction"):
+            cursor = self._db.execute(
+                f"INSERT INTO transactions ({columns}) VALUES ({marks})", tuple(fields.values())
+            )
+            local_id = cursor.lastrowid
+            assert local_id is not None
+            seq = self._insert_message("StartTransaction", local_id, start_payload, id_tag)
         return local_id, seq
 
     def queue_message(
@@ -297,18 +431,14 @@ class Database:
     ) -> int:
         """Append a message to the outbox; with `stops`, mark its transaction stopped in the
         same write. Returns the message's seq."""
-        try:
-            with self._db:
-                self._db.execute("BEGIN")
-                seq = self._insert_message(action, local_id, payload, id_tag)
-                if stops:
-                    self._db.execute(
-                        "UPDATE transactions SET stopped = 1 WHERE local_id = ?", (local_id,)
-                    )
-                    # The StopTransaction carries the samples now.
-                    self._db.execute("DELETE FROM transaction_data WHERE local_id = ?", (local_id,))
-        except sqlite3.Error as exc:
-            raise StorageError(f"cannot queue {action}: {exc}") from exc
+        with self._writing(f"cannot queue {action}"):
+            seq = self._insert_message(action, local_id, payload, id_tag)
+            if stops:
+                self._db.execute(
+                    "UPDATE transactions SET stopped = 1 WHERE local_id = ?", (local_id,)
+                )
+                # The StopTransaction carries the samples now.
+                self._db.execute("DELETE FROM transaction_data WHERE local_id = ?", (local_id,))
         return seq
 
     def _insert_message(
@@ -323,10 +453,11 @@ class Database:
 
     def transaction_data(self) -> dict[int, list[dict[str, Any]]]:
         """local_id -> the stop samples of each transaction not stopped yet, in order."""
-        rows = self._db.execute("SELECT local_id, sample FROM transaction_data ORDER BY id")
         samples: dict[int, list[dict[str, Any]]] = {}
-        for local_id, sample in rows:
-            samples.setdefault(local_id, []).append(json.loads(sample))
+        with self._reading("cannot read the stop samples"):
+            rows = self._db.execute("SELECT local_id, sample FROM transaction_data ORDER BY id")
+            for local_id, sample in rows:
+                samples.setdefault(local_id, []).append(json.loads(sample))
         return samples
 
     def add_transaction_data(
@@ -390,11 +521,9 @@ class Database:
 
     def auth_cache(self) -> dict[str, dict[str, Any]]:
         """idTag -> idTagInfo, the least recently updated first (the cache evicts from there)."""
-        try:
+        with self._reading("cannot read the authorization cache"):
             rows = self._db.execute("SELECT id_tag, info FROM auth_cache ORDER BY rowid")
             return {id_tag: json.loads(info) for id_tag, info in rows}
-        except (sqlite3.Error, ValueError) as exc:
-            raise StorageError(f"cannot read the authorization cache: {exc}") from exc
 
     def put_auth_cache(self, id_tag: str, info: Mapping[str, Any]) -> None:
         self._write(
@@ -419,12 +548,10 @@ class Database:
 
     def local_list(self) -> tuple[int, dict[str, dict[str, Any]]]:
         """(listVersion, idTag -> idTagInfo); version 0 when no list was ever sent."""
-        try:
+        with self._reading("cannot read the local authorization list"):
             row = self._db.execute("SELECT version FROM local_list_version WHERE id = 0").fetchone()
             rows = self._db.execute("SELECT id_tag, info FROM local_list")
             return (row[0] if row else 0), {id_tag: json.loads(info) for id_tag, info in rows}
-        except (sqlite3.Error, ValueError) as exc:
-            raise StorageError(f"cannot read the local authorization list: {exc}") from exc
 
     def replace_local_list(self, version: int, entries: Mapping[str, Mapping[str, Any]]) -> None:
         """A Full update: the list becomes `entries`, atomically."""
@@ -461,7 +588,7 @@ class Database:
 
     def charging_profiles(self) -> list[tuple[int, dict[str, Any]]]:
         """(connector_id, profile) of every installed charging profile, by id."""
-        try:
+        with self._reading("cannot read the charging profiles"):
             rows = self._db.execute(
                 "SELECT connector_id, profile FROM charging_profiles ORDER BY charging_profile_id"
             )
@@ -469,8 +596,6 @@ class Database:
                 (connector_id, json.loads(profile, parse_float=decimal.Decimal))
                 for connector_id, profile in rows
             ]
-        except (sqlite3.Error, ValueError) as exc:
-            raise StorageError(f"cannot read the charging profiles: {exc}") from exc
 
     def put_charging_profile(
         self, connector_id: int, profile: Mapping[str, Any], *, replaces: Iterable[int] = ()
@@ -509,14 +634,12 @@ class Database:
 
     def reservations(self) -> list[ReservationRow]:
         """Every stored reservation, by id."""
-        try:
+        with self._reading("cannot read the reservations"):
             rows = self._db.execute(
                 "SELECT reservation_id, connector_id, id_tag, parent_id_tag, expiry_date"
                 " FROM reservations ORDER BY reservation_id"
             )
             return [ReservationRow(*row) for row in rows]
-        except sqlite3.Error as exc:
-            raise StorageError(f"cannot read the reservations: {exc}") from exc
 
     def put_reservation(self, row: ReservationRow) -> None:
         """Store a reservation, replacing the one with the same id (ReserveNow replaces)."""
@@ -544,14 +667,46 @@ class Database:
     # --- writing ------------------------------------------------------------------------------
 
     def _write(self, what: str, statements: Sequence[tuple[str, tuple[Any, ...]]]) -> None:
-        """Run `statements` as one durable transaction; StorageError(what) when it fails."""
+        """Run `statements` as one durable transaction (see `_writing`)."""
+        with self._writing(what):
+            for sql, parameters in statements:
+                self._db.execute(sql, parameters)
+
+    @contextlib.contextmanager
+    def _writing(self, what: str) -> Iterator[None]:
+        """The statements run inside are one durable transaction: all written or, on a
+        failure, none; StorageError naming the file, `what` and SQLite's reason."""
         try:
+            self._checkpoint_when_due()
             with self._db:
                 self._db.execute("BEGIN")
-                for sql, parameters in statements:
-                    self._db.execute(sql, parameters)
+                yield
         except sqlite3.Error as exc:
-            raise StorageError(f"{what}: {exc}") from exc
+            raise StorageError(f"database {self.path}: {what}: {_reason(exc, self.path)}") from exc
+
+    @contextlib.contextmanager
+    def _reading(self, what: str) -> Iterator[None]:
+        """StorageError naming the file, `what` and the reason for a read that fails (a
+        damaged page, a stored JSON value that does not parse)."""
+        try:
+            yield
+        except sqlite3.Error as exc:
+            raise StorageError(f"database {self.path}: {what}: {_reason(exc, self.path)}") from exc
+        except ValueError as exc:
+            raise StorageError(f"database {self.path}: {what}: {exc}") from exc
+
+    def _checkpoint_when_due(self) -> None:
+        """Every CHECKPOINT_INTERVAL writes, before the next: the write-ahead log into the
+        main file, then a new generation (see the module docstring). Never blocks on a
+        reader (PASSIVE): what a reader still needs stays in the log until the next one."""
+        if self._record is None:  # a connection of a test's own: SQLite's defaults
+            return
+        self._writes += 1
+        if self._writes <= CHECKPOINT_INTERVAL:
+            return
+        self._writes = 1
+        self._db.execute("PRAGMA wal_checkpoint(PASSIVE)")
+        self._advance(self._record.created)
 
 
 def _set_list_version(version: int) -> tuple[str, tuple[Any, ...]]:
@@ -576,3 +731,121 @@ def _meter_update(local_id: int, energy_wh: int, at: str) -> tuple[str, tuple[An
         "UPDATE transactions SET last_meter_wh = ?, last_meter_at = ? WHERE local_id = ?",
         (energy_wh, at, local_id),
     )
+
+
+class _Loss:
+    """What `Database.open` found missing: refused (DataLossRefused), or, when the operator
+    accepts the loss, a WARNING."""
+
+    def __init__(self, accept: bool):
+        self.accept = accept
+        self.accepted = False
+
+    def found(self, problem: str, how_to_go_on: str, what_happens: str) -> None:
+        if not self.accept:
+            raise DataLossRefused(f"{problem}; {how_to_go_on}")
+        self.accepted = True
+        log.warning("%s; as %s asks: %s", problem, ACCEPT_DATA_LOSS, what_happens)
+
+
+def _read_record(path: Path, loss: _Loss) -> DataRecord | None:
+    try:
+        return datarecord.load(path)
+    except OSError as exc:
+        raise StorageError(f"{path}: cannot read it: {reason(exc)}") from exc
+    except ValueError as exc:
+        loss.found(
+            f"{path} is unreadable ({exc})",
+            "it records the database this directory holds: restore it, or start once with "
+            f"{ACCEPT_DATA_LOSS} to write it anew",
+            "writing it anew",
+        )
+        return None
+
+
+def _check(path: Path, record_path: Path, record: DataRecord | None, loss: _Loss) -> int:
+    """Before anything may change it, on a connection that cannot write (a writing one would
+    move the -wal file into the main file as it closes, whatever the check found): the file is
+    sound, and holds at least the recorded generation. Its schema version."""
+    wal = _wal(path)
+    # An empty one holds nothing (a refused open may leave one: this check cannot remove it).
+    wal_was_there = wal.exists() and wal.stat().st_size > 0
+    uri = f"{path.absolute().as_uri()}?mode=ro"
+    with contextlib.closing(sqlite3.connect(uri, uri=True)) as connection:
+        problems = [row[0] for row in connection.execute("PRAGMA quick_check")]
+        if problems != ["ok"]:
+            raise _Damaged(f"{problems[0]} (PRAGMA quick_check)")
+        version: int = connection.execute("PRAGMA user_version").fetchone()[0]
+        generation = _generation(connection)
+    if record is not None and generation < record.generation:
+        cause = (
+            f"it is an older copy, or its write-ahead log {wal.name} was replaced"
+            if wal_was_there
+            else f"its write-ahead log {wal.name} is missing"
+        )
+        loss.found(
+            f"database {path} lacks writes recorded in {record_path} "
+            f"(generation {generation} of {record.generation}): {cause}",
+            f"restore it, or start once with {ACCEPT_DATA_LOSS} to go on without them",
+            "going on without them",
+        )
+    return version
+
+
+def _generation(connection: sqlite3.Connection) -> int:
+    """The database's generation; 0 before it has one (new, or older than the record)."""
+    try:
+        row = connection.execute("SELECT generation FROM data_generation WHERE id = 0").fetchone()
+    except sqlite3.OperationalError:  # no such table: a schema older than generations
+        return 0
+    return int(row[0]) if row is not None else 0
+
+
+def _open_failure(exc: sqlite3.Error, path: Path) -> Exception:
+    if getattr(exc, "sqlite_errorcode", 0) & 0xFF in _DAMAGED:
+        return _Damaged(_reason(exc, path))
+    return StorageError(f"database {path}: cannot open it: {_reason(exc, path)}")
+
+
+def _wal(path: Path) -> Path:
+    return path.with_name(f"{path.name}-wal")
+
+
+def _aside_name(path: Path, why: str) -> Path:
+    return path.with_name(f"{path.name}.{why}-{datetime.now(UTC):%Y%m%dT%H%M%SZ}")
+
+
+def _set_aside(path: Path, aside: Path) -> None:
+    """Rename the database `path` and its -wal and -shm files, those there are, to `aside`
+    (kept together: SQLite opens them as one)."""
+    try:
+        for suffix in ("-wal", "-shm", ""):
+            source = path.with_name(path.name + suffix)
+            if source.exists():
+                source.rename(aside.with_name(aside.name + suffix))
+    except OSError as exc:
+        raise StorageError(f"database {path}: cannot keep it aside: {reason(exc)}") from exc
+
+
+def _now() -> str:
+    return datetime.now(UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
+
+
+def _reason(exc: sqlite3.Error, path: Path) -> str:
+    """SQLite's reason with its code (`database or disk is full (SQLITE_FULL)`), and the
+    state of the file system when the disk refused and that state explains it."""
+    name = getattr(exc, "sqlite_errorname", None)
+    text = f"{exc} ({name})" if name else str(exc)
+    code = getattr(exc, "sqlite_errorcode", None)
+    if code is None or code & 0xFF not in _DISK_REFUSED:
+        return text
+    try:
+        stats = os.statvfs(path.parent)
+    except OSError:
+        return text
+    if stats.f_flag & os.ST_RDONLY:
+        return f"{text}; the file system of {path.parent} is read-only"
+    free = stats.f_bavail * stats.f_frsize
+    if free < _LOW_SPACE:
+        return f"{text}; the file system of {path.parent} is full ({free} bytes free)"
+    return text

@@ -3,7 +3,8 @@
 `charger.json` and `ocpp16-config.json` here are the repository's `configs/` (a test keeps them
 equal), so that a charger installed with pip, without the repository, can start:
 `dcocpp init DIR` writes both into DIR, laid out for an installed charger: its state in
-DIR/data and its logs in DIR/logs, beside the configuration (the repository's `configs/` keep
+DIR/data (where it creates the database, with the record that the directory holds one) and its
+logs in DIR/logs, beside the configuration (the repository's `configs/` keep
 them one level up, in the checkout's data/ and logs/). The demo reads them here too when it
 runs without the repository.
 """
@@ -17,12 +18,15 @@ import sys
 from importlib import resources
 from pathlib import Path
 
+from dcocpp.storage import DATABASE_NAME, Database, StorageError
+
 __all__ = [
     "CHARGER_JSON",
     "OCPP_CONFIG_JSON",
     "ConfigurationExists",
     "InitError",
     "add_subcommands",
+    "create_database",
     "installed_charger_json",
     "read_text",
     "write_configuration",
@@ -90,6 +94,19 @@ def write_configuration(directory: Path, *, force: bool = False) -> list[Path]:
     return list(contents)
 
 
+def create_database(directory: Path) -> Path | None:
+    """Create the database in `directory`'s data directory (with the directory's record of
+    it, dcocpp/datarecord.py), unless one is there; its path, None when there was one."""
+    data_dir = directory / _INSTALLED_LAYOUT["paths"]["dataDir"]
+    if (data_dir / DATABASE_NAME).exists():
+        return None
+    try:
+        Database.open(data_dir).close()
+    except StorageError as exc:
+        raise InitError(str(exc)) from exc
+    return data_dir / DATABASE_NAME
+
+
 # --- the command -----------------------------------------------------------------------------
 
 
@@ -113,12 +130,15 @@ def _init(args: argparse.Namespace) -> int:
     directory: Path = args.directory
     try:
         written = write_configuration(directory, force=args.force)
+        database = create_database(directory)
     except InitError as exc:
         print(f"dcocpp init: {exc}", file=sys.stderr)
         return EXIT_USAGE if isinstance(exc, ConfigurationExists) else EXIT_FAILED
     config = shlex.quote(str(directory / CHARGER_JSON))
     for path in written:
         print(f"wrote {path}")
+    if database is not None:
+        print(f"created {database}")
     print(
         f"""
 Edit first, in {directory / CHARGER_JSON}:

@@ -31,9 +31,7 @@ import contextlib
 import enum
 import json
 import logging
-import os
 import re
-import tempfile
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -41,6 +39,7 @@ from typing import Any
 import attrs
 from ocpp.v16.enums import ConfigurationStatus, Measurand
 
+from dcocpp.atomicfile import replace_file
 from dcocpp.jsontypes import json_type
 from dcocpp.ocpp.errors import OcppError
 
@@ -713,23 +712,4 @@ def _load_overlay(
 def _write_atomically(path: Path, overlay: Mapping[str, str]) -> None:
     """Replace `path` so that after a power cut it holds either the old or the new overlay."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    # mkstemp creates the file mode 0600: it may hold the AuthorizationKey.
-    fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as tmp:
-            json.dump(overlay, tmp, indent=2, sort_keys=True)
-            tmp.write("\n")
-            tmp.flush()
-            os.fsync(tmp.fileno())
-        os.replace(tmp_name, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp_name)
-        raise
-    if os.name == "posix":
-        # The rename itself is only durable once the directory entry is on disk.
-        dir_fd = os.open(path.parent, os.O_RDONLY)
-        try:
-            os.fsync(dir_fd)
-        finally:
-            os.close(dir_fd)
+    replace_file(path, json.dumps(overlay, indent=2, sort_keys=True) + "\n")

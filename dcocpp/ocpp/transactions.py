@@ -189,16 +189,9 @@ class TransactionOutbox:
     synchronous: it is done before the caller goes on). `recover()` first, once per boot.
     Raises the store's errors (StorageError) from the enqueueing methods."""
 
-    def __init__(
-        self,
-        session: ChargePointSession,
-        store: OutboxStore,
-        *,
-        store_errors: tuple[type[Exception], ...] = (),
-    ):
+    def __init__(self, session: ChargePointSession, store: OutboxStore):
         self.session = session
         self._store = store
-        self._errors = store_errors  # what a failed write of a stop sample raises
         self._queue: list[_Message] = []
         self._transactions: dict[int, LocalTransaction] = {}  # by local id, until stopped+sent
         self._wake = trio.Event()
@@ -334,13 +327,9 @@ class TransactionOutbox:
         """A StopTxnSampledData / StopTxnAlignedData sample for the transaction's
         StopTransaction, taken at meter reading `energy_wh` at `timestamp`; persisted with
         that reading (as `record_meter`), so that a PowerLoss stop after a power cut carries
-        the sample and bills at least up to it. A failed write is logged: the sample still
-        goes with a stop of this process."""
+        the sample and bills at least up to it."""
+        self._store.add_transaction_data(tx.local_id, sample, energy_wh, timestamp)
         tx.transaction_data.append(sample)
-        try:
-            self._store.add_transaction_data(tx.local_id, sample, energy_wh, timestamp)
-        except self._errors as exc:
-            log.error("stop sample of transaction %d not stored: %s", tx.local_id, exc)
 
     def record_meter(self, tx: LocalTransaction, energy_wh: int, timestamp: str) -> None:
         """The transaction's latest meter reading: what a PowerLoss stop would bill."""

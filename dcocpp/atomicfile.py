@@ -1,0 +1,34 @@
+"""Small files that must survive a power cut whole: the OCPP keys the central system changed,
+the data directory's record of its database."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import tempfile
+from pathlib import Path
+
+
+def replace_file(path: Path, text: str) -> None:
+    """Replace `path` with `text` so that after a power cut it holds either the old or the new
+    text, never a mix: a temporary file beside it, fsync, rename, fsync of the directory.
+    Raises OSError (then `path` is unchanged)."""
+    # mkstemp creates the file mode 0600: the OCPP keys may hold the AuthorizationKey.
+    fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as tmp:
+            tmp.write(text)
+            tmp.flush()
+            os.fsync(tmp.fileno())
+        os.replace(tmp_name, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp_name)
+        raise
+    if os.name == "posix":
+        # The rename itself is only durable once the directory entry is on disk.
+        dir_fd = os.open(path.parent, os.O_RDONLY)
+        try:
+            os.fsync(dir_fd)
+        finally:
+            os.close(dir_fd)

@@ -1,0 +1,70 @@
+"""The data directory's record of its database: `<dataDir>/dcocpp-data.json`, beside it.
+
+A database file cannot say that it is missing, and SQLite cannot tell that the write-ahead log
+holding a database's latest writes was lost: the record can. It names the database, when it
+was first recorded, its schema version, and its *generation*, a number the database holds too
+(see dcocpp/storage.py for how the two are kept so that a lost write-ahead log shows). Written
+atomically (dcocpp/atomicfile.py) when the database is created and when its generation rises;
+read at every open.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import attrs
+
+from dcocpp.atomicfile import replace_file
+
+RECORD_NAME = "dcocpp-data.json"
+# For whoever finds the file: what it is for, and why it must stay.
+_ABOUT = (
+    "dcocpp: this directory holds the charger's database. Keep this file with it: without "
+    "the database it names, the charger refuses to start instead of losing its data unnoticed."
+)
+
+
+@attrs.frozen
+class DataRecord:
+    database: str  # the database's file name, in the same directory
+    created: str  # when the database was first recorded here (UTC, ISO 8601)
+    schema_version: int
+    generation: int
+
+
+def load(path: Path) -> DataRecord | None:
+    """The record in `path`; None when there is none. OSError when it cannot be read,
+    ValueError when what it holds is not a record."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        return None
+    document: Any = json.loads(text)
+    try:
+        record = DataRecord(
+            document["database"],
+            document["created"],
+            document["schemaVersion"],
+            document["generation"],
+        )
+    except KeyError as exc:
+        raise ValueError(f"not a dcocpp data record: no {exc.args[0]!r}") from exc
+    except TypeError as exc:
+        raise ValueError("not a dcocpp data record: not a JSON object") from exc
+    if not (isinstance(record.generation, int) and isinstance(record.schema_version, int)):
+        raise ValueError("not a dcocpp data record: its numbers are not integers")
+    return record
+
+
+def save(path: Path, record: DataRecord) -> None:
+    """Write the record to `path`, whole or not at all (OSError)."""
+    document = {
+        "about": _ABOUT,
+        "database": record.database,
+        "created": record.created,
+        "schemaVersion": record.schema_version,
+        "generation": record.generation,
+    }
+    replace_file(path, json.dumps(document, indent=2) + "\n")
