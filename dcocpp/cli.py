@@ -26,6 +26,7 @@ from dcocpp.config import ChargerConfig, ConfigError, load_charger_config
 from dcocpp.hardware.interface import HardwareError
 from dcocpp.logs import LoggingError, LoggingSetup
 from dcocpp.ocpp.configuration import ConfigurationError, ConfigurationStore
+from dcocpp.ocpp.transport import endpoint_url
 from dcocpp.storage import ACCEPT_DATA_LOSS, Database, StorageError, prepare_data_dir
 
 if TYPE_CHECKING:
@@ -182,9 +183,10 @@ def _check_config(args: argparse.Namespace) -> int:
         for line in str(exc).splitlines():
             print(f"  {line}", file=sys.stderr)
         return EXIT_USAGE
+    cp = config.charge_point
     print(
         f"{args.config}: OK ({len(config.connectors)} connectors, "
-        f"central system {config.charge_point.central_system_uri})"
+        f"central system {endpoint_url(cp.central_system_uri, cp.id)})"
     )
     return EXIT_OK
 

@@ -333,7 +333,7 @@ def format_status(snapshot: dict[str, Any]) -> str:
     failure = cp.get("lastConnectionFailure")
     if failure:
         lines.append(
-            f"last connection failure {failure['at']} ({failure['attempts']} attempt(s) since "
+            f"last connection failure {failure['at']} ({failure['attempts']} failure(s) since "
             f"{failure['since']}), {failure['url']}: {failure['reason']}"
         )
     counters = cp.get("hardware") or {}

@@ -496,7 +496,7 @@ def test_status_shows_the_last_connection_failure_and_every_fault() -> None:
     lines = simcli.format_status(snapshot).splitlines()
     assert lines[:2] == [
         "charge point CP-TEST: not connected, registration Disconnected",
-        "last connection failure 2026-11-24T08:00:30.000Z (4 attempt(s) since "
+        "last connection failure 2026-11-24T08:00:30.000Z (4 failure(s) since "
         "2026-11-24T08:00:00.000Z), wss://csms.example/ocpp/CP-TEST: the central system "
         "refused the WebSocket upgrade: HTTP 404 Not Found",
     ]

@@ -6,6 +6,7 @@ points at a closed loopback port, and every error here comes before any connecti
 
 from __future__ import annotations
 
+import errno
 import json
 import socket
 import subprocess
@@ -13,10 +14,13 @@ import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
+import can
 import pytest
 
 from dcocpp import cli
 from dcocpp.cli import EXIT_OK, EXIT_RUNTIME_ERROR, EXIT_USAGE
+from dcocpp.hardware.factory import open_can_bus
+from dcocpp.hardware.plc.driver import CanBusNotFound
 from tests.processes import REPO_ROOT, ManagedProcess
 
 RUN_TIMEOUT = 60.0  # every run here ends by itself within a second or two
@@ -275,3 +279,40 @@ def test_a_broken_user_configuration_is_reported_once(tmp_path: Path) -> None:
         assert charger.wait(10) == EXIT_OK
     warnings = [line for line in charger.stderr.lines if "ignoring user configuration" in line]
     assert len(warnings) == 1, warnings
+
+
+@pytest.mark.parametrize(
+    ("raised", "cause"),
+    [
+        # What socketcan raises on a charger whose can0 is not there (this machine has no
+        # SocketCAN, so it is raised here by hand).
+        (OSError(errno.ENODEV, "No such device"), "no such device"),
+        # A vendor interface whose library is not installed (python-can's pcan).
+        (OSError("pcanbasic library not found"), "the interface's driver cannot be used"),
+    ],
+)
+def test_a_can_bus_that_cannot_exist_here_is_named(
+    monkeypatch: pytest.MonkeyPatch, raised: OSError, cause: str
+) -> None:
+    def bus(**kwargs: object) -> can.BusABC:
+        raise raised
+
+    monkeypatch.setattr(can, "Bus", bus)
+    with pytest.raises(CanBusNotFound) as info:
+        open_can_bus("socketcan", "can0")
+    message = str(info.value)
+    assert message.startswith(f"CAN channel can0 (interface socketcan): {cause}"), message
+    assert "docs/can-bus.md" in message
+
+
+def test_a_bus_that_exists_but_fails_is_left_to_the_retry(monkeypatch: pytest.MonkeyPatch) -> None:
+    """can0 there but down (ENETDOWN): python-can's own error, which the driver reports as a
+    fault and retries."""
+
+    def bus(**kwargs: object) -> can.BusABC:
+        raise OSError(errno.ENETDOWN, "Network is down")
+
+    monkeypatch.setattr(can, "Bus", bus)
+    with pytest.raises(OSError) as info:
+        open_can_bus("socketcan", "can0")
+    assert not isinstance(info.value, CanBusNotFound)

@@ -133,6 +133,16 @@ def test_init_where_a_file_is_in_the_way_says_so_in_one_line(
     assert err.count("\n") == 1
 
 
+def test_init_failing_at_the_second_file_leaves_no_half_configuration(tmp_path: Path) -> None:
+    """The second file cannot be written (a directory is in its way): the first one, written
+    by this call, is taken back, so that the message's "not written" is the truth."""
+    target = tmp_path / "charger"
+    (target / "ocpp16-config.json").mkdir(parents=True)
+    with pytest.raises(defaults.InitError):
+        defaults.write_configuration(target, force=True)
+    assert sorted(p.name for p in target.iterdir()) == ["ocpp16-config.json"]
+
+
 @pytest.mark.process
 def test_an_initialized_charger_runs_outside_the_repository(tmp_path: Path) -> None:
     """pip-installed use: init, then run from a folder with no configs/ in it; the state and

@@ -537,7 +537,7 @@ async def test_reconnect_resumes_the_accepted_registration_without_boot_notifica
     assert accepted[0] == "connection state Booting -> Accepted"
     assert accepted[1].startswith(
         "connection state Connecting -> Accepted: connected to ws://csms.test/ocpp/DCOCPP-001 "
-        "after 1 failed attempt(s) since "  # the lost connection
+        "after 1 failure(s) since "  # the lost connection
     )
     assert accepted[1].endswith("; registration resumed without BootNotification")
     assert len(accepted) == 2
@@ -722,8 +722,8 @@ async def test_failed_reconnects_logged_once_per_reason_and_shown_in_the_status(
     retries = [line for line in session_lines(caplog, logging.DEBUG) if "cannot connect" in line]
     assert len(retries) == attempts - 2 - 1  # all but the first of each reason (and the drop)
     assert (
-        f"connection state Connecting -> Accepted: connected to {url} after {attempts} failed "
-        f"attempt(s) since {refused_since}; registration resumed without BootNotification"
+        f"connection state Connecting -> Accepted: connected to {url} after {attempts} "
+        f"failure(s) since {refused_since}; registration resumed without BootNotification"
         in session_lines(caplog, logging.INFO)
     )
 

@@ -286,8 +286,9 @@ async def test_tc_087_mutual_tls_with_a_client_certificate(
         ),
         (
             ssl.TLSVersion.TLSv1_2,
-            "TLS handshake failed: the central system hung up during the handshake "
-            "(does it require a client certificate?) (UNEXPECTED_EOF_WHILE_READING)",
+            "TLS handshake failed: the central system hung up during the TLS handshake "
+            "(is that port TLS at all, i.e. wss:// where it serves ws://? does it require a "
+            "client certificate?) (UNEXPECTED_EOF_WHILE_READING)",
         ),
     ],
 )

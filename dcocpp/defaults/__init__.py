@@ -83,13 +83,20 @@ def write_configuration(directory: Path, *, force: bool = False) -> list[Path]:
         names = " and ".join(str(path) for path in existing)
         verb = "exists" if len(existing) == 1 else "exist"
         raise ConfigurationExists(f"{names} {verb}: not overwriting (--force replaces)")
+    created: list[Path] = []
     try:
         directory.mkdir(parents=True, exist_ok=True)
         for path, text in contents.items():
+            new = not path.exists()
             # "x": never clobber a file that appeared since the check above.
             with path.open("w" if force else "x", encoding="utf-8") as file:
+                if new:
+                    created.append(path)
                 file.write(text)
     except OSError as exc:
+        # Half a configuration is worse than none: take back the files this call created.
+        for path in created:
+            path.unlink(missing_ok=True)
         raise InitError(f"cannot write the configuration into {directory}: {exc}") from exc
     return list(contents)
 

@@ -89,6 +89,10 @@ def _missing(exc: OSError | can.CanInterfaceNotImplementedError) -> str | None:
         return f"{reason(exc)}; {BRING_UP}"
     if exc.errno in _NO_SUCH_FAMILY:
         return f"this machine has no SocketCAN ({reason(exc)}); {BRING_UP}"
+    if exc.errno is None:
+        # Not a system call's failure but the interface's own (a vendor library that is not
+        # installed, e.g. "pcanbasic library not found"): no retry will make it appear.
+        return f"the interface's driver cannot be used ({exc}); {SELECTING}"
     return None
 
 

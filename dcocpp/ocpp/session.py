@@ -316,7 +316,7 @@ class ChargePointSession:
         text = f"connected to {self.endpoint}"
         if self._failing and self.last_failure is not None:
             failure = self.last_failure
-            text += f" after {failure.attempts} failed attempt(s) since {failure.since}"
+            text += f" after {failure.attempts} failure(s) since {failure.since}"
         self._failing = False
         if self.registration.registered:
             text += "; registration resumed without BootNotification"

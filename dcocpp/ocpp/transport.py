@@ -257,8 +257,9 @@ _TLS_HINTS = {
     "TLSV1_ALERT_UNKNOWN_CA": "the central system does not trust the CA of our client certificate",
     "TLSV1_ALERT_PROTOCOL_VERSION": "no TLS version in common (TLS 1.2 or newer is required)",
     "UNSUPPORTED_PROTOCOL": "no TLS version in common (TLS 1.2 or newer is required)",
-    "UNEXPECTED_EOF_WHILE_READING": "the central system hung up during the handshake "
-    "(does it require a client certificate?)",
+    "UNEXPECTED_EOF_WHILE_READING": "the central system hung up during the TLS handshake "
+    "(is that port TLS at all, i.e. wss:// where it serves ws://? does it require a client "
+    "certificate?)",
 }
 
 
