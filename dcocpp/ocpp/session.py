@@ -389,11 +389,18 @@ class ChargePointSession:
     _reconnecting: str | None = None  # why `reconnect` drops the connection on purpose
 
     async def _guard(self, task: Callable[[], Any], connection: trio.CancelScope) -> None:
-        """Run a per-connection task; a broken connection ends the whole connection."""
+        """Run a per-connection task; a broken connection ends the whole connection. So does
+        any other error of the OCPP layer that a task did not handle itself (each handles the
+        central system's CALLERRORs and invalid answers): a new connection starts every task
+        afresh, where letting the error through would end the process."""
         try:
             await task()
         except (ConnectionLost, ResponseTimeout) as exc:
             self._drop_reason = str(exc)
+            connection.cancel()
+        except OcppError as exc:
+            log.error("%s failed: %s; reconnecting", task.__name__.lstrip("_"), exc)
+            self._drop_reason = f"{task.__name__.lstrip('_')} failed: {exc}"
             connection.cancel()
 
     def _on_registration_change(self, old: Registration, new: Registration, reason: str) -> None:
@@ -452,7 +459,12 @@ class ChargePointSession:
                 await trio.sleep_forever()
             self._heartbeat_scope = None
             if self.registration.accepted:
-                await self.send_heartbeat()
+                try:
+                    await self.send_heartbeat()
+                except (CallError, InvalidPayload) as exc:
+                    # The central system is there (it answered): nothing to retry before the
+                    # next interval.
+                    log.warning("Heartbeat failed: %s", exc)
 
     async def send_heartbeat(self, *, triggered: bool = False) -> None:
         self._last_heartbeat = trio.current_time()
@@ -519,7 +531,9 @@ class ChargePointSession:
                         continue
                     try:
                         await self.send_status(status)
-                    except CallError as exc:
+                    except (CallError, InvalidPayload) as exc:
+                        # Delivered with an error, not resent: the central system received it
+                        # (it answered), and the same status would get the same answer.
                         log.warning(
                             "StatusNotification for connector %d failed: %s", connector_id, exc
                         )
