@@ -275,6 +275,34 @@ async def test_frames_the_charger_cannot_take_are_answered_and_the_session_survi
         assert not cp.closed
 
 
+@pytest.mark.parametrize(
+    "answer",
+    [
+        '[3,"%s",{"currentTime":' + DEEP + "}]",
+        '[3,"%s",[]]',
+        '[4,"%s","GenericError"]',
+        '[3,"%s",{"currentTime":"\\udc00"}]',
+        '[3,"%s",{"currentTime":"' + "x" * wire.MAX_FRAME_BYTES + '"}]',
+    ],
+)
+async def test_an_answer_that_is_no_frame_fails_our_call_at_once(
+    autojump_clock: Any, answer: str
+) -> None:
+    """Not at the response timeout, which would cost the connection."""
+    async with rpc_and_raw_peer() as (cp, raw), trio.open_nursery() as nursery:
+
+        async def answer_badly() -> None:
+            frame = json.loads(await raw.get_message())
+            await raw.send_message(answer % frame[1])
+
+        nursery.start_soon(answer_badly)
+        start = trio.current_time()
+        with pytest.raises(InvalidPayload, match="FormationViolation"):
+            await cp.call(call.Heartbeat())
+        assert trio.current_time() == start
+        assert not cp.closed
+
+
 def test_nesting_is_counted_outside_strings_only() -> None:
     limit = wire.MAX_NESTING
     inner = "[" * (limit - 1) + "]" * (limit - 1)  # inside the CALL's own array

@@ -53,13 +53,22 @@ _DECIMAL_ACTIONS = {
 
 class FrameError(CallErrorException):
     """A frame that is not a valid OCPP-J message. `unique_id` is set when the frame carried
-    one, so that the peer can be answered with a CALLERROR."""
+    one, so that the peer can be answered with a CALLERROR; `answer` when it is a broken
+    CALLRESULT or CALLERROR, so that the CALL it answers fails at once."""
 
-    def __init__(self, description: str, unique_id: str | None = None, *, reply: bool = False):
+    def __init__(
+        self,
+        description: str,
+        unique_id: str | None = None,
+        *,
+        reply: bool = False,
+        answer: bool = False,
+    ):
         super().__init__("FormationViolation", description)
         self.unique_id = unique_id
         # Only a CALL may be answered; answering a broken CALLRESULT could ping-pong forever.
         self.reply = reply and unique_id is not None
+        self.answer = answer and unique_id is not None
 
 
 # --- frames ----------------------------------------------------------------------------------
@@ -124,7 +133,7 @@ def decode_frame(text: str | bytes) -> Call | CallResult | CallError:
         return Call(unique_id, msg[2], msg[3])
     if type_id == MessageType.CallResult:
         if len(msg) != 3 or not isinstance(msg[2], dict):
-            raise FrameError("CALLRESULT must be [3, uniqueId, {payload}]", unique_id)
+            raise FrameError("CALLRESULT must be [3, uniqueId, {payload}]", unique_id, answer=True)
         return CallResult(unique_id, msg[2])
     if type_id == MessageType.CallError:
         if (
@@ -136,6 +145,7 @@ def decode_frame(text: str | bytes) -> Call | CallResult | CallError:
             raise FrameError(
                 "CALLERROR must be [4, uniqueId, errorCode, errorDescription, {details}]",
                 unique_id,
+                answer=True,
             )
         return CallError(unique_id, msg[2], msg[3], msg[4])
     raise FrameError(f"unknown MessageTypeId {type_id!r}", unique_id, reply=True)
@@ -158,7 +168,13 @@ def _unparsed(text: str, description: str) -> FrameError:
     head = _HEAD.match(text)
     if head is None:
         return FrameError(description)
-    return FrameError(description, head[2], reply=int(head[1]) == MessageType.Call)
+    type_id = int(head[1])
+    return FrameError(
+        description,
+        head[2],
+        reply=type_id == MessageType.Call,
+        answer=type_id in (MessageType.CallResult, MessageType.CallError),
+    )
 
 
 def _too_deep(text: str) -> bool:
