@@ -76,7 +76,9 @@ def from_schema(
             return date_time()
         return st.text(max_size=schema.get("maxLength", 60))
     if kind == "integer":
-        return st.integers(schema.get("minimum"), schema.get("maximum"))
+        # Small ones name the connectors, transactions and reservations that exist.
+        low, high = schema.get("minimum"), schema.get("maximum")
+        return st.one_of(st.integers(-1, 3), st.sampled_from([low, high]), st.integers(low, high))
     if kind == "number":
         # multipleOf 0.1 in every OCPP 1.6 number: tenths, as Decimal (exact on the wire)
         tenths = st.integers(int(schema["minimum"]) * 10, int(schema["maximum"]) * 10)
@@ -121,7 +123,9 @@ _ODD_STRINGS = st.one_of(
     ),
     st.text(min_size=1),
 )
-_LEAVES = st.one_of(st.none(), st.booleans(), st.integers(-5, 5), st.text(max_size=5), st.just(1.5))
+_LEAVES = st.one_of(
+    st.none(), st.booleans(), st.integers(-5, 5), st.text(max_size=5), st.sampled_from([1.5, 2.0])
+)
 
 
 def _junk(depth: int) -> Any:

@@ -285,6 +285,21 @@ async def test_a_status_notification_answer_with_an_extra_property_is_logged_not
     assert "StatusNotification for connector 1 failed: StatusNotification:" in caplog.text
 
 
+async def test_a_refused_triggered_status_does_not_hold_back_the_other_connectors(
+    autojump_clock: Any, tmp_path: Path
+) -> None:
+    csms = FakeCsms()
+    async with running_station(charger_config(tmp_path), csms) as h:
+        await h.booted()
+        since = csms.mark()
+        csms.answer("StatusNotification", error="GenericError")
+        trigger = call.TriggerMessage(requested_message="StatusNotification")
+        assert (await h.csms_call(trigger)).status == "Accepted"
+        answered = await h.wait_calls("StatusNotification", 2, since=since)
+    assert [p["connector_id"] for _, _, p in csms.scripted] == [0]
+    assert [p["connector_id"] for p in answered] == [1, 2]
+
+
 # --- frames ---------------------------------------------------------------------------------------
 
 

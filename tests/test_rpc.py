@@ -580,8 +580,9 @@ async def test_message_log_file_has_timestamps_and_rotates(
 def test_compiled_schemas_agree_with_the_packages_validators(
     message_type: int, action: str, payload: dict[str, Any]
 ) -> None:
-    """wire.validate compiles the ocpp package's schemas; it must accept exactly what the
-    package's own validators accept."""
+    """wire.validate compiles the ocpp package's schemas; within the int32 range it adds
+    (tests/test_hostile_csms.py), it must accept exactly what the package's own validators
+    accept."""
     from ocpp.messages import get_validator
 
     if action == "RemoteStartTransaction":  # the package validates multipleOf on Decimals
