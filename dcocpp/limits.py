@@ -360,6 +360,7 @@ class LimitEnforcer:
         """What a gun may offer when its limit cannot be computed: the lower of what it has
         and the lowest limit of any period of any valid profile that concerns it (0 A when
         that cannot be computed either)."""
+        guns = Decimal(len(self._connectors) or 1)
         try:
             lowest = ctx.local_limit(Unit.amps)
             for entry in installed:
@@ -370,12 +371,11 @@ class LimitEnforcer:
                 if purpose is Purpose.tx_profile and entry.connector_id != connector_id:
                     continue
                 schedule = profile.charging_schedule
-                share = Decimal(len(self._connectors) or 1)
+                unit = schedule.charging_rate_unit
                 for period in schedule.charging_schedule_period:
                     limit = period.limit
                     if purpose is Purpose.charge_point_max_profile:
-                        limit /= share
-                    unit = schedule.charging_rate_unit
+                        limit /= guns  # the station's: this gun's share if all charge
                     lowest = min(lowest, ctx.supply.convert(limit, unit, Unit.amps))
             lowest = _floor(lowest)
         except Exception:

@@ -17,6 +17,8 @@ from ocpp.v16 import call
 from dcocpp import limits as limits_module
 from dcocpp.hardware.simulation import SimulatedHardware
 from dcocpp.ocpp.errors import CallError
+from dcocpp.ocpp.registration import Registration
+from dcocpp.station import USER_CONFIG_NAME
 from dcocpp.storage import Database
 from tests.csms import FakeCsms
 from tests.station_harness import Harness, charger_config, running_station
@@ -298,6 +300,29 @@ async def test_a_refused_triggered_status_does_not_hold_back_the_other_connector
         answered = await h.wait_calls("StatusNotification", 2, since=since)
     assert [p["connector_id"] for _, _, p in csms.scripted] == [0]
     assert [p["connector_id"] for p in answered] == [1, 2]
+
+
+async def test_a_boot_interval_that_cannot_be_stored_does_not_undo_the_registration(
+    autojump_clock: Any, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    config = charger_config(tmp_path)
+    csms = FakeCsms(interval=120)
+    async with running_station(config, csms) as h:
+        await h.booted()
+        stored = config.data_dir / USER_CONFIG_NAME
+        stored.unlink()
+        stored.mkdir()  # the key file can no longer be replaced
+        csms.interval = 60
+        trigger = call.TriggerMessage(requested_message="BootNotification")
+        assert (await h.csms_call(trigger)).status == "Accepted"
+        await h.wait_calls("BootNotification", 2)
+        since = csms.mark()
+        await trio.sleep(610)
+        assert len(h.csms.received("Heartbeat", since)) == 5  # still every 120 s
+        assert h.station.session is not None
+        assert h.station.session.state == Registration.ACCEPTED
+        assert csms.connections == 1
+    assert "HeartbeatInterval 60 from BootNotification not taken" in caplog.text
 
 
 # --- frames ---------------------------------------------------------------------------------------

@@ -435,7 +435,7 @@ class ChargePointSession:
                     retry_after = result.interval
                 if status == RegistrationStatus.accepted:
                     if result.interval > 0:
-                        self.store.set_value("HeartbeatInterval", result.interval)
+                        self._adopt_heartbeat_interval(result.interval)
                     self._last_heartbeat = trio.current_time()
                     self.registration.boot_accepted()
                     await self._boot_now.wait()  # only a TriggerMessage boots again
@@ -446,6 +446,14 @@ class ChargePointSession:
                     self.registration.boot_rejected(reason=f"retry in {retry_after:g} s")
             with trio.move_on_after(retry_after):
                 await self._boot_now.wait()
+
+    def _adopt_heartbeat_interval(self, interval: int) -> None:
+        """The interval of an Accepted BootNotification. One that cannot be stored (a full or
+        broken disk) does not undo the registration: the heartbeat keeps its interval."""
+        try:
+            self.store.set_value("HeartbeatInterval", interval)
+        except ConfigurationError as exc:
+            log.error("HeartbeatInterval %d from BootNotification not taken: %s", interval, exc)
 
     async def _heartbeat(self) -> None:
         """Heartbeat every HeartbeatInterval seconds once Accepted; a changed interval moves

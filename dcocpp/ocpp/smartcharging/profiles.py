@@ -60,6 +60,7 @@ from ocpp.v16.enums import ChargingRateUnitType as Unit
 from ocpp.v16.enums import RecurrencyKind
 
 from dcocpp.ocpp.errors import OcppError
+from dcocpp.ocpp.wire import INT32_MAX, INT32_MIN
 
 __all__ = [
     "ChargingProfile",
@@ -82,8 +83,6 @@ __all__ = [
 _UNIT_NAMES = {"Current": Unit.amps, "Power": Unit.watts}
 
 # OCPP-J 1.6 integers are 32-bit signed; limits get the same bound (see the module docstring).
-INT32_MIN = -(2**31)
-INT32_MAX = 2**31 - 1
 MAX_LIMIT = Decimal(INT32_MAX)
 # Every date of a profile lies before this: startSchedule + startPeriod or duration (at most
 # INT32_MAX s, 68 years) + a recurrence cycle (7 days) stays far below datetime.max (9999).
