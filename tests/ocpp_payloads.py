@@ -199,3 +199,35 @@ def mutated(draw: st.DrawFn, payloads: st.SearchStrategy[dict[str, Any]]) -> dic
     else:
         container[key] = draw(_ANY_VALUE.filter(lambda v: type(v) is not type(container[key])))
     return payload
+
+
+# --- frames that are no OCPP-J frame --------------------------------------------------------
+
+
+def junk_frames() -> st.SearchStrategy[str]:
+    """WebSocket text messages a broken or hostile peer sends: not JSON, not an OCPP-J frame,
+    too deep, too large, answers to CALLs nobody made."""
+    deep = st.integers(2, 3000).map(lambda n: "[" * n + "]" * n)
+    head = st.sampled_from(['[2,"j1","Heartbeat",', '[3,"j2",', '[4,"j3","GenericError","",'])
+    return st.one_of(
+        st.text(max_size=200),
+        deep,
+        st.tuples(head, deep).map("".join),
+        st.sampled_from(
+            [
+                "",
+                "null",
+                "[]",
+                "[2]",
+                '[2,"j4"]',
+                '[2,"j5","Heartbeat",[]]',
+                '[5,"j6",{}]',
+                '[3,"nobody-asked",{}]',
+                '[4,"nobody-asked","GenericError","",{}]',
+                '[2,"j7","Heartbeat",{"x":NaN}]',
+                '[2,"\\ud800","Heartbeat",{}]',
+                '[2,"' + "x" * 37 + '","Heartbeat",{}]',
+                '[2,"j8","Heartbeat",{"x":"' + "y" * (wire.MAX_FRAME_BYTES + 1) + '"}]',
+            ]
+        ),
+    )

@@ -4,12 +4,13 @@ Against a running station (the station kept running across the steps of an examp
 central system sends generated CALLs of every action a central system may send, schema-valid
 and broken (`tests/ocpp_payloads.py`), and answers the station's own CALLs with generated
 CALLRESULTs, broken ones and CALLERRORs of any code; the EV side plugs, presents tags and
-unplugs in between. Properties:
+unplugs in between, and now and then a text message that is no OCPP-J frame at all.
+Properties:
 
 * the station never exits (an exception out of its nursery fails the test);
-* every CALL is answered within the central system's response timeout, with a CALLRESULT that
-  is schema-valid or a CALLERROR whose code is one of OCPP 1.6's, never InternalError (a
-  schema-invalid CALL gets the constraint it violates; a valid one is no internal error);
+* every CALL is answered within the central system's response timeout: a schema-valid one with
+  a schema-valid CALLRESULT or a CALLERROR, a schema-invalid one with a CALLERROR, whose code is
+  one of OCPP 1.6's and never InternalError;
 * afterwards a new station on the same data directory boots, and once the central system has
   put back what it changed (configuration keys, availability, profiles, reservations),
   charges.
@@ -101,6 +102,10 @@ STATION_ACTIONS = {
 TAGS = ("TAG-A", "TAG-B", "TAG-C")
 # Keys whose change makes the station connect again.
 _RECONNECT_KEYS = ("AuthorizationKey", "SecurityProfile")
+# Every key the charger knows (read-only ones are Rejected: that is tested too).
+_KEYS = sorted(SPECS)
+# A connection the station drops on purpose (new credentials) is back within its backoff.
+RECONNECT_LIMIT = 120
 # GetCompositeSchedule's work grows with its duration over a recurring profile (issue 12
 # item 5 bounds it); the valid ones drawn here ask for at most a week.
 WEEK = 7 * 24 * 3600
@@ -142,10 +147,6 @@ def _known_key_changes(draw: st.DrawFn) -> dict[str, Any]:
     return {"key": key, "value": value}
 
 
-# Every key the charger knows (read-only ones are Rejected: that is tested too).
-_KEYS = sorted(SPECS)
-
-
 def _answers(action: str) -> st.SearchStrategy[tuple[dict[str, Any] | None, str | None]]:
     """An answer to the station's `action`: a valid CALLRESULT, a broken one, or a CALLERROR
     of any code (OCPP's or not)."""
@@ -168,7 +169,8 @@ def steps() -> st.SearchStrategy[tuple[Any, ...]]:
         st.sampled_from(["plug", "unplug", "tag"]), st.sampled_from([1, 2]), st.sampled_from(TAGS)
     )
     wait = st.tuples(st.just("wait"), st.sampled_from([1, 10, 60, 600]))
-    return st.one_of(csms_call, csms_call, answer, ev, wait)
+    junk = ocpp_payloads.junk_frames().map(lambda text: ("frame", text))
+    return st.one_of(csms_call, csms_call, answer, ev, wait, junk)
 
 
 # --- running them -----------------------------------------------------------------------------
@@ -183,7 +185,7 @@ def _schema_valid(message_type_id: int, action: str, payload: dict[str, Any]) ->
 
 
 async def _connected(h: Harness, after: int = 0) -> Any:
-    with trio.fail_after(RESPONSE_TIMEOUT):
+    with trio.fail_after(RECONNECT_LIMIT):
         return await h.csms.wait_connected(after + 1)
 
 
@@ -239,6 +241,9 @@ async def _step(h: Harness, run: Run, step: tuple[Any, ...]) -> None:
             await trio.sleep(1)
     elif kind == "wait":
         await trio.sleep(step[1])
+    elif kind == "frame":
+        rpc = await _connected(h)
+        await rpc.websocket.send_message(step[1])  # what comes back is not looked at
     else:
         await _ev(h, *step)
 
@@ -259,7 +264,7 @@ async def _put_back(h: Harness, run: Run) -> None:
 
 
 @settings(
-    max_examples=10,
+    max_examples=15,
     deadline=None,
     # One station per example (its own data directory); autojump_clock is only time.
     suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
