@@ -27,6 +27,17 @@ recomputed every `RECONVERT_S` at the voltage measured then (the gun's own maxPo
 a limit too). An unchanged setpoint is not sent again, and one that only follows the voltage
 is logged at DEBUG: INFO says when the limit itself changes.
 
+When a limit cannot be computed. The profiles are validated into ranges the schedule can be
+computed in (`dcocpp.ocpp.smartcharging.profiles`), so this is a bug, or a measurement the
+arithmetic cannot take; either way it must not end the loop, nor the station with it. The
+failure is logged at ERROR (once while it lasts, with the profile ids concerned) and the gun
+gets a safe limit: the lower of the limit it has now and the lowest limit any valid profile
+that concerns it sets in any of its periods (a ChargePointMaxProfile divided among all guns),
+0 A when even that cannot be computed. A charger never exceeds what a central system asked
+for at some time, and never raises a limit it cannot justify; the limit is recomputed at every
+change as usual and is back to normal as soon as it can be computed. When the next change
+cannot be computed, the limits are looked at again after `RETRY_S`.
+
 This module is station wiring: it knows the connector tasks and their hardware, and the OCPP
 layer's profiles, and it is the only place where the two meet for smart charging.
 """
@@ -75,6 +86,8 @@ STEP = Decimal("0.1")
 RECONVERT_S = 10
 # A measured voltage below this is no measurement (an idle meter reads 0 V).
 MIN_MEASURED_VOLTAGE = 1.0
+# After a failure to compute the limits or their next change, look again this often (s).
+RETRY_S = 60
 
 
 def nominal_voltage(config: ConnectorConfig) -> Decimal:
@@ -132,6 +145,8 @@ class LimitEnforcer:
         self._reported: dict[int, Decimal] = {}
         # The supply (voltage) each gun's limit was computed at the last time.
         self._supplies: dict[int, Supply] = {}
+        # Per gun, the failure to compute its limit that was logged (None: computed fine).
+        self._failures: dict[int, str] = {}
         nominal = [nominal_voltage(task.config) for task in connectors.values()]
         self._station_supply = Supply.dc(min(nominal, default=Decimal(400)))
 
@@ -179,7 +194,7 @@ class LimitEnforcer:
                 for task in self._connectors.values():
                     nursery.start_soon(self._watch, task)
                 self._wake = trio.Event()
-                next_at = await self._enforce(None)
+                next_at = await self._enforce_or_retry(None)
                 task_status.started()
                 await self._loop(next_at)
         finally:
@@ -199,7 +214,7 @@ class LimitEnforcer:
                 # rounding error early, does not quite say so.
                 at = next_at
             self._wake = trio.Event()
-            next_at = await self._enforce(at)
+            next_at = await self._enforce_or_retry(at)
 
     async def _watch(self, task: ConnectorTask) -> None:
         """Follow one connector: its transactions start and end here for the profiles (the
@@ -222,6 +237,16 @@ class LimitEnforcer:
 
     # --- computing and applying --------------------------------------------------------------
 
+    async def _enforce_or_retry(self, at: datetime | None) -> datetime | None:
+        """`_enforce`, which handles the failures of the schedule arithmetic itself; anything
+        else (reading a gun's context) leaves every gun at the limit it has and is tried
+        again after RETRY_S. Never raises but Cancelled: this loop must outlive any bug."""
+        try:
+            return await self._enforce(at)
+        except Exception:
+            log.exception("current limits not recomputed; trying again in %d s", RETRY_S)
+            return self._clock.now() + timedelta(seconds=RETRY_S)
+
     async def _enforce(self, at: datetime | None) -> datetime | None:
         """Apply every gun's limit as of now (`at` if later); returns when to look again."""
         now = self._clock.now()
@@ -230,30 +255,52 @@ class LimitEnforcer:
         self._profiles.remove_expired()
         installed = self._profiles.installed
         contexts = {cid: self.context(cid) for cid in self._connectors}
-        limits = self.limits(installed, contexts, now)
+        limits = self._limits_or_safe(installed, contexts, now)
         # The limits at the voltages of the last recompute: where a gun's is what it has, its
         # new one only follows the voltage (a limit in W, converted again while a transaction
         # runs), and is no news to the operator.
         previous = self._supplies
-        at_previous = self.limits(
-            installed,
-            {
-                cid: attrs.evolve(ctx, supply=previous.get(cid, ctx.supply))
-                for cid, ctx in contexts.items()
-            },
-            now,
-        )
+        try:
+            at_previous = self.limits(
+                installed,
+                {
+                    cid: attrs.evolve(ctx, supply=previous.get(cid, ctx.supply))
+                    for cid, ctx in contexts.items()
+                },
+                now,
+            )
+        except Exception:  # logged by _limits_or_safe; whatever changes is news then
+            at_previous = {}
         self._supplies = {cid: ctx.supply for cid, ctx in contexts.items()}
         for cid, limit in limits.items():
-            await self._apply(cid, limit, news=at_previous[cid] != self.applied.get(cid))
+            await self._apply(cid, limit, news=at_previous.get(cid) != self.applied.get(cid))
         changes = [
-            next_change(installed, cid, now, transaction=ctx.transaction)
-            for cid, ctx in contexts.items()
+            self._next_change(installed, cid, now, ctx.transaction) for cid, ctx in contexts.items()
         ]
-        changes.append(next_change(installed, 0, now))
+        changes.append(self._next_change(installed, 0, now, None))
         if any(ctx.transaction is not None for ctx in contexts.values()):
             changes.append(now + timedelta(seconds=RECONVERT_S))
         return min((c for c in changes if c is not None), default=None)
+
+    def _next_change(
+        self,
+        installed: InstalledProfiles,
+        connector_id: int,
+        now: datetime,
+        transaction: RunningTransaction | None,
+    ) -> datetime | None:
+        try:
+            return next_change(installed, connector_id, now, transaction=transaction)
+        except Exception as exc:
+            log.error(
+                "connector %d: the next change of its limit cannot be computed (profiles %s):"
+                " %r; looking again in %d s",
+                connector_id,
+                _ids(installed),
+                exc,
+                RETRY_S,
+            )
+            return now + timedelta(seconds=RETRY_S)
 
     def limits(
         self,
@@ -262,22 +309,110 @@ class LimitEnforcer:
         now: datetime,
     ) -> dict[int, Decimal]:
         """Each gun's limit in A at `now` (see the module docstring)."""
+        own = {cid: self._own_limit(installed, cid, ctx, now) for cid, ctx in contexts.items()}
+        return self._shared(installed, contexts, own, now)
+
+    def _limits_or_safe(
+        self,
+        installed: InstalledProfiles,
+        contexts: Mapping[int, ChargingContext],
+        now: datetime,
+    ) -> dict[int, Decimal]:
+        """`limits()`, where a gun's limit cannot be computed its safe limit (see the module
+        docstring). A gun whose own limit fails gets the safe one; a failure of the station
+        limit or of its sharing concerns every gun."""
+        failures: dict[int, Exception] = {}
+        safe: dict[int, Decimal] = {}
         own: dict[int, Decimal] = {}
         for cid, ctx in contexts.items():
-            limit = limit_now(
-                installed,
-                cid,
-                now,
-                unit=Unit.amps,
-                supply=ctx.supply,
-                transaction=ctx.transaction,
-                local_limit=ctx.local_limit(Unit.amps),
-            )
-            assert limit is not None  # the local limit is always there
-            own[cid] = _floor(limit)
+            try:
+                own[cid] = self._own_limit(installed, cid, ctx, now)
+            except Exception as exc:
+                failures[cid] = exc
+                own[cid] = safe[cid] = self._safe_limit(installed, cid, ctx, now)
+        try:
+            result = self._shared(installed, contexts, own, now)
+        except Exception as exc:
+            failures = {cid: failures.get(cid, exc) for cid in contexts}
+            result = {}
+        for cid, ctx in contexts.items():
+            failure = failures.get(cid)
+            if failure is None:
+                if self._failures.pop(cid, None) is not None:
+                    log.info("connector %d: its current limit can be computed again", cid)
+                continue
+            if cid not in safe:
+                safe[cid] = self._safe_limit(installed, cid, ctx, now)
+            result[cid] = min(result.get(cid, safe[cid]), safe[cid])
+            why = repr(failure)
+            if self._failures.get(cid) != why:
+                self._failures[cid] = why
+                log.error(
+                    "connector %d: current limit cannot be computed (profiles %s): %s;"
+                    " keeping the safe limit %s A",
+                    cid,
+                    _ids(installed),
+                    why,
+                    result[cid],
+                )
+        return result
+
+    def _safe_limit(
+        self, installed: InstalledProfiles, connector_id: int, ctx: ChargingContext, now: datetime
+    ) -> Decimal:
+        """What a gun may offer when its limit cannot be computed: the lower of what it has
+        and the lowest limit of any period of any valid profile that concerns it (0 A when
+        that cannot be computed either)."""
+        guns = Decimal(len(self._connectors) or 1)
+        try:
+            lowest = ctx.local_limit(Unit.amps)
+            for entry in installed:
+                profile = entry.profile
+                purpose = profile.charging_profile_purpose
+                if not profile.valid_at(now) or entry.connector_id not in (0, connector_id):
+                    continue
+                if purpose is Purpose.tx_profile and entry.connector_id != connector_id:
+                    continue
+                schedule = profile.charging_schedule
+                unit = schedule.charging_rate_unit
+                for period in schedule.charging_schedule_period:
+                    limit = period.limit
+                    if purpose is Purpose.charge_point_max_profile:
+                        limit /= guns  # the station's: this gun's share if all charge
+                    lowest = min(lowest, ctx.supply.convert(limit, unit, Unit.amps))
+            lowest = _floor(lowest)
+        except Exception:
+            log.exception("connector %d: even the safe limit cannot be computed: 0 A", connector_id)
+            return Decimal(0)
+        return min(self.applied.get(connector_id, lowest), lowest)
+
+    def _own_limit(
+        self, installed: InstalledProfiles, connector_id: int, ctx: ChargingContext, now: datetime
+    ) -> Decimal:
+        """The gun's composite limit capped by its own maximum, before the station limit."""
+        limit = limit_now(
+            installed,
+            connector_id,
+            now,
+            unit=Unit.amps,
+            supply=ctx.supply,
+            transaction=ctx.transaction,
+            local_limit=ctx.local_limit(Unit.amps),
+        )
+        assert limit is not None  # the local limit is always there
+        return _floor(limit)
+
+    def _shared(
+        self,
+        installed: InstalledProfiles,
+        contexts: Mapping[int, ChargingContext],
+        own: Mapping[int, Decimal],
+        now: datetime,
+    ) -> dict[int, Decimal]:
+        """The guns' `own` limits, each cut to its share of the station limit."""
         station = self._station_limit(installed, now)
         if station is None:
-            return own
+            return dict(own)
         value, unit = station
 
         def in_unit(cid: int) -> Decimal:
@@ -360,6 +495,10 @@ class LimitEnforcer:
 
 def _decimal(value: float) -> Decimal:
     return Decimal(str(value))
+
+
+def _ids(installed: InstalledProfiles) -> str:
+    return ", ".join(str(e.profile.charging_profile_id) for e in installed) or "none"
 
 
 def _floor(value: Decimal) -> Decimal:

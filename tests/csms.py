@@ -7,6 +7,8 @@ a `FakeCsms` built on dcocpp's own RPC in the server role. Everything stays insi
 
 from __future__ import annotations
 
+import functools
+import inspect
 from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
 from typing import Any
@@ -29,6 +31,34 @@ def now_iso() -> str:
     return datetime.now(UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
 
 
+@attrs.frozen
+class _Answer:
+    payload: dict[str, Any]
+    error: str | None
+
+    def give(self) -> dict[str, Any]:
+        if self.error is not None:
+            raise CallError(self.error, "scripted by the test")
+        return self.payload
+
+
+def _handles(action: Action) -> Callable[[Any], Any]:
+    """`@on(action)` for a FakeCsms handler, whose answer `FakeCsms.answer` can script."""
+
+    def decorate(handler: Callable[..., Any]) -> Any:
+        @functools.wraps(handler)
+        async def run(self: FakeCsms, **payload: Any) -> Any:
+            scripted = self._scripted(action.value, payload)
+            if scripted is not None:
+                return scripted.give()
+            result = handler(self, **payload)
+            return await result if inspect.isawaitable(result) else result
+
+        return on(action)(run)
+
+    return decorate
+
+
 class FakeCsms:
     """A scriptable central system. `calls` holds (trio time, action, snake_case payload) of
     every CALL the charge point made; `rpc` is the current connection for CSMS-initiated calls.
@@ -43,7 +73,10 @@ class FakeCsms:
     the next CALLs of an action with a CALLERROR (each recorded in `refused`, not in `calls`);
     `hold` keeps the answers to an action back until `release` (the held CALLs are in
     `waiting` meanwhile). SecurityEventNotification is answered NotImplemented (and recorded in
-    `refused`) unless `security_events` is set.
+    `refused`) unless `security_events` is set. Any action: `answer` scripts the next answers
+    (any payload, any error code; recorded in `scripted`); with `validate=False` neither the
+    CALLs the test sends nor the answers are held to the schema (a central system that sends
+    what it likes).
     """
 
     def __init__(
@@ -56,7 +89,9 @@ class FakeCsms:
         parent_id_tags: Mapping[str, str] | None = None,
         start_statuses: Mapping[str, str] | None = None,
         security_events: bool = False,
+        validate: bool = True,
     ):
+        self.validate = validate
         self.boot_statuses = list(boot_statuses or [RegistrationStatus.accepted])
         self.interval = interval
         self.authenticate = authenticate
@@ -79,6 +114,9 @@ class FakeCsms:
         self.held: list[tuple[float, str, dict[str, Any]]] = []
         self._refusals: list[_Refusal] = []
         self._gates: dict[str, trio.Event] = {}
+        # (trio time, action, payload) of every CALL given a scripted answer (`answer`).
+        self.scripted: list[tuple[float, str, dict[str, Any]]] = []
+        self._answers: dict[str, list[_Answer]] = {}
 
     # --- misbehaving -------------------------------------------------------------------------
 
@@ -93,6 +131,27 @@ class FakeCsms:
         """Answer the next `times` CALLs of `action` (those `when` accepts) with a CALLERROR
         `code`; a later `refuse` of the same action adds to the earlier ones."""
         self._refusals.append(_Refusal(action, times, code, when))
+
+    def answer(
+        self,
+        action: str,
+        payload: dict[str, Any] | None = None,
+        *,
+        error: str | None = None,
+        times: int = 1,
+    ) -> None:
+        """Answer the next `times` CALLs of `action` with `payload` (camelCase, sent as it is:
+        with `validate=False` even when the schema forbids it) or, with `error`, a CALLERROR
+        of that code (any string). Queued after the answers scripted before."""
+        self._answers.setdefault(action, []).extend([_Answer(payload or {}, error)] * times)
+
+    def _scripted(self, action: str, payload: dict[str, Any]) -> _Answer | None:
+        queue = self._answers.get(action)
+        if not queue:
+            return None
+        self.scripted.append((trio.current_time(), action, payload))
+        self._notify()
+        return queue.pop(0)
 
     def hold(self, action: str) -> None:
         """Keep the answers to `action` back (the CALLs arrive, wait in `waiting`) until
@@ -203,7 +262,9 @@ class FakeCsms:
 
     async def serve(self, charge_point_id: str, ws: WebSocketConnection) -> None:
         self.cp_id = charge_point_id
-        rpc = RpcConnection(ws, self, message_log=MessageLog(f"cp:{charge_point_id}"))
+        rpc = RpcConnection(
+            ws, self, message_log=MessageLog(f"cp:{charge_point_id}"), validate=self.validate
+        )
         self.rpc = rpc
         self.connections += 1
         self._notify()
@@ -216,7 +277,7 @@ class FakeCsms:
 
     # --- handlers ----------------------------------------------------------------------------
 
-    @on(Action.boot_notification)
+    @_handles(Action.boot_notification)
     def on_boot(self, **payload: Any) -> Any:
         self._record("BootNotification", payload)
         status = self.boot_statuses.pop(0) if len(self.boot_statuses) > 1 else self.boot_statuses[0]
@@ -224,32 +285,32 @@ class FakeCsms:
             current_time=now_iso(), interval=self.interval, status=status
         )
 
-    @on(Action.heartbeat)
+    @_handles(Action.heartbeat)
     def on_heartbeat(self, **payload: Any) -> Any:
         self._record("Heartbeat", payload)
         return call_result.Heartbeat(current_time=now_iso())
 
-    @on(Action.status_notification)
+    @_handles(Action.status_notification)
     def on_status(self, **payload: Any) -> Any:
         self._record("StatusNotification", payload)
         return call_result.StatusNotification()
 
-    @on(Action.diagnostics_status_notification)
+    @_handles(Action.diagnostics_status_notification)
     def on_diagnostics_status(self, **payload: Any) -> Any:
         self._record("DiagnosticsStatusNotification", payload)
         return call_result.DiagnosticsStatusNotification()
 
-    @on(Action.firmware_status_notification)
+    @_handles(Action.firmware_status_notification)
     def on_firmware_status(self, **payload: Any) -> Any:
         self._record("FirmwareStatusNotification", payload)
         return call_result.FirmwareStatusNotification()
 
-    @on(Action.authorize)
+    @_handles(Action.authorize)
     def on_authorize(self, id_tag: str, **payload: Any) -> Any:
         self._record("Authorize", {"id_tag": id_tag, **payload})
         return call_result.Authorize(id_tag_info=self.id_tag_info(id_tag))
 
-    @on(Action.start_transaction)
+    @_handles(Action.start_transaction)
     async def on_start_transaction(self, **payload: Any) -> Any:
         await self._gate("StartTransaction", payload)
         transaction_id = self.next_transaction_id
@@ -262,7 +323,7 @@ class FakeCsms:
             id_tag_info=self.id_tag_info(id_tag, self.start_statuses.get(id_tag)),
         )
 
-    @on(Action.stop_transaction)
+    @_handles(Action.stop_transaction)
     async def on_stop_transaction(self, **payload: Any) -> Any:
         await self._gate("StopTransaction", payload)
         self._record("StopTransaction", payload)
@@ -271,13 +332,13 @@ class FakeCsms:
             id_tag_info=None if id_tag is None else self.id_tag_info(id_tag)
         )
 
-    @on(Action.meter_values)
+    @_handles(Action.meter_values)
     async def on_meter_values(self, **payload: Any) -> Any:
         await self._gate("MeterValues", payload)
         self._record("MeterValues", payload)
         return call_result.MeterValues()
 
-    @on(Action.security_event_notification)
+    @_handles(Action.security_event_notification)
     async def on_security_event(self, **payload: Any) -> Any:
         if not self.security_events:
             # What a central system without the security extension answers.

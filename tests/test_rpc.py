@@ -12,6 +12,7 @@ import pytest
 import trio
 import trio.lowlevel
 import trio.testing
+from ocpp.messages import Call
 from ocpp.routing import on
 from ocpp.v16 import call, call_result
 from ocpp.v16.enums import Action, AuthorizationStatus
@@ -202,6 +203,115 @@ async def test_invalid_calls_get_ocpp16_callerror_codes(
         # The session survives: a valid CALL right after is answered normally.
         ok = await exchange(raw, [2, "next", "GetConfiguration", {}])
         assert ok[0] == 3 and ok[1] == "next"
+
+
+DEEP = "[" * (wire.MAX_NESTING + 1) + "]" * (wire.MAX_NESTING + 1)
+
+
+@pytest.mark.parametrize(
+    ("frame", "code"),
+    [
+        # Refused before json.loads (which recursed until RecursionError): the head says CALL.
+        (f'[2,"n1","ChangeConfiguration",{{"key":{"[" * 2000}', "FormationViolation"),
+        (
+            f'[2,"n2","ChangeConfiguration",{{"key":"K","value":"1","x":{DEEP}}}]',
+            "FormationViolation",
+        ),
+        (
+            '[2,"n3","DataTransfer",{"vendorId":"V","data":"%s"}]' % ("x" * wire.MAX_FRAME_BYTES),
+            "FormationViolation",
+        ),
+        # Not JSON, though Python's json.loads takes it.
+        (
+            '[2,"n4","ChangeAvailability",{"connectorId":NaN,"type":"Operative"}]',
+            "FormationViolation",
+        ),
+        (
+            '[2,"n5","ChangeAvailability",{"connectorId":-Infinity,"type":"Operative"}]',
+            "FormationViolation",
+        ),
+        (
+            '[2,"n6","ChangeAvailability",{"connectorId":%s,"type":"Operative"}]' % ("9" * 5000),
+            "FormationViolation",
+        ),
+        ('[2,"n7","Heartbeat",{', "FormationViolation"),
+        # JSON, but a string no UTF-8 can carry (the answer could not be sent).
+        ('[2,"n8","ChangeConfiguration",{"key":"\\ud800","value":"1"}]', "FormationViolation"),
+        # OCPP-J 1.6 integers are 32-bit.
+        (
+            '[2,"n9","ChangeAvailability",{"connectorId":2147483648,"type":"Operative"}]',
+            "TypeConstraintViolation",
+        ),
+        (
+            '[2,"n10","ChangeAvailability",{"connectorId":-2147483649,"type":"Operative"}]',
+            "TypeConstraintViolation",
+        ),
+        (
+            '[2,"n11","ChangeAvailability",{"connectorId":1e20,"type":"Operative"}]',
+            "TypeConstraintViolation",
+        ),
+        (
+            '[2,"n12","ChangeAvailability",{"connectorId":1e400,"type":"Operative"}]',
+            "TypeConstraintViolation",
+        ),
+        ('[2,"n13","ChangeAvailability",{"connectorId":2147483647,"type":"Operative"}]', None),
+        ('[2,"n14","ChangeAvailability",{"connectorId":-2147483648,"type":"Operative"}]', None),
+    ],
+)
+async def test_frames_the_charger_cannot_take_are_answered_and_the_session_survives(
+    autojump_clock: Any, frame: str, code: str | None
+) -> None:
+    """Each of these once escaped the reader (RecursionError, UnicodeEncodeError) or its
+    handler (InternalError); `None`: an ordinary answer."""
+    async with rpc_and_raw_peer() as (cp, raw):
+        reply = await exchange(raw, frame)
+        unique_id = frame.split('"')[1]
+        if code is None:
+            assert reply[:2] == [3, unique_id]
+        else:
+            assert reply[:3] == [4, unique_id, code]
+        ok = await exchange(raw, [2, "next", "GetConfiguration", {}])
+        assert ok[:2] == [3, "next"]
+        assert not cp.closed
+
+
+@pytest.mark.parametrize(
+    "answer",
+    [
+        '[3,"%s",{"currentTime":' + DEEP + "}]",
+        '[3,"%s",[]]',
+        '[4,"%s","GenericError"]',
+        '[3,"%s",{"currentTime":"\\udc00"}]',
+        '[3,"%s",{"currentTime":"' + "x" * wire.MAX_FRAME_BYTES + '"}]',
+    ],
+)
+async def test_an_answer_that_is_no_frame_fails_our_call_at_once(
+    autojump_clock: Any, answer: str
+) -> None:
+    """Not at the response timeout, which would cost the connection."""
+    async with rpc_and_raw_peer() as (cp, raw), trio.open_nursery() as nursery:
+
+        async def answer_badly() -> None:
+            frame = json.loads(await raw.get_message())
+            await raw.send_message(answer % frame[1])
+
+        nursery.start_soon(answer_badly)
+        start = trio.current_time()
+        with pytest.raises(InvalidPayload, match="FormationViolation"):
+            await cp.call(call.Heartbeat())
+        assert trio.current_time() == start
+        assert not cp.closed
+
+
+def test_nesting_is_counted_outside_strings_only() -> None:
+    limit = wire.MAX_NESTING
+    inner = "[" * (limit - 1) + "]" * (limit - 1)  # inside the CALL's own array
+    assert isinstance(wire.decode_frame(f'[2,"a","X",{{"k":{inner[1:-1]}}}]'), Call)
+    with pytest.raises(wire.FrameError, match="nested deeper"):
+        wire.decode_frame(f'[2,"a","X",{{"k":{inner}}}]')
+    # Brackets in strings, also after escaped quotes and backslashes, are text.
+    text = '"' + "[" * 100 + '\\"' + "{" * 100 + '\\\\"'
+    assert isinstance(wire.decode_frame(f'[2,"a","X",{{"k":{text}}}]'), Call)
 
 
 async def test_garbage_frames_are_logged_and_session_survives(
@@ -470,8 +580,9 @@ async def test_message_log_file_has_timestamps_and_rotates(
 def test_compiled_schemas_agree_with_the_packages_validators(
     message_type: int, action: str, payload: dict[str, Any]
 ) -> None:
-    """wire.validate compiles the ocpp package's schemas; it must accept exactly what the
-    package's own validators accept."""
+    """wire.validate compiles the ocpp package's schemas; within the int32 range it adds
+    (tests/test_hostile_csms.py), it must accept exactly what the package's own validators
+    accept."""
     from ocpp.messages import get_validator
 
     if action == "RemoteStartTransaction":  # the package validates multipleOf on Decimals

@@ -55,14 +55,20 @@ def utc_now() -> datetime:
 
 
 def parse_expiry(value: str | None) -> datetime | None:
-    """An OCPP dateTime as an aware datetime; None when absent or unreadable."""
+    """An OCPP dateTime as an aware UTC datetime; None when absent or unreadable, or outside
+    what UTC can express (9999-12-31T23:00:00-02:00 is year 10000)."""
     if not value:
         return None
     try:
         parsed = datetime.fromisoformat(value.replace("Z", "+00:00"))
     except ValueError:
         return None
-    return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
+    if parsed.tzinfo is None:
+        return parsed.replace(tzinfo=UTC)
+    try:
+        return parsed.astimezone(UTC)
+    except OverflowError:
+        return None
 
 
 def effective(info: Mapping[str, Any], now: datetime) -> IdTagInfo:

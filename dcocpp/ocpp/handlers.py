@@ -35,7 +35,7 @@ from ocpp.v16.enums import (
 )
 
 from dcocpp.ocpp.authcache import AuthStoreError, cache_enabled, parse_expiry
-from dcocpp.ocpp.errors import CallError
+from dcocpp.ocpp.errors import CallError, InvalidPayload
 from dcocpp.ocpp.locallist import NO_LIST_SUPPORT, limits_of, list_enabled, tags_of
 from dcocpp.ocpp.registration import Registration
 from dcocpp.ocpp.smartcharging.handlers import SmartChargingHandlers
@@ -239,7 +239,15 @@ class CoreHandlers(SmartChargingHandlers):
         elif message == MessageTrigger.status_notification:
             for status in session.control.statuses():
                 if connector_id is None or status.connector_id == connector_id:
-                    await session.send_status(status, triggered=True)
+                    try:
+                        await session.send_status(status, triggered=True)
+                    except (CallError, InvalidPayload) as exc:
+                        # That one's failure: the other connectors' statuses still go out.
+                        log.warning(
+                            "triggered StatusNotification for connector %d failed: %s",
+                            status.connector_id,
+                            exc,
+                        )
         elif message == MessageTrigger.meter_values:
             await session.control.trigger_meter_values(connector_id)
         elif message == MessageTrigger.diagnostics_status_notification:

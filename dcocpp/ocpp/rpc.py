@@ -49,7 +49,8 @@ class _Pending:
     unique_id: str
     action: str
     done: trio.Event = attrs.field(factory=trio.Event)
-    response: CallResult | CallError | None = None
+    # The answer; a FrameError when the answer came but could not be read.
+    response: CallResult | CallError | wire.FrameError | None = None
 
 
 class RpcConnection:
@@ -58,7 +59,7 @@ class RpcConnection:
     `run()` reads until the WebSocket closes, then returns; handler tasks still running are
     cancelled with it. `call()` raises `ConnectionLost` when the socket closes under it,
     `CallError` when the peer answers with a CALLERROR, and `InvalidPayload` when either side's
-    payload fails the schema.
+    payload fails the schema (or the answer is not even a well-formed frame).
     """
 
     def __init__(
@@ -123,8 +124,12 @@ class RpcConnection:
             frame = wire.decode_frame(text)
         except wire.FrameError as exc:
             log.warning("malformed OCPP-J frame from the peer: %s", exc.description)
+            pending = self._pending
             if exc.reply and exc.unique_id is not None:
                 await self._send_error(exc.unique_id, exc)
+            elif exc.answer and pending is not None and exc.unique_id == pending.unique_id:
+                pending.response = exc  # our CALL fails now, not at its response timeout
+                pending.done.set()
             else:
                 self._log.note(f"dropped malformed frame: {exc.description}")
             return
@@ -251,6 +256,8 @@ class RpcConnection:
         response = pending.response
         if response is None:
             raise ConnectionLost(f"connection closed while waiting for the answer to {action}")
+        if isinstance(response, wire.FrameError):
+            raise InvalidPayload(action, response)
         if isinstance(response, CallError):
             raise CallErrorException(
                 response.error_code, response.error_description, response.error_details

@@ -412,11 +412,18 @@ class ChargePointSession:
     _reconnecting: str | None = None  # why `reconnect` drops the connection on purpose
 
     async def _guard(self, task: Callable[[], Any], connection: trio.CancelScope) -> None:
-        """Run a per-connection task; a broken connection ends the whole connection."""
+        """Run a per-connection task; a broken connection ends the whole connection. So does
+        any other error of the OCPP layer that a task did not handle itself (each handles the
+        central system's CALLERRORs and invalid answers): a new connection starts every task
+        afresh, where letting the error through would end the process."""
         try:
             await task()
         except (ConnectionLost, ResponseTimeout) as exc:
             self._drop_reason = str(exc)
+            connection.cancel()
+        except OcppError as exc:
+            log.error("%s failed: %s; reconnecting", task.__name__.lstrip("_"), exc)
+            self._drop_reason = f"{task.__name__.lstrip('_')} failed: {exc}"
             connection.cancel()
 
     def _answers(self, action: str) -> bool:
@@ -476,7 +483,7 @@ class ChargePointSession:
                     retry_after = result.interval
                 if status == RegistrationStatus.accepted:
                     if result.interval > 0:
-                        self.store.set_value("HeartbeatInterval", result.interval)
+                        self._adopt_heartbeat_interval(result.interval)
                     self._last_heartbeat = trio.current_time()
                     self.registration.boot_accepted()
                     continue
@@ -485,6 +492,14 @@ class ChargePointSession:
                 else:
                     self.registration.boot_rejected(reason=f"retry in {retry_after:g} s")
             self._next_boot = trio.current_time() + retry_after
+
+    def _adopt_heartbeat_interval(self, interval: int) -> None:
+        """The interval of an Accepted BootNotification. One that cannot be stored (a full or
+        broken disk) does not undo the registration: the heartbeat keeps its interval."""
+        try:
+            self.store.set_value("HeartbeatInterval", interval)
+        except ConfigurationError as exc:
+            log.error("HeartbeatInterval %d from BootNotification not taken: %s", interval, exc)
 
     async def _heartbeat(self) -> None:
         """Heartbeat every HeartbeatInterval seconds once Accepted; a changed interval moves
@@ -498,7 +513,12 @@ class ChargePointSession:
                 await trio.sleep_forever()
             self._heartbeat_scope = None
             if self.registration.accepted:
-                await self.send_heartbeat()
+                try:
+                    await self.send_heartbeat()
+                except (CallError, InvalidPayload) as exc:
+                    # The central system is there (it answered): nothing to retry before the
+                    # next interval.
+                    log.warning("Heartbeat failed: %s", exc)
 
     async def send_heartbeat(self, *, triggered: bool = False) -> None:
         self._last_heartbeat = trio.current_time()
@@ -565,7 +585,9 @@ class ChargePointSession:
                         continue
                     try:
                         await self.send_status(status)
-                    except CallError as exc:
+                    except (CallError, InvalidPayload) as exc:
+                        # Delivered with an error, not resent: the central system received it
+                        # (it answered), and the same status would get the same answer.
                         log.warning(
                             "StatusNotification for connector %d failed: %s", connector_id, exc
                         )

@@ -30,7 +30,7 @@ from trio_websocket import (
 )
 
 from dcocpp.ocpp.errors import TransportError
-from dcocpp.ocpp.wire import SUBPROTOCOL
+from dcocpp.ocpp.wire import MAX_WEBSOCKET_MESSAGE_BYTES, SUBPROTOCOL
 
 log = logging.getLogger(__name__)
 
@@ -161,6 +161,7 @@ async def _run_websocket(
                             resource,
                             subprotocols=[SUBPROTOCOL],
                             extra_headers=headers,
+                            max_message_size=MAX_WEBSOCKET_MESSAGE_BYTES,
                         )
                     except (
                         OSError,

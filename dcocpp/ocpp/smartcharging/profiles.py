@@ -23,6 +23,12 @@ The rules, with the OCPP 1.6 (edition 2) references:
 * duration 0 means no duration (the last period lasts until validTo or the transaction's end),
   as libocpp treats it; a negative duration is refused.
 * validTo must be after validFrom: such a profile could never apply.
+* Ranges the schedule can be computed in: every integer is an OCPP integer (32-bit signed, so
+  startPeriod and duration are at most 2^31 - 1 s, about 68 years), every limit at most
+  2^31 - 1 (A or W), and every date (startSchedule, validFrom, validTo) before
+  `LATEST_DATE` (9000-01-01T00:00:00Z), so that a date plus a period, the duration and a
+  recurrence cycle stays within what a datetime can hold. A date that cannot be expressed in
+  UTC at all (0001-01-01T00:00:00+01:00) is refused as well.
 * Configuration keys (9.4): stackLevel <= ChargeProfileMaxStackLevel, the unit in
   ChargingScheduleAllowedChargingRateUnit, at most ChargingScheduleMaxPeriods periods, at
   most MaxChargingProfilesInstalled profiles installed (`InstalledProfiles.install`).
@@ -54,6 +60,7 @@ from ocpp.v16.enums import ChargingRateUnitType as Unit
 from ocpp.v16.enums import RecurrencyKind
 
 from dcocpp.ocpp.errors import OcppError
+from dcocpp.ocpp.wire import INT32_MAX, INT32_MIN
 
 __all__ = [
     "ChargingProfile",
@@ -74,6 +81,12 @@ __all__ = [
 
 # What ChargingScheduleAllowedChargingRateUnit lists (9.4), and the unit each one means.
 _UNIT_NAMES = {"Current": Unit.amps, "Power": Unit.watts}
+
+# OCPP-J 1.6 integers are 32-bit signed; limits get the same bound (see the module docstring).
+MAX_LIMIT = Decimal(INT32_MAX)
+# Every date of a profile lies before this: startSchedule + startPeriod or duration (at most
+# INT32_MAX s, 68 years) + a recurrence cycle (7 days) stays far below datetime.max (9999).
+LATEST_DATE = datetime(9000, 1, 1, tzinfo=UTC)
 
 _E = TypeVar("_E", bound=enum.Enum)
 
@@ -172,11 +185,15 @@ def parse_datetime(text: str) -> datetime:
     """An OCPP dateTime -> an aware UTC datetime.
 
     OCPP 1.6 wants UTC; a value without an offset is taken as UTC (some central systems leave
-    the Z out), one with another offset is converted. Raises ValueError."""
+    the Z out), one with another offset is converted. Raises ValueError, also for an instant
+    that UTC cannot express (0001-01-01T00:00:00+01:00)."""
     parsed = datetime.fromisoformat(text)
     if parsed.tzinfo is None:
         return parsed.replace(tzinfo=UTC)
-    return parsed.astimezone(UTC)
+    try:
+        return parsed.astimezone(UTC)
+    except OverflowError:
+        raise ValueError(f"{text!r} is outside the range of UTC dates") from None
 
 
 def format_datetime(moment: datetime) -> str:
@@ -231,7 +248,9 @@ def _parse_schedule(reader: _Reader) -> ChargingSchedule:
         # 0 seconds would be a schedule that never applies; libocpp reads it as "no duration".
         duration=duration or None,
         start_schedule=reader.optional_datetime("start_schedule"),
-        min_charging_rate=reader.optional_decimal("min_charging_rate", minimum=Decimal(0)),
+        min_charging_rate=reader.optional_decimal(
+            "min_charging_rate", minimum=Decimal(0), maximum=MAX_LIMIT
+        ),
     )
 
 
@@ -241,7 +260,7 @@ def _parse_period(reader: _Reader) -> ChargingSchedulePeriod:
         raise ProfileError(reader.path("numberPhases"), f"{phases} phases: at most 3")
     return ChargingSchedulePeriod(
         start_period=reader.integer("start_period", minimum=0),
-        limit=reader.decimal("limit", minimum=Decimal(0)),
+        limit=reader.decimal("limit", minimum=Decimal(0), maximum=MAX_LIMIT),
         number_phases=phases,
     )
 
@@ -345,14 +364,18 @@ class _Reader:
             return None
         return self.integer(key, minimum=minimum)
 
-    def decimal(self, key: str, *, minimum: Decimal | None = None) -> Decimal:
+    def decimal(
+        self, key: str, *, minimum: Decimal | None = None, maximum: Decimal | None = None
+    ) -> Decimal:
         where, value = self._get(key)
-        return _decimal(value, where, minimum)
+        return _decimal(value, where, minimum, maximum)
 
-    def optional_decimal(self, key: str, *, minimum: Decimal | None = None) -> Decimal | None:
+    def optional_decimal(
+        self, key: str, *, minimum: Decimal | None = None, maximum: Decimal | None = None
+    ) -> Decimal | None:
         if self._data.get(key) is None:
             return None
-        return self.decimal(key, minimum=minimum)
+        return self.decimal(key, minimum=minimum, maximum=maximum)
 
     def enum(self, key: str, enum_type: type[_E]) -> _E:
         where, value = self._get(key)
@@ -373,13 +396,23 @@ class _Reader:
         where, value = self._get(key)
         if isinstance(value, datetime):
             _require_aware(value, where)
-            return value.astimezone(UTC)
-        if not isinstance(value, str):
+            moment = value
+        elif isinstance(value, str):
+            try:
+                moment = parse_datetime(value)
+            except ValueError:
+                raise ProfileError(where, f"{value!r} is not a dateTime (in UTC)") from None
+        else:
             raise ProfileError(where, f"must be a dateTime string, not {type(value).__name__}")
         try:
-            return parse_datetime(value)
-        except ValueError:
-            raise ProfileError(where, f"{value!r} is not a dateTime") from None
+            moment = moment.astimezone(UTC)
+        except OverflowError:
+            raise ProfileError(where, f"{value} cannot be expressed in UTC") from None
+        if moment >= LATEST_DATE:
+            raise ProfileError(
+                where, f"{format_datetime(moment)} is not before {format_datetime(LATEST_DATE)}"
+            )
+        return moment
 
 
 def _camel(key: str) -> str:
@@ -395,12 +428,16 @@ def _integer(value: Any, where: str, minimum: int | None) -> int:
         if not value.is_finite() or value != value.to_integral_value():
             raise ProfileError(where, f"must be an integer, not {value}")
         value = int(value)
+    if not INT32_MIN <= value <= INT32_MAX:
+        raise ProfileError(where, f"{value} is not a 32-bit integer")
     if minimum is not None and value < minimum:
         raise ProfileError(where, f"{value} is below the minimum {minimum}")
     return value
 
 
-def _decimal(value: Any, where: str, minimum: Decimal | None) -> Decimal:
+def _decimal(
+    value: Any, where: str, minimum: Decimal | None, maximum: Decimal | None = None
+) -> Decimal:
     if isinstance(value, bool) or not isinstance(value, int | float | Decimal):
         raise ProfileError(where, f"must be a number, not {value!r}")
     try:
@@ -412,6 +449,8 @@ def _decimal(value: Any, where: str, minimum: Decimal | None) -> Decimal:
         raise ProfileError(where, f"{value} is not a finite number")
     if minimum is not None and number < minimum:
         raise ProfileError(where, f"{number} is below the minimum {minimum}")
+    if maximum is not None and number > maximum:
+        raise ProfileError(where, f"{number} is above the maximum {maximum}")
     return number
 
 
