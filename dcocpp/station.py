@@ -43,7 +43,7 @@ from ocpp.v16.enums import (
 from dcocpp import api
 from dcocpp.config import ChargerConfig
 from dcocpp.connector import events as ev
-from dcocpp.connector.metering import SystemClock, WallClock, ocpp_time
+from dcocpp.connector.metering import MEASURANDS, SystemClock, WallClock, ocpp_time
 from dcocpp.connector.task import (
     INBOX_SIZE,
     RELAY_ACK_DEADLINE,
@@ -148,6 +148,7 @@ def load_configuration_store(config: ChargerConfig) -> ConfigurationStore:
             "CentralSystemURI": config.charge_point.central_system_uri,
             "NumberOfConnectors": len(config.connectors),
         },
+        measurable=MEASURANDS,
     )
 
 

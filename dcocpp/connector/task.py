@@ -186,6 +186,8 @@ class ConnectorTask:
         self._resync = trio.Event()  # the station's reservations changed (see resync)
         # Tags presented at the reader whose authorization someone awaits (present_id).
         self._tag_waits: dict[str, _TagWait] = {}
+        # Measurand lists that gave no value at all (logged at INFO once each, see _sample).
+        self._unmeasured: set[tuple[str, ...]] = set()
 
     def _settings(self) -> Settings:
         store = self.services.store
@@ -245,6 +247,8 @@ class ConnectorTask:
         """MeterValues now (TriggerMessage): on the transaction if one runs."""
         measurands = self.services.store.get_list("MeterValuesSampledData")
         sample = self._sample(measurands, context)
+        if sample is None:
+            return
         if self.transaction is not None:
             self.services.outbox.meter_values(self.transaction, [sample])
         else:
@@ -569,14 +573,27 @@ class ConnectorTask:
         context: ReadingContext,
         reading: hw.MeterReading | None = None,
         at: str | None = None,
-    ) -> dict[str, Any]:
-        return meter_value(
+    ) -> dict[str, Any] | None:
+        """A MeterValue of `measurands`; None when none of them can be measured now (SoC
+        alone while the EV does not tell it): no message is built without a value."""
+        sample = meter_value(
             self.gun.read_meter() if reading is None else reading,
             measurands,
             context,
             ocpp_time(self.services.clock.now()) if at is None else at,
             offered_a=self.offered_a if self.offered_a is not None else self.config.max_current_a,
         )
+        if sample is None:
+            key = tuple(measurands)
+            log.log(
+                logging.DEBUG if key in self._unmeasured else logging.INFO,
+                "connector %d: none of %s can be measured now: no %s sample",
+                self.id,
+                ",".join(measurands),
+                context.value,
+            )
+            self._unmeasured.add(key)
+        return sample
 
     def _add_stop_sample(
         self, tx: LocalTransaction, measurands: list[str], context: ReadingContext
@@ -586,7 +603,8 @@ class ConnectorTask:
         reading = self.gun.read_meter()
         at = ocpp_time(self.services.clock.now())
         sample = self._sample(measurands, context, reading, at)
-        self.services.outbox.add_transaction_data(tx, sample, round(reading.energy_wh), at)
+        if sample is not None:
+            self.services.outbox.add_transaction_data(tx, sample, round(reading.energy_wh), at)
 
     def _start_transaction(self, effect: ev.StartTransaction) -> None:
         reading = self.gun.read_meter()
@@ -697,10 +715,10 @@ class ConnectorTask:
                 continue  # a new interval counts from the last sample, at once
             last = trio.current_time()
             measurands = store.get_list("MeterValuesSampledData")
-            if measurands:
-                self.services.outbox.meter_values(
-                    tx, [self._sample(measurands, ReadingContext.sample_periodic)]
-                )
+            periodic = ReadingContext.sample_periodic
+            sample = self._sample(measurands, periodic) if measurands else None
+            if sample is not None:
+                self.services.outbox.meter_values(tx, [sample])
             stop_measurands = store.get_list("StopTxnSampledData")
             if stop_measurands:
                 self._add_stop_sample(tx, stop_measurands, ReadingContext.sample_periodic)
@@ -716,8 +734,8 @@ class ConnectorTask:
                 continue  # a new interval re-aligns at once
             measurands = store.get_list("MeterValuesAlignedData")
             tx = self.transaction
-            if measurands:
-                sample = self._sample(measurands, ReadingContext.sample_clock)
+            sample = self._sample(measurands, ReadingContext.sample_clock) if measurands else None
+            if sample is not None:
                 if tx is not None:
                     self.services.outbox.meter_values(tx, [sample])
                 else:

@@ -283,6 +283,17 @@ class PlcEmulator:
         self._ev = None
         self._ev_suspended = False
         self._send_cp_status()
+        # The session is over: the host must not go on reporting the gone EV's SoC.
+        self._send(
+            "ChargingSession",
+            {
+                "SESSION_ACTIVE": 0,
+                "SOC_PCT": 0,
+                "EVDC_MAX_CURRENT_0p1A": 0,
+                "EVDC_MAX_VOLTAGE_0p1V": 0,
+                "EVDC_TARGET_CURRENT_0p1A": 0,
+            },
+        )
 
     def set_ev_suspended(self, suspended: bool) -> None:
         self._require_running()
