@@ -574,23 +574,33 @@ async def test_minimum_status_duration_suppresses_short_statuses(
         assert trio.current_time() - plugged_at == pytest.approx(10, abs=1e-6)
 
 
-async def test_every_status_is_sent_in_order_online_without_minimum_duration(
+async def test_statuses_not_sent_yet_are_coalesced_to_a_path_the_table_allows(
     autojump_clock: Any, tmp_path: Path
 ) -> None:
-    """Statuses a connector passes through in one go are all reported, in order (the
-    central system must see only transitions the OCPP table allows); offline only the latest
-    per connector is kept."""
+    """Statuses a connector passes through before the first of them went out are cut down
+    to the latest, with the intermediates that make each step one the OCPP 1.6 table allows
+    from the status the central system has; offline only the latest per connector is kept."""
     async with running_station(charger_config(tmp_path)) as h:
         await h.booted()
         session = h.station.session
         assert session is not None
-        since = h.csms.mark()
         statuses = h.station.statuses()
         one = statuses[1]
-        for status in ("Preparing", "Available", "Unavailable"):
-            session.report_status(attrs.evolve(one, status=ChargePointStatus(status)))
-        await h.wait_calls("StatusNotification", 3, since=since)
-        assert statuses_of(h, 1, since) == ["Preparing", "Available", "Unavailable"]
+
+        async def report(*names: str) -> list[str]:
+            since = h.csms.mark()
+            for status in names:
+                session.report_status(attrs.evolve(one, status=ChargePointStatus(status)))
+            await trio.sleep(10)
+            return statuses_of(h, 1, since)
+
+        # Available -> Unavailable is allowed: the rest came and went.
+        assert await report("Preparing", "Available", "Unavailable") == ["Unavailable"]
+        # Unavailable -> Finishing is not, Unavailable -> Preparing -> Finishing is.
+        assert await report("Available", "Preparing", "Finishing") == ["Preparing", "Finishing"]
+        # Back where the central system is: nothing to say.
+        assert await report("Available", "Finishing") == []
+        await report("Available")
         # Offline: coalesced to the latest.
         h.network.down = True
         await h.network.drop()
