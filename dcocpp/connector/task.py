@@ -188,6 +188,10 @@ class ConnectorTask:
         self._tag_waits: dict[str, _TagWait] = {}
         # Measurand lists that gave no value at all (logged at INFO once each, see _sample).
         self._unmeasured: set[tuple[str, ...]] = set()
+        # Meter values outside a transaction: the newest waiting to go, and whether one is
+        # being delivered (see _send_without_transaction).
+        self._untransacted: dict[str, Any] | None = None
+        self._delivering = False
 
     def _settings(self) -> Settings:
         store = self.services.store
@@ -249,10 +253,15 @@ class ConnectorTask:
         sample = self._sample(measurands, context)
         if sample is None:
             return
-        if self.transaction is not None:
-            self.services.outbox.meter_values(self.transaction, [sample])
-        else:
+        tx = self.transaction
+        if tx is None:
             self._send_without_transaction(sample)
+        elif self.services.outbox.holds_meter_values(tx, context):
+            # A central system that triggers faster than it takes them: the one waiting
+            # answers this trigger too (the outbox keeps every message it is given).
+            log.debug("connector %d: a %s sample is waiting already", self.id, context.value)
+        else:
+            self.services.outbox.meter_values(tx, [sample])
 
     # --- the loop --------------------------------------------------------------------------
 
@@ -763,15 +772,24 @@ class ConnectorTask:
 
     def _send_without_transaction(self, sample: dict[str, Any]) -> None:
         """Meter values outside a transaction are news, not billing: sent if online, else
-        dropped (with a log line)."""
-        self._spawn(self._deliver_untransacted, sample)
+        dropped (with a log line). One at a time: a newer sample replaces one still waiting
+        (a central system that triggers them faster than it answers gets the latest)."""
+        self._untransacted = sample
+        if not self._delivering:
+            self._delivering = True
+            self._spawn(self._deliver_untransacted)
 
-    async def _deliver_untransacted(self, sample: dict[str, Any]) -> None:
+    async def _deliver_untransacted(self) -> None:
         session = self.services.outbox.session
         try:
-            await session.call(call.MeterValues(connector_id=self.id, meter_value=[sample]))
-        except OcppError as exc:
-            log.info("connector %d: meter values not sent (%s)", self.id, exc)
+            while self._untransacted is not None:
+                sample, self._untransacted = self._untransacted, None
+                try:
+                    await session.call(call.MeterValues(connector_id=self.id, meter_value=[sample]))
+                except OcppError as exc:
+                    log.info("connector %d: meter values not sent (%s)", self.id, exc)
+        finally:
+            self._delivering = False
 
     # --- views -----------------------------------------------------------------------------
 

@@ -321,6 +321,20 @@ class TransactionOutbox:
         seq = self._store.queue_message("MeterValues", tx.local_id, payload)
         self._append(_Message(seq, "MeterValues", tx.local_id, payload, None))
 
+    def holds_meter_values(self, tx: LocalTransaction, context: str) -> bool:
+        """Whether a MeterValues of `tx` with samples of `context` only is still queued (not
+        answered yet)."""
+        return any(
+            message.action == "MeterValues"
+            and message.local_id == tx.local_id
+            and all(
+                value.get("context") == context
+                for sample in message.payload["meter_value"]
+                for value in sample.get("sampled_value", ())
+            )
+            for message in self._queue
+        )
+
     def add_transaction_data(
         self, tx: LocalTransaction, sample: dict[str, Any], energy_wh: int, timestamp: str
     ) -> None:
