@@ -811,6 +811,28 @@ async def test_a_start_that_fails_our_own_schema_check_is_dropped_with_its_trans
     assert "T" * 21 in errors[0] and "no transactionId" in errors[2]
 
 
+async def test_a_stored_message_that_cannot_be_built_is_dropped_and_the_rest_goes(
+    autojump_clock: Any, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A queued row no version of ours wrote (an action we do not send, a payload our
+    dataclasses do not take) ends neither the outbox nor the station: it is dropped, loudly."""
+    csms = FakeCsms()
+    async with outbox_rig(tmp_path, csms, online=False) as rig:
+        rig.db.queue_message("DataTransfer", None, {"vendor_id": "x"})
+        rig.db.queue_message("SecurityEventNotification", None, {"kind": "StartupOfTheDevice"})
+        await rig.reboot()
+        tx = rig.outbox.start(1, "TAG-OK", 1_000_000, T0)
+        rig.outbox.stop(tx, 1_000_100, T1, "Local", "TAG-OK")
+        await rig.online()
+        with trio.fail_after(LIMIT):
+            await rig.outbox.wait_empty()
+        assert rig.queued() == []
+    assert [a for a, _ in rig.flow()] == ["StartTransaction", "StopTransaction"]
+    errors = [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
+    assert [e.split(" ")[0] for e in errors] == ["DataTransfer", "SecurityEventNotification"]
+    assert all("cannot be built, a bug of this charger" in e for e in errors)
+
+
 async def test_stop_answered_with_an_invalid_id_tag_counts_as_delivered(
     autojump_clock: Any, tmp_path: Path
 ) -> None:

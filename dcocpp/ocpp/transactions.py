@@ -22,8 +22,9 @@ billed: it waits aside, and the sender goes on with the others. A refused messag
 transaction (SecurityEventNotification) holds back nothing.
 
 Our own bugs. A message that fails our own schema check before it is sent
-(`UnsendablePayload`) was never seen by the central system, and retrying it cannot help: it is
-logged as an error with its payload and repaired or dropped at once, never retried or parked.
+(`UnsendablePayload`), or a stored one that cannot even be built, was never seen by the central
+system, and retrying it cannot help: it is logged as an error with its payload and repaired or
+dropped at once, never retried or parked.
 A StopTransaction loses the transactionData that makes it invalid (the samples that fail on
 their own first, then all of it) and keeps meterStop, timestamp and reason, which bill; a
 MeterValues loses its samples that fail. A message that cannot be repaired is dropped; a
@@ -480,12 +481,18 @@ class TransactionOutbox:
                 self._drop(message, tx)
                 return True
             payload["transaction_id"] = tx.transaction_id
+        try:
+            request = _CALLS[message.action](**payload)
+        except (KeyError, TypeError) as exc:  # a stored payload no version of ours built
+            await trio.lowlevel.checkpoint()  # many such must not spin
+            return self._unsendable(message, tx, "cannot be built", repr(exc))
         connection = session.connection_number
         try:
-            result = await session.call(_CALLS[message.action](**payload))
+            result = await session.call(request)
         except UnsendablePayload as exc:
             await trio.lowlevel.checkpoint()  # refused before any I/O: many must not spin
-            return self._unsendable(message, tx, exc)
+            why = "fails our own OCPP schema check"
+            return self._unsendable(message, tx, why, str(exc.error))
         except (ConnectionLost, ResponseTimeout) as exc:
             log.info("%s not delivered (%s); resending after reconnect", message.action, exc)
             if isinstance(exc, ResponseTimeout):
@@ -524,16 +531,18 @@ class TransactionOutbox:
         return True
 
     def _unsendable(
-        self, message: _Message, tx: LocalTransaction | None, exc: UnsendablePayload
+        self, message: _Message, tx: LocalTransaction | None, why: str, detail: str
     ) -> bool:
-        """Our own schema check refused the message (see the module docstring): repair it
-        and send it again at once (False), or drop it (True). Never retried as it is."""
+        """We cannot build the message or our own schema check refuses it (see the module
+        docstring): repair it and send it again at once (False), or drop it (True). Never
+        retried as it is."""
         repaired = _repaired(message.action, message.payload)
         log.error(
-            "%s #%d fails our own OCPP schema check, a bug of this charger (%s); %s. Payload: %s",
+            "%s #%d %s, a bug of this charger (%s); %s. Payload: %s",
             message.action,
             message.seq,
-            exc.error,
+            why,
+            detail,
             "sending it repaired" if repaired is not None else "dropping it",
             message.payload,
         )
