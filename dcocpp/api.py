@@ -25,7 +25,9 @@ Routes (JSON in and out; every error is `{"error": "<reason>"}`):
 A successful POST answers `{"ok": true, "connector": <that connector's snapshot entry>}`;
 `authorize` adds `"authorization"` (see `StationView.present_id`). Unknown connector, fault kind
 or route -> 404; a bad body, or an action that does not fit the connector's state (a tag the
-gun's reader refuses) -> 422; wrong method -> 405.
+gun's reader refuses) -> 422; wrong method -> 405. Beyond MAX_REQUESTS requests in progress
+(an `authorize` may wait seconds for the central system) a request is answered 503 at once,
+before anything else: a client that floods the API cannot pile up work in the charger.
 """
 
 from __future__ import annotations
@@ -156,6 +158,10 @@ class _Reject(Exception):
 # --- the application -------------------------------------------------------------------------
 
 
+# Requests in progress at once; more are answered 503 (see the module docstring).
+MAX_REQUESTS = 16
+
+
 def create_app(view: StationView, *, token: str | None = None) -> Starlette:
     """The ASGI application serving `view`; see the module docstring for the routes. With a
     `token`, every request must carry it as `Authorization: Bearer <token>`."""
@@ -238,7 +244,7 @@ def create_app(view: StationView, *, token: str | None = None) -> Starlette:
         Route(f"{connector}/ev", _answering(ev), methods=["POST"]),
         Route(f"{connector}/faults/{{kind}}", _answering(fault), methods=["POST"]),
     ]
-    middleware = []
+    middleware = [Middleware(_AtMost, limit=MAX_REQUESTS)]
     if token is not None:
         middleware.append(
             Middleware(
@@ -250,6 +256,29 @@ def create_app(view: StationView, *, token: str | None = None) -> Starlette:
         middleware=middleware,
         exception_handlers={HTTPException: _http_error, Exception: _internal_error},
     )
+
+
+class _AtMost:
+    """ASGI middleware: at most `limit` HTTP requests in progress; the next is answered 503."""
+
+    def __init__(self, app: Any, *, limit: int) -> None:
+        self._app = app
+        self._limit = limit
+        self._running = 0
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            await self._app(scope, receive, send)
+            return
+        if self._running >= self._limit:
+            busy = _error(503, f"busy: {self._limit} requests in progress; try again")
+            await busy(scope, receive, send)
+            return
+        self._running += 1
+        try:
+            await self._app(scope, receive, send)
+        finally:
+            self._running -= 1
 
 
 class _BearerToken(AuthenticationBackend):

@@ -44,7 +44,7 @@ from ocpp.v16.enums import (
 from dcocpp import api
 from dcocpp.config import ChargerConfig
 from dcocpp.connector import events as ev
-from dcocpp.connector.metering import SystemClock, WallClock, ocpp_time
+from dcocpp.connector.metering import MEASURANDS, SystemClock, WallClock, ocpp_time
 from dcocpp.connector.task import (
     INBOX_SIZE,
     METER_PERSIST_INTERVAL,
@@ -52,6 +52,7 @@ from dcocpp.connector.task import (
     ConnectorServices,
     ConnectorTask,
 )
+from dcocpp.hardware.events import CoalescingChannel
 from dcocpp.hardware.factory import build_hardware
 from dcocpp.hardware.interface import FaultKind, HardwareBackend, HardwareError, SimulationControl
 from dcocpp.limits import LimitEnforcer
@@ -155,6 +156,7 @@ def load_configuration_store(config: ChargerConfig) -> ConfigurationStore:
             "CentralSystemURI": config.charge_point.central_system_uri,
             "NumberOfConnectors": len(config.connectors),
         },
+        measurable=MEASURANDS,
     )
 
 
@@ -201,6 +203,8 @@ class Station:
         self._operative0 = True
         self._first_boot = True  # of this process: the StartupOfTheDevice security event
         self._inboxes = {c.id: trio.open_memory_channel[Any](INBOX_SIZE) for c in config.connectors}
+        # Each gun's events from the hardware on their way to its inbox (see `run`).
+        self.hardware_events: dict[int, CoalescingChannel] = {}
         self.started = trio.Event()
         # The delivery that follows stopping every transaction (see `_deliver`).
         self._delivery: trio.CancelScope | None = None
@@ -216,9 +220,14 @@ class Station:
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Run until cancelled; raises `HardReset` when a hard reset was accepted."""
         async with trio.open_nursery() as nursery:
-            await nursery.start(
-                self.hardware.run, {cid: send.clone() for cid, (send, _) in self._inboxes.items()}
-            )
+            # The backend never waits for a connector (its reader serves every gun, safety
+            # inputs included): what a busy connector cannot take yet is held and coalesced.
+            self.hardware_events = events = {
+                cid: CoalescingChannel(send.clone()) for cid, (send, _) in self._inboxes.items()
+            }
+            for channel in events.values():
+                nursery.start_soon(channel.run)
+            await nursery.start(self.hardware.run, events)
             if self._api_address is not None:
                 # The API outlives soft resets: its port stays where the operator put it.
                 _, self.api_port = await nursery.start(

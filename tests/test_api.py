@@ -14,7 +14,15 @@ import pytest
 import trio
 
 from dcocpp import simcli
-from dcocpp.api import FAULT_KINDS, ApiError, StationView, create_app, parse_address, serve_api
+from dcocpp.api import (
+    FAULT_KINDS,
+    MAX_REQUESTS,
+    ApiError,
+    StationView,
+    create_app,
+    parse_address,
+    serve_api,
+)
 from dcocpp.station import AUTHORIZATION_WAIT
 from tests.csms import FakeCsms
 from tests.station_harness import charger_config, running_station
@@ -365,6 +373,43 @@ async def test_oversized_body_is_413_json(client: httpx.AsyncClient, view: FakeV
 
 
 # --- addresses -------------------------------------------------------------------------------
+
+
+async def test_requests_beyond_the_limit_are_answered_503_at_once(view: FakeView) -> None:
+    """Requests that wait (an authorization waits for the central system) hold their slots;
+    one more is refused at once instead of piling up, and the API serves again afterwards."""
+    release, all_waiting = trio.Event(), trio.Event()
+    waiting = 0
+
+    async def slow_present_id(connector_id: int, id_tag: str) -> dict[str, Any]:
+        nonlocal waiting
+        waiting += 1
+        if waiting == MAX_REQUESTS:
+            all_waiting.set()
+        await release.wait()
+        return _decision(id_tag, "Accepted")
+
+    view.present_id = slow_present_id  # type: ignore[method-assign]
+    transport = httpx.ASGITransport(app=create_app(view))
+    answers: list[int] = []
+    async with httpx.AsyncClient(transport=transport, base_url="http://t") as client:
+
+        async def authorize(tag: str) -> None:
+            response = await client.post("/api/connectors/1/authorize", json={"idTag": tag})
+            answers.append(response.status_code)
+
+        async with trio.open_nursery() as nursery:
+            for n in range(MAX_REQUESTS):
+                nursery.start_soon(authorize, f"TAG-{n}")
+            with trio.fail_after(5):
+                await all_waiting.wait()
+            busy = await client.get("/api/status")
+            assert busy.status_code == 503
+            assert busy.json() == {"error": f"busy: {MAX_REQUESTS} requests in progress; try again"}
+            assert answers == []
+            release.set()
+        assert answers == [200] * MAX_REQUESTS
+        assert (await client.get("/api/status")).status_code == 200
 
 
 @pytest.mark.parametrize(

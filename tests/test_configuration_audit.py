@@ -32,9 +32,9 @@ from dcocpp.config import (
     SecurityConfig,
     load_charger_config,
 )
-from dcocpp.connector.metering import meter_value
+from dcocpp.connector.metering import MEASURANDS, meter_value
 from dcocpp.hardware.interface import MeterReading
-from dcocpp.ocpp.configuration import SPECS
+from dcocpp.ocpp.configuration import SPECS, ConfigurationError
 from dcocpp.station import load_configuration_store
 
 REPO = Path(__file__).resolve().parent.parent
@@ -213,9 +213,11 @@ def test_patched_keys_describe_the_shipped_charger(tmp_path: Path) -> None:
 
 def test_supported_measurands_are_the_ones_the_meter_values_carry() -> None:
     """SupportedMeasurands bounds what the central system may configure: each one listed must
-    give a sampled value (a measurand the meter cannot give would be silently left out)."""
+    give a sampled value (a measurand the meter cannot give would be silently left out, and
+    a sample of nothing else would be no message at all)."""
     document = json.loads(KEY_FILES[0].read_text(encoding="utf-8"))
     measurands = document["Internal"]["SupportedMeasurands"].split(",")
+    assert set(measurands) <= MEASURANDS
     # SoC only while the EV tells it: this one does.
     reading = MeterReading(
         energy_wh=1000.0, power_w=50_000.0, current_a=120.0, voltage_v=400.0, soc=50.0
@@ -224,7 +226,27 @@ def test_supported_measurands_are_the_ones_the_meter_values_carry() -> None:
         sample = meter_value(
             reading, [measurand], ReadingContext.sample_periodic, "2026-01-01T00:00:00Z"
         )
+        assert sample is not None
         assert [v["measurand"] for v in sample["sampled_value"]] == [measurand]
+
+
+def test_the_station_refuses_a_key_file_promising_what_the_meter_cannot_measure(
+    tmp_path: Path,
+) -> None:
+    document = json.loads(KEY_FILES[0].read_text(encoding="utf-8"))
+    document["Internal"]["SupportedMeasurands"] += ",Frequency"
+    key_file = tmp_path / "ocpp16-config.json"
+    key_file.write_text(json.dumps(document), encoding="utf-8")
+    charger = json.loads((REPO / "configs" / "charger.json").read_text(encoding="utf-8"))
+    charger["paths"] = {"ocppConfig": str(key_file)}
+    for key, value in charger["security"].items():
+        charger["security"][key] = str((REPO / "configs" / value).resolve())
+    (tmp_path / "charger.json").write_text(json.dumps(charger), encoding="utf-8")
+    config = load_charger_config(
+        tmp_path / "charger.json", data_dir=tmp_path / "data", log_dir=tmp_path / "logs"
+    )
+    with pytest.raises(ConfigurationError, match="Frequency cannot be measured by this charger"):
+        load_configuration_store(config)
 
 
 def test_no_key_of_an_unsupported_feature_profile_is_shipped() -> None:

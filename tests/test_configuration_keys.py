@@ -12,6 +12,7 @@ import attrs
 import pytest
 from ocpp.v16.enums import ConfigurationStatus
 
+from dcocpp.connector.metering import MEASURANDS
 from dcocpp.ocpp.configuration import (
     SPECS,
     ConfigurationError,
@@ -203,6 +204,40 @@ def test_base_file_cross_key_checks(tmp_path: Path, user_path: Path) -> None:
     text = str(info.value)
     assert "MeterValuesSampledData: 'Temperature' is not in SupportedMeasurands" in text
     assert "RetryBackoffWaitMinimum: must not exceed RetryBackoffWaitMaximum" in text
+
+
+def test_a_key_file_promising_what_the_meter_cannot_measure_is_refused(
+    tmp_path: Path, user_path: Path
+) -> None:
+    """SupportedMeasurands bounds the measurand keys: a key file (libocpp's lists Frequency)
+    that promises what this charger cannot measure is refused, naming each one."""
+    shipped = json.loads(BASE.read_text())["Internal"]["SupportedMeasurands"]
+    supported = f"{shipped},Frequency,Energy.Active.Import.Interval"
+    path = base_with(tmp_path, SupportedMeasurands=supported)
+    with pytest.raises(ConfigurationError) as info:
+        ConfigurationStore.load(path, user_path, patches=PATCHES, measurable=MEASURANDS)
+    (problem,) = info.value.problems
+    assert problem.startswith(
+        f"{path}: Internal.SupportedMeasurands: Frequency, Energy.Active.Import.Interval"
+        " cannot be measured by this charger (it measures Current.Import, "
+    )
+
+
+MEASURAND_KEYS = (
+    "MeterValuesSampledData",
+    "MeterValuesAlignedData",
+    "StopTxnSampledData",
+    "StopTxnAlignedData",
+)
+
+
+@pytest.mark.parametrize("key", MEASURAND_KEYS)
+def test_measurand_keys_refuse_what_the_meter_cannot_measure(user_path: Path, key: str) -> None:
+    store = ConfigurationStore.load(BASE, user_path, patches=PATCHES, measurable=MEASURANDS)
+    for value in ("Frequency", "Energy.Active.Import.Register,Frequency", "Temperature"):
+        assert store.change(key, value) == ConfigurationStatus.rejected
+        assert "Frequency" not in store.get_list(key)
+    assert store.change(key, "SoC,Energy.Active.Import.Register") == ConfigurationStatus.accepted
 
 
 def test_required_keys_only_for_supported_profiles(tmp_path: Path, user_path: Path) -> None:

@@ -579,12 +579,12 @@ async def test_callerror_is_retried_after_interval_times_attempt_then_parked(
         rig.outbox.stop(b, 1_100_200, T3, "Local", "TAG-B")
         with trio.fail_after(LIMIT):
             await rig.outbox.wait_empty()  # returns with A's parked message (and what it holds)
-        tries = csms.arrival_times("MeterValues")[:3]
+        tries = [t for t, action, _ in csms.refused if action == "MeterValues"]  # A's
         assert [t - tries[0] for t in tries] == pytest.approx([0, 20, 20 + 40], abs=1e-6)
-        assert len(csms.refused) == 3
-        # B's messages went once A's MeterValues was parked, not before.
+        # B's messages did not wait for A's retries: they went right after A's first refusal.
         start_b = csms.times("StartTransaction")[1]
-        assert start_b == pytest.approx(tries[2], abs=1e-6)
+        assert start_b == pytest.approx(tries[0], abs=1e-6)
+        assert csms.times("StopTransaction")[0] == pytest.approx(tries[0], abs=1e-6)
         assert rig.outbox.parked == 1 and len(rig.outbox) == 2
         parked, held = rig.db.queued_messages()
         assert (parked.action, parked.attempts, parked.parked) == ("MeterValues", 3, True)
@@ -641,7 +641,8 @@ async def test_a_parked_start_holds_its_transaction_and_stays_parked_across_a_re
         with trio.fail_after(LIMIT):
             await rig.outbox.wait_empty()
         tries = csms.arrival_times("StartTransaction")
-        assert [t - tries[0] for t in tries] == pytest.approx([0, 15, 15], abs=1e-6)  # P, P, Q
+        # P, then Q at once (not behind P's retry), then P again
+        assert [t - tries[0] for t in tries] == pytest.approx([0, 0, 15], abs=1e-6)
         await rig.reboot()
         assert rig.outbox.parked == 1
         assert [(m.action, m.parked) for m in rig.db.queued_messages()] == [
@@ -678,6 +679,163 @@ async def test_a_parked_start_holds_its_transaction_and_stays_parked_across_a_re
             },
         ),
     ]
+
+
+async def test_a_message_waiting_for_its_retry_delays_no_other_transaction_after_a_reconnect(
+    autojump_clock: Any, tmp_path: Path
+) -> None:
+    """A message the central system keeps refusing is retried aside: after the reconnect that
+    unparks it, its retries (30 s, then 60 s) hold back its own StopTransaction, never the
+    messages of another transaction (before, every reconnect stalled all of them 90 s)."""
+    keys = {"TransactionMessageAttempts": 3, "TransactionMessageRetryInterval": 30}
+    csms = FakeCsms()
+    async with outbox_rig(tmp_path, csms, keys=keys) as rig:
+        a = rig.outbox.start(1, "TAG-A", 1_000_000, T0)
+        with trio.fail_after(LIMIT):
+            await rig.outbox.wait_empty()
+        csms.refuse("MeterValues", 1000, when=lambda p: p["transaction_id"] == 1)
+        rig.outbox.meter_values(a, sample(1_000_100, T1))
+        rig.outbox.stop(a, 1_000_200, T2, "Local", "TAG-A")
+        await rig.until(lambda: rig.outbox.parked == 1)
+        await rig.reconnect()
+        retried_at = trio.current_time()
+        b = rig.outbox.start(2, "TAG-B", 1_100_000, T2)
+        rig.outbox.meter_values(b, sample(1_100_100, T2))
+        rig.outbox.stop(b, 1_100_200, T3, "Local", "TAG-B")
+        await rig.until(lambda: len(rig.flow("StopTransaction")) == 1)
+        # B went at once, while A's MeterValues waits for its retry.
+        assert trio.current_time() - retried_at == pytest.approx(0, abs=0.01)
+        assert [p["transaction_id"] for _, p in rig.flow("MeterValues", "StopTransaction")] == [
+            2,
+            2,
+        ]
+        await rig.until(lambda: len(csms.refused) == 6)
+        retries = [t - retried_at for t, _, _ in csms.refused[3:]]
+        assert retries == pytest.approx([0, 30, 30 + 60], abs=0.01)  # unparked at reconnect
+        await trio.sleep(1)
+        assert rig.outbox.parked == 1
+        assert [m.action for m in rig.db.queued_messages()] == ["MeterValues", "StopTransaction"]
+
+
+async def test_a_stop_that_fails_our_own_schema_check_is_sent_at_once_without_the_bad_data(
+    autojump_clock: Any, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A stop sample our own schema check refuses (a sampled value without its value) makes
+    our StopTransaction invalid: that is the charger's bug, not a refusal. It is logged as an
+    error with the payload and sent at once without that sample; meterStop, timestamp and
+    reason bill as they are. Nothing is retried or parked. A sample without any sampled
+    value (what an older version stored) is not sent at all: OCPP has no such sample."""
+    caplog.set_level(logging.INFO, logger="dcocpp.ocpp.transactions")
+    keys = {"TransactionMessageAttempts": 3, "TransactionMessageRetryInterval": 30}
+    csms = FakeCsms()
+    async with outbox_rig(tmp_path, csms, keys=keys) as rig:
+        tx = rig.outbox.start(1, "TAG-R", 1_000_000, T0)
+        begin = sample(1_000_000, T0)[0]
+        rig.outbox.add_transaction_data(tx, begin, 1_000_000, T0)
+        rig.outbox.add_transaction_data(tx, {"timestamp": T1, "sampled_value": []}, 1_000_100, T1)
+        broken = {"timestamp": T1, "sampled_value": [{"measurand": "SoC", "unit": "Percent"}]}
+        rig.outbox.add_transaction_data(tx, broken, 1_000_100, T1)
+        rig.outbox.stop(tx, 1_000_200, T2, "Local", "TAG-R")
+        queued_at = trio.current_time()
+        with trio.fail_after(LIMIT):
+            await rig.outbox.wait_empty()
+        assert trio.current_time() == pytest.approx(queued_at, abs=1e-6)
+        assert rig.queued() == [] and rig.db.transactions() == [] and rig.outbox.parked == 0
+    assert csms.refused == []
+    assert rig.flow("StopTransaction") == [
+        (
+            "StopTransaction",
+            {
+                "transaction_id": 1,
+                "meter_stop": 1_000_200,
+                "timestamp": T2,
+                "reason": "Local",
+                "id_tag": "TAG-R",
+                "transaction_data": [begin],
+            },
+        )
+    ]
+    (error,) = [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
+    assert "StopTransaction" in error and "our own OCPP schema check" in error
+    assert "sending it repaired" in error and "'meter_stop': 1000200" in error
+    assert not any("refused" in r.getMessage() for r in caplog.records)
+
+
+async def test_meter_values_that_fail_our_own_schema_check_are_dropped_not_parked(
+    autojump_clock: Any, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A MeterValues without any sampled value cannot be sent: it is dropped at once (an
+    error with its payload), and its transaction's StopTransaction goes right after it."""
+    keys = {"TransactionMessageAttempts": 3, "TransactionMessageRetryInterval": 30}
+    csms = FakeCsms()
+    async with outbox_rig(tmp_path, csms, keys=keys) as rig:
+        tx = rig.outbox.start(1, "TAG-M", 1_000_000, T0)
+        rig.outbox.meter_values(tx, [{"timestamp": T1, "sampled_value": []}])
+        empty = {"timestamp": T1, "sampled_value": []}
+        rig.outbox.meter_values(tx, [empty, *sample(1_000_100, T1)])
+        rig.outbox.stop(tx, 1_000_200, T2, "Local", "TAG-M")
+        queued_at = trio.current_time()
+        with trio.fail_after(LIMIT):
+            await rig.outbox.wait_empty()
+        assert trio.current_time() == pytest.approx(queued_at, abs=1e-6)
+        assert rig.queued() == [] and rig.outbox.parked == 0
+    assert csms.refused == []
+    assert [(a, p.get("meter_value")) for a, p in rig.flow()] == [
+        ("StartTransaction", None),
+        ("MeterValues", sample(1_000_100, T1)),  # repaired: the sample that has values
+        ("StopTransaction", None),
+    ]
+    errors = [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
+    assert len(errors) == 2 and all("our own OCPP schema check" in e for e in errors)
+    assert "dropping it" in errors[0] and "sending it repaired" in errors[1]
+
+
+async def test_a_start_that_fails_our_own_schema_check_is_dropped_with_its_transaction(
+    autojump_clock: Any, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A StartTransaction we cannot send (an idTag longer than OCPP's 20 characters) will
+    never bring a transactionId: it is dropped, and so are its transaction's later messages,
+    each logged with its payload; another transaction goes on."""
+    csms = FakeCsms()
+    async with outbox_rig(tmp_path, csms) as rig:
+        bad = rig.outbox.start(1, "T" * 21, 1_000_000, T0)
+        rig.outbox.meter_values(bad, sample(1_000_100, T1))
+        rig.outbox.stop(bad, 1_000_200, T2, "Local", None)
+        good = rig.outbox.start(2, "TAG-G", 1_100_000, T0)
+        rig.outbox.stop(good, 1_100_200, T2, "Local", "TAG-G")
+        with trio.fail_after(LIMIT):
+            await rig.outbox.wait_empty()
+        assert rig.queued() == [] and rig.db.transactions() == [] and rig.outbox.parked == 0
+    assert [(a, p.get("id_tag")) for a, p in rig.flow()] == [
+        ("StartTransaction", "TAG-G"),
+        ("StopTransaction", "TAG-G"),
+    ]
+    errors = [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
+    actions = [e.split(" ")[0] for e in errors]
+    assert actions == ["StartTransaction", "MeterValues", "StopTransaction"]
+    assert "T" * 21 in errors[0] and "no transactionId" in errors[2]
+
+
+async def test_a_stored_message_that_cannot_be_built_is_dropped_and_the_rest_goes(
+    autojump_clock: Any, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A queued row no version of ours wrote (an action we do not send, a payload our
+    dataclasses do not take) ends neither the outbox nor the station: it is dropped, loudly."""
+    csms = FakeCsms()
+    async with outbox_rig(tmp_path, csms, online=False) as rig:
+        rig.db.queue_message("DataTransfer", None, {"vendor_id": "x"})
+        rig.db.queue_message("SecurityEventNotification", None, {"kind": "StartupOfTheDevice"})
+        await rig.reboot()
+        tx = rig.outbox.start(1, "TAG-OK", 1_000_000, T0)
+        rig.outbox.stop(tx, 1_000_100, T1, "Local", "TAG-OK")
+        await rig.online()
+        with trio.fail_after(LIMIT):
+            await rig.outbox.wait_empty()
+        assert rig.queued() == []
+    assert [a for a, _ in rig.flow()] == ["StartTransaction", "StopTransaction"]
+    errors = [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
+    assert [e.split(" ")[0] for e in errors] == ["DataTransfer", "SecurityEventNotification"]
+    assert all("cannot be built, a bug of this charger" in e for e in errors)
 
 
 async def test_stop_answered_with_an_invalid_id_tag_counts_as_delivered(

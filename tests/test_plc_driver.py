@@ -827,6 +827,32 @@ async def test_safety_release_needs_debounce_frames_consecutive_clear_frames() -
         assert r.events[1] == [ESTOP, ESTOP_GONE]
 
 
+async def test_every_trip_forces_all_off_even_when_released_before_the_writer_ran() -> None:
+    """A bouncing input read in one batch (the trip and the clear frames that release it):
+    the trip's own command still goes out with FORCE_ALL_OFF, never as a plain open."""
+    async with rig(ONE, fakes=(3,), **PAUSED_OK) as r:
+        gun, plc = r.backend.gun(1), r.fakes[3]
+        plc.paused = True
+        await plc.sync(gun)
+        r.sent(3)
+        (idle,) = await r.wait_sent(3, lambda f: True)  # the command before the trips
+        trips = 20
+        for _ in range(trips):
+            plc.send("SafetySwitchStatus", **ESTOP_FRAMES["SafetySwitchStatus"])
+            plc.send("SafetySwitchStatus")
+            plc.send("RelayStatus")
+            await plc.sync(gun)
+        await r.wait_until(lambda: r.events[1].count(ESTOP_GONE) == trips)
+        await trio.sleep(0.2)  # a keep-alive after the last one
+        first_of_each: dict[int, Mapping[str, float | int]] = {}
+        for frame in r.sent(3):
+            first_of_each.setdefault(int(frame["CMD_SEQ"]), frame)
+        first_of_each.pop(int(idle["CMD_SEQ"]), None)
+        commands = list(first_of_each.values())
+        assert len(commands) == trips
+        assert all(frame["FORCE_ALL_OFF"] == 1 for frame in commands)
+
+
 async def test_safety_chain_open_is_an_emergency_stop() -> None:
     async with rig(ONE, fakes=(3,), **PAUSED_OK) as r:
         gun, plc = r.backend.gun(1), r.fakes[3]

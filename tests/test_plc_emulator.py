@@ -216,7 +216,9 @@ async def test_periodic_frames_and_ids_for_plc_3() -> None:
             await host.wait_for("CpStatus", CP_STATE=0, PLUGGED=0)
 
 
-async def test_cp_status_sent_at_once_on_plug_unplug_and_suspend(autojump_clock: Any) -> None:
+async def test_cp_status_sent_at_once_on_plug_unplug_and_suspend_and_the_session_ends(
+    autojump_clock: Any,
+) -> None:
     with buses(2) as (plc_bus, host_bus):
         emulator = PlcEmulator(plc_bus, 3, connector=CONNECTOR, watchdog=NO_WATCHDOG, period=1.0)
         host = Host(host_bus)
@@ -225,10 +227,11 @@ async def test_cp_status_sent_at_once_on_plug_unplug_and_suspend(autojump_clock:
             host.drain()
             now = trio.current_time()
 
-            def cp_state_now() -> dict[str, float | int]:
-                # Without any sleep: only what the control itself sent.
-                (frame,) = decoded(host.drain())
+            def cp_state_now(then: str | None = None) -> dict[str, float | int]:
+                # Without any sleep: only what the control itself sent (CpStatus, `then`).
+                frame, *more = decoded(host.drain())
                 assert frame.message == "CpStatus" and frame.plc_id == 3
+                assert [f.message for f in more] == ([then] if then else [])
                 return dict(frame.signals)
 
             emulator.plug(EvModel(soc=40.0))
@@ -250,7 +253,7 @@ async def test_cp_status_sent_at_once_on_plug_unplug_and_suspend(autojump_clock:
             emulator.set_ev_suspended(False)
             assert cp_state_now()["CP_STATE"] == 2
             emulator.unplug()
-            assert cp_state_now() == {
+            assert cp_state_now(then="ChargingSession") == {
                 "CP_STATE": 0,
                 "PLUGGED": 0,
                 "EV_READY": 0,

@@ -513,6 +513,32 @@ async def test_message_log_file_has_timestamps_and_rotates(
     assert any('"Authorize"' in line and line.split(" ")[1] == "csms" for line in lines)
 
 
+def test_message_log_lines_waiting_for_a_stuck_disk_are_bounded(
+    tmp_path: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    """While nothing reaches the disk (frozen, or slower than a peer's flood), at most
+    MAX_QUEUED_CHARS wait in memory; the file says how many lines were dropped, where."""
+    sink = messagelog.MessageFile(tmp_path / "frames.log", max_bytes=10**9, backup_count=0)
+    line = "x" * 999
+    try:
+        for n in range(10_000):  # ~10 MB, more than twice the bound
+            sink.write(f"{n:05d}{line}")
+            assert sink.queued_chars <= messagelog.MAX_QUEUED_CHARS
+        sink.flush()  # the disk is back
+        sink.write("after")
+    finally:
+        sink.close()
+    lines = (tmp_path / "frames.log").read_text().splitlines()
+    kept = messagelog.MAX_QUEUED_CHARS // 1004
+    assert [text[:5] for text in lines[:kept]] == [f"{n:05d}" for n in range(kept)]
+    assert lines[kept].endswith(
+        f" log -- {10_000 - kept} frame line(s) dropped: the message log could not be written"
+        " fast enough"
+    )
+    assert lines[kept + 1 :] == ["after"]
+    assert any("frame line(s) dropped" in m for m in caplog.messages)
+
+
 @pytest.mark.parametrize(
     ("message_type", "action", "payload"),
     [

@@ -18,6 +18,7 @@ from ocpp.v16.enums import ChargePointStatus
 from dcocpp.connector.task import RELAY_ACK_DEADLINE, RELAY_RETRY_INTERVAL
 from dcocpp.hardware.plc.driver import ACK_TIMEOUT, ATTEMPTS, BACKOFF
 from dcocpp.station import RESET_FLUSH_TIMEOUT
+from dcocpp.storage import Database
 from tests.csms import FakeCsms
 from tests.station_harness import Harness, charger_config, running_station, statuses_of
 
@@ -192,6 +193,129 @@ async def test_stop_transaction_bills_the_delivered_energy(
     assert data[-1]["timestamp"] == stop["timestamp"]
     values = [int(mv["sampled_value"][0]["value"]) for mv in data]
     assert values == sorted(values)
+
+
+# --- meter values the charger cannot send ------------------------------------------------------
+
+
+async def test_a_sample_with_nothing_measurable_is_not_sent_and_the_stop_goes_out(
+    autojump_clock: Any, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """SoC alone is configured and the EV stops telling it (unplugged, the transaction goes
+    on): no MeterValues and no stop sample without a value is built (logged once at INFO),
+    and the StopTransaction is delivered at once, with the samples that have values."""
+    caplog.set_level(logging.DEBUG)
+    keys = {
+        "MeterValuesSampledData": "SoC",
+        "StopTxnSampledData": "SoC",
+        "MeterValueSampleInterval": 10,
+        "StopTransactionOnEVSideDisconnect": False,
+    }
+    async with running_station(charger_config(tmp_path), keys=keys) as h:
+        await h.booted()
+        tx_id = await h.start_charging(1, "TAG-SOC")
+        await h.wait_calls("MeterValues")
+        await h.station.unplug(1)
+        await trio.sleep(60)
+        assert len(h.csms.received("MeterValues")) == 1  # none while nothing is measured
+        since = h.csms.mark()
+        stopped_at = trio.current_time()
+        await h.csms_call(call.RemoteStopTransaction(transaction_id=tx_id))
+        (stop,) = await h.wait_calls("StopTransaction", since=since)
+        assert trio.current_time() - stopped_at <= RELAY_ACK_DEADLINE
+        await h.wait_until(lambda: h.station.outbox is not None and h.station.outbox.empty)
+    assert [a for _, a, _ in h.csms.refused] == ["SecurityEventNotification"]
+    contexts = [[v["context"] for v in mv["sampled_value"]] for mv in stop["transaction_data"]]
+    # Taken while the EV told its SoC; none at the end, when it no longer did.
+    assert ["Sample.Periodic"] in contexts and ["Transaction.End"] not in contexts
+    ((value,),) = [mv["sampled_value"] for mv in h.csms.received("MeterValues")[0]["meter_value"]]
+    assert value["measurand"] == "SoC"
+    unmeasured = [
+        r for r in caplog.records if r.getMessage().startswith("connector 1: none of SoC can")
+    ]
+    assert [r.levelno for r in unmeasured][:1] == [logging.INFO]
+    assert {r.levelno for r in unmeasured[1:]} == {logging.DEBUG}
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
+
+
+def seed_older_version(config: Any, meter_value: list[dict[str, Any]]) -> None:
+    """The database an older dcocpp left behind: a transaction on connector 1, running when
+    the process died, with a MeterValues queued that OCPP's schema refuses."""
+    db = Database.open(config.data_dir)
+    try:
+        at = "2026-11-23T23:40:00.000Z"
+        start = {"connector_id": 1, "id_tag": "TAG-OLD", "meter_start": 1_000_000, "timestamp": at}
+        fields = {
+            "connector_id": 1,
+            "id_tag": "TAG-OLD",
+            "meter_start": 1_000_000,
+            "started_at": at,
+            "reservation_id": None,
+            "last_meter_wh": 1_000_000,
+            "last_meter_at": at,
+        }
+        local_id, _ = db.begin_transaction(fields, start, "TAG-OLD")
+        db.queue_message("MeterValues", local_id, {"connector_id": 1, "meter_value": meter_value})
+    finally:
+        db.close()
+
+
+async def test_meter_values_the_charger_cannot_validate_do_not_hold_back_its_stop(
+    autojump_clock: Any, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A queued MeterValues that fails our own schema check (empty samples, as an older
+    version built them) is our bug: logged as an error and dropped at once, never retried or
+    parked, so the transaction's StopTransaction (PowerLoss, at the next start) follows it."""
+    config = charger_config(tmp_path)
+    seed_older_version(config, [{"timestamp": "2026-11-23T23:45:00.000Z", "sampled_value": []}])
+    async with running_station(config) as h:
+        (stop,) = await h.wait_calls("StopTransaction", limit=5)
+        await trio.sleep(600)
+        assert h.station.outbox is not None and len(h.station.outbox) == 0
+    assert (stop["reason"], stop["meter_stop"]) == ("PowerLoss", 1_000_000)
+    # Only the idle guns' clock-aligned values (no transaction); nothing refused by the CSMS.
+    assert all("transaction_id" not in p for p in h.csms.received("MeterValues"))
+    assert [a for _, a, _ in h.csms.refused] == ["SecurityEventNotification"]
+    (error,) = [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
+    assert error.startswith("MeterValues #2 fails our own OCPP schema check, a bug of this charger")
+    assert "dropping it" in error and "'sampled_value': []" in error
+
+
+async def test_a_parked_message_does_not_delay_another_transaction_across_a_reconnect(
+    autojump_clock: Any, tmp_path: Path
+) -> None:
+    """The central system refuses every MeterValues of one transaction: parked, then retried
+    after each reconnect (30 s, then 60 s later). Another transaction started right after a
+    reconnect is not held back by those retries: its messages go at once."""
+    keys = {
+        "MeterValueSampleInterval": 60,
+        "TransactionMessageAttempts": 3,
+        "TransactionMessageRetryInterval": 30,
+    }
+    csms = FakeCsms()
+    async with running_station(charger_config(tmp_path), csms, keys=keys) as h:
+        await h.booted()
+        poisoned = await h.start_charging(1, "TAG-POISON")
+        csms.refuse("MeterValues", 10_000, when=lambda p: p.get("transaction_id") == poisoned)
+        await h.wait_until(lambda: h.station.outbox is not None and h.station.outbox.parked)
+        refused = len(csms.refused)
+        await h.network.drop()
+        await h.wait_until(lambda: len(csms.refused) > refused, poll=0.01)  # unparked, retried
+        retried_at = trio.current_time()
+        since = h.csms.mark()
+        await h.hardware.plug(2)
+        await h.station.present_id(2, "TAG-OTHER")
+        await h.wait_calls("StartTransaction", since=since)
+        other = await h.wait_status(2, "Charging", since=since)
+        assert trio.current_time() - retried_at <= 2.0  # not 30 + 60 s behind the retries
+        stopping = trio.current_time()
+        await h.station.present_id(2, "TAG-OTHER")
+        await h.wait_calls("StopTransaction", since=since)
+        assert trio.current_time() - stopping <= RELAY_ACK_DEADLINE + 1.0
+        assert len(csms.refused) == refused + 1  # the poisoned one still waits for its retry
+    assert other["connector_id"] == 2
+    (stop,) = h.csms.received("StopTransaction", since)
+    assert stop["id_tag"] == "TAG-OTHER"
 
 
 # --- faults while charging ---------------------------------------------------------------------
@@ -450,23 +574,33 @@ async def test_minimum_status_duration_suppresses_short_statuses(
         assert trio.current_time() - plugged_at == pytest.approx(10, abs=1e-6)
 
 
-async def test_every_status_is_sent_in_order_online_without_minimum_duration(
+async def test_statuses_not_sent_yet_are_coalesced_to_a_path_the_table_allows(
     autojump_clock: Any, tmp_path: Path
 ) -> None:
-    """Statuses a connector passes through in one go are all reported, in order (the
-    central system must see only transitions the OCPP table allows); offline only the latest
-    per connector is kept."""
+    """Statuses a connector passes through before the first of them went out are cut down
+    to the latest, with the intermediates that make each step one the OCPP 1.6 table allows
+    from the status the central system has; offline only the latest per connector is kept."""
     async with running_station(charger_config(tmp_path)) as h:
         await h.booted()
         session = h.station.session
         assert session is not None
-        since = h.csms.mark()
         statuses = h.station.statuses()
         one = statuses[1]
-        for status in ("Preparing", "Available", "Unavailable"):
-            session.report_status(attrs.evolve(one, status=ChargePointStatus(status)))
-        await h.wait_calls("StatusNotification", 3, since=since)
-        assert statuses_of(h, 1, since) == ["Preparing", "Available", "Unavailable"]
+
+        async def report(*names: str) -> list[str]:
+            since = h.csms.mark()
+            for status in names:
+                session.report_status(attrs.evolve(one, status=ChargePointStatus(status)))
+            await trio.sleep(10)
+            return statuses_of(h, 1, since)
+
+        # Available -> Unavailable is allowed: the rest came and went.
+        assert await report("Preparing", "Available", "Unavailable") == ["Unavailable"]
+        # Unavailable -> Finishing is not, Unavailable -> Preparing -> Finishing is.
+        assert await report("Available", "Preparing", "Finishing") == ["Preparing", "Finishing"]
+        # Back where the central system is: nothing to say.
+        assert await report("Available", "Finishing") == []
+        await report("Available")
         # Offline: coalesced to the latest.
         h.network.down = True
         await h.network.drop()

@@ -11,12 +11,17 @@ from pathlib import Path
 from typing import Any
 
 import attrs
+import hypothesis
+import hypothesis.strategies as st
 import pytest
 import trio
 from ocpp.v16 import call
-from ocpp.v16.enums import RegistrationStatus
+from ocpp.v16.enums import ChargePointErrorCode, ChargePointStatus, RegistrationStatus
 
+from dcocpp.ocpp.control import ConnectorStatus
 from dcocpp.ocpp.errors import CallError
+from dcocpp.ocpp.session import _coalesced
+from dcocpp.ocpp.statuses import allowed_transitions
 from dcocpp.station import HardReset, Station
 from tests.csms import FakeCsms, MemoryNetwork
 from tests.station_harness import charger_config, preset_keys, running_station
@@ -795,3 +800,52 @@ def test_authorization_cache_expiry_follows_the_station_clock() -> None:
     now = datetime(2026, 11, 24, 12, 31, tzinfo=UTC)
     assert cache.lookup("TAG")["status"] == "Expired"  # type: ignore[index]
     assert cache.lookup("OTHER") is None
+
+
+# --- status coalescing -------------------------------------------------------------------------
+
+_TABLE = allowed_transitions("connector")
+_STATUSES = sorted(_TABLE)
+
+
+@st.composite
+def _walks(draw: st.DrawFn) -> tuple[ChargePointStatus, list[ChargePointStatus]]:
+    """A status the central system has, and the statuses a connector then reports: each an
+    allowed step from the one before, as the connector machine makes them."""
+    start = draw(st.sampled_from(_STATUSES))
+    walk, status = [], start
+    for _ in range(draw(st.integers(1, 60))):
+        status = draw(st.sampled_from(sorted(_TABLE[status])))
+        walk.append(status)
+    return start, walk
+
+
+@hypothesis.given(_walks())
+def test_coalesced_statuses_are_a_short_allowed_path_to_the_latest(
+    walk: tuple[ChargePointStatus, list[ChargePointStatus]],
+) -> None:
+    """However a connector's statuses come before any goes out: the queue leads from the status
+    the central system has to the latest one through allowed steps only, never names a status
+    twice, and so never holds more statuses than there are."""
+    sent, reported = walk
+    queue: list[tuple[ConnectorStatus, float]] = []
+    for t, status in enumerate(reported):
+        queue = _coalesced(sent, queue, (ConnectorStatus(1, status), float(t)), _TABLE)
+        path = [entry.status for entry, _ in queue]
+        assert path[-1] == status
+        assert len(set(path)) == len(path) <= len(_STATUSES)
+        steps = zip([sent, *path], path, strict=False)
+        assert all(after in _TABLE[before] or after == before == sent for before, after in steps)
+
+
+def test_a_local_list_conflict_is_never_coalesced_away() -> None:
+    """A conflict is an event: it goes out even when the charge point's own status follows
+    before it was sent."""
+    table = allowed_transitions("chargePoint")
+    available = ConnectorStatus(0, ChargePointStatus.available)
+    conflict = ConnectorStatus(
+        0, ChargePointStatus.available, error_code=ChargePointErrorCode.local_list_conflict
+    )
+    queue = _coalesced(ChargePointStatus.available, [], (conflict, 0.0), table)
+    queue = _coalesced(ChargePointStatus.available, queue, (available, 1.0), table)
+    assert [entry for entry, _ in queue] == [conflict, available]

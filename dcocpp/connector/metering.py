@@ -62,6 +62,11 @@ _MEASURANDS: dict[str, tuple[UnitOfMeasure, Any]] = {
 }
 
 
+# What this charger can measure: SupportedMeasurands must not promise more (the station hands
+# this to the configuration store, which refuses a key file that does).
+MEASURANDS = frozenset(_MEASURANDS)
+
+
 def meter_value(
     reading: MeterReading,
     measurands: Iterable[str],
@@ -69,14 +74,15 @@ def meter_value(
     timestamp: str,
     *,
     offered_a: float = 0.0,
-) -> dict[str, Any]:
+) -> dict[str, Any] | None:
     """One MeterValue (snake_case, ready for the v16 dataclasses) with a sampled value per
-    configured measurand this meter can provide (SoC only while the EV tells it)."""
+    configured measurand this meter can provide now (SoC only while the EV tells it); None
+    when it can provide none of them: OCPP has no MeterValue without a sampled value."""
     sampled = []
     for measurand in measurands:
         spec = _MEASURANDS.get(measurand)
         if spec is None:
-            continue  # configured but not measurable here (e.g. Frequency on a DC meter)
+            continue  # SupportedMeasurands keeps these out; a caller's list may not
         unit, value_of = spec
         value = value_of(reading, offered_a)
         if value is None:
@@ -85,4 +91,6 @@ def meter_value(
         if measurand == Measurand.soc:
             entry["location"] = "EV"
         sampled.append(entry)
+    if not sampled:
+        return None
     return {"timestamp": timestamp, "sampled_value": sampled}

@@ -186,6 +186,12 @@ class ConnectorTask:
         self._resync = trio.Event()  # the station's reservations changed (see resync)
         # Tags presented at the reader whose authorization someone awaits (present_id).
         self._tag_waits: dict[str, _TagWait] = {}
+        # Measurand lists that gave no value at all (logged at INFO once each, see _sample).
+        self._unmeasured: set[tuple[str, ...]] = set()
+        # Meter values outside a transaction: the newest waiting to go, and whether one is
+        # being delivered (see _send_without_transaction).
+        self._untransacted: dict[str, Any] | None = None
+        self._delivering = False
 
     def _settings(self) -> Settings:
         store = self.services.store
@@ -245,10 +251,17 @@ class ConnectorTask:
         """MeterValues now (TriggerMessage): on the transaction if one runs."""
         measurands = self.services.store.get_list("MeterValuesSampledData")
         sample = self._sample(measurands, context)
-        if self.transaction is not None:
-            self.services.outbox.meter_values(self.transaction, [sample])
-        else:
+        if sample is None:
+            return
+        tx = self.transaction
+        if tx is None:
             self._send_without_transaction(sample)
+        elif self.services.outbox.holds_meter_values(tx, context):
+            # A central system that triggers faster than it takes them: the one waiting
+            # answers this trigger too (the outbox keeps every message it is given).
+            log.debug("connector %d: a %s sample is waiting already", self.id, context.value)
+        else:
+            self.services.outbox.meter_values(tx, [sample])
 
     # --- the loop --------------------------------------------------------------------------
 
@@ -569,14 +582,27 @@ class ConnectorTask:
         context: ReadingContext,
         reading: hw.MeterReading | None = None,
         at: str | None = None,
-    ) -> dict[str, Any]:
-        return meter_value(
+    ) -> dict[str, Any] | None:
+        """A MeterValue of `measurands`; None when none of them can be measured now (SoC
+        alone while the EV does not tell it): no message is built without a value."""
+        sample = meter_value(
             self.gun.read_meter() if reading is None else reading,
             measurands,
             context,
             ocpp_time(self.services.clock.now()) if at is None else at,
             offered_a=self.offered_a if self.offered_a is not None else self.config.max_current_a,
         )
+        if sample is None:
+            key = tuple(measurands)
+            log.log(
+                logging.DEBUG if key in self._unmeasured else logging.INFO,
+                "connector %d: none of %s can be measured now: no %s sample",
+                self.id,
+                ",".join(measurands),
+                context.value,
+            )
+            self._unmeasured.add(key)
+        return sample
 
     def _add_stop_sample(
         self, tx: LocalTransaction, measurands: list[str], context: ReadingContext
@@ -586,7 +612,8 @@ class ConnectorTask:
         reading = self.gun.read_meter()
         at = ocpp_time(self.services.clock.now())
         sample = self._sample(measurands, context, reading, at)
-        self.services.outbox.add_transaction_data(tx, sample, round(reading.energy_wh), at)
+        if sample is not None:
+            self.services.outbox.add_transaction_data(tx, sample, round(reading.energy_wh), at)
 
     def _start_transaction(self, effect: ev.StartTransaction) -> None:
         reading = self.gun.read_meter()
@@ -701,10 +728,10 @@ class ConnectorTask:
                 continue  # a new interval counts from the last sample, at once
             last = trio.current_time()
             measurands = store.get_list("MeterValuesSampledData")
-            if measurands:
-                self.services.outbox.meter_values(
-                    tx, [self._sample(measurands, ReadingContext.sample_periodic)]
-                )
+            periodic = ReadingContext.sample_periodic
+            sample = self._sample(measurands, periodic) if measurands else None
+            if sample is not None:
+                self.services.outbox.meter_values(tx, [sample])
             stop_measurands = store.get_list("StopTxnSampledData")
             if stop_measurands:
                 self._add_stop_sample(tx, stop_measurands, ReadingContext.sample_periodic)
@@ -720,8 +747,8 @@ class ConnectorTask:
                 continue  # a new interval re-aligns at once
             measurands = store.get_list("MeterValuesAlignedData")
             tx = self.transaction
-            if measurands:
-                sample = self._sample(measurands, ReadingContext.sample_clock)
+            sample = self._sample(measurands, ReadingContext.sample_clock) if measurands else None
+            if sample is not None:
                 if tx is not None:
                     self.services.outbox.meter_values(tx, [sample])
                 else:
@@ -749,15 +776,24 @@ class ConnectorTask:
 
     def _send_without_transaction(self, sample: dict[str, Any]) -> None:
         """Meter values outside a transaction are news, not billing: sent if online, else
-        dropped (with a log line)."""
-        self._spawn(self._deliver_untransacted, sample)
+        dropped (with a log line). One at a time: a newer sample replaces one still waiting
+        (a central system that triggers them faster than it answers gets the latest)."""
+        self._untransacted = sample
+        if not self._delivering:
+            self._delivering = True
+            self._spawn(self._deliver_untransacted)
 
-    async def _deliver_untransacted(self, sample: dict[str, Any]) -> None:
+    async def _deliver_untransacted(self) -> None:
         session = self.services.outbox.session
         try:
-            await session.call(call.MeterValues(connector_id=self.id, meter_value=[sample]))
-        except OcppError as exc:
-            log.info("connector %d: meter values not sent (%s)", self.id, exc)
+            while self._untransacted is not None:
+                sample, self._untransacted = self._untransacted, None
+                try:
+                    await session.call(call.MeterValues(connector_id=self.id, meter_value=[sample]))
+                except OcppError as exc:
+                    log.info("connector %d: meter values not sent (%s)", self.id, exc)
+        finally:
+            self._delivering = False
 
     # --- views -----------------------------------------------------------------------------
 

@@ -259,6 +259,19 @@ class _Player:
         # accepted are its StatusNotifications.
         await self.until_csms("the charger registered", registered)
 
+    async def until_reported(self) -> None:
+        """Until the central system has heard every connector's status as it is now: the
+        charger sends a few StatusNotifications a second at most, so at a fast pace the last
+        ones follow the script."""
+
+        def reported() -> bool:
+            heard = dict(self.csms.status_history)
+            return all(
+                heard.get(cid) == self.entry(cid)["status"] for cid in self.station.connectors
+            )
+
+        await self.until_csms("every connector's status", reported)
+
     async def until_csms(self, what: str, predicate: Callable[[], bool]) -> None:
         with trio.move_on_after(STEP_TIMEOUT):
             await self.csms.wait_for(predicate)
@@ -496,6 +509,7 @@ async def _run(
                             for session in script:
                                 players.start_soon(player.play, session)
                         await trio.sleep(FINAL_PAUSE / speed)
+                        await player.until_reported()
                     interrupted = script_scope.cancelled_caught
                     if interrupted:
                         view.note("interrupted: stopping the running transactions")

@@ -75,6 +75,15 @@ class FaultCleared:
 HardwareEvent = CablePlugged | CableUnplugged | EvDemand | RelayState | FaultRaised | FaultCleared
 
 
+class EventChannel(Protocol):
+    """Where a backend sends one gun's events: a trio memory send channel, or the station's
+    `events.CoalescingChannel`, which never makes the backend wait for a slow connector."""
+
+    async def send(self, value: HardwareEvent) -> None: ...
+
+    def close(self) -> None: ...
+
+
 # --- readings ------------------------------------------------------------------------------------
 
 
@@ -148,7 +157,7 @@ class HardwareBackend(Protocol):
 
     async def run(
         self,
-        events: Mapping[int, trio.MemorySendChannel[HardwareEvent]],
+        events: Mapping[int, EventChannel],
         *,
         task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
     ) -> None: ...

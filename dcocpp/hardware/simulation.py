@@ -36,6 +36,7 @@ from dcocpp.hardware.interface import (
     CablePlugged,
     CableUnplugged,
     EvDemand,
+    EventChannel,
     FaultCleared,
     FaultKind,
     FaultRaised,
@@ -103,7 +104,7 @@ class SimulatedGun:
         self._lock_delay = lock_delay
         self._plc_name = plc_name
         self._not_running: str | None = _NOT_STARTED
-        self._events: trio.MemorySendChannel[HardwareEvent] | None = None
+        self._events: EventChannel | None = None
 
         self._relay_closed = False
         self._relay_stuck = False
@@ -393,7 +394,7 @@ class SimulatedHardware:
 
     async def run(
         self,
-        events: Mapping[int, trio.MemorySendChannel[HardwareEvent]],
+        events: Mapping[int, EventChannel],
         *,
         task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
     ) -> None:

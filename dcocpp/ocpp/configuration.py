@@ -7,7 +7,9 @@ Three layers make up a key's value, later ones winning:
    the file leaves out is unknown to the central system (NotSupported / unknownKey). A bad
    base file is a `ConfigurationError` naming every problem.
 2. patches from charger.json (ChargePointId, CentralSystemURI, NumberOfConnectors), so the two
-   files cannot disagree about the charger's identity or size.
+   files cannot disagree about the charger's identity or size. The charger also says what its
+   meter can measure (`measurable`): SupportedMeasurands must not list more, so that no
+   measurand key can be set to something that would give empty meter values.
 3. the user overlay: a flat JSON object ``key -> string`` of every writable key changed at run
    time, rewritten atomically before a change is acknowledged. A bad overlay entry is skipped
    with a warning: an old data directory must not brick the charger.
@@ -32,7 +34,7 @@ import enum
 import json
 import logging
 import re
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -422,10 +424,13 @@ class ConfigurationStore:
         *,
         patches: Mapping[str, str | int | bool],
         specs: Mapping[str, KeySpec] = SPECS,
+        measurable: Collection[str] | None = None,
     ) -> ConfigurationStore:
         """Read the base file, apply `patches`, then the user overlay at `user_path` (which
-        need not exist yet; it is created on the first change). Raise `ConfigurationError`
-        listing every problem of the base file or the patches."""
+        need not exist yet; it is created on the first change). `measurable`: the measurands
+        this charger's meter values can carry (None: not checked); SupportedMeasurands must
+        stay within them. Raise `ConfigurationError` listing every problem of the base file
+        or the patches."""
         values, mentioned, problems = _load_base(Path(base_path), specs)
         for key, value in patches.items():
             spec = specs.get(key)
@@ -437,6 +442,15 @@ class ConfigurationStore:
             except _Invalid as err:
                 problems.append(f"patch {key}: {err}")
         problems += _check_together(values, mentioned | set(patches), specs, str(base_path))
+        supported = values.get("SupportedMeasurands")
+        if measurable is not None and supported is not None:
+            promised = [m for m in _split(supported) if m not in measurable]
+            if promised:
+                problems.append(
+                    f"{base_path}: Internal.SupportedMeasurands: {', '.join(promised)}"
+                    f" cannot be measured by this charger (it measures"
+                    f" {', '.join(sorted(measurable))})"
+                )
         if problems:
             raise ConfigurationError(problems)
 

@@ -35,3 +35,8 @@ class InvalidPayload(OcppError):
         super().__init__(f"{action}: {error}")
         self.action = action
         self.error = error
+
+
+class UnsendablePayload(InvalidPayload):
+    """A payload we were about to send fails the OCPP schema: it was not sent. The charger's
+    own bug (the central system has nothing to do with it), so retrying it cannot help."""

@@ -4,8 +4,11 @@ Frames are hot (every CALL is four of them), so writing one must cost microsecon
 formatted and appended to a queue, and a writer thread hands the queue to the stdlib's
 `RotatingFileHandler` in batches (one size check, one write and one flush per batch instead of
 per frame). Lines still queued at a crash are lost (at most `FLUSH_INTERVAL` seconds); what is
-written is in order. Without a file (tests, library use) frames go to the "dcocpp.messages"
-logger at DEBUG. Frames that would reveal the AuthorizationKey are redacted first.
+written is in order. A disk that cannot keep up (frozen, or slower than a peer's flood) lets
+at most `MAX_QUEUED_CHARS` wait in memory: lines beyond it are dropped, and the file says how
+many where they would have been (and the log, as a warning). Without a file (tests, library
+use) frames go to the "dcocpp.messages" logger at DEBUG. Frames that would reveal the
+AuthorizationKey are redacted first.
 """
 
 from __future__ import annotations
@@ -20,10 +23,12 @@ from pathlib import Path
 
 MESSAGE_LOGGER = "dcocpp.messages"
 FLUSH_INTERVAL = 0.2
+MAX_QUEUED_CHARS = 4 * 1024 * 1024
 _SECRET_KEYS = ("AuthorizationKey",)
 REDACTED = "<redacted>"
 
 log = logging.getLogger(MESSAGE_LOGGER)
+_warn = logging.getLogger(__name__)
 
 
 def redact(text: str) -> str:
@@ -66,7 +71,10 @@ class MessageFile:
             path, maxBytes=max_bytes, backupCount=backup_count, encoding="utf-8"
         )
         self._handler.setFormatter(logging.Formatter("%(message)s"))
-        self._lines: collections.deque[str] = collections.deque()  # appends are thread-safe
+        self._lines: collections.deque[str] = collections.deque()
+        self._lock = threading.Lock()  # the lines, their size and the drops, across threads
+        self._queued = 0  # characters in `_lines`
+        self._dropped = 0  # lines dropped since the last batch
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="ocpp-message-log", daemon=True)
 
@@ -75,13 +83,30 @@ class MessageFile:
         return self
 
     def write(self, line: str) -> None:
-        self._lines.append(line)
+        with self._lock:
+            if self._queued + len(line) > MAX_QUEUED_CHARS:
+                self._dropped += 1
+                return
+            self._queued += len(line)
+            self._lines.append(line)
+
+    @property
+    def queued_chars(self) -> int:
+        return self._queued
 
     def flush(self) -> None:
         """Write everything queued so far (from any thread)."""
-        batch = []
-        while self._lines:
-            batch.append(self._lines.popleft())
+        with self._lock:
+            batch = list(self._lines)
+            self._lines.clear()
+            self._queued = 0
+            dropped, self._dropped = self._dropped, 0
+        if dropped:
+            note = (
+                f"{dropped} frame line(s) dropped: the message log could not be written fast enough"
+            )
+            batch.append(f"{_timestamp()} log -- {note}")
+            _warn.warning("%s: %s", self.path, note)
         if batch:
             record = logging.LogRecord(
                 MESSAGE_LOGGER, logging.INFO, "", 0, "\n".join(batch), None, None

@@ -31,7 +31,7 @@ from trio_websocket import ConnectionClosed, WebSocketConnection
 
 from dcocpp.ocpp import wire
 from dcocpp.ocpp.errors import CallError as CallErrorException
-from dcocpp.ocpp.errors import ConnectionLost, InvalidPayload, OcppError
+from dcocpp.ocpp.errors import ConnectionLost, InvalidPayload, OcppError, UnsendablePayload
 from dcocpp.ocpp.messagelog import MessageLog
 
 log = logging.getLogger(__name__)
@@ -59,7 +59,8 @@ class RpcConnection:
     `run()` reads until the WebSocket closes, then returns; handler tasks still running are
     cancelled with it. `call()` raises `ConnectionLost` when the socket closes under it,
     `CallError` when the peer answers with a CALLERROR, and `InvalidPayload` when either side's
-    payload fails the schema (or the answer is not even a well-formed frame).
+    payload fails the schema (`UnsendablePayload` when it is ours: nothing was sent; or the
+    answer is not even a well-formed frame).
     """
 
     def __init__(
@@ -235,7 +236,7 @@ class RpcConnection:
             try:
                 wire.validate(MessageType.Call, action, body)
             except CallErrorException as exc:
-                raise InvalidPayload(action, exc) from None
+                raise UnsendablePayload(action, exc) from None
         # Uncontended, take the lock without a scheduler pass (the send below checkpoints).
         if not self._call_lock.locked():
             self._call_lock.acquire_nowait()

@@ -16,14 +16,21 @@ Failures are logged once per change, not once per retry: the first failed attemp
 (and a lost connection) at WARNING, with the URL and the reason; further attempts that fail
 the same way at DEBUG; a new reason at WARNING again; the connection that finally opens at
 INFO. `last_failure` keeps the latest failure for the operator's status.
+
+StatusNotifications are coalesced per connector (`report_status`): whatever has not gone out
+yet (queued, or behind one in flight) is cut down to the shortest path of statuses the OCPP 1.6
+table allows from the last one sent to the latest; then at most STATUS_BURST go out at once and
+one per STATUS_INTERVAL after that, so a flapping input costs a few messages a second, and the
+last one sent is always the connector's true status.
 """
 
 from __future__ import annotations
 
 import logging
+import math
 import random
 import ssl
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
 from functools import partial
 from typing import Any
@@ -31,7 +38,12 @@ from typing import Any
 import attrs
 import trio
 from ocpp.v16 import call
-from ocpp.v16.enums import AuthorizationStatus, ChargePointErrorCode, RegistrationStatus
+from ocpp.v16.enums import (
+    AuthorizationStatus,
+    ChargePointErrorCode,
+    ChargePointStatus,
+    RegistrationStatus,
+)
 
 from dcocpp.ocpp import transport
 from dcocpp.ocpp.authcache import AuthorizationCache, cache_enabled
@@ -44,6 +56,7 @@ from dcocpp.ocpp.messagelog import MessageLog
 from dcocpp.ocpp.registration import Registration, RegistrationMachine
 from dcocpp.ocpp.rpc import RpcConnection
 from dcocpp.ocpp.smartcharging.service import ChargingProfiles
+from dcocpp.ocpp.statuses import allowed_transitions
 
 log = logging.getLogger("dcocpp.session")
 
@@ -51,6 +64,12 @@ log = logging.getLogger("dcocpp.session")
 CONNECT_TIMEOUT = 20.0
 # BootNotification.conf with interval 0 means "choose yourself" for Pending/Rejected.
 DEFAULT_BOOT_RETRY = 60
+# StatusNotifications per connector: this many at once, then one per STATUS_INTERVAL seconds
+# (what changes meanwhile is coalesced, see `report_status`).
+STATUS_BURST = 5
+STATUS_INTERVAL = 0.5
+# A connector's statuses not sent yet: never more than this many (see `_coalesced`).
+STATUS_QUEUE_LIMIT = 12
 
 
 class _ConnectFailed(Exception):
@@ -143,10 +162,13 @@ class ChargePointSession:
         self._answered = False  # the central system answered a CALL on this connection
         self._heartbeat_scope: trio.CancelScope | None = None
         self._last_heartbeat = 0.0
-        # Latest status per connector not yet delivered; coalesced, sent in id order.
-        # Per connector: (status, since when) not yet sent, oldest first.
-        self._status_queue: dict[int, list[tuple[ConnectorStatus, float]]] = {}
+        # Per connector: (status, since when) not yet sent, oldest first, coalesced.
+        self._status_queue: dict[int, list[_Entry]] = {}
         self._status_sent: dict[int, tuple[str, str]] = {}  # (status, errorCode) last delivered
+        self._status_in_flight: dict[int, ConnectorStatus] = {}
+        # Per connector, when its next StatusNotification would be due at the sustained rate
+        # (the theoretical arrival time of a GCRA: STATUS_BURST may go before it).
+        self._status_tat: dict[int, float] = {}
         self._status_ready = trio.Event()
         self._handlers = CoreHandlers(self)
         store.subscribe("HeartbeatInterval", self._on_heartbeat_interval)
@@ -162,18 +184,23 @@ class ChargePointSession:
         return Registration(self.registration.state)
 
     def report_status(self, status: ConnectorStatus) -> None:
-        """Queue a StatusNotification. Online with MinimumStatusDuration 0 every status is
-        sent, in order (a connector that passes through Available on its way to Reserved
-        reports both: the central system sees only allowed transitions). Offline, or with
-        MinimumStatusDuration, only the latest per connector is kept."""
-        queue = self._status_queue.setdefault(status.connector_id, [])
+        """Queue a StatusNotification, coalesced with what the connector reported before
+        that has not gone out yet: the queue keeps the shortest run of statuses that leads
+        from the last one sent (or in flight) to this one through transitions the OCPP 1.6
+        table allows. A connector that passes through Available on its way to Reserved
+        reports both (Finishing -> Reserved is not allowed); one that went Preparing and back
+        to Available meanwhile reports nothing. A LocalListConflict is an event, never
+        coalesced away."""
+        cid = status.connector_id
+        queue = self._status_queue.setdefault(cid, [])
         if queue and _same(queue[-1][0], status):
             return  # still the same: keep the time it began (MinimumStatusDuration)
-        entry = (status, trio.current_time())
-        if queue and self.registration.accepted and not self._minimum_status_duration():
-            queue.append(entry)
-        else:
-            queue[:] = [entry]
+        sent = self._status_in_flight.get(cid)
+        anchor = sent.status if sent is not None else None
+        if anchor is None and cid in self._status_sent:
+            anchor = ChargePointStatus(self._status_sent[cid][0])
+        table = allowed_transitions("chargePoint" if cid == 0 else "connector")
+        queue[:] = _coalesced(anchor, queue, (status, trio.current_time()), table)
         self._status_ready.set()
 
     async def call(self, payload: Any, *, triggered: bool = False) -> Any:
@@ -558,49 +585,75 @@ class ChargePointSession:
                 raise ConnectionLost(f"no WebSocket pong within {interval} s")
 
     async def _send_statuses(self) -> None:
-        """Deliver each connector's queued statuses, in order, once each has held for
-        MinimumStatusDuration; a status that came and went in between is never sent, and
-        neither is one the central system already has."""
+        """Deliver each connector's queued statuses, in order, once the latest has held for
+        MinimumStatusDuration and within the connector's rate (STATUS_BURST, then one per
+        STATUS_INTERVAL); neither a status that came and went in between nor one the
+        central system already has is sent."""
         while True:
-            waiting = [queue for queue in self._status_queue.values() if queue]
-            if not (waiting and self.registration.accepted):
+            now = trio.current_time()
+            due = {
+                cid: self._status_due(cid, queue)
+                for cid, queue in self._status_queue.items()
+                if self._drop_known(cid, queue)
+            }
+            if not (due and self.registration.accepted):
                 # No await between the check and the new Event: nothing can slip in between.
                 self._status_ready = trio.Event()
                 await self._status_ready.wait()
                 continue
-            hold = self._minimum_status_duration()
-            due = min(queue[0][1] for queue in waiting) + hold
-            if due > trio.current_time():
+            if min(due.values()) > now:
                 self._status_ready = trio.Event()
-                with trio.move_on_at(due):
+                with trio.move_on_at(min(due.values())):
                     await self._status_ready.wait()
                 continue
-            now = trio.current_time()
-            for connector_id in sorted(self._status_queue):
+            for connector_id in sorted(cid for cid, at in due.items() if at <= now):
                 queue = self._status_queue[connector_id]
-                while queue and queue[0][1] + hold <= now:
-                    status, since = queue.pop(0)
-                    key = (status.status.value, status.error_code.value)
-                    if self._status_sent.get(connector_id) == key:
-                        continue
-                    try:
-                        await self.send_status(status)
-                    except (CallError, InvalidPayload) as exc:
-                        # Delivered with an error, not resent: the central system received it
-                        # (it answered), and the same status would get the same answer.
-                        log.warning(
-                            "StatusNotification for connector %d failed: %s", connector_id, exc
-                        )
-                    except BaseException:
-                        # Not delivered: keep it unless something newer arrived meanwhile.
-                        if not queue:
-                            queue.append((status, since))
-                        raise
-                    self._status_sent[connector_id] = key
-                    # A conflict is an event, not a state: the charge point's own status
-                    # follows.
-                    if status.error_code == ChargePointErrorCode.local_list_conflict and not queue:
-                        self.report_status(self.control.statuses()[0])
+                # Each send awaits: what was due may have changed meanwhile.
+                while (
+                    self._drop_known(connector_id, queue)
+                    and self._status_due(connector_id, queue) <= trio.current_time()
+                ):
+                    await self._send_queued(connector_id, queue)
+
+    def _drop_known(self, connector_id: int, queue: list[_Entry]) -> bool:
+        """Take the statuses the central system already has off the front of `queue`;
+        whether any is left to send."""
+        while queue and self._status_sent.get(connector_id) == _key(queue[0][0]):
+            queue.pop(0)
+        return bool(queue)
+
+    def _status_due(self, connector_id: int, queue: list[_Entry]) -> float:
+        """When the first of a connector's queued statuses may go: once the latest has held
+        for MinimumStatusDuration, and the connector's rate allows one more."""
+        held = queue[-1][1] + self._minimum_status_duration()
+        allowed = self._status_tat.get(connector_id, -math.inf) - (
+            (STATUS_BURST - 1) * STATUS_INTERVAL
+        )
+        return max(held, allowed)
+
+    async def _send_queued(self, connector_id: int, queue: list[_Entry]) -> None:
+        status, since = queue.pop(0)
+        now = trio.current_time()
+        tat = self._status_tat.get(connector_id, -math.inf)
+        self._status_tat[connector_id] = max(tat, now) + STATUS_INTERVAL
+        self._status_in_flight[connector_id] = status
+        try:
+            await self.send_status(status)
+        except (CallError, InvalidPayload) as exc:
+            # Delivered with an error, not resent: the central system received it (it
+            # answered), and the same status would get the same answer.
+            log.warning("StatusNotification for connector %d failed: %s", connector_id, exc)
+        except BaseException:
+            # Not delivered: keep it unless something newer arrived meanwhile.
+            if not queue:
+                queue.append((status, since))
+            raise
+        finally:
+            del self._status_in_flight[connector_id]
+        self._status_sent[connector_id] = _key(status)
+        # A conflict is an event, not a state: the charge point's own status follows.
+        if status.error_code == ChargePointErrorCode.local_list_conflict and not queue:
+            self.report_status(self.control.statuses()[0])
 
     def _minimum_status_duration(self) -> float:
         value = self.store.get("MinimumStatusDuration")
@@ -625,6 +678,48 @@ def _validity(info: dict[str, Any]) -> str:
     as valid (ConcurrentTx only says the tag is charging elsewhere)."""
     status = str(info["status"])
     return AuthorizationStatus.accepted if status == AuthorizationStatus.concurrent_tx else status
+
+
+_Entry = tuple[ConnectorStatus, float]  # a status not sent yet, and since when it holds
+
+
+def _key(status: ConnectorStatus) -> tuple[str, str]:
+    """What the central system must hear again when it changes."""
+    return (status.status.value, status.error_code.value)
+
+
+def _is_event(status: ConnectorStatus) -> bool:
+    return status.error_code == ChargePointErrorCode.local_list_conflict
+
+
+def _coalesced(
+    anchor: ChargePointStatus | None,
+    queue: list[_Entry],
+    entry: _Entry,
+    table: Mapping[ChargePointStatus, frozenset[ChargePointStatus]],
+) -> list[_Entry]:
+    """`queue` with `entry` appended, cut short: the fewest queued statuses kept (from the
+    front) such that the step to `entry` is allowed from the last one kept, or from `anchor`
+    (the status last sent or in flight; None: unknown, anything goes). The same status is not
+    kept twice (the newer replaces it), so a connector never has more queued than there are
+    statuses. An event (LocalListConflict) is never cut; a step the table does not know is
+    appended as it is; beyond STATUS_QUEUE_LIMIT the oldest events go first."""
+    status = entry[0].status
+    start = max((i + 1 for i, (queued, _) in enumerate(queue) if _is_event(queued)), default=0)
+    result = [*queue, entry]
+    for kept in range(start, len(queue) + 1):
+        before = queue[kept - 1][0] if kept else None
+        previous = before.status if before is not None else anchor
+        if previous is None or status in table.get(previous, ()):
+            result = [*queue[:kept], entry]
+            break
+        if previous == status and (before is None or not _is_event(before)):
+            result = [*queue[: max(0, kept - 1)], entry]
+            break
+    while len(result) > STATUS_QUEUE_LIMIT:
+        events = [i for i, (queued, _) in enumerate(result[:-1]) if _is_event(queued)]
+        del result[events[0] if events else 0]
+    return result
 
 
 def _same(a: ConnectorStatus, b: ConnectorStatus) -> bool:

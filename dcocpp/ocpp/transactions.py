@@ -13,12 +13,23 @@ id, even across a reboot in between.
 Order and retries. Messages go out in the order they were queued, one in flight, only while
 registration is Accepted. A lost connection or a missing answer resends the same message on the
 next connection (OCPP-J cannot tell whether an unanswered CALL arrived: the central system sees
-it at least once, never out of order). A CALLERROR is retried after
+it at least once, never out of order). A CALLERROR (or an invalid answer) is retried after
 TransactionMessageRetryInterval x attempt, up to TransactionMessageAttempts; then the message is
-*parked*, logged as an error, and retried after the next reconnect. A parked message holds back
-the later messages of its own transaction (their order matters) but not those of other
-transactions, which a single poisoned message must not stop being billed. A refused message of
-no transaction (SecurityEventNotification) waits for its retry aside: nothing waits for it.
+*parked*, logged as an error, and retried after the next reconnect. A message waiting for its
+retry, or parked, holds back the later messages of its own transaction (their order matters)
+but not those of other transactions, which a single poisoned message must not stop being
+billed: it waits aside, and the sender goes on with the others. A refused message of no
+transaction (SecurityEventNotification) holds back nothing.
+
+Our own bugs. A message that fails our own schema check before it is sent
+(`UnsendablePayload`), or a stored one that cannot even be built, was never seen by the central
+system, and retrying it cannot help: it is logged as an error with its payload and repaired or
+dropped at once, never retried or parked.
+A StopTransaction loses the transactionData that makes it invalid (the samples that fail on
+their own first, then all of it) and keeps meterStop, timestamp and reason, which bill; a
+MeterValues loses its samples that fail. A message that cannot be repaired is dropped; a
+dropped StartTransaction takes its transaction's later messages with it (they would need the
+transactionId only it could bring).
 
 Power loss. `recover()` runs at every boot: a transaction the database still holds as running
 was cut off (the process died or the power went) and is stopped with reason PowerLoss. It is
@@ -37,15 +48,17 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Iterator, Mapping
 from typing import Any, Protocol
 
 import attrs
 import trio
+from ocpp.messages import MessageType
 from ocpp.v16 import call
 from ocpp.v16.enums import Measurand, Reason, UnitOfMeasure, ValueFormat
 
-from dcocpp.ocpp.errors import CallError, ConnectionLost, InvalidPayload
+from dcocpp.ocpp import wire
+from dcocpp.ocpp.errors import CallError, ConnectionLost, InvalidPayload, UnsendablePayload
 from dcocpp.ocpp.session import ChargePointSession, ResponseTimeout
 
 log = logging.getLogger(__name__)
@@ -63,6 +76,8 @@ _CALLS: dict[str, Callable[..., Any]] = {
 # A central system without the security extension answers these; it will not change its mind.
 _UNSUPPORTED = {"NotImplemented", "NotSupported"}
 _WH_PER_UNIT = {UnitOfMeasure.wh: 1, UnitOfMeasure.kwh: 1000}
+# Where a message carries its MeterValue samples (what `_repaired` may take away).
+_SAMPLES = {"StopTransaction": "transaction_data", "MeterValues": "meter_value"}
 
 
 class OutboxStore(Protocol):
@@ -130,7 +145,8 @@ class _Message:
     id_tag: str | None  # whose idTagInfo the answer carries (for the authorization cache)
     attempts: int = 0
     parked: bool = False
-    # A refused message outside any transaction waits for its retry aside (trio time).
+    # A refused message waits for its retry aside (trio time), holding back only the later
+    # messages of its own transaction.
     retry_at: float = float("-inf")
 
 
@@ -321,6 +337,20 @@ class TransactionOutbox:
         seq = self._store.queue_message("MeterValues", tx.local_id, payload)
         self._append(_Message(seq, "MeterValues", tx.local_id, payload, None))
 
+    def holds_meter_values(self, tx: LocalTransaction, context: str) -> bool:
+        """Whether a MeterValues of `tx` with samples of `context` only is still queued (not
+        answered yet)."""
+        return any(
+            message.action == "MeterValues"
+            and message.local_id == tx.local_id
+            and all(
+                value.get("context") == context
+                for sample in message.payload["meter_value"]
+                for value in sample.get("sampled_value", ())
+            )
+            for message in self._queue
+        )
+
     def add_transaction_data(
         self, tx: LocalTransaction, sample: dict[str, Any], energy_wh: int, timestamp: str
     ) -> None:
@@ -350,8 +380,11 @@ class TransactionOutbox:
         }
         if id_tag is not None:
             payload["id_tag"] = id_tag
-        if tx.transaction_data:
-            payload["transaction_data"] = list(tx.transaction_data)
+        # OCPP 1.6 has no MeterValue without a sampled value (the schema lets one through);
+        # an older version stored such samples.
+        samples = [sample for sample in tx.transaction_data if sample.get("sampled_value")]
+        if samples:
+            payload["transaction_data"] = samples
         seq = self._store.queue_message("StopTransaction", tx.local_id, payload, id_tag, stops=True)
         self._append(_Message(seq, "StopTransaction", tx.local_id, payload, id_tag))
 
@@ -373,9 +406,9 @@ class TransactionOutbox:
         self._wake = trio.Event()
 
     async def wait_empty(self) -> None:
-        """Until nothing but parked messages is left (used before a reset); a refused
-        SecurityEventNotification waiting for its retry does not count."""
-        while self._next() is not None:
+        """Until nothing but parked messages is left (used before a reset): a transaction
+        message waiting for its retry counts, a refused SecurityEventNotification does not."""
+        while any(self._awaited()):
             await self._wake.wait()
 
     # --- sending --------------------------------------------------------------------------
@@ -400,20 +433,26 @@ class TransactionOutbox:
 
     def _next(self) -> _Message | None:
         """The first message that may go now: not parked, not waiting for its retry, and
-        not behind a parked message of its own transaction."""
+        not behind such a message of its own transaction."""
+        now = trio.current_time()
+        return next((m for m in self._awaited() if m.retry_at <= now), None)
+
+    def _awaited(self) -> Iterator[_Message]:
+        """The messages still to be sent, in order, that are neither parked nor behind a
+        message of their own transaction that is parked or waiting for its retry; of those
+        outside any transaction, only the ones not waiting for their retry."""
         held: set[int] = set()
         now = trio.current_time()
         for message in self._queue:
             if message.local_id is not None and message.local_id in held:
                 continue
-            if message.retry_at > now and not message.parked:
-                continue  # outside any transaction: nothing waits behind it
-            if message.parked:
+            if message.parked or message.retry_at > now:
                 if message.local_id is not None:
                     held.add(message.local_id)
+                    if not message.parked:
+                        yield message  # its retry is still to come
                 continue
-            return message
-        return None
+            yield message
 
     def _next_retry(self) -> float:
         """When the earliest refused message waiting aside may be retried (inf: none)."""
@@ -441,12 +480,30 @@ class TransactionOutbox:
         tx = self._transactions.get(message.local_id) if message.local_id is not None else None
         if message.action in _NEEDS_TRANSACTION_ID:
             if tx is None or tx.transaction_id is None:
-                # Cannot happen: its StartTransaction is ahead of it, or parked and holding it.
-                raise RuntimeError(f"{message.action} #{message.seq} has no transactionId")
+                # Its StartTransaction is neither ahead of it nor holding it back (see
+                # `_awaited`): it was dropped (`_unsendable`), and no id will ever come.
+                log.error(
+                    "%s #%d dropped: the StartTransaction of its transaction could not be"
+                    " sent, so it has no transactionId; payload %s",
+                    message.action,
+                    message.seq,
+                    message.payload,
+                )
+                self._drop(message, tx)
+                return True
             payload["transaction_id"] = tx.transaction_id
+        try:
+            request = _CALLS[message.action](**payload)
+        except (KeyError, TypeError) as exc:  # a stored payload no version of ours built
+            await trio.lowlevel.checkpoint()  # many such must not spin
+            return self._unsendable(message, tx, "cannot be built", repr(exc))
         connection = session.connection_number
         try:
-            result = await session.call(_CALLS[message.action](**payload))
+            result = await session.call(request)
+        except UnsendablePayload as exc:
+            await trio.lowlevel.checkpoint()  # refused before any I/O: many must not spin
+            why = "fails our own OCPP schema check"
+            return self._unsendable(message, tx, why, str(exc.error))
         except (ConnectionLost, ResponseTimeout) as exc:
             log.info("%s not delivered (%s); resending after reconnect", message.action, exc)
             if isinstance(exc, ResponseTimeout):
@@ -462,7 +519,7 @@ class TransactionOutbox:
                 log.info("the central system does not take SecurityEventNotification (%s)", exc)
                 self._store.message_delivered(message.seq)
                 return True
-            await self._refused(message, exc)
+            self._refused(message, exc)
             return False
         confirmed = None
         if message.action == "StartTransaction":
@@ -484,7 +541,38 @@ class TransactionOutbox:
             session.remember_authorization(message.id_tag, info)
         return True
 
-    async def _refused(self, message: _Message, exc: Exception) -> None:
+    def _unsendable(
+        self, message: _Message, tx: LocalTransaction | None, why: str, detail: str
+    ) -> bool:
+        """We cannot build the message or our own schema check refuses it (see the module
+        docstring): repair it and send it again at once (False), or drop it (True). Never
+        retried as it is."""
+        repaired = _repaired(message.action, message.payload)
+        log.error(
+            "%s #%d %s, a bug of this charger (%s); %s. Payload: %s",
+            message.action,
+            message.seq,
+            why,
+            detail,
+            "sending it repaired" if repaired is not None else "dropping it",
+            message.payload,
+        )
+        if repaired is not None:
+            # In memory only: after a restart the same repair is made (and logged) again.
+            message.payload = repaired
+            return False
+        self._drop(message, tx)
+        return True
+
+    def _drop(self, message: _Message, tx: LocalTransaction | None) -> None:
+        """Forget a message that can never be sent; a dropped StopTransaction ends its
+        transaction as a delivered one would."""
+        finished = tx.local_id if tx is not None and message.action == "StopTransaction" else None
+        self._store.message_delivered(message.seq, finished=finished)
+        if finished is not None:
+            self._transactions.pop(finished, None)
+
+    def _refused(self, message: _Message, exc: Exception) -> None:
         store = self.session.store
         message.attempts += 1
         limit = max(1, store.get_int("TransactionMessageAttempts"))
@@ -511,11 +599,36 @@ class TransactionOutbox:
             limit,
             retry,
         )
-        if message.local_id is None:
-            # Not a transaction's (a SecurityEventNotification): waiting for its retry in
-            # line would hold back every transaction's messages, and a reset's
-            # StopTransactions, for TransactionMessageRetryInterval x attempt.
-            message.retry_at = trio.current_time() + retry
-            self._pulse()
-            return
-        await trio.sleep(retry)
+        # Aside, not in line: waiting in the sender would hold back every other
+        # transaction's messages, and a reset's StopTransactions, for
+        # TransactionMessageRetryInterval x attempt (`_awaited` holds back its own).
+        message.retry_at = trio.current_time() + retry
+        self._pulse()
+
+
+def _repaired(action: str, payload: Mapping[str, Any]) -> dict[str, Any] | None:
+    """A smaller payload to try after `payload` failed our own schema check, None when
+    nothing is left to take away: each call takes away more, so repairing ends. First the
+    samples (transactionData, meterValue) that fail on their own; then a StopTransaction's
+    transactionData, then its idTag, keeping what bills (meterStop, timestamp, reason)."""
+    field = _SAMPLES.get(action)
+    samples = payload.get(field) if field is not None else None
+    if field is not None and samples:
+        valid = [sample for sample in samples if _valid_alone(action, payload, field, sample)]
+        if valid and len(valid) < len(samples):
+            return {**payload, field: valid}
+    if action == "StopTransaction":
+        for optional in ("transaction_data", "id_tag"):
+            if optional in payload:
+                return {key: value for key, value in payload.items() if key != optional}
+    return None
+
+
+def _valid_alone(action: str, payload: Mapping[str, Any], field: str, sample: Any) -> bool:
+    """Whether `payload` with `sample` as its only sample passes our schema check."""
+    probe = {**payload, field: [sample], "transaction_id": 0}
+    try:
+        wire.validate(MessageType.Call, action, wire.to_camel(probe))
+    except CallError:
+        return False
+    return True

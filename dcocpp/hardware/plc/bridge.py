@@ -6,14 +6,17 @@ A bus with a file descriptor (socketcan, `SelectableVirtualBus`) is waited on wi
 A bus without one (python-can's plain `virtual`, most vendor interfaces) can only be read by
 blocking in `recv`, so a `can.Notifier` thread reads it and `TrioBridge` hands each frame (or the
 reader's failure) to trio with `run_sync_soon` into a bounded memory channel, counting what does
-not fit rather than blocking the bus thread. A Notifier rather than `trio.to_thread.run_sync(
-bus.recv)`: its thread is ours to stop and join, so when the reader ends no thread is left behind
-(trio's worker cache would keep idle threads), and a cancelled reader does not abandon a thread
-blocked in `recv`.
+not fit rather than blocking the bus thread. The hand-over is bounded too: while RX_QUEUE frames
+wait in trio's queue of callbacks (trio is busy), further frames are dropped in the bus thread
+and counted, so a bus faster than trio cannot grow that queue without limit. A Notifier rather
+than `trio.to_thread.run_sync(bus.recv)`: its thread is ours to stop and join, so when the reader
+ends no thread is left behind (trio's worker cache would keep idle threads), and a cancelled
+reader does not abandon a thread blocked in `recv`.
 """
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Awaitable, Callable
 
 import can
@@ -43,12 +46,27 @@ class TrioBridge(can.Listener):
         self._send = send
         self._on_overrun = on_overrun
         self.closed = False  # set by the owner when its reader ends; late frames are dropped
+        self._lock = threading.Lock()
+        self._waiting = 0  # frames posted to trio, not delivered yet
+        self._lost = 0  # frames dropped in the bus thread, not counted by trio yet
+
+    @property
+    def waiting(self) -> int:
+        """Frames handed to trio that it has not taken yet (at most RX_QUEUE)."""
+        return self._waiting
 
     def on_message_received(self, msg: can.Message) -> None:
+        with self._lock:
+            if self._waiting >= RX_QUEUE:
+                self._lost += 1  # counted by trio with the next frame it takes
+                return
+            self._waiting += 1
         self._post(msg)
 
     def on_error(self, exc: Exception) -> None:
-        self._post(exc)
+        with self._lock:
+            self._waiting += 1
+        self._post(exc)  # never dropped: the reader's end
 
     def _post(self, item: can.Message | Exception) -> None:
         if self.closed:
@@ -59,6 +77,11 @@ class TrioBridge(can.Listener):
             self.closed = True
 
     def _deliver(self, item: can.Message | Exception) -> None:  # in trio's thread
+        with self._lock:
+            self._waiting -= 1
+            lost, self._lost = self._lost, 0
+        for _ in range(lost):
+            self._on_overrun()
         if self.closed:
             return
         try:

@@ -31,9 +31,11 @@ adapter unplugged) is a bus error like any other.
 Parameters (ConfigCmd) are set and read with `PlcGun.configure` / `read_config`, which wait for
 the PLC's ConfigAck; one ConfigCmd is in flight per PLC.
 
-Events are delivered with `await send`, so a connector that stops draining its inbox slows the
-reader (backpressure) rather than growing a hidden queue; the keep-alive writers never wait on
-event channels, so a slow connector cannot make a PLC's watchdog trip.
+Events are delivered with `await send`; the station hands over channels that never make it wait
+(`hardware.events.CoalescingChannel`: what a busy connector cannot take yet is held, coalesced),
+so a slow connector holds back neither the reader, and with it every gun's safety frames, nor
+the keep-alive writers, which never wait on event channels: it cannot make a PLC's watchdog
+trip. A safety trip is acted on here, before any event is sent (see `_on_safety`).
 """
 
 from __future__ import annotations
@@ -53,6 +55,7 @@ from dcocpp.hardware.interface import (
     CablePlugged,
     CableUnplugged,
     EvDemand,
+    EventChannel,
     FaultCleared,
     FaultKind,
     FaultRaised,
@@ -222,7 +225,7 @@ class PlcGun:
         self._backend = backend
         self.config = config
         self.plc_id = config.plc_id
-        self._events: trio.MemorySendChannel[HardwareEvent] | None = None
+        self._events: EventChannel | None = None
         self._running = False
 
         # RelayControl: what the writer repeats. seq 0 is never used: a freshly started PLC
@@ -230,6 +233,9 @@ class PlcGun:
         self._seq = 1
         self._relay_cmd = False
         self._force_off = False
+        # A safety trip the writer has not told the PLC yet: its FORCE_ALL_OFF goes out even
+        # when the input is released before the writer runs (frames are read in batches).
+        self._trip_unsent = False
         self._pending = False  # a new command the writer has not sent yet
         # The last RelayControl encoded: keep-alives repeat it without encoding again.
         self._encoded: tuple[tuple[int, ...], bytes] | None = None
@@ -429,7 +435,7 @@ class PlcGun:
         return {
             "RLY1_CMD": int(self._relay_cmd),
             "SYS_ENABLE": 1,
-            "FORCE_ALL_OFF": int(self._force_off or self._safety_tripped()),
+            "FORCE_ALL_OFF": int(self._force_off or self._safety_tripped() or self._trip_unsent),
             "CLEAR_FAULTS": int(self._should_clear()),
             "CMD_SEQ": self._seq,
             "RLY_ENABLE_MASK": 1,
@@ -651,6 +657,7 @@ class PlcGun:
             events += self._set_fault(FaultKind.EMERGENCY_STOP, detail)
         if self._safety_tripped() and not was_tripped:
             log.warning("PLC %d: safety trip, forcing all relays off", self.plc_id)
+            self._trip_unsent = True
             # FORCE_ALL_OFF follows the trip (see _relay_control); the command itself is an
             # open, so the relay stays open once the inputs are released. A force-off of a
             # set_relay that gave up stays until the next set_relay.
@@ -779,7 +786,7 @@ class PlcBackend:
 
     async def run(
         self,
-        events: Mapping[int, trio.MemorySendChannel[HardwareEvent]],
+        events: Mapping[int, EventChannel],
         *,
         task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
     ) -> None:
@@ -927,7 +934,8 @@ class PlcBackend:
         can_id, data = codec.encode(message, plc_id, signals, scaling=False)
         self._send_frame(can_id, data, plc_id)
 
-    def _send_frame(self, can_id: int, data: bytes, plc_id: int) -> None:
+    def _send_frame(self, can_id: int, data: bytes, plc_id: int) -> bool:
+        """Whether the frame went out (a failure is counted and logged here)."""
         bus = self._bus
         if bus is None:
             raise PlcDriverError("PLC bus not open")
@@ -942,11 +950,12 @@ class PlcBackend:
             self._tx_error_streak += 1
             if self._tx_error_streak >= TX_ERRORS_BEFORE_REOPEN:
                 self._fail_bus(f"{self._tx_error_streak} sends in a row failed: {exc}")
-        else:
-            self._tx_error_streak = 0
-            self._bump("tx_frames")
-            if self._bus_trouble is not None:
-                self._bus_progress(sent=True)
+            return False
+        self._tx_error_streak = 0
+        self._bump("tx_frames")
+        if self._bus_trouble is not None:
+            self._bus_progress(sent=True)
+        return True
 
     async def _write_loop(self, start: float) -> None:
         """RelayControl to every PLC every `keepalive` (at `start` + k * `keepalive`), and at
@@ -974,7 +983,10 @@ class PlcBackend:
             # Encoded (and range-checked) once per change; keep-alives reuse the bytes.
             _, data = codec.encode("RelayControl", gun.plc_id, signals, scaling=False)
             gun._encoded = (key, data)
-        self._send_frame(codec.frame_id("RelayControl", gun.plc_id), gun._encoded[1], gun.plc_id)
+        if self._send_frame(
+            codec.frame_id("RelayControl", gun.plc_id), gun._encoded[1], gun.plc_id
+        ):
+            gun._trip_unsent = False
 
     async def _supervise_loop(self, start: float) -> None:
         period = min(self._keepalive, self._rx_timeout / 4, self._meter_stale / 4)

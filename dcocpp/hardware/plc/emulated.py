@@ -23,7 +23,7 @@ import trio
 
 from dcocpp.config import ConnectorConfig
 from dcocpp.hardware.ev import EvModel
-from dcocpp.hardware.interface import FaultKind, HardwareError, HardwareEvent, MeterReading
+from dcocpp.hardware.interface import EventChannel, FaultKind, HardwareError, MeterReading
 from dcocpp.hardware.plc.driver import PlcBackend, PlcGun
 from dcocpp.hardware.plc.emulator import PlcEmulator, PlcState
 from dcocpp.hardware.plc.virtualbus import SelectableVirtualBus
@@ -157,7 +157,7 @@ class InProcessPlcHardware:
 
     async def run(
         self,
-        events: Mapping[int, trio.MemorySendChannel[HardwareEvent]],
+        events: Mapping[int, EventChannel],
         *,
         task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
     ) -> None:

@@ -150,17 +150,19 @@ class PlcEmulator:
         watchdog: float = 0.3,
         period: float = 0.1,
         initial_energy_wh: float | None = None,
+        debounce: float = DEBOUNCE_S,
     ):
         if not 0 <= plc_id <= codec.MAX_PLC_ID:
             raise ValueError(f"plcId {plc_id} outside 0..{codec.MAX_PLC_ID}")
-        if relay_delay < 0 or watchdog <= 0 or period <= 0:
-            raise ValueError("relay_delay must be >= 0, watchdog and period > 0")
+        if relay_delay < 0 or debounce < 0 or watchdog <= 0 or period <= 0:
+            raise ValueError("relay_delay and debounce must be >= 0, watchdog and period > 0")
         self._bus = bus
         self._plc_id = plc_id
         self._config = connector
         self._relay_delay = relay_delay
         self._watchdog = watchdog
         self._period = period
+        self._debounce_s = debounce
         self._ids = {
             codec.frame_id("RelayControl", plc_id): self._on_relay_control,
             codec.frame_id("ConfigCmd", plc_id): self._on_config_cmd,
@@ -283,6 +285,17 @@ class PlcEmulator:
         self._ev = None
         self._ev_suspended = False
         self._send_cp_status()
+        # The session is over: the host must not go on reporting the gone EV's SoC.
+        self._send(
+            "ChargingSession",
+            {
+                "SESSION_ACTIVE": 0,
+                "SOC_PCT": 0,
+                "EVDC_MAX_CURRENT_0p1A": 0,
+                "EVDC_MAX_VOLTAGE_0p1V": 0,
+                "EVDC_TARGET_CURRENT_0p1A": 0,
+            },
+        )
 
     def set_ev_suspended(self, suspended: bool) -> None:
         self._require_running()
@@ -541,7 +554,7 @@ class PlcEmulator:
 
     async def _debounce(self, which: _Input, scope: trio.CancelScope) -> None:
         with scope:
-            await trio.sleep(DEBOUNCE_S)
+            await trio.sleep(self._debounce_s)
             which.scope = None
             if which.stable == which.raw:
                 return
