@@ -425,6 +425,22 @@ async def _still_answers(h: Harness) -> None:
         )
     ]
 )
+# An estop released by the next two frames, all read in one batch: its FORCE_ALL_OFF must be
+# on the bus before the release is handled.
+@example(
+    steps=[
+        Burst(
+            0.3,
+            [
+                Lie("RelayStatus", 1, {"ESTOP_INPUT": 1, "SAFETY_OK": 0, "FAULT_REASON": 4}),
+                Lie("RelayStatus", 1, {}),
+                Lie("SafetySwitchStatus", 1, {}),
+            ],
+            1,
+        )
+    ]
+    * 10
+)
 @example(
     steps=[
         Burst(

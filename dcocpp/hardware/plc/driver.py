@@ -13,7 +13,9 @@ python-can bus, one PLC (plcId) per gun, all PLCs on one bus.
   `TrioToken.run_sync_soon` into a bounded channel (the thread is ours to stop and join, so
   none is left when `run` ends);
 - one writer for all PLCs: a RelayControl keep-alive to each every `keepalive` (the PLC opens
-  its relays after ~300 ms without one) and an immediate frame on every new command;
+  its relays after ~300 ms without one); a new command (or FORCE_ALL_OFF) is sent at once by
+  the task that makes it, so a safety trip read by the reader is on the bus before the reader
+  handles another frame;
 - one supervisor for all guns, which turns silence (no frame for `rx_timeout`, no fresh meter
   data for `meter_stale`) into COMMUNICATION / METER faults and clears them when data comes
   back, and a relay reported otherwise than commanded into POWER_SWITCH with FORCE_ALL_OFF
@@ -236,7 +238,6 @@ class PlcGun:
         self._seq = 1
         self._relay_cmd = False
         self._force_off = False
-        self._pending = False  # a new command the writer has not sent yet
         # The last RelayControl encoded: keep-alives repeat it without encoding again.
         self._encoded: tuple[tuple[int, ...], bytes] | None = None
 
@@ -436,7 +437,7 @@ class PlcGun:
             raise PlcDriverError(f"PLC {self.plc_id}: backend not running")
 
     def _command(self, closed: bool, *, force_off: bool) -> int:
-        """A new command: next seq (1..255, wrapping past 0), sent at once by the writer."""
+        """A new command: next seq (1..255, wrapping past 0), sent at once (`_send_now`)."""
         self._seq = self._seq % 255 + 1
         self._relay_cmd = closed
         self._force_off = force_off
@@ -445,9 +446,12 @@ class PlcGun:
         return self._seq
 
     def _send_now(self) -> None:
-        """RelayControl to this PLC at once (a new command, or FORCE_ALL_OFF changed)."""
-        self._pending = True
-        self._backend._wake_writer.set()
+        """RelayControl to this PLC at once (a new command, or FORCE_ALL_OFF changed), sent
+        by the task that decided it: a safety trip read in a batch of frames is on the bus
+        before the next frame is handled, even one that releases it."""
+        backend = self._backend
+        if backend._bus is not None:  # else the next keep-alive on the reopened bus has it
+            backend._send_relay_control(self)
 
     async def _wait_ack(self, closed: bool) -> None:
         # The newest command must be applied: an ack of an older one (stale) never matches.
@@ -903,7 +907,6 @@ class PlcBackend:
         self._tx_error_streak = 0
         # Counted in a plain dict (the hot path); `stats` is a frozen snapshot of it.
         self._counts = dict.fromkeys(attrs.fields_dict(PlcStats), 0)
-        self._wake_writer = trio.Event()  # a gun has a new command for the writer
         self._running = False
 
     @property
@@ -1092,23 +1095,14 @@ class PlcBackend:
                 self._bus_progress(sent=True)
 
     async def _write_loop(self, start: float) -> None:
-        """RelayControl to every PLC every `keepalive` (at `start` + k * `keepalive`), and at
-        once to a PLC with a new command."""
+        """RelayControl to every PLC every `keepalive` (at `start` + k * `keepalive`); a new
+        command is sent at once by whoever made it (`PlcGun._send_now`)."""
         guns = list(self._guns.values())
-        due = start
         while True:
-            self._wake_writer = trio.Event()
-            now = trio.current_time()
-            keepalive = now >= due
-            if keepalive:
-                due = _next_tick(start, self._keepalive, now)
-            for gun in guns:
-                if keepalive or gun._pending:
-                    gun._pending = False
-                    if self._bus is not None:  # None while the bus is being reopened
-                        self._send_relay_control(gun)
-            with trio.move_on_at(due):
-                await self._wake_writer.wait()
+            if self._bus is not None:  # None while the bus is being reopened
+                for gun in guns:
+                    self._send_relay_control(gun)
+            await trio.sleep_until(_next_tick(start, self._keepalive, trio.current_time()))
 
     def _send_relay_control(self, gun: PlcGun) -> None:
         signals = gun._relay_control()
