@@ -46,12 +46,14 @@ from dcocpp.connector import events as ev
 from dcocpp.connector.metering import SystemClock, WallClock, ocpp_time
 from dcocpp.connector.task import (
     INBOX_SIZE,
+    METER_PERSIST_INTERVAL,
     RELAY_ACK_DEADLINE,
     ConnectorServices,
     ConnectorTask,
 )
 from dcocpp.hardware.factory import build_hardware
 from dcocpp.hardware.interface import FaultKind, HardwareBackend, HardwareError, SimulationControl
+from dcocpp.hardware.registercheck import JITTER_S, RESOLUTION_WH
 from dcocpp.limits import LimitEnforcer
 from dcocpp.ocpp import transport
 from dcocpp.ocpp.authcache import AuthorizationCache
@@ -92,6 +94,9 @@ EV_SETTLE_TIMEOUT = 0.5
 # A tag at the reader (local API) is answered with the charger's decision once it is known, or
 # after this long (an Authorize.req may wait for the central system's answer much longer).
 AUTHORIZATION_WAIT = 5.0
+# After a controller crash, how long a PLC's relay may stay closed: its RelayControl watchdog
+# (about 300 ms), with room. Bounds what a register kept through a crash may bill.
+POWER_CUT_SLACK_S = 1.0
 _RESET_REASONS = {ResetType.soft: Reason.soft_reset, ResetType.hard: Reason.hard_reset}
 _FAULT_KINDS = {
     "estop": FaultKind.EMERGENCY_STOP,
@@ -260,7 +265,10 @@ class Station:
             now = ocpp_time(self.clock.now())
             # Transactions a power cut or crash left running are stopped (PowerLoss) first, at
             # the register of a meter that kept counting through it (a PLC's) where there is one.
-            cut_off = {tx.connector_id for tx in outbox.recover(now, self._surviving_registers())}
+            cut_off = {
+                tx.connector_id
+                for tx in outbox.recover(now, self._surviving_registers(), self._max_rise())
+            }
             if self._first_boot:
                 self._first_boot = False
                 outbox.security_event("StartupOfTheDevice", now)
@@ -318,6 +326,13 @@ class Station:
             self._boot_nursery = None
             db.close()
         return self._reset
+
+    def _max_rise(self) -> dict[int, float]:
+        """Per gun, the most energy (Wh) it can have delivered after a transaction's last
+        persisted reading until a crash cut it off: METER_PERSIST_INTERVAL, then the PLC's
+        watchdog (about 0.3 s), at the gun's rating, plus the register's step and jitter."""
+        cut = METER_PERSIST_INTERVAL + POWER_CUT_SLACK_S + JITTER_S
+        return {c.id: c.max_power_w * cut / 3600 + RESOLUTION_WH for c in self.config.connectors}
 
     def _surviving_registers(self) -> dict[int, int | None]:
         """Each gun's meter register as kept through a crash (None: its hardware keeps none),

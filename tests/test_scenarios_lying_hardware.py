@@ -15,14 +15,19 @@ from typing import Any
 import pytest
 import trio
 
+from dcocpp.connector.task import METER_PERSIST_INTERVAL
 from dcocpp.hardware.plc.driver import ACK_TIMEOUT
 from dcocpp.hardware.plc.emulated import InProcessPlcHardware
 from dcocpp.hardware.plc.emulator import PlcEmulator
 from dcocpp.hardware.simulation import SimulatedHardware
+from dcocpp.storage import Database
 from tests.billing import assert_billed_physically
+from tests.csms import FakeCsms
 from tests.station_harness import (
     Harness,
     charger_config,
+    emulated_plcs,
+    plc_driver,
     running_station,
     statuses_of,
     use_backend,
@@ -262,3 +267,35 @@ async def test_whatever_the_backend_a_transaction_bills_no_register_physics_cann
     refused = [r for r in caplog.records if "not billed" in r.getMessage()]
     assert len(refused) == 1 and refused[0].levelno == logging.ERROR
     assert refused[0].getMessage().startswith("connector 1: meter register ")
+
+
+# --- a crash, and a register that jumped meanwhile ------------------------------------------------
+
+
+async def test_a_register_that_jumped_during_a_crash_is_not_billed_by_the_power_loss_stop(
+    autojump_clock: Any, tmp_path: Path
+) -> None:
+    config = charger_config(tmp_path)
+    csms = FakeCsms()
+    async with emulated_plcs(config) as plcs:
+        async with running_station(
+            config, csms, keys=KEYS, hardware=plc_driver(config), simulation=plcs
+        ) as h:
+            await h.booted()
+            tx_id = await h.start_charging(1, "TAG-CRASH")
+            await trio.sleep(2 * METER_PERSIST_INTERVAL + 5)
+        # The controller crashed; while it was down the meter's register jumped.
+        await trio.sleep(1)
+        plc = plcs.emulator(1)
+        plc.set_register(plc.read_meter().energy_wh + 1_000_000)
+        database = Database.open(config.data_dir)
+        try:
+            (row,) = database.transactions()
+        finally:
+            database.close()
+        since = csms.mark()
+        async with running_station(config, csms, hardware=plc_driver(config), simulation=plcs) as h:
+            (stop,) = await h.wait_calls("StopTransaction", since=since)
+    assert (stop["transaction_id"], stop["reason"]) == (tx_id, "PowerLoss")
+    assert stop["meter_stop"] == row.last_meter_wh  # the checkpoint, not the jumped register
+    assert_billed_physically(h, config.connectors[0].max_power_w)
