@@ -66,7 +66,7 @@ class RegisterGuard:
     why it is not believed now (`doubt`, None: it is).
 
     `feed` every register the meter reports; `distrust` when the meter itself says its values
-    are wrong (e.g. OVERRANGE). The first reading is believed. A reading that cannot follow
+    are wrong (e.g. OVERRANGE). The first readable one is believed. A reading that cannot follow
     the believed run is not taken and starts a doubt; readings that can follow it still are
     (a glitch does not freeze the register). The doubt ends once the meter's readings have
     formed one consistent run for `settle` seconds without being distrusted: that run is
@@ -88,7 +88,8 @@ class RegisterGuard:
     def feed(self, energy_wh: float, at: float) -> None:
         believed = self._believed
         if believed is None:
-            self._believed = RegisterRun(self._max_power_w, energy_wh, at)
+            if math.isfinite(energy_wh):
+                self._believed = RegisterRun(self._max_power_w, energy_wh, at)
             return
         why = believed.doubt(energy_wh, at)
         if why is None:
