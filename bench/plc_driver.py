@@ -113,15 +113,19 @@ def _message(name: str, plc_id: int, signals: dict[str, int]) -> can.Message:
     return can.Message(arbitration_id=can_id, data=data, is_extended_id=True)
 
 
-def relay_status(plc_id: int, *, estop: bool = False, seq: int = 2) -> can.Message:
-    """A charging PLC's RelayStatus; with `estop` as the PLC reports a pressed emergency stop
-    (debounced input set, safety chain open, relay dropped, FAULT_REASON 4 latched)."""
+def relay_status(
+    plc_id: int, *, estop: bool = False, closed: bool = True, seq: int = 2
+) -> can.Message:
+    """A charging PLC's RelayStatus (relay `closed` as the driver's first command, seq 2, asked);
+    with `estop` as the PLC reports a pressed emergency stop (debounced input set, safety chain
+    open, relay dropped, FAULT_REASON 4 latched)."""
+    closed = closed and not estop
     return _message(
         "RelayStatus",
         plc_id,
         {
-            "RLY1_STATE": int(not estop),
-            "RLY1_FEEDBACK": int(not estop),
+            "RLY1_STATE": int(closed),
+            "RLY1_FEEDBACK": int(closed),
             "SAFETY_OK": int(not estop),
             "EARTH_FAULT": 0,
             "ESTOP_INPUT": int(estop),
@@ -134,14 +138,21 @@ def relay_status(plc_id: int, *, estop: bool = False, seq: int = 2) -> can.Messa
     )
 
 
-def charging_traffic(cycles: int, *, changing: bool = False) -> list[can.Message]:
+def charging_traffic(
+    cycles: int, *, changing: bool = False, relay_closed: bool = True
+) -> list[can.Message]:
     """`cycles` x 0.2 s of what 16 charging PLCs send, in bus order: every 100 ms each PLC sends
     RelayStatus, SafetySwitchStatus, CpStatus, EnergyMeterData (MUX 0 and 1 alternately) and
     ChargingSession (as `emulator.py` does), 800 frames/s in all. Nothing the driver turns
-    into an event changes after the first cycle (plugged, requesting, relay closed, no fault).
+    into an event changes after the first cycle (plugged, requesting, relay as the driver
+    commanded it (`start_driver`), no fault).
 
     The meter values move from cycle to cycle, the SoC every 10 cycles, and the other frames
     stay the same, as on a real bus: the driver takes those repeats without decoding them.
+    The MUX 1 frame changes every other cycle, as with a register that steps, but in its
+    frequency field: the traffic is replayed in a loop, faster than real time, and a register
+    that went back or rose faster than the guns' rating would be a meter fault (the driver
+    believes no such register), not the steady traffic measured here.
     With `changing`, every frame differs from the previous one of its id (fields the driver
     ignores, or reads without an event, alternate), so every frame is decoded: the worst case."""
     frames: list[can.Message] = []
@@ -166,11 +177,11 @@ def charging_traffic(cycles: int, *, changing: bool = False) -> list[can.Message
                     }
                 else:
                     meter |= {
-                        "IMPORT_ENERGY_0p1kWh": 10_000 + 1_000 * plc_id + cycle // 2,
-                        "FREQ_0p01Hz": 0,
+                        "IMPORT_ENERGY_0p1kWh": 10_000 + 1_000 * plc_id,
+                        "FREQ_0p01Hz": cycle // 2,
                     }
                 frames += [
-                    relay_status(plc_id, seq=2 + flip),
+                    relay_status(plc_id, closed=relay_closed, seq=2 + flip),
                     _message(
                         "SafetySwitchStatus",
                         plc_id,
@@ -210,8 +221,9 @@ def charging_traffic(cycles: int, *, changing: bool = False) -> list[can.Message
 
 
 def quiet_traffic() -> list[can.Message]:
-    """One RelayStatus per PLC: on a quiet bus, only what keeps the rx timeout at bay."""
-    return [relay_status(plc_id) for plc_id in range(PLCS)]
+    """One RelayStatus per PLC (relay open): on a quiet bus, only what keeps the rx timeout at
+    bay."""
+    return [relay_status(plc_id, closed=False) for plc_id in range(PLCS)]
 
 
 # --- running the driver ----------------------------------------------------------------------
@@ -224,12 +236,17 @@ class Driver:
     events: list[int]  # [hardware events drained from the connectors' channels]
 
 
-async def start_driver(nursery: trio.Nursery, channel: str, plc: can.BusABC) -> Driver:
-    """`PlcBackend.run` for 16 guns in `nursery`, its events drained as connectors would.
+async def start_driver(
+    nursery: trio.Nursery, channel: str, plc: can.BusABC, *, relays_closed: bool = True
+) -> Driver:
+    """`PlcBackend.run` for 16 guns in `nursery`, its events drained as connectors would; with
+    `relays_closed` every gun's relay commanded closed (the traffic reports them closed: a
+    relay reported otherwise than commanded is a fault, not steady traffic).
 
     `run` reports itself started once every PLC has been heard from (relay, cable, both meter
     frames) or after `rx_timeout`; so that no phase waits out that timeout, the PLC side
-    (`plc`) sends one cycle of every PLC's frames every 10 ms until then."""
+    (`plc`) sends one cycle of every PLC's frames every 10 ms until then (and until the relay
+    commands are acknowledged: the first command is seq 2, as the traffic says)."""
     opened: list[can.BusABC] = []
 
     def bus_factory() -> can.BusABC:
@@ -246,7 +263,7 @@ async def start_driver(nursery: trio.Nursery, channel: str, plc: can.BusABC) -> 
         nursery.start_soon(_count_events, receive, events)
 
     async def greet() -> None:
-        hello = charging_traffic(1)
+        hello = charging_traffic(1, relay_closed=relays_closed)
         while True:
             if opened:  # frames sent before the driver's bus exists reach nobody
                 for msg in hello:
@@ -256,6 +273,9 @@ async def start_driver(nursery: trio.Nursery, channel: str, plc: can.BusABC) -> 
     async with trio.open_nursery() as greeting:
         greeting.start_soon(greet)
         await nursery.start(partial(backend.run, senders))
+        if relays_closed:
+            for config in connectors():
+                await backend.gun(config.id).set_relay(True)
         greeting.cancel_scope.cancel()
     return Driver(backend, opened[0], events)
 
@@ -578,11 +598,12 @@ async def measure_estop(
     channel = new_channel()
     plc = SelectableVirtualBus(channel=channel)
     estop = [relay_status(plc_id, estop=True) for plc_id in range(PLCS)]
-    clear = [relay_status(plc_id) for plc_id in range(PLCS)]
+    clear = [relay_status(plc_id, closed=False) for plc_id in range(PLCS)]
     latencies: list[float] = []
     try:
         async with trio.open_nursery() as nursery:
-            await start_driver(nursery, channel, plc)
+            # Relays open: a trip commands them open, and the PLCs report them so after it.
+            await start_driver(nursery, channel, plc, relays_closed=False)
             side = PlcSide(plc)
             nursery.start_soon(side.run)
             nursery.start_soon(pace, plc, itertools.cycle(background), rate, 3600.0, tick)
@@ -661,7 +682,8 @@ async def run(args: argparse.Namespace) -> int:
             )
     wakeup_us = await timer_wakeup_cpu_us()
     quiet = await measure_estop(args.trials, quiet_traffic(), PLCS / PLC_PERIOD_S, tick, seed=1)
-    loaded = await measure_estop(args.trials, traffic, BUS_FRAMES_PER_S, tick, seed=2)
+    waiting = charging_traffic(25, relay_closed=False)
+    loaded = await measure_estop(args.trials, waiting, BUS_FRAMES_PER_S, tick, seed=2)
 
     driver_rate = statistics.median(r.rate for r in driver_rounds)
     driver_wall_rate = statistics.median(r.wall_rate for r in driver_rounds)

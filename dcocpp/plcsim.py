@@ -5,7 +5,8 @@ process plays the PLC of every configured gun on the same bus: one `PlcEmulator`
 at the connector's plcId, each on its own bus object (`EmulatedPlcs`). A console on stdin stands
 in for the physical world, one command per line, one answer line per command on stdout:
 
-    plug N [SOC%]   unplug N   suspend N   resume N   fault N KIND on|off   status [N]   help   quit
+    plug N [SOC%]   unplug N   suspend N   resume N   fault N KIND on|off   register N WH
+    overrange N on|off   weld N on|off   status [N]   help   quit
 
 Answers are `ok: ...`, `error: ...` (bad input; the console keeps running) or, for `status`, one
 JSON object per gun. A JSON line `{"event": "ready", ...}` is printed once every emulator runs,
@@ -93,6 +94,9 @@ USAGE: dict[str, str] = {
     "suspend": "suspend N",
     "resume": "resume N",
     "fault": f"fault N {'|'.join(FAULTS)} on|off",
+    "register": "register N WH",
+    "overrange": "overrange N on|off",
+    "weld": "weld N on|off",
     "status": "status [N]",
     "help": "help",
     "quit": "quit",
@@ -152,6 +156,23 @@ class Fault:
 
 
 @attrs.frozen
+class Register:
+    """The meter's import register jumps to `energy_wh` (reset, replaced, corrupted)."""
+
+    connector: int
+    energy_wh: int
+
+
+@attrs.frozen
+class Lie:
+    """The meter over range, or the relay's contacts welded (`what`), from now or no more."""
+
+    connector: int
+    what: str  # "overrange" or "weld"
+    active: bool
+
+
+@attrs.frozen
 class Status:
     connector: int | None = None  # None: every gun
 
@@ -166,7 +187,8 @@ class Quit:
     pass
 
 
-Command = Plug | Unplug | Suspend | Fault | Status | Help | Quit
+Command = Plug | Unplug | Suspend | Fault | Register | Lie | Status | Help | Quit
+Action = Plug | Unplug | Suspend | Fault | Register | Lie
 
 
 def parse_command(line: str) -> Command | None:
@@ -191,6 +213,12 @@ def parse_command(line: str) -> Command | None:
             return Suspend(_connector(n), name == "suspend")
         case "fault", [n, kind, state]:
             return Fault(_connector(n), _fault(kind), _on_off(state))
+        case "register", [n, wh]:
+            if not _NUMBER.fullmatch(wh):
+                raise ConsoleError(f"register must be a number of Wh from 0, not {wh!r}")
+            return Register(_connector(n), int(wh))
+        case "overrange" | "weld", [n, state]:
+            return Lie(_connector(n), name, _on_off(state))
         case "status", []:
             return Status()
         case "status", [n]:
@@ -275,6 +303,8 @@ def status_line(config: ConnectorConfig, state: PlcState, faults: Collection[Fau
             "faultReason": state.fault_reason,
             "faultReasonText": FAULT_REASONS.get(state.fault_reason, "unknown"),
             "lastCmdSeq": state.last_cmd_seq_applied,
+            "meterOverrange": state.meter_overrange,
+            "relayWelded": state.relay_welded,
         }
     )
 
@@ -317,14 +347,14 @@ class Console:
             case Status(connector=int(cid)):
                 self._check(cid)
                 return Reply((self._status(cid),))
-            case Plug() | Unplug() | Suspend() | Fault():
+            case Plug() | Unplug() | Suspend() | Fault() | Register() | Lie():
                 self._check(command.connector)
                 answer = await self._act(command)
                 log.info("%s", answer)
                 return Reply((f"ok: {answer}",))
         raise AssertionError(f"unhandled command {command!r}")
 
-    async def _act(self, command: Plug | Unplug | Suspend | Fault) -> str:
+    async def _act(self, command: Action) -> str:
         """Carry out one action; the emulators' refusals become ConsoleError."""
         cid = command.connector
         try:
@@ -346,6 +376,15 @@ class Console:
                     else:
                         self._faults[cid].discard(kind)
                     return f"connector {cid} fault {kind.value} {'on' if active else 'off'}"
+                case Register(energy_wh=wh):
+                    self._plcs.emulator(cid).set_register(wh)
+                    return f"connector {cid} meter register at {wh} Wh"
+                case Lie(what="overrange", active=active):
+                    self._plcs.emulator(cid).set_meter_overrange(active)
+                    return f"connector {cid} meter over range {'on' if active else 'off'}"
+                case Lie(what="weld", active=active):
+                    self._plcs.emulator(cid).set_relay_welded(active)
+                    return f"connector {cid} relay welded {'on' if active else 'off'}"
         except (ValueError, RuntimeError, HardwareError) as exc:
             # ValueError: what the physical world cannot do (plugging a plugged gun).
             raise ConsoleError(f"connector {cid}: {exc}") from None
@@ -553,6 +592,9 @@ Console: one command per line on stdin, one answer line per command on stdout ("
   resume N           the EV requests power again
   fault N KIND on|off  raise or clear a fault; KIND: estop, earth (inputs, debounced 20 ms),
                      comm (the PLC stops transmitting), meter (stale data), relay (stuck)
+  register N WH      the meter's register jumps to WH (reset, replaced, corrupted)
+  overrange N on|off the meter reports current and power over range (OVERRANGE)
+  weld N on|off      the relay's contacts weld shut (closed whatever the coil does)
   status [N]         the PLC's state: relay, EV, SoC, limits, meter, faults and flags
   help, quit
 Once every PLC runs, a JSON line {"event": "ready", ...} is printed. Logs go to stderr.

@@ -19,7 +19,6 @@ The station is the only place that knows both the OCPP layer and the hardware: i
 from __future__ import annotations
 
 import logging
-import math
 import ssl
 from collections.abc import Sequence
 from datetime import datetime
@@ -55,6 +54,7 @@ from dcocpp.connector.task import (
 from dcocpp.hardware.events import CoalescingChannel
 from dcocpp.hardware.factory import build_hardware
 from dcocpp.hardware.interface import FaultKind, HardwareBackend, HardwareError, SimulationControl
+from dcocpp.hardware.registercheck import JITTER_S, RESOLUTION_WH
 from dcocpp.limits import LimitEnforcer
 from dcocpp.ocpp import transport
 from dcocpp.ocpp.authcache import AuthorizationCache
@@ -83,11 +83,6 @@ RESET_FLUSH_TIMEOUT = 10.0
 # systemd's TimeoutStopSec (90 s by default): a restart does not wait long for a central
 # system that is away.
 SHUTDOWN_GRACE = 5.0
-# After a crash, a gun's surviving meter register is believed up to its rating for
-# METER_PERSIST_INTERVAL + this (the PLC watchdog opens the relay within ~0.3 s), plus the
-# register's resolution (the CAN contract's 0.1 kWh).
-CRASH_SLACK_S = 1.0
-REGISTER_RESOLUTION_WH = 100
 # Stopping every transaction takes this long at most: each waits up to RELAY_ACK_DEADLINE for
 # its relay to open before the reading it is billed at.
 STOP_TIMEOUT = RELAY_ACK_DEADLINE + 1.0
@@ -100,6 +95,9 @@ EV_SETTLE_TIMEOUT = 0.5
 # A tag at the reader (local API) is answered with the charger's decision once it is known, or
 # after this long (an Authorize.req may wait for the central system's answer much longer).
 AUTHORIZATION_WAIT = 5.0
+# After a controller crash, how long a PLC's relay may stay closed: its RelayControl watchdog
+# (about 300 ms), with room. Bounds what a register kept through a crash may bill.
+POWER_CUT_SLACK_S = 1.0
 _RESET_REASONS = {ResetType.soft: Reason.soft_reset, ResetType.hard: Reason.hard_reset}
 _FAULT_KINDS = {
     "estop": FaultKind.EMERGENCY_STOP,
@@ -367,6 +365,13 @@ class Station:
         except HardwareError as exc:
             log.error("connector %d: relay not opened: %s", connector_id, exc)
 
+    def _max_rise(self) -> dict[int, float]:
+        """Per gun, the most energy (Wh) it can have delivered after a transaction's last
+        persisted reading until a crash cut it off: METER_PERSIST_INTERVAL, then the PLC's
+        watchdog (about 0.3 s), at the gun's rating, plus the register's step and jitter."""
+        cut = METER_PERSIST_INTERVAL + POWER_CUT_SLACK_S + JITTER_S
+        return {c.id: c.max_power_w * cut / 3600 + RESOLUTION_WH for c in self.config.connectors}
+
     def _surviving_registers(self) -> dict[int, int | None]:
         """Each gun's meter register as kept through a crash (None: its hardware keeps none),
         in Wh, as the OCPP layer bills."""
@@ -375,16 +380,6 @@ class Station:
             wh = self.hardware.gun(cid).surviving_register_wh()
             registers[cid] = None if wh is None else round(wh)
         return registers
-
-    def _max_rise(self) -> dict[int, int]:
-        """The most energy (Wh) each gun can have delivered after the last reading persisted
-        before a crash: its rating for one persist interval, the PLC watchdog's reaction and
-        a second of slack, plus the register's 0.1 kWh resolution."""
-        hours = (METER_PERSIST_INTERVAL + CRASH_SLACK_S) / 3600
-        return {
-            c.id: math.ceil(c.max_power_w * hours) + REGISTER_RESOLUTION_WH
-            for c in self.config.connectors
-        }
 
     # --- ChargePointControl (for the OCPP layer) ---------------------------------------------
 

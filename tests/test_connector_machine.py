@@ -517,6 +517,8 @@ class ConnectorRules(RuleBasedStateMachine):
         self.starts = 0
         self.stops = 0
         self.relay: list[bool] = []
+        # The hardware reports the relay otherwise than commanded, and its fault stands.
+        self.contradicted = False
 
     @precondition(lambda self: self.machine is None)
     @rule(flags=st.tuples(st.booleans(), st.booleans(), st.booleans(), st.booleans()))
@@ -531,6 +533,47 @@ class ConnectorRules(RuleBasedStateMachine):
         before = self.machine.truth
         self.machine.dispatch(event)
         self._absorb(self.machine.take_effects(), before)
+        # A random event may be the hardware agreeing again (RelayConfirmed as commanded,
+        # or its fault cleared).
+        self.contradicted &= FaultKind.POWER_SWITCH in self.machine.truth.fault_kinds
+
+    @precondition(lambda self: self.machine is not None)
+    @rule()
+    def relay_feedback_contradicts_the_command(self) -> None:
+        """The hardware reports the relay otherwise than commanded (closed on an idle gun, or
+        open while charging), and past the ack deadline reports a PowerSwitchFailure."""
+        assert self.machine is not None
+        for event in (
+            ev.RelayConfirmed(not self.machine.truth.relay_commanded),
+            ev.FaultRaised(FaultKind.POWER_SWITCH, "PLC 0: relay reported closed"),
+        ):
+            before = self.machine.truth
+            self.machine.dispatch(event)
+            self._absorb(self.machine.take_effects(), before)
+        t = self.machine.truth
+        assert FaultKind.POWER_SWITCH in t.fault_kinds
+        assert self.machine.status == S.faulted
+        # It acts: no transaction goes on, nothing commands the relay closed.
+        assert t.transaction is None and not t.relay_commanded
+        self.contradicted = True
+
+    @precondition(lambda self: self.contradicted)
+    @rule()
+    def relay_feedback_agrees_again(self) -> None:
+        """The relay is reported as commanded again, and the hardware clears its fault."""
+        assert self.machine is not None
+        for event in (
+            ev.RelayConfirmed(self.machine.truth.relay_commanded),
+            ev.FaultCleared(FaultKind.POWER_SWITCH),
+        ):
+            before = self.machine.truth
+            self.machine.dispatch(event)
+            self._absorb(self.machine.take_effects(), before)
+        t = self.machine.truth
+        assert FaultKind.POWER_SWITCH not in t.fault_kinds
+        # Recovered: Faulted only for another fault still active.
+        assert (self.machine.status == S.faulted) == bool(t.faults)
+        self.contradicted = False
 
     def _absorb(self, effects: list[ev.Effect], before: Truth | None = None) -> None:
         for effect in effects:
@@ -574,6 +617,12 @@ class ConnectorRules(RuleBasedStateMachine):
             assert relay_may_close(t)
             assert not t.faults and t.transaction is not None and t.plugged
             assert t.operative or t.scheduled is not None
+        # No energy without a commanded close: Charging only on a relay commanded and
+        # confirmed closed; while the relay contradicts the command the gun is Faulted.
+        if machine.status == S.charging:
+            assert t.relay_commanded and t.relay_closed
+        if self.contradicted:
+            assert machine.status == S.faulted and not t.relay_commanded
         # A transaction is open exactly while the machine has one.
         assert (self.starts == self.stops + 1) == (t.transaction is not None)
         # The last notification is the current status.

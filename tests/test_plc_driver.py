@@ -37,6 +37,7 @@ from dcocpp.hardware.interface import (
 )
 from dcocpp.hardware.plc import codec
 from dcocpp.hardware.plc.driver import (
+    ACK_TIMEOUT,
     REOPEN_MAX_S,
     REOPEN_MIN_S,
     CanBusNotFound,
@@ -1187,3 +1188,101 @@ async def test_force_off_of_a_failed_command_outlasts_a_safety_trip() -> None:
         # Released, but the earlier give-up still holds until the next set_relay.
         frames = await r.wait_sent(3, lambda f: True)
         assert frames == [control(next_seq(int(forced["CMD_SEQ"])), force_off=True)]
+
+
+# --- the meter and the relay against physics ---------------------------------------------------
+
+
+def meter_fault(events: list[HardwareEvent]) -> FaultRaised:
+    (raised,) = [e for e in events if isinstance(e, FaultRaised)]
+    assert raised.kind == FaultKind.METER
+    return raised
+
+
+@pytest.mark.parametrize(
+    ("register", "detail"),
+    [
+        (lambda wh: wh - 500_000, "PLC 3: meter register went back 500000 Wh"),
+        (lambda wh: 0, "PLC 3: meter register went back 1300000 Wh"),
+        (lambda wh: wh + 1_000_000, "PLC 3: meter register rose 1000000 Wh in "),
+    ],
+    ids=["back 500 kWh", "zero", "jump 1e6 Wh"],
+)
+async def test_an_implausible_register_is_a_meter_fault_and_is_not_taken(
+    register: Callable[[float], float], detail: str
+) -> None:
+    async with rig(ONE) as r:
+        gun, emu = r.backend.gun(1), r.emulators[3]
+        believed = gun.read_meter().energy_wh
+        assert believed == 1_300_000  # 1000 kWh + 100 kWh x plcId 3
+        emu.set_register(register(believed))
+        await r.wait_until(lambda: faulted(gun, FaultKind.METER))
+        assert meter_fault(r.events[1]).detail.startswith(detail)
+        await trio.sleep(0.3)  # more frames of it: still not taken
+        assert gun.read_meter().energy_wh == believed
+        assert gun.surviving_register_wh() == believed
+        assert faulted(gun, FaultKind.METER)
+
+
+async def test_a_meter_over_range_is_a_meter_fault_and_its_values_are_not_taken() -> None:
+    async with rig(ONE) as r:
+        gun, emu = r.backend.gun(1), r.emulators[3]
+        emu.plug()
+        await gun.set_relay(True)
+        await r.wait_until(lambda: gun.read_meter().current_a > 0)
+        emu.set_meter_overrange(True)
+        await r.wait_until(lambda: faulted(gun, FaultKind.METER))
+        assert meter_fault(r.events[1]).detail == "PLC 3: meter over range (OVERRANGE)"
+        await trio.sleep(0.3)
+        reading = gun.read_meter()
+        # 327.67 A / kW were on the bus; a 200 A / 60 kW gun never reports them.
+        assert 0 < reading.current_a <= 200 and 0 < reading.power_w <= 60_000
+
+
+async def test_a_relay_reported_closed_against_the_command_forces_all_off_until_it_agrees() -> None:
+    async with rig(ONE, fakes=(3,), **PAUSED_OK) as r:
+        gun, plc = r.backend.gun(1), r.fakes[3]
+        await plc.sync(gun)
+        seq = r.sent(3)[-1]["CMD_SEQ"]
+        assert isinstance(seq, int)
+        # The idle gun, commanded open, reported closed (the PLC did so for 3 s).
+        plc.frames["RelayStatus"].update(RLY1_STATE=1, RLY1_FEEDBACK=1)
+        lied = trio.current_time()
+        before = await r.wait_sent(3, lambda f: f["FORCE_ALL_OFF"] == 1)
+        took = trio.current_time() - lied
+        assert ACK_TIMEOUT - 0.06 <= took < ACK_TIMEOUT + WAIT  # not before the ack deadline
+        assert before[-1] == control(seq, force_off=True)  # the command stays: open
+        raised = FaultRaised(FaultKind.POWER_SWITCH, "PLC 3: relay reported closed, commanded open")
+        await r.wait_event(1, raised)
+        # Every RelayControl carries it while the relay is reported closed ...
+        await trio.sleep(1.0)
+        held = r.sent(3)
+        assert len(held) >= 5 and all(f == control(seq, force_off=True) for f in held)
+        # ... and no more once it agrees again.
+        plc.frames["RelayStatus"].update(RLY1_STATE=0, RLY1_FEEDBACK=0)
+        await r.wait_event(1, FaultCleared(FaultKind.POWER_SWITCH))
+        sent = await r.wait_sent(3, lambda f: f["FORCE_ALL_OFF"] == 0)
+        assert sent[-1]["RLY1_CMD"] == 0
+        assert not faulted(gun, FaultKind.POWER_SWITCH)
+        assert r.events[1] == [
+            RelayState(True),
+            raised,
+            RelayState(False),
+            FaultCleared(FaultKind.POWER_SWITCH),
+        ]
+
+
+async def test_a_welded_relay_is_reported_closed_and_forced_off_while_it_lasts() -> None:
+    async with rig(ONE) as r:
+        gun, emu = r.backend.gun(1), r.emulators[3]
+        emu.set_relay_welded(True)
+        await r.wait_until(lambda: faulted(gun, FaultKind.POWER_SWITCH))
+        # The coil is open as commanded; its auxiliary contact says closed.
+        assert gun.status().relay_closed and not emu.state.relay_closed
+        await r.wait_until(lambda: emu.state.force_off_active)
+        emu.set_relay_welded(False)
+        await r.wait_event(1, FaultCleared(FaultKind.POWER_SWITCH))
+        await r.wait_until(lambda: not emu.state.force_off_active)
+        # Closing works again.
+        await gun.set_relay(True)
+        assert emu.state.relay_closed

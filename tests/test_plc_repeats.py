@@ -1,10 +1,15 @@
-"""The PLC driver's repeat fast path (`PlcGun._repeat`): a frame equal to the last one of its
-id, from a healthy gun, is not decoded. Property: for any sequence of frames and elapsed time,
-a driver with the fast path ends every step exactly where a driver that decodes every frame
-does: the same hardware events, the same state, the same RelayControl to send.
+"""Properties of the PLC driver fed frames without a bus, on a `MockClock`: `_on_message` is
+what the reader calls per frame, `_supervise` what the supervisor calls per period, `_command`
+what a relay command does.
 
-Both drivers are fed in one trio run with a `MockClock`, without a bus: `_on_message` is what
-the reader calls per frame, `_supervise` what the supervisor calls per period."""
+- The repeat fast path (`PlcGun._repeat`): a frame equal to the last one of its id, from a
+  healthy gun, is not decoded. For any sequence of frames (lies included: relays reported
+  against the command, registers that go back or jump, meters over range), commands and
+  elapsed time, a driver with the fast path ends every step exactly where a driver that
+  decodes every frame does: the same hardware events, the same state, the same RelayControl.
+- A relay reported otherwise than commanded: a POWER_SWITCH fault once it has lasted the ack
+  deadline, FORCE_ALL_OFF exactly while that fault lasts, and recovery once the reports agree
+  again."""
 
 from __future__ import annotations
 
@@ -19,7 +24,7 @@ from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from dcocpp.config import ConnectorConfig
-from dcocpp.hardware.interface import HardwareEvent
+from dcocpp.hardware.interface import FaultKind, HardwareEvent
 from dcocpp.hardware.plc import codec
 from dcocpp.hardware.plc.driver import PlcBackend, PlcGun
 from tests.plc_frames import IDLE_FRAMES
@@ -51,6 +56,9 @@ _VARIANTS: list[tuple[str, dict[str, int]]] = [
     ("RelayStatus", _RELAY | {"SAFETY_OK": 0, "SW_STATES": 2}),
     ("RelayStatus", _RELAY | {"COMM_FAULT": 1, "FAULT_REASON": 1}),
     ("RelayStatus", _RELAY | {"FAULT_REASON": 7}),
+    # The relay (its coil, or its auxiliary contact) reported against the command.
+    ("RelayStatus", _RELAY | {"RLY1_STATE": 1}),
+    ("RelayStatus", _RELAY | {"RLY1_FEEDBACK": 1}),
     ("SafetySwitchStatus", _SWITCHES),
     ("SafetySwitchStatus", _SWITCHES | {"ESTOP": 1, "SAFETY_OK": 0, "SW_STATES": 1}),
     ("SafetySwitchStatus", _SWITCHES | {"EARTH_FAULT": 1, "SAFETY_OK": 0}),
@@ -61,8 +69,14 @@ _VARIANTS: list[tuple[str, dict[str, int]]] = [
     ("EnergyMeterData", _METER0),
     ("EnergyMeterData", _METER0 | {"CURRENT_0p01A": 15_000, "ACTIVE_POWER_0p01kW": 600}),
     ("EnergyMeterData", _METER0 | {"DATA_STALE": 1}),
+    ("EnergyMeterData", _METER0 | {"OVERRANGE": 1, "CURRENT_0p01A": 32_767}),
     ("EnergyMeterData", _METER1),
+    # Registers: one step up (plausible), back, 0, a jump of 1 MWh; and over range.
+    ("EnergyMeterData", _METER1 | {"IMPORT_ENERGY_0p1kWh": 12_346}),
     ("EnergyMeterData", _METER1 | {"IMPORT_ENERGY_0p1kWh": 101}),
+    ("EnergyMeterData", _METER1 | {"IMPORT_ENERGY_0p1kWh": 0}),
+    ("EnergyMeterData", _METER1 | {"IMPORT_ENERGY_0p1kWh": 22_345}),
+    ("EnergyMeterData", _METER1 | {"OVERRANGE": 1}),
     ("EnergyMeterData", _METER1 | {"METER_OK": 0, "COMM_ERROR": 1}),
     ("ChargingSession", _SESSION),
     ("ChargingSession", _SESSION | {"SOC_PCT": 51}),
@@ -113,7 +127,14 @@ class Elapse:
     seconds: float
 
 
-Step = int | Again | Elapse
+@attrs.frozen
+class Command:
+    """The host commands the relay (a new CMD_SEQ, as `set_relay` or a safety trip does)."""
+
+    closed: bool
+
+
+Step = int | Again | Elapse | Command
 
 
 CONNECTOR = ConnectorConfig(
@@ -140,6 +161,7 @@ def _state(gun: PlcGun) -> dict[str, Any]:
         "safety": [(i.value, i._clear_count) for i in (gun._estop, gun._earth, gun._chain)],
         "comm_causes": dict(gun._comm_causes),
         "heard": (gun._last_rx, gun._last_fresh_meter),
+        "register": (gun._register.energy_wh, gun._register.doubt),
         "crc_protected": gun._crc_protected,
         "known": gun._known.is_set(),
     }
@@ -168,7 +190,10 @@ async def _run(steps: list[Step]) -> None:
     assert isinstance(clock, trio.testing.MockClock)
     sent: list[can.Message] = []
     for n, step in enumerate(steps):
-        if isinstance(step, Elapse):
+        if isinstance(step, Command):
+            for backend in drivers:
+                backend.gun(1)._command(step.closed, force_off=False)
+        elif isinstance(step, Elapse):
             clock.jump(step.seconds)
             now = trio.current_time()
             for backend in drivers:
@@ -213,6 +238,7 @@ STEPS = st.lists(
         st.builds(Again, st.integers(1, 3)),
         st.builds(Again, st.integers(1, 3)),
         st.builds(Elapse, st.sampled_from([0.05, 0.3, 1.2, 2.5])),
+        st.builds(Command, st.booleans()),
     ),
     min_size=1,
     max_size=80,
@@ -274,3 +300,101 @@ def test_repeats_of_a_healthy_gun_are_not_decoded() -> None:
         assert backend.stats.repeats == 8
 
     trio.run(main, clock=trio.testing.MockClock())
+
+
+# --- a relay reported against the command ------------------------------------------------------
+
+ACK_TIMEOUT = 0.3
+
+
+@attrs.frozen
+class Report:
+    """A RelayStatus from a healthy PLC reporting the relay's coil and auxiliary contact."""
+
+    state: bool
+    feedback: bool
+
+
+FeedbackStep = Report | Command | Elapse
+FEEDBACK_STEPS = st.lists(
+    st.one_of(
+        st.builds(Report, st.booleans(), st.booleans()),
+        st.builds(Report, st.booleans(), st.booleans()).map(lambda r: Report(r.state, r.state)),
+        st.builds(Command, st.booleans()),
+        st.builds(Elapse, st.sampled_from([0.05, 0.1, 0.2, 0.35, 1.0])),
+    ),
+    min_size=1,
+    max_size=60,
+)
+
+
+async def _run_feedback(steps: list[FeedbackStep]) -> None:
+    # A PLC that is always heard and a meter never stale: only the relay is judged here.
+    backend = PlcBackend(
+        [CONNECTOR],
+        bus_factory=_no_bus,
+        ack_timeout=ACK_TIMEOUT,
+        debounce_frames=DEBOUNCE,
+        rx_timeout=1e9,
+        meter_stale=1e9,
+    )
+    gun = backend.gun(1)
+    clock = trio.lowlevel.current_clock()
+    assert isinstance(clock, trio.testing.MockClock)
+    # The model: when the reports began to contradict the command (reset by a report that
+    # agrees, or a new command), and how many reports in a row agree.
+    contradicting_since: float | None = None
+    agreeing = 0
+    for n, step in enumerate(steps):
+        now = trio.current_time()
+        if isinstance(step, Command):
+            gun._command(step.closed, force_off=False)
+            contradicting_since, agreeing = None, 0
+        elif isinstance(step, Elapse):
+            clock.jump(step.seconds)
+            gun._supervise(trio.current_time())
+        else:
+            signals = _RELAY | {"RLY1_STATE": int(step.state), "RLY1_FEEDBACK": int(step.feedback)}
+            can_id, data = codec.encode("RelayStatus", PLC_ID, signals, scaling=False)
+            await backend._on_message(can.Message(arbitration_id=can_id, data=data))
+            if step.state == step.feedback == gun._relay_cmd:
+                contradicting_since, agreeing = None, agreeing + 1
+            else:
+                agreeing = 0
+                if contradicting_since is None:
+                    contradicting_since = now
+        now = trio.current_time()
+        where = f"step {n}: {steps[: n + 1]}"
+        detail = dict(gun.status().faults).get(FaultKind.POWER_SWITCH)
+        # FORCE_ALL_OFF exactly while the relay's report contradicts the command (nothing
+        # else forces it off here: no safety input, no failed set_relay).
+        assert gun._relay_control()["FORCE_ALL_OFF"] == (detail is not None), where
+        assert detail is None or detail.startswith("PLC 3: relay reported "), where
+        # Raised once a contradiction has lasted the ack deadline (judged at every report
+        # and every supervisor period) ...
+        if contradicting_since is not None and now - contradicting_since >= ACK_TIMEOUT:
+            assert detail is not None, where
+        # ... and gone once DEBOUNCE reports in a row agree.
+        if agreeing >= DEBOUNCE:
+            assert detail is None, where
+
+
+@settings(max_examples=500, deadline=None)
+@given(steps=FEEDBACK_STEPS)
+# The issue's case: reported closed on an idle gun commanded open, for 3 s, then open again.
+@example(
+    steps=[
+        Report(state=False, feedback=False),
+        *[Report(state=True, feedback=True), Elapse(0.1)] * 30,
+        Report(state=False, feedback=False),
+        Report(state=False, feedback=False),
+    ]
+)
+# A report that flaps every frame contradicts the command all the same.
+@example(steps=[Report(True, True), Elapse(0.1), Report(False, False), Elapse(0.1)] * 3)
+# A welded contact: the coil open as commanded, its auxiliary contact closed.
+@example(steps=[Report(state=False, feedback=True), Elapse(0.35)])
+def test_a_relay_reported_against_the_command_is_a_power_switch_failure_with_force_off(
+    steps: list[FeedbackStep],
+) -> None:
+    trio.run(_run_feedback, steps, clock=trio.testing.MockClock())

@@ -37,16 +37,19 @@ from dcocpp.hardware.interface import (
 from dcocpp.hardware.plc.driver import PlcBackend
 from dcocpp.hardware.plc.emulated import EmulatedPlcs
 from dcocpp.hardware.plc.virtualbus import SelectableVirtualBus
+from dcocpp.hardware.registercheck import SETTLE_S
 from dcocpp.plcsim import (
     MAX_LINE,
     BusOpenError,
     ConsoleError,
     Fault,
     Help,
+    Lie,
     LineBuffer,
     LineReader,
     Plug,
     Quit,
+    Register,
     Status,
     Suspend,
     Unplug,
@@ -82,6 +85,10 @@ PROCESS_WAIT = 30.0  # a child's start (imports) on a loaded machine
         ("fault 2 comm on", Fault(2, FaultKind.COMMUNICATION, True)),
         ("fault 2 meter on", Fault(2, FaultKind.METER, True)),
         ("Fault 1 RELAY ON", Fault(1, FaultKind.POWER_SWITCH, True)),
+        ("register 1 0", Register(1, 0)),
+        ("register 2 1500000", Register(2, 1_500_000)),
+        ("overrange 1 on", Lie(1, "overrange", True)),
+        ("WELD 2 off", Lie(2, "weld", False)),
         ("status", Status()),
         ("status 2", Status(2)),
         ("help", Help()),
@@ -123,6 +130,11 @@ def test_blank_lines_and_comments_are_no_command(line: str) -> None:
         ("fault 1 lock on", "unknown fault 'lock' (one of: estop, earth, comm, meter, relay)"),
         ("fault 1 estop maybe", "expected on or off, not 'maybe'"),
         ("fault x estop on", "connector must be a number from 1, not 'x'"),
+        ("register 1", "usage: register N WH"),
+        ("register 1 -5", "register must be a number of Wh from 0, not '-5'"),
+        ("register 1 1e6", "register must be a number of Wh from 0, not '1e6'"),
+        ("overrange 1", "usage: overrange N on|off"),
+        ("weld 1 stuck", "expected on or off, not 'stuck'"),
         ("status 1 2", "usage: status [N]"),
         ("status all", "connector must be a number from 1, not 'all'"),
         ("help me", "usage: help"),
@@ -358,6 +370,34 @@ async def test_console_drives_the_driver(autojump_clock: trio.testing.MockClock)
             await r.served.wait()
         with pytest.raises(RuntimeError, match="not running"):
             r.plcs.state(1)  # the emulators stopped with serve()
+
+
+async def test_console_makes_the_meter_and_the_relay_lie(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    async with rig() as r:
+        assert await r.ask("register 1 0") == ["ok: connector 1 meter register at 0 Wh"]
+        raised = await r.wait_fault(1, FaultKind.METER)
+        assert raised.detail == "PLC 0: meter register went back 1000000 Wh"
+        assert (await r.status(1))["energyWh"] == 0.0  # what the PLC reports
+        assert r.backend.gun(1).read_meter().energy_wh == 1_000_000  # what the host believes
+
+        assert await r.ask("overrange 2 on") == ["ok: connector 2 meter over range on"]
+        raised = await r.wait_fault(2, FaultKind.METER)
+        assert raised.detail == "PLC 1: meter over range (OVERRANGE)"
+        assert (await r.status(2))["meterOverrange"] is True
+        assert await r.ask("overrange 2 off") == ["ok: connector 2 meter over range off"]
+        await trio.sleep(SETTLE_S)  # believed again once consistent for that long
+        await r.wait_event(2, FaultCleared(FaultKind.METER))
+
+        assert await r.ask("weld 2 on") == ["ok: connector 2 relay welded on"]
+        raised = await r.wait_fault(2, FaultKind.POWER_SWITCH)
+        assert raised.detail == "PLC 1: relay reported closed, commanded open"
+        await r.wait_until(lambda: r.plcs.state(2).force_off_active)
+        assert (await r.status(2))["relayWelded"] is True
+        assert await r.ask("weld 2 off") == ["ok: connector 2 relay welded off"]
+        await r.wait_event(2, FaultCleared(FaultKind.POWER_SWITCH))
+        assert await r.ask("register 7 0") == ["error: unknown connector 7 (configured: 1, 2)"]
 
 
 async def test_bad_input_is_answered_and_changes_nothing(

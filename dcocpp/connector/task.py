@@ -34,6 +34,7 @@ from dcocpp.connector.machine import (
 )
 from dcocpp.connector.metering import WallClock, meter_value, ocpp_time, seconds_to_next_aligned
 from dcocpp.hardware import interface as hw
+from dcocpp.hardware.registercheck import RegisterRun
 from dcocpp.ocpp.authorization import Authorizer, Decision
 from dcocpp.ocpp.configuration import ConfigurationStore
 from dcocpp.ocpp.control import ConnectorStatus
@@ -192,6 +193,10 @@ class ConnectorTask:
         # being delivered (see _send_without_transaction).
         self._untransacted: dict[str, Any] | None = None
         self._delivering = False
+        # Per transaction (local id) until its StopTransaction is queued: the registers it
+        # was billed, and whether one was refused (see `_reading`).
+        self._billed: dict[int, RegisterRun] = {}
+        self._refused: set[int] = set()
 
     def _settings(self) -> Settings:
         store = self.services.store
@@ -250,7 +255,7 @@ class ConnectorTask:
     async def send_meter_values(self, context: ReadingContext = ReadingContext.trigger) -> None:
         """MeterValues now (TriggerMessage): on the transaction if one runs."""
         measurands = self.services.store.get_list("MeterValuesSampledData")
-        sample = self._sample(measurands, context)
+        sample = self._sample(measurands, context, self._reading(self.transaction))
         if sample is None:
             return
         tx = self.transaction
@@ -318,6 +323,12 @@ class ConnectorTask:
             return
         request = item if isinstance(item, _Request) else None
         event = request.event if request else item
+        if isinstance(event, hw.FaultCleared) or (
+            isinstance(event, hw.RelayState) and event.closed == self._relay_target
+        ):
+            # News that may end a relay failure: the hardware reports the relay as wanted, or
+            # a fault gone (a PLC that talks again). The relay worker retries at once.
+            self._relay_wake.set()
         translate = _HARDWARE_EVENTS.get(type(event))
         if translate is not None:
             event = translate(event)
@@ -429,26 +440,31 @@ class ConnectorTask:
                 await self._relay_wake.wait()
                 self._relay_wake = trio.Event()
                 continue
-            with trio.move_on_after(RELAY_ACK_DEADLINE) as deadline:
-                try:
-                    await self.gun.set_relay(target)
-                except hw.HardwareError as exc:
-                    await self._relay_failed(f"relay refused: {exc}")
-                    continue
-            if deadline.cancelled_caught:
-                action = "close" if target else "open"
-                await self._relay_failed(f"no {action} confirmation in {RELAY_ACK_DEADLINE:g} s")
-                continue
-            self._set_relay_confirmed(target)
-            await self.post(ev.RelayConfirmed(target))
+            failure = await self._command_relay(target)
+            if failure is None:
+                self._set_relay_confirmed(target)
+                await self.post(ev.RelayConfirmed(target))
+            else:
+                await self._relay_failed(failure)
+
+    async def _command_relay(self, target: bool) -> str | None:
+        """One command under the ack deadline; why it failed (None: confirmed)."""
+        with trio.move_on_after(RELAY_ACK_DEADLINE):
+            try:
+                await self.gun.set_relay(target)
+            except hw.HardwareError as exc:
+                return f"relay refused: {exc}"
+            return None
+        return f"no {'close' if target else 'open'} confirmation in {RELAY_ACK_DEADLINE:g} s"
 
     async def _relay_failed(self, detail: str) -> None:
         # The PowerSwitchFailure it raises is logged once (`_log_faults`); not every retry.
         log.debug("connector %d: relay command failed: %s", self.id, detail)
         self._set_relay_confirmed(None)
         await self.post(ev.RelayFailed(detail))
-        # Try again later (or at once when the machine wants something new): a relay that
-        # works again confirms, and that clears the PowerSwitchFailure.
+        # Try again after RELAY_RETRY_INTERVAL; at once when the machine wants something new
+        # or the hardware reported news that may mean it obeys again, since the failed
+        # attempt began (see `_handle`). A relay that confirms clears the PowerSwitchFailure.
         with trio.move_on_after(RELAY_RETRY_INTERVAL):
             await self._relay_wake.wait()
         self._relay_wake = trio.Event()
@@ -609,11 +625,35 @@ class ConnectorTask:
     ) -> None:
         """A sample for the StopTransaction's transactionData (StopTxnSampledData /
         StopTxnAlignedData), persisted with the reading it shows."""
-        reading = self.gun.read_meter()
+        reading = self._reading(tx)
         at = ocpp_time(self.services.clock.now())
         sample = self._sample(measurands, context, reading, at)
         if sample is not None:
             self.services.outbox.add_transaction_data(tx, sample, round(reading.energy_wh), at)
+
+    def _reading(self, tx: LocalTransaction | None) -> hw.MeterReading:
+        """The meter now, as transaction `tx` may bill it: its register never below one
+        already billed (meterStart, MeterValues, stop samples, the persisted reading) nor
+        above what the gun's rating can have delivered since (`RegisterRun`), whatever the
+        hardware says. The PLC driver believes no other register already (it reports the
+        meter failure); this holds for any backend, and a refused register is logged."""
+        reading = self.gun.read_meter()
+        if tx is None or (run := self._billed.get(tx.local_id)) is None:
+            return reading
+        now = trio.current_time()
+        why = run.doubt(reading.energy_wh, now)
+        if why is None:
+            run.add(reading.energy_wh, now)
+            return reading
+        if tx.local_id not in self._refused:
+            self._refused.add(tx.local_id)
+            log.error(
+                "connector %d: %s: not billed; the transaction bills %.0f Wh at most",
+                self.id,
+                why,
+                run.energy_wh,
+            )
+        return attrs.evolve(reading, energy_wh=run.energy_wh)
 
     def _start_transaction(self, effect: ev.StartTransaction) -> None:
         reading = self.gun.read_meter()
@@ -627,6 +667,9 @@ class ConnectorTask:
         )
         tx.on_confirmed = functools.partial(self._confirmed, tx)
         self.transaction = tx
+        self._billed[tx.local_id] = RegisterRun(
+            self.config.max_power_w, reading.energy_wh, trio.current_time()
+        )
         stop_measurands = self.services.store.get_list("StopTxnSampledData")
         if stop_measurands:
             self._add_stop_sample(tx, stop_measurands, ReadingContext.transaction_begin)
@@ -673,6 +716,8 @@ class ConnectorTask:
         try:
             await self._queue_stop(tx, effect)
         finally:
+            self._billed.pop(tx.local_id, None)
+            self._refused.discard(tx.local_id)
             self._finishing -= 1
             self._settled.set()
             self._settled = trio.Event()
@@ -680,7 +725,7 @@ class ConnectorTask:
     async def _queue_stop(self, tx: LocalTransaction, effect: ev.StopTransaction) -> None:
         # The relay is opening (the machine commanded it first): bill up to the last Wh.
         await self._wait_relay_open()
-        reading = self.gun.read_meter()
+        reading = self._reading(tx)
         stop_measurands = self.services.store.get_list("StopTxnSampledData")
         if stop_measurands:
             self._add_stop_sample(tx, stop_measurands, ReadingContext.transaction_end)
@@ -712,7 +757,7 @@ class ConnectorTask:
         transaction is stopped (PowerLoss) at the last one persisted."""
         while True:
             await trio.sleep(METER_PERSIST_INTERVAL)
-            reading = self.gun.read_meter()
+            reading = self._reading(tx)
             self.services.outbox.record_meter(
                 tx, round(reading.energy_wh), ocpp_time(self.services.clock.now())
             )
@@ -729,7 +774,7 @@ class ConnectorTask:
             last = trio.current_time()
             measurands = store.get_list("MeterValuesSampledData")
             periodic = ReadingContext.sample_periodic
-            sample = self._sample(measurands, periodic) if measurands else None
+            sample = self._sample(measurands, periodic, self._reading(tx)) if measurands else None
             if sample is not None:
                 self.services.outbox.meter_values(tx, [sample])
             stop_measurands = store.get_list("StopTxnSampledData")
@@ -747,7 +792,11 @@ class ConnectorTask:
                 continue  # a new interval re-aligns at once
             measurands = store.get_list("MeterValuesAlignedData")
             tx = self.transaction
-            sample = self._sample(measurands, ReadingContext.sample_clock) if measurands else None
+            sample = (
+                self._sample(measurands, ReadingContext.sample_clock, self._reading(tx))
+                if measurands
+                else None
+            )
             if sample is not None:
                 if tx is not None:
                     self.services.outbox.meter_values(tx, [sample])

@@ -39,9 +39,11 @@ kept through the cut (a PLC's meter does; the station hands it over, None where 
 none), the last reading persisted for it (`record_meter`, every 10 s while it ran), and the
 readings of the stop samples it carries; so the register bills the energy that flowed after
 the last checkpoint, and a register that reads lower (a replaced or reset meter) never takes
-anything off the bill. Its timestamp is that checkpoint's time, the last moment the charger
-saw it running: the cut came at most one checkpoint interval later, whereas the boot can be
-hours later (after a power cut), which a tariff by the minute would bill.
+anything off the bill. A register above the checkpoint by more than the gun can have delivered
+since (the station says how much) is a meter that jumped meanwhile, and is not billed. Its
+timestamp is that checkpoint's time, the last moment the charger saw it running: the cut came
+at most one checkpoint interval later, whereas the boot can be hours later (after a power
+cut), which a tariff by the minute would bill.
 """
 
 from __future__ import annotations
@@ -151,31 +153,16 @@ class _Message:
 
 
 def _power_loss_meter_stop(
-    checkpoint: int,
-    register: int | None,
-    samples: list[dict[str, Any]],
-    max_rise: int | None = None,
+    checkpoint: int, register: int | None, samples: list[dict[str, Any]]
 ) -> tuple[int, str]:
     """The meterStop of a cut-off transaction (see the module docstring) and its source, for
-    the log; of equal readings the checkpoint, the fallback, is named. A register more than
-    `max_rise` Wh above what was persisted is not believed: the gun cannot have delivered that
-    between the last reading persisted and the crash (a garbage or swapped register)."""
+    the log; of equal readings the checkpoint, the fallback, is named."""
     candidates = [(checkpoint, "the last persisted reading")]
     sampled = [wh for wh in map(_register_wh, samples) if wh is not None]
     if sampled:
         candidates.append((max(sampled), "a stop sample it carries"))
     if register is not None:
-        known = max(candidate[0] for candidate in candidates)
-        if max_rise is None or register <= known + max_rise:
-            candidates.append((register, "the meter's register"))
-        else:
-            log.warning(
-                "the meter's register (%d Wh) is %d Wh above the last reading persisted, more "
-                "than the gun can deliver in the time between (%d Wh): not billed",
-                register,
-                register - known,
-                max_rise,
-            )
+        candidates.append((register, "the meter's register"))
     return max(candidates, key=lambda candidate: candidate[0])
 
 
@@ -230,14 +217,15 @@ class TransactionOutbox:
         self,
         now: str,
         registers: Mapping[int, int | None] | None = None,
-        max_rise: Mapping[int, int] | None = None,
+        max_rise: Mapping[int, float] | None = None,
     ) -> list[LocalTransaction]:
         """Load what the database holds; stop every transaction that was still running with
         reason PowerLoss, at the highest of its gun's meter register in `registers`
         (connector id -> Wh, None or absent: the hardware keeps none), its last persisted
         reading and the readings of the samples it carries, timestamped at that persisted
-        reading (see the module docstring); a register more than `max_rise` (connector id ->
-        Wh) above those readings is not billed. Returns those transactions."""
+        reading (see the module docstring). A register above the persisted reading by more
+        than `max_rise` (connector id -> Wh: what the gun can deliver between two persisted
+        readings and the cut) is not billed. Returns those transactions."""
         self._queue = [
             _Message(m.seq, m.action, m.local_id, m.payload, m.id_tag, m.attempts, m.parked)
             for m in self._store.queued_messages()
@@ -258,11 +246,17 @@ class TransactionOutbox:
             self._transactions[tx.local_id] = tx
             if not row.stopped:
                 register = (registers or {}).get(row.connector_id)
+                rise = (max_rise or {}).get(row.connector_id)
+                kept = "none kept" if register is None else f"{register} Wh"
+                if (
+                    register is not None
+                    and rise is not None
+                    and register > row.last_meter_wh + rise
+                ):
+                    kept += ", more than the gun can have delivered since: not billed"
+                    register = None  # a meter that jumped meanwhile
                 meter_stop, source = _power_loss_meter_stop(
-                    row.last_meter_wh,
-                    register,
-                    tx.transaction_data,
-                    (max_rise or {}).get(row.connector_id),
+                    row.last_meter_wh, register, tx.transaction_data
                 )
                 log.warning(
                     "transaction %s on connector %d (%s) was cut off by a power loss or crash:"
@@ -273,7 +267,7 @@ class TransactionOutbox:
                     row.id_tag,
                     meter_stop,
                     source,
-                    "none kept" if register is None else f"{register} Wh",
+                    kept,
                     row.last_meter_wh,
                     row.last_meter_at,
                 )

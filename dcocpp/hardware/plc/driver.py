@@ -13,10 +13,17 @@ python-can bus, one PLC (plcId) per gun, all PLCs on one bus.
   `TrioToken.run_sync_soon` into a bounded channel (the thread is ours to stop and join, so
   none is left when `run` ends);
 - one writer for all PLCs: a RelayControl keep-alive to each every `keepalive` (the PLC opens
-  its relays after ~300 ms without one) and an immediate frame on every new command;
+  its relays after ~300 ms without one); a new command (or FORCE_ALL_OFF) is sent at once by
+  the task that makes it, so a safety trip read by the reader is on the bus before the reader
+  handles another frame;
 - one supervisor for all guns, which turns silence (no frame for `rx_timeout`, no fresh meter
   data for `meter_stale`) into COMMUNICATION / METER faults and clears them when data comes
-  back.
+  back, and a relay reported otherwise than commanded into POWER_SWITCH with FORCE_ALL_OFF
+  (`PlcGun._judge_relay`, also judged at every RelayStatus).
+
+The PLC's word is checked against physics and the command: a meter register that goes back or
+rises faster than the gun's rating allows, or a meter over range, is not believed (METER, see
+`PlcGun._on_meter` and `registercheck`).
 
 A bus error (the bus cannot be opened, e.g. its interface is not up yet; the reader's `recv`
 fails; or `TX_ERRORS_BEFORE_REOPEN` sends in a row raise `can.CanError`) does not end `run`:
@@ -67,6 +74,7 @@ from dcocpp.hardware.interface import (
 )
 from dcocpp.hardware.plc import codec
 from dcocpp.hardware.plc.bridge import BusReadError, read_frames
+from dcocpp.hardware.registercheck import RegisterGuard
 
 if TYPE_CHECKING:
     from dcocpp.hardware.interface import GunHardware, HardwareBackend
@@ -233,15 +241,22 @@ class PlcGun:
         self._seq = 1
         self._relay_cmd = False
         self._force_off = False
-        # A safety trip the writer has not told the PLC yet: its FORCE_ALL_OFF goes out even
-        # when the input is released before the writer runs (frames are read in batches).
+        # A safety trip not on the bus yet (its immediate send failed): FORCE_ALL_OFF stays in
+        # the keep-alives until one carrying it went out, even if the input was released.
         self._trip_unsent = False
-        self._pending = False  # a new command the writer has not sent yet
         # The last RelayControl encoded: keep-alives repeat it without encoding again.
         self._encoded: tuple[tuple[int, ...], bytes] | None = None
 
-        # what the PLC says
+        # what the PLC says: the relay's coil (RLY1_STATE) and auxiliary contact
+        # (RLY1_FEEDBACK); it counts as closed when either says so (fail-safe).
+        self._relay_state = False
+        self._relay_feedback = False
         self._relay_closed = False
+        # A relay reported otherwise than commanded: since when (None: it agrees, or a command
+        # is being carried out, `_acking`), see `_judge_relay`.
+        self._mismatch_since: float | None = None
+        self._agreeing = 0  # RelayStatus frames in a row that agree, since a disagreement
+        self._acking = 0
         self._plugged = False
         self._requesting = False
         self._last_applied: int | None = None
@@ -259,6 +274,9 @@ class PlcGun:
         self._current_a = 0.0
         self._power_w = 0.0
         self._energy_wh = 0.0
+        # The register as believed: never one the gun's rating cannot explain (see
+        # `registercheck`); why not believed now is a METER cause.
+        self._register = RegisterGuard(config.max_power_w)
         # ChargingSession's word alone (each field here has one writer message, see
         # `_repeat`): the PLC reports SESSION_ACTIVE=0 once the EV is gone.
         self._session_soc: float | None = None
@@ -278,12 +296,14 @@ class PlcGun:
         self._known = trio.Event()
 
         self._faults: dict[FaultKind, str] = {}
-        # Several causes feed the one COMMUNICATION fault; it clears when none is left.
+        # Several causes feed one fault of a kind; it clears when none is left (`_cause`).
         self._comm_causes: dict[str, str] = {}
+        self._meter_causes: dict[str, str] = {}  # stale data, a meter not believed
+        self._switch_causes: dict[str, str] = {}  # the PLC's FAULT_REASON 7, our mismatch
 
-        # The last accepted frame of each bus id (its bytes, and whether it was fresh meter
-        # data), for the repeat fast path: see `_repeat`.
-        self._last_frame: dict[int, tuple[bytes, bool]] = {}
+        # The last accepted frame of each bus id (its bytes, whether it was fresh meter data,
+        # and the register it reported), for the repeat fast path: see `_repeat`.
+        self._last_frame: dict[int, tuple[bytes, bool, float | None]] = {}
 
     # --- GunHardware --------------------------------------------------------------------
 
@@ -296,6 +316,15 @@ class PlcGun:
         FORCE_ALL_OFF (every relay open, closing refused until the next set_relay) and
         PlcDriverError is raised; the caller's own cancel scope may end it earlier."""
         self._require_running()
+        # While it waits for acknowledgements, the relay is not judged against the command
+        # (`_judge_relay`): each attempt has its own deadline, and the give-up its force-off.
+        self._acking += 1
+        try:
+            await self._set_relay(closed)
+        finally:
+            self._acking -= 1
+
+    async def _set_relay(self, closed: bool) -> None:
         backend = self._backend
         for attempt in range(1, backend._attempts + 1):
             if closed and self._safety_tripped():
@@ -383,6 +412,8 @@ class PlcGun:
         return waiter.value
 
     def read_meter(self) -> MeterReading:
+        """The last fresh values the meter reported within its range, and the register as
+        believed (see `_on_meter`)."""
         return MeterReading(
             energy_wh=self._energy_wh,
             power_w=self._power_w,
@@ -392,10 +423,10 @@ class PlcGun:
         )
 
     def surviving_register_wh(self) -> float | None:
-        """The EnergyMeterData IMPORT_ENERGY register this PLC's meter reported (valid data
-        only), which a controller crash does not reset; None until it has reported one."""
-        # `_seen` keeps every first frame, so it holds "EnergyMeterData1" once one arrived.
-        return self._energy_wh if "EnergyMeterData1" in self._seen else None
+        """The EnergyMeterData IMPORT_ENERGY register this PLC's meter reported (valid data,
+        as believed), which a controller crash does not reset; None until it has reported
+        one."""
+        return self._register.energy_wh
 
     def status(self) -> GunStatus:
         return GunStatus(
@@ -412,13 +443,21 @@ class PlcGun:
             raise PlcDriverError(f"PLC {self.plc_id}: backend not running")
 
     def _command(self, closed: bool, *, force_off: bool) -> int:
-        """A new command: next seq (1..255, wrapping past 0), sent at once by the writer."""
+        """A new command: next seq (1..255, wrapping past 0), sent at once (`_send_now`)."""
         self._seq = self._seq % 255 + 1
         self._relay_cmd = closed
         self._force_off = force_off
-        self._pending = True
-        self._backend._wake_writer.set()
+        self._mismatch_since = None  # the PLC gets a full ack_timeout for the new command
+        self._send_now()
         return self._seq
+
+    def _send_now(self) -> None:
+        """RelayControl to this PLC at once (a new command, or FORCE_ALL_OFF changed), sent
+        by the task that decided it: a safety trip read in a batch of frames is on the bus
+        before the next frame is handled, even one that releases it."""
+        backend = self._backend
+        if backend._bus is not None:  # else the next keep-alive on the reopened bus has it
+            backend._send_relay_control(self)
 
     async def _wait_ack(self, closed: bool) -> None:
         # The newest command must be applied: an ack of an older one (stale) never matches.
@@ -427,7 +466,8 @@ class PlcGun:
         while not (
             self._last_applied == self._seq
             and self._relay_cmd == closed
-            and self._relay_closed == closed
+            and self._relay_state == closed
+            and self._relay_feedback == closed
         ):
             await self._status_changed.wait()
 
@@ -435,7 +475,12 @@ class PlcGun:
         return {
             "RLY1_CMD": int(self._relay_cmd),
             "SYS_ENABLE": 1,
-            "FORCE_ALL_OFF": int(self._force_off or self._safety_tripped() or self._trip_unsent),
+            "FORCE_ALL_OFF": int(
+                self._force_off
+                or self._safety_tripped()
+                or self._trip_unsent
+                or "feedback" in self._switch_causes
+            ),
             "CLEAR_FAULTS": int(self._should_clear()),
             "CMD_SEQ": self._seq,
             "RLY_ENABLE_MASK": 1,
@@ -489,7 +534,7 @@ class PlcGun:
         s = decoded.signals
         match decoded.message:
             case "RelayStatus":
-                self._on_relay_status(s, events)
+                self._on_relay_status(s, now, events)
                 self._saw("RelayStatus")
             case "CpStatus":
                 plugged, requesting = bool(s["PLUGGED"]), bool(s["EV_READY"])
@@ -504,15 +549,9 @@ class PlcGun:
             case "EnergyMeterData":
                 if s["METER_OK"] and not s["DATA_STALE"] and not s["COMM_ERROR"]:
                     self._last_fresh_meter = now
-                    events += self._set_fault(FaultKind.METER, None)
-                    # Raw integers: exact units without float artifacts of the scaled decode.
-                    if s["MUX"] == 0:
-                        self._voltage_v = int(s["VOLTAGE_0p1V"]) / 10
-                        self._current_a = int(s["CURRENT_0p01A"]) / 100
-                        self._power_w = int(s["ACTIVE_POWER_0p01kW"]) * 10.0
-                    elif s["MUX"] == 1:
-                        self._energy_wh = int(s["IMPORT_ENERGY_0p1kWh"]) * 100.0
-                    self._saw(f"EnergyMeterData{s['MUX']}")
+                    if self._meter_causes:
+                        events += self._cause(FaultKind.METER, self._meter_causes, "stale", None)
+                    self._on_meter(s, now, events)
             case "SafetySwitchStatus":
                 self._on_safety(
                     events,
@@ -551,8 +590,52 @@ class PlcGun:
                         waiter.done.set()
         return events
 
+    def _on_meter(
+        self, s: Mapping[str, float | int], now: float, events: list[HardwareEvent]
+    ) -> None:
+        """Fresh meter data. The meter is believed only where physics allows: with
+        OVERRANGE (the contract's ranges are ±327.67 A / kW, far above any gun's rating)
+        nothing of the frame is taken, and a register is taken only as `RegisterGuard`
+        believes it; the meter not believed is a METER fault ("PLC n: meter ...")."""
+        register = self._register
+        if s["OVERRANGE"]:
+            register.distrust("meter over range (OVERRANGE)")
+        elif s["MUX"] == 0:
+            # Raw integers: exact units without float artifacts of the scaled decode.
+            self._voltage_v = int(s["VOLTAGE_0p1V"]) / 10
+            self._current_a = int(s["CURRENT_0p01A"]) / 100
+            self._power_w = int(s["ACTIVE_POWER_0p01kW"]) * 10.0
+            self._saw("EnergyMeterData0")
+        elif s["MUX"] == 1:
+            register.feed(int(s["IMPORT_ENERGY_0p1kWh"]) * 100.0, now)
+            if register.energy_wh is not None:
+                self._energy_wh = register.energy_wh
+            self._saw("EnergyMeterData1")
+        doubt = register.doubt
+        if doubt is not None or "doubt" in self._meter_causes:
+            if doubt is None:
+                log.info(
+                    "PLC %d: meter consistent again, register believed at %.0f Wh",
+                    self.plc_id,
+                    self._energy_wh,
+                )
+            events += self._cause(
+                FaultKind.METER,
+                self._meter_causes,
+                "doubt",
+                None if doubt is None else f"PLC {self.plc_id}: {doubt}",
+            )
+
     def _healthy(self) -> bool:
-        return not (self._faults or self._comm_causes or self._safety_tripped())
+        # A relay reported otherwise than commanded is judged by every frame (`_repeat`).
+        return not (
+            self._faults
+            or self._comm_causes
+            or self._safety_tripped()
+            or self._relay_state != self._relay_cmd
+            or self._relay_feedback != self._relay_cmd
+            or self._mismatch_since is not None
+        )
 
     def _repeat(self, can_id: int, data: bytes, now: float) -> bool:
         """Whether a received frame repeats the last frame of its id, one that left this gun
@@ -577,6 +660,9 @@ class PlcGun:
         self._last_rx = now
         if last[1]:
             self._last_fresh_meter = now
+            if last[2] is not None:
+                # The same register, later: it bounds the next rise closer (`RegisterRun`).
+                self._register.feed(last[2], now)
         return True
 
     def _remember(self, can_id: int, data: bytes, decoded: codec.Decoded) -> None:
@@ -593,7 +679,10 @@ class PlcGun:
         fresh_meter = decoded.message == "EnergyMeterData" and bool(
             s["METER_OK"] and not s["DATA_STALE"] and not s["COMM_ERROR"]
         )
-        self._last_frame[can_id] = (data, fresh_meter)
+        register = None
+        if fresh_meter and s["MUX"] == 1 and not s["OVERRANGE"]:
+            register = int(s["IMPORT_ENERGY_0p1kWh"]) * 100.0
+        self._last_frame[can_id] = (data, fresh_meter, register)
 
     def _saw(self, what: str) -> None:
         if not self._known.is_set():
@@ -601,7 +690,9 @@ class PlcGun:
             if self._seen >= _FIRST_FRAMES:
                 self._known.set()
 
-    def _on_relay_status(self, s: Mapping[str, float | int], events: list[HardwareEvent]) -> None:
+    def _on_relay_status(
+        self, s: Mapping[str, float | int], now: float, events: list[HardwareEvent]
+    ) -> None:
         # Safety first: a relay opened by an interlock is reported after the interlock, so
         # the connector knows why it opened.
         self._on_safety(
@@ -611,7 +702,9 @@ class PlcGun:
             chain=not s["SAFETY_OK"] and not s["ESTOP_INPUT"] and not s["EARTH_FAULT"],
             switches=int(s["SW_STATES"]),
         )
-        closed = bool(s["RLY1_STATE"])
+        self._relay_state = bool(s["RLY1_STATE"])
+        self._relay_feedback = bool(s["RLY1_FEEDBACK"])
+        closed = self._relay_state or self._relay_feedback
         if closed != self._relay_closed:
             self._relay_closed = closed
             events.append(RelayState(closed))
@@ -625,12 +718,15 @@ class PlcGun:
         elif self._plc_comm_fault:
             comm = f"PLC {self.plc_id} reports a communication fault"
         events += self._comm_cause("plc", comm)
-        events += self._set_fault(
+        events += self._cause(
             FaultKind.POWER_SWITCH,
+            self._switch_causes,
+            "plc",
             f"PLC {self.plc_id}: relay feedback mismatch"
             if reason == _FAULT_RELAY_MISMATCH
             else None,
         )
+        events += self._judge_relay(now, frame=True)
         # Wake set_relay waiters; a fresh Event so the next wait blocks until the next frame.
         self._status_changed.set()
         self._status_changed = trio.Event()
@@ -673,17 +769,71 @@ class PlcGun:
             now - self._last_fresh_meter >= backend._meter_stale
             and FaultKind.COMMUNICATION not in self._faults
         ):
-            events += self._set_fault(FaultKind.METER, "meter data stale")
+            events += self._cause(FaultKind.METER, self._meter_causes, "stale", "meter data stale")
+        events += self._judge_relay(now)
         return events
 
+    def _judge_relay(self, now: float, *, frame: bool = False) -> list[HardwareEvent]:
+        """The relay as the PLC reports it against the command. A disagreement that lasts
+        `ack_timeout` is POWER_SWITCH, with FORCE_ALL_OFF while it lasts (`_relay_control`).
+        It ends only after `debounce_frames` RelayStatus frames (`frame`) in a row agree, so
+        a report that flaps cannot keep it from being raised, nor end it. Not judged while a
+        `set_relay` waits for its acknowledgement (it has its own deadline and force-off),
+        while the PLC is not heard (its report is old), nor for an open relay commanded
+        closed while the PLC reports why it opened it (an interlock, its watchdog: those
+        faults say so, and the connector commands it open)."""
+        cmd = self._relay_cmd
+        active = "feedback" in self._switch_causes
+        if self._relay_state == cmd and self._relay_feedback == cmd:
+            if not frame or (self._mismatch_since is None and not active):
+                return []
+            self._agreeing += 1
+            if self._agreeing < self._backend._debounce_frames:
+                return []
+            self._mismatch_since = None
+            return self._feedback_cause(None)
+        self._agreeing = 0
+        plc_opened_it = cmd and (
+            self._plc_comm_fault
+            or self._plc_fault_reason not in (0, _REMOTE_FORCE_OFF)
+            or self._safety_tripped()
+        )
+        silent = "rx" in self._comm_causes or "bus" in self._comm_causes
+        if self._acking or silent or plc_opened_it:
+            self._mismatch_since = None
+            return []
+        if self._mismatch_since is None:
+            self._mismatch_since = now
+        if active or now - self._mismatch_since < self._backend._ack_timeout:
+            return []
+        reported, commanded = ("open", "closed") if cmd else ("closed", "open")
+        return self._feedback_cause(
+            f"PLC {self.plc_id}: relay reported {reported}, commanded {commanded}"
+        )
+
+    def _feedback_cause(self, detail: str | None) -> list[HardwareEvent]:
+        if (detail is not None) == ("feedback" in self._switch_causes):
+            return []
+        if detail is not None:
+            log.warning("%s: forcing all relays off until it agrees", detail)
+        self._send_now()  # FORCE_ALL_OFF follows the cause at once
+        return self._cause(FaultKind.POWER_SWITCH, self._switch_causes, "feedback", detail)
+
     def _comm_cause(self, cause: str, detail: str | None) -> list[HardwareEvent]:
+        return self._cause(FaultKind.COMMUNICATION, self._comm_causes, cause, detail)
+
+    def _cause(
+        self, kind: FaultKind, causes: dict[str, str], cause: str, detail: str | None
+    ) -> list[HardwareEvent]:
+        """One cause of the fault `kind` active (detail) or gone (None): the fault is raised
+        with the first cause's detail and cleared when no cause is left."""
         if detail is None:
-            self._comm_causes.pop(cause, None)
+            causes.pop(cause, None)
         else:
-            self._comm_causes.setdefault(cause, detail)
-        first = next(iter(self._comm_causes.values()), None)
-        if first is None or FaultKind.COMMUNICATION not in self._faults:
-            return self._set_fault(FaultKind.COMMUNICATION, first)
+            causes.setdefault(cause, detail)
+        first = next(iter(causes.values()), None)
+        if first is None or kind not in self._faults:
+            return self._set_fault(kind, first)
         return []
 
     def _set_fault(self, kind: FaultKind, detail: str | None) -> list[HardwareEvent]:
@@ -767,7 +917,6 @@ class PlcBackend:
         self._tx_error_streak = 0
         # Counted in a plain dict (the hot path); `stats` is a frozen snapshot of it.
         self._counts = dict.fromkeys(attrs.fields_dict(PlcStats), 0)
-        self._wake_writer = trio.Event()  # a gun has a new command for the writer
         self._running = False
 
     @property
@@ -958,23 +1107,14 @@ class PlcBackend:
         return True
 
     async def _write_loop(self, start: float) -> None:
-        """RelayControl to every PLC every `keepalive` (at `start` + k * `keepalive`), and at
-        once to a PLC with a new command."""
+        """RelayControl to every PLC every `keepalive` (at `start` + k * `keepalive`); a new
+        command is sent at once by whoever made it (`PlcGun._send_now`)."""
         guns = list(self._guns.values())
-        due = start
         while True:
-            self._wake_writer = trio.Event()
-            now = trio.current_time()
-            keepalive = now >= due
-            if keepalive:
-                due = _next_tick(start, self._keepalive, now)
-            for gun in guns:
-                if keepalive or gun._pending:
-                    gun._pending = False
-                    if self._bus is not None:  # None while the bus is being reopened
-                        self._send_relay_control(gun)
-            with trio.move_on_at(due):
-                await self._wake_writer.wait()
+            if self._bus is not None:  # None while the bus is being reopened
+                for gun in guns:
+                    self._send_relay_control(gun)
+            await trio.sleep_until(_next_tick(start, self._keepalive, trio.current_time()))
 
     def _send_relay_control(self, gun: PlcGun) -> None:
         signals = gun._relay_control()

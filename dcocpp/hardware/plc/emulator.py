@@ -79,6 +79,7 @@ _CP_VOLTS = {CP_A: 12.0, CP_B: 9.0, CP_C: 6.0}
 _DC_DUTY_PCT = 5  # IEC 61851-23: 5 % duty = "use digital communication"
 _SW_MASK = 0b11  # switch input 0 = estop, input 1 = earth-fault monitor
 _RAW_S16_MAX = 32767
+_MAX_REGISTER_WH = (2**32 - 1) * 100  # IMPORT_ENERGY_0p1kWh is a u32 of 0.1 kWh
 
 
 class PlcEmulatorError(HardwareError):
@@ -116,8 +117,10 @@ class PlcState:
     power_limit_w: float
     meter: MeterReading
     meter_stale: bool
+    meter_overrange: bool
     silent: bool
     relay_stuck: bool
+    relay_welded: bool
 
 
 class _Input:
@@ -178,6 +181,7 @@ class PlcEmulator:
         self._force_off = False
         self._sys_enable = True
         self._relay_stuck = False
+        self._relay_welded = False
         # watchdog: armed by the first RelayControl (before it the relay is open anyway)
         self._last_control: float | None = None
         self._starved = False
@@ -207,6 +211,7 @@ class PlcEmulator:
         self._energy_wh = initial_energy_wh
         self._updated_at: float | None = None
         self._frozen: MeterReading | None = None
+        self._overrange = False
 
     # --- lifetime -------------------------------------------------------------------------
 
@@ -262,6 +267,31 @@ class PlcEmulator:
     def set_relay_stuck(self, active: bool) -> None:
         """The relay ignores host commands (no acknowledgement); interlocks still open it."""
         self._relay_stuck = active
+
+    def set_relay_welded(self, active: bool) -> None:
+        """The relay's contacts weld shut: they close at once and stay closed whatever the
+        coil does (commands, FORCE_ALL_OFF and interlocks still switch the coil, which
+        `RLY1_STATE` reports); `RLY1_FEEDBACK`, the auxiliary contact, says closed and energy
+        flows to a plugged EV. Released, the contacts follow the coil again."""
+        self._require_running()
+        self._advance()
+        self._relay_welded = active
+        self._send_relay_status()
+
+    def set_register(self, energy_wh: float) -> None:
+        """The meter's import register jumps to `energy_wh` (a meter reset, replaced, or
+        corrupting its register) and counts on from there."""
+        self._require_running()
+        if not 0 <= energy_wh <= _MAX_REGISTER_WH:
+            raise ValueError(f"register {energy_wh} Wh outside 0..{_MAX_REGISTER_WH}")
+        self._advance()
+        self._energy_wh = float(energy_wh)
+
+    def set_meter_overrange(self, active: bool) -> None:
+        """The meter measures beyond its range (a shorted shunt, a runaway converter): MUX 0
+        reports current and power saturated at +327.67 A / kW, both branches `OVERRANGE=1`."""
+        self._require_running()
+        self._overrange = active
 
     def corrupt_next_crc(self) -> None:
         """The next frame sent carries a wrong, non-zero CRC byte."""
@@ -329,8 +359,10 @@ class PlcEmulator:
             power_limit_w=self._power_limit_w,
             meter=meter,
             meter_stale=self._frozen is not None,
+            meter_overrange=self._overrange,
             silent=self._silent,
             relay_stuck=self._relay_stuck,
+            relay_welded=self._relay_welded,
         )
 
     def read_meter(self) -> MeterReading:
@@ -488,6 +520,10 @@ class PlcEmulator:
             self._move = None
         self._set_relay(False)
 
+    def _contacts_closed(self) -> bool:
+        """Whether current can flow: the coil holds the relay closed, or its contacts welded."""
+        return self._relay_closed or self._relay_welded
+
     def _safety_ok(self) -> bool:
         return not (self._estop.stable or self._earth.stable)
 
@@ -612,7 +648,7 @@ class PlcEmulator:
             "RelayStatus",
             {
                 "RLY1_STATE": int(self._relay_closed),
-                "RLY1_FEEDBACK": int(self._relay_closed),
+                "RLY1_FEEDBACK": int(self._contacts_closed()),
                 "SAFETY_OK": int(self._safety_ok()),
                 "EARTH_FAULT": int(self._earth.stable),
                 "ESTOP_INPUT": int(self._estop.stable),
@@ -628,6 +664,8 @@ class PlcEmulator:
         reading = self.read_meter()
         current = round(reading.current_a * 100)
         power = round(reading.power_w / 10)  # 0.01 kW
+        if self._overrange:
+            current = power = _RAW_S16_MAX + 1
         overrange = abs(current) > _RAW_S16_MAX or abs(power) > _RAW_S16_MAX
         flags = {
             "MUX": mux,
@@ -694,7 +732,7 @@ class PlcEmulator:
     def _flow(self) -> tuple[EvModel, float, float] | None:
         """(EV, constant current, power cap) while energy flows at all."""
         ev = self._ev
-        if ev is None or not self._relay_closed or not self._requesting():
+        if ev is None or not self._contacts_closed() or not self._requesting():
             return None
         amps = min(ev.max_current_a, self._current_limit_a, self._config.max_current_a)
         watts = min(self._power_limit_w, self._config.max_power_w)
