@@ -5,6 +5,7 @@ with it (issue 12, item 8). Through the whole station, on both backends, on virt
 from __future__ import annotations
 
 import itertools
+import logging
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +17,7 @@ from ocpp.routing import on
 from ocpp.v16 import call, call_result
 from ocpp.v16.enums import Action
 
+from dcocpp.connector.task import FAULT_LINES_PER_WINDOW, FAULT_LOG_WINDOW
 from dcocpp.hardware.events import HELD_PER_KIND
 from dcocpp.hardware.interface import FaultKind
 from dcocpp.hardware.plc import codec
@@ -161,6 +163,37 @@ async def test_a_safety_input_flapping_at_1_khz_costs_a_few_status_notifications
             at = bus.frames[trip][0]
             sent, _, signals = next(f for f in bus.frames[trip:] if f[1] == "RelayControl")
             assert signals["FORCE_ALL_OFF"] == 1 and sent - at <= 2 * RX_GATHER_S, at
+
+
+async def test_a_flapping_fault_costs_a_few_log_lines_and_the_last_says_how_it_ends(
+    autojump_clock: Any, tmp_path: Path, caplog: pytest.LogCaptureFixture, backend: str
+) -> None:
+    """The operator's log is a bounded resource too: at 1 kHz the fault is said a few times
+    per window, then one line counts the rest and says what the fault is at the end."""
+    caplog.set_level(logging.INFO, logger="dcocpp.connector.task")
+    config = charger_config(tmp_path)
+    hardware = None
+    if backend == "plc":
+        hardware = InProcessPlcHardware(
+            config.connectors,
+            config.charge_point.can_interface,
+            emulator_options={"debounce": 0.0},  # every bounce on the bus
+        )
+    async with running_station(config, hardware=hardware, simulation=hardware) as h:
+        await h.booted()
+        await flap(h, Peaks())
+        await trio.sleep(FAULT_LOG_WINDOW + 1)
+    lines = [
+        r.getMessage() for r in caplog.records if r.getMessage().startswith("connector 1: fault")
+    ]
+    windows = FLAP_SECONDS / FAULT_LOG_WINDOW + 1
+    assert len(lines) <= windows * (FAULT_LINES_PER_WINDOW + 1), lines
+    assert lines[-1].startswith("connector 1: fault estop changed ")
+    assert lines[-1].endswith("; it is cleared")
+    if backend == "simulated":  # every flip reaches the connector: all are accounted for
+        summaries = [line for line in lines if " changed " in line]
+        counted = sum(int(line.split(" changed ")[1].split()[0]) for line in summaries)
+        assert counted + len(lines) - len(summaries) == FLAP_SECONDS / FLAP_PERIOD
 
 
 async def test_meter_values_triggered_faster_than_the_central_system_answers_do_not_pile_up(

@@ -50,6 +50,11 @@ RELAY_RETRY_INTERVAL = 10.0
 # How often a running transaction's meter reading is persisted (what a PowerLoss stop bills).
 METER_PERSIST_INTERVAL = 10.0
 LOCK_DEADLINE = 5.0
+# A fault that flaps (a bouncing safety input, a loose PLC connector) is said at most
+# FAULT_LINES_PER_WINDOW times per FAULT_LOG_WINDOW; the rest are counted, and one line at the
+# end of the window says how many and what the fault is now.
+FAULT_LINES_PER_WINDOW = 4
+FAULT_LOG_WINDOW = 10.0
 INBOX_SIZE = 64
 
 _HARDWARE_EVENTS: dict[type, Callable[[Any], ev.Event]] = {
@@ -60,6 +65,15 @@ _HARDWARE_EVENTS: dict[type, Callable[[Any], ev.Event]] = {
     hw.FaultRaised: lambda e: ev.FaultRaised(e.kind, e.detail),
     hw.FaultCleared: lambda e: ev.FaultCleared(e.kind),
 }
+
+
+@attrs.define
+class _FaultLines:
+    """The fault lines of one kind in the window ending at `until` (trio time)."""
+
+    until: float
+    said: int = 0
+    held: int = 0  # changes not logged one by one
 
 
 @attrs.define
@@ -180,6 +194,7 @@ class ConnectorTask:
         self._sampler: trio.CancelScope | None = None
         self._finishing = 0  # transactions whose StopTransaction is not queued yet
         self._settled = trio.Event()
+        self._fault_lines: dict[hw.FaultKind, _FaultLines] = {}
         self._stepped = trio.Event()  # set (and replaced) after every event the machine takes
         # The current limit the gun's hardware was given (smart charging); None: its maximum.
         # Reported as Current.Offered.
@@ -376,17 +391,47 @@ class ConnectorTask:
         for kind, detail in after:
             if kind not in was:
                 code, vendor = fault_codes(kind, detail)
-                log.warning(
-                    "connector %d: fault %s raised (%s%s)%s",
-                    self.id,
-                    kind.value,
-                    code.value,
-                    f", {vendor}" if vendor and not detail.startswith(vendor) else "",
-                    f": {detail}" if detail else "",
+                self._fault_line(
+                    kind,
+                    logging.WARNING,
+                    f"connector {self.id}: fault {kind.value} raised ({code.value}"
+                    + (f", {vendor}" if vendor and not detail.startswith(vendor) else "")
+                    + ")"
+                    + (f": {detail}" if detail else ""),
                 )
         for kind in was:
             if kind not in now:
-                log.info("connector %d: fault %s cleared", self.id, kind.value)
+                self._fault_line(
+                    kind, logging.INFO, f"connector {self.id}: fault {kind.value} cleared"
+                )
+
+    def _fault_line(self, kind: hw.FaultKind, level: int, text: str) -> None:
+        """Log `text`, unless `kind` has said FAULT_LINES_PER_WINDOW lines in this window: then
+        count it, and one line at the window's end sums up (see `_fault_summary`)."""
+        now = trio.current_time()
+        lines = self._fault_lines.get(kind)
+        if lines is None or now >= lines.until:
+            lines = self._fault_lines[kind] = _FaultLines(until=now + FAULT_LOG_WINDOW)
+        if lines.said < FAULT_LINES_PER_WINDOW:
+            lines.said += 1
+            log.log(level, "%s", text)
+            return
+        if not lines.held:
+            self._spawn(self._fault_summary, kind, lines)
+        lines.held += 1
+
+    async def _fault_summary(self, kind: hw.FaultKind, lines: _FaultLines) -> None:
+        await trio.sleep_until(lines.until)
+        active = dict(self.machine.truth.faults).get(kind)
+        log.warning(
+            "connector %d: fault %s changed %d more time(s) in %g s (not logged one by one);"
+            " it is %s",
+            self.id,
+            kind.value,
+            lines.held,
+            FAULT_LOG_WINDOW,
+            "cleared" if active is None else f"raised{f': {active}' if active else ''}",
+        )
 
     async def wait_truth(self, predicate: Callable[[Truth], bool]) -> None:
         """Until the machine's truth satisfies `predicate` (checked after every event); the
