@@ -17,7 +17,8 @@ class WallClock(Protocol):
 
 
 class SystemClock:
-    """UTC wall-clock time (meter value timestamps, clock-aligned intervals)."""
+    """The system's UTC time (the station's clock is this, following the central system's:
+    `dcocpp.stationclock.StationClock`)."""
 
     def now(self) -> datetime:
         return datetime.now(UTC)
