@@ -13,8 +13,10 @@ the energy (EvseSuspended: the relay opens, the connector reports SuspendedEVSE)
 The limits are recomputed when the installed profiles change, when a transaction starts, is
 confirmed or stops (watched through each connector's truth, `ConnectorTask.wait_truth`), when
 a gun's status or faults change (a PLC back from a communication loss gets its setpoint again),
-and at the next instant a schedule can change (`next_change`): one timer sleeping until then,
-no polling.
+at the next instant a schedule can change (`next_change`): one timer sleeping until then,
+no polling; and when the station's wall clock steps (the station wakes it): the next instant
+is then somewhere else. A transaction's Relative profiles count the time it has run by the
+monotonic clock (`ConnectorTask.transaction_began`), so a step changes none of their limits.
 
 Units. The hardware takes amperes. A limit in W becomes amperes at the gun's DC voltage: the
 one its meter measures (while delivering, or the EV battery's while plugged, where the hardware
@@ -68,7 +70,6 @@ from dcocpp.ocpp.smartcharging import (
     Supply,
     limit_now,
     next_change,
-    parse_datetime,
     share_station_limit,
 )
 from dcocpp.ocpp.smartcharging.service import (
@@ -81,13 +82,16 @@ log = logging.getLogger(__name__)
 
 # The hardware's resolution (CURRENT_LIMIT_0p1A); limits are rounded down to it.
 STEP = Decimal("0.1")
-# While a transaction runs, the limits are recomputed at least this often (wall seconds): a
+# While a transaction runs, the limits are recomputed at least this often (s): a
 # limit in W is converted to A again at the voltage measured then.
 RECONVERT_S = 10
 # A measured voltage below this is no measurement (an idle meter reads 0 V).
 MIN_MEASURED_VOLTAGE = 1.0
 # After a failure to compute the limits or their next change, look again this often (s).
 RETRY_S = 60
+# The timer of a change fired, but the wall clock reads up to this much before the change:
+# a rounding error, the change is due. More: the wall clock stepped back while it slept.
+DUE_TOLERANCE = timedelta(seconds=1)
 
 
 def nominal_voltage(config: ConnectorConfig) -> Decimal:
@@ -168,11 +172,13 @@ class LimitEnforcer:
         else:
             supply = Supply.dc(nominal_voltage(task.config))
         tx = task.transaction
+        began = task.transaction_began()
         transaction = None
-        if tx is not None:
+        if tx is not None and began is not None:
+            # Its Relative profiles count the time it has run (monotonic) from now back.
             transaction = RunningTransaction(
                 UNCONFIRMED_TRANSACTION if tx.transaction_id is None else tx.transaction_id,
-                parse_datetime(tx.started_at),
+                began,
             )
         return ChargingContext(
             supply=supply,
@@ -211,7 +217,8 @@ class LimitEnforcer:
                 await self._wake.wait()
             if sleep.cancelled_caught:
                 # Woken by the timer: the change is due even if the wall clock, read a
-                # rounding error early, does not quite say so.
+                # rounding error early, does not quite say so (but not if it stepped back
+                # meanwhile: then the change is not due, and `_enforce` sees that).
                 at = next_at
             self._wake = trio.Event()
             next_at = await self._enforce_or_retry(at)
@@ -250,7 +257,7 @@ class LimitEnforcer:
     async def _enforce(self, at: datetime | None) -> datetime | None:
         """Apply every gun's limit as of now (`at` if later); returns when to look again."""
         now = self._clock.now()
-        if at is not None and at > now:
+        if at is not None and now < at <= now + DUE_TOLERANCE:
             now = at
         self._profiles.remove_expired()
         installed = self._profiles.installed

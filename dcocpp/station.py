@@ -3,6 +3,7 @@
     Station.run()
     ├── hardware backend            started first, runs for the life of the process
     ├── local HTTP API              when asked for (--api); also outlives soft resets
+    ├── clock watcher               notices a step of the system clock (stationclock)
     └── one boot (rebuilt by a soft reset)
         ├── OCPP session, transaction outbox
         └── connector task x N      one per gun, each with its machine
@@ -43,7 +44,7 @@ from ocpp.v16.enums import (
 from dcocpp import api
 from dcocpp.config import ChargerConfig
 from dcocpp.connector import events as ev
-from dcocpp.connector.metering import MEASURANDS, SystemClock, WallClock, ocpp_time
+from dcocpp.connector.metering import MEASURANDS, WallClock, ocpp_time
 from dcocpp.connector.task import (
     INBOX_SIZE,
     METER_PERSIST_INTERVAL,
@@ -66,6 +67,7 @@ from dcocpp.ocpp.session import ChargePointSession, Identity
 from dcocpp.ocpp.smartcharging.service import ChargingContext, ChargingProfiles
 from dcocpp.ocpp.transactions import TransactionOutbox
 from dcocpp.reservations import ReservationBook
+from dcocpp.stationclock import SYNC_THRESHOLD_S, ClockStep, StationClock
 from dcocpp.storage import Database, StorageError
 
 log = logging.getLogger(__name__)
@@ -183,7 +185,9 @@ class Station:
         self.hardware = hardware
         # What the local API's simulation endpoints drive; None on real hardware.
         self.simulation = simulation
-        self.clock = clock or SystemClock()
+        # The system's clock (or `clock`), following the central system's (see stationclock).
+        self.clock = StationClock(clock)
+        self.clock.subscribe(self._clock_stepped)
         self._open_stream = open_stream
         self._api_address = api_address
         self._api_token = api_token  # required by the API when given (see dcocpp.api)
@@ -225,6 +229,7 @@ class Station:
             }
             for channel in events.values():
                 nursery.start_soon(channel.run)
+            nursery.start_soon(self.clock.watch)
             await nursery.start(self.hardware.run, events)
             if self._api_address is not None:
                 # The API outlives soft resets: its port stays where the operator put it.
@@ -260,7 +265,11 @@ class Station:
                 else (None, False)
             )
             charging_profiles = ChargingProfiles(
-                store, db, clock=self.clock.now, store_errors=(StorageError,)
+                store,
+                db,
+                clock=self.clock.now,
+                monotonic=trio.current_time,
+                store_errors=(StorageError,),
             )
             self.session = session = ChargePointSession(
                 Identity(cp.id, cp.vendor, cp.model, cp.firmware_version, cp.serial_number),
@@ -279,6 +288,7 @@ class Station:
                 client_certificate=client_certificate,
                 open_stream=self._open_stream,
                 clock=self.clock.now,
+                central_time=self.clock.follow,
             )
             self.outbox = outbox = TransactionOutbox(session, db)
             now = ocpp_time(self.clock.now())
@@ -345,6 +355,24 @@ class Station:
             self._boot_nursery = None
             db.close()
         return self._reset
+
+    def _clock_stepped(self, step: ClockStep) -> None:
+        """The station's clock stepped (see `dcocpp.stationclock`): the limits look at their
+        schedules again; a step beyond the threshold is a SettingSystemTime security event
+        (queued from the boot's nursery: a database failure there ends the boot as any
+        other); a step of the system clock asks the central system's time at once."""
+        if self._boot_nursery is None:
+            return  # between boots: the next one reads the clock afresh
+        if self.limits is not None:
+            self.limits.wake()
+        if abs(step.seconds) > SYNC_THRESHOLD_S:
+            self._boot_nursery.start_soon(self._report_clock_step, step)
+        if step.system and self.session is not None:
+            self.session.heartbeat_now()
+
+    async def _report_clock_step(self, step: ClockStep) -> None:
+        if self.outbox is not None:
+            self.outbox.security_event("SettingSystemTime", ocpp_time(step.after), step.describe())
 
     async def _database_failed(self) -> None:
         """A write (or read) of the database failed while the station ran: a transaction

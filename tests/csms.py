@@ -21,14 +21,16 @@ from ocpp.v16 import call_result
 from ocpp.v16.enums import Action, AuthorizationStatus, RegistrationStatus
 from trio_websocket import WebSocketConnection
 
+from dcocpp.connector.metering import WallClock
 from dcocpp.ocpp.errors import CallError
 from dcocpp.ocpp.messagelog import MessageLog
 from dcocpp.ocpp.rpc import RpcConnection
 from dcocpp.ocpp.transport import Authenticate, serve_stream
 
 
-def now_iso() -> str:
-    return datetime.now(UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
+def now_iso(clock: WallClock | None = None) -> str:
+    now = datetime.now(UTC) if clock is None else clock.now()
+    return now.astimezone(UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
 
 
 @attrs.frozen
@@ -77,6 +79,10 @@ class FakeCsms:
     (any payload, any error code; recorded in `scripted`); with `validate=False` neither the
     CALLs the test sends nor the answers are held to the schema (a central system that sends
     what it likes).
+
+    Its time (currentTime in BootNotification.conf and Heartbeat.conf) is `clock`'s; without
+    one, the station harness gives it the station's wall clock (`use_clock`), the system's
+    time otherwise.
     """
 
     def __init__(
@@ -90,8 +96,11 @@ class FakeCsms:
         start_statuses: Mapping[str, str] | None = None,
         security_events: bool = False,
         validate: bool = True,
+        clock: WallClock | None = None,
     ):
         self.validate = validate
+        self.clock = clock
+        self._own_clock = clock is not None
         self.boot_statuses = list(boot_statuses or [RegistrationStatus.accepted])
         self.interval = interval
         self.authenticate = authenticate
@@ -117,6 +126,11 @@ class FakeCsms:
         # (trio time, action, payload) of every CALL given a scripted answer (`answer`).
         self.scripted: list[tuple[float, str, dict[str, Any]]] = []
         self._answers: dict[str, list[_Answer]] = {}
+
+    def use_clock(self, clock: WallClock) -> None:
+        """Tell time by `clock` unless the central system was given its own."""
+        if not self._own_clock:
+            self.clock = clock
 
     # --- misbehaving -------------------------------------------------------------------------
 
@@ -282,13 +296,13 @@ class FakeCsms:
         self._record("BootNotification", payload)
         status = self.boot_statuses.pop(0) if len(self.boot_statuses) > 1 else self.boot_statuses[0]
         return call_result.BootNotification(
-            current_time=now_iso(), interval=self.interval, status=status
+            current_time=now_iso(self.clock), interval=self.interval, status=status
         )
 
     @_handles(Action.heartbeat)
     def on_heartbeat(self, **payload: Any) -> Any:
         self._record("Heartbeat", payload)
-        return call_result.Heartbeat(current_time=now_iso())
+        return call_result.Heartbeat(current_time=now_iso(self.clock))
 
     @_handles(Action.status_notification)
     def on_status(self, **payload: Any) -> Any:

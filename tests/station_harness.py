@@ -254,7 +254,8 @@ async def running_station(
     """A started station; by default without WebSocket pings (tests that want them say so).
 
     `keys` are OCPP configuration keys preset as if the central system had changed them;
-    `clock` defaults to a `TrioWallClock` starting at `WALL_START`; `hardware` to what the
+    `clock` (the system's wall clock, under the station's) defaults to a `TrioWallClock`
+    starting at `WALL_START`, and is the CSMS's too unless it has its own; `hardware` to what the
     configuration asks for, built by the station. A `PlcBackend` comes with the `simulation`
     of the PLCs it drives (`emulated_plcs`); a `SimulatedHardware` is its own."""
     csms = csms or FakeCsms()
@@ -265,6 +266,7 @@ async def running_station(
         if clock is None:
             wall_origin = trio.current_time()
             clock = TrioWallClock(WALL_START)
+        csms.use_clock(clock)  # a central system whose time agrees, unless it has its own
         station = Station(
             config,
             open_stream=network.open_stream,

@@ -6,6 +6,7 @@ framing rules on their own are in tests/test_rpc.py."""
 from __future__ import annotations
 
 import logging
+from datetime import timedelta
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
@@ -15,6 +16,7 @@ import trio
 from ocpp.v16 import call
 
 from dcocpp import limits as limits_module
+from dcocpp.connector.metering import ocpp_time
 from dcocpp.hardware.simulation import SimulatedHardware
 from dcocpp.ocpp.errors import CallError
 from dcocpp.ocpp.registration import Registration
@@ -268,6 +270,27 @@ async def test_a_heartbeat_answer_without_current_time_is_logged_and_heartbeats_
         await h.wait_calls("Heartbeat")
         assert csms.connections == 1
     assert "Heartbeat failed: Heartbeat: OccurenceConstraintViolation" in caplog.text
+
+
+async def test_a_heartbeat_answer_whose_time_is_unreadable_or_absurd_leaves_the_clock(
+    autojump_clock: Any, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A currentTime that is no date, or the year 9999: logged, and the station's clock is
+    not moved (it would follow a central system an hour off, tests/test_scenarios_clock.py)."""
+    csms = FakeCsms(interval=60, validate=False)
+    async with running_station(charger_config(tmp_path), csms) as h:
+        await h.booted()
+        csms.answer("Heartbeat", {"currentTime": "yesterday"})
+        csms.answer("Heartbeat", {"currentTime": "9999-12-31T23:59:59Z"})
+        await h.wait_until(lambda: len(csms.scripted) == 2)
+        await h.wait_calls("Heartbeat")
+        assert h.station.clock.offset == timedelta(0)
+        assert ocpp_time(h.station.clock.now()) == h.wall_time(trio.current_time())
+        assert csms.connections == 1
+    assert "Heartbeat.conf: currentTime 'yesterday' is no date and time" in caplog.text
+    assert "the central system's time 9999-12-31T23:59:59.000Z (Heartbeat.conf) is not" in (
+        caplog.text
+    )
 
 
 async def test_a_status_notification_answer_with_an_extra_property_is_logged_not_resent(

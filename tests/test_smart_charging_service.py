@@ -172,7 +172,8 @@ def test_clear_by_id_first_then_by_the_other_criteria(tmp_path: Path) -> None:
 
 def test_a_remote_start_profile_waits_for_its_transaction(tmp_path: Path) -> None:
     clock = Clock()
-    profiles = ChargingProfiles(store(tmp_path), clock=clock)
+    monotonic = [0.0]
+    profiles = ChargingProfiles(store(tmp_path), clock=clock, monotonic=lambda: monotonic[0])
     tx = profiles.check_remote_start(body(1, "TxProfile", 20))
     with pytest.raises(Exception, match="TxProfile only"):
         profiles.check_remote_start(body(2, "TxDefaultProfile"))
@@ -196,8 +197,15 @@ def test_a_remote_start_profile_waits_for_its_transaction(tmp_path: Path) -> Non
     handle = profiles.expect_remote_start(1, "TAG", tx)
     profiles.cancel_remote_start(handle)
     profiles.transaction_started(1, "TAG")
+    # ConnectionTimeOut + ResponseTimeout of the monotonic clock: a step of the wall clock is
+    # no time passing.
     profiles.expect_remote_start(1, "TAG", tx)
-    clock.now += timedelta(seconds=60 + 30 + 1)  # ConnectionTimeOut + ResponseTimeout
+    clock.now += timedelta(hours=1)
+    profiles.transaction_started(1, "TAG")
+    assert ids(profiles) == {(1, 1)}
+    profiles.transaction_ended(1, None)
+    profiles.expect_remote_start(1, "TAG", tx)
+    monotonic[0] += 60 + 30 + 1
     profiles.transaction_started(1, "TAG")
     assert ids(profiles) == set()
 

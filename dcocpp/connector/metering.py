@@ -17,7 +17,8 @@ class WallClock(Protocol):
 
 
 class SystemClock:
-    """UTC wall-clock time (meter value timestamps, clock-aligned intervals)."""
+    """The system's UTC time (the station's clock is this, following the central system's:
+    `dcocpp.stationclock.StationClock`)."""
 
     def now(self) -> datetime:
         return datetime.now(UTC)
@@ -30,9 +31,11 @@ class TrioWallClock:
     def __init__(self, start: datetime):
         self._start = start
         self._origin = trio.current_time()
+        # What the clock has been set by (a test steps it, as NTP or an operator would).
+        self.offset = timedelta(0)
 
     def now(self) -> datetime:
-        return self._start + timedelta(seconds=trio.current_time() - self._origin)
+        return self._start + timedelta(seconds=trio.current_time() - self._origin) + self.offset
 
 
 def ocpp_time(moment: datetime) -> str:

@@ -13,6 +13,7 @@ from __future__ import annotations
 import functools
 import logging
 from collections.abc import Awaitable, Callable
+from datetime import datetime
 from typing import Any, Protocol
 
 import attrs
@@ -32,7 +33,7 @@ from dcocpp.connector.machine import (
     fault_report,
     kept_for,
 )
-from dcocpp.connector.metering import WallClock, meter_value, ocpp_time, seconds_to_next_aligned
+from dcocpp.connector.metering import meter_value, ocpp_time, seconds_to_next_aligned
 from dcocpp.hardware import interface as hw
 from dcocpp.hardware.registercheck import RegisterRun
 from dcocpp.ocpp.authorization import Authorizer, Decision
@@ -40,6 +41,7 @@ from dcocpp.ocpp.configuration import ConfigurationStore
 from dcocpp.ocpp.control import ConnectorStatus
 from dcocpp.ocpp.errors import OcppError
 from dcocpp.ocpp.transactions import LocalTransaction, TransactionOutbox
+from dcocpp.stationclock import StationClock, TransactionClock
 
 log = logging.getLogger(__name__)
 
@@ -137,7 +139,7 @@ class ConnectorServices:
     store: ConfigurationStore
     outbox: TransactionOutbox
     authorizer: Authorizer
-    clock: WallClock
+    clock: StationClock
     report_status: Callable[[ConnectorStatus], None]
     availability_applied: Callable[[int, bool], None]
     reservations: ReservationDesk | None = None
@@ -212,6 +214,9 @@ class ConnectorTask:
         # was billed, and whether one was refused (see `_reading`).
         self._billed: dict[int, RegisterRun] = {}
         self._refused: set[int] = set()
+        # Per transaction (local id) until its StopTransaction is queued: its timestamps and
+        # how long it has run.
+        self._times: dict[int, TransactionClock] = {}
 
     def _settings(self) -> Settings:
         store = self.services.store
@@ -262,6 +267,13 @@ class ConnectorTask:
             self.id, self.machine.status, code, info, vendor, ocpp_time(self.services.clock.now())
         )
 
+    def transaction_began(self) -> datetime | None:
+        """When the running transaction began, on the station's clock as it reads now (its
+        Relative charging profiles start there; see `TransactionClock.began`); None: none
+        runs."""
+        tx = self.transaction
+        return None if tx is None else self._times[tx.local_id].began()
+
     async def wait_settled(self) -> None:
         """Until every stopped transaction has its StopTransaction in the outbox."""
         while self._finishing:
@@ -270,10 +282,10 @@ class ConnectorTask:
     async def send_meter_values(self, context: ReadingContext = ReadingContext.trigger) -> None:
         """MeterValues now (TriggerMessage): on the transaction if one runs."""
         measurands = self.services.store.get_list("MeterValuesSampledData")
-        sample = self._sample(measurands, context, self._reading(self.transaction))
+        tx = self.transaction
+        sample = self._sample(measurands, context, self._reading(tx), self._stamp(tx))
         if sample is None:
             return
-        tx = self.transaction
         if tx is None:
             self._send_without_transaction(sample)
         elif self.services.outbox.holds_meter_values(tx, context):
@@ -641,16 +653,17 @@ class ConnectorTask:
         self,
         measurands: list[str],
         context: ReadingContext,
-        reading: hw.MeterReading | None = None,
-        at: str | None = None,
+        reading: hw.MeterReading,
+        at: str,
     ) -> dict[str, Any] | None:
-        """A MeterValue of `measurands`; None when none of them can be measured now (SoC
-        alone while the EV does not tell it): no message is built without a value."""
+        """A MeterValue of `measurands` at `reading`, stamped `at`; None when none of them can
+        be measured now (SoC alone while the EV does not tell it): no message is built
+        without a value."""
         sample = meter_value(
-            self.gun.read_meter() if reading is None else reading,
+            reading,
             measurands,
             context,
-            ocpp_time(self.services.clock.now()) if at is None else at,
+            at,
             offered_a=self.offered_a if self.offered_a is not None else self.config.max_current_a,
         )
         if sample is None:
@@ -665,13 +678,20 @@ class ConnectorTask:
             self._unmeasured.add(key)
         return sample
 
+    def _stamp(self, tx: LocalTransaction | None) -> str:
+        """The timestamp of a message now: of transaction `tx`, never earlier than its
+        previous one (see `TransactionClock.stamp`)."""
+        if tx is None:
+            return ocpp_time(self.services.clock.now())
+        return self._times[tx.local_id].stamp()
+
     def _add_stop_sample(
         self, tx: LocalTransaction, measurands: list[str], context: ReadingContext
     ) -> None:
         """A sample for the StopTransaction's transactionData (StopTxnSampledData /
         StopTxnAlignedData), persisted with the reading it shows."""
         reading = self._reading(tx)
-        at = ocpp_time(self.services.clock.now())
+        at = self._stamp(tx)
         sample = self._sample(measurands, context, reading, at)
         if sample is not None:
             self.services.outbox.add_transaction_data(tx, sample, round(reading.energy_wh), at)
@@ -702,16 +722,17 @@ class ConnectorTask:
 
     def _start_transaction(self, effect: ev.StartTransaction) -> None:
         reading = self.gun.read_meter()
-        now = ocpp_time(self.services.clock.now())
+        times = TransactionClock(self.services.clock, f"connector {self.id}")
         tx = self.services.outbox.start(
             self.id,
             effect.id_tag,
             round(reading.energy_wh),
-            now,
+            times.started_at,
             reservation_id=effect.reservation_id,
         )
         tx.on_confirmed = functools.partial(self._confirmed, tx)
         self.transaction = tx
+        self._times[tx.local_id] = times
         self._billed[tx.local_id] = RegisterRun(
             self.config.max_power_w, reading.energy_wh, trio.current_time()
         )
@@ -763,6 +784,7 @@ class ConnectorTask:
         finally:
             self._billed.pop(tx.local_id, None)
             self._refused.discard(tx.local_id)
+            self._times.pop(tx.local_id, None)
             self._finishing -= 1
             self._settled.set()
             self._settled = trio.Event()
@@ -777,7 +799,7 @@ class ConnectorTask:
         self.services.outbox.stop(
             tx,
             round(reading.energy_wh),
-            ocpp_time(self.services.clock.now()),
+            self._stamp(tx),
             effect.reason.value,
             effect.id_tag,
         )
@@ -803,9 +825,7 @@ class ConnectorTask:
         while True:
             await trio.sleep(METER_PERSIST_INTERVAL)
             reading = self._reading(tx)
-            self.services.outbox.record_meter(
-                tx, round(reading.energy_wh), ocpp_time(self.services.clock.now())
-            )
+            self.services.outbox.record_meter(tx, round(reading.energy_wh), self._stamp(tx))
 
     async def _periodic_sampler(self, tx: LocalTransaction) -> None:
         """MeterValueSampleInterval while the transaction runs (Sample.Periodic)."""
@@ -819,7 +839,11 @@ class ConnectorTask:
             last = trio.current_time()
             measurands = store.get_list("MeterValuesSampledData")
             periodic = ReadingContext.sample_periodic
-            sample = self._sample(measurands, periodic, self._reading(tx)) if measurands else None
+            sample = (
+                self._sample(measurands, periodic, self._reading(tx), self._stamp(tx))
+                if measurands
+                else None
+            )
             if sample is not None:
                 self.services.outbox.meter_values(tx, [sample])
             stop_measurands = store.get_list("StopTxnSampledData")
@@ -827,18 +851,23 @@ class ConnectorTask:
                 self._add_stop_sample(tx, stop_measurands, ReadingContext.sample_periodic)
 
     async def _clock_aligned_sampler(self) -> None:
-        """ClockAlignedDataInterval, aligned to midnight UTC (Sample.Clock)."""
+        """ClockAlignedDataInterval, aligned to midnight UTC (Sample.Clock) by the station's
+        clock: sleeping on the monotonic clock, aligned again when the wall clock steps."""
         store = self.services.store
         while True:
             interval = store.get_int("ClockAlignedDataInterval")
             wait = seconds_to_next_aligned(self.services.clock.now(), interval) if interval else 0
             deadline = trio.current_time() + wait if interval > 0 else float("inf")
-            if not await self._sleep_unless_changed("ClockAlignedDataInterval", deadline):
-                continue  # a new interval re-aligns at once
+            if not await self._sleep_unless_changed(
+                "ClockAlignedDataInterval", deadline, clock_steps=True
+            ):
+                continue  # a new interval, or a new time: aligned again at once
             measurands = store.get_list("MeterValuesAlignedData")
             tx = self.transaction
             sample = (
-                self._sample(measurands, ReadingContext.sample_clock, self._reading(tx))
+                self._sample(
+                    measurands, ReadingContext.sample_clock, self._reading(tx), self._stamp(tx)
+                )
                 if measurands
                 else None
             )
@@ -851,21 +880,28 @@ class ConnectorTask:
             if tx is not None and stop_measurands:
                 self._add_stop_sample(tx, stop_measurands, ReadingContext.sample_clock)
 
-    async def _sleep_unless_changed(self, key: str, deadline: float) -> bool:
-        """Sleep until `deadline`; False if configuration key `key` changed first."""
+    async def _sleep_unless_changed(
+        self, key: str, deadline: float, *, clock_steps: bool = False
+    ) -> bool:
+        """Sleep until `deadline`; False if configuration key `key` changed first (or, with
+        `clock_steps`, the station's wall clock stepped)."""
         changed = False
         with trio.CancelScope(deadline=deadline) as sleep:
 
-            def on_change(_key: str, _value: str) -> None:
+            def on_change(*_: object) -> None:
                 nonlocal changed
                 changed = True
                 sleep.cancel()
 
             unsubscribe = self.services.store.subscribe(key, on_change)
+            unsubscribe_steps = (
+                self.services.clock.subscribe(on_change) if clock_steps else lambda: None
+            )
             try:
                 await trio.sleep_forever()
             finally:
                 unsubscribe()
+                unsubscribe_steps()
         return not changed
 
     def _send_without_transaction(self, sample: dict[str, Any]) -> None:

@@ -29,6 +29,7 @@ from ocpp.v16.datatypes import IdTagInfo
 from ocpp.v16.enums import Action, AuthorizationStatus, Reason, RegistrationStatus
 from trio_websocket import WebSocketConnection
 
+from dcocpp.connector.metering import WallClock
 from dcocpp.ocpp import transport
 from dcocpp.ocpp.messagelog import MessageLog
 from dcocpp.ocpp.rpc import RpcConnection
@@ -49,8 +50,9 @@ _POWER = "Power.Active.Import"
 _SCALE = {"Wh": 1, "kWh": 1000, "W": 1, "kW": 1000}
 
 
-def _now() -> str:
-    return datetime.now(UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
+def _now(clock: WallClock | None = None) -> str:
+    now = datetime.now(UTC) if clock is None else clock.now()
+    return now.astimezone(UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
 
 
 @attrs.define
@@ -121,8 +123,10 @@ class DemoCentralSystem:
         heartbeat_interval: int = 60,
         *,
         observer: Callable[[CsmsEvent], None] | None = None,
+        clock: WallClock | None = None,
     ):
         self.accepted_tags = frozenset(accepted_tags)
+        self.clock = clock  # its time (None: the system's), which the charger follows
         self.heartbeat_interval = heartbeat_interval
         self.observer = observer
         self.transactions: list[TransactionRecord] = []
@@ -213,7 +217,7 @@ class DemoCentralSystem:
             f"{payload['charge_point_model']} -> Accepted",
         )
         return call_result.BootNotification(
-            current_time=_now(),
+            current_time=_now(self.clock),
             interval=self.heartbeat_interval,
             status=RegistrationStatus.accepted,
         )
@@ -222,7 +226,7 @@ class DemoCentralSystem:
     def on_heartbeat(self) -> call_result.Heartbeat:
         self.heartbeats += 1
         self._notify()
-        return call_result.Heartbeat(current_time=_now())
+        return call_result.Heartbeat(current_time=_now(self.clock))
 
     @on(Action.status_notification)
     def on_status_notification(

@@ -438,7 +438,7 @@ async def _run(
     def say(text: str) -> None:
         print(text, file=out, flush=True)
 
-    csms = DemoCentralSystem([])
+    csms = DemoCentralSystem([], clock=clock)
     interrupted = False
     api_address: tuple[str, int] | None = None
     async with trio.open_nursery() as csms_nursery:

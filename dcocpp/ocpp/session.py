@@ -12,6 +12,11 @@ TriggerMessage asks). A connection after an Accepted one resumes it at once: a H
 central system's time, and a sign of life) and every connector's status, since the central
 system may have missed changes or marked the charger's connectors unknown meanwhile.
 
+Time. The currentTime of every BootNotification.conf (Accepted or Pending: a central system
+that rejects the charger is not its clock) and Heartbeat.conf goes to `central_time` with the
+round trip of its CALL; the station's clock decides whether to follow it. `heartbeat_now`
+asks for the central system's time at once (the station's clock stepped).
+
 Failures are logged once per change, not once per retry: the first failed attempt of a series
 (and a lost connection) at WARNING, with the URL and the reason; further attempts that fail
 the same way at DEBUG; a new reason at WARNING again; the connection that finally opens at
@@ -55,10 +60,15 @@ from dcocpp.ocpp.locallist import LocalAuthorizationList, list_enabled
 from dcocpp.ocpp.messagelog import MessageLog
 from dcocpp.ocpp.registration import Registration, RegistrationMachine
 from dcocpp.ocpp.rpc import RpcConnection
+from dcocpp.ocpp.smartcharging.profiles import parse_datetime
 from dcocpp.ocpp.smartcharging.service import ChargingProfiles
 from dcocpp.ocpp.statuses import allowed_transitions
 
 log = logging.getLogger("dcocpp.session")
+
+# Told the central system's time (currentTime), the round trip (s) of the CALL whose answer
+# brought it, and that CALL's action.
+CentralTime = Callable[[datetime, float, str], object]
 
 # The WebSocket upgrade (TCP, TLS, HTTP) must finish within this many seconds.
 CONNECT_TIMEOUT = 20.0
@@ -130,6 +140,7 @@ class ChargePointSession:
         charging_profiles: ChargingProfiles | None = None,
         rng: random.Random | None = None,
         clock: Callable[[], datetime] | None = None,
+        central_time: CentralTime | None = None,
     ):
         self.identity = identity
         self.csms_url = csms_url
@@ -150,6 +161,7 @@ class ChargePointSession:
         self._open_stream = open_stream
         self._rng = rng or random.Random()
         self._clock = clock or (lambda: datetime.now(UTC))  # the time of connection failures
+        self._central_time = central_time
         self.registration = RegistrationMachine(on_change=self._on_registration_change)
         self._registration_changed = trio.Event()
         self._rpc: RpcConnection | None = None
@@ -281,6 +293,12 @@ class ChargePointSession:
     def boot_now(self) -> None:
         """Send BootNotification again at once (TriggerMessage)."""
         self._boot_now.set()
+
+    def heartbeat_now(self) -> None:
+        """A Heartbeat at once once Accepted (its answer brings the central system's time)."""
+        self._last_heartbeat = float("-inf")
+        if self._heartbeat_scope is not None:
+            self._set_heartbeat_deadline()
 
     # --- the connection loop -----------------------------------------------------------------
 
@@ -500,12 +518,15 @@ class ChargePointSession:
                 charge_box_serial_number=self.identity.serial_number,
             )
             retry_after: float = DEFAULT_BOOT_RETRY
+            sent = trio.current_time()
             try:
                 result = await self.call(boot)
             except (CallError, InvalidPayload) as exc:
                 log.warning("BootNotification failed: %s", exc)
             else:
                 status = RegistrationStatus(result.status)
+                if status != RegistrationStatus.rejected:
+                    self._tell_time(result.current_time, sent, "BootNotification")
                 if result.interval > 0:
                     retry_after = result.interval
                 if status == RegistrationStatus.accepted:
@@ -551,8 +572,22 @@ class ChargePointSession:
         self._last_heartbeat = trio.current_time()
         if self._heartbeat_scope is not None:
             self._set_heartbeat_deadline()
+        sent = trio.current_time()
         result = await self.call(call.Heartbeat(), triggered=triggered)
         log.debug("heartbeat answered, central system time %s", result.current_time)
+        self._tell_time(result.current_time, sent, "Heartbeat")
+
+    def _tell_time(self, current_time: str, sent: float, action: str) -> None:
+        """Hand the central system's currentTime to `central_time` (one it cannot read is
+        logged and left)."""
+        if self._central_time is None:
+            return
+        try:
+            central = parse_datetime(current_time)
+        except ValueError:
+            log.warning("%s.conf: currentTime %r is no date and time", action, current_time)
+            return
+        self._central_time(central, trio.current_time() - sent, action)
 
     def _set_heartbeat_deadline(self) -> None:
         assert self._heartbeat_scope is not None

@@ -15,8 +15,9 @@ transaction, how amperes and watts relate there, its own maximum) the charger te
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable, Iterable, Mapping
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any, Protocol
 
@@ -123,7 +124,7 @@ class _RemoteStartProfile:
     connector_id: int | None  # None: the charge point picks the connector
     id_tag: str
     profile: ChargingProfile
-    expires: datetime
+    expires: float  # monotonic: a wait, which no step of the wall clock may cut or stretch
 
 
 def _utc_now() -> datetime:
@@ -143,11 +144,13 @@ class ChargingProfiles:
         db: ProfileStore | None = None,
         *,
         clock: Clock = _utc_now,
+        monotonic: Callable[[], float] = time.monotonic,
         store_errors: StoreErrors = (),
     ):
         self._store = store
         self._db = db
-        self._clock = clock
+        self._clock = clock  # the station's wall clock: the instants of the profiles
+        self._monotonic = monotonic  # how long a remote start's profile waits
         self._store_errors = store_errors
         self._installed = InstalledProfiles()
         self._remote_starts: list[_RemoteStartProfile] = []
@@ -306,7 +309,7 @@ class ChargingProfiles:
         `cancel_remote_start`. It is forgotten once the EV could no longer arrive
         (ConnectionTimeOut, after an authorization of up to ResponseTimeout)."""
         wait = self._store.get_int("ConnectionTimeOut") + self._store.get_int("ResponseTimeout")
-        expires = self._clock() + timedelta(seconds=max(wait, 0) + 1)
+        expires = self._monotonic() + max(wait, 0) + 1
         pending = _RemoteStartProfile(connector_id, id_tag, profile, expires)
         self._remote_starts.append(pending)
         return pending
@@ -321,7 +324,7 @@ class ChargingProfiles:
         """A transaction started on `connector_id` for `id_tag`: the TxProfile of the
         RemoteStartTransaction that asked for it is installed (unbound: it belongs to the
         connector's running transaction, and leaves with it)."""
-        now = self._clock()
+        now = self._monotonic()
         match: _RemoteStartProfile | None = None
         waiting = []
         for pending in self._remote_starts:
