@@ -61,7 +61,7 @@ from starlette.requests import HTTPConnection, Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from dcocpp.jsontypes import json_type
+from dcocpp.jsontypes import json_type, valid_text
 from dcocpp.oserrors import reason
 
 log = logging.getLogger("dcocpp.api")
@@ -359,6 +359,9 @@ async def _json_object(request: Request, fields: Mapping[str, type]) -> dict[str
             raise _Reject(422, f"body is not JSON: {exc}") from None
     if not isinstance(body, dict):
         raise _Reject(422, f"body must be a JSON object, got {json_type(body)}")
+    if not valid_text(body):
+        # A lone surrogate (\ud800): no tag, no message and no database can carry it.
+        raise _Reject(422, "body has text that is not valid Unicode")
     extra = sorted(set(body) - set(fields))
     if extra:
         raise _Reject(422, f"unexpected field(s): {', '.join(extra)}")

@@ -312,6 +312,8 @@ async def test_unknown_fault_kind_is_404(client: httpx.AsyncClient, view: FakeVi
         ("plug", b'{"connector": 1}', "unexpected field(s): connector"),
         ("unplug", b"[]", "body must be a JSON object, got a list"),
         ("unplug", b"nope", "body is not JSON: Expecting value: line 1 column 1 (char 0)"),
+        # Valid JSON, one character, but no Unicode: it would end in a frame or a database.
+        ("authorize", b'{"idTag": "\\ud800"}', "body has text that is not valid Unicode"),
     ],
 )
 async def test_bad_body_is_422(

@@ -20,7 +20,7 @@ from trio_websocket import WebSocketConnection, wrap_client_stream, wrap_server_
 
 from dcocpp.logs import LoggingSetup
 from dcocpp.ocpp import messagelog, wire
-from dcocpp.ocpp.errors import CallError, ConnectionLost, InvalidPayload
+from dcocpp.ocpp.errors import CallError, ConnectionLost, InvalidPayload, UnsendablePayload
 from dcocpp.ocpp.messagelog import MessageLog, redact
 from dcocpp.ocpp.rpc import RpcConnection
 
@@ -622,3 +622,47 @@ def test_compiled_schemas_agree_with_the_packages_validators(
     except CallError:
         ours_ok = False
     assert ours_ok == package_ok
+
+
+async def test_calls_beyond_the_handler_slots_are_refused_and_the_reader_keeps_reading(
+    autojump_clock: Any,
+) -> None:
+    """A peer that sends ten CALLs at once while eight handlers wait: the ninth and tenth are
+    answered GenericError at once, and the reader goes on reading, so the answer to our own
+    CALL (which a handler's follow-up may be waiting for) still arrives."""
+    async with rpc_and_raw_peer() as (cp, raw), trio.open_nursery() as nursery:
+        for n in range(10):
+            await raw.send_message(json.dumps([2, f"slow-{n}", "ClearCache", {}]))
+        refused = [json.loads(await raw.get_message()) for _ in range(2)]
+        assert [frame[:3] for frame in refused] == [
+            [4, "slow-8", "GenericError"],
+            [4, "slow-9", "GenericError"],
+        ]
+        answers: list[Any] = []
+        answered = trio.Event()
+
+        async def ours() -> None:
+            answers.append(await cp.call(call.Heartbeat()))
+            answered.set()
+
+        nursery.start_soon(ours)
+        with trio.fail_after(1):
+            ours_frame = json.loads(await raw.get_message())
+            assert ours_frame[2] == "Heartbeat"
+            await raw.send_message(
+                json.dumps([3, ours_frame[1], {"currentTime": "2026-11-23T10:00:00Z"}])
+            )
+            await answered.wait()
+        assert answers[0].current_time == "2026-11-23T10:00:00Z"
+        nursery.cancel_scope.cancel()
+
+
+async def test_our_payload_with_text_that_is_not_unicode_is_not_sent(autojump_clock: Any) -> None:
+    """A lone surrogate passes the schema (a string of 1 character) but no WebSocket can
+    encode it: refused as our own payload, nothing sent, the connection intact."""
+    async with rpc_pair() as (cp, _csms, handlers):
+        with pytest.raises(UnsendablePayload):
+            await cp.call_raw("Authorize", {"idTag": "\ud800"})
+        answer = await cp.call(call.Authorize(id_tag="T1"))
+    assert answer.id_tag_info["status"] == "Accepted"
+    assert handlers.authorized == ["T1"]

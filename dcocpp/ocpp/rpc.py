@@ -29,6 +29,7 @@ from ocpp.v16 import call_result as v16_call_result
 from ocpp.v16.enums import Action
 from trio_websocket import ConnectionClosed, WebSocketConnection
 
+from dcocpp.jsontypes import valid_text
 from dcocpp.ocpp import wire
 from dcocpp.ocpp.errors import CallError as CallErrorException
 from dcocpp.ocpp.errors import ConnectionLost, InvalidPayload, OcppError, UnsendablePayload
@@ -86,6 +87,8 @@ class RpcConnection:
         self._pending: _Pending | None = None
         self._closed = False
         self._handler_slots = trio.Semaphore(max_concurrent_handlers)
+        self._max_handlers = max_concurrent_handlers
+        self._busy_said = False  # a refusal for lack of slots was logged (see _refuse_busy)
         # Unique ids need only be unique per connection: a random prefix and a counter are
         # cheaper than uuid4 and still easy to follow in the message log.
         self._id_prefix = secrets.token_hex(4)
@@ -138,8 +141,15 @@ class RpcConnection:
             if self._answers is not None and not self._answers(frame.action):
                 self._log.note(f"not answered: {frame.action} {frame.unique_id}")
                 return
-            # Backpressure: a peer that floods us with CALLs is read no faster than we answer.
-            await self._handler_slots.acquire()
+            # The reader never waits for a slot: the answers to our own CALLs come through it,
+            # and a handler's follow-up (TriggerMessage's message) waits for one of them. OCPP-J
+            # allows one CALL at a time from each side; beyond the slots, a CALL is refused now.
+            try:
+                self._handler_slots.acquire_nowait()
+            except trio.WouldBlock:
+                await self._refuse_busy(frame)
+                return
+            self._busy_said = False
             nursery.start_soon(self._handle_call, frame)
             return
         pending = self._pending
@@ -152,6 +162,24 @@ class RpcConnection:
         pending.done.set()
 
     # --- incoming CALLs ----------------------------------------------------------------------
+
+    async def _refuse_busy(self, frame: Call) -> None:
+        busy = self._max_handlers
+        # Said once per flood, not once per CALL of it.
+        log.log(
+            logging.DEBUG if self._busy_said else logging.WARNING,
+            "the peer sends CALLs while %d are in progress: %s refused (GenericError)",
+            busy,
+            frame.action,
+        )
+        self._busy_said = True
+        await self._send_error(
+            frame.unique_id,
+            CallErrorException(
+                "GenericError",
+                f"{busy} CALLs are in progress; OCPP-J allows one at a time from each side",
+            ),
+        )
 
     async def _handle_call(self, msg: Call) -> None:
         try:
@@ -237,6 +265,11 @@ class RpcConnection:
                 wire.validate(MessageType.Call, action, body)
             except CallErrorException as exc:
                 raise UnsendablePayload(action, exc) from None
+        if not valid_text(body):  # the WebSocket could not even encode it
+            raise UnsendablePayload(
+                action,
+                CallErrorException("PropertyConstraintViolation", "text that is not Unicode"),
+            )
         # Uncontended, take the lock without a scheduler pass (the send below checkpoints).
         if not self._call_lock.locked():
             self._call_lock.acquire_nowait()

@@ -20,6 +20,7 @@ from jsonschema.exceptions import best_match
 from ocpp.charge_point import camel_to_snake_case, snake_to_camel_case
 from ocpp.messages import Call, CallError, CallResult, MessageType, get_validator
 
+from dcocpp.jsontypes import valid_text
 from dcocpp.ocpp.errors import CallError as CallErrorException
 
 OCPP_VERSION = "1.6"
@@ -118,7 +119,7 @@ def decode_frame(text: str | bytes) -> Call | CallResult | CallError:
         msg = json.loads(text, parse_constant=_not_json)
     except ValueError:  # JSONDecodeError, and an integer of more than 4300 digits
         raise _unparsed(text, "message is not valid JSON") from None
-    if "\\u" in text and not _valid_text(msg):
+    if "\\u" in text and not valid_text(msg):
         # A lone surrogate (\ud800) is valid JSON but no Unicode: it could be neither stored
         # nor sent back (UTF-8 cannot encode it).
         raise _unparsed(text, "message has a string that is not valid Unicode")
@@ -204,21 +205,6 @@ def _too_deep(text: str) -> bool:
         elif char in "]}":
             depth -= 1
     return False
-
-
-def _valid_text(value: Any) -> bool:
-    """No string in the parsed frame holds a lone surrogate."""
-    if isinstance(value, str):
-        try:
-            value.encode("utf-8")
-        except UnicodeEncodeError:
-            return False
-        return True
-    if isinstance(value, dict):
-        return all(_valid_text(k) and _valid_text(v) for k, v in value.items())
-    if isinstance(value, list):
-        return all(_valid_text(v) for v in value)
-    return True
 
 
 # --- payloads --------------------------------------------------------------------------------
