@@ -9,6 +9,7 @@ central system asked for a hard reset (so that a supervisor such as systemd with
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import os
 import signal
@@ -19,7 +20,7 @@ from typing import TYPE_CHECKING
 
 import trio
 
-from dcocpp import __version__, api, cliargs, defaults, demo, plcsim, simcli, statecharts
+from dcocpp import __version__, api, cliargs, datalock, defaults, demo, plcsim, simcli, statecharts
 from dcocpp.api import ApiError
 from dcocpp.cliargs import DEFAULT_CONFIG, config_argument, log_level_argument
 from dcocpp.config import ChargerConfig, ConfigError, load_charger_config
@@ -283,10 +284,12 @@ def _run(args: argparse.Namespace) -> int:
         return _invalid_configuration(args.config, exc)
     logging_setup = LoggingSetup()
     logging_setup.start(args.log_level, None)  # the console first: it tells what goes wrong
+    lock = contextlib.ExitStack()
     try:
         # Before anything reads or writes there (the OCPP keys changed by the central system
         # are the first): a data directory that cannot be used is one line, not a warning.
         prepare_data_dir(config.data_dir)
+        lock.enter_context(datalock.held(config.data_dir))  # one charger per data directory
         if args.accept_data_loss:
             # The operator's decision, taken once here: the station's own opens check as usual.
             Database.open(config.data_dir, accept_data_loss=True).close()
@@ -306,6 +309,7 @@ def _run(args: argparse.Namespace) -> int:
     except BaseException as error:
         return _ended_by(error, debug=args.log_level == "DEBUG")
     finally:
+        lock.close()
         logging_setup.stop()
 
 

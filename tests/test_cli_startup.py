@@ -316,3 +316,29 @@ def test_a_bus_that_exists_but_fails_is_left_to_the_retry(monkeypatch: pytest.Mo
     with pytest.raises(OSError) as info:
         open_can_bus("socketcan", "can0")
     assert not isinstance(info.value, CanBusNotFound)
+
+
+@pytest.mark.process
+def test_a_second_charger_on_the_same_data_directory_is_refused(tmp_path: Path) -> None:
+    """Two chargers on one data directory would each stop the other's transactions as cut off
+    and drive the same relays: the second is refused in one line naming the first."""
+    data, logs = tmp_path / "data", tmp_path / "logs"
+    argv = [
+        sys.executable, "-m", "dcocpp", "run", "--csms", CLOSED_CSMS,
+        "--data-dir", str(data), "--log-dir", str(logs),
+    ]  # fmt: skip
+    with ManagedProcess(argv, name="first") as first:
+        first.stderr.wait_for_line(lambda line: " INFO    dcocpp.station: station " in line, 30)
+        second = run_charger("-q", "--data-dir", str(data), "--log-dir", str(logs))
+        assert second.returncode == EXIT_RUNTIME_ERROR, second.stderr
+        assert error_line(second) == (
+            f"data directory {data}: another dcocpp (pid {first.pid}) is running on it;"
+            " one charger per data directory"
+        )
+        first.send_signal()
+        assert first.wait(10) == EXIT_OK
+    # Its lock went with it: the next start runs.
+    with ManagedProcess(argv, name="third") as third:
+        third.stderr.wait_for_line(lambda line: " INFO    dcocpp.station: station " in line, 30)
+        third.send_signal()
+        assert third.wait(10) == EXIT_OK
