@@ -15,7 +15,8 @@ from typing import Any
 import pytest
 import trio
 
-from dcocpp.connector.task import METER_PERSIST_INTERVAL
+from dcocpp.connector.task import METER_PERSIST_INTERVAL, OCPP_MAX_WH, REGISTER_BEYOND_OCPP
+from dcocpp.hardware import simulation
 from dcocpp.hardware.plc.driver import ACK_TIMEOUT
 from dcocpp.hardware.plc.emulated import InProcessPlcHardware
 from dcocpp.hardware.plc.emulator import PlcEmulator
@@ -299,3 +300,28 @@ async def test_a_register_that_jumped_during_a_crash_is_not_billed_by_the_power_
     assert (stop["transaction_id"], stop["reason"]) == (tx_id, "PowerLoss")
     assert stop["meter_stop"] == row.last_meter_wh  # the checkpoint, not the jumped register
     assert_billed_physically(h, config.connectors[0].max_power_w)
+
+
+async def test_a_register_beyond_ocpp_16s_integer_is_a_meter_failure_not_unbilled_energy(
+    autojump_clock: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """OCPP 1.6 integers are 32 bits: a register above 2,147,483,647 Wh cannot be sent. A
+    transaction running when the register crosses it stops at its last reading OCPP can carry
+    (delivered, never dropped), and no transaction starts on the gun while it lasts."""
+    use_backend("simulated")
+    monkeypatch.setattr(simulation, "INITIAL_REGISTER_WH", OCPP_MAX_WH - 600)
+    csms = FakeCsms()
+    async with running_station(charger_config(tmp_path), csms) as h:
+        await h.booted()
+        tx_id = await h.start_charging(1, "TAG-BIG")
+        faulted = await h.wait_status(1, "Faulted", error_code="PowerMeterFailure", limit=120)
+        assert faulted["info"] == REGISTER_BEYOND_OCPP
+        (stop,) = await h.wait_calls("StopTransaction")
+        (start,) = csms.received("StartTransaction")
+        assert stop["transaction_id"] == tx_id
+        assert start["meter_start"] < stop["meter_stop"] <= OCPP_MAX_WH
+        assert stop["reason"] == "Other"
+        with pytest.raises(ValueError):  # refused at the reader: the gun is Faulted
+            await h.station.present_id(1, "TAG-NEXT")
+        await trio.sleep(60)
+        assert len(csms.received("StartTransaction")) == 1

@@ -41,6 +41,7 @@ from dcocpp.ocpp.configuration import ConfigurationStore
 from dcocpp.ocpp.control import ConnectorStatus
 from dcocpp.ocpp.errors import OcppError
 from dcocpp.ocpp.transactions import LocalTransaction, TransactionOutbox
+from dcocpp.ocpp.wire import INT32_MAX
 from dcocpp.stationclock import StationClock, TransactionClock
 
 log = logging.getLogger(__name__)
@@ -52,6 +53,9 @@ RELAY_RETRY_INTERVAL = 10.0
 # How often a running transaction's meter reading is persisted (what a PowerLoss stop bills).
 METER_PERSIST_INTERVAL = 10.0
 LOCK_DEADLINE = 5.0
+# OCPP 1.6's integer is 32 bits: the highest meter register, in Wh, its messages can carry.
+OCPP_MAX_WH = INT32_MAX
+REGISTER_BEYOND_OCPP = "register beyond OCPP 1.6's range"  # CiString50: the fault's detail
 # A fault that flaps (a bouncing safety input, a loose PLC connector) is said at most
 # FAULT_LINES_PER_WINDOW times per FAULT_LOG_WINDOW; the rest are counted, and one line at the
 # end of the window says how many and what the fault is now.
@@ -197,6 +201,7 @@ class ConnectorTask:
         self._finishing = 0  # transactions whose StopTransaction is not queued yet
         self._settled = trio.Event()
         self._fault_lines: dict[hw.FaultKind, _FaultLines] = {}
+        self._beyond_ocpp = False  # the register is above OCPP_MAX_WH (_register_beyond_ocpp)
         self._stepped = trio.Event()  # set (and replaced) after every event the machine takes
         # The current limit the gun's hardware was given (smart charging); None: its maximum.
         # Reported as Current.Offered.
@@ -346,6 +351,9 @@ class ConnectorTask:
 
     async def _handle(self, item: Any) -> None:
         self._sync_reservations()
+        beyond = self._register_beyond_ocpp()
+        if beyond is not None:
+            await self._handle(beyond)  # first: nothing may start on a register OCPP cannot carry
         if item is _RESYNC:
             return
         request = item if isinstance(item, _Request) else None
@@ -696,6 +704,28 @@ class ConnectorTask:
         if sample is not None:
             self.services.outbox.add_transaction_data(tx, sample, round(reading.energy_wh), at)
 
+    def _register_beyond_ocpp(self) -> ev.Event | None:
+        """A meter register above OCPP 1.6's integer (2,147,483,647 Wh, about 2.1 GWh) cannot
+        be carried by StartTransaction, MeterValues or StopTransaction: the gun is a
+        PowerMeterFailure while it lasts (no transaction starts; a running one stops at its
+        last reading OCPP can carry), rather than energy nobody bills. The fault event when
+        that changes, else None."""
+        beyond = self.gun.read_meter().energy_wh > OCPP_MAX_WH
+        if beyond == self._beyond_ocpp:
+            return None
+        self._beyond_ocpp = beyond
+        if beyond:
+            log.error(
+                "connector %d: the meter's register is above %d Wh, the most OCPP 1.6 can"
+                " report: no transaction starts until the meter is reset or replaced",
+                self.id,
+                OCPP_MAX_WH,
+            )
+            return ev.FaultRaised(hw.FaultKind.METER, REGISTER_BEYOND_OCPP)
+        if dict(self.machine.truth.faults).get(hw.FaultKind.METER) == REGISTER_BEYOND_OCPP:
+            return ev.FaultCleared(hw.FaultKind.METER)
+        return None
+
     def _reading(self, tx: LocalTransaction | None) -> hw.MeterReading:
         """The meter now, as transaction `tx` may bill it: its register never below one
         already billed (meterStart, MeterValues, stop samples, the persisted reading) nor
@@ -707,6 +737,9 @@ class ConnectorTask:
             return reading
         now = trio.current_time()
         why = run.doubt(reading.energy_wh, now)
+        if why is None and reading.energy_wh > OCPP_MAX_WH:
+            why = f"meter register {reading.energy_wh:.0f} Wh beyond what OCPP 1.6 can report"
+            self.resync()  # the loop raises the fault (_register_beyond_ocpp) before anything
         if why is None:
             run.add(reading.energy_wh, now)
             return reading
