@@ -101,6 +101,7 @@ BACKOFF = 0.05
 # It bounds the added latency of a frame (an emergency stop included) under load.
 RX_GATHER_S = 0.002
 TX_ERRORS_BEFORE_REOPEN = 3  # consecutive failed sends that count as a bus error
+TRIP_LOG_WINDOW = 10.0  # a safety trip is a WARNING at most once per this (see _say_trip)
 REOPEN_MIN_S = 0.1  # first reopen delay after a bus error; doubles while reopening fails
 REOPEN_MAX_S = 5.0
 # What the driver waits for from each PLC before `run` reports started: the relay, the cable,
@@ -244,6 +245,9 @@ class PlcGun:
         # A safety trip not on the bus yet (its immediate send failed): FORCE_ALL_OFF stays in
         # the keep-alives until one carrying it went out, even if the input was released.
         self._trip_unsent = False
+        # Logging of trips (see _say_trip): quiet until then, the trips not said yet.
+        self._trip_quiet_until = -math.inf
+        self._trips_unsaid = 0
         # The last RelayControl encoded: keep-alives repeat it without encoding again.
         self._encoded: tuple[tuple[int, ...], bytes] | None = None
 
@@ -568,7 +572,7 @@ class PlcGun:
                     int(s["ACK_STATUS"]),
                     int(s["CFG_VALUE"]),
                 )
-                log.info(
+                log.debug(  # every ack, solicited or not: routine, and a bus may repeat it
                     "PLC %d: ConfigAck param %d status %d value %d",
                     self.plc_id,
                     param,
@@ -580,7 +584,7 @@ class PlcGun:
                     if waiter.op == _CFG_SET and status == _ACK_OK and value != waiter.requested:
                         # A SET that took effect echoes its value: this one answers an
                         # earlier request (one that timed out), not the one waiting.
-                        log.info(
+                        log.debug(
                             "PLC %d: ConfigAck of an earlier set of param %d ignored",
                             self.plc_id,
                             param,
@@ -752,12 +756,23 @@ class PlcGun:
                 detail = f"PLC {self.plc_id}: safety chain open (switches 0x{switches:02x})"
             events += self._set_fault(FaultKind.EMERGENCY_STOP, detail)
         if self._safety_tripped() and not was_tripped:
-            log.warning("PLC %d: safety trip, forcing all relays off", self.plc_id)
+            self._say_trip(trio.current_time())
             self._trip_unsent = True
             # FORCE_ALL_OFF follows the trip (see _relay_control); the command itself is an
             # open, so the relay stays open once the inputs are released. A force-off of a
             # set_relay that gave up stays until the next set_relay.
             self._command(False, force_off=self._force_off)
+
+    def _say_trip(self, now: float) -> None:
+        """One WARNING per TRIP_LOG_WINDOW: an input that bounces trips the host again and
+        again (each trip is acted on at once all the same); the next warning counts them."""
+        if now < self._trip_quiet_until:
+            self._trips_unsaid += 1
+            log.debug("PLC %d: safety trip, forcing all relays off", self.plc_id)
+            return
+        more = f" ({self._trips_unsaid} more trip(s) before this one)" if self._trips_unsaid else ""
+        log.warning("PLC %d: safety trip, forcing all relays off%s", self.plc_id, more)
+        self._trip_quiet_until, self._trips_unsaid = now + TRIP_LOG_WINDOW, 0
 
     def _supervise(self, now: float) -> list[HardwareEvent]:
         backend = self._backend
