@@ -11,6 +11,28 @@ from dcocpp.oserrors import directory_problem, reason
 
 MESSAGE_LOG_NAME = "ocpp-messages.log"
 _FORMAT = "%(asctime)s %(levelname)-7s %(name)s: %(message)s"
+# An operator line longer than this is cut (a peer's 10 KB error description is not news).
+MAX_LINE_CHARS = 1000
+# Control characters (a newline in a central system's text would forge a log line of its own).
+_CONTROL = {c: f"\\x{c:02x}" for c in (*range(0x20), 0x7F)} | {
+    ord("\n"): "\\n",
+    ord("\r"): "\\r",
+    ord("\t"): "\\t",
+}
+
+
+class OperatorFormatter(logging.Formatter):
+    """One record, one line: the message's control characters escaped and a long message cut,
+    so that text from a peer (a CALLERROR's description, an idTag) can neither forge lines nor
+    flood the console. A traceback, at DEBUG, still follows on lines of its own."""
+
+    def formatMessage(self, record: logging.LogRecord) -> str:
+        message = record.message.translate(_CONTROL)
+        if len(message) > MAX_LINE_CHARS:
+            cut = len(message) - MAX_LINE_CHARS
+            message = f"{message[:MAX_LINE_CHARS]}... ({cut} more characters)"
+        record.message = message
+        return super().formatMessage(record)
 
 
 class LoggingError(Exception):
@@ -37,7 +59,7 @@ class LoggingSetup:
         root.setLevel(level.upper())
         if console:
             stream = logging.StreamHandler()
-            stream.setFormatter(logging.Formatter(_FORMAT))
+            stream.setFormatter(OperatorFormatter(_FORMAT))
             root.addHandler(stream)
             self._handlers.append((root, stream))
         # transitions logs every callback at INFO; only its warnings are news to an operator.
