@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import json
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -537,6 +538,48 @@ def test_message_log_lines_waiting_for_a_stuck_disk_are_bounded(
     )
     assert lines[kept + 1 :] == ["after"]
     assert any("frame line(s) dropped" in m for m in caplog.messages)
+
+
+class _FullDisk:
+    """A file whose every write fails as on a full disk."""
+
+    def seek(self, offset: int, whence: int = 0) -> int:
+        return 0
+
+    def tell(self) -> int:
+        return 0
+
+    def write(self, text: str) -> int:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    def flush(self) -> None:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+
+def test_a_message_log_on_a_full_disk_is_said_once_not_a_traceback_per_batch(
+    tmp_path: Any, caplog: pytest.LogCaptureFixture, capsys: pytest.CaptureFixture[str]
+) -> None:
+    sink = messagelog.MessageFile(tmp_path / "frames.log", max_bytes=10**9, backup_count=0)
+    stream = sink._handler.stream
+    sink._handler.stream = _FullDisk()
+    try:
+        for batch in range(5):
+            for n in range(3):
+                sink.write(f"lost {batch}.{n}")
+            sink.flush()
+        sink._handler.stream = stream  # space again
+        sink.write("kept")
+        sink.flush()
+    finally:
+        sink.close()
+    said = [m for m in caplog.messages if "frames.log" in m]
+    assert said == [
+        f"{tmp_path / 'frames.log'}: cannot write ([Errno 28] No space left on device): frame"
+        " lines are lost until it can again",
+        f"{tmp_path / 'frames.log'}: written again; 15 frame line(s) were lost",
+    ]
+    assert "Logging error" not in capsys.readouterr().err
+    assert (tmp_path / "frames.log").read_text().splitlines() == ["kept"]
 
 
 @pytest.mark.parametrize(

@@ -17,6 +17,7 @@ import collections
 import json
 import logging
 import logging.handlers
+import sys
 import threading
 import time
 from pathlib import Path
@@ -67,7 +68,7 @@ class MessageFile:
     def __init__(self, path: Path, *, max_bytes: int, backup_count: int):
         path.parent.mkdir(parents=True, exist_ok=True)
         self.path = path
-        self._handler = logging.handlers.RotatingFileHandler(
+        self._handler = _BatchFile(
             path, maxBytes=max_bytes, backupCount=backup_count, encoding="utf-8"
         )
         self._handler.setFormatter(logging.Formatter("%(message)s"))
@@ -75,6 +76,7 @@ class MessageFile:
         self._lock = threading.Lock()  # the lines, their size and the drops, across threads
         self._queued = 0  # characters in `_lines`
         self._dropped = 0  # lines dropped since the last batch
+        self._lost = 0  # lines the file refused since it last took them (a full disk)
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="ocpp-message-log", daemon=True)
 
@@ -112,6 +114,23 @@ class MessageFile:
                 MESSAGE_LOGGER, logging.INFO, "", 0, "\n".join(batch), None, None
             )
             self._handler.handle(record)
+            self._note_outcome(len(batch))
+
+    def _note_outcome(self, lines: int) -> None:
+        """Say once when the file cannot be written (a full disk: no traceback per batch), and
+        once when it can again, with how many lines were lost meanwhile."""
+        error = self._handler.take_error()
+        if error is not None:
+            if self._lost == 0:
+                _warn.warning(
+                    "%s: cannot write (%s): frame lines are lost until it can again",
+                    self.path,
+                    error,
+                )
+            self._lost += lines
+        elif self._lost:
+            _warn.warning("%s: written again; %d frame line(s) were lost", self.path, self._lost)
+            self._lost = 0
 
     def _run(self) -> None:
         while not self._stop.wait(FLUSH_INTERVAL):
@@ -122,7 +141,24 @@ class MessageFile:
         if self._thread.is_alive():
             self._thread.join()
         self.flush()
-        self._handler.close()
+        try:
+            self._handler.close()
+        except OSError as exc:  # its last flush, on a disk that is still full
+            _warn.warning("%s: not closed cleanly: %s", self.path, exc)
+
+
+class _BatchFile(logging.handlers.RotatingFileHandler):
+    """The rotating file, keeping a write's error for its writer (`take_error`) instead of
+    printing logging's "--- Logging error ---" traceback to the console for every batch."""
+
+    _error: BaseException | None = None
+
+    def handleError(self, record: logging.LogRecord) -> None:
+        self._error = sys.exc_info()[1]
+
+    def take_error(self) -> BaseException | None:
+        error, self._error = self._error, None
+        return error
 
 
 _file: MessageFile | None = None
