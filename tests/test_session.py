@@ -20,7 +20,7 @@ from ocpp.v16.enums import ChargePointErrorCode, ChargePointStatus, Registration
 
 from dcocpp.ocpp.control import ConnectorStatus
 from dcocpp.ocpp.errors import CallError
-from dcocpp.ocpp.session import _coalesced
+from dcocpp.ocpp.session import MAX_BOOT_RETRY, _coalesced
 from dcocpp.ocpp.statuses import allowed_transitions
 from dcocpp.station import HardReset, Station
 from tests.csms import FakeCsms, MemoryNetwork
@@ -548,6 +548,27 @@ async def test_reconnect_resumes_the_accepted_registration_without_boot_notifica
     assert len(accepted) == 2
 
 
+async def test_a_central_system_that_forgot_the_charger_gets_a_boot_notification(
+    autojump_clock: Any, tmp_path: Path
+) -> None:
+    """A central system that lost its state refuses the resumed registration's Heartbeat
+    (a CALLERROR): the charger boots again rather than stay unknown to it."""
+    csms = FakeCsms(interval=300)
+    async with running_station(charger_config(tmp_path), csms) as h:
+        await h.booted()
+        await trio.sleep(10)
+        csms.answer("Heartbeat", error="SecurityError")
+        await h.network.drop()
+        await csms.wait_connected(2)
+        with trio.fail_after(5):
+            await csms.wait_for_calls("BootNotification", 2)
+        (refused,) = [action for _, action, _ in csms.scripted]
+        assert refused == "Heartbeat"
+        # Once known again, heartbeats go on as usual.
+        await trio.sleep(301)
+        assert len(csms.received("BootNotification")) == 2
+
+
 @pytest.mark.parametrize("answer", [PENDING, REJECTED])
 async def test_boot_not_accepted_is_sent_again_on_the_next_connection_after_its_interval(
     autojump_clock: Any, tmp_path: Path, answer: RegistrationStatus
@@ -565,6 +586,25 @@ async def test_boot_not_accepted_is_sent_again_on_the_next_connection_after_its_
     # Not before the interval (4.2), though a new connection opened long before.
     assert boots[1] - booted_at == pytest.approx(120)
     assert [a for _, a, _ in csms.calls[:2]] == ["BootNotification", "BootNotification"]
+
+
+async def test_a_boot_interval_of_68_years_is_waited_for_a_day(
+    autojump_clock: Any, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Rejected with interval 2^31-1 s: honoured up to MAX_BOOT_RETRY, said once; a day later
+    the charger asks again rather than stay out of service until someone restarts it."""
+    csms = FakeCsms(boot_statuses=[REJECTED, ACCEPTED], interval=2**31 - 1)
+    async with running_station(charger_config(tmp_path), csms) as h:
+        await csms.wait_for_calls("BootNotification", 1)
+        first = trio.current_time()
+        with trio.fail_after(MAX_BOOT_RETRY + 60):
+            await csms.wait_for_calls("BootNotification", 2)
+        session = h.station.session
+        assert session is not None
+        await h.wait_until(lambda: session.registration.accepted)
+    boots = csms.times("BootNotification")
+    assert boots[1] - first == pytest.approx(MAX_BOOT_RETRY)
+    assert any("waiting 86400 s (at most a day)" in m for m in caplog.messages)
 
 
 class HangingUpCsms(FakeCsms):

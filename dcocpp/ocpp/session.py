@@ -74,6 +74,9 @@ CentralTime = Callable[[datetime, float, str], object]
 CONNECT_TIMEOUT = 20.0
 # BootNotification.conf with interval 0 means "choose yourself" for Pending/Rejected.
 DEFAULT_BOOT_RETRY = 60
+# A Pending/Rejected interval is waited out, up to a day: 2^31 s (68 years) would leave a charger
+# out of service until someone restarts it, though its central system may be fixed by morning.
+MAX_BOOT_RETRY = 24 * 3600
 # StatusNotifications per connector: this many at once, then one per STATUS_INTERVAL seconds
 # (what changes meanwhile is coalesced, see `report_status`).
 STATUS_BURST = 5
@@ -168,6 +171,8 @@ class ChargePointSession:
         self._connections = 0
         self._connection_scope: trio.CancelScope | None = None
         self._boot_now = trio.Event()
+        # A resumed registration whose first Heartbeat has not been answered yet.
+        self._resume_unconfirmed = False
         # No BootNotification before this (trio time), unless triggered: a Pending or Rejected
         # answer's interval holds on a new connection too (4.2).
         self._next_boot = float("-inf")
@@ -493,8 +498,9 @@ class ChargePointSession:
                 self._status_queue[status.connector_id] = [(status, float("-inf"))]
             if old == Registration.CONNECTING:
                 # Resumed: a Heartbeat at once brings the central system's time, as the
-                # BootNotification.conf would have.
+                # BootNotification.conf would have, and tells whether it still knows us.
                 self._last_heartbeat = float("-inf")
+                self._resume_unconfirmed = True
 
     # --- per-connection tasks ----------------------------------------------------------------
 
@@ -528,7 +534,14 @@ class ChargePointSession:
                 if status != RegistrationStatus.rejected:
                     self._tell_time(result.current_time, sent, "BootNotification")
                 if result.interval > 0:
-                    retry_after = result.interval
+                    retry_after = min(result.interval, MAX_BOOT_RETRY)
+                    if result.interval > MAX_BOOT_RETRY and status != RegistrationStatus.accepted:
+                        log.warning(
+                            "the central system asks to wait %d s before the next"
+                            " BootNotification: waiting %d s (at most a day)",
+                            result.interval,
+                            MAX_BOOT_RETRY,
+                        )
                 if status == RegistrationStatus.accepted:
                     if result.interval > 0:
                         self._adopt_heartbeat_interval(result.interval)
@@ -573,7 +586,20 @@ class ChargePointSession:
         if self._heartbeat_scope is not None:
             self._set_heartbeat_deadline()
         sent = trio.current_time()
-        result = await self.call(call.Heartbeat(), triggered=triggered)
+        try:
+            result = await self.call(call.Heartbeat(), triggered=triggered)
+        except CallError:
+            if self._resume_unconfirmed:
+                # A central system that lost its state refuses a charger it no longer knows:
+                # a reconnect is not a reboot, unless the central system needs one.
+                log.warning(
+                    "the central system refused the Heartbeat of a resumed registration:"
+                    " BootNotification again"
+                )
+                self._resume_unconfirmed = False
+                self.boot_now()
+            raise
+        self._resume_unconfirmed = False
         log.debug("heartbeat answered, central system time %s", result.current_time)
         self._tell_time(result.current_time, sent, "Heartbeat")
 
