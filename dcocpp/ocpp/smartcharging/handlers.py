@@ -72,7 +72,7 @@ class SmartChargingHandlers:
         return call_result.ClearChargingProfile(status=status)
 
     @on(Action.get_composite_schedule)
-    def on_get_composite_schedule(
+    async def on_get_composite_schedule(
         self, connector_id: int, duration: int, charging_rate_unit: str | None = None, **_: Any
     ) -> Any:
         profiles = self.session.charging_profiles
@@ -80,7 +80,7 @@ class SmartChargingHandlers:
             return call_result.GetCompositeSchedule(status=CompositeStatus.rejected)
         unit = Unit(charging_rate_unit) if charging_rate_unit else self._default_unit()
         context = self.session.control.charging_context(connector_id)
-        composite = profiles.composite(connector_id, duration, unit, context)
+        composite = await profiles.composite(connector_id, duration, unit, context)
         return call_result.GetCompositeSchedule(
             status=CompositeStatus.accepted,
             connector_id=connector_id,

@@ -21,6 +21,7 @@ from decimal import Decimal
 from typing import Any, Protocol
 
 import attrs
+import trio
 from ocpp.v16.enums import ChargingProfilePurposeType as Purpose
 from ocpp.v16.enums import ChargingProfileStatus, ClearChargingProfileStatus
 from ocpp.v16.enums import ChargingRateUnitType as Unit
@@ -42,7 +43,7 @@ from dcocpp.ocpp.smartcharging.schedule import (
     CompositeSchedule,
     RunningTransaction,
     Supply,
-    composite_schedule,
+    composite_steps,
 )
 
 log = logging.getLogger(__name__)
@@ -58,6 +59,10 @@ __all__ = [
 
 Clock = Callable[[], datetime]
 StoreErrors = tuple[type[Exception], ...]
+
+# Change points of a composite schedule computed between two checkpoints: a few ms of work
+# with the most profiles a charger takes (`composite_steps`).
+COMPOSITE_STEPS = 100
 
 # The transaction id a running transaction has in a `RunningTransaction` until
 # StartTransaction.conf brings the central system's: no TxProfile names it, so only the
@@ -202,13 +207,19 @@ class ChargingProfiles:
         self._listeners.append(callback)
         return lambda: self._listeners.remove(callback)
 
-    def composite(
+    async def composite(
         self, connector_id: int, duration_s: int, unit: Unit, context: ChargingContext
     ) -> CompositeSchedule:
         """The composite schedule of `connector_id` from now (whole seconds) for `duration_s`,
-        capped by the connector's own maximum (OCPP 1.6 5.7: "possible local limits")."""
+        capped by the connector's own maximum (OCPP 1.6 5.7: "possible local limits").
+
+        At most ChargingScheduleMaxPeriods periods: a longer schedule ends where the first
+        period left out would begin, and its duration says so (the span its periods cover,
+        shorter than asked). Computed COMPOSITE_STEPS change points at a time, with a
+        checkpoint in between, so that the event loop (the PLC's keep-alive among others)
+        runs on however long the computation takes (`composite_steps` bounds that too)."""
         start = self._clock().astimezone(UTC).replace(microsecond=0)
-        return composite_schedule(
+        steps = composite_steps(
             self._installed,
             connector_id,
             start,
@@ -217,7 +228,16 @@ class ChargingProfiles:
             supply=context.supply,
             transaction=context.transaction,
             local_limit=context.local_limit(unit),
+            max_periods=self.limits().max_periods,
         )
+        while True:
+            for _ in range(COMPOSITE_STEPS):
+                try:
+                    next(steps)
+                except StopIteration as done:
+                    schedule: CompositeSchedule = done.value
+                    return schedule
+            await trio.lowlevel.checkpoint()
 
     # --- SetChargingProfile / ClearChargingProfile -------------------------------------------
 
