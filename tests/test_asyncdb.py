@@ -1,11 +1,10 @@
 """The station database off the event loop (dcocpp/asyncdb.py), on the real clock: a real
 SQLite file in tmp_path whose commits are made slow, as a busy flash or a frozen file system
-makes them (`slow_commits`: SQLite's trace callback sleeps at every COMMIT, in the thread that
-commits). What the module docstring promises, one test each: the loop runs on while a write
-waits for the disk, and the caller hears of it only once it is committed; writes are stored
-in the order they were asked for; a caller cancelled before its turn has nothing written, one
-cancelled while its write runs gets it stored and its outcome; SQLite's refusals come back as
-the synchronous call raises them."""
+makes them (`storage_faults.slow_commits`). What the module docstring promises, one test
+each: the loop runs on while a write waits for the disk, and the caller hears of it only once
+it is committed; writes are stored in the order they were asked for; a caller cancelled before
+its turn has nothing written, one cancelled while its write runs gets it stored and its
+outcome; SQLite's refusals come back as the synchronous call raises them."""
 
 from __future__ import annotations
 
@@ -20,23 +19,13 @@ import trio
 import trio.testing
 
 from dcocpp.asyncdb import AsyncDatabase
-from dcocpp.storage import DATABASE_NAME, Database, StorageError
-from tests.storage_faults import make_read_only
+from dcocpp.storage import DATABASE_NAME, StorageError
+from tests.storage_faults import make_read_only, slow_commits
 
 SLOW_COMMIT = 0.5  # s a commit takes on the slow disk
 TICK = 0.01  # s between two beats of the loop's heartbeat
 # The longest the loop may stand still while the disk is slow: far below the PLC's 300 ms.
 LOOP_MARGIN = 0.1
-
-
-def slow_commits(db: Database, seconds: float) -> None:
-    """From now on every commit of `db` takes `seconds` longer, in the thread that makes it."""
-
-    def trace(statement: str) -> None:
-        if statement == "COMMIT":
-            time.sleep(seconds)
-
-    db._db.set_trace_callback(trace)
 
 
 @contextlib.contextmanager
