@@ -2,7 +2,8 @@
 
     Station.run()
     ├── hardware backend            started first, runs for the life of the process
-    ├── local HTTP API              when asked for (--api); also outlives soft resets
+    ├── local HTTP API              when asked for (--api), from the first boot's connectors
+    │                               on; also outlives soft resets
     └── one boot (rebuilt by a soft reset)
         ├── OCPP session, transaction outbox
         └── connector task x N      one per gun, each with its machine
@@ -13,7 +14,8 @@ up the physical truth from its gun. A hard reset ends `run()` with `HardReset` s
 process exits and its supervisor restarts it.
 
 The station is the only place that knows both the OCPP layer and the hardware: it implements
-`ChargePointControl` for the former and `StationView` for the local API.
+`ChargePointControl` for the former and `StationView` for the local API. Its database is
+reached off the event loop (`dcocpp.asyncdb`): nothing here waits for the disk on the loop.
 """
 
 from __future__ import annotations
