@@ -298,18 +298,21 @@ class ConnectorTask:
     async def _sync_reservations(self) -> None:
         """Give the machine the reservations the station keeps for this gun now. Done before
         every event, not only when told: a connector-0 hold that another gun's step has just
-        created must already apply to the tag this gun hears next."""
+        created must already apply to the tag this gun hears next. Storing a reservation's
+        end lets other guns step meanwhile: it returns only once no await came after the
+        last look."""
         desk = self.services.reservations
         if desk is None:
             return
-        wanted = desk.wanted(self.id)
-        truth = self.machine.truth
-        if (truth.reservations, truth.hold_zero) == (wanted.reservations, wanted.hold_zero):
-            return
-        self.machine.dispatch(wanted)
-        effects = self.machine.take_effects()
-        await self._note_reservations(effects)
-        await self._execute(effects)
+        while True:
+            wanted = desk.wanted(self.id)
+            truth = self.machine.truth
+            if (truth.reservations, truth.hold_zero) == (wanted.reservations, wanted.hold_zero):
+                return
+            self.machine.dispatch(wanted)
+            effects = self.machine.take_effects()
+            await self._note_reservations(effects)
+            await self._execute(effects)
 
     async def _note_reservations(self, effects: list[ev.Effect]) -> None:
         """Tell the station at once (before any await) which reservations ended here, so that
