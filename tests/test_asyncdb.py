@@ -4,11 +4,13 @@ makes them (`storage_faults.slow_commits`). What the module docstring promises, 
 each: the loop runs on while a write waits for the disk, and the caller hears of it only once
 it is committed; writes are stored in the order they were asked for; a caller cancelled before
 its turn has nothing written, one cancelled while its write runs gets it stored and its
-outcome; SQLite's refusals come back as the synchronous call raises them."""
+outcome; SQLite's refusals come back as the synchronous call raises them; and every call of
+the database, read or write, waits for the disk in the thread, the loop beating on."""
 
 from __future__ import annotations
 
 import contextlib
+import inspect
 import sqlite3
 import time
 from collections.abc import AsyncIterator, Iterator
@@ -19,10 +21,11 @@ import trio
 import trio.testing
 
 from dcocpp.asyncdb import AsyncDatabase
-from dcocpp.storage import DATABASE_NAME, StorageError
+from dcocpp.storage import DATABASE_NAME, ReservationRow, StorageError
 from tests.storage_faults import make_read_only, slow_commits
 
 SLOW_COMMIT = 0.5  # s a commit takes on the slow disk
+SLOW_STATEMENT = 0.1  # s each statement takes, where every call is tried
 TICK = 0.01  # s between two beats of the loop's heartbeat
 # The longest the loop may stand still while the disk is slow: far below the PLC's 300 ms.
 LOOP_MARGIN = 0.1
@@ -137,3 +140,86 @@ async def test_a_write_the_database_refuses_raises_as_the_synchronous_one(
         await db.close()
     with committed(tmp_path) as connection:
         assert list(connection.execute("SELECT * FROM availability")) == []
+
+
+AT = "2026-11-23T23:50:00Z"
+TX_FIELDS = {
+    "connector_id": 1,
+    "id_tag": "TAG",
+    "meter_start": 0,
+    "started_at": AT,
+    "reservation_id": None,
+    "last_meter_wh": 0,
+    "last_meter_at": AT,
+}
+PROFILE = {
+    "charging_profile_id": 1,
+    "stack_level": 0,
+    "charging_profile_purpose": "TxDefaultProfile",
+    "charging_profile_kind": "Relative",
+    "charging_schedule": {
+        "charging_rate_unit": "A",
+        "charging_schedule_period": [{"start_period": 0, "limit": 16}],
+    },
+}
+# Every call of the station database, with arguments it takes (rows need not exist).
+CALLS: dict[str, tuple[object, ...]] = {
+    "availability": (),
+    "set_availability": (1, False),
+    "transactions": (),
+    "queued_messages": (),
+    "begin_transaction": (TX_FIELDS, {"connector_id": 1, "id_tag": "TAG"}, "TAG"),
+    "queue_message": ("MeterValues", None, {"connector_id": 1, "meter_value": []}),
+    "transaction_data": (),
+    "add_transaction_data": (1, {"timestamp": AT, "sampled_value": []}, 10, AT),
+    "record_meter": (1, 10, AT),
+    "message_delivered": (1,),
+    "message_failed": (1, 1, True),
+    "unpark_messages": (),
+    "auth_cache": (),
+    "put_auth_cache": ("tag", {"status": "Accepted"}),
+    "delete_auth_cache": (None,),
+    "local_list": (),
+    "replace_local_list": (1, {"tag": {"status": "Accepted"}}),
+    "update_local_list": (2, {"tag": None}),
+    "charging_profiles": (),
+    "put_charging_profile": (1, PROFILE),
+    "delete_charging_profiles": ([1],),
+    "reservations": (),
+    "put_reservation": (ReservationRow(1, 1, "TAG", None, AT),),
+    "delete_reservations": ([1],),
+}
+
+
+def test_every_call_of_the_database_is_listed() -> None:
+    calls = {
+        name
+        for name, member in vars(AsyncDatabase).items()
+        if inspect.iscoroutinefunction(member) and name not in ("open", "close")
+    }
+    assert calls == set(CALLS)
+
+
+@pytest.mark.parametrize("name", sorted(CALLS))
+async def test_every_call_waits_for_the_disk_off_the_loop(tmp_path: Path, name: str) -> None:
+    """Every statement of every call takes SLOW_STATEMENT: the call takes that long at least,
+    and the loop beats on meanwhile."""
+    db = await AsyncDatabase.open(tmp_path)
+
+    def trace(statement: str) -> None:
+        time.sleep(SLOW_STATEMENT)
+
+    db._db._db.set_trace_callback(trace)
+    try:
+        async with trio.open_nursery() as nursery:
+            heart = Heartbeat()
+            nursery.start_soon(heart.run)
+            began = time.monotonic()
+            await getattr(db, name)(*CALLS[name])
+            took = time.monotonic() - began
+            nursery.cancel_scope.cancel()
+    finally:
+        db._db._db.set_trace_callback(None)
+        await db.close()
+    assert took >= SLOW_STATEMENT
+    assert heart.longest < LOOP_MARGIN
