@@ -232,10 +232,10 @@ class LimitEnforcer:
             await task.wait_truth(functools.partial(_changed, task, seen))
             now = _seen(task)
             if seen.local_id is not None and now.local_id != seen.local_id:
-                self._profiles.transaction_ended(task.id, seen.transaction_id)
+                await self._profiles.transaction_ended(task.id, seen.transaction_id)
             if now.local_id is not None and now.local_id != seen.local_id:
                 assert now.id_tag is not None
-                self._profiles.transaction_started(task.id, now.id_tag)
+                await self._profiles.transaction_started(task.id, now.id_tag)
             if now.faults != seen.faults:
                 # Hardware back from a fault (a restarted PLC) may have lost its setpoint.
                 self.applied.pop(task.id, None)
@@ -259,7 +259,7 @@ class LimitEnforcer:
         now = self._clock.now()
         if at is not None and now < at <= now + DUE_TOLERANCE:
             now = at
-        self._profiles.remove_expired()
+        await self._profiles.remove_expired()
         installed = self._profiles.installed
         contexts = {cid: self.context(cid) for cid in self._connectors}
         limits = self._limits_or_safe(installed, contexts, now)

@@ -2,7 +2,8 @@
 
 A reservation is for one connector or, with ReserveConnectorZeroSupported, for connector 0:
 any gun of the station. The book keeps them in the station database (written before
-ReserveNow is answered, restored at boot, expired ones dropped) and ends each one when it is
+ReserveNow is answered, restored at boot, expired ones dropped; the database is reached off
+the event loop, `asyncdb.AsyncDatabase`) and ends each one when it is
 used (its holder's StartTransaction carries its id), cancelled, expired (at its expiryDate, by
 the station's wall clock), or when its connector becomes Faulted or Unavailable (the connector
 machine decides that and reports it), as 5.13 says.
@@ -20,7 +21,10 @@ EV plugged into the last free gun does not take it from the holder).
 
 Starts nothing but its expiry timers, which live in `run()`'s nursery; StorageError does not
 escape (a reservation that cannot be stored is Rejected; one that cannot be deleted is logged
-and dropped from memory).
+and dropped from memory). A reservation ends in memory at once (a connector tells the book
+before it awaits anything); its row is deleted by the next `flush()`, which whoever ended it
+awaits right after, and which a new reservation awaits before it is stored, so that the
+database sees the end and a new reservation with the same id in the order they happened.
 """
 
 from __future__ import annotations
@@ -33,13 +37,14 @@ import trio
 from ocpp.v16.enums import CancelReservationStatus, ReservationStatus
 
 from dcocpp import idtags
+from dcocpp.asyncdb import AsyncDatabase
 from dcocpp.connector import events as ev
 from dcocpp.connector.machine import Truth
 from dcocpp.connector.metering import WallClock, ocpp_time
 from dcocpp.connector.task import ConnectorTask
 from dcocpp.ocpp.authcache import parse_expiry
 from dcocpp.ocpp.configuration import ConfigurationStore
-from dcocpp.storage import Database, ReservationRow, StorageError
+from dcocpp.storage import ReservationRow, StorageError
 
 log = logging.getLogger(__name__)
 
@@ -71,7 +76,7 @@ class ReservationBook:
 
     def __init__(
         self,
-        db: Database,
+        db: AsyncDatabase,
         store: ConfigurationStore,
         clock: WallClock,
         connectors: Callable[[], Mapping[int, ConnectorTask]],
@@ -83,18 +88,21 @@ class ReservationBook:
         self._connectors = connectors
         self._operative0 = charge_point_operative
         self._rows: dict[int, ReservationRow] = {}
+        self._ended: list[int] = []  # ended in memory, their rows not deleted yet (`flush`)
+        self._reserving = trio.Lock()
+        self._storing: int | None = None  # the id of the reservation being written
         self._timers: dict[int, trio.CancelScope] = {}
         self._nursery: trio.Nursery | None = None
 
     def __len__(self) -> int:
         return len(self._rows)
 
-    def load(self) -> None:
+    async def load(self) -> None:
         """Restore the stored reservations (before the connectors start). Expired ones, and
         connector-0 ones while the charge point is Unavailable, are dropped; one whose
         connector is Faulted or Unavailable now is ended by that connector when it starts."""
         try:
-            rows = self._db.reservations()
+            rows = await self._db.reservations()
         except StorageError as exc:
             log.error("reservations not restored: %s", exc)
             return
@@ -112,7 +120,7 @@ class ReservationBook:
                 self._rows[row.reservation_id] = row
         for row, why in dropped:
             log.info("reservation %d not restored: %s", row.reservation_id, why)
-        self._forget([row.reservation_id for row, _ in dropped])
+        await self._forget([row.reservation_id for row, _ in dropped])
         if self._rows:
             log.info("%d reservation(s) restored", len(self._rows))
 
@@ -127,7 +135,7 @@ class ReservationBook:
 
     # --- ReserveNow, CancelReservation (for the OCPP layer, through the station) -------------
 
-    def reserve(
+    async def reserve(
         self,
         connector_id: int,
         expiry: datetime,
@@ -139,18 +147,27 @@ class ReservationBook:
         is then not counted against the new one; a reservation that cannot be made keeps the
         old one as it was."""
         where = "the charge point" if connector_id == 0 else f"connector {connector_id}"
-        status = self._answer(connector_id, expiry, reservation_id)
-        if status != ReservationStatus.accepted:
-            log.info("reservation %d on %s for %s: %s", reservation_id, where, id_tag, status.value)
-            return status
-        row = ReservationRow(reservation_id, connector_id, id_tag, parent_id_tag, ocpp_time(expiry))
-        try:
-            self._db.put_reservation(row)  # on disk before it is acknowledged
-        except StorageError as exc:
-            log.error("reservation %d rejected: %s", reservation_id, exc)
-            return ReservationStatus.rejected
-        replaced = self._rows.get(reservation_id)
-        self._rows[reservation_id] = row
+        async with self._reserving:  # one at a time: each answer counts the one before
+            status = self._answer(connector_id, expiry, reservation_id)
+            if status != ReservationStatus.accepted:
+                log.info(
+                    "reservation %d on %s for %s: %s", reservation_id, where, id_tag, status.value
+                )
+                return status
+            row = ReservationRow(
+                reservation_id, connector_id, id_tag, parent_id_tag, ocpp_time(expiry)
+            )
+            await self.flush()  # an ended reservation with this id must not delete the new one
+            self._storing = reservation_id
+            try:
+                await self._db.put_reservation(row)  # on disk before it is acknowledged
+            except StorageError as exc:
+                log.error("reservation %d rejected: %s", reservation_id, exc)
+                return ReservationStatus.rejected
+            finally:
+                self._storing = None
+            replaced = self._rows.get(reservation_id)
+            self._rows[reservation_id] = row
         self._cancel_timer(reservation_id)
         self._schedule(row)
         self._resync_all()
@@ -165,20 +182,28 @@ class ReservationBook:
         )
         return ReservationStatus.accepted
 
-    def cancel(self, reservation_id: int) -> CancelReservationStatus:
+    async def cancel(self, reservation_id: int) -> CancelReservationStatus:
         """CancelReservation (5.1): Accepted for a reservation the charger has, else Rejected."""
         if not reservation_supported(self._store) or reservation_id not in self._rows:
             log.info("CancelReservation %d rejected: no such reservation", reservation_id)
             return CancelReservationStatus.rejected
         self._end(reservation_id, "cancelled by the central system")
+        await self.flush()
         return CancelReservationStatus.accepted
 
-    def charge_point_unavailable(self) -> None:
+    async def charge_point_unavailable(self) -> None:
         """The charge point became Unavailable: its connector-0 reservations end (5.13); each
         connector ends its own as it becomes Unavailable."""
         for row in list(self._rows.values()):
             if row.connector_id == 0:
                 self._end(row.reservation_id, "the charge point became Unavailable")
+        await self.flush()
+
+    async def flush(self) -> None:
+        """Delete the rows of the reservations ended since the last flush (see the module
+        docstring); a failure is logged."""
+        ended, self._ended = self._ended, []
+        await self._forget(ended)
 
     def preferred_connectors(self, id_tag: str) -> list[int]:
         """Every connector, those reserved for `id_tag` first (RemoteStartTransaction without
@@ -280,18 +305,20 @@ class ReservationBook:
         return ReservationStatus.unavailable
 
     def _end(self, reservation_id: int, why: str) -> None:
+        """End a reservation in memory; its row goes at the next `flush`."""
         row = self._rows.pop(reservation_id)
         self._cancel_timer(reservation_id)
-        self._forget([reservation_id])
+        if reservation_id != self._storing:  # else its row is the new one's already
+            self._ended.append(reservation_id)
         self._resync_all()
         where = "the charge point" if row.connector_id == 0 else f"connector {row.connector_id}"
         log.info("reservation %d on %s for %s ended: %s", reservation_id, where, row.id_tag, why)
 
-    def _forget(self, reservation_ids: list[int]) -> None:
+    async def _forget(self, reservation_ids: list[int]) -> None:
         if not reservation_ids:
             return
         try:
-            self._db.delete_reservations(reservation_ids)
+            await self._db.delete_reservations(reservation_ids)
         except StorageError as exc:
             # Harmless after a restart: an expired one is dropped then, a used or cancelled
             # one comes back until its expiryDate.
@@ -326,6 +353,7 @@ class ReservationBook:
                 await trio.sleep(min(left, EXPIRY_RECHECK))
             self._timers.pop(row.reservation_id, None)
             self._end(row.reservation_id, f"expired at {row.expiry_date}")
+            await self.flush()
 
 
 def _reservation(row: ReservationRow) -> ev.Reservation:

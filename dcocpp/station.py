@@ -2,7 +2,8 @@
 
     Station.run()
     ├── hardware backend            started first, runs for the life of the process
-    ├── local HTTP API              when asked for (--api); also outlives soft resets
+    ├── local HTTP API              when asked for (--api), from the first boot's connectors
+    │                               on; also outlives soft resets
     ├── clock watcher               notices a step of the system clock (stationclock)
     └── one boot (rebuilt by a soft reset)
         ├── OCPP session, transaction outbox
@@ -14,7 +15,8 @@ up the physical truth from its gun. A hard reset ends `run()` with `HardReset` s
 process exits and its supervisor restarts it.
 
 The station is the only place that knows both the OCPP layer and the hardware: it implements
-`ChargePointControl` for the former and `StationView` for the local API.
+`ChargePointControl` for the former and `StationView` for the local API. Its database is
+reached off the event loop (`dcocpp.asyncdb`): nothing here waits for the disk on the loop.
 """
 
 from __future__ import annotations
@@ -42,6 +44,7 @@ from ocpp.v16.enums import (
 )
 
 from dcocpp import api
+from dcocpp.asyncdb import AsyncDatabase, Runner
 from dcocpp.config import ChargerConfig
 from dcocpp.connector import events as ev
 from dcocpp.connector.metering import MEASURANDS, WallClock, ocpp_time
@@ -68,7 +71,7 @@ from dcocpp.ocpp.smartcharging.service import ChargingContext, ChargingProfiles
 from dcocpp.ocpp.transactions import TransactionOutbox
 from dcocpp.reservations import ReservationBook
 from dcocpp.stationclock import SYNC_THRESHOLD_S, ClockStep, StationClock
-from dcocpp.storage import Database, StorageError
+from dcocpp.storage import StorageError
 
 log = logging.getLogger(__name__)
 
@@ -174,8 +177,12 @@ class Station:
         api_address: tuple[str, int] | None = None,
         api_token: str | None = None,
         store: ConfigurationStore | None = None,
+        database_runner: Runner | None = None,
     ):
         self.config = config
+        # Where the database's statements run: a worker thread unless told otherwise (see
+        # dcocpp.asyncdb; a test on trio's virtual clock runs them on the loop).
+        self._database_runner = database_runner
         # The OCPP keys as the command line already loaded them, for the first boot (a soft
         # reset loads them again from the files).
         self._loaded_store = store
@@ -193,12 +200,13 @@ class Station:
         self._api_token = api_token  # required by the API when given (see dcocpp.api)
         self.api_port: int | None = None
         self._scope: trio.CancelScope | None = None
+        self._lifetime: trio.Nursery | None = None  # `run`'s: what outlives soft resets
         self._boot_nursery: trio.Nursery | None = None
         self._reset: ResetType | None = None
         self.session: ChargePointSession | None = None
         self.store: ConfigurationStore | None = None
         self.outbox: TransactionOutbox | None = None
-        self._db: Database | None = None
+        self._db: AsyncDatabase | None = None
         self.connectors: dict[int, ConnectorTask] = {}
         self.limits: LimitEnforcer | None = None  # smart charging's enforcement, per boot
         self.reservations: ReservationBook | None = None  # ReserveNow's, per boot
@@ -231,11 +239,7 @@ class Station:
                 nursery.start_soon(channel.run)
             nursery.start_soon(self.clock.watch)
             await nursery.start(self.hardware.run, events)
-            if self._api_address is not None:
-                # The API outlives soft resets: its port stays where the operator put it.
-                _, self.api_port = await nursery.start(
-                    partial(api.serve_api, token=self._api_token), self, *self._api_address
-                )
+            self._lifetime = nursery  # the API's, once the first boot has its connectors
             while True:
                 try:
                     kind = await self._boot(task_status)
@@ -254,9 +258,9 @@ class Station:
         self.started = trio.Event()
         self.store = store = self._loaded_store or load_configuration_store(config)
         self._loaded_store = None
-        self._db = db = Database.open(config.data_dir)
+        self._db = db = await AsyncDatabase.open(config.data_dir, run=self._database_runner)
         try:
-            saved = db.availability()
+            saved = await db.availability()
             self._operative0 = saved.get(0, True)
             cp = config.charge_point
             ssl_context, client_certificate = (
@@ -271,18 +275,21 @@ class Station:
                 monotonic=trio.current_time,
                 store_errors=(StorageError,),
             )
+            await charging_profiles.load()
+            # Both persisted in the boot's database; its errors are theirs to translate.
+            auth_cache = AuthorizationCache(db, clock=self.clock.now, store_errors=(StorageError,))
+            await auth_cache.load()
+            local_list = LocalAuthorizationList(
+                db, clock=self.clock.now, store_errors=(StorageError,)
+            )
+            await local_list.load()
             self.session = session = ChargePointSession(
                 Identity(cp.id, cp.vendor, cp.model, cp.firmware_version, cp.serial_number),
                 cp.central_system_uri,
                 store,
                 self,
-                # Both persisted in the boot's database; its errors are theirs to translate.
-                auth_cache=AuthorizationCache(
-                    db, clock=self.clock.now, store_errors=(StorageError,)
-                ),
-                local_list=LocalAuthorizationList(
-                    db, clock=self.clock.now, store_errors=(StorageError,)
-                ),
+                auth_cache=auth_cache,
+                local_list=local_list,
                 charging_profiles=charging_profiles,
                 ssl_context=ssl_context,
                 client_certificate=client_certificate,
@@ -294,11 +301,11 @@ class Station:
             now = ocpp_time(self.clock.now())
             # Transactions a power cut or crash left running are stopped (PowerLoss) first, at
             # the register of a meter that kept counting through it (a PLC's) where there is one.
-            recovered = outbox.recover(now, self._surviving_registers(), self._max_rise())
+            recovered = await outbox.recover(now, self._surviving_registers(), self._max_rise())
             cut_off = {tx.connector_id for tx in recovered}
             if self._first_boot:
                 self._first_boot = False
-                outbox.security_event("StartupOfTheDevice", now)
+                await outbox.security_event("StartupOfTheDevice", now)
             self.reservations = reservations = ReservationBook(
                 db, store, self.clock, lambda: self.connectors, lambda: self._operative0
             )
@@ -331,8 +338,9 @@ class Station:
                 )
                 # A stop signalled during a soft reset holds for the guns of the new boot too.
                 self.connectors[connector.id].closing = self._closing
-            reservations.load()  # each connector takes its reservations as it starts
+            await reservations.load()  # each connector takes its reservations as it starts
             self.limits = limits = LimitEnforcer(self.connectors, charging_profiles, self.clock)
+            await self._serve_api()
             with trio.CancelScope() as self._scope:
                 async with trio.open_nursery() as nursery:
                     self._boot_nursery = nursery
@@ -353,7 +361,8 @@ class Station:
                     task_status.started()
         finally:
             self._boot_nursery = None
-            db.close()
+            with trio.CancelScope(shield=True):  # a clean close, whatever ends the boot
+                await db.close()
         return self._reset
 
     def _clock_stepped(self, step: ClockStep) -> None:
@@ -372,7 +381,22 @@ class Station:
 
     async def _report_clock_step(self, step: ClockStep) -> None:
         if self.outbox is not None:
-            self.outbox.security_event("SettingSystemTime", ocpp_time(step.after), step.describe())
+            await self.outbox.security_event(
+                "SettingSystemTime", ocpp_time(step.after), step.describe()
+            )
+
+    async def _serve_api(self) -> None:
+        """Start the local API, if asked for, the first time a boot has its connectors (not
+        before: the database is read off the event loop, and the API would show a charger
+        without them meanwhile) and before anything talks to the central system (an address
+        the API cannot have stops the start there). It outlives soft resets, in the station's
+        own nursery: its port stays where the operator put it."""
+        if self._api_address is None or self.api_port is not None:
+            return
+        assert self._lifetime is not None
+        _, self.api_port = await self._lifetime.start(
+            partial(api.serve_api, token=self._api_token), self, *self._api_address
+        )
 
     async def _database_failed(self) -> None:
         """A write (or read) of the database failed while the station ran: a transaction
@@ -422,7 +446,7 @@ class Station:
         assert self._db is not None and self.session is not None
         # Persisted before it is acknowledged: a power cut must not forget "Inoperative".
         try:
-            self._db.set_availability(connector_id, operative)
+            await self._db.set_availability(connector_id, operative)
         except StorageError as exc:
             log.error("ChangeAvailability of connector %d rejected: %s", connector_id, exc)
             return AvailabilityStatus.rejected
@@ -432,8 +456,8 @@ class Station:
             if was != operative:
                 self.session.report_status(self.statuses()[0])
             if not operative and self.reservations is not None:
-                self.reservations.charge_point_unavailable()  # 5.13
-            saved = self._db.availability()
+                await self.reservations.charge_point_unavailable()  # 5.13
+            saved = await self._db.availability()
             targets = {cid: operative and saved.get(cid, True) for cid in self.connectors}
         else:
             targets = {connector_id: operative and self._operative0}
@@ -473,7 +497,7 @@ class Station:
     async def _reset_now(self, kind: ResetType, stopped: trio.Event) -> None:
         log.warning("%s reset requested by the central system", kind.value.lower())
         if self.outbox is not None:
-            self.outbox.security_event(
+            await self.outbox.security_event(
                 "ResetOrReboot", ocpp_time(self.clock.now()), f"{kind.value} reset by the CSMS"
             )
         window = self._flush_window()
@@ -598,13 +622,13 @@ class Station:
         parent_id_tag: str | None = None,
     ) -> ReservationStatus:
         assert self.reservations is not None
-        return self.reservations.reserve(
+        return await self.reservations.reserve(
             connector_id, expiry, id_tag, reservation_id, parent_id_tag
         )
 
     async def cancel_reservation(self, reservation_id: int) -> CancelReservationStatus:
         assert self.reservations is not None
-        return self.reservations.cancel(reservation_id)
+        return await self.reservations.cancel(reservation_id)
 
     async def remote_stop(self, transaction_id: int) -> RemoteStartStopStatus:
         for task in self.connectors.values():

@@ -18,6 +18,9 @@ the operator accepts the loss (`accept_data_loss`: `dcocpp run --accept-data-los
 Every failure is a StorageError whose message names the file, what could not be done and
 SQLite's reason with its code (`database or disk is full (SQLITE_FULL)`), and the state of the
 file system when that explains it (full, read-only).
+
+Everything here is synchronous and blocks on the disk: the station reaches it through
+`dcocpp.asyncdb.AsyncDatabase`, which runs it in a worker thread, never on the event loop.
 """
 
 from __future__ import annotations
@@ -300,7 +303,9 @@ class Database:
         try:
             version = _check(path, record_path, record, loss) if path.exists() else 0
             # Autocommit: every statement is its own durable transaction unless we group them.
-            connection = sqlite3.connect(path, isolation_level=None)
+            # Used from the worker thread of the event loop's `AsyncDatabase` (one call at a
+            # time, whichever thread of trio's cache runs it), not only from this one.
+            connection = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
         except sqlite3.Error as exc:
             raise _open_failure(exc, path) from exc
         db = cls(connection, path, record_path=record_path)

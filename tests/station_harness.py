@@ -32,6 +32,7 @@ from dcocpp.ocpp.registration import Registration
 from dcocpp.ocpp.session import CONNECT_TIMEOUT
 from dcocpp.station import USER_CONFIG_NAME, Station
 from tests.csms import FakeCsms, MemoryNetwork
+from tests.loop_database import runner_for_the_clock
 
 REPO = Path(__file__).resolve().parents[1]
 CSMS_URL = "ws://csms.test/ocpp"
@@ -273,6 +274,7 @@ async def running_station(
             clock=clock,
             hardware=hardware,
             simulation=hardware if isinstance(hardware, SimulatedHardware) else simulation,
+            database_runner=runner_for_the_clock(),
         )
         harness = Harness(station, csms, network, nursery, wall_origin)
         await nursery.start(station.run)

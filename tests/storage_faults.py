@@ -5,6 +5,8 @@ files changed the way a crash, a flash fault or an operator changes them.
   "database or disk is full", as for a full file system);
 - read-only: `PRAGMA query_only` on the connection (SQLITE_READONLY, "attempt to write a
   readonly database"; as root, chmod would not stop a write);
+- slow: every commit sleeps in the thread that makes it (SQLite's trace callback sees the
+  COMMIT), as a busy flash or a file system frozen for a while makes it wait;
 - damaged: the header overwritten, the file truncated, or one page of a table overwritten;
 - deleted, or its write-ahead log lost after a crash: `crash_after_transactions` leaves a
   database the way SIGKILL does (its last writes only in the -wal file), then the files go.
@@ -16,6 +18,7 @@ import sqlite3
 import subprocess
 import sys
 import textwrap
+import time
 from contextlib import closing
 from pathlib import Path
 
@@ -35,6 +38,16 @@ def fill_disk(db: Database) -> None:
 def make_read_only(db: Database) -> None:
     """From now on every write of this connection fails."""
     db._db.execute("PRAGMA query_only = 1")
+
+
+def slow_commits(db: Database, seconds: float) -> None:
+    """From now on every commit of `db` takes `seconds` longer, in the thread that makes it."""
+
+    def trace(statement: str) -> None:
+        if statement == "COMMIT":
+            time.sleep(seconds)
+
+    db._db.set_trace_callback(trace)
 
 
 def overwrite_header(path: Path) -> None:

@@ -284,10 +284,10 @@ class Queued:
 def spy_on(outbox: TransactionOutbox, queued: Queued, monkeypatch: pytest.MonkeyPatch) -> None:
     start, meter_values, stop = outbox.start, outbox.meter_values, outbox.stop
 
-    def spy_start(
+    async def spy_start(
         connector_id: int, id_tag: str, meter_start: int, timestamp: str, **kw: Any
     ) -> LocalTransaction:
-        tx = start(connector_id, id_tag, meter_start, timestamp, **kw)
+        tx = await start(connector_id, id_tag, meter_start, timestamp, **kw)
         session = queued.sessions[tx] = len(queued.sessions)
         queued.starts[session] = {
             "connector_id": connector_id,
@@ -299,14 +299,14 @@ def spy_on(outbox: TransactionOutbox, queued: Queued, monkeypatch: pytest.Monkey
         queued.by_gun.setdefault(connector_id, []).append(session)
         return tx
 
-    def spy_meter_values(tx: LocalTransaction, meter_value: list[dict[str, Any]]) -> None:
-        meter_values(tx, meter_value)
+    async def spy_meter_values(tx: LocalTransaction, meter_value: list[dict[str, Any]]) -> None:
+        await meter_values(tx, meter_value)
         queued.meter_values[queued.sessions[tx]].extend(canonical(meter_value))
 
-    def spy_stop(
+    async def spy_stop(
         tx: LocalTransaction, meter_stop: int, timestamp: str, reason: str, id_tag: str | None
     ) -> None:
-        stop(tx, meter_stop, timestamp, reason, id_tag)
+        await stop(tx, meter_stop, timestamp, reason, id_tag)
         payload: dict[str, Any] = {"meter_stop": meter_stop, "timestamp": timestamp}
         payload["reason"] = reason
         if id_tag is not None:
@@ -393,8 +393,8 @@ def no_fsync(monkeypatch: pytest.MonkeyPatch) -> None:
     what survives a power cut (tests/test_crash_recovery.py is)."""
     open_database = Database.open
 
-    def open_without_fsync(data_dir: Path) -> Database:
-        db = open_database(data_dir)
+    def open_without_fsync(data_dir: Path, **options: Any) -> Database:
+        db = open_database(data_dir, **options)
         db._db.execute("PRAGMA synchronous=OFF")
         return db
 

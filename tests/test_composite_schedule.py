@@ -5,9 +5,10 @@ enforcement timer's next change, and the station limit's shares."""
 from __future__ import annotations
 
 import itertools
-from collections.abc import Iterable, Sequence
+from collections.abc import Generator, Iterable, Sequence
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
+from typing import Any
 
 import attrs
 import hypothesis.strategies as st
@@ -29,10 +30,12 @@ from dcocpp.ocpp.smartcharging import (
     RunningTransaction,
     Supply,
     composite_schedule,
+    composite_steps,
     limit_now,
     next_change,
     share_station_limit,
 )
+from dcocpp.ocpp.smartcharging import schedule as schedule_module
 
 CP_MAX, TX_DEFAULT, TX = (
     Purpose.charge_point_max_profile,
@@ -531,6 +534,171 @@ def test_limit_now_is_the_first_period() -> None:
     # Without a transaction a Relative profile floats: its first period, whenever one looks.
     assert limit_now(installed, 1, now, unit=Unit.amps, supply=DC) == 32
     assert limit_now(installed, 0, now, unit="A", supply=DC) == 100  # a plain "A" will do
+
+
+# --- bounded work: the longest durations -------------------------------------------------------
+
+LONGEST = 2**31 - 1  # s: the int32 maximum, GetCompositeSchedule's largest duration
+HOURLY = [(hour * 3600, 10 + hour) for hour in range(24)]
+
+
+def run_steps(steps: Generator[None, None, CompositeSchedule]) -> tuple[int, CompositeSchedule]:
+    """The change points `composite_steps` looked at, and the schedule it returned."""
+    looked = 0
+    while True:
+        try:
+            next(steps)
+        except StopIteration as done:
+            return looked, done.value
+        looked += 1
+
+
+def daily(periods: Sequence[tuple[int, float | int | str]]) -> InstalledProfiles:
+    return install(
+        (
+            0,
+            make(
+                TX_DEFAULT,
+                periods,
+                kind=Kind.recurring,
+                recurrency=RecurrencyKind.daily,
+                start=at("2024-01-01T00:00:00"),
+            ),
+        )
+    )
+
+
+def test_the_longest_duration_over_a_daily_profile_stops_at_max_periods() -> None:
+    """2^31 - 1 s of a daily profile with 24 periods is 596,524 periods: the schedule has the
+    24 asked for, its duration ends where the 25th would begin, and the work is theirs."""
+    start = at("2024-06-01T05:00:00")  # in the 6th period of a run
+    looked, schedule = run_steps(
+        composite_steps(daily(HOURLY), 1, start, LONGEST, unit=Unit.amps, supply=DC, max_periods=24)
+    )
+    assert steps(schedule) == amps(*((h * 3600, 10 + (h + 5) % 24) for h in range(24)))
+    assert schedule.duration == 24 * 3600  # the 25th period, 15 again, begins there
+    assert looked <= 26
+    assert schedule.limit_at(start + timedelta(seconds=schedule.duration - 1)) == D(14)
+    with pytest.raises(ValueError, match="outside"):  # the schedule says nothing past it
+        schedule.limit_at(start + timedelta(seconds=schedule.duration))
+    wire = schedule.to_charging_schedule(unlimited=D(200))
+    assert wire["duration"] == 24 * 3600 and len(wire["charging_schedule_period"]) == 24
+
+
+def test_a_daily_profile_that_never_changes_the_limit_costs_a_week_of_change_points() -> None:
+    """Its change points come every hour for 68 years, its limit never changes: after a week
+    with nothing new the rest is known to repeat, and the one period covers it all."""
+    looked, schedule = run_steps(
+        composite_steps(
+            daily([(h * 3600, 16) for h in range(24)]),
+            1,
+            at("2024-06-01T05:00:00"),
+            LONGEST,
+            unit=Unit.amps,
+            supply=DC,
+            max_periods=24,
+        )
+    )
+    assert steps(schedule) == amps((0, 16))
+    assert schedule.duration == LONGEST
+    assert looked <= 7 * 24 + 1
+
+
+def test_a_week_without_change_ends_at_the_next_change_that_does_not_repeat() -> None:
+    """A daily profile with nothing new to say for weeks, then an Absolute profile above it
+    from a date far ahead, valid for a day: the change points between are skipped, the
+    change at that date is not."""
+    later = at("2024-09-01T00:00:00")
+    installed = install(
+        (
+            0,
+            make(
+                TX_DEFAULT,
+                [(h * 3600, 16) for h in range(24)],
+                kind=Kind.recurring,
+                recurrency=RecurrencyKind.daily,
+                start=at("2024-01-01T00:00:00"),
+            ),
+        ),
+        (
+            0,
+            make(
+                TX_DEFAULT,
+                [(0, 6)],
+                id=2,
+                stack_level=1,
+                start=later,
+                valid_to=later + timedelta(days=1),
+            ),
+        ),
+    )
+    start = at("2024-06-01T00:00:00")
+    looked, schedule = run_steps(
+        composite_steps(installed, 1, start, LONGEST, unit=Unit.amps, supply=DC)
+    )
+    offset = int((later - start).total_seconds())
+    assert steps(schedule) == amps((0, 16), (offset, 6), (offset + 86400, 16))
+    assert schedule.duration == LONGEST
+    assert looked <= 3 * (7 * 24 + 1)
+
+
+def test_a_profile_that_begins_without_changing_the_limit_is_still_followed() -> None:
+    """A weekly profile begins three days in, saying what the daily one says for six days of
+    its week: the week counted from its start, not from when the limit last changed, decides
+    that nothing new comes (the days after its first start only repeat once it has had a
+    whole week)."""
+    start = at("2024-06-01T00:00:00")
+    begins = start + timedelta(days=3)
+    installed = install(
+        (
+            0,
+            make(
+                TX_DEFAULT,
+                [(0, 16)],
+                kind=Kind.recurring,
+                recurrency=RecurrencyKind.daily,
+                start=at("2024-01-01T00:00:00"),
+            ),
+        ),
+        (
+            0,
+            make(
+                TX_DEFAULT,
+                [(0, 16), (6 * 86400, 6)],
+                id=2,
+                stack_level=1,
+                kind=Kind.recurring,
+                recurrency=RecurrencyKind.weekly,
+                start=begins,
+            ),
+        ),
+    )
+    schedule = composite_schedule(installed, 1, start, 30 * 86400, unit=Unit.amps, supply=DC)
+    day = 86400
+    assert steps(schedule) == amps(
+        (0, 16),
+        (9 * day, 6),
+        (10 * day, 16),
+        (16 * day, 6),
+        (17 * day, 16),
+        (23 * day, 6),
+        (24 * day, 16),
+    )
+
+
+def test_where_the_change_points_run_out_the_schedule_ends_there(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Without max_periods, a limit that changes every hour runs into MAX_CHANGE_POINTS: the
+    schedule ends at the first change point not looked at, every period true up to there."""
+    monkeypatch.setattr(schedule_module, "MAX_CHANGE_POINTS", 100)
+    start = at("2024-06-01T00:00:00")
+    looked, schedule = run_steps(
+        composite_steps(daily(HOURLY), 1, start, LONGEST, unit=Unit.amps, supply=DC)
+    )
+    assert looked == 100
+    assert schedule.duration == 100 * 3600  # the 101st change point, not looked at
+    assert steps(schedule) == amps(*((h * 3600, 10 + h % 24) for h in range(100)))
 
 
 # --- the enforcement timer ----------------------------------------------------------------------
@@ -1046,3 +1214,120 @@ def test_shares_never_sum_above_the_station_limit(
         assert share is not None
         if own is None or share < own:
             assert all(share >= other - D("0.1") for other in values)
+
+
+@PROPERTY
+@given(installations(), views(), st.integers(1, 4))
+def test_a_bounded_schedule_is_the_beginning_of_the_whole_one(
+    installed: InstalledProfiles,
+    view: tuple[int, datetime, int, RunningTransaction | None],
+    max_periods: int,
+) -> None:
+    """At most `max_periods` periods, those the whole schedule begins with, and a duration
+    that ends where the whole schedule's next period begins: nothing it says is untrue."""
+    connector_id, start, window, transaction = view
+    options: dict[str, Any] = {"unit": Unit.amps, "supply": DC, "transaction": transaction}
+    whole = composite_schedule(installed, connector_id, start, window * MINUTE, **options)
+    bounded = composite_schedule(
+        installed, connector_id, start, window * MINUTE, max_periods=max_periods, **options
+    )
+    assert bounded.periods == whole.periods[:max_periods]
+    if len(whole.periods) > max_periods:
+        assert bounded.duration == whole.periods[max_periods].start_period
+    else:
+        assert bounded.duration == whole.duration
+
+
+# Long windows, where a stretch that only repeats is skipped: every instant of these profiles
+# is a whole hour, so checking every hour of a window of weeks checks every instant.
+HOUR = 3600
+
+
+def hours(low: int, high: int) -> st.SearchStrategy[timedelta]:
+    return st.integers(low, high).map(lambda h: timedelta(hours=h))
+
+
+@st.composite
+def an_hourly_profile(draw: st.DrawFn, purpose: Purpose) -> ChargingProfile:
+    # Mostly recurring (what repeats); periods anywhere in a week (a weekly one changes late).
+    kind = draw(st.sampled_from([Kind.recurring, Kind.recurring, Kind.absolute, Kind.relative]))
+    later = sorted(draw(st.sets(st.integers(1, 7 * 24 - 1), max_size=3)))
+    valid_from = draw(st.none() | hours(-5 * 24, 30 * 24))
+    valid_to = draw(st.none() | hours(-5 * 24, 40 * 24))
+    if valid_from is not None and valid_to is not None and valid_to <= valid_from:
+        valid_to = valid_from + draw(hours(1, 10 * 24))
+    duration = draw(st.none() | st.integers(1, 10 * 24))
+    # Half of them say the same in every period: weeks where nothing changes, to be skipped.
+    flat = draw(st.none() | st.integers(0, 3))
+    return ChargingProfile(
+        charging_profile_id=0,
+        stack_level=draw(st.integers(0, 3)),
+        charging_profile_purpose=purpose,
+        charging_profile_kind=kind,
+        charging_schedule=ChargingSchedule(
+            charging_rate_unit=Unit.amps,
+            charging_schedule_period=tuple(
+                ChargingSchedulePeriod(
+                    h * HOUR, D(draw(st.integers(0, 3)) if flat is None else flat)
+                )
+                for h in [0, *later]
+            ),
+            duration=None if duration is None else duration * HOUR,
+            start_schedule=None if kind is Kind.relative else BASE + draw(hours(-10 * 24, 30 * 24)),
+        ),
+        transaction_id=None,
+        recurrency_kind=draw(st.sampled_from(list(RecurrencyKind)))
+        if kind is Kind.recurring
+        else None,
+        valid_from=None if valid_from is None else BASE + valid_from,
+        valid_to=None if valid_to is None else BASE + valid_to,
+    )
+
+
+@st.composite
+def hourly_installations(draw: st.DrawFn) -> InstalledProfiles:
+    installed = InstalledProfiles()
+    for profile_id in range(draw(st.integers(1, 4))):
+        connector_id, purpose = draw(st.sampled_from(PLACES))
+        profile = _with_id(draw(an_hourly_profile(purpose)), profile_id)
+        installed, _ = installed.install(connector_id, profile, max_installed=100)
+    return installed
+
+
+@settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    hourly_installations(),
+    st.sampled_from([0, 1, 2]),
+    hours(0, 10 * 24),
+    st.integers(1, 45 * 24),
+    st.none() | hours(0, 5 * 24),
+)
+def test_a_long_schedule_skips_only_what_repeats(
+    installed: InstalledProfiles,
+    connector_id: int,
+    offset: timedelta,
+    window: int,
+    started_before: timedelta | None,
+) -> None:
+    """Over weeks, with the stretches that only repeat skipped (`composite_steps`), the
+    composite still equals section 3.13 applied to each instant alone."""
+    start = BASE + offset
+    transaction = None
+    if connector_id and started_before is not None:
+        transaction = RunningTransaction(TRANSACTION_ID, start - started_before)
+    schedule = composite_schedule(
+        installed,
+        connector_id,
+        start,
+        window * HOUR,
+        unit=Unit.amps,
+        supply=DC,
+        transaction=transaction,
+    )
+    assert schedule.duration == window * HOUR
+    anchor = _seconds(start if transaction is None else transaction.started_at)
+    for hour in range(window):
+        moment = start + timedelta(hours=hour)
+        assert schedule.limit_at(moment) == oracle(
+            installed, connector_id, _seconds(moment), anchor, transaction
+        ), moment

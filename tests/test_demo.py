@@ -32,6 +32,7 @@ from dcocpp.ocpp.messagelog import MessageLog
 from dcocpp.ocpp.rpc import RpcConnection
 from dcocpp.ocpp.statuses import allowed_transitions
 from dcocpp.ocpp.wire import SUBPROTOCOL
+from tests.loop_database import on_the_loop
 
 REPO = Path(__file__).resolve().parents[1]
 TAGS = ("DEMO-TAG-1", "DEMO-TAG-2")
@@ -67,6 +68,7 @@ async def test_demo_plays_every_gun_and_summarises_the_transactions(
         out=out,
         live=False,
         in_memory=True,
+        database_runner=on_the_loop,
         clock=clock,
         plc=plc,
     )
@@ -141,6 +143,7 @@ async def test_demo_without_the_repository_uses_the_packaged_configuration(
         out=out,
         live=False,
         in_memory=True,
+        database_runner=on_the_loop,
         shipped_configs=None,
     )
     config = json.loads((tmp_path / "charger.json").read_text())
@@ -160,7 +163,13 @@ async def test_demo_live_view_redraws_in_place(
     out = _Tty()
     script = [GunSession(1, "TAG-A", charge=2, suspended=1, charge_after_resume=1, pause=0.5)]
     await run_demo(
-        guns_script=script, speed=1.0, api=None, data_dir=tmp_path, out=out, in_memory=True
+        guns_script=script,
+        speed=1.0,
+        api=None,
+        data_dir=tmp_path,
+        out=out,
+        in_memory=True,
+        database_runner=on_the_loop,
     )
     text = out.getvalue()
     assert "\x1b[?25l" in text and text.count("\x1b[?25h") == 1  # cursor hidden, then back
@@ -180,7 +189,13 @@ async def test_ctrl_c_stops_the_transactions_and_still_prints_the_summary(
     async def demo() -> None:
         nonlocal result
         result = await run_demo(
-            api=None, data_dir=tmp_path, out=out, live=False, in_memory=True, stop_on_signals=True
+            api=None,
+            data_dir=tmp_path,
+            out=out,
+            live=False,
+            in_memory=True,
+            database_runner=on_the_loop,
+            stop_on_signals=True,
         )
 
     async with trio.open_nursery() as nursery:
@@ -436,7 +451,13 @@ async def test_every_accepted_pace_plays_the_whole_script(
     autojump_clock: trio.testing.MockClock, tmp_path: Path, speed: float
 ) -> None:
     result = await run_demo(
-        speed=speed, api=None, data_dir=tmp_path, out=io.StringIO(), live=False, in_memory=True
+        speed=speed,
+        api=None,
+        data_dir=tmp_path,
+        out=io.StringIO(),
+        live=False,
+        in_memory=True,
+        database_runner=on_the_loop,
     )
     csms = result.csms
     assert not result.interrupted

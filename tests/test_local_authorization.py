@@ -26,6 +26,7 @@ from dcocpp.ocpp.session import ChargePointSession, Identity
 from dcocpp.station import load_configuration_store
 from dcocpp.storage import Database, StorageError
 from tests.csms import FakeCsms
+from tests.loop_database import on_loop
 from tests.station_harness import WALL_START, Harness, charger_config, running_station
 
 # The station scenarios run on the simulated guns and on the PLC backend.
@@ -60,8 +61,14 @@ def send_local_list(
     )
 
 
-def failing(*_: Any, **__: Any) -> None:
+def refusing(*_: Any, **__: Any) -> None:
+    """A write of the station's `Database` that the disk refuses."""
     raise StorageError("disk I/O error")
+
+
+async def failing(*_: Any, **__: Any) -> None:
+    """The same, of a store of the OCPP layer."""
+    refusing()
 
 
 class FailingStore:
@@ -70,28 +77,47 @@ class FailingStore:
     def __init__(self, cache: Mapping[str, dict[str, Any]] | None = None):
         self._cache = dict(cache or {})
 
-    def auth_cache(self) -> dict[str, dict[str, Any]]:
+    async def auth_cache(self) -> dict[str, dict[str, Any]]:
         return dict(self._cache)
 
     put_auth_cache = delete_auth_cache = replace_local_list = update_local_list = failing
 
-    def local_list(self) -> tuple[int, dict[str, dict[str, Any]]]:
+    async def local_list(self) -> tuple[int, dict[str, dict[str, Any]]]:
         return 4, {"KEPT": {"status": "Accepted"}}
+
+
+def _store(store: Any) -> Any:
+    """A database as the stores of the OCPP layer take it (statements on the loop)."""
+    return on_loop(store) if isinstance(store, Database) else store
+
+
+async def loaded_cache(store: Any = None, **options: Any) -> AuthorizationCache:
+    """An authorization cache over `store`, loaded as the station loads it at boot."""
+    cache = AuthorizationCache(_store(store), **options)
+    await cache.load()
+    return cache
+
+
+async def loaded_list(store: Any = None, **options: Any) -> LocalAuthorizationList:
+    """A local authorization list over `store`, loaded as the station loads it at boot."""
+    local = LocalAuthorizationList(_store(store), **options)
+    await local.load()
+    return local
 
 
 # --- the authorization cache ------------------------------------------------------------------
 
 
-def test_cache_survives_reopening_the_database(tmp_path: Path) -> None:
+async def test_cache_survives_reopening_the_database(tmp_path: Path) -> None:
     db = Database.open(tmp_path)
-    cache = AuthorizationCache(db, clock=lambda: NOW, store_errors=(StorageError,))
-    cache.update("TAG-1", {"status": "Accepted", "expiry_date": VALID_UNTIL})
-    cache.update("TAG-2", {"status": "Blocked"})
-    cache.update("TAG-1", {"status": "Accepted", "parent_id_tag": "FLEET"})  # the latest wins
+    cache = await loaded_cache(db, clock=lambda: NOW, store_errors=(StorageError,))
+    await cache.update("TAG-1", {"status": "Accepted", "expiry_date": VALID_UNTIL})
+    await cache.update("TAG-2", {"status": "Blocked"})
+    await cache.update("TAG-1", {"status": "Accepted", "parent_id_tag": "FLEET"})  # the latest wins
     db.close()
     db = Database.open(tmp_path)
     try:
-        cache = AuthorizationCache(db, clock=lambda: NOW, store_errors=(StorageError,))
+        cache = await loaded_cache(db, clock=lambda: NOW, store_errors=(StorageError,))
         assert len(cache) == 2
         assert cache.lookup("TAG-1") == {"status": "Accepted", "parent_id_tag": "FLEET"}
         assert cache.lookup("TAG-2") == {"status": "Blocked"}
@@ -103,68 +129,68 @@ def test_cache_survives_reopening_the_database(tmp_path: Path) -> None:
         db.close()
 
 
-def test_cache_entry_past_its_expiry_is_expired() -> None:
+async def test_cache_entry_past_its_expiry_is_expired() -> None:
     now = NOW
-    cache = AuthorizationCache(clock=lambda: now)
-    cache.update("TAG", {"status": "Accepted", "expiry_date": "2026-11-24T12:30:00Z"})
+    cache = await loaded_cache(clock=lambda: now)
+    await cache.update("TAG", {"status": "Accepted", "expiry_date": "2026-11-24T12:30:00Z"})
     assert cache.lookup("TAG") == {"status": "Accepted", "expiry_date": "2026-11-24T12:30:00Z"}
     now = NOW + timedelta(minutes=30)
     assert cache.lookup("TAG") == {"status": "Expired", "expiry_date": "2026-11-24T12:30:00Z"}
     assert cache.lookup("OTHER") is None
 
 
-def test_full_cache_evicts_not_valid_entries_first_then_the_oldest(tmp_path: Path) -> None:
+async def test_full_cache_evicts_not_valid_entries_first_then_the_oldest(tmp_path: Path) -> None:
     db = Database.open(tmp_path)
     try:
-        cache = AuthorizationCache(db, clock=lambda: NOW, store_errors=(StorageError,), capacity=3)
-        cache.update("OLD", {"status": "Accepted"})
-        cache.update("BLOCKED", {"status": "Blocked"})
-        cache.update("LAPSED", {"status": "Accepted", "expiry_date": EXPIRED_AT})
-        cache.update("NEW", {"status": "Accepted"})  # evicts BLOCKED (not valid, oldest)
+        cache = await loaded_cache(db, clock=lambda: NOW, store_errors=(StorageError,), capacity=3)
+        await cache.update("OLD", {"status": "Accepted"})
+        await cache.update("BLOCKED", {"status": "Blocked"})
+        await cache.update("LAPSED", {"status": "Accepted", "expiry_date": EXPIRED_AT})
+        await cache.update("NEW", {"status": "Accepted"})  # evicts BLOCKED (not valid, oldest)
         assert set(db.auth_cache()) == {"old", "lapsed", "new"}  # stored folded
-        cache.update("NEWER", {"status": "Accepted"})  # evicts LAPSED (expired: not valid)
-        cache.update("OLD", {"status": "Accepted"})  # an update makes it the newest
-        cache.update("NEWEST", {"status": "Accepted"})  # evicts NEW, now the oldest valid
+        await cache.update("NEWER", {"status": "Accepted"})  # evicts LAPSED (expired: not valid)
+        await cache.update("OLD", {"status": "Accepted"})  # an update makes it the newest
+        await cache.update("NEWEST", {"status": "Accepted"})  # evicts NEW, now the oldest valid
         assert list(db.auth_cache()) == ["newer", "old", "newest"]
         assert len(cache) == 3 and "NEW" not in cache
     finally:
         db.close()
 
 
-def test_clear_cache_is_durable(tmp_path: Path) -> None:
+async def test_clear_cache_is_durable(tmp_path: Path) -> None:
     db = Database.open(tmp_path)
-    cache = AuthorizationCache(db, store_errors=(StorageError,))
-    cache.update("TAG", {"status": "Accepted"})
-    cache.clear()
+    cache = await loaded_cache(db, store_errors=(StorageError,))
+    await cache.update("TAG", {"status": "Accepted"})
+    await cache.clear()
     db.close()
     db = Database.open(tmp_path)
     try:
         assert db.auth_cache() == {}
-        assert len(AuthorizationCache(db, store_errors=(StorageError,))) == 0
+        assert len(await loaded_cache(db, store_errors=(StorageError,))) == 0
     finally:
         db.close()
 
 
-def test_cache_write_failures(caplog: pytest.LogCaptureFixture) -> None:
-    cache = AuthorizationCache(
+async def test_cache_write_failures(caplog: pytest.LogCaptureFixture) -> None:
+    cache = await loaded_cache(
         FailingStore({"OLD": {"status": "Accepted"}}), store_errors=(StorageError,)
     )
     # An answer that cannot be stored is still used in this run, and the failure logged.
-    cache.update("TAG", {"status": "Accepted"})
+    await cache.update("TAG", {"status": "Accepted"})
     assert cache.lookup("TAG") == {"status": "Accepted"}
     assert "authorization cache entry for TAG not stored: disk I/O error" in caplog.text
     # A ClearCache that is not durable changes nothing (the handler answers Rejected).
     with pytest.raises(AuthStoreError, match="not cleared: disk I/O error"):
-        cache.clear()
+        await cache.clear()
     assert set(_tags(cache, "OLD", "TAG")) == {"OLD", "TAG"}
 
 
-def test_unreadable_cache_and_list_start_empty(caplog: pytest.LogCaptureFixture) -> None:
+async def test_unreadable_cache_and_list_start_empty(caplog: pytest.LogCaptureFixture) -> None:
     class Unreadable:
         auth_cache = local_list = failing
 
-    assert len(AuthorizationCache(Unreadable(), store_errors=(StorageError,))) == 0  # type: ignore[arg-type]
-    assert LocalAuthorizationList(Unreadable(), store_errors=(StorageError,)).version == 0  # type: ignore[arg-type]
+    assert len(await loaded_cache(Unreadable(), store_errors=(StorageError,))) == 0
+    assert (await loaded_list(Unreadable(), store_errors=(StorageError,))).version == 0
     assert "authorization cache not loaded, starting empty: disk I/O error" in caplog.text
     assert "local authorization list not loaded, starting empty: disk I/O error" in caplog.text
 
@@ -176,14 +202,14 @@ def _tags(cache: AuthorizationCache, *tags: str) -> list[str]:
 # --- the local authorization list -------------------------------------------------------------
 
 
-def test_full_and_differential_updates_survive_reopening_the_database(tmp_path: Path) -> None:
+async def test_full_and_differential_updates_survive_reopening_the_database(tmp_path: Path) -> None:
     db = Database.open(tmp_path)
-    local = LocalAuthorizationList(db, clock=lambda: NOW, store_errors=(StorageError,))
+    local = await loaded_list(db, clock=lambda: NOW, store_errors=(StorageError,))
     assert (local.version, len(local)) == (0, 0)
     full = [entry("A"), entry("B", parent_id_tag="FLEET"), entry("C", "Blocked")]
-    assert local.update(FULL, 3, full, LIMITS) == UpdateStatus.accepted
+    assert await local.update(FULL, 3, full, LIMITS) == UpdateStatus.accepted
     changes = [entry("D"), entry("B", "Invalid"), entry("C", None), entry("GONE", None)]
-    assert local.update(DIFFERENTIAL, 4, changes, LIMITS) == UpdateStatus.accepted
+    assert await local.update(DIFFERENTIAL, 4, changes, LIMITS) == UpdateStatus.accepted
     db.close()
     db = Database.open(tmp_path)
     try:
@@ -191,32 +217,32 @@ def test_full_and_differential_updates_survive_reopening_the_database(tmp_path: 
             4,
             {"a": {"status": "Accepted"}, "b": {"status": "Invalid"}, "d": {"status": "Accepted"}},
         )
-        local = LocalAuthorizationList(db, clock=lambda: NOW, store_errors=(StorageError,))
+        local = await loaded_list(db, clock=lambda: NOW, store_errors=(StorageError,))
         assert local.version == 4
         assert local.lookup("B") == {"status": "Invalid"}
         assert local.lookup("C") is None
         # A Full update replaces everything, whatever its version.
-        assert local.update(FULL, 2, [entry("E")], LIMITS) == UpdateStatus.accepted
+        assert await local.update(FULL, 2, [entry("E")], LIMITS) == UpdateStatus.accepted
         assert db.local_list() == (2, {"e": {"status": "Accepted"}})
     finally:
         db.close()
 
 
-def test_version_is_zero_while_the_list_is_empty(tmp_path: Path) -> None:
-    local = LocalAuthorizationList()
-    assert local.update(FULL, 7, [], LIMITS) == UpdateStatus.accepted
+async def test_version_is_zero_while_the_list_is_empty(tmp_path: Path) -> None:
+    local = await loaded_list()
+    assert await local.update(FULL, 7, [], LIMITS) == UpdateStatus.accepted
     assert local.version == 0  # 5.10: 0 means empty
-    assert local.update(DIFFERENTIAL, 1, [entry("A")], LIMITS) == UpdateStatus.accepted
+    assert await local.update(DIFFERENTIAL, 1, [entry("A")], LIMITS) == UpdateStatus.accepted
     assert local.version == 1
-    assert local.update(DIFFERENTIAL, 2, [entry("A", None)], LIMITS) == UpdateStatus.accepted
+    assert await local.update(DIFFERENTIAL, 2, [entry("A", None)], LIMITS) == UpdateStatus.accepted
     assert local.version == 0
 
 
 @pytest.mark.parametrize("version", [3, 2, 0, -1])
-def test_differential_not_newer_than_the_list_is_a_version_mismatch(version: int) -> None:
-    local = LocalAuthorizationList()
-    assert local.update(FULL, 3, [entry("A")], LIMITS) == UpdateStatus.accepted
-    assert local.update(DIFFERENTIAL, version, [entry("B")], LIMITS) == (
+async def test_differential_not_newer_than_the_list_is_a_version_mismatch(version: int) -> None:
+    local = await loaded_list()
+    assert await local.update(FULL, 3, [entry("A")], LIMITS) == UpdateStatus.accepted
+    assert await local.update(DIFFERENTIAL, version, [entry("B")], LIMITS) == (
         UpdateStatus.version_mismatch
     )
     assert (local.version, local.lookup("B")) == (3, None)
@@ -236,54 +262,54 @@ def test_differential_not_newer_than_the_list_is_a_version_mismatch(version: int
         (FULL, 0, [entry("X")], "a list with entries needs listVersion 1 or more"),
     ],
 )
-def test_refused_updates_answer_failed_and_change_nothing(
+async def test_refused_updates_answer_failed_and_change_nothing(
     caplog: pytest.LogCaptureFixture,
     update_type: UpdateType,
     version: int,
     entries: list[dict[str, Any]],
     why: str,
 ) -> None:
-    local = LocalAuthorizationList()
-    assert local.update(FULL, 5, [entry("OLD")], LIMITS) == UpdateStatus.accepted
+    local = await loaded_list()
+    assert await local.update(FULL, 5, [entry("OLD")], LIMITS) == UpdateStatus.accepted
     limits = ListLimits(per_update=3, total=2)
-    assert local.update(update_type, version, entries, limits) == UpdateStatus.failed
+    assert await local.update(update_type, version, entries, limits) == UpdateStatus.failed
     assert (local.version, len(local), local.lookup("OLD")) == (5, 1, {"status": "Accepted"})
     assert why in caplog.text
 
 
-def test_id_tags_are_case_insensitive_in_the_list_and_the_cache(tmp_path: Path) -> None:
+async def test_id_tags_are_case_insensitive_in_the_list_and_the_cache(tmp_path: Path) -> None:
     """OCPP 1.6: an idTag is case-insensitive. A tag found in other letters is the same entry,
     in memory and after reopening the database."""
     db = Database.open(tmp_path)
     try:
-        local = LocalAuthorizationList(db)
-        assert local.update(FULL, 1, [entry("AbC-1")], LIMITS) == UpdateStatus.accepted
+        local = await loaded_list(db)
+        assert await local.update(FULL, 1, [entry("AbC-1")], LIMITS) == UpdateStatus.accepted
         assert local.lookup("abc-1") == local.lookup("ABC-1") == {"status": "Accepted"}
         assert "aBc-1" in local
-        assert local.update(DIFFERENTIAL, 2, [entry("ABC-1", None)], LIMITS) == (
+        assert await local.update(DIFFERENTIAL, 2, [entry("ABC-1", None)], LIMITS) == (
             UpdateStatus.accepted
         )
         assert local.lookup("AbC-1") is None and len(local) == 0
 
-        cache = AuthorizationCache(db, clock=lambda: NOW)
-        cache.update("Card-7", {"status": "Accepted"})
-        cache.update("CARD-7", {"status": "Blocked"})
+        cache = await loaded_cache(db, clock=lambda: NOW)
+        await cache.update("Card-7", {"status": "Accepted"})
+        await cache.update("CARD-7", {"status": "Blocked"})
         assert len(cache) == 1 and cache.lookup("card-7") == {"status": "Blocked"}
-        assert AuthorizationCache(db, clock=lambda: NOW).lookup("Card-7") == {"status": "Blocked"}
-        cache.forget(["card-7"])
+        assert (await loaded_cache(db, clock=lambda: NOW)).lookup("Card-7") == {"status": "Blocked"}
+        await cache.forget(["card-7"])
         assert "Card-7" not in cache
-        assert AuthorizationCache(db, clock=lambda: NOW).lookup("CARD-7") is None
+        assert (await loaded_cache(db, clock=lambda: NOW)).lookup("CARD-7") is None
     finally:
         db.close()
 
 
-def test_list_write_failure_answers_failed_and_keeps_the_old_list(
+async def test_list_write_failure_answers_failed_and_keeps_the_old_list(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    local = LocalAuthorizationList(FailingStore(), store_errors=(StorageError,))
+    local = await loaded_list(FailingStore(), store_errors=(StorageError,))
     assert local.version == 4
-    assert local.update(FULL, 5, [entry("NEW")], LIMITS) == UpdateStatus.failed
-    assert local.update(DIFFERENTIAL, 5, [entry("NEW")], LIMITS) == UpdateStatus.failed
+    assert await local.update(FULL, 5, [entry("NEW")], LIMITS) == UpdateStatus.failed
+    assert await local.update(DIFFERENTIAL, 5, [entry("NEW")], LIMITS) == UpdateStatus.failed
     assert (local.version, local.lookup("NEW"), local.lookup("KEPT")) == (
         4,
         None,
@@ -296,10 +322,10 @@ def test_list_write_failure_answers_failed_and_keeps_the_old_list(
     ]
 
 
-def test_list_entry_past_its_expiry_is_expired() -> None:
-    local = LocalAuthorizationList(clock=lambda: NOW)
+async def test_list_entry_past_its_expiry_is_expired() -> None:
+    local = await loaded_list(clock=lambda: NOW)
     entries = [entry("OLD", expiry_date=EXPIRED_AT), entry("NEW", expiry_date=VALID_UNTIL)]
-    assert local.update(FULL, 1, entries, LIMITS) == UpdateStatus.accepted
+    assert await local.update(FULL, 1, entries, LIMITS) == UpdateStatus.accepted
     assert local.lookup("OLD") == {"status": "Expired", "expiry_date": EXPIRED_AT}
     assert local.lookup("NEW") == {"status": "Accepted", "expiry_date": VALID_UNTIL}
 
@@ -378,9 +404,9 @@ async def test_offline_decisions(
         info = {"parent_id_tag": "FLEET"} if listed == "Accepted" else {}
         if listed == "Expired":  # an Accepted entry whose validity has passed
             listed, info = "Accepted", {"expiry_date": EXPIRED_AT}
-        session.local_list.update(FULL, 1, [entry("TAG", listed, **info)], LIMITS)
+        await session.local_list.update(FULL, 1, [entry("TAG", listed, **info)], LIMITS)
     if cached is not None:
-        session.auth_cache.update("TAG", {"status": cached})
+        await session.auth_cache.update("TAG", {"status": cached})
     decision = await Authorizer(session).authorize("TAG")
     if isinstance(expected, tuple):
         status, source = expected
@@ -630,7 +656,7 @@ async def test_tc_043_3_send_local_list_failed_when_it_cannot_be_stored(
     async with running_station(charger_config(tmp_path), keys=LIST_KEYS) as h:
         await h.booted()
         assert (await h.csms_call(send_local_list(1, FULL, [data("A")]))).status == "Accepted"
-        monkeypatch.setattr(Database, "replace_local_list", failing)
+        monkeypatch.setattr(Database, "replace_local_list", refusing)
         result = await h.csms_call(send_local_list(2, FULL, [data("B")]))
         assert result == call_result.SendLocalList(status=UpdateStatus.failed)
         assert await list_version(h) == 1  # answered, and the session carries on
@@ -716,8 +742,8 @@ async def test_clear_cache_rejected_when_it_cannot_be_stored(
 ) -> None:
     async with running_station(charger_config(tmp_path)) as h:
         await h.booted()
-        cache_of(h).update("TAG", {"status": "Accepted"})
-        monkeypatch.setattr(Database, "delete_auth_cache", failing)
+        await cache_of(h).update("TAG", {"status": "Accepted"})
+        monkeypatch.setattr(Database, "delete_auth_cache", refusing)
         assert await h.csms_call(call.ClearCache()) == call_result.ClearCache(status="Rejected")
         assert "TAG" in cache_of(h)
 

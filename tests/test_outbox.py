@@ -40,6 +40,7 @@ from dcocpp.ocpp.transactions import LocalTransaction, TransactionOutbox
 from dcocpp.station import RESET_FLUSH_TIMEOUT, load_configuration_store
 from dcocpp.storage import Database, TransactionRow
 from tests.csms import FakeCsms, MemoryNetwork
+from tests.loop_database import on_loop
 from tests.station_harness import CSMS_URL, charger_config, preset_keys, running_station
 
 T0 = "2026-11-23T23:50:00.000Z"
@@ -171,8 +172,8 @@ class Rig:
         await ended.wait()  # its last database write is done
         self.db.close()
         self.db = Database.open(self.data_dir)
-        self.outbox = TransactionOutbox(self.session, self.db)
-        self.recovered = self.outbox.recover(now, registers, max_rise)
+        self.outbox = TransactionOutbox(self.session, on_loop(self.db))
+        self.recovered = await self.outbox.recover(now, registers, max_rise)
         self._outbox_run = await self.nursery.start(_run_outbox, self.outbox)
 
 
@@ -214,8 +215,8 @@ async def outbox_rig(
                 open_stream=network.open_stream,
             )
             db = Database.open(config.data_dir)
-            outbox = TransactionOutbox(session, db)
-            recovered = outbox.recover(T0)
+            outbox = TransactionOutbox(session, on_loop(db))
+            recovered = await outbox.recover(T0)
             rig = Rig(csms, network, session, config.data_dir, nursery, db, outbox, recovered)
             rig._outbox_run = await nursery.start(_run_outbox, outbox)
             await nursery.start(session.run)
@@ -252,8 +253,8 @@ async def test_every_message_is_on_disk_when_the_enqueueing_call_returns(
     autojump_clock: Any, tmp_path: Path
 ) -> None:
     async with outbox_rig(tmp_path, online=False) as rig:
-        tx = rig.outbox.start(1, "TAG-1", 1_000_000, T0)
-        # No checkpoint since start(): the database holds the StartTransaction and the
+        tx = await rig.outbox.start(1, "TAG-1", 1_000_000, T0)
+        # start() has returned: the database holds the StartTransaction and the
         # transaction, committed (a second connection to the file sees them).
         other = Database.open(rig.data_dir)
         try:
@@ -263,9 +264,9 @@ async def test_every_message_is_on_disk_when_the_enqueueing_call_returns(
             assert other.transactions() == [
                 TransactionRow(tx.local_id, 1, "TAG-1", 1_000_000, T0, None, None, 1_000_000, T0, 0)
             ]
-            rig.outbox.meter_values(tx, sample(1_000_100, T1))
-            rig.outbox.record_meter(tx, 1_000_150, T1)
-            rig.outbox.stop(tx, 1_000_200, T2, "Local", "TAG-1")
+            await rig.outbox.meter_values(tx, sample(1_000_100, T1))
+            await rig.outbox.record_meter(tx, 1_000_150, T1)
+            await rig.outbox.stop(tx, 1_000_200, T2, "Local", "TAG-1")
             assert [(m.action, m.local_id, m.payload) for m in other.queued_messages()][1:] == [
                 (
                     "MeterValues",
@@ -303,10 +304,10 @@ async def test_in_order_one_in_flight_deleted_only_on_its_callresult(
     csms.next_transaction_id = 41
     async with outbox_rig(tmp_path, csms) as rig:
         csms.hold("StartTransaction")
-        tx = rig.outbox.start(1, "TAG-2", 1_000_000, T0)
-        rig.outbox.meter_values(tx, sample(1_000_100, T1))
-        rig.outbox.meter_values(tx, sample(1_000_200, T2))
-        rig.outbox.stop(tx, 1_000_300, T3, "Local", "TAG-2")
+        tx = await rig.outbox.start(1, "TAG-2", 1_000_000, T0)
+        await rig.outbox.meter_values(tx, sample(1_000_100, T1))
+        await rig.outbox.meter_values(tx, sample(1_000_200, T2))
+        await rig.outbox.stop(tx, 1_000_300, T3, "Local", "TAG-2")
         await rig.until(lambda: bool(csms.waiting))
         await trio.sleep(20)  # unanswered, within ResponseTimeout (30 s)
         # The StartTransaction is in flight and nothing behind it went out; all still on disk.
@@ -361,8 +362,8 @@ async def test_an_unanswered_message_stays_and_is_resent_on_the_next_connection(
     csms = FakeCsms()
     async with outbox_rig(tmp_path, csms) as rig:  # ResponseTimeout: the default 30 s
         csms.hold("StartTransaction")
-        rig.outbox.start(1, "TAG-3", 1_000_000, T0)
-        rig.outbox.security_event("StartupOfTheDevice", T0)  # behind it, not a transaction's
+        await rig.outbox.start(1, "TAG-3", 1_000_000, T0)
+        await rig.outbox.security_event("StartupOfTheDevice", T0)  # behind it, not a transaction's
         await rig.until(lambda: len(csms.held) == 2)  # sent again on a new connection
         first, second = (t for t, _, _ in csms.held)
         assert [a for _, a, _ in csms.held] == ["StartTransaction", "StartTransaction"]
@@ -386,7 +387,7 @@ async def test_nothing_goes_until_registration_is_accepted(
     csms = FakeCsms(boot_statuses=[RegistrationStatus.pending, RegistrationStatus.accepted])
     csms.interval = 60
     async with outbox_rig(tmp_path, csms, online=False) as rig:
-        rig.outbox.start(1, "TAG-PEND", 1_000_000, T0)
+        await rig.outbox.start(1, "TAG-PEND", 1_000_000, T0)
         await rig.online()  # Pending for 60 s first, on the same connection
         with trio.fail_after(LIMIT):
             await rig.outbox.wait_empty()
@@ -404,12 +405,12 @@ async def test_a_reboot_loses_nothing_and_duplicates_nothing(
     autojump_clock: Any, tmp_path: Path
 ) -> None:
     async with outbox_rig(tmp_path, online=False) as rig:
-        a = rig.outbox.start(1, "TAG-A", 1_000_000, T0)
-        rig.outbox.meter_values(a, sample(1_000_100, T1))
-        rig.outbox.stop(a, 1_000_200, T2, "Local", "TAG-A")
-        b = rig.outbox.start(2, "TAG-B", 1_100_000, T1)
-        rig.outbox.meter_values(b, sample(1_100_050, T2))
-        rig.outbox.record_meter(b, 1_100_070, T3)
+        a = await rig.outbox.start(1, "TAG-A", 1_000_000, T0)
+        await rig.outbox.meter_values(a, sample(1_000_100, T1))
+        await rig.outbox.stop(a, 1_000_200, T2, "Local", "TAG-A")
+        b = await rig.outbox.start(2, "TAG-B", 1_100_000, T1)
+        await rig.outbox.meter_values(b, sample(1_100_050, T2))
+        await rig.outbox.record_meter(b, 1_100_070, T3)
         before = rig.queued()
         await rig.reboot()
         # B was still running: stopped (PowerLoss) at its last persisted reading.
@@ -460,10 +461,10 @@ async def test_offline_transaction_gets_the_csms_transaction_id_at_send_time(
         confirmed.append((transaction_id, id_tag_info))
 
     async with outbox_rig(tmp_path, csms, online=False) as rig:
-        tx = rig.outbox.start(1, "TAG-OFF", 1_000_000, T0, on_confirmed=on_confirmed)
-        rig.outbox.meter_values(tx, sample(1_000_100, T1))
-        rig.outbox.meter_values(tx, sample(1_000_200, T2))
-        rig.outbox.stop(tx, 1_000_300, T3, "EVDisconnected", None)
+        tx = await rig.outbox.start(1, "TAG-OFF", 1_000_000, T0, on_confirmed=on_confirmed)
+        await rig.outbox.meter_values(tx, sample(1_000_100, T1))
+        await rig.outbox.meter_values(tx, sample(1_000_200, T2))
+        await rig.outbox.stop(tx, 1_000_300, T3, "EVDisconnected", None)
         await trio.sleep(600)
         assert csms.connections == 0 and len(rig.outbox) == 4 and tx.transaction_id is None
         await rig.online()
@@ -500,13 +501,13 @@ async def test_reboot_between_start_conf_and_stop_takes_the_id_from_the_database
     csms = FakeCsms()
     csms.next_transaction_id = 77
     async with outbox_rig(tmp_path, csms) as rig:
-        tx = rig.outbox.start(1, "TAG-R", 1_000_000, T0)
+        tx = await rig.outbox.start(1, "TAG-R", 1_000_000, T0)
         with trio.fail_after(LIMIT):
             await rig.outbox.wait_empty()
         assert rig.db.transactions()[0].transaction_id == 77
         await rig.offline()
-        rig.outbox.meter_values(tx, sample(1_000_100, T1))
-        rig.outbox.stop(tx, 1_000_200, T2, "Local", "TAG-R")
+        await rig.outbox.meter_values(tx, sample(1_000_100, T1))
+        await rig.outbox.stop(tx, 1_000_200, T2, "Local", "TAG-R")
         await rig.reboot()
         assert rig.recovered == []  # it was stopped, not cut off
         await rig.online()
@@ -538,9 +539,9 @@ async def test_reboot_with_an_unconfirmed_offline_transaction_stops_it_with_the_
     csms = FakeCsms()
     csms.next_transaction_id = 9
     async with outbox_rig(tmp_path, csms, online=False) as rig:
-        tx = rig.outbox.start(2, "TAG-U", 1_100_000, T0)
-        rig.outbox.meter_values(tx, sample(1_100_300, T1))
-        rig.outbox.record_meter(tx, 1_100_400, T2)
+        tx = await rig.outbox.start(2, "TAG-U", 1_100_000, T0)
+        await rig.outbox.meter_values(tx, sample(1_100_300, T1))
+        await rig.outbox.record_meter(tx, 1_100_400, T2)
         await rig.reboot()
         await rig.online()
         with trio.fail_after(LIMIT):
@@ -568,15 +569,15 @@ async def test_callerror_is_retried_after_interval_times_attempt_then_parked(
     keys = {"TransactionMessageAttempts": 3, "TransactionMessageRetryInterval": 20}
     csms = FakeCsms()
     async with outbox_rig(tmp_path, csms, keys=keys) as rig:
-        a = rig.outbox.start(1, "TAG-A", 1_000_000, T0)
+        a = await rig.outbox.start(1, "TAG-A", 1_000_000, T0)
         with trio.fail_after(LIMIT):
             await rig.outbox.wait_empty()
         csms.refuse("MeterValues", 3, when=lambda p: p["transaction_id"] == 1)
-        rig.outbox.meter_values(a, sample(1_000_100, T1))
-        rig.outbox.stop(a, 1_000_200, T2, "Local", "TAG-A")
-        b = rig.outbox.start(2, "TAG-B", 1_100_000, T1)
-        rig.outbox.meter_values(b, sample(1_100_100, T2))
-        rig.outbox.stop(b, 1_100_200, T3, "Local", "TAG-B")
+        await rig.outbox.meter_values(a, sample(1_000_100, T1))
+        await rig.outbox.stop(a, 1_000_200, T2, "Local", "TAG-A")
+        b = await rig.outbox.start(2, "TAG-B", 1_100_000, T1)
+        await rig.outbox.meter_values(b, sample(1_100_100, T2))
+        await rig.outbox.stop(b, 1_100_200, T3, "Local", "TAG-B")
         with trio.fail_after(LIMIT):
             await rig.outbox.wait_empty()  # returns with A's parked message (and what it holds)
         tries = [t for t, action, _ in csms.refused if action == "MeterValues"]  # A's
@@ -634,10 +635,10 @@ async def test_a_parked_start_holds_its_transaction_and_stays_parked_across_a_re
         "StartTransaction", 2, code="FormationViolation", when=lambda p: p["id_tag"] == "TAG-P"
     )
     async with outbox_rig(tmp_path, csms, keys=keys) as rig:
-        p = rig.outbox.start(1, "TAG-P", 1_000_000, T0)
-        rig.outbox.stop(p, 1_000_500, T1, "Local", "TAG-P")
-        q = rig.outbox.start(2, "TAG-Q", 1_100_000, T0)
-        rig.outbox.stop(q, 1_100_500, T1, "Local", "TAG-Q")
+        p = await rig.outbox.start(1, "TAG-P", 1_000_000, T0)
+        await rig.outbox.stop(p, 1_000_500, T1, "Local", "TAG-P")
+        q = await rig.outbox.start(2, "TAG-Q", 1_100_000, T0)
+        await rig.outbox.stop(q, 1_100_500, T1, "Local", "TAG-Q")
         with trio.fail_after(LIMIT):
             await rig.outbox.wait_empty()
         tries = csms.arrival_times("StartTransaction")
@@ -690,18 +691,18 @@ async def test_a_message_waiting_for_its_retry_delays_no_other_transaction_after
     keys = {"TransactionMessageAttempts": 3, "TransactionMessageRetryInterval": 30}
     csms = FakeCsms()
     async with outbox_rig(tmp_path, csms, keys=keys) as rig:
-        a = rig.outbox.start(1, "TAG-A", 1_000_000, T0)
+        a = await rig.outbox.start(1, "TAG-A", 1_000_000, T0)
         with trio.fail_after(LIMIT):
             await rig.outbox.wait_empty()
         csms.refuse("MeterValues", 1000, when=lambda p: p["transaction_id"] == 1)
-        rig.outbox.meter_values(a, sample(1_000_100, T1))
-        rig.outbox.stop(a, 1_000_200, T2, "Local", "TAG-A")
+        await rig.outbox.meter_values(a, sample(1_000_100, T1))
+        await rig.outbox.stop(a, 1_000_200, T2, "Local", "TAG-A")
         await rig.until(lambda: rig.outbox.parked == 1)
         await rig.reconnect()
         retried_at = trio.current_time()
-        b = rig.outbox.start(2, "TAG-B", 1_100_000, T2)
-        rig.outbox.meter_values(b, sample(1_100_100, T2))
-        rig.outbox.stop(b, 1_100_200, T3, "Local", "TAG-B")
+        b = await rig.outbox.start(2, "TAG-B", 1_100_000, T2)
+        await rig.outbox.meter_values(b, sample(1_100_100, T2))
+        await rig.outbox.stop(b, 1_100_200, T3, "Local", "TAG-B")
         await rig.until(lambda: len(rig.flow("StopTransaction")) == 1)
         # B went at once, while A's MeterValues waits for its retry.
         assert trio.current_time() - retried_at == pytest.approx(0, abs=0.01)
@@ -729,13 +730,15 @@ async def test_a_stop_that_fails_our_own_schema_check_is_sent_at_once_without_th
     keys = {"TransactionMessageAttempts": 3, "TransactionMessageRetryInterval": 30}
     csms = FakeCsms()
     async with outbox_rig(tmp_path, csms, keys=keys) as rig:
-        tx = rig.outbox.start(1, "TAG-R", 1_000_000, T0)
+        tx = await rig.outbox.start(1, "TAG-R", 1_000_000, T0)
         begin = sample(1_000_000, T0)[0]
-        rig.outbox.add_transaction_data(tx, begin, 1_000_000, T0)
-        rig.outbox.add_transaction_data(tx, {"timestamp": T1, "sampled_value": []}, 1_000_100, T1)
+        await rig.outbox.add_transaction_data(tx, begin, 1_000_000, T0)
+        await rig.outbox.add_transaction_data(
+            tx, {"timestamp": T1, "sampled_value": []}, 1_000_100, T1
+        )
         broken = {"timestamp": T1, "sampled_value": [{"measurand": "SoC", "unit": "Percent"}]}
-        rig.outbox.add_transaction_data(tx, broken, 1_000_100, T1)
-        rig.outbox.stop(tx, 1_000_200, T2, "Local", "TAG-R")
+        await rig.outbox.add_transaction_data(tx, broken, 1_000_100, T1)
+        await rig.outbox.stop(tx, 1_000_200, T2, "Local", "TAG-R")
         queued_at = trio.current_time()
         with trio.fail_after(LIMIT):
             await rig.outbox.wait_empty()
@@ -769,11 +772,11 @@ async def test_meter_values_that_fail_our_own_schema_check_are_dropped_not_parke
     keys = {"TransactionMessageAttempts": 3, "TransactionMessageRetryInterval": 30}
     csms = FakeCsms()
     async with outbox_rig(tmp_path, csms, keys=keys) as rig:
-        tx = rig.outbox.start(1, "TAG-M", 1_000_000, T0)
-        rig.outbox.meter_values(tx, [{"timestamp": T1, "sampled_value": []}])
+        tx = await rig.outbox.start(1, "TAG-M", 1_000_000, T0)
+        await rig.outbox.meter_values(tx, [{"timestamp": T1, "sampled_value": []}])
         empty = {"timestamp": T1, "sampled_value": []}
-        rig.outbox.meter_values(tx, [empty, *sample(1_000_100, T1)])
-        rig.outbox.stop(tx, 1_000_200, T2, "Local", "TAG-M")
+        await rig.outbox.meter_values(tx, [empty, *sample(1_000_100, T1)])
+        await rig.outbox.stop(tx, 1_000_200, T2, "Local", "TAG-M")
         queued_at = trio.current_time()
         with trio.fail_after(LIMIT):
             await rig.outbox.wait_empty()
@@ -798,11 +801,11 @@ async def test_a_start_that_fails_our_own_schema_check_is_dropped_with_its_trans
     each logged with its payload; another transaction goes on."""
     csms = FakeCsms()
     async with outbox_rig(tmp_path, csms) as rig:
-        bad = rig.outbox.start(1, "T" * 21, 1_000_000, T0)
-        rig.outbox.meter_values(bad, sample(1_000_100, T1))
-        rig.outbox.stop(bad, 1_000_200, T2, "Local", None)
-        good = rig.outbox.start(2, "TAG-G", 1_100_000, T0)
-        rig.outbox.stop(good, 1_100_200, T2, "Local", "TAG-G")
+        bad = await rig.outbox.start(1, "T" * 21, 1_000_000, T0)
+        await rig.outbox.meter_values(bad, sample(1_000_100, T1))
+        await rig.outbox.stop(bad, 1_000_200, T2, "Local", None)
+        good = await rig.outbox.start(2, "TAG-G", 1_100_000, T0)
+        await rig.outbox.stop(good, 1_100_200, T2, "Local", "TAG-G")
         with trio.fail_after(LIMIT):
             await rig.outbox.wait_empty()
         assert rig.queued() == [] and rig.db.transactions() == [] and rig.outbox.parked == 0
@@ -826,8 +829,8 @@ async def test_a_stored_message_that_cannot_be_built_is_dropped_and_the_rest_goe
         rig.db.queue_message("DataTransfer", None, {"vendor_id": "x"})
         rig.db.queue_message("SecurityEventNotification", None, {"kind": "StartupOfTheDevice"})
         await rig.reboot()
-        tx = rig.outbox.start(1, "TAG-OK", 1_000_000, T0)
-        rig.outbox.stop(tx, 1_000_100, T1, "Local", "TAG-OK")
+        tx = await rig.outbox.start(1, "TAG-OK", 1_000_000, T0)
+        await rig.outbox.stop(tx, 1_000_100, T1, "Local", "TAG-OK")
         await rig.online()
         with trio.fail_after(LIMIT):
             await rig.outbox.wait_empty()
@@ -843,11 +846,11 @@ async def test_stop_answered_with_an_invalid_id_tag_counts_as_delivered(
 ) -> None:
     csms = FakeCsms()
     async with outbox_rig(tmp_path, csms) as rig:
-        tx = rig.outbox.start(1, "TAG-INV", 1_000_000, T0)
+        tx = await rig.outbox.start(1, "TAG-INV", 1_000_000, T0)
         with trio.fail_after(LIMIT):
             await rig.outbox.wait_empty()
         csms.set_id_tag("TAG-INV", "Invalid")  # e.g. blocked while charging
-        rig.outbox.stop(tx, 1_000_900, T1, "Local", "TAG-INV")
+        await rig.outbox.stop(tx, 1_000_900, T1, "Local", "TAG-INV")
         with trio.fail_after(LIMIT):
             await rig.outbox.wait_empty()
         await trio.sleep(600)
@@ -863,8 +866,8 @@ async def test_security_event_answered_not_implemented_is_dropped_not_parked(
     caplog.set_level(logging.INFO, logger="dcocpp.ocpp.transactions")
     csms = FakeCsms()  # without the security extension
     async with outbox_rig(tmp_path, csms) as rig:
-        rig.outbox.security_event("StartupOfTheDevice", T0)
-        rig.outbox.start(1, "TAG-S", 1_000_000, T1)
+        await rig.outbox.security_event("StartupOfTheDevice", T0)
+        await rig.outbox.start(1, "TAG-S", 1_000_000, T1)
         with trio.fail_after(LIMIT):
             await rig.outbox.wait_empty()
         assert rig.outbox.empty and rig.outbox.parked == 0 and rig.queued() == []
@@ -886,7 +889,7 @@ async def test_security_event_delivered_when_the_csms_takes_it(
 ) -> None:
     csms = FakeCsms(security_events=True)
     async with outbox_rig(tmp_path, csms) as rig:
-        rig.outbox.security_event("ResetOrReboot", T2, "Soft reset by the CSMS")
+        await rig.outbox.security_event("ResetOrReboot", T2, "Soft reset by the CSMS")
         with trio.fail_after(LIMIT):
             await rig.outbox.wait_empty()
         assert rig.queued() == []
@@ -905,9 +908,9 @@ async def test_refused_security_event_is_retried_aside_without_holding_transacti
     csms.refuse("SecurityEventNotification", 3, code="FormationViolation")
     async with outbox_rig(tmp_path, csms, keys=keys) as rig:
         queued_at = trio.current_time()
-        rig.outbox.security_event("StartupOfTheDevice", T0)
-        tx = rig.outbox.start(1, "TAG-SE", 1_000_000, T0)
-        rig.outbox.stop(tx, 1_000_100, T1, "Local", "TAG-SE")
+        await rig.outbox.security_event("StartupOfTheDevice", T0)
+        tx = await rig.outbox.start(1, "TAG-SE", 1_000_000, T0)
+        await rig.outbox.stop(tx, 1_000_100, T1, "Local", "TAG-SE")
         with trio.fail_after(LIMIT):
             await rig.outbox.wait_empty()  # the transaction's messages; the event waits aside
         assert trio.current_time() == pytest.approx(queued_at, abs=1e-6)
@@ -939,13 +942,13 @@ async def test_wait_empty_waits_for_deliverable_messages_only(
     async with outbox_rig(tmp_path, csms, online=False, keys=keys) as rig:
         with trio.fail_after(1):
             await rig.outbox.wait_empty()  # nothing queued
-        tx = rig.outbox.start(1, "TAG-W", 1_000_000, T0)
+        tx = await rig.outbox.start(1, "TAG-W", 1_000_000, T0)
         with trio.move_on_after(600) as scope:
             await rig.outbox.wait_empty()
         assert scope.cancelled_caught  # offline: the StartTransaction is still to go
         csms.refuse("MeterValues", 1)
-        rig.outbox.meter_values(tx, sample(1_000_100, T1))
-        rig.outbox.stop(tx, 1_000_200, T2, "Local", "TAG-W")
+        await rig.outbox.meter_values(tx, sample(1_000_100, T1))
+        await rig.outbox.stop(tx, 1_000_200, T2, "Local", "TAG-W")
         await rig.online()
         with trio.fail_after(LIMIT):
             await rig.outbox.wait_empty()
@@ -967,12 +970,12 @@ async def test_power_loss_recovery_stops_at_the_last_persisted_reading(
     csms = FakeCsms()
     csms.next_transaction_id = 31
     async with outbox_rig(tmp_path, csms) as rig:
-        running = rig.outbox.start(1, "TAG-PL", 1_000_000, T0)
-        never_read = rig.outbox.start(2, "TAG-NR", 1_100_000, T1)
+        running = await rig.outbox.start(1, "TAG-PL", 1_000_000, T0)
+        never_read = await rig.outbox.start(2, "TAG-NR", 1_100_000, T1)
         with trio.fail_after(LIMIT):
             await rig.outbox.wait_empty()
-        rig.outbox.record_meter(running, 1_000_400, T1)
-        rig.outbox.record_meter(running, 1_000_900, T2)  # the last one before the cut
+        await rig.outbox.record_meter(running, 1_000_400, T1)
+        await rig.outbox.record_meter(running, 1_000_900, T2)  # the last one before the cut
         await rig.reboot(BOOT)
         assert sorted((tx.local_id, tx.transaction_id) for tx in rig.recovered) == [
             (running.local_id, 31),
@@ -1011,19 +1014,19 @@ async def test_power_loss_stop_carries_the_stop_samples_taken_before_the_cut(
     csms = FakeCsms()
     csms.next_transaction_id = 41
     async with outbox_rig(tmp_path, csms) as rig:
-        cut = rig.outbox.start(1, "TAG-CUT", 1_000_000, T0)
-        rig.outbox.add_transaction_data(cut, begin, 1_000_000, T0)
-        rig.outbox.add_transaction_data(cut, periodic, 1_000_400, T1)
-        done = rig.outbox.start(2, "TAG-DONE", 2_000_000, T0)
-        rig.outbox.add_transaction_data(done, begin, 2_000_000, T0)
-        rig.outbox.stop(done, 2_000_100, T1, "Local", None)
+        cut = await rig.outbox.start(1, "TAG-CUT", 1_000_000, T0)
+        await rig.outbox.add_transaction_data(cut, begin, 1_000_000, T0)
+        await rig.outbox.add_transaction_data(cut, periodic, 1_000_400, T1)
+        done = await rig.outbox.start(2, "TAG-DONE", 2_000_000, T0)
+        await rig.outbox.add_transaction_data(done, begin, 2_000_000, T0)
+        await rig.outbox.stop(done, 2_000_100, T1, "Local", None)
         assert rig.db.transaction_data() == {cut.local_id: [begin, periodic]}
         # The sample's reading is the transaction's latest: a stop never bills less.
         assert [(t.last_meter_wh, t.last_meter_at) for t in rig.db.transactions()] == [
             (1_000_400, T1),
             (2_000_000, T0),
         ]
-        rig.outbox.record_meter(cut, 1_000_500, T2)
+        await rig.outbox.record_meter(cut, 1_000_500, T2)
         await rig.reboot(BOOT)
         with trio.fail_after(LIMIT):
             await rig.outbox.wait_empty()
@@ -1082,11 +1085,11 @@ async def test_power_loss_stop_bills_the_highest_of_register_checkpoint_and_carr
     csms = FakeCsms()
     csms.next_transaction_id = 51
     async with outbox_rig(tmp_path, csms) as rig:
-        a = rig.outbox.start(1, "TAG-A", 1_000_000, T0)
-        b = rig.outbox.start(2, "TAG-B", 2_000_000, T0)
-        rig.outbox.record_meter(a, 1_000_900, T2)
-        rig.outbox.add_transaction_data(b, sample, 2_000_500, T1)
-        rig.outbox.record_meter(b, 2_000_300, T2)
+        a = await rig.outbox.start(1, "TAG-A", 1_000_000, T0)
+        b = await rig.outbox.start(2, "TAG-B", 2_000_000, T0)
+        await rig.outbox.record_meter(a, 1_000_900, T2)
+        await rig.outbox.add_transaction_data(b, sample, 2_000_500, T1)
+        await rig.outbox.record_meter(b, 2_000_300, T2)
         await rig.reboot(BOOT, registers)
         with trio.fail_after(LIMIT):
             await rig.outbox.wait_empty()
@@ -1163,10 +1166,10 @@ async def test_power_loss_stop_does_not_bill_a_register_the_gun_cannot_have_reac
     csms = FakeCsms()
     csms.next_transaction_id = 71
     async with outbox_rig(tmp_path, csms) as rig:
-        a = rig.outbox.start(1, "TAG-A", 1_000_000, T0)
-        b = rig.outbox.start(2, "TAG-B", 2_000_000, T0)
-        rig.outbox.record_meter(a, 1_000_900, T2)
-        rig.outbox.record_meter(b, 2_000_300, T2)
+        a = await rig.outbox.start(1, "TAG-A", 1_000_000, T0)
+        b = await rig.outbox.start(2, "TAG-B", 2_000_000, T0)
+        await rig.outbox.record_meter(a, 1_000_900, T2)
+        await rig.outbox.record_meter(b, 2_000_300, T2)
         registers: dict[int, int | None] = {1: 429_496_729_500, 2: 2_000_500}
         await rig.reboot(BOOT, registers, max_rise={1: 310, 2: 310})
         with trio.fail_after(LIMIT):

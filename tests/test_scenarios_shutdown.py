@@ -151,7 +151,7 @@ async def test_planned_stop_with_nothing_charging_does_not_wait_for_the_central_
         await h.booted()
         await go_offline(h)
         assert h.station.outbox is not None
-        h.station.outbox.security_event("SettingSystemTime", h.wall_time(trio.current_time()))
+        await h.station.outbox.security_event("SettingSystemTime", h.wall_time(trio.current_time()))
         signalled = trio.current_time()
         await h.station.shut_down()
         assert trio.current_time() == signalled

@@ -24,6 +24,7 @@ from dcocpp.ocpp.session import MAX_BOOT_RETRY, _coalesced
 from dcocpp.ocpp.statuses import allowed_transitions
 from dcocpp.station import HardReset, Station
 from tests.csms import FakeCsms, MemoryNetwork
+from tests.loop_database import on_the_loop
 from tests.station_harness import charger_config, preset_keys, running_station
 from tests.test_configuration_keys import REQUIRED_READONLY
 
@@ -393,7 +394,7 @@ async def test_tc_062_data_transfer_unknown_vendor(autojump_clock: Any, tmp_path
 async def test_clear_cache_accepted(autojump_clock: Any, tmp_path: Path) -> None:
     async with running_station(charger_config(tmp_path)) as h:
         assert h.station.session is not None
-        h.station.session.auth_cache.update("TAG", {"status": "Accepted"})
+        await h.station.session.auth_cache.update("TAG", {"status": "Accepted"})
         result = await h.csms_call(call.ClearCache())
         assert result.status == "Accepted"
         assert len(h.station.session.auth_cache) == 0
@@ -480,7 +481,7 @@ async def test_hard_reset_ends_the_station_with_hard_reset(
     with pytest.RaisesGroup(HardReset, flatten_subgroups=True):
         async with trio.open_nursery() as nursery:
             network = MemoryNetwork(csms, nursery)
-            station = Station(config, open_stream=network.open_stream)
+            station = Station(config, open_stream=network.open_stream, database_runner=on_the_loop)
             nursery.start_soon(station.run)
             rpc = await csms.wait_connected()
             await csms.wait_for_calls("StatusNotification", 3)
@@ -828,14 +829,14 @@ async def test_message_log_is_schema_valid_json(autojump_clock: Any, tmp_path: P
     }
 
 
-def test_authorization_cache_expiry_follows_the_station_clock() -> None:
+async def test_authorization_cache_expiry_follows_the_station_clock() -> None:
     from datetime import UTC, datetime
 
     from dcocpp.ocpp.authcache import AuthorizationCache
 
     now = datetime(2026, 11, 24, 12, 0, tzinfo=UTC)
     cache = AuthorizationCache(clock=lambda: now)
-    cache.update("TAG", {"status": "Accepted", "expiry_date": "2026-11-24T12:30:00Z"})
+    await cache.update("TAG", {"status": "Accepted", "expiry_date": "2026-11-24T12:30:00Z"})
     assert cache.lookup("TAG") == {"status": "Accepted", "expiry_date": "2026-11-24T12:30:00Z"}
     now = datetime(2026, 11, 24, 12, 31, tzinfo=UTC)
     assert cache.lookup("TAG")["status"] == "Expired"  # type: ignore[index]

@@ -392,6 +392,29 @@ async def test_tc_072_stacked_tx_default_profiles(autojump_clock: Any, tmp_path:
     assert periods(result) == expect((0, 7), (100 - x, 9), (150 - x + DEVIATION, 8), (200 - x, 10))
 
 
+async def test_the_longest_composite_schedule_is_at_most_max_periods_and_says_how_far(
+    autojump_clock: Any, tmp_path: Path
+) -> None:
+    """GetCompositeSchedule for 2^31 - 1 s over a daily profile of 24 periods (596,524 periods
+    in all): ChargingScheduleMaxPeriods of them, and the answer's duration is the span they
+    cover, up to where the first one left out begins."""
+    async with running_station(charger_config(tmp_path)) as h:
+        await h.booted()
+        start = wall_now(h)
+        hourly = [(hour * 3600, 10 + hour) for hour in range(24)]
+        body = profile(1, "TxDefaultProfile", hourly, kind="Recurring", start=start)
+        body["recurrency_kind"] = "Daily"
+        assert await set_profile(h, 0, body) == "Accepted"
+        result = await composite(h, 1, 2**31 - 1)
+        max_periods = h.store.get_int("ChargingScheduleMaxPeriods")
+    assert result["status"] == "Accepted" and max_periods == 24
+    x = int((parse_datetime(result["schedule_start"]) - start).total_seconds())
+    assert periods(result) == expect(
+        (0, 10), *((hour * 3600 - x, 10 + hour) for hour in range(1, 24))
+    )
+    assert result["charging_schedule"]["duration"] == 86400 - x  # the next day's 10 A
+
+
 async def test_tc_082_tx_default_profile_during_a_transaction(
     autojump_clock: Any, tmp_path: Path
 ) -> None:

@@ -2,10 +2,12 @@
 
 Everything the gun hears arrives in one inbox (a bounded trio channel): hardware events from the
 backend, requests from the OCPP handlers and the local API, and the results of the task's own
-timers and workers. The loop feeds each one to the machine and carries out the effects without
-ever blocking on the outside world: the relay is driven by a worker under a cancel-scope
-deadline (a relay that does not confirm in time is a PowerSwitchFailure, not a hang), an
-authorization runs as its own task, and transaction messages go to the outbox.
+timers and workers. The loop feeds each one to the machine and carries out the effects in order
+without ever blocking on the outside world: the relay is driven by a worker under a
+cancel-scope deadline (a relay that does not confirm in time is a PowerSwitchFailure, not a
+hang), an authorization runs as its own task, and transaction messages go to the outbox. The
+one effect the loop waits for is a transaction record on disk (the outbox's database write,
+in its worker thread): a StartTransaction is stored before the relay is told to close.
 """
 
 from __future__ import annotations
@@ -128,7 +130,11 @@ class ReservationDesk(Protocol):
 
     def ended(self, connector_id: int, reservation_id: int, cause: str) -> None:
         """The connector ended a reservation: "used" (its StartTransaction carries it),
-        "Faulted" or "Unavailable"."""
+        "Faulted" or "Unavailable". In memory: the connector awaits `flush` next."""
+        ...
+
+    async def flush(self) -> None:
+        """Store the ends of reservations told so far."""
         ...
 
 
@@ -298,7 +304,7 @@ class ConnectorTask:
             # answers this trigger too (the outbox keeps every message it is given).
             log.debug("connector %d: a %s sample is waiting already", self.id, context.value)
         else:
-            self.services.outbox.meter_values(tx, [sample])
+            await self.services.outbox.meter_values(tx, [sample])
 
     # --- the loop --------------------------------------------------------------------------
 
@@ -309,8 +315,8 @@ class ConnectorTask:
             nursery.start_soon(self._clock_aligned_sampler)
             nursery.start_soon(self._resync_worker)
             self._log_faults(())  # those the hardware reports already
-            self._execute(self.machine.take_effects())
-            self._sync_reservations()  # those restored at boot: reported Reserved at once
+            await self._execute(self.machine.take_effects())
+            await self._sync_reservations()  # those restored at boot: reported Reserved at once
             task_status.started()
             async for item in self._inbox:
                 await self._handle(item)
@@ -321,36 +327,44 @@ class ConnectorTask:
             self._resync = trio.Event()
             await self._send.send(_RESYNC)
 
-    def _sync_reservations(self) -> None:
+    async def _sync_reservations(self) -> None:
         """Give the machine the reservations the station keeps for this gun now. Done before
         every event, not only when told: a connector-0 hold that another gun's step has just
-        created must already apply to the tag this gun hears next."""
+        created must already apply to the tag this gun hears next. Storing a reservation's
+        end lets other guns step meanwhile: it returns only once no await came after the
+        last look."""
         desk = self.services.reservations
         if desk is None:
             return
-        wanted = desk.wanted(self.id)
-        truth = self.machine.truth
-        if (truth.reservations, truth.hold_zero) == (wanted.reservations, wanted.hold_zero):
-            return
-        self.machine.dispatch(wanted)
-        effects = self.machine.take_effects()
-        self._note_reservations(effects)
-        self._execute(effects)
+        while True:
+            wanted = desk.wanted(self.id)
+            truth = self.machine.truth
+            if (truth.reservations, truth.hold_zero) == (wanted.reservations, wanted.hold_zero):
+                return
+            self.machine.dispatch(wanted)
+            effects = self.machine.take_effects()
+            await self._note_reservations(effects)
+            await self._execute(effects)
 
-    def _note_reservations(self, effects: list[ev.Effect]) -> None:
+    async def _note_reservations(self, effects: list[ev.Effect]) -> None:
         """Tell the station at once (before any await) which reservations ended here, so that
-        no other gun serves one that a transaction here has just used."""
+        no other gun serves one that a transaction here has just used; then store that."""
         desk = self.services.reservations
         if desk is None:
             return
+        told = False
         for effect in effects:
             if isinstance(effect, ev.StartTransaction) and effect.reservation_id is not None:
                 desk.ended(self.id, effect.reservation_id, "used")
+                told = True
             elif isinstance(effect, ev.ReservationEnded):
                 desk.ended(self.id, effect.reservation_id, effect.cause)
+                told = True
+        if told:
+            await desk.flush()
 
     async def _handle(self, item: Any) -> None:
-        self._sync_reservations()
+        await self._sync_reservations()
         beyond = self._register_beyond_ocpp()
         if beyond is not None:
             await self._handle(beyond)  # first: nothing may start on a register OCPP cannot carry
@@ -378,7 +392,7 @@ class ConnectorTask:
         effects = self.machine.take_effects()
         if isinstance(event, ev.AuthorizationResult):
             self._settle_tag(event, before, effects)
-        self._note_reservations(effects)
+        await self._note_reservations(effects)
         if self.services.reservations is not None:
             self.services.reservations.stepped(self.id)
         if any(isinstance(effect, ev.StartTransaction) for effect in effects):
@@ -389,7 +403,7 @@ class ConnectorTask:
         if isinstance(event, ev.UnlockRequested):
             reply = await self._unlock(reply, effects)
         else:
-            self._execute(effects)
+            await self._execute(effects)
         if request is not None:
             if isinstance(event, ev.IdPresented):
                 request.refusal = refusal
@@ -459,7 +473,9 @@ class ConnectorTask:
         while not predicate(self.machine.truth):
             await self._stepped.wait()
 
-    def _execute(self, effects: list[ev.Effect]) -> None:
+    async def _execute(self, effects: list[ev.Effect]) -> None:
+        """Carry out the machine's effects in order. A StartTransaction is awaited (stored)
+        before the effects after it, the relay's among them."""
         for effect in effects:
             match effect:
                 case ev.NotifyStatus():
@@ -481,7 +497,7 @@ class ConnectorTask:
                 case ev.Authorize(id_tag=id_tag):
                     self._spawn(self._authorize, id_tag)
                 case ev.StartTransaction():
-                    self._start_transaction(effect)
+                    await self._start_transaction(effect)
                 case ev.StopTransaction():
                     self._stop_transaction(effect)
                 case ev.ConnectionTimer(running=running):
@@ -560,7 +576,7 @@ class ConnectorTask:
     async def _unlock(self, reply: UnlockStatus, effects: list[ev.Effect]) -> UnlockStatus:
         """UnlockConnector answers what the lock did, so the release is awaited here."""
         releases = [e for e in effects if isinstance(e, ev.SetLock) and not e.locked]
-        self._execute([e for e in effects if e not in releases])
+        await self._execute([e for e in effects if e not in releases])
         if reply != UnlockStatus.unlocked or not releases:
             return reply
         try:
@@ -693,7 +709,7 @@ class ConnectorTask:
             return ocpp_time(self.services.clock.now())
         return self._times[tx.local_id].stamp()
 
-    def _add_stop_sample(
+    async def _add_stop_sample(
         self, tx: LocalTransaction, measurands: list[str], context: ReadingContext
     ) -> None:
         """A sample for the StopTransaction's transactionData (StopTxnSampledData /
@@ -702,7 +718,9 @@ class ConnectorTask:
         at = self._stamp(tx)
         sample = self._sample(measurands, context, reading, at)
         if sample is not None:
-            self.services.outbox.add_transaction_data(tx, sample, round(reading.energy_wh), at)
+            await self.services.outbox.add_transaction_data(
+                tx, sample, round(reading.energy_wh), at
+            )
 
     def _register_beyond_ocpp(self) -> ev.Event | None:
         """A meter register above OCPP 1.6's integer (2,147,483,647 Wh, about 2.1 GWh) cannot
@@ -753,10 +771,10 @@ class ConnectorTask:
             )
         return attrs.evolve(reading, energy_wh=run.energy_wh)
 
-    def _start_transaction(self, effect: ev.StartTransaction) -> None:
+    async def _start_transaction(self, effect: ev.StartTransaction) -> None:
         reading = self.gun.read_meter()
         times = TransactionClock(self.services.clock, f"connector {self.id}")
-        tx = self.services.outbox.start(
+        tx = await self.services.outbox.start(
             self.id,
             effect.id_tag,
             round(reading.energy_wh),
@@ -771,7 +789,7 @@ class ConnectorTask:
         )
         stop_measurands = self.services.store.get_list("StopTxnSampledData")
         if stop_measurands:
-            self._add_stop_sample(tx, stop_measurands, ReadingContext.transaction_begin)
+            await self._add_stop_sample(tx, stop_measurands, ReadingContext.transaction_begin)
         log.info(
             "connector %d: transaction started for %s at %d Wh",
             self.id,
@@ -828,8 +846,8 @@ class ConnectorTask:
         reading = self._reading(tx)
         stop_measurands = self.services.store.get_list("StopTxnSampledData")
         if stop_measurands:
-            self._add_stop_sample(tx, stop_measurands, ReadingContext.transaction_end)
-        self.services.outbox.stop(
+            await self._add_stop_sample(tx, stop_measurands, ReadingContext.transaction_end)
+        await self.services.outbox.stop(
             tx,
             round(reading.energy_wh),
             self._stamp(tx),
@@ -858,7 +876,7 @@ class ConnectorTask:
         while True:
             await trio.sleep(METER_PERSIST_INTERVAL)
             reading = self._reading(tx)
-            self.services.outbox.record_meter(tx, round(reading.energy_wh), self._stamp(tx))
+            await self.services.outbox.record_meter(tx, round(reading.energy_wh), self._stamp(tx))
 
     async def _periodic_sampler(self, tx: LocalTransaction) -> None:
         """MeterValueSampleInterval while the transaction runs (Sample.Periodic)."""
@@ -878,10 +896,10 @@ class ConnectorTask:
                 else None
             )
             if sample is not None:
-                self.services.outbox.meter_values(tx, [sample])
+                await self.services.outbox.meter_values(tx, [sample])
             stop_measurands = store.get_list("StopTxnSampledData")
             if stop_measurands:
-                self._add_stop_sample(tx, stop_measurands, ReadingContext.sample_periodic)
+                await self._add_stop_sample(tx, stop_measurands, ReadingContext.sample_periodic)
 
     async def _clock_aligned_sampler(self) -> None:
         """ClockAlignedDataInterval, aligned to midnight UTC (Sample.Clock) by the station's
@@ -906,12 +924,12 @@ class ConnectorTask:
             )
             if sample is not None:
                 if tx is not None:
-                    self.services.outbox.meter_values(tx, [sample])
+                    await self.services.outbox.meter_values(tx, [sample])
                 else:
                     self._send_without_transaction(sample)
             stop_measurands = store.get_list("StopTxnAlignedData")
             if tx is not None and stop_measurands:
-                self._add_stop_sample(tx, stop_measurands, ReadingContext.sample_clock)
+                await self._add_stop_sample(tx, stop_measurands, ReadingContext.sample_clock)
 
     async def _sleep_unless_changed(
         self, key: str, deadline: float, *, clock_steps: bool = False

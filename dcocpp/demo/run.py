@@ -37,6 +37,7 @@ from ocpp.v16.enums import Reason
 
 from dcocpp import defaults, simcli
 from dcocpp.api import ApiError, format_address, parse_address
+from dcocpp.asyncdb import Runner
 from dcocpp.config import ChargerConfig, ConfigError, load_charger_config
 from dcocpp.connector import events as ev
 from dcocpp.connector.metering import WallClock
@@ -369,6 +370,7 @@ async def run_demo(
     clock: WallClock | None = None,
     stop_on_signals: bool = False,
     plc: bool = False,
+    database_runner: Runner | None = None,
 ) -> DemoResult:
     """Run the embedded central system and the charger, play `guns_script` (default: one
     session per gun, `default_script`), show it on `out` and return what the central system
@@ -379,7 +381,9 @@ async def run_demo(
     `in_memory` connects the charger to the central system without sockets (for tests on a
     virtual clock; `api` should then be None). With `stop_on_signals`, SIGINT/SIGTERM end the
     script early and the summary still prints. With `plc` the charger runs its PLC backend
-    against emulated PLCs on a virtual CAN bus instead of the simulated guns. Everything
+    against emulated PLCs on a virtual CAN bus instead of the simulated guns.
+    `database_runner` is where the charger's database statements run (default: a worker
+    thread; a test on a virtual clock runs them on the loop, see `dcocpp.asyncdb`). Everything
     started is stopped before it returns; `DemoError` says what went wrong otherwise.
     """
     if not (math.isfinite(speed) and speed >= MIN_SPEED):
@@ -401,6 +405,7 @@ async def run_demo(
             clock=clock,
             stop_on_signals=stop_on_signals,
             plc=plc,
+            database_runner=database_runner,
         )
     except* DemoError as group:
         raise _leaf(group) from None
@@ -428,6 +433,7 @@ async def _run(
     clock: WallClock | None,
     stop_on_signals: bool,
     plc: bool,
+    database_runner: Runner | None,
 ) -> DemoResult:
     stop = _OnSignal()
     # Whoever reads the output may go (`dcocpp demo | head`) while any task is writing, the
@@ -465,7 +471,13 @@ async def _run(
                 api, busy = _api_address(api)
                 busy_port = busy_port if busy else 0
 
-            station = Station(config, open_stream=open_stream, clock=clock, api_address=api)
+            station = Station(
+                config,
+                open_stream=open_stream,
+                clock=clock,
+                api_address=api,
+                database_runner=database_runner,
+            )
             view = DemoView(
                 station,
                 csms,

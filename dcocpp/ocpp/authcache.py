@@ -1,10 +1,11 @@
 """The authorization cache: the latest idTagInfo the central system returned for each tag, kept
 for LocalPreAuthorize and offline authorization (OCPP 1.6 section 3.5.1).
 
-Persisted write-through in the station database (`CacheStore`, which `storage.Database`
-satisfies), so that a power cut or a soft reset does not forget who may charge offline. The
-OCPP layer knows no SQL: the owner passes the store and the exception type(s) it raises, and
-they are translated to `AuthStoreError` here, at the boundary.
+Persisted write-through in the station database (`CacheStore`, which `asyncdb.AsyncDatabase`
+satisfies: its writes run off the event loop, in the order asked), so that a power cut or a
+soft reset does not forget who may charge offline. The OCPP layer knows no SQL: the owner
+passes the store and the exception type(s) it raises, and they are translated to
+`AuthStoreError` here, at the boundary.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from collections.abc import Callable, Iterable, Mapping
 from datetime import UTC, datetime
 from typing import Any, Protocol
 
+import trio
 from ocpp.v16.enums import AuthorizationStatus
 
 from dcocpp import idtags
@@ -37,15 +39,15 @@ class AuthStoreError(OcppError):
 
 
 class CacheStore(Protocol):
-    """What the cache needs from persistent storage (`storage.Database` provides it)."""
+    """What the cache needs from persistent storage (`asyncdb.AsyncDatabase` provides it)."""
 
-    def auth_cache(self) -> dict[str, dict[str, Any]]:
+    async def auth_cache(self) -> dict[str, dict[str, Any]]:
         """Every cached tag, oldest update first."""
         ...
 
-    def put_auth_cache(self, id_tag: str, info: Mapping[str, Any]) -> None: ...
+    async def put_auth_cache(self, id_tag: str, info: Mapping[str, Any]) -> None: ...
 
-    def delete_auth_cache(self, id_tags: Iterable[str] | None = None) -> None:
+    async def delete_auth_cache(self, id_tags: Iterable[str] | None = None) -> None:
         """Forget the given tags, or every tag when None."""
         ...
 
@@ -92,11 +94,13 @@ def cache_enabled(store: ConfigurationStore) -> bool:
 
 
 class AuthorizationCache:
-    """The cache in memory, written through to `store` (in memory only when None).
+    """The cache in memory, written through to `store` (in memory only when None); `load()`
+    reads what the store holds, before the cache is used.
 
     Updates never raise: a cache that cannot be written is a degraded cache, not a reason to
     lose the answer that filled it (the failure is logged). `clear()` raises `AuthStoreError`,
-    because ClearCache must not be acknowledged unless it is durable."""
+    because ClearCache must not be acknowledged unless it is durable. Changes are made one at
+    a time, each with its write, so memory and store change in the same order."""
 
     def __init__(
         self,
@@ -112,50 +116,59 @@ class AuthorizationCache:
         self._capacity = max(1, capacity)
         # By folded idTag (`idtags.key`); insertion order = oldest update first.
         self._entries: dict[str, IdTagInfo] = {}
+        self._changing = trio.Lock()
+
+    async def load(self) -> None:
+        """Take what the store holds (at boot, before the cache is used)."""
         try:
-            self._entries = {idtags.key(t): info for t, info in self._store.auth_cache().items()}
+            stored = await self._store.auth_cache()
         except self._errors as exc:
             # An unreadable cache starts empty: the charger still works, online.
             log.error("authorization cache not loaded, starting empty: %s", exc)
+            return
+        self._entries = {idtags.key(t): info for t, info in stored.items()}
 
-    def update(self, id_tag: str, id_tag_info: Mapping[str, Any]) -> None:
+    async def update(self, id_tag: str, id_tag_info: Mapping[str, Any]) -> None:
         """Remember the latest idTagInfo the central system gave for a tag (3.5.1)."""
         info = dict(id_tag_info)
         tag = idtags.key(id_tag)
-        evicted = self._make_room(tag)
-        self._entries.pop(tag, None)  # re-inserted last: the newest update
-        self._entries[tag] = info
-        try:
-            if evicted:
-                self._store.delete_auth_cache(evicted)
-            self._store.put_auth_cache(tag, info)
-        except self._errors as exc:
-            log.error("authorization cache entry for %s not stored: %s", id_tag, exc)
+        async with self._changing:
+            evicted = self._make_room(tag)
+            self._entries.pop(tag, None)  # re-inserted last: the newest update
+            self._entries[tag] = info
+            try:
+                if evicted:
+                    await self._store.delete_auth_cache(evicted)
+                await self._store.put_auth_cache(tag, info)
+            except self._errors as exc:
+                log.error("authorization cache entry for %s not stored: %s", id_tag, exc)
 
     def lookup(self, id_tag: str) -> IdTagInfo | None:
         """The cached idTagInfo as it stands now (an entry past its expiry is Expired)."""
         info = self._entries.get(idtags.key(id_tag))
         return None if info is None else effective(info, self._clock())
 
-    def forget(self, id_tags: Iterable[str]) -> None:
+    async def forget(self, id_tags: Iterable[str]) -> None:
         """Drop entries (tags that entered the local list, 3.5.3); a failed write is logged."""
         keys = [idtags.key(tag) for tag in id_tags]
-        gone = [tag for tag in keys if self._entries.pop(tag, None) is not None]
-        if not gone:
-            return
-        try:
-            self._store.delete_auth_cache(gone)
-        except self._errors as exc:
-            log.error("authorization cache entries not deleted: %s", exc)
+        async with self._changing:
+            gone = [tag for tag in keys if self._entries.pop(tag, None) is not None]
+            if not gone:
+                return
+            try:
+                await self._store.delete_auth_cache(gone)
+            except self._errors as exc:
+                log.error("authorization cache entries not deleted: %s", exc)
 
-    def clear(self) -> None:
+    async def clear(self) -> None:
         """Empty the cache (ClearCache); raises `AuthStoreError` when that is not durable,
         and then nothing changed."""
-        try:
-            self._store.delete_auth_cache(None)
-        except self._errors as exc:
-            raise AuthStoreError(f"authorization cache not cleared: {exc}") from exc
-        self._entries.clear()
+        async with self._changing:
+            try:
+                await self._store.delete_auth_cache(None)
+            except self._errors as exc:
+                raise AuthStoreError(f"authorization cache not cleared: {exc}") from exc
+            self._entries.clear()
 
     def __len__(self) -> int:
         return len(self._entries)
@@ -183,11 +196,11 @@ class AuthorizationCache:
 class _NoStore:
     """The store of a cache that lives in memory only."""
 
-    def auth_cache(self) -> dict[str, dict[str, Any]]:
+    async def auth_cache(self) -> dict[str, dict[str, Any]]:
         return {}
 
-    def put_auth_cache(self, id_tag: str, info: Mapping[str, Any]) -> None:
+    async def put_auth_cache(self, id_tag: str, info: Mapping[str, Any]) -> None:
         pass
 
-    def delete_auth_cache(self, id_tags: Iterable[str] | None = None) -> None:
+    async def delete_auth_cache(self, id_tags: Iterable[str] | None = None) -> None:
         pass

@@ -82,7 +82,7 @@ class Authorizer:
             except (ConnectionLost, ResponseTimeout, CallError, InvalidPayload) as exc:
                 log.warning("Authorize for %s failed (%s): deciding offline", id_tag, exc)
             else:
-                session.remember_authorization(id_tag, result.id_tag_info)
+                await session.remember_authorization(id_tag, result.id_tag_info)
                 return _decision(result.id_tag_info, "central system")
         if known is not None and not known.accepted:
             return attrs.evolve(known, source=f"{known.source} (offline)")

@@ -272,14 +272,14 @@ class CoreHandlers(SmartChargingHandlers):
     # --- local authorization ------------------------------------------------------------------
 
     @on(Action.clear_cache)
-    def on_clear_cache(self, **_: Any) -> Any:
+    async def on_clear_cache(self, **_: Any) -> Any:
         # 5.4: the answer says whether the cache was cleared. A disabled (or absent) cache is
         # Rejected, as libocpp and Open OCPP answer; a clear that is not durable is too.
         if not cache_enabled(self.session.store):
             log.info("ClearCache rejected: AuthorizationCacheEnabled is false")
             return call_result.ClearCache(status=ClearCacheStatus.rejected)
         try:
-            self.session.auth_cache.clear()
+            await self.session.auth_cache.clear()
         except AuthStoreError as exc:
             log.error("ClearCache rejected: %s", exc)
             return call_result.ClearCache(status=ClearCacheStatus.rejected)
@@ -293,7 +293,7 @@ class CoreHandlers(SmartChargingHandlers):
         return call_result.GetLocalListVersion(list_version=version)
 
     @on(Action.send_local_list)
-    def on_send_local_list(
+    async def on_send_local_list(
         self,
         list_version: int,
         update_type: str,
@@ -305,11 +305,11 @@ class CoreHandlers(SmartChargingHandlers):
             log.info("SendLocalList answered NotSupported: the local list is not enabled")
             return call_result.SendLocalList(status=UpdateStatus.not_supported)
         entries = local_authorization_list or []
-        status = session.local_list.update(
+        status = await session.local_list.update(
             UpdateType(update_type), list_version, entries, limits_of(session.store)
         )
         if status == UpdateStatus.accepted:
             # 3.5.3: a tag in the list is not in the cache (nor does a stale entry come back
             # when the tag leaves the list again).
-            session.auth_cache.forget(tags_of(entries))
+            await session.auth_cache.forget(tags_of(entries))
         return call_result.SendLocalList(status=status)

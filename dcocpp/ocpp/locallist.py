@@ -3,8 +3,8 @@ version (OCPP 1.6 sections 3.5.2, 5.10 GetLocalListVersion, 5.15 SendLocalList).
 
 Only SendLocalList changes it (3.5.2: the Charge Point "SHALL NOT modify the contents of the
 Authorization List by any other means"), and an update is on disk (`LocalListStore`, which
-`storage.Database` provides) before it is answered Accepted, atomically: after a power cut the
-list is either the old or the new one, with its version.
+`asyncdb.AsyncDatabase` provides, off the event loop) before it is answered Accepted,
+atomically: after a power cut the list is either the old or the new one, with its version.
 """
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from typing import Any, Protocol
 
 import attrs
+import trio
 from ocpp.v16.enums import UpdateStatus, UpdateType
 
 from dcocpp import idtags
@@ -29,17 +30,19 @@ NO_LIST_SUPPORT = -1
 
 
 class LocalListStore(Protocol):
-    """What the list needs from persistent storage (`storage.Database` provides it)."""
+    """What the list needs from persistent storage (`asyncdb.AsyncDatabase` provides it)."""
 
-    def local_list(self) -> tuple[int, dict[str, dict[str, Any]]]:
+    async def local_list(self) -> tuple[int, dict[str, dict[str, Any]]]:
         """(listVersion, idTag -> idTagInfo)."""
         ...
 
-    def replace_local_list(self, version: int, entries: Mapping[str, Mapping[str, Any]]) -> None:
+    async def replace_local_list(
+        self, version: int, entries: Mapping[str, Mapping[str, Any]]
+    ) -> None:
         """A Full update, atomically."""
         ...
 
-    def update_local_list(
+    async def update_local_list(
         self, version: int, changes: Mapping[str, Mapping[str, Any] | None]
     ) -> None:
         """A Differential update (None removes the tag), atomically."""
@@ -81,10 +84,12 @@ def limits_of(store: ConfigurationStore) -> ListLimits:
 
 
 class LocalAuthorizationList:
-    """The list in memory, loaded from and written through to `store` (memory only: None).
+    """The list in memory, loaded from (`load()`, before use) and written through to `store`
+    (memory only: None).
 
     `store_errors` are the exception types the store raises; an update they interrupt is
-    answered Failed and changes nothing."""
+    answered Failed and changes nothing. Updates are applied one at a time: each one is
+    checked against the list the previous one left."""
 
     def __init__(
         self,
@@ -98,13 +103,19 @@ class LocalAuthorizationList:
         self._clock = clock
         self._version = 0
         self._entries: dict[str, IdTagInfo] = {}  # by folded idTag (`idtags.key`)
-        if store is not None:
-            try:
-                self._version, entries = store.local_list()
-                self._entries = {idtags.key(t): info for t, info in entries.items()}
-            except self._errors as exc:
-                # An empty list reports version 0, which makes the central system send it all.
-                log.error("local authorization list not loaded, starting empty: %s", exc)
+        self._updating = trio.Lock()
+
+    async def load(self) -> None:
+        """Take what the store holds (at boot, before the list is used)."""
+        if self._store is None:
+            return
+        try:
+            self._version, entries = await self._store.local_list()
+        except self._errors as exc:
+            # An empty list reports version 0, which makes the central system send it all.
+            log.error("local authorization list not loaded, starting empty: %s", exc)
+            return
+        self._entries = {idtags.key(t): info for t, info in entries.items()}
 
     @property
     def version(self) -> int:
@@ -125,7 +136,7 @@ class LocalAuthorizationList:
     def __len__(self) -> int:
         return len(self._entries)
 
-    def update(
+    async def update(
         self,
         update_type: UpdateType,
         list_version: int,
@@ -133,15 +144,18 @@ class LocalAuthorizationList:
         limits: ListLimits,
     ) -> UpdateStatus:
         """Apply a SendLocalList.req (`entries`: its localAuthorizationList, snake_case) and
-        return the status to answer. Never raises for a bad request or a failed write."""
-        try:
-            changes = _changes(entries, update_type, limits)
-            result = self._result(update_type, list_version, changes, limits)
-            self._persist(update_type, list_version, changes, result)
-        except _Refused as refused:
-            log.log(refused.level, "SendLocalList %s v%d: %s", update_type, list_version, refused)
-            return refused.status
-        self._version, self._entries = list_version, result
+        return the status to answer once it is stored. Never raises for a bad request or a
+        failed write."""
+        async with self._updating:
+            try:
+                changes = _changes(entries, update_type, limits)
+                result = self._result(update_type, list_version, changes, limits)
+                await self._persist(update_type, list_version, changes, result)
+            except _Refused as refused:
+                level = refused.level
+                log.log(level, "SendLocalList %s v%d: %s", update_type, list_version, refused)
+                return refused.status
+            self._version, self._entries = list_version, result
         log.info(
             "local authorization list updated (%s): version %d, %d entries",
             update_type,
@@ -185,7 +199,7 @@ class LocalAuthorizationList:
             raise _Refused(UpdateStatus.failed, "a list with entries needs listVersion 1 or more")
         return result
 
-    def _persist(
+    async def _persist(
         self,
         update_type: UpdateType,
         list_version: int,
@@ -196,9 +210,9 @@ class LocalAuthorizationList:
             return
         try:
             if update_type == UpdateType.full:
-                self._store.replace_local_list(list_version, result)
+                await self._store.replace_local_list(list_version, result)
             else:
-                self._store.update_local_list(list_version, changes)
+                await self._store.update_local_list(list_version, changes)
         except self._errors as exc:
             raise _Refused(UpdateStatus.failed, f"not stored: {exc}", level=logging.ERROR) from exc
 

@@ -255,7 +255,7 @@ class ChargePointSession:
         ):
             await self._registration_changed.wait()
 
-    def remember_authorization(self, id_tag: str, id_tag_info: dict[str, Any]) -> None:
+    async def remember_authorization(self, id_tag: str, id_tag_info: dict[str, Any]) -> None:
         """Fill the authorization cache from any answer carrying an idTagInfo (OCPP 1.6
         3.5.1). A tag in the local list is never cached (3.5.3) and its entry is not changed
         (3.5.2: only SendLocalList does that); an answer that contradicts the entry is
@@ -273,7 +273,7 @@ class ChargePointSession:
                     self._report_local_list_conflict(id_tag)
                 return
         if cache_enabled(self.store):
-            self.auth_cache.update(id_tag, id_tag_info)
+            await self.auth_cache.update(id_tag, id_tag_info)
 
     def _report_local_list_conflict(self, id_tag: str) -> None:
         """StatusNotification of connector 0 with errorCode LocalListConflict (3.5.2);

@@ -48,6 +48,7 @@ cut), which a tariff by the minute would bill.
 
 from __future__ import annotations
 
+import bisect
 import logging
 import math
 from collections.abc import Awaitable, Callable, Iterator, Mapping
@@ -83,19 +84,20 @@ _SAMPLES = {"StopTransaction": "transaction_data", "MeterValues": "meter_value"}
 
 
 class OutboxStore(Protocol):
-    """What the outbox needs from the station database (`storage.Database` provides it)."""
+    """What the outbox needs from the station database (`asyncdb.AsyncDatabase` provides it:
+    each call returns once it is on disk, in the order the calls were made)."""
 
     # Rows with the columns of the `transactions` / `outbox` tables as attributes (the
     # storage layer's TransactionRow / QueuedMessage), messages in queue order.
-    def transactions(self) -> list[Any]: ...
+    async def transactions(self) -> list[Any]: ...
 
-    def queued_messages(self) -> list[Any]: ...
+    async def queued_messages(self) -> list[Any]: ...
 
-    def begin_transaction(
+    async def begin_transaction(
         self, fields: Mapping[str, Any], start_payload: Mapping[str, Any], id_tag: str
     ) -> tuple[int, int]: ...
 
-    def queue_message(
+    async def queue_message(
         self,
         action: str,
         local_id: int | None,
@@ -105,21 +107,21 @@ class OutboxStore(Protocol):
         stops: bool = False,
     ) -> int: ...
 
-    def record_meter(self, local_id: int, energy_wh: int, at: str) -> None: ...
+    async def record_meter(self, local_id: int, energy_wh: int, at: str) -> None: ...
 
-    def transaction_data(self) -> dict[int, list[dict[str, Any]]]: ...
+    async def transaction_data(self) -> dict[int, list[dict[str, Any]]]: ...
 
-    def add_transaction_data(
+    async def add_transaction_data(
         self, local_id: int, sample: Mapping[str, Any], energy_wh: int, at: str
     ) -> None: ...
 
-    def message_delivered(
+    async def message_delivered(
         self, seq: int, *, finished: int | None = None, confirmed: tuple[int, int] | None = None
     ) -> None: ...
 
-    def message_failed(self, seq: int, attempts: int, parked: bool) -> None: ...
+    async def message_failed(self, seq: int, attempts: int, parked: bool) -> None: ...
 
-    def unpark_messages(self) -> None: ...
+    async def unpark_messages(self) -> None: ...
 
 
 @attrs.define(eq=False)
@@ -188,9 +190,13 @@ def _register_wh(sample: Mapping[str, Any]) -> int | None:
 
 
 class TransactionOutbox:
-    """Runs as a service (`run`); connectors enqueue without waiting (the database write is
-    synchronous: it is done before the caller goes on). `recover()` first, once per boot.
-    Raises the store's errors (StorageError) from the enqueueing methods."""
+    """Runs as a service (`run`); connectors enqueue with the coroutines below, which return
+    once the message is on disk (in the store's worker thread, off the event loop): the
+    caller acts on it only then. `recover()` first, once per boot. Raises the store's errors
+    (StorageError) from the enqueueing methods, and from `run` for the writes it makes.
+
+    Messages are queued in the order of their seq, which the database assigns in the order
+    the writes were asked for, whichever task resumes first after its write."""
 
     def __init__(self, session: ChargePointSession, store: OutboxStore):
         self.session = session
@@ -213,7 +219,7 @@ class TransactionOutbox:
 
     # --- boot -----------------------------------------------------------------------------
 
-    def recover(
+    async def recover(
         self,
         now: str,
         registers: Mapping[int, int | None] | None = None,
@@ -228,11 +234,11 @@ class TransactionOutbox:
         readings and the cut) is not billed. Returns those transactions."""
         self._queue = [
             _Message(m.seq, m.action, m.local_id, m.payload, m.id_tag, m.attempts, m.parked)
-            for m in self._store.queued_messages()
+            for m in await self._store.queued_messages()
         ]
         cut_off = []
-        samples = self._store.transaction_data()
-        for row in self._store.transactions():
+        samples = await self._store.transaction_data()
+        for row in await self._store.transactions():
             tx = LocalTransaction(
                 row.local_id,
                 row.connector_id,
@@ -271,7 +277,7 @@ class TransactionOutbox:
                     row.last_meter_wh,
                     row.last_meter_at,
                 )
-                self.stop(tx, meter_stop, row.last_meter_at, Reason.power_loss, None)
+                await self.stop(tx, meter_stop, row.last_meter_at, Reason.power_loss, None)
                 cut_off.append(tx)
         self._loaded = True
         self._pulse()
@@ -285,7 +291,7 @@ class TransactionOutbox:
 
     # --- enqueueing -----------------------------------------------------------------------
 
-    def start(
+    async def start(
         self,
         connector_id: int,
         id_tag: str,
@@ -312,7 +318,7 @@ class TransactionOutbox:
             "last_meter_wh": meter_start,
             "last_meter_at": timestamp,
         }
-        local_id, seq = self._store.begin_transaction(fields, payload, id_tag)
+        local_id, seq = await self._store.begin_transaction(fields, payload, id_tag)
         tx = LocalTransaction(
             local_id,
             connector_id,
@@ -326,9 +332,9 @@ class TransactionOutbox:
         self._append(_Message(seq, "StartTransaction", local_id, payload, id_tag))
         return tx
 
-    def meter_values(self, tx: LocalTransaction, meter_value: list[dict[str, Any]]) -> None:
+    async def meter_values(self, tx: LocalTransaction, meter_value: list[dict[str, Any]]) -> None:
         payload = {"connector_id": tx.connector_id, "meter_value": meter_value}
-        seq = self._store.queue_message("MeterValues", tx.local_id, payload)
+        seq = await self._store.queue_message("MeterValues", tx.local_id, payload)
         self._append(_Message(seq, "MeterValues", tx.local_id, payload, None))
 
     def holds_meter_values(self, tx: LocalTransaction, context: str) -> bool:
@@ -345,21 +351,21 @@ class TransactionOutbox:
             for message in self._queue
         )
 
-    def add_transaction_data(
+    async def add_transaction_data(
         self, tx: LocalTransaction, sample: dict[str, Any], energy_wh: int, timestamp: str
     ) -> None:
         """A StopTxnSampledData / StopTxnAlignedData sample for the transaction's
         StopTransaction, taken at meter reading `energy_wh` at `timestamp`; persisted with
         that reading (as `record_meter`), so that a PowerLoss stop after a power cut carries
         the sample and bills at least up to it."""
-        self._store.add_transaction_data(tx.local_id, sample, energy_wh, timestamp)
+        await self._store.add_transaction_data(tx.local_id, sample, energy_wh, timestamp)
         tx.transaction_data.append(sample)
 
-    def record_meter(self, tx: LocalTransaction, energy_wh: int, timestamp: str) -> None:
+    async def record_meter(self, tx: LocalTransaction, energy_wh: int, timestamp: str) -> None:
         """The transaction's latest meter reading: what a PowerLoss stop would bill."""
-        self._store.record_meter(tx.local_id, energy_wh, timestamp)
+        await self._store.record_meter(tx.local_id, energy_wh, timestamp)
 
-    def stop(
+    async def stop(
         self,
         tx: LocalTransaction,
         meter_stop: int,
@@ -379,19 +385,27 @@ class TransactionOutbox:
         samples = [sample for sample in tx.transaction_data if sample.get("sampled_value")]
         if samples:
             payload["transaction_data"] = samples
-        seq = self._store.queue_message("StopTransaction", tx.local_id, payload, id_tag, stops=True)
+        seq = await self._store.queue_message(
+            "StopTransaction", tx.local_id, payload, id_tag, stops=True
+        )
         self._append(_Message(seq, "StopTransaction", tx.local_id, payload, id_tag))
 
-    def security_event(self, kind: str, timestamp: str, tech_info: str | None = None) -> None:
+    async def security_event(self, kind: str, timestamp: str, tech_info: str | None = None) -> None:
         """SecurityEventNotification (OCPP 1.6 security whitepaper): queued like the others."""
         # tech_info always given: the package's dataclass has no default for it (None is
         # left out on the wire).
         payload: dict[str, Any] = {"type": kind, "timestamp": timestamp, "tech_info": tech_info}
-        seq = self._store.queue_message("SecurityEventNotification", None, payload)
+        seq = await self._store.queue_message("SecurityEventNotification", None, payload)
         self._append(_Message(seq, "SecurityEventNotification", None, payload, None))
 
     def _append(self, message: _Message) -> None:
-        self._queue.append(message)
+        # In seq order: two writes resume their tasks in either order.
+        bisect.insort(self._queue, message, key=lambda m: m.seq)
+        self._pulse()
+
+    def _done(self, message: _Message) -> None:
+        """The message was answered or dropped, and the database says so."""
+        self._queue.remove(message)
         self._pulse()
 
     def _pulse(self) -> None:
@@ -421,9 +435,7 @@ class TransactionOutbox:
                     with trio.move_on_at(self._next_retry()):
                         await self._wake.wait()
                     continue
-                if await self._send(message):
-                    self._queue.remove(message)
-                    self._pulse()
+                await self._send(message)
 
     def _next(self) -> _Message | None:
         """The first message that may go now: not parked, not waiting for its retry, and
@@ -461,14 +473,16 @@ class TransactionOutbox:
             connection = self.session.connection_number
             if self.parked:
                 log.info("retrying %d parked message(s) on the new connection", self.parked)
-                self._store.unpark_messages()
                 for message in self._queue:
                     message.parked, message.attempts = False, 0
                     message.retry_at = float("-inf")
                 self._pulse()
+                # In line right after the change above, as every write is (see `_refused`).
+                await self._store.unpark_messages()
 
-    async def _send(self, message: _Message) -> bool:
-        """True when the message is done with (answered); False to try it again."""
+    async def _send(self, message: _Message) -> None:
+        """Send the message; once it is done with (answered, or dropped) it leaves the queue,
+        else it stays to be tried again."""
         session = self.session
         payload = dict(message.payload)
         tx = self._transactions.get(message.local_id) if message.local_id is not None else None
@@ -483,27 +497,29 @@ class TransactionOutbox:
                     message.seq,
                     message.payload,
                 )
-                self._drop(message, tx)
-                return True
+                await self._drop(message, tx)
+                return
             payload["transaction_id"] = tx.transaction_id
         try:
             request = _CALLS[message.action](**payload)
         except (KeyError, TypeError) as exc:  # a stored payload no version of ours built
             await trio.lowlevel.checkpoint()  # many such must not spin
-            return self._unsendable(message, tx, "cannot be built", repr(exc))
+            await self._unsendable(message, tx, "cannot be built", repr(exc))
+            return
         connection = session.connection_number
         try:
             result = await session.call(request)
         except UnsendablePayload as exc:
             await trio.lowlevel.checkpoint()  # refused before any I/O: many must not spin
             why = "fails our own OCPP schema check"
-            return self._unsendable(message, tx, why, str(exc.error))
+            await self._unsendable(message, tx, why, str(exc.error))
+            return
         except (ConnectionLost, ResponseTimeout) as exc:
             log.info("%s not delivered (%s); resending after reconnect", message.action, exc)
             if isinstance(exc, ResponseTimeout):
                 session.reconnect(f"no answer to {message.action}")  # a stuck link, not a no
             await session.wait_until_accepted(after_connection=connection)
-            return False
+            return
         except (CallError, InvalidPayload) as exc:
             if (
                 message.action == "SecurityEventNotification"
@@ -511,10 +527,11 @@ class TransactionOutbox:
                 and exc.code in _UNSUPPORTED
             ):
                 log.info("the central system does not take SecurityEventNotification (%s)", exc)
-                self._store.message_delivered(message.seq)
-                return True
-            self._refused(message, exc)
-            return False
+                await self._store.message_delivered(message.seq)
+                self._done(message)
+                return
+            await self._refused(message, exc)
+            return
         confirmed = None
         if message.action == "StartTransaction":
             assert tx is not None
@@ -522,7 +539,8 @@ class TransactionOutbox:
         finished = tx.local_id if tx is not None and message.action == "StopTransaction" else None
         # The transactionId and the delivery in one write: a power cut cannot leave a
         # delivered StartTransaction without its id (it would be sent again).
-        self._store.message_delivered(message.seq, finished=finished, confirmed=confirmed)
+        await self._store.message_delivered(message.seq, finished=finished, confirmed=confirmed)
+        self._done(message)  # memory follows the disk before anything else may run
         if finished is not None:
             self._transactions.pop(finished, None)
         if confirmed is not None:
@@ -532,15 +550,14 @@ class TransactionOutbox:
                 await tx.on_confirmed(result.transaction_id, result.id_tag_info)
         info = getattr(result, "id_tag_info", None)
         if info and message.id_tag:
-            session.remember_authorization(message.id_tag, info)
-        return True
+            await session.remember_authorization(message.id_tag, info)
 
-    def _unsendable(
+    async def _unsendable(
         self, message: _Message, tx: LocalTransaction | None, why: str, detail: str
-    ) -> bool:
+    ) -> None:
         """We cannot build the message or our own schema check refuses it (see the module
-        docstring): repair it and send it again at once (False), or drop it (True). Never
-        retried as it is."""
+        docstring): repair it (it is sent again at once), or drop it. Never retried as it
+        is."""
         repaired = _repaired(message.action, message.payload)
         log.error(
             "%s #%d %s, a bug of this charger (%s); %s. Payload: %s",
@@ -554,26 +571,26 @@ class TransactionOutbox:
         if repaired is not None:
             # In memory only: after a restart the same repair is made (and logged) again.
             message.payload = repaired
-            return False
-        self._drop(message, tx)
-        return True
+            return
+        await self._drop(message, tx)
 
-    def _drop(self, message: _Message, tx: LocalTransaction | None) -> None:
+    async def _drop(self, message: _Message, tx: LocalTransaction | None) -> None:
         """Forget a message that can never be sent; a dropped StopTransaction ends its
         transaction as a delivered one would."""
         finished = tx.local_id if tx is not None and message.action == "StopTransaction" else None
-        self._store.message_delivered(message.seq, finished=finished)
+        await self._store.message_delivered(message.seq, finished=finished)
+        self._done(message)
         if finished is not None:
             self._transactions.pop(finished, None)
 
-    def _refused(self, message: _Message, exc: Exception) -> None:
+    async def _refused(self, message: _Message, exc: Exception) -> None:
         store = self.session.store
         message.attempts += 1
         limit = max(1, store.get_int("TransactionMessageAttempts"))
         if message.attempts >= limit:
             message.parked = True
-            self._store.message_failed(message.seq, message.attempts, True)
             self._pulse()
+            await self._store.message_failed(message.seq, message.attempts, True)
             log.error(
                 "%s #%d refused %d times (%s): parked; it is retried after the next reconnect,"
                 " and the later messages of its transaction wait for it",
@@ -583,7 +600,6 @@ class TransactionOutbox:
                 exc,
             )
             return
-        self._store.message_failed(message.seq, message.attempts, False)
         retry = store.get_int("TransactionMessageRetryInterval") * message.attempts
         log.warning(
             "%s refused (%s); attempt %d of %d in %d s",
@@ -598,6 +614,7 @@ class TransactionOutbox:
         # TransactionMessageRetryInterval x attempt (`_awaited` holds back its own).
         message.retry_at = trio.current_time() + retry
         self._pulse()
+        await self._store.message_failed(message.seq, message.attempts, False)
 
 
 def _repaired(action: str, payload: Mapping[str, Any]) -> dict[str, Any] | None:

@@ -38,7 +38,7 @@ class SmartChargingHandlers:
         return connector_id == 0 or connector_id in self.session.control.connector_ids
 
     @on(Action.set_charging_profile)
-    def on_set_charging_profile(
+    async def on_set_charging_profile(
         self, connector_id: int, cs_charging_profiles: dict[str, Any], **_: Any
     ) -> Any:
         profiles = self.session.charging_profiles
@@ -48,11 +48,11 @@ class SmartChargingHandlers:
             log.warning("SetChargingProfile rejected: there is no connector %d", connector_id)
             return call_result.SetChargingProfile(status=ChargingProfileStatus.rejected)
         context = self.session.control.charging_context(connector_id)
-        status = profiles.set_profile(connector_id, cs_charging_profiles, context)
+        status = await profiles.set_profile(connector_id, cs_charging_profiles, context)
         return call_result.SetChargingProfile(status=status)
 
     @on(Action.clear_charging_profile)
-    def on_clear_charging_profile(
+    async def on_clear_charging_profile(
         self,
         id: int | None = None,  # the OCPP field name
         connector_id: int | None = None,
@@ -63,7 +63,7 @@ class SmartChargingHandlers:
         profiles = self.session.charging_profiles
         if not profiles.supported:
             return call_result.ClearChargingProfile(status=ClearChargingProfileStatus.unknown)
-        status = profiles.clear(
+        status = await profiles.clear(
             id=id,
             connector_id=connector_id,
             purpose=None if charging_profile_purpose is None else Purpose(charging_profile_purpose),
@@ -72,7 +72,7 @@ class SmartChargingHandlers:
         return call_result.ClearChargingProfile(status=status)
 
     @on(Action.get_composite_schedule)
-    def on_get_composite_schedule(
+    async def on_get_composite_schedule(
         self, connector_id: int, duration: int, charging_rate_unit: str | None = None, **_: Any
     ) -> Any:
         profiles = self.session.charging_profiles
@@ -80,7 +80,7 @@ class SmartChargingHandlers:
             return call_result.GetCompositeSchedule(status=CompositeStatus.rejected)
         unit = Unit(charging_rate_unit) if charging_rate_unit else self._default_unit()
         context = self.session.control.charging_context(connector_id)
-        composite = profiles.composite(connector_id, duration, unit, context)
+        composite = await profiles.composite(connector_id, duration, unit, context)
         return call_result.GetCompositeSchedule(
             status=CompositeStatus.accepted,
             connector_id=connector_id,

@@ -50,8 +50,10 @@ resolution, `multipleOf: 0.1`), so a conversion never raises a limit.
 
 from __future__ import annotations
 
+import bisect
+import heapq
 import math
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Generator, Iterable, Iterator, Mapping, Sequence
 from datetime import datetime, timedelta
 from decimal import ROUND_FLOOR, Decimal
 from typing import Any
@@ -75,6 +77,7 @@ __all__ = [
     "RunningTransaction",
     "Supply",
     "composite_schedule",
+    "composite_steps",
     "limit_now",
     "next_change",
     "share_station_limit",
@@ -410,6 +413,7 @@ def composite_schedule(
     supply: Supply,
     transaction: RunningTransaction | None = None,
     local_limit: Decimal | None = None,
+    max_periods: int | None = None,
 ) -> CompositeSchedule:
     """The composite schedule of `connector_id` (0: the station limit) over
     [start, start + duration_s), in `unit` (see the module docstring for the rules).
@@ -417,23 +421,218 @@ def composite_schedule(
     `transaction` is the connector's running transaction, `supply` relates A and W on the
     connector, `local_limit` (in `unit`) caps every period and fills the gaps. Pass a start in
     whole seconds: period starts are whole seconds, a boundary between two seconds is
-    reported at the second before it."""
+    reported at the second before it.
+
+    The work is bounded whatever the duration (2^31 - 1 s of a daily profile with 24 periods
+    would be 600 000 periods): see `composite_steps`, which this runs to its end. With
+    `max_periods` (ChargingScheduleMaxPeriods) the schedule has at most that many periods; it
+    then ends where the first period left out would begin, and its `duration` says so:
+    shorter than asked, and every period in it true for its whole span."""
+    steps = composite_steps(
+        profiles,
+        connector_id,
+        start,
+        duration_s,
+        unit=unit,
+        supply=supply,
+        transaction=transaction,
+        local_limit=local_limit,
+        max_periods=max_periods,
+    )
+    while True:
+        try:
+            next(steps)
+        except StopIteration as done:
+            schedule: CompositeSchedule = done.value
+            return schedule
+
+
+def composite_steps(
+    profiles: Iterable[InstalledProfile],
+    connector_id: int,
+    start: datetime,
+    duration_s: int,
+    *,
+    unit: Unit,
+    supply: Supply,
+    transaction: RunningTransaction | None = None,
+    local_limit: Decimal | None = None,
+    max_periods: int | None = None,
+) -> Generator[None, None, CompositeSchedule]:
+    """`composite_schedule` one change point at a time: a generator that yields after each
+    change point it looked at (one limit computed over the profiles) and returns the
+    schedule, so that its caller can let other work run in between (an event loop: see
+    `ChargingProfiles.composite`).
+
+    It looks at MAX_CHANGE_POINTS change points at most, and stops at `max_periods` periods;
+    a stretch of time where the profiles change nothing is skipped whole (see `_periods`).
+    Where the change points ran out first, the schedule ends at the first one not looked at
+    (its `duration` says so), as where `max_periods` ran out."""
     _require_aware(start, "start")
     if duration_s <= 0:
         raise ValueError(f"duration_s must be above 0, not {duration_s}")
+    if max_periods is not None and max_periods < 1:
+        raise ValueError(f"max_periods must be at least 1, not {max_periods}")
     unit = Unit(unit)  # a plain "A" / "W" is welcome too
     end = start + timedelta(seconds=duration_s)
     layers = _layers(profiles, connector_id, transaction)
     anchor = start if transaction is None else transaction.started_at
-    instants = {start}
+
+    def limit_at(at: datetime) -> tuple[Decimal | None, int | None]:
+        return _limit_at(layers, at, anchor, unit, supply, local_limit)
+
+    periods: list[CompositePeriod] = []
+    covered = duration_s
+    for item in _periods(layers, anchor, start, end, limit_at):
+        if item is None:
+            yield
+        elif isinstance(item, _Cut):
+            covered = item.start_period
+            break
+        elif len(periods) == max_periods:
+            covered = item.start_period  # the first period left out
+            break
+        else:
+            periods.append(item)
+    return CompositeSchedule(connector_id, start, covered, unit, tuple(periods))
+
+
+# How many change points one composite schedule looks at, at most: each costs one limit
+# computation over the profiles (about 50 us with 20 recurring profiles installed). Enough
+# to cover a week of such profiles, where `_periods` can skip the rest.
+MAX_CHANGE_POINTS = 20_000
+# Every recurrence cycle divides it: where only recurring profiles change, the composite
+# repeats with this period.
+_COMMON_CYCLE = timedelta(days=7)
+
+
+@attrs.frozen
+class _Cut:
+    """Where `_periods` stopped looking (MAX_CHANGE_POINTS): nothing is known from here on."""
+
+    start_period: int
+
+
+def _periods(
+    layers: _Layers,
+    anchor: datetime | None,
+    start: datetime,
+    end: datetime,
+    limit_at: Callable[[datetime], tuple[Decimal | None, int | None]],
+) -> Iterator[CompositePeriod | _Cut | None]:
+    """The composite's periods over [start, end), lazily, as `_merge` leaves them (the later
+    of two change points in one second wins; equal neighbours merged): a period is given
+    once the one before it is known to end there, and None after every change point looked
+    at. The work done is that of the periods taken, and bounded even for those.
+
+    Change points come from every profile's boundaries (`_boundaries`), merged in time order.
+    Most of them, a recurring profile's, repeat: between two *aperiodic* boundaries (validity
+    bounds, an Absolute or Relative profile's boundaries, a recurring profile's first start)
+    the composite repeats every `_COMMON_CYCLE`. So once the limit has stayed the same for a
+    whole cycle since the last aperiodic boundary, it stays so up to the next one, and the
+    change points in between are skipped (a daily profile whose periods all say the same
+    costs a week of change points, not 68 years of them). What is left is bounded by
+    MAX_CHANGE_POINTS: after that many, a `_Cut` at the second of the first change point not
+    looked at ends the periods (the last one given holds up to there)."""
+    aperiodic_set = _aperiodic(layers, anchor, start, end)
+    aperiodic = sorted(aperiodic_set)
+    points = _change_points(layers, anchor, start, end)
+    looked = 0
+    value: tuple[Decimal | None, int | None] | None = None  # the limit in force
+    since = start  # in force since then, with no aperiodic boundary after
+    pending: CompositePeriod | None = None  # the latest change point's period (second open)
+    given: tuple[Decimal | None, int | None] | None = None  # the limit of the last one given
+    while (at := next(points, None)) is not None:
+        if at - since >= _COMMON_CYCLE:
+            # The same limit for a whole cycle, nothing aperiodic since: it holds up to the
+            # next aperiodic boundary (or the end), where the search goes on.
+            index = bisect.bisect_left(aperiodic, at)
+            if index == len(aperiodic):
+                break
+            at = aperiodic[index]
+            points = _change_points(layers, anchor, at, end)
+            next(points)  # `at` itself
+        if looked == MAX_CHANGE_POINTS:
+            cut = math.floor((at - start).total_seconds())
+            # The latest period counts if its second is over and it changes the limit.
+            if pending is not None and pending.start_period < cut and _limit_of(pending) != given:
+                yield pending
+            yield _Cut(cut)
+            return
+        looked += 1
+        limit, phases = limit_at(at)
+        if (limit, phases) != value or at in aperiodic_set:
+            value, since = (limit, phases), at
+        period = CompositePeriod(math.floor((at - start).total_seconds()), limit, phases)
+        # The latest period's second is over: it counts if it changes the limit.
+        over = pending is not None and pending.start_period != period.start_period
+        if over and pending is not None and _limit_of(pending) != given:
+            yield pending
+            given = _limit_of(pending)
+        pending = period
+        yield None
+    if pending is not None and _limit_of(pending) != given:
+        yield pending
+
+
+def _limit_of(period: CompositePeriod) -> tuple[Decimal | None, int | None]:
+    return period.limit, period.number_phases
+
+
+def _change_points(
+    layers: _Layers, anchor: datetime | None, low: datetime, end: datetime
+) -> Iterator[datetime]:
+    """`low`, then every instant in (low, end) where a profile's limit may change, in time
+    order, each once. Lazy: a recurring profile's runs are produced as they are reached."""
+    streams = [_sorted_boundaries(profile, anchor, low, end) for profile in layers.all()]
+    previous = low
+    yield low
+    for at in heapq.merge(*streams):
+        if at >= end:
+            return
+        if at != previous:
+            previous = at
+            yield at
+
+
+def _sorted_boundaries(
+    profile: ChargingProfile, anchor: datetime | None, low: datetime, high: datetime
+) -> Iterator[datetime]:
+    """`_boundaries`, in time order (an instant may come more than once). The run boundaries
+    are in order already: runs start in order, a run's periods are in ascending order, and a
+    run ends before the next one starts."""
+    bounds = sorted(
+        b for b in (profile.valid_from, profile.valid_to) if b is not None and low < b <= high
+    )
+    if profile.valid_from is not None:
+        low = max(low, profile.valid_from)
+    if profile.valid_to is not None:
+        high = min(high, profile.valid_to)
+    runs = (
+        boundary
+        for run in _runs(profile, anchor, low, high)
+        for boundary in _run_boundaries(profile, run, low, high)
+    )
+    return heapq.merge(bounds, runs)
+
+
+def _aperiodic(
+    layers: _Layers, anchor: datetime | None, low: datetime, high: datetime
+) -> set[datetime]:
+    """The boundaries in (low, high) after which the composite may stop repeating every
+    `_COMMON_CYCLE` (see `_periods`): validity bounds, every boundary of a profile that does
+    not recur (finitely many), a recurring profile's first start."""
+    found: set[datetime] = set()
     for profile in layers.all():
-        instants.update(t for t in _boundaries(profile, anchor, start, end) if t < end)
-    periods = []
-    for at in sorted(instants):
-        limit, phases = _limit_at(layers, at, anchor, unit, supply, local_limit)
-        offset = math.floor((at - start).total_seconds())
-        periods.append(CompositePeriod(offset, limit, phases))
-    return CompositeSchedule(connector_id, start, duration_s, unit, _merge(periods))
+        if profile.charging_profile_kind is Kind.recurring:
+            first = profile.charging_schedule.start_schedule
+            candidates: Iterable[datetime] = (
+                b for b in (profile.valid_from, profile.valid_to, first) if b is not None
+            )
+        else:
+            candidates = _boundaries(profile, anchor, low, high)
+        found.update(b for b in candidates if low < b < high)
+    return found
 
 
 def limit_now(

@@ -2,10 +2,12 @@
 
 `ChargingProfiles` owns the installed set (an immutable `InstalledProfiles`, swapped on every
 change) and its persistence: a change is written to the station database (`ProfileStore`,
-which `storage.Database` satisfies) before the central system hears Accepted, and the set is
-read back at boot. It answers SetChargingProfile, ClearChargingProfile and GetCompositeSchedule
-(see `handlers.py`), keeps the TxProfile of an accepted RemoteStartTransaction until its
-transaction starts, and removes TxProfiles when their transaction ends.
+which `asyncdb.AsyncDatabase` satisfies, off the event loop) before the central system hears
+Accepted, and the set is read back at boot (`load`). Changes are made one at a time, each
+computed from the set the previous one left. It answers SetChargingProfile,
+ClearChargingProfile and GetCompositeSchedule (see `handlers.py`), keeps the TxProfile of an
+accepted RemoteStartTransaction until its transaction starts, and removes TxProfiles when
+their transaction ends.
 
 It knows nothing of guns or hardware. What it needs to know about a connector (its running
 transaction, how amperes and watts relate there, its own maximum) the charger tells it in a
@@ -22,6 +24,7 @@ from decimal import Decimal
 from typing import Any, Protocol
 
 import attrs
+import trio
 from ocpp.v16.enums import ChargingProfilePurposeType as Purpose
 from ocpp.v16.enums import ChargingProfileStatus, ClearChargingProfileStatus
 from ocpp.v16.enums import ChargingRateUnitType as Unit
@@ -43,7 +46,7 @@ from dcocpp.ocpp.smartcharging.schedule import (
     CompositeSchedule,
     RunningTransaction,
     Supply,
-    composite_schedule,
+    composite_steps,
 )
 
 log = logging.getLogger(__name__)
@@ -60,6 +63,10 @@ __all__ = [
 Clock = Callable[[], datetime]
 StoreErrors = tuple[type[Exception], ...]
 
+# Change points of a composite schedule computed between two checkpoints: a few ms of work
+# with the most profiles a charger takes (`composite_steps`).
+COMPOSITE_STEPS = 100
+
 # The transaction id a running transaction has in a `RunningTransaction` until
 # StartTransaction.conf brings the central system's: no TxProfile names it, so only the
 # connector's unbound TxProfiles (transactionId absent) apply, as they should.
@@ -75,17 +82,17 @@ class ProfileStoreError(OcppError):
 
 
 class ProfileStore(Protocol):
-    """What the profiles need from persistent storage (`storage.Database` provides it)."""
+    """What the profiles need from persistent storage (`asyncdb.AsyncDatabase` provides it)."""
 
-    def charging_profiles(self) -> list[tuple[int, dict[str, Any]]]:
+    async def charging_profiles(self) -> list[tuple[int, dict[str, Any]]]:
         """(connector_id, profile payload) of every installed profile."""
         ...
 
-    def put_charging_profile(
+    async def put_charging_profile(
         self, connector_id: int, profile: Mapping[str, Any], *, replaces: Iterable[int] = ()
     ) -> None: ...
 
-    def delete_charging_profiles(self, profile_ids: Iterable[int]) -> None: ...
+    async def delete_charging_profiles(self, profile_ids: Iterable[int]) -> None: ...
 
 
 @attrs.frozen
@@ -132,11 +139,8 @@ def _utc_now() -> datetime:
 
 
 class ChargingProfiles:
-    """The installed charging profiles, persisted write-through in `db` (None: in memory only).
-
-    Loading drops the TxProfiles (no transaction survives a restart: the station stops them
-    with PowerLoss) and the expired profiles, and any stored profile that no longer parses.
-    Raises `ProfileStoreError` when the stored profiles cannot be read."""
+    """The installed charging profiles, persisted write-through in `db` (None: in memory
+    only), from which `load()` reads them before use."""
 
     def __init__(
         self,
@@ -155,12 +159,18 @@ class ChargingProfiles:
         self._installed = InstalledProfiles()
         self._remote_starts: list[_RemoteStartProfile] = []
         self._listeners: list[Callable[[], None]] = []
-        if db is not None:
-            self._load(db)
+        self._changing = trio.Lock()
 
-    def _load(self, db: ProfileStore) -> None:
+    async def load(self) -> None:
+        """Take the stored profiles (at boot). Drops the TxProfiles (no transaction survives
+        a restart: the station stops them with PowerLoss) and the expired profiles, and any
+        stored profile that no longer parses. Raises `ProfileStoreError` when the stored
+        profiles cannot be read."""
+        db = self._db
+        if db is None:
+            return
         try:
-            rows = db.charging_profiles()
+            rows = await db.charging_profiles()
         except self._store_errors as exc:
             raise ProfileStoreError(f"cannot read the charging profiles: {exc}") from exc
         kept: list[tuple[int, ChargingProfile]] = []
@@ -179,10 +189,10 @@ class ChargingProfiles:
         self._installed = InstalledProfiles.of(kept)
         if dropped:
             try:
-                self._delete(dropped)
+                await self._delete(dropped)
             except ProfileStoreError as exc:
                 log.warning("%s (they are ignored)", exc)
-        self.remove_expired()
+        await self.remove_expired()
         if kept:
             log.info("%d charging profiles restored", len(self._installed))
 
@@ -205,13 +215,19 @@ class ChargingProfiles:
         self._listeners.append(callback)
         return lambda: self._listeners.remove(callback)
 
-    def composite(
+    async def composite(
         self, connector_id: int, duration_s: int, unit: Unit, context: ChargingContext
     ) -> CompositeSchedule:
         """The composite schedule of `connector_id` from now (whole seconds) for `duration_s`,
-        capped by the connector's own maximum (OCPP 1.6 5.7: "possible local limits")."""
+        capped by the connector's own maximum (OCPP 1.6 5.7: "possible local limits").
+
+        At most ChargingScheduleMaxPeriods periods: a longer schedule ends where the first
+        period left out would begin, and its duration says so (the span its periods cover,
+        shorter than asked). Computed COMPOSITE_STEPS change points at a time, with a
+        checkpoint in between, so that the event loop (the PLC's keep-alive among others)
+        runs on however long the computation takes (`composite_steps` bounds that too)."""
         start = self._clock().astimezone(UTC).replace(microsecond=0)
-        return composite_schedule(
+        steps = composite_steps(
             self._installed,
             connector_id,
             start,
@@ -220,11 +236,20 @@ class ChargingProfiles:
             supply=context.supply,
             transaction=context.transaction,
             local_limit=context.local_limit(unit),
+            max_periods=self.limits().max_periods,
         )
+        while True:
+            for _ in range(COMPOSITE_STEPS):
+                try:
+                    next(steps)
+                except StopIteration as done:
+                    schedule: CompositeSchedule = done.value
+                    return schedule
+            await trio.lowlevel.checkpoint()
 
     # --- SetChargingProfile / ClearChargingProfile -------------------------------------------
 
-    def set_profile(
+    async def set_profile(
         self, connector_id: int, payload: Mapping[str, Any], context: ChargingContext
     ) -> ChargingProfileStatus:
         """SetChargingProfile.req on an existing connector: Accepted once it is installed and
@@ -237,7 +262,8 @@ class ChargingProfiles:
                 self.limits(),
                 running_transaction_id=context.transaction_id,
             )
-            self._install(connector_id, profile)
+            async with self._changing:
+                await self._install(connector_id, profile)
         except (ProfileError, ProfileStoreError) as exc:
             log.warning("SetChargingProfile on connector %d rejected: %s", connector_id, exc)
             return ChargingProfileStatus.rejected
@@ -250,7 +276,7 @@ class ChargingProfiles:
         )
         return ChargingProfileStatus.accepted
 
-    def clear(
+    async def clear(
         self,
         *,
         id: int | None = None,  # the OCPP field name
@@ -262,23 +288,24 @@ class ChargingProfiles:
         id was given), every profile matching all the other criteria given; nothing given
         clears them all. Accepted when something was removed (and the removal stored), else
         Unknown."""
-        installed = self._installed
-        new = installed
-        removed: Removed = ()
-        if id is not None:
-            new, removed = installed.clear(id=id)
-        criteria = (connector_id, purpose, stack_level) != (None, None, None)
-        if not removed and (id is None or criteria):
-            new, removed = installed.clear(
-                connector_id=connector_id, purpose=purpose, stack_level=stack_level
-            )
-        if not removed:
-            return ClearChargingProfileStatus.unknown
-        try:
-            self._replace(new, removed)
-        except ProfileStoreError as exc:
-            log.error("ClearChargingProfile answered Unknown: %s", exc)
-            return ClearChargingProfileStatus.unknown
+        async with self._changing:
+            installed = self._installed
+            new = installed
+            removed: Removed = ()
+            if id is not None:
+                new, removed = installed.clear(id=id)
+            criteria = (connector_id, purpose, stack_level) != (None, None, None)
+            if not removed and (id is None or criteria):
+                new, removed = installed.clear(
+                    connector_id=connector_id, purpose=purpose, stack_level=stack_level
+                )
+            if not removed:
+                return ClearChargingProfileStatus.unknown
+            try:
+                await self._replace(new, removed)
+            except ProfileStoreError as exc:
+                log.error("ClearChargingProfile answered Unknown: %s", exc)
+                return ClearChargingProfileStatus.unknown
         log.info(
             "charging profiles %s cleared",
             ", ".join(str(e.profile.charging_profile_id) for e in removed),
@@ -320,7 +347,7 @@ class ChargingProfiles:
 
     # --- transactions ----------------------------------------------------------------------
 
-    def transaction_started(self, connector_id: int, id_tag: str) -> None:
+    async def transaction_started(self, connector_id: int, id_tag: str) -> None:
         """A transaction started on `connector_id` for `id_tag`: the TxProfile of the
         RemoteStartTransaction that asked for it is installed (unbound: it belongs to the
         connector's running transaction, and leaves with it)."""
@@ -347,7 +374,8 @@ class ChargingProfiles:
             return
         profile = match.profile
         try:
-            self._install(connector_id, profile)
+            async with self._changing:
+                await self._install(connector_id, profile)
         except (ProfileError, ProfileStoreError) as exc:
             log.error(
                 "connector %d: the TxProfile %d of the remote start could not be installed: %s",
@@ -362,41 +390,43 @@ class ChargingProfiles:
             profile.charging_profile_id,
         )
 
-    def transaction_ended(self, connector_id: int, transaction_id: int | None) -> None:
+    async def transaction_ended(self, connector_id: int, transaction_id: int | None) -> None:
         """The transaction on `connector_id` ended (7.10: its TxProfiles SHOULD be deleted)."""
-        new, removed = self._installed.end_transaction(
-            connector_id, UNCONFIRMED_TRANSACTION if transaction_id is None else transaction_id
-        )
-        if not removed:
-            return
-        try:
-            self._replace(new, removed)
-        except ProfileStoreError as exc:
-            # Gone from memory all the same: a TxProfile must not outlive its transaction.
-            log.error("TxProfiles of the ended transaction not removed from storage: %s", exc)
-            self._installed = new
-            self._changed()
+        async with self._changing:
+            new, removed = self._installed.end_transaction(
+                connector_id, UNCONFIRMED_TRANSACTION if transaction_id is None else transaction_id
+            )
+            if not removed:
+                return
+            try:
+                await self._replace(new, removed)
+            except ProfileStoreError as exc:
+                # Gone from memory all the same: a TxProfile must not outlive its transaction.
+                log.error("TxProfiles of the ended transaction not removed from storage: %s", exc)
+                self._installed = new
+                self._changed()
 
-    def remove_expired(self) -> None:
+    async def remove_expired(self) -> None:
         """Drop profiles whose validTo has passed: they can never apply again and would count
         against MaxChargingProfilesInstalled."""
-        new, removed = self._installed.remove_expired(self._clock())
-        if not removed:
-            return
-        try:
-            self._replace(new, removed)
-        except ProfileStoreError as exc:
-            log.warning("expired charging profiles stay stored: %s", exc)
+        async with self._changing:
+            new, removed = self._installed.remove_expired(self._clock())
+            if not removed:
+                return
+            try:
+                await self._replace(new, removed)
+            except ProfileStoreError as exc:
+                log.warning("expired charging profiles stay stored: %s", exc)
 
-    # --- changing ----------------------------------------------------------------------------
+    # --- changing (under `_changing`) ----------------------------------------------------------
 
-    def _install(self, connector_id: int, profile: ChargingProfile) -> None:
+    async def _install(self, connector_id: int, profile: ChargingProfile) -> None:
         new, replaced = self._installed.install(
             connector_id, profile, max_installed=self.limits().max_installed
         )
         if self._db is not None:
             try:
-                self._db.put_charging_profile(
+                await self._db.put_charging_profile(
                     connector_id,
                     profile.to_payload(),
                     replaces=[e.profile.charging_profile_id for e in replaced],
@@ -406,16 +436,16 @@ class ChargingProfiles:
         self._installed = new
         self._changed()
 
-    def _replace(self, new: InstalledProfiles, removed: Removed) -> None:
-        self._delete(e.profile.charging_profile_id for e in removed)
+    async def _replace(self, new: InstalledProfiles, removed: Removed) -> None:
+        await self._delete(e.profile.charging_profile_id for e in removed)
         self._installed = new
         self._changed()
 
-    def _delete(self, profile_ids: Iterable[int]) -> None:
+    async def _delete(self, profile_ids: Iterable[int]) -> None:
         if self._db is None:
             return
         try:
-            self._db.delete_charging_profiles(list(profile_ids))
+            await self._db.delete_charging_profiles(list(profile_ids))
         except self._store_errors as exc:
             raise ProfileStoreError(f"cannot remove charging profiles: {exc}") from exc
 
