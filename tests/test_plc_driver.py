@@ -1235,9 +1235,14 @@ async def test_a_meter_over_range_is_a_meter_fault_and_its_values_are_not_taken(
         assert meter_fault(r.events[1]).detail == "PLC 3: meter over range (OVERRANGE)"
         await trio.sleep(0.3)
         reading = gun.read_meter()
-        # 327.67 A / kW were on the bus; a 200 A / 60 kW gun never reports them (what it shows
-        # instead, the last values taken or none once they are stale, is not the point here).
-        assert reading.current_a <= 200 and reading.power_w <= 60_000
+        # 327.67 A / kW were on the bus; a 200 A / 60 kW gun never reports them.
+        assert 0 < reading.current_a <= 200 and 0 < reading.power_w <= 60_000
+        # The relay opens: the faulted gun shows no current, not the session's last values.
+        await gun.set_relay(False)
+        await r.wait_until(lambda: not gun.status().relay_closed)
+        await trio.sleep(0.3)
+        reading = gun.read_meter()
+        assert (reading.current_a, reading.power_w) == (0, 0)
 
 
 async def test_a_relay_reported_closed_against_the_command_forces_all_off_until_it_agrees() -> None:

@@ -416,8 +416,9 @@ class PlcGun:
         return waiter.value
 
     def read_meter(self) -> MeterReading:
-        """The last fresh values the meter reported within its range, and the register as
-        believed (see `_on_meter`)."""
+        """The last fresh values the meter reported within its range (no current or power
+        once the relay is open while the meter is over range), and the register as believed
+        (see `_on_meter`)."""
         return MeterReading(
             energy_wh=self._energy_wh,
             power_w=self._power_w,
@@ -604,6 +605,10 @@ class PlcGun:
         register = self._register
         if s["OVERRANGE"]:
             register.distrust("meter over range (OVERRANGE)")
+            if not self._relay_closed:
+                # Nothing flows through an open relay: the last values taken in range (of
+                # the session the fault stopped) would be shown on a faulted, idle gun.
+                self._current_a = self._power_w = 0.0
         elif s["MUX"] == 0:
             # Raw integers: exact units without float artifacts of the scaled decode.
             self._voltage_v = int(s["VOLTAGE_0p1V"]) / 10
