@@ -157,7 +157,7 @@ class _NoHandlers:
 def child_dcocpp(args: argparse.Namespace, profiler: cProfile.Profile | None) -> dict[str, Any]:
     import trio
 
-    from dcocpp.logs import LoggingSetup
+    from dcocpp.cli.logs import LoggingSetup
     from dcocpp.ocpp import transport
     from dcocpp.ocpp.messagelog import MessageLog
     from dcocpp.ocpp.rpc import RpcConnection

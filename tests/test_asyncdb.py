@@ -1,4 +1,4 @@
-"""The station database off the event loop (dcocpp/asyncdb.py), on the real clock: a real
+"""The station database off the event loop (dcocpp/storage/asyncdb.py), on the real clock: a real
 SQLite file in tmp_path whose commits are made slow, as a busy flash or a frozen file system
 makes them (`storage_faults.slow_commits`). What the module docstring promises, one test
 each: the loop runs on while a write waits for the disk, and the caller hears of it only once
@@ -20,8 +20,8 @@ import pytest
 import trio
 import trio.testing
 
-from dcocpp.asyncdb import AsyncDatabase
-from dcocpp.storage import DATABASE_NAME, ReservationRow, StorageError
+from dcocpp.storage.asyncdb import AsyncDatabase
+from dcocpp.storage.database import DATABASE_NAME, ReservationRow, StorageError
 from tests.storage_faults import make_read_only, slow_commits
 
 SLOW_COMMIT = 0.5  # s a commit takes on the slow disk

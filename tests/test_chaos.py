@@ -42,7 +42,7 @@ from ocpp.v16.enums import Action, AuthorizationStatus
 from dcocpp.config import ChargerConfig
 from dcocpp.ocpp.errors import CallError
 from dcocpp.ocpp.transactions import LocalTransaction, TransactionOutbox
-from dcocpp.storage import Database
+from dcocpp.storage.database import Database
 from tests.csms import FakeCsms, MemoryNetwork
 from tests.station_harness import Harness, charger_config, running_station
 

@@ -26,11 +26,11 @@ import pytest
 import trio
 from ocpp.v16 import call
 
-from dcocpp.api import serve_api
-from dcocpp.connector.metering import ocpp_time
+from dcocpp.api.server import serve_api
+from dcocpp.clock import ocpp_time
 from dcocpp.hardware.plc import codec
 from dcocpp.ocpp.wire import INT32_MAX
-from dcocpp.storage import Database
+from dcocpp.storage.database import Database
 from tests.csms import FakeCsms
 from tests.station_harness import charger_config, running_station, use_backend
 from tests.storage_faults import slow_commits

@@ -15,13 +15,13 @@ import pytest
 import trio
 from ocpp.v16 import call
 
-from dcocpp import limits as limits_module
-from dcocpp.connector.metering import ocpp_time
+from dcocpp.clock import ocpp_time
 from dcocpp.hardware.simulation import SimulatedHardware
 from dcocpp.ocpp.errors import CallError
 from dcocpp.ocpp.registration import Registration
-from dcocpp.station import USER_CONFIG_NAME
-from dcocpp.storage import Database
+from dcocpp.station import limits as limits_module
+from dcocpp.station.station import USER_CONFIG_NAME
+from dcocpp.storage.database import Database
 from tests.csms import FakeCsms
 from tests.station_harness import Harness, charger_config, running_station
 
@@ -192,7 +192,7 @@ async def test_a_limit_that_cannot_be_computed_leaves_a_safe_limit_and_the_stati
         return real_limit_now(installed, connector_id, *args, **kwargs)
 
     monkeypatch.setattr(limits_module, "limit_now", limit_now)
-    caplog.set_level(logging.INFO, logger="dcocpp.limits")
+    caplog.set_level(logging.INFO, logger="dcocpp.station.limits")
     async with running_station(charger_config(tmp_path)) as h:
         await h.booted()
         await h.start_charging(1, "TAG-1")

@@ -35,10 +35,11 @@ from ocpp.v16.enums import (
 
 from dcocpp.ocpp.control import ConnectorStatus
 from dcocpp.ocpp.registration import Registration
-from dcocpp.ocpp.session import ChargePointSession, Identity
+from dcocpp.ocpp.services import Identity
+from dcocpp.ocpp.session import ChargePointSession
 from dcocpp.ocpp.transactions import LocalTransaction, TransactionOutbox
-from dcocpp.station import RESET_FLUSH_TIMEOUT, load_configuration_store
-from dcocpp.storage import Database, TransactionRow
+from dcocpp.station.station import RESET_FLUSH_TIMEOUT, load_configuration_store
+from dcocpp.storage.database import Database, TransactionRow
 from tests.csms import FakeCsms, MemoryNetwork
 from tests.loop_database import on_loop
 from tests.station_harness import CSMS_URL, charger_config, preset_keys, running_station

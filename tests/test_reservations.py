@@ -15,10 +15,10 @@ import pytest
 import trio
 from ocpp.v16 import call
 
+from dcocpp.clock import TrioWallClock, ocpp_time
 from dcocpp.config import ChargerConfig
-from dcocpp.connector.metering import TrioWallClock, ocpp_time
 from dcocpp.ocpp.errors import CallError
-from dcocpp.storage import Database, ReservationRow, StorageError
+from dcocpp.storage.database import Database, ReservationRow, StorageError
 from tests.csms import FakeCsms
 from tests.station_harness import (
     WALL_START,

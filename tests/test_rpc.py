@@ -19,7 +19,7 @@ from ocpp.v16 import call, call_result
 from ocpp.v16.enums import Action, AuthorizationStatus
 from trio_websocket import WebSocketConnection, wrap_client_stream, wrap_server_stream
 
-from dcocpp.logs import LoggingSetup
+from dcocpp.cli.logs import LoggingSetup
 from dcocpp.ocpp import messagelog, wire
 from dcocpp.ocpp.errors import CallError, ConnectionLost, InvalidPayload, UnsendablePayload
 from dcocpp.ocpp.messagelog import MessageLog, redact

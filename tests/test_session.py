@@ -22,7 +22,7 @@ from dcocpp.ocpp.control import ConnectorStatus
 from dcocpp.ocpp.errors import CallError
 from dcocpp.ocpp.session import MAX_BOOT_RETRY, _coalesced
 from dcocpp.ocpp.statuses import allowed_transitions
-from dcocpp.station import HardReset, Station
+from dcocpp.station.station import HardReset, Station
 from tests.csms import FakeCsms, MemoryNetwork
 from tests.loop_database import on_the_loop
 from tests.station_harness import charger_config, preset_keys, running_station

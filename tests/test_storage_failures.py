@@ -1,5 +1,5 @@
-"""A failing disk under the station database (dcocpp/storage.py): every failure is one message
-that names the file and SQLite's reason, and nothing is lost unnoticed.
+"""A failing disk under the station database (dcocpp/storage/database.py): every failure is
+one message that names the file and SQLite's reason, and nothing is lost unnoticed.
 
 - A full disk or a read-only database: the write fails whole (nothing half written), what was
   written before stays; while the station runs, the failure ends it (relays commanded open)
@@ -7,7 +7,7 @@ that names the file and SQLite's reason, and nothing is lost unnoticed.
 - A damaged, deleted or older database (its write-ahead log lost after a crash): the open is
   refused, leaving the files as they are, until the operator accepts the loss
   (`accept_data_loss`, `dcocpp run --accept-data-loss`); the data directory's record
-  (dcocpp/datarecord.py) is what tells.
+  (dcocpp/storage/datarecord.py) is what tells.
 
 The failures are made without root (tests/storage_faults.py). Exit statuses and the one line a
 process prints are in tests/test_integration_storage.py.
@@ -30,9 +30,8 @@ import trio
 from ocpp.v16 import call
 from ocpp.v16.enums import AvailabilityType
 
-from dcocpp import cli
-from dcocpp.datarecord import RECORD_NAME
-from dcocpp.storage import (
+from dcocpp.cli import commands as cli
+from dcocpp.storage.database import (
     CHECKPOINT_INTERVAL,
     DATABASE_NAME,
     SCHEMA_VERSION,
@@ -40,6 +39,7 @@ from dcocpp.storage import (
     DataLossRefused,
     StorageError,
 )
+from dcocpp.storage.datarecord import RECORD_NAME
 from tests.csms import FakeCsms
 from tests.station_harness import charger_config, running_station
 from tests.storage_faults import (
@@ -104,7 +104,7 @@ def warnings(caplog: pytest.LogCaptureFixture) -> list[str]:
     return [
         r.getMessage()
         for r in caplog.records
-        if r.name == "dcocpp.storage" and r.levelno == logging.WARNING
+        if r.name == "dcocpp.storage.database" and r.levelno == logging.WARNING
     ]
 
 
@@ -449,7 +449,7 @@ def test_a_loss_the_operator_accepts_is_a_warning_once_then_the_directory_is_sou
     loss(tmp_path)
     with pytest.raises(DataLossRefused):
         Database.open(tmp_path)
-    caplog.set_level(logging.WARNING, logger="dcocpp.storage")
+    caplog.set_level(logging.WARNING, logger="dcocpp.storage.database")
     Database.open(tmp_path, accept_data_loss=True).close()
     (warning,) = warnings(caplog)
     assert warning.endswith(f"; as --accept-data-loss asks: {consequence}"), warning

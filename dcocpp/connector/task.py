@@ -24,6 +24,7 @@ from ocpp.v16 import call
 from ocpp.v16.enums import AuthorizationStatus, ReadingContext, UnlockStatus
 
 from dcocpp import idtags
+from dcocpp.clock import StationClock, TransactionClock, ocpp_time
 from dcocpp.config import ConnectorConfig
 from dcocpp.connector import events as ev
 from dcocpp.connector.machine import (
@@ -35,7 +36,7 @@ from dcocpp.connector.machine import (
     fault_report,
     kept_for,
 )
-from dcocpp.connector.metering import meter_value, ocpp_time, seconds_to_next_aligned
+from dcocpp.connector.metering import meter_value, seconds_to_next_aligned
 from dcocpp.hardware import interface as hw
 from dcocpp.hardware.registercheck import RegisterRun
 from dcocpp.ocpp.authorization import Authorizer, Decision
@@ -44,7 +45,6 @@ from dcocpp.ocpp.control import ConnectorStatus
 from dcocpp.ocpp.errors import OcppError
 from dcocpp.ocpp.transactions import LocalTransaction, TransactionOutbox
 from dcocpp.ocpp.wire import INT32_MAX
-from dcocpp.stationclock import StationClock, TransactionClock
 
 log = logging.getLogger(__name__)
 

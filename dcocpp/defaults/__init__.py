@@ -18,7 +18,7 @@ import sys
 from importlib import resources
 from pathlib import Path
 
-from dcocpp.storage import DATABASE_NAME, Database, StorageError
+from dcocpp.storage.database import DATABASE_NAME, Database, StorageError
 
 __all__ = [
     "CHARGER_JSON",
@@ -103,7 +103,7 @@ def write_configuration(directory: Path, *, force: bool = False) -> list[Path]:
 
 def create_database(directory: Path) -> Path | None:
     """Create the database in `directory`'s data directory (with the directory's record of
-    it, dcocpp/datarecord.py), unless one is there; its path, None when there was one."""
+    it, dcocpp/storage/datarecord.py), unless one is there; its path, None when there was one."""
     data_dir = directory / _INSTALLED_LAYOUT["paths"]["dataDir"]
     if (data_dir / DATABASE_NAME).exists():
         return None

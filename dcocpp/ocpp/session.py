@@ -50,6 +50,7 @@ from ocpp.v16.enums import (
     RegistrationStatus,
 )
 
+from dcocpp.clock import ocpp_time, parse_ocpp_time
 from dcocpp.ocpp import transport
 from dcocpp.ocpp.authcache import AuthorizationCache, cache_enabled
 from dcocpp.ocpp.configuration import ConfigurationError, ConfigurationStore
@@ -60,7 +61,7 @@ from dcocpp.ocpp.locallist import LocalAuthorizationList, list_enabled
 from dcocpp.ocpp.messagelog import MessageLog
 from dcocpp.ocpp.registration import Registration, RegistrationMachine
 from dcocpp.ocpp.rpc import RpcConnection
-from dcocpp.ocpp.smartcharging.profiles import parse_datetime
+from dcocpp.ocpp.services import Identity
 from dcocpp.ocpp.smartcharging.service import ChargingProfiles
 from dcocpp.ocpp.statuses import allowed_transitions
 
@@ -102,22 +103,6 @@ class ConnectionFailure:
     at: str  # OCPP dateTime of this failure
     since: str  # of the first failure since a connection last opened
     attempts: int  # failures since a connection last opened (this one included)
-
-
-@attrs.frozen
-class Identity:
-    """What BootNotification says about this charge point."""
-
-    charge_point_id: str
-    vendor: str
-    model: str
-    firmware_version: str
-    serial_number: str | None = None
-
-
-def ocpp_datetime(moment: datetime) -> str:
-    """OCPP dateTime: UTC, millisecond precision, 'Z' suffix."""
-    return moment.astimezone(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
 class ChargePointSession:
@@ -350,7 +335,7 @@ class ChargePointSession:
             await trio.sleep(delay)
 
     def _record_failure(self, reason: str) -> ConnectionFailure:
-        now = ocpp_datetime(self._clock())
+        now = ocpp_time(self._clock())
         previous = self.last_failure if self._failing else None
         self.last_failure = failure = ConnectionFailure(
             url=self.endpoint,
@@ -609,7 +594,7 @@ class ChargePointSession:
         if self._central_time is None:
             return
         try:
-            central = parse_datetime(current_time)
+            central = parse_ocpp_time(current_time)
         except ValueError:
             log.warning("%s.conf: currentTime %r is no date and time", action, current_time)
             return

@@ -4,7 +4,7 @@ One file, WAL journal, `synchronous=FULL` so that a write has reached the disk b
 acknowledge the state it describes to anyone. The schema is versioned with `PRAGMA user_version`
 and migrated forward on open, so a newer dcocpp opens an older data directory.
 
-Nothing is lost unnoticed. The data directory's record (dcocpp/datarecord.py) says that it
+Nothing is lost unnoticed. The data directory's record (dcocpp/storage/datarecord.py) says that it
 holds a database, and the database's *generation*: a number kept in the database too, raised
 at every open and after every checkpoint of the write-ahead log. SQLite's automatic checkpoints
 are off: the database checkpoints every CHECKPOINT_INTERVAL writes and raises the generation
@@ -20,7 +20,7 @@ SQLite's reason with its code (`database or disk is full (SQLITE_FULL)`), and th
 file system when that explains it (full, read-only).
 
 Everything here is synchronous and blocks on the disk: the station reaches it through
-`dcocpp.asyncdb.AsyncDatabase`, which runs it in a worker thread, never on the event loop.
+`dcocpp.storage.asyncdb.AsyncDatabase`, which runs it in a worker thread, never on the event loop.
 """
 
 from __future__ import annotations
@@ -38,9 +38,10 @@ from typing import Any
 
 import attrs
 
-from dcocpp import datarecord
-from dcocpp.datarecord import RECORD_NAME, DataRecord
-from dcocpp.oserrors import directory_problem, reason
+from dcocpp.clock import ocpp_time
+from dcocpp.storage import datarecord
+from dcocpp.storage.datarecord import RECORD_NAME, DataRecord
+from dcocpp.storage.oserrors import directory_problem, reason
 
 log = logging.getLogger(__name__)
 
@@ -833,7 +834,7 @@ def _set_aside(path: Path, aside: Path) -> None:
 
 
 def _now() -> str:
-    return datetime.now(UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
+    return ocpp_time(datetime.now(UTC), "seconds")
 
 
 def _reason(exc: sqlite3.Error, path: Path) -> str:

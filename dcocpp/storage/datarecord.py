@@ -3,9 +3,9 @@
 A database file cannot say that it is missing, and SQLite cannot tell that the write-ahead log
 holding a database's latest writes was lost: the record can. It names the database, when it
 was first recorded, its schema version, and its *generation*, a number the database holds too
-(see dcocpp/storage.py for how the two are kept so that a lost write-ahead log shows). Written
-atomically (dcocpp/atomicfile.py) when the database is created and when its generation rises;
-read at every open.
+(see dcocpp/storage/database.py for how the two are kept so that a lost write-ahead log
+shows). Written atomically (dcocpp/storage/atomicfile.py) when the database is created and when
+its generation rises; read at every open.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from typing import Any
 
 import attrs
 
-from dcocpp.atomicfile import replace_file
+from dcocpp.storage.atomicfile import replace_file
 
 RECORD_NAME = "dcocpp-data.json"
 # For whoever finds the file: what it is for, and why it must stay.

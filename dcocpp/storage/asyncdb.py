@@ -34,7 +34,7 @@ from typing import Any, Protocol, TypeVar
 
 import trio
 
-from dcocpp.storage import Database, QueuedMessage, ReservationRow, TransactionRow
+from dcocpp.storage.database import Database, QueuedMessage, ReservationRow, TransactionRow
 
 __all__ = ["AsyncDatabase", "Runner", "WorkerThread"]
 
