@@ -15,7 +15,6 @@ reservation, changes a gun's availability, and asks the local API for the status
 from __future__ import annotations
 
 import itertools
-import threading
 import time
 from datetime import timedelta
 from pathlib import Path
@@ -33,6 +32,7 @@ from dcocpp.hardware.plc import codec
 from dcocpp.ocpp.wire import INT32_MAX
 from dcocpp.storage import Database
 from tests.csms import FakeCsms
+from tests.starvation import Starvation
 from tests.station_harness import charger_config, running_station, use_backend
 from tests.storage_faults import slow_commits
 
@@ -78,37 +78,6 @@ class LongestStep(trio.abc.Instrument):
             took = time.perf_counter() - self._began
             if took > self.longest[0]:
                 self.longest = (took, task.name)
-
-
-class Starvation:
-    """How late the machine let this process run: a thread that sleeps TICK at a time and
-    records its longest oversleep. The loop blocking does not delay it (a blocking call
-    releases the GIL, and a busy thread must hand it over every few milliseconds), a machine
-    too loaded to schedule the process does: that much of a keep-alive gap is not the
-    charger's. (A C call that holds the GIL for long, e.g. encoding a huge JSON document, delays
-    this thread too and so is excused here: the longest step on the loop, in the failure
-    message, is where to look for that.)"""
-
-    TICK = 0.01
-
-    def __init__(self) -> None:
-        self.longest = 0.0
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._watch, daemon=True)
-
-    def __enter__(self) -> Starvation:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        self._thread.join()
-
-    def _watch(self) -> None:
-        while not self._stop.is_set():
-            began = time.perf_counter()
-            time.sleep(self.TICK)
-            self.longest = max(self.longest, time.perf_counter() - began - self.TICK)
 
 
 def keep_alive_gaps(listener: can.BusABC, frame_ids: set[int], since: float) -> dict[int, float]:
