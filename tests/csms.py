@@ -22,6 +22,7 @@ from ocpp.v16.enums import Action, AuthorizationStatus, RegistrationStatus
 from trio_websocket import WebSocketConnection
 
 from dcocpp.clock import WallClock
+from dcocpp.concurrency import Pulse
 from dcocpp.ocpp.errors import CallError
 from dcocpp.ocpp.messagelog import MessageLog
 from dcocpp.ocpp.rpc import RpcConnection
@@ -108,7 +109,7 @@ class FakeCsms:
         self.rpc: RpcConnection | None = None
         self.cp_id: str | None = None
         self.connections = 0
-        self._changed = trio.Event()
+        self._changed = Pulse()
         self.next_transaction_id = 1
         self.id_tags: dict[str, str] = dict(id_tags or {})
         self.parent_id_tags: dict[str, str] = dict(parent_id_tags or {})
@@ -271,8 +272,7 @@ class FakeCsms:
         self._notify()
 
     def _notify(self) -> None:
-        self._changed.set()
-        self._changed = trio.Event()
+        self._changed.fire()
 
     async def serve(self, charge_point_id: str, ws: WebSocketConnection) -> None:
         self.cp_id = charge_point_id

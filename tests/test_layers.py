@@ -19,7 +19,7 @@ import pytest
 PACKAGE = Path(__file__).resolve().parent.parent / "dcocpp"
 
 # Leaves any layer may import; they import only each other.
-LEAVES = frozenset({"config", "storage", "idtags", "jsontypes", "clock", "defaults"})
+LEAVES = frozenset({"config", "storage", "idtags", "jsontypes", "clock", "defaults", "concurrency"})
 # layer -> the layers it must never import
 FORBIDDEN = {
     "ocpp": {"hardware", "connector", "station", "api", "cli", "demo"},

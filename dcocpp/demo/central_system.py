@@ -30,6 +30,7 @@ from ocpp.v16.enums import Action, AuthorizationStatus, Reason, RegistrationStat
 from trio_websocket import WebSocketConnection
 
 from dcocpp.clock import WallClock, ocpp_time
+from dcocpp.concurrency import Pulse
 from dcocpp.ocpp import transport
 from dcocpp.ocpp.messagelog import MessageLog
 from dcocpp.ocpp.rpc import RpcConnection
@@ -139,7 +140,7 @@ class DemoCentralSystem:
         self.charge_point_id: str | None = None
         self.connected = False
         self._transaction_ids = itertools.count(1)
-        self._changed = trio.Event()
+        self._changed = Pulse()
 
     # --- serving ----------------------------------------------------------------------------
 
@@ -197,8 +198,7 @@ class DemoCentralSystem:
         return AuthorizationStatus.invalid
 
     def _notify(self) -> None:
-        self._changed.set()
-        self._changed = trio.Event()
+        self._changed.fire()
 
     def _event(self, action: str, connector_id: int | None, text: str) -> None:
         self._notify()

@@ -23,6 +23,7 @@ from typing import Any
 
 import trio
 
+from dcocpp.concurrency import WakeUp
 from dcocpp.hardware.interface import (
     CablePlugged,
     CableUnplugged,
@@ -67,7 +68,7 @@ class CoalescingChannel:
         self._held: list[HardwareEvent] = []
         self._forwarding = False  # `run` has taken a held event and waits for inbox room
         self._closed = False
-        self._wake = trio.Event()
+        self._wake = WakeUp()
 
     @property
     def held(self) -> int:
@@ -123,7 +124,7 @@ class CoalescingChannel:
                         self._forwarding = False
                 if self._closed:
                     return
-                self._wake = trio.Event()
+                self._wake.clear()
                 await self._wake.wait()
         except trio.BrokenResourceError:
             return  # the connector is gone: nobody to tell

@@ -51,6 +51,7 @@ from ocpp.v16.enums import (
 )
 
 from dcocpp.clock import ocpp_time, parse_ocpp_time
+from dcocpp.concurrency import Pulse, WakeUp
 from dcocpp.ocpp import transport
 from dcocpp.ocpp.authcache import AuthorizationCache, cache_enabled
 from dcocpp.ocpp.configuration import ConfigurationError, ConfigurationStore
@@ -151,11 +152,11 @@ class ChargePointSession:
         self._clock = clock or (lambda: datetime.now(UTC))  # the time of connection failures
         self._central_time = central_time
         self.registration = RegistrationMachine(on_change=self._on_registration_change)
-        self._registration_changed = trio.Event()
+        self._registration_changed = Pulse()
         self._rpc: RpcConnection | None = None
         self._connections = 0
         self._connection_scope: trio.CancelScope | None = None
-        self._boot_now = trio.Event()
+        self._boot_now = WakeUp()
         # A resumed registration whose first Heartbeat has not been answered yet.
         self._resume_unconfirmed = False
         # No BootNotification before this (trio time), unless triggered: a Pending or Rejected
@@ -171,7 +172,7 @@ class ChargePointSession:
         # Per connector, when its next StatusNotification would be due at the sustained rate
         # (the theoretical arrival time of a GCRA: STATUS_BURST may go before it).
         self._status_tat: dict[int, float] = {}
-        self._status_ready = trio.Event()
+        self._status_ready = WakeUp()
         self._handlers = CoreHandlers(self)
         store.subscribe("HeartbeatInterval", self._on_heartbeat_interval)
 
@@ -473,8 +474,7 @@ class ChargePointSession:
         return False
 
     def _on_registration_change(self, old: Registration, new: Registration, reason: str) -> None:
-        self._registration_changed.set()
-        self._registration_changed = trio.Event()
+        self._registration_changed.fire()
         self._status_ready.set()
         if new == Registration.ACCEPTED:
             # After every boot and every resumed registration, every connector's status again.
@@ -499,7 +499,7 @@ class ChargePointSession:
             else:
                 with trio.move_on_at(self._next_boot):
                     await self._boot_now.wait()
-            self._boot_now = trio.Event()
+            self._boot_now.clear()
             boot = call.BootNotification(
                 charge_point_vendor=self.identity.vendor,
                 charge_point_model=self.identity.model,
@@ -643,12 +643,12 @@ class ChargePointSession:
                 if self._drop_known(cid, queue)
             }
             if not (due and self.registration.accepted):
-                # No await between the check and the new Event: nothing can slip in between.
-                self._status_ready = trio.Event()
+                # No await between the check and the clear: nothing can slip in between.
+                self._status_ready.clear()
                 await self._status_ready.wait()
                 continue
             if min(due.values()) > now:
-                self._status_ready = trio.Event()
+                self._status_ready.clear()
                 with trio.move_on_at(min(due.values())):
                     await self._status_ready.wait()
                 continue

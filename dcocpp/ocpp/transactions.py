@@ -60,6 +60,7 @@ from ocpp.messages import MessageType
 from ocpp.v16 import call
 from ocpp.v16.enums import Measurand, Reason, UnitOfMeasure, ValueFormat
 
+from dcocpp.concurrency import Pulse
 from dcocpp.ocpp import wire
 from dcocpp.ocpp.errors import CallError, ConnectionLost, InvalidPayload, UnsendablePayload
 from dcocpp.ocpp.session import ChargePointSession, ResponseTimeout
@@ -203,7 +204,7 @@ class TransactionOutbox:
         self._store = store
         self._queue: list[_Message] = []
         self._transactions: dict[int, LocalTransaction] = {}  # by local id, until stopped+sent
-        self._wake = trio.Event()
+        self._wake = Pulse()
         self._loaded = False
 
     def __len__(self) -> int:
@@ -410,8 +411,7 @@ class TransactionOutbox:
 
     def _pulse(self) -> None:
         """Wake everyone waiting for a change of the queue (the sender, wait_empty)."""
-        self._wake.set()
-        self._wake = trio.Event()
+        self._wake.fire()
 
     async def wait_empty(self) -> None:
         """Until nothing but parked messages is left (used before a reset): a transaction

@@ -60,8 +60,9 @@ from ocpp.v16.enums import ChargingProfilePurposeType as Purpose
 from ocpp.v16.enums import ChargingRateUnitType as Unit
 
 from dcocpp.clock import WallClock
+from dcocpp.concurrency import WakeUp
 from dcocpp.config import ConnectorConfig
-from dcocpp.connector import events as ev
+from dcocpp.connector import events
 from dcocpp.connector.task import ConnectorTask
 from dcocpp.hardware.interface import FaultKind, HardwareError
 from dcocpp.ocpp.smartcharging import (
@@ -141,7 +142,7 @@ class LimitEnforcer:
         self._connectors = connectors
         self._profiles = profiles
         self._clock = clock
-        self._wake = trio.Event()
+        self._wake = WakeUp()
         # The limit (A) each gun's hardware was last given.
         self.applied: dict[int, Decimal] = {}
         # The limit each gun was last said to have at INFO: a setpoint sent again (hardware
@@ -199,7 +200,7 @@ class LimitEnforcer:
             async with trio.open_nursery() as nursery:
                 for task in self._connectors.values():
                     nursery.start_soon(self._watch, task)
-                self._wake = trio.Event()
+                self._wake.clear()
                 next_at = await self._enforce_or_retry(None)
                 task_status.started()
                 await self._loop(next_at)
@@ -220,7 +221,7 @@ class LimitEnforcer:
                 # rounding error early, does not quite say so (but not if it stepped back
                 # meanwhile: then the change is not due, and `_enforce` sees that).
                 at = next_at
-            self._wake = trio.Event()
+            self._wake.clear()
             next_at = await self._enforce_or_retry(at)
 
     async def _watch(self, task: ConnectorTask) -> None:
@@ -497,7 +498,7 @@ class LimitEnforcer:
                 connector_id,
                 "suspended" if suspended else "resumed",
             )
-            await task.post(ev.EvseSuspended(suspended))
+            await task.post(events.EvseSuspended(suspended))
 
 
 def _decimal(value: float) -> Decimal:
