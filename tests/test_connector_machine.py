@@ -17,7 +17,7 @@ from ocpp.v16.enums import (
     UnlockStatus,
 )
 
-from dcocpp.connector import events as ev
+from dcocpp.connector import events
 from dcocpp.connector.machine import (
     EDGES,
     ConnectorMachine,
@@ -43,8 +43,8 @@ S = ChargePointStatus
 ACCEPTED, INVALID = AuthorizationStatus.accepted, AuthorizationStatus.invalid
 
 
-def statuses(effects: list[ev.Effect]) -> list[str]:
-    return [e.status.value for e in effects if isinstance(e, ev.NotifyStatus)]
+def statuses(effects: list[events.Effect]) -> list[str]:
+    return [e.status.value for e in effects if isinstance(e, events.NotifyStatus)]
 
 
 # --- the statechart ------------------------------------------------------------------------------
@@ -80,49 +80,49 @@ def fresh(machine_settings: Settings | None = None) -> ConnectorMachine:
     return machine
 
 
-def started(machine: ConnectorMachine, tag: str = "TAG1") -> list[ev.Effect]:
+def started(machine: ConnectorMachine, tag: str = "TAG1") -> list[events.Effect]:
     return replay(
         machine,
         [
-            ev.Plugged(),
-            ev.EvRequesting(True),
-            ev.IdPresented(tag),
-            ev.AuthorizationResult(tag, ACCEPTED, "GROUP"),
-            ev.LockEngaged(),  # a no-op with a fixed cable
-            ev.RelayConfirmed(True),
+            events.Plugged(),
+            events.EvRequesting(True),
+            events.IdPresented(tag),
+            events.AuthorizationResult(tag, ACCEPTED, "GROUP"),
+            events.LockEngaged(),  # a no-op with a fixed cable
+            events.RelayConfirmed(True),
         ],
     )
 
 
 def test_plug_in_first_session_effects() -> None:
     machine = ConnectorMachine(1)
-    assert machine.take_effects() == [ev.NotifyStatus(S.available)]
+    assert machine.take_effects() == [events.NotifyStatus(S.available)]
     effects = started(machine)
     assert effects == [
-        ev.NotifyStatus(S.preparing),
-        ev.Authorize("TAG1"),
-        ev.StartTransaction("TAG1", "GROUP"),
-        ev.SwitchRelay(True),
-        ev.NotifyStatus(S.charging),
+        events.NotifyStatus(S.preparing),
+        events.Authorize("TAG1"),
+        events.StartTransaction("TAG1", "GROUP"),
+        events.SwitchRelay(True),
+        events.NotifyStatus(S.charging),
     ]
 
 
 def test_same_tag_stops_without_authorize_and_different_tag_needs_the_parent() -> None:
     machine = fresh()
     started(machine)
-    assert replay(machine, [ev.IdPresented("OTHER")]) == [ev.Authorize("OTHER")]
+    assert replay(machine, [events.IdPresented("OTHER")]) == [events.Authorize("OTHER")]
     # Accepted but not in the same group: the session goes on.
-    assert replay(machine, [ev.AuthorizationResult("OTHER", ACCEPTED, "ELSE")]) == []
-    replay(machine, [ev.IdPresented("OTHER2")])
-    effects = replay(machine, [ev.AuthorizationResult("OTHER2", ACCEPTED, "GROUP")])
-    assert ev.StopTransaction(Reason.local, "OTHER2") in effects
+    assert replay(machine, [events.AuthorizationResult("OTHER", ACCEPTED, "ELSE")]) == []
+    replay(machine, [events.IdPresented("OTHER2")])
+    effects = replay(machine, [events.AuthorizationResult("OTHER2", ACCEPTED, "GROUP")])
+    assert events.StopTransaction(Reason.local, "OTHER2") in effects
     machine = fresh()
     started(machine)
-    effects = replay(machine, [ev.IdPresented("TAG1")])
+    effects = replay(machine, [events.IdPresented("TAG1")])
     assert effects == [
-        ev.SwitchRelay(False),
-        ev.StopTransaction(Reason.local, "TAG1"),
-        ev.NotifyStatus(S.finishing),
+        events.SwitchRelay(False),
+        events.StopTransaction(Reason.local, "TAG1"),
+        events.NotifyStatus(S.finishing),
     ]
 
 
@@ -130,19 +130,19 @@ def test_parent_from_the_start_confirmation_lets_its_group_stop() -> None:
     """A remote start is authorized by nobody: the StartTransaction.conf's idTagInfo is the
     first to tell the parentIdTag, and it counts for stopping (3.5, TC_069)."""
     machine = fresh()
-    replay(machine, [ev.Plugged(), ev.RemoteStartRequested("TAG1", False)])
+    replay(machine, [events.Plugged(), events.RemoteStartRequested("TAG1", False)])
     assert machine.truth.transaction is not None
     assert machine.truth.transaction.parent_id_tag is None
-    replay(machine, [ev.TransactionConfirmed(7, ACCEPTED, "GROUP")])
-    replay(machine, [ev.IdPresented("OTHER")])
-    effects = replay(machine, [ev.AuthorizationResult("OTHER", ACCEPTED, "group")])
-    assert ev.StopTransaction(Reason.local, "OTHER") in effects
+    replay(machine, [events.TransactionConfirmed(7, ACCEPTED, "GROUP")])
+    replay(machine, [events.IdPresented("OTHER")])
+    effects = replay(machine, [events.AuthorizationResult("OTHER", ACCEPTED, "group")])
+    assert events.StopTransaction(Reason.local, "OTHER") in effects
     # A confirmation without a parent does not forget the one the authorization told.
     machine = fresh()
     started(machine)
-    replay(machine, [ev.TransactionConfirmed(7, ACCEPTED), ev.IdPresented("OTHER")])
-    effects = replay(machine, [ev.AuthorizationResult("OTHER", ACCEPTED, "GROUP")])
-    assert ev.StopTransaction(Reason.local, "OTHER") in effects
+    replay(machine, [events.TransactionConfirmed(7, ACCEPTED), events.IdPresented("OTHER")])
+    effects = replay(machine, [events.AuthorizationResult("OTHER", ACCEPTED, "GROUP")])
+    assert events.StopTransaction(Reason.local, "OTHER") in effects
 
 
 def test_id_tags_are_case_insensitive() -> None:
@@ -150,14 +150,14 @@ def test_id_tags_are_case_insensitive() -> None:
     session without an Authorize, and a parentIdTag in other letters is the same group."""
     machine = fresh()
     started(machine)
-    effects = replay(machine, [ev.IdPresented("tag1")])
-    assert ev.StopTransaction(Reason.local, "tag1") in effects
+    effects = replay(machine, [events.IdPresented("tag1")])
+    assert events.StopTransaction(Reason.local, "tag1") in effects
     machine = fresh()
     started(machine)
-    replay(machine, [ev.IdPresented("OTHER")])
-    effects = replay(machine, [ev.AuthorizationResult("OTHER", ACCEPTED, "group")])
-    assert ev.StopTransaction(Reason.local, "OTHER") in effects
-    reservation = ev.Reservation(7, "Holder", parent_id_tag="Fleet")
+    replay(machine, [events.IdPresented("OTHER")])
+    effects = replay(machine, [events.AuthorizationResult("OTHER", ACCEPTED, "group")])
+    assert events.StopTransaction(Reason.local, "OTHER") in effects
+    reservation = events.Reservation(7, "Holder", parent_id_tag="Fleet")
     assert reservation.admits("HOLDER")
     assert reservation.admits("someone", "FLEET") and reservation.admits("fleet")
     assert not reservation.admits("someone", "other")
@@ -166,14 +166,16 @@ def test_id_tags_are_case_insensitive() -> None:
 def test_fault_during_charging_stops_and_clearing_restores_the_truth() -> None:
     machine = fresh()
     started(machine)
-    effects = replay(machine, [ev.FaultRaised(FaultKind.EMERGENCY_STOP, "pressed")])
+    effects = replay(machine, [events.FaultRaised(FaultKind.EMERGENCY_STOP, "pressed")])
     assert effects == [
-        ev.SwitchRelay(False),
-        ev.StopTransaction(Reason.emergency_stop),
-        ev.NotifyStatus(S.faulted, ChargePointErrorCode.other_error, "pressed", "EmergencyStop"),
+        events.SwitchRelay(False),
+        events.StopTransaction(Reason.emergency_stop),
+        events.NotifyStatus(
+            S.faulted, ChargePointErrorCode.other_error, "pressed", "EmergencyStop"
+        ),
     ]
-    assert replay(machine, [ev.FaultCleared(FaultKind.EMERGENCY_STOP)]) == [
-        ev.NotifyStatus(S.finishing)
+    assert replay(machine, [events.FaultCleared(FaultKind.EMERGENCY_STOP)]) == [
+        events.NotifyStatus(S.finishing)
     ]
 
 
@@ -183,33 +185,39 @@ def test_authorized_plugged_ev_charges_when_the_fault_clears() -> None:
     replay(
         machine,
         [
-            ev.IdPresented("T"),
-            ev.AuthorizationResult("T", ACCEPTED),
-            ev.FaultRaised(FaultKind.EARTH_FAULT, "earth"),
+            events.IdPresented("T"),
+            events.AuthorizationResult("T", ACCEPTED),
+            events.FaultRaised(FaultKind.EARTH_FAULT, "earth"),
         ],
     )
-    effects = replay(machine, [ev.Plugged(), ev.EvRequesting(True)])
-    assert not any(isinstance(e, ev.StartTransaction) for e in effects)  # TC_041
-    assert machine.dispatch(ev.IdPresented("OTHER")) is False  # no new tag while faulted
-    effects = replay(machine, [ev.FaultCleared(FaultKind.EARTH_FAULT), ev.RelayConfirmed(True)])
+    effects = replay(machine, [events.Plugged(), events.EvRequesting(True)])
+    assert not any(isinstance(e, events.StartTransaction) for e in effects)  # TC_041
+    assert machine.dispatch(events.IdPresented("OTHER")) is False  # no new tag while faulted
+    effects = replay(
+        machine, [events.FaultCleared(FaultKind.EARTH_FAULT), events.RelayConfirmed(True)]
+    )
     assert statuses(effects) == ["Preparing", "Charging"]
-    assert ev.StartTransaction("T") in effects
+    assert events.StartTransaction("T") in effects
 
 
 def test_detachable_cable_is_locked_before_the_transaction_starts() -> None:
     machine = fresh(Settings(fixed_cable=False))
     effects = replay(
-        machine, [ev.Plugged(), ev.IdPresented("T"), ev.AuthorizationResult("T", ACCEPTED)]
+        machine,
+        [events.Plugged(), events.IdPresented("T"), events.AuthorizationResult("T", ACCEPTED)],
     )
-    assert ev.SetLock(True) in effects
-    assert not any(isinstance(e, ev.StartTransaction) for e in effects)
+    assert events.SetLock(True) in effects
+    assert not any(isinstance(e, events.StartTransaction) for e in effects)
     # TC_024: the lock fails: Faulted ConnectorLockFailure and no transaction at all.
-    effects = replay(machine, [ev.FaultRaised(FaultKind.LOCK, "stuck")])
-    assert not any(isinstance(e, ev.StopTransaction | ev.StartTransaction) for e in effects)
+    effects = replay(machine, [events.FaultRaised(FaultKind.LOCK, "stuck")])
+    assert not any(isinstance(e, events.StopTransaction | events.StartTransaction) for e in effects)
     assert (machine.status, machine.error_code) == (S.faulted, "ConnectorLockFailure")
     machine = fresh(Settings(fixed_cable=False))
-    replay(machine, [ev.Plugged(), ev.IdPresented("T"), ev.AuthorizationResult("T", ACCEPTED)])
-    assert ev.StartTransaction("T") in replay(machine, [ev.LockEngaged()])
+    replay(
+        machine,
+        [events.Plugged(), events.IdPresented("T"), events.AuthorizationResult("T", ACCEPTED)],
+    )
+    assert events.StartTransaction("T") in replay(machine, [events.LockEngaged()])
 
 
 @pytest.mark.parametrize(
@@ -227,9 +235,9 @@ def test_fault_mapping(kind: FaultKind, code: str, vendor: str | None, reason: R
     machine = fresh()
     started(machine)
     detail = "PLC 3 communication lost" if kind == FaultKind.COMMUNICATION else "why"
-    effects = replay(machine, [ev.FaultRaised(kind, detail)])
-    assert ev.StopTransaction(reason) in effects
-    notify = [e for e in effects if isinstance(e, ev.NotifyStatus)][-1]
+    effects = replay(machine, [events.FaultRaised(kind, detail)])
+    assert events.StopTransaction(reason) in effects
+    notify = [e for e in effects if isinstance(e, events.NotifyStatus)][-1]
     assert (notify.status, notify.error_code, notify.vendor_error_code) == (S.faulted, code, vendor)
 
 
@@ -238,116 +246,122 @@ def test_several_faults_report_the_most_severe_and_clear_one_by_one() -> None:
     effects = replay(
         machine,
         [
-            ev.FaultRaised(FaultKind.METER, "stale"),
-            ev.FaultRaised(FaultKind.EMERGENCY_STOP, "pressed"),
+            events.FaultRaised(FaultKind.METER, "stale"),
+            events.FaultRaised(FaultKind.EMERGENCY_STOP, "pressed"),
         ],
     )
-    codes = [e.error_code for e in effects if isinstance(e, ev.NotifyStatus)]
+    codes = [e.error_code for e in effects if isinstance(e, events.NotifyStatus)]
     assert codes == ["PowerMeterFailure", "OtherError"]
-    effects = replay(machine, [ev.FaultCleared(FaultKind.EMERGENCY_STOP)])
+    effects = replay(machine, [events.FaultCleared(FaultKind.EMERGENCY_STOP)])
     assert [(e.status, e.error_code) for e in effects] == [(S.faulted, "PowerMeterFailure")]
-    assert statuses(replay(machine, [ev.FaultCleared(FaultKind.METER)])) == ["Available"]
+    assert statuses(replay(machine, [events.FaultCleared(FaultKind.METER)])) == ["Available"]
 
 
 def test_connection_timeout_only_without_ev() -> None:
     machine = fresh()
-    effects = replay(machine, [ev.RemoteStartRequested("R", authorize=False)])
-    assert effects == [ev.ConnectionTimer(True), ev.NotifyStatus(S.preparing)]
-    assert statuses(replay(machine, [ev.ConnectionTimedOut()])) == ["Available"]
+    effects = replay(machine, [events.RemoteStartRequested("R", authorize=False)])
+    assert effects == [events.ConnectionTimer(True), events.NotifyStatus(S.preparing)]
+    assert statuses(replay(machine, [events.ConnectionTimedOut()])) == ["Available"]
     machine = fresh()
-    replay(machine, [ev.Plugged(), ev.ConnectionTimedOut()])
+    replay(machine, [events.Plugged(), events.ConnectionTimedOut()])
     assert machine.status == S.preparing
 
 
 def test_remote_start_rejected_when_busy_faulted_or_unavailable() -> None:
     machine = fresh()
     started(machine)
-    assert machine.dispatch(ev.RemoteStartRequested("X", authorize=False)) is False
+    assert machine.dispatch(events.RemoteStartRequested("X", authorize=False)) is False
     machine = fresh()
-    replay(machine, [ev.FaultRaised(FaultKind.METER, "")])
-    assert machine.dispatch(ev.RemoteStartRequested("X", authorize=False)) is False
+    replay(machine, [events.FaultRaised(FaultKind.METER, "")])
+    assert machine.dispatch(events.RemoteStartRequested("X", authorize=False)) is False
     machine = fresh()
-    replay(machine, [ev.AvailabilityChanged(False)])
-    assert machine.dispatch(ev.RemoteStartRequested("X", authorize=False)) is False
+    replay(machine, [events.AvailabilityChanged(False)])
+    assert machine.dispatch(events.RemoteStartRequested("X", authorize=False)) is False
 
 
 def test_availability_is_scheduled_while_busy_and_applied_after() -> None:
     machine = fresh()
     started(machine)
-    assert machine.dispatch(ev.AvailabilityChanged(False)) == "Scheduled"
+    assert machine.dispatch(events.AvailabilityChanged(False)) == "Scheduled"
     assert machine.take_effects() == []
-    effects = replay(machine, [ev.StopRequested(Reason.remote)])
+    effects = replay(machine, [events.StopRequested(Reason.remote)])
     assert statuses(effects) == ["Finishing", "Unavailable"]
-    assert ev.AvailabilityApplied(False) in effects
+    assert events.AvailabilityApplied(False) in effects
 
 
 def test_ev_side_disconnect_variants() -> None:
     # TC_005_1: detachable cable, unlock on disconnect: Finishing until the lock releases.
     machine = fresh(Settings(fixed_cable=False))
     started(machine)
-    effects = replay(machine, [ev.Unplugged()])
-    assert ev.StopTransaction(Reason.ev_disconnected) in effects and ev.SetLock(False) in effects
+    effects = replay(machine, [events.Unplugged()])
+    assert (
+        events.StopTransaction(Reason.ev_disconnected) in effects
+        and events.SetLock(False) in effects
+    )
     assert statuses(effects) == ["Finishing"]
-    assert statuses(replay(machine, [ev.LockReleased()])) == ["Available"]
+    assert statuses(replay(machine, [events.LockReleased()])) == ["Available"]
     # TC_005_2: keep locked: Finishing until UnlockConnector.
     machine = fresh(Settings(fixed_cable=False, unlock_on_ev_disconnect=False))
     started(machine)
-    effects = replay(machine, [ev.Unplugged()])
-    assert ev.SetLock(False) not in effects and machine.status == S.finishing
-    assert machine.dispatch(ev.UnlockRequested()) == UnlockStatus.unlocked
-    assert machine.take_effects() == [ev.SetLock(False)]
+    effects = replay(machine, [events.Unplugged()])
+    assert events.SetLock(False) not in effects and machine.status == S.finishing
+    assert machine.dispatch(events.UnlockRequested()) == UnlockStatus.unlocked
+    assert machine.take_effects() == [events.SetLock(False)]
     # TC_005_3: the transaction survives the disconnect; a remote stop ends it.
     machine = fresh(Settings(stop_on_ev_disconnect=False))
     started(machine)
-    effects = replay(machine, [ev.Unplugged()])
-    assert statuses(effects) == ["SuspendedEV"] and ev.SwitchRelay(False) in effects
-    effects = replay(machine, [ev.StopRequested(Reason.remote)])
-    assert ev.StopTransaction(Reason.remote) in effects and machine.status == S.available
+    effects = replay(machine, [events.Unplugged()])
+    assert statuses(effects) == ["SuspendedEV"] and events.SwitchRelay(False) in effects
+    effects = replay(machine, [events.StopRequested(Reason.remote)])
+    assert events.StopTransaction(Reason.remote) in effects and machine.status == S.available
 
 
 def test_unlock_connector() -> None:
-    assert fresh().dispatch(ev.UnlockRequested()) == UnlockStatus.not_supported
+    assert fresh().dispatch(events.UnlockRequested()) == UnlockStatus.not_supported
     machine = fresh(Settings(fixed_cable=False))
     started(machine)
-    assert machine.dispatch(ev.UnlockRequested()) == UnlockStatus.unlocked
-    assert ev.StopTransaction(Reason.unlock_command) in machine.take_effects()
+    assert machine.dispatch(events.UnlockRequested()) == UnlockStatus.unlocked
+    assert events.StopTransaction(Reason.unlock_command) in machine.take_effects()
     machine = fresh(Settings(fixed_cable=False))
-    replay(machine, [ev.FaultRaised(FaultKind.LOCK, "stuck")])
-    assert machine.dispatch(ev.UnlockRequested()) == UnlockStatus.unlock_failed
+    replay(machine, [events.FaultRaised(FaultKind.LOCK, "stuck")])
+    assert machine.dispatch(events.UnlockRequested()) == UnlockStatus.unlock_failed
 
 
 def test_invalid_tag_on_start_confirmation() -> None:
     machine = fresh()
     started(machine)
-    effects = replay(machine, [ev.TransactionConfirmed(7, INVALID)])
-    assert ev.StopTransaction(Reason.de_authorized) in effects
+    effects = replay(machine, [events.TransactionConfirmed(7, INVALID)])
+    assert events.StopTransaction(Reason.de_authorized) in effects
     machine = fresh(Settings(stop_on_invalid_id=False))
     started(machine)
-    effects = replay(machine, [ev.TransactionConfirmed(7, INVALID)])
-    assert statuses(effects) == ["SuspendedEVSE"] and ev.SwitchRelay(False) in effects
+    effects = replay(machine, [events.TransactionConfirmed(7, INVALID)])
+    assert statuses(effects) == ["SuspendedEVSE"] and events.SwitchRelay(False) in effects
     assert machine.truth.transaction is not None and machine.truth.transaction.transaction_id == 7
 
 
 def test_relay_that_does_not_confirm_is_a_power_switch_failure() -> None:
     machine = fresh()
-    replay(machine, [ev.Plugged(), ev.IdPresented("T"), ev.AuthorizationResult("T", ACCEPTED)])
-    effects = replay(machine, [ev.RelayFailed("no confirmation within 2 s")])
-    assert ev.StopTransaction(Reason.other) in effects
+    replay(
+        machine,
+        [events.Plugged(), events.IdPresented("T"), events.AuthorizationResult("T", ACCEPTED)],
+    )
+    effects = replay(machine, [events.RelayFailed("no confirmation within 2 s")])
+    assert events.StopTransaction(Reason.other) in effects
     assert (machine.status, machine.error_code) == (S.faulted, "PowerSwitchFailure")
     # The relay opens as commanded: the fault clears and the EV, still plugged, is Finishing.
-    assert statuses(replay(machine, [ev.RelayConfirmed(False)])) == ["Finishing"]
+    assert statuses(replay(machine, [events.RelayConfirmed(False)])) == ["Finishing"]
 
 
 # --- reservations -------------------------------------------------------------------------------
 
-OWN = ev.Reservation(7, "HOLDER")
-GROUP = ev.Reservation(8, "HOLDER", "FLEET")
-ZERO = ev.Reservation(9, "HOLDER", any_connector=True)
+OWN = events.Reservation(7, "HOLDER")
+GROUP = events.Reservation(8, "HOLDER", "FLEET")
+ZERO = events.Reservation(9, "HOLDER", any_connector=True)
 
 
-def reserved(reservation: ev.Reservation = OWN, *, hold_zero: bool = False) -> ConnectorMachine:
+def reserved(reservation: events.Reservation = OWN, *, hold_zero: bool = False) -> ConnectorMachine:
     machine = fresh()
-    effects = replay(machine, [ev.ReservationsChanged((reservation,), hold_zero)])
+    effects = replay(machine, [events.ReservationsChanged((reservation,), hold_zero)])
     assert statuses(effects) == (["Reserved"] if kept_for(machine.truth) else [])
     return machine
 
@@ -355,145 +369,152 @@ def reserved(reservation: ev.Reservation = OWN, *, hold_zero: bool = False) -> C
 def test_reserved_gun_takes_only_the_holder_and_the_start_carries_the_id() -> None:
     machine = reserved()
     # TC_046: another tag is refused at once, without an Authorize.
-    assert machine.dispatch(ev.IdPresented("OTHER")) is False
+    assert machine.dispatch(events.IdPresented("OTHER")) is False
     assert machine.take_effects() == []
-    assert machine.dispatch(ev.RemoteStartRequested("OTHER", authorize=False)) is False
+    assert machine.dispatch(events.RemoteStartRequested("OTHER", authorize=False)) is False
     effects = replay(
-        machine, [ev.IdPresented("HOLDER"), ev.AuthorizationResult("HOLDER", ACCEPTED)]
+        machine, [events.IdPresented("HOLDER"), events.AuthorizationResult("HOLDER", ACCEPTED)]
     )
     assert effects == [
-        ev.Authorize("HOLDER"),
-        ev.ConnectionTimer(True),
-        ev.NotifyStatus(S.preparing),
+        events.Authorize("HOLDER"),
+        events.ConnectionTimer(True),
+        events.NotifyStatus(S.preparing),
     ]
-    effects = replay(machine, [ev.Plugged()])
-    assert ev.StartTransaction("HOLDER", None, 7) in effects
+    effects = replay(machine, [events.Plugged()])
+    assert events.StartTransaction("HOLDER", None, 7) in effects
     assert machine.truth.reservations == ()  # used: it ends with the start
 
 
 def test_holder_already_plugged_in_goes_through_preparing() -> None:
     machine = reserved()
-    assert replay(machine, [ev.Plugged(), ev.EvRequesting(True)]) == []  # still Reserved
+    assert replay(machine, [events.Plugged(), events.EvRequesting(True)]) == []  # still Reserved
     effects = replay(
         machine,
         [
-            ev.IdPresented("HOLDER"),
-            ev.AuthorizationResult("HOLDER", ACCEPTED),
-            ev.RelayConfirmed(True),
+            events.IdPresented("HOLDER"),
+            events.AuthorizationResult("HOLDER", ACCEPTED),
+            events.RelayConfirmed(True),
         ],
     )
-    assert ev.StartTransaction("HOLDER", None, 7) in effects
+    assert events.StartTransaction("HOLDER", None, 7) in effects
     assert statuses(effects) == ["Preparing", "Charging"]
 
 
 def test_reservation_with_a_parent_admits_its_group_after_an_authorization() -> None:
     machine = reserved(GROUP)
     # 5.13: the incoming tag's parentIdTag decides, and only an authorization tells it.
-    assert machine.dispatch(ev.IdPresented("CARD")) is True
-    assert machine.take_effects() == [ev.Authorize("CARD")]
-    assert replay(machine, [ev.AuthorizationResult("CARD", ACCEPTED, "ELSEWHERE")]) == []
+    assert machine.dispatch(events.IdPresented("CARD")) is True
+    assert machine.take_effects() == [events.Authorize("CARD")]
+    assert replay(machine, [events.AuthorizationResult("CARD", ACCEPTED, "ELSEWHERE")]) == []
     assert machine.status == S.reserved and machine.truth.authorized is None
-    replay(machine, [ev.IdPresented("CARD2"), ev.AuthorizationResult("CARD2", ACCEPTED, "FLEET")])
+    replay(
+        machine,
+        [events.IdPresented("CARD2"), events.AuthorizationResult("CARD2", ACCEPTED, "FLEET")],
+    )
     assert machine.status == S.preparing
-    effects = replay(machine, [ev.Plugged()])
-    assert ev.StartTransaction("CARD2", "FLEET", 8) in effects
+    effects = replay(machine, [events.Plugged()])
+    assert events.StartTransaction("CARD2", "FLEET", 8) in effects
     # A remote start of a group tag is authorized even without AuthorizeRemoteTxRequests.
     machine = reserved(GROUP)
-    assert machine.dispatch(ev.RemoteStartRequested("CARD", authorize=False)) is True
-    assert machine.take_effects() == [ev.Authorize("CARD")]
+    assert machine.dispatch(events.RemoteStartRequested("CARD", authorize=False)) is True
+    assert machine.take_effects() == [events.Authorize("CARD")]
 
 
 def test_remote_start_for_the_holder_uses_the_reservation() -> None:
     machine = reserved()
-    assert machine.dispatch(ev.RemoteStartRequested("HOLDER", authorize=False)) is True
+    assert machine.dispatch(events.RemoteStartRequested("HOLDER", authorize=False)) is True
     assert statuses(machine.take_effects()) == ["Preparing"]
-    assert ev.StartTransaction("HOLDER", None, 7) in replay(machine, [ev.Plugged()])
+    assert events.StartTransaction("HOLDER", None, 7) in replay(machine, [events.Plugged()])
 
 
 def test_holder_who_does_not_plug_in_leaves_the_gun_reserved_again() -> None:
     machine = reserved()
-    replay(machine, [ev.IdPresented("HOLDER"), ev.AuthorizationResult("HOLDER", ACCEPTED)])
+    replay(machine, [events.IdPresented("HOLDER"), events.AuthorizationResult("HOLDER", ACCEPTED)])
     # OCPP allows no Preparing -> Reserved: the way back passes through Available.
-    assert statuses(replay(machine, [ev.ConnectionTimedOut()])) == ["Available", "Reserved"]
+    assert statuses(replay(machine, [events.ConnectionTimedOut()])) == ["Available", "Reserved"]
     assert machine.truth.reservations == (OWN,)
 
 
 def test_fault_or_unavailability_ends_the_connectors_own_reservation() -> None:
     machine = reserved()
-    effects = replay(machine, [ev.FaultRaised(FaultKind.EARTH_FAULT, "earth")])
-    assert ev.ReservationEnded(7, "Faulted") in effects
+    effects = replay(machine, [events.FaultRaised(FaultKind.EARTH_FAULT, "earth")])
+    assert events.ReservationEnded(7, "Faulted") in effects
     assert statuses(effects) == ["Faulted"]
-    assert statuses(replay(machine, [ev.FaultCleared(FaultKind.EARTH_FAULT)])) == ["Available"]
+    assert statuses(replay(machine, [events.FaultCleared(FaultKind.EARTH_FAULT)])) == ["Available"]
     machine = reserved()
-    assert machine.dispatch(ev.AvailabilityChanged(False)) == "Accepted"  # not busy
+    assert machine.dispatch(events.AvailabilityChanged(False)) == "Accepted"  # not busy
     assert machine.take_effects() == [
-        ev.ReservationEnded(7, "Unavailable"),
-        ev.NotifyStatus(S.unavailable),
+        events.ReservationEnded(7, "Unavailable"),
+        events.NotifyStatus(S.unavailable),
     ]
     # Connector-0 reservations are the station's: it keeps them on its other guns.
     machine = reserved(ZERO, hold_zero=True)
-    effects = replay(machine, [ev.FaultRaised(FaultKind.EARTH_FAULT, "earth")])
-    assert not any(isinstance(e, ev.ReservationEnded) for e in effects)
+    effects = replay(machine, [events.FaultRaised(FaultKind.EARTH_FAULT, "earth")])
+    assert not any(isinstance(e, events.ReservationEnded) for e in effects)
     assert machine.truth.reservations == (ZERO,)
 
 
 def test_connector_zero_reservation_is_served_on_any_gun_but_kept_only_when_held() -> None:
     machine = reserved(ZERO)  # not held: the gun is Available and takes anyone
     assert machine.status == S.available
-    effects = replay(machine, [ev.Plugged(), ev.RemoteStartRequested("OTHER", authorize=False)])
-    assert ev.StartTransaction("OTHER") in effects
+    effects = replay(
+        machine, [events.Plugged(), events.RemoteStartRequested("OTHER", authorize=False)]
+    )
+    assert events.StartTransaction("OTHER") in effects
     machine = reserved(ZERO)
-    effects = replay(machine, [ev.Plugged(), ev.RemoteStartRequested("HOLDER", authorize=False)])
-    assert ev.StartTransaction("HOLDER", None, 9) in effects  # its id wherever it starts
+    effects = replay(
+        machine, [events.Plugged(), events.RemoteStartRequested("HOLDER", authorize=False)]
+    )
+    assert events.StartTransaction("HOLDER", None, 9) in effects  # its id wherever it starts
     machine = reserved(ZERO, hold_zero=True)
     assert machine.status == S.reserved
-    assert machine.dispatch(ev.IdPresented("OTHER")) is False
+    assert machine.dispatch(events.IdPresented("OTHER")) is False
     # Released (another gun became free) while a holder is not there: Available again.
-    assert statuses(replay(machine, [ev.ReservationsChanged((ZERO,))])) == ["Available"]
+    assert statuses(replay(machine, [events.ReservationsChanged((ZERO,))])) == ["Available"]
 
 
 def test_reservation_changes_while_busy_wait_for_the_session_to_end() -> None:
     machine = fresh()
     started(machine)
-    assert replay(machine, [ev.ReservationsChanged((OWN,))]) == []  # still Charging
-    effects = replay(machine, [ev.StopRequested(Reason.remote)])
+    assert replay(machine, [events.ReservationsChanged((OWN,))]) == []  # still Charging
+    effects = replay(machine, [events.StopRequested(Reason.remote)])
     assert statuses(effects) == ["Finishing"]
     # OCPP allows no Finishing -> Reserved either.
-    assert statuses(replay(machine, [ev.Unplugged()])) == ["Available", "Reserved"]
+    assert statuses(replay(machine, [events.Unplugged()])) == ["Available", "Reserved"]
 
 
 # --- property-based: random event sequences ------------------------------------------------------
 
 TAGS = st.sampled_from(["A", "B", "C"])
 EVENTS = st.one_of(
-    st.just(ev.Plugged()),
-    st.just(ev.Unplugged()),
-    st.builds(ev.EvRequesting, st.booleans()),
-    st.builds(ev.IdPresented, TAGS),
-    st.builds(ev.RemoteStartRequested, TAGS, st.booleans()),
+    st.just(events.Plugged()),
+    st.just(events.Unplugged()),
+    st.builds(events.EvRequesting, st.booleans()),
+    st.builds(events.IdPresented, TAGS),
+    st.builds(events.RemoteStartRequested, TAGS, st.booleans()),
     st.builds(
-        ev.AuthorizationResult,
+        events.AuthorizationResult,
         TAGS,
         st.sampled_from(list(AuthorizationStatus)),
         st.sampled_from([None, "G", "H"]),
     ),
-    st.just(ev.ConnectionTimedOut()),
-    st.builds(ev.RelayConfirmed, st.booleans()),
-    st.builds(ev.RelayFailed, st.just("no confirmation")),
-    st.just(ev.LockEngaged()),
-    st.just(ev.LockReleased()),
-    st.builds(ev.EvseSuspended, st.booleans()),
-    st.builds(ev.FaultRaised, st.sampled_from(list(FaultKind)), st.just("detail")),
-    st.builds(ev.FaultCleared, st.sampled_from(list(FaultKind))),
-    st.builds(ev.AvailabilityChanged, st.booleans()),
-    st.builds(ev.StopRequested, st.sampled_from(list(Reason))),
-    st.builds(ev.TransactionConfirmed, st.integers(1, 5), st.sampled_from([ACCEPTED, INVALID])),
-    st.just(ev.UnlockRequested()),
+    st.just(events.ConnectionTimedOut()),
+    st.builds(events.RelayConfirmed, st.booleans()),
+    st.builds(events.RelayFailed, st.just("no confirmation")),
+    st.just(events.LockEngaged()),
+    st.just(events.LockReleased()),
+    st.builds(events.EvseSuspended, st.booleans()),
+    st.builds(events.FaultRaised, st.sampled_from(list(FaultKind)), st.just("detail")),
+    st.builds(events.FaultCleared, st.sampled_from(list(FaultKind))),
+    st.builds(events.AvailabilityChanged, st.booleans()),
+    st.builds(events.StopRequested, st.sampled_from(list(Reason))),
+    st.builds(events.TransactionConfirmed, st.integers(1, 5), st.sampled_from([ACCEPTED, INVALID])),
+    st.just(events.UnlockRequested()),
     st.builds(
-        ev.ReservationsChanged,
+        events.ReservationsChanged,
         st.lists(
             st.builds(
-                ev.Reservation,
+                events.Reservation,
                 st.integers(1, 3),
                 TAGS,
                 st.sampled_from([None, "G", "H"]),
@@ -513,7 +534,7 @@ class ConnectorRules(RuleBasedStateMachine):
     def __init__(self) -> None:
         super().__init__()
         self.machine: ConnectorMachine | None = None
-        self.reported: list[ev.NotifyStatus] = []
+        self.reported: list[events.NotifyStatus] = []
         self.starts = 0
         self.stops = 0
         self.relay: list[bool] = []
@@ -544,8 +565,8 @@ class ConnectorRules(RuleBasedStateMachine):
         open while charging), and past the ack deadline reports a PowerSwitchFailure."""
         assert self.machine is not None
         for event in (
-            ev.RelayConfirmed(not self.machine.truth.relay_commanded),
-            ev.FaultRaised(FaultKind.POWER_SWITCH, "PLC 0: relay reported closed"),
+            events.RelayConfirmed(not self.machine.truth.relay_commanded),
+            events.FaultRaised(FaultKind.POWER_SWITCH, "PLC 0: relay reported closed"),
         ):
             before = self.machine.truth
             self.machine.dispatch(event)
@@ -563,8 +584,8 @@ class ConnectorRules(RuleBasedStateMachine):
         """The relay is reported as commanded again, and the hardware clears its fault."""
         assert self.machine is not None
         for event in (
-            ev.RelayConfirmed(self.machine.truth.relay_commanded),
-            ev.FaultCleared(FaultKind.POWER_SWITCH),
+            events.RelayConfirmed(self.machine.truth.relay_commanded),
+            events.FaultCleared(FaultKind.POWER_SWITCH),
         ):
             before = self.machine.truth
             self.machine.dispatch(event)
@@ -575,9 +596,9 @@ class ConnectorRules(RuleBasedStateMachine):
         assert (self.machine.status == S.faulted) == bool(t.faults)
         self.contradicted = False
 
-    def _absorb(self, effects: list[ev.Effect], before: Truth | None = None) -> None:
+    def _absorb(self, effects: list[events.Effect], before: Truth | None = None) -> None:
         for effect in effects:
-            if isinstance(effect, ev.NotifyStatus):
+            if isinstance(effect, events.NotifyStatus):
                 if self.reported:
                     last = self.reported[-1]
                     # Only allowed status changes; never the same notification twice.
@@ -585,7 +606,7 @@ class ConnectorRules(RuleBasedStateMachine):
                     if last.status != effect.status:
                         assert effect.status in ALLOWED[last.status]
                 self.reported.append(effect)
-            elif isinstance(effect, ev.StartTransaction):
+            elif isinstance(effect, events.StartTransaction):
                 assert self.starts == self.stops  # at most one transaction at a time
                 self.starts += 1
                 assert before is not None
@@ -595,10 +616,10 @@ class ConnectorRules(RuleBasedStateMachine):
                     assert used and used[0] in kept_for(before)
                 if effect.reservation_id is not None:
                     assert used and used[0].admits(effect.id_tag, effect.parent_id_tag)
-            elif isinstance(effect, ev.StopTransaction):
+            elif isinstance(effect, events.StopTransaction):
                 assert self.starts == self.stops + 1  # exactly one stop per start
                 self.stops += 1
-            elif isinstance(effect, ev.SwitchRelay):
+            elif isinstance(effect, events.SwitchRelay):
                 assert not self.relay or self.relay[-1] != effect.closed
                 self.relay.append(effect.closed)
 

@@ -3,7 +3,7 @@ system (tests/peers/asyncio_csms.py) is killed with SIGKILL mid-transaction and 
 
 What dcocpp/ocpp/transactions.py promises for that: the transaction the database still holds
 as running is stopped at the next boot with reason PowerLoss, at the last meter reading the
-connector task persisted (every METER_PERSIST_INTERVAL, dcocpp/connector/task.py) and that
+connector task persisted (every METER_PERSIST_INTERVAL, dcocpp/connector/sampling.py) and that
 reading's time; and what was queued but not delivered before the kill (here MeterValues
 queued while the central system was away) is delivered after the restart, in order, before
 that StopTransaction. The second test is the orderly version: SIGPWR (a UPS daemon's "mains
@@ -31,7 +31,7 @@ from typing import Any
 import pytest
 
 from dcocpp.cli.commands import EXIT_OK
-from dcocpp.connector.task import METER_PERSIST_INTERVAL
+from dcocpp.connector.sampling import METER_PERSIST_INTERVAL
 from dcocpp.ocpp import wire
 from dcocpp.station.station import RESET_FLUSH_TIMEOUT, SHUTDOWN_GRACE, STOP_TIMEOUT
 from dcocpp.storage.database import DATABASE_NAME, Database, QueuedMessage, TransactionRow

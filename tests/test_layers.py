@@ -30,7 +30,17 @@ FORBIDDEN = {
     "demo": {"cli"},
 }
 # The connector's shell: every other connector module is the pure core (no trio, no I/O).
-CONNECTOR_SHELL = frozenset({"dcocpp.connector.task"})
+CONNECTOR_SHELL = frozenset(
+    {
+        "dcocpp.connector.task",
+        "dcocpp.connector.relay",
+        "dcocpp.connector.transactions",
+        "dcocpp.connector.billing",
+        "dcocpp.connector.sampling",
+        "dcocpp.connector.tagwaits",
+        "dcocpp.connector.reservationdesk",
+    }
+)
 # The one module that may import the command line: `python -m dcocpp`.
 CLI_ENTRY = "dcocpp.__main__"
 

@@ -15,7 +15,8 @@ from typing import Any
 import pytest
 import trio
 
-from dcocpp.connector.task import METER_PERSIST_INTERVAL, OCPP_MAX_WH, REGISTER_BEYOND_OCPP
+from dcocpp.connector.billing import OCPP_MAX_WH, REGISTER_BEYOND_OCPP
+from dcocpp.connector.sampling import METER_PERSIST_INTERVAL
 from dcocpp.hardware import simulation
 from dcocpp.hardware.plc.driver import ACK_TIMEOUT
 from dcocpp.hardware.plc.emulated import InProcessPlcHardware

@@ -15,7 +15,7 @@ import trio
 from ocpp.v16 import call
 from ocpp.v16.enums import ChargePointStatus
 
-from dcocpp.connector.task import RELAY_ACK_DEADLINE, RELAY_RETRY_INTERVAL
+from dcocpp.connector.relay import RELAY_ACK_DEADLINE, RELAY_RETRY_INTERVAL
 from dcocpp.hardware.plc.driver import ACK_TIMEOUT, ATTEMPTS, BACKOFF
 from dcocpp.station.station import RESET_FLUSH_TIMEOUT
 from dcocpp.storage.database import Database

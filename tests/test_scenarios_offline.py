@@ -20,7 +20,8 @@ from ocpp.v16 import call
 from ocpp.v16.enums import ResetType
 
 from dcocpp.config import ChargerConfig
-from dcocpp.connector.task import METER_PERSIST_INTERVAL, RELAY_ACK_DEADLINE
+from dcocpp.connector.relay import RELAY_ACK_DEADLINE
+from dcocpp.connector.sampling import METER_PERSIST_INTERVAL
 from dcocpp.hardware.simulation import SimulatedHardware
 from dcocpp.station.station import RESET_FLUSH_TIMEOUT, HardReset
 from dcocpp.storage.database import Database

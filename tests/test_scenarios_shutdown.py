@@ -20,7 +20,8 @@ from typing import Any
 import pytest
 import trio
 
-from dcocpp.connector.task import METER_PERSIST_INTERVAL, RELAY_ACK_DEADLINE
+from dcocpp.connector.relay import RELAY_ACK_DEADLINE
+from dcocpp.connector.sampling import METER_PERSIST_INTERVAL
 from dcocpp.station.station import SHUTDOWN_GRACE, STOP_TIMEOUT
 from dcocpp.storage.database import Database, TransactionRow
 from tests.csms import FakeCsms

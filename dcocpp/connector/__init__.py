@@ -1,12 +1,25 @@
 """One gun: its OCPP status as rules over the physical truth, and the task that drives it.
 
-`events` are what happens to a gun (from the hardware, the driver, the central system) and
-what it asks for in return; `machine` is the pure state machine (no trio, no I/O; a
+The pure core (no trio, no I/O): `events` are what happens to a gun (from the hardware, the
+driver, the central system) and what it asks for in return; `machine` is the state machine (a
 `transitions` Machine over the OCPP statuses); `metering` turns meter readings into OCPP
-MeterValues; `task` is the trio task per gun that feeds the machine from the hardware and the
-session and carries out its effects, with cancel scopes enforcing the relay-ack deadlines.
+MeterValues.
 
-Errors: `machine.MachineInconsistency` (a RuntimeError) is a bug of ours, never expected; the
-task turns the lower layers' errors (`HardwareError`, `OcppError`, `StorageError`) into faults
-and messages.
+The async shell around it, one `task.ConnectorTask` per gun: the inbox loop that feeds the
+machine and carries out its effects (`task`), the relay worker with its ack deadlines
+(`relay`), the gun's transactions (`transactions`), what they bill (`billing`), the meter
+values on their timers (`sampling`), what became of a tag presented at the reader
+(`tagwaits`), and the station's reservations as the gun sees them (`reservationdesk`).
+
+Errors::
+
+    RuntimeError
+    └── machine.MachineInconsistency   the truth demands a status change the machine has
+                                       no transition for: a bug of ours, never expected
+
+The connector has no exception root of its own. The shell turns the lower layers' errors into
+what the machine understands: a `HardwareError` or a missed deadline of a relay or lock
+command is a fault, an `OcppError` of meter values outside a transaction a log line. The
+outbox's `StorageError` escapes `ConnectorTask.run`: a transaction that cannot be stored does
+not start, and the station stops on it.
 """

@@ -39,7 +39,7 @@ from dcocpp import defaults
 from dcocpp.api.contract import DEFAULT_API, ApiError, format_address, parse_address
 from dcocpp.clock import WallClock
 from dcocpp.config import ChargerConfig, ConfigError, load_charger_config
-from dcocpp.connector import events as ev
+from dcocpp.connector import events
 from dcocpp.demo import MIN_SPEED
 from dcocpp.demo.central_system import DemoCentralSystem
 from dcocpp.demo.view import DemoView, format_summary
@@ -285,7 +285,7 @@ class _Player:
         task = self.station.connectors[connector_id]
         with trio.move_on_after(STEP_TIMEOUT):
             while True:
-                if await task.ask(ev.IdPresented(id_tag)):
+                if await task.ask(events.IdPresented(id_tag)):
                     return
                 await trio.sleep(POLL_INTERVAL)
         raise DemoError(f"connector {connector_id} kept refusing tag {id_tag}")
@@ -575,7 +575,7 @@ async def _stop_transactions(station: Station, csms: DemoCentralSystem) -> None:
     their StopTransactions, so that its record is complete; bounded by STOP_TIMEOUT."""
     with trio.move_on_after(STOP_TIMEOUT):
         for task in station.connectors.values():
-            await task.ask(ev.StopRequested(Reason.other))
+            await task.ask(events.StopRequested(Reason.other))
         await csms.wait_for(lambda: not any(t.active for t in csms.transactions))
 
 

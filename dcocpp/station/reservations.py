@@ -38,8 +38,10 @@ from ocpp.v16.enums import CancelReservationStatus, ReservationStatus
 
 from dcocpp import idtags
 from dcocpp.clock import WallClock, ocpp_time
-from dcocpp.connector import events as ev
+from dcocpp.concurrency import RestartableTask
+from dcocpp.connector import events
 from dcocpp.connector.machine import Truth
+from dcocpp.connector.reservationdesk import in_line
 from dcocpp.connector.task import ConnectorTask
 from dcocpp.ocpp.authcache import parse_expiry
 from dcocpp.ocpp.configuration import ConfigurationStore
@@ -91,7 +93,7 @@ class ReservationBook:
         self._ended: list[int] = []  # ended in memory, their rows not deleted yet (`flush`)
         self._reserving = trio.Lock()
         self._storing: int | None = None  # the id of the reservation being written
-        self._timers: dict[int, trio.CancelScope] = {}
+        self._timers: dict[int, RestartableTask] = {}  # each reservation's expiry
         self._nursery: trio.Nursery | None = None
 
     def __len__(self) -> int:
@@ -168,8 +170,7 @@ class ReservationBook:
                 self._storing = None
             replaced = self._rows.get(reservation_id)
             self._rows[reservation_id] = row
-        self._cancel_timer(reservation_id)
-        self._schedule(row)
+        self._schedule(row)  # a replaced reservation's timer ends
         self._resync_all()
         log.info(
             "reservation %d %s on %s for %s%s until %s",
@@ -218,15 +219,15 @@ class ReservationBook:
 
     # --- ReservationDesk (for the connector tasks) --------------------------------------------
 
-    def wanted(self, connector_id: int) -> ev.ReservationsChanged:
+    def wanted(self, connector_id: int) -> events.ReservationsChanged:
         own = tuple(
             _reservation(row) for row in self._rows.values() if row.connector_id == connector_id
         )
         zero = tuple(_reservation(row) for row in self._rows.values() if row.connector_id == 0)
         if not zero:
-            return ev.ReservationsChanged(own)
+            return events.ReservationsChanged(own)
         free = self._free()
-        return ev.ReservationsChanged(
+        return events.ReservationsChanged(
             own + zero, hold_zero=connector_id in free and len(free) <= len(zero)
         )
 
@@ -234,9 +235,7 @@ class ReservationBook:
         for cid, task in self._connectors().items():
             if cid == connector_id:
                 continue  # it syncs before its next event anyway
-            wanted = self.wanted(cid)
-            truth = task.machine.truth
-            if (truth.reservations, truth.hold_zero) != (wanted.reservations, wanted.hold_zero):
+            if not in_line(task.machine.truth, self.wanted(cid)):
                 task.resync()
 
     def ended(self, connector_id: int, reservation_id: int, cause: str) -> None:
@@ -329,34 +328,35 @@ class ReservationBook:
             task.resync()
 
     def _schedule(self, row: ReservationRow) -> None:
+        """(Re)start the expiry timer of `row`'s reservation."""
         if self._nursery is None:
             return  # run() schedules every reservation as it starts
-        scope = trio.CancelScope()
-        self._timers[row.reservation_id] = scope
-        self._nursery.start_soon(self._expire, row, scope)
+        timer = self._timers.setdefault(row.reservation_id, RestartableTask())
+        timer.restart(self._nursery, self._expire, row)
 
     def _cancel_timer(self, reservation_id: int) -> None:
-        scope = self._timers.pop(reservation_id, None)
-        if scope is not None:
-            scope.cancel()
+        timer = self._timers.pop(reservation_id, None)
+        if timer is not None:
+            timer.cancel()
 
-    async def _expire(self, row: ReservationRow, scope: trio.CancelScope) -> None:
+    async def _expire(self, row: ReservationRow) -> None:
         """End the reservation at its expiryDate by the wall clock (sleeping on trio's clock;
         a wall clock that is set meanwhile is noticed within EXPIRY_RECHECK)."""
         expiry = parse_expiry(row.expiry_date)
         assert expiry is not None  # written by ocpp_time, or checked by load()
-        with scope:
-            while True:
-                left = (expiry - self._clock.now()).total_seconds()
-                if left <= 0:
-                    break
-                await trio.sleep(min(left, EXPIRY_RECHECK))
-            self._timers.pop(row.reservation_id, None)
-            self._end(row.reservation_id, f"expired at {row.expiry_date}")
-            await self.flush()
+        while True:
+            left = (expiry - self._clock.now()).total_seconds()
+            if left <= 0:
+                break
+            await trio.sleep(min(left, EXPIRY_RECHECK))
+        # Off the timers first: ending the reservation must not cancel this run, whose flush
+        # follows.
+        self._timers.pop(row.reservation_id, None)
+        self._end(row.reservation_id, f"expired at {row.expiry_date}")
+        await self.flush()
 
 
-def _reservation(row: ReservationRow) -> ev.Reservation:
-    return ev.Reservation(
+def _reservation(row: ReservationRow) -> events.Reservation:
+    return events.Reservation(
         row.reservation_id, row.id_tag, row.parent_id_tag, any_connector=row.connector_id == 0
     )

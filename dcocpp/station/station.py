@@ -46,15 +46,11 @@ from ocpp.v16.enums import (
 from dcocpp.api import server as api
 from dcocpp.clock import SYNC_THRESHOLD_S, ClockStep, StationClock, WallClock, ocpp_time
 from dcocpp.config import ChargerConfig
-from dcocpp.connector import events as ev
+from dcocpp.connector import events
 from dcocpp.connector.metering import MEASURANDS
-from dcocpp.connector.task import (
-    INBOX_SIZE,
-    METER_PERSIST_INTERVAL,
-    RELAY_ACK_DEADLINE,
-    ConnectorServices,
-    ConnectorTask,
-)
+from dcocpp.connector.relay import RELAY_ACK_DEADLINE
+from dcocpp.connector.sampling import METER_PERSIST_INTERVAL
+from dcocpp.connector.task import INBOX_SIZE, ConnectorServices, ConnectorTask
 from dcocpp.hardware.events import CoalescingChannel
 from dcocpp.hardware.factory import build_hardware
 from dcocpp.hardware.interface import FaultKind, HardwareBackend, HardwareError, SimulationControl
@@ -233,13 +229,13 @@ class Station:
         async with trio.open_nursery() as nursery:
             # The backend never waits for a connector (its reader serves every gun, safety
             # inputs included): what a busy connector cannot take yet is held and coalesced.
-            self.hardware_events = events = {
+            self.hardware_events = channels = {
                 cid: CoalescingChannel(send.clone()) for cid, (send, _) in self._inboxes.items()
             }
-            for channel in events.values():
+            for channel in channels.values():
                 nursery.start_soon(channel.run)
             nursery.start_soon(self.clock.watch)
-            await nursery.start(self.hardware.run, events)
+            await nursery.start(self.hardware.run, channels)
             self._lifetime = nursery  # the API's, once the first boot has its connectors
             while True:
                 try:
@@ -463,7 +459,7 @@ class Station:
         else:
             targets = {connector_id: operative and self._operative0}
         replies = [
-            await self.connectors[cid].ask(ev.AvailabilityChanged(target))
+            await self.connectors[cid].ask(events.AvailabilityChanged(target))
             for cid, target in targets.items()
         ]
         log.info(
@@ -558,7 +554,7 @@ class Station:
         stopped: list[int] = []
         with trio.move_on_after(STOP_TIMEOUT) as stopping:
             for task in tasks:
-                if await task.ask(ev.StopRequested(reason)):
+                if await task.ask(events.StopRequested(reason)):
                     stopped.append(task.id)
             if stopped:
                 log.info(
@@ -610,7 +606,7 @@ class Station:
         else:
             candidates = list(self.connectors)
         for cid in candidates:
-            if await self.connectors[cid].ask(ev.RemoteStartRequested(id_tag, authorize)):
+            if await self.connectors[cid].ask(events.RemoteStartRequested(id_tag, authorize)):
                 return RemoteStartStopStatus.accepted
         return RemoteStartStopStatus.rejected
 
@@ -635,12 +631,12 @@ class Station:
         for task in self.connectors.values():
             tx = task.transaction
             if tx is not None and tx.transaction_id == transaction_id:
-                await task.ask(ev.StopRequested(Reason.remote))
+                await task.ask(events.StopRequested(Reason.remote))
                 return RemoteStartStopStatus.accepted
         return RemoteStartStopStatus.rejected
 
     async def unlock(self, connector_id: int) -> UnlockStatus:
-        return await self.connectors[connector_id].ask(ev.UnlockRequested())
+        return await self.connectors[connector_id].ask(events.UnlockRequested())
 
     async def trigger_meter_values(self, connector_id: int | None) -> None:
         for cid, task in self.connectors.items():
