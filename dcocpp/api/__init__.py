@@ -5,9 +5,14 @@ its `StationView` protocol, which the station implements; `client` is the standa
 client of `dcocpp status` and `dcocpp sim`; `contract` is what both agree on (addresses, the
 token rule, the fault kinds). Nothing here imports the station, connectors, OCPP or hardware.
 
-Errors::
+Errors (two roots: the server and the client run in different processes)::
 
     Exception
-    ├── contract.ApiError        the server cannot run (address in use, no token off loopback)
+    ├── contract.ApiError        the server cannot run: its address (in use, cannot be
+    │                            resolved) or its token (none off loopback, or unfit)
     └── client.ApiClientError    a request did not succeed (`refused`: the API said no)
+
+The charger's side of `StationView` raises `KeyError` for an unknown connector and
+`ValueError` for an action that does not fit the gun's state; the server answers them 404 and
+422.
 """

@@ -6,7 +6,18 @@ arguments several commands share; `sim` the `sim` and `status` commands (through
 `statecharts` exports the diagrams; `logs` the operator's console logging. The top of the
 layers: it may import everything, and nothing imports it (`dcocpp.__main__` aside).
 
-Errors: every layer's error ends here as one line on stderr and an exit status (see
-`commands.main`); the command line's own are `logs.LoggingError` (the log file cannot be
-written) and, in `plcsim`, `PlcSimError` (`BusOpenError`: the CAN bus cannot be opened).
+Errors::
+
+    Exception
+    ├── logs.LoggingError         the log directory or the message log cannot be used
+    └── plcsim.PlcSimError        `plc-sim` cannot run (stdin unreadable)
+        └── plcsim.BusOpenError   its CAN bus cannot be opened
+    ValueError
+    └── plcsim.ConsoleError       a console line plc-sim cannot carry out: answered on
+                                  stdout, never escapes
+
+`commands.main` turns what the operator must fix into one line on stderr and an exit status:
+the layers' `ApiError`, `StorageError`, `HardwareError`, `ConfigurationError` and the
+`LoggingError` above, and in the commands that raise them `ConfigError`, `InitError`,
+`DemoError` and `PlcSimError`. Anything else is a bug and keeps its traceback.
 """

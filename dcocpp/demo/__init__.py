@@ -3,6 +3,12 @@
 The demo's script and the charger on simulated hardware (`run`), its embedded central system
 (`central_system`) and its live view (`view`); the command that starts it is
 `dcocpp.cli.demo`.
+
+Errors::
+
+    Exception
+    └── run.DemoError   the demo could not run (its configuration), or the charger did not
+                        do what the script expected in time
 """
 
 # The slowest pace the script works at: slower, the simulated EV's battery (75 kWh from 20 %,

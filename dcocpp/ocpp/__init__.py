@@ -4,21 +4,28 @@ the persistent outbox of transaction messages (`transactions`), the handlers of 
 system's CALLs (`handlers`, `smartcharging/handlers`), configuration keys, authorization
 (`authcache`, `locallist`) and smart charging (`smartcharging/`). It never imports the
 hardware, the connectors, the station, the API or the command line: what it may ask of the
-charger is the `control.StationControl` protocol, and what its handlers may touch is
-`handlers.SessionServices`.
+charger is the `control.ChargePointControl` protocol, and what its handlers may touch is
+`services.SessionServices`.
 
 Errors::
 
     Exception
-    └── errors.OcppError                      the layer's root
-        ├── errors.TransportError             cannot connect (TLS, address, handshake)
-        ├── errors.ConnectionLost             the connection ended under a CALL
-        ├── errors.CallError                  the central system answered CALLERROR
-        ├── errors.InvalidPayload             an answer that breaks its schema
-        │   └── errors.UnsendablePayload      a message of ours that breaks it (our bug)
-        ├── session.ResponseTimeout           no answer within the response timeout
-        ├── configuration.ConfigurationError  a configuration key's value or file
-        ├── authcache.AuthStoreError          the authorization cache's storage failed
-        ├── smartcharging.ProfileError        a charging profile OCPP or we cannot take
-        └── smartcharging.ProfileStoreError   the profiles' storage failed
+    └── errors.OcppError                          the layer's root
+        ├── errors.TransportError                 cannot connect (address, TLS, HTTP reject,
+        │                                         subprotocol)
+        ├── errors.ConnectionLost                 no connection for a CALL, or it ended
+        │                                         under one
+        ├── errors.CallError                      a CALLERROR: the central system's answer,
+        │   │                                     or ours to its CALL (raised by a handler)
+        │   └── wire.FrameError                   a frame that is not OCPP-J
+        │                                         (FormationViolation)
+        ├── errors.InvalidPayload                 an answer that breaks its schema, or that
+        │   │                                     cannot be read
+        │   └── errors.UnsendablePayload          a message of ours that breaks it (our bug)
+        ├── session.ResponseTimeout               no answer within ResponseTimeout
+        ├── configuration.ConfigurationError      a configuration file, or a key's value
+        ├── authcache.AuthStoreError              the authorization cache's storage failed
+        ├── smartcharging.ProfileError            a charging profile OCPP or we cannot take
+        └── smartcharging.service.ProfileStoreError
+                                                  the installed profiles' storage failed
 """

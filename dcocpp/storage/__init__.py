@@ -10,7 +10,12 @@ the other leaves (`clock`, `jsontypes`).
 Errors::
 
     Exception
-    └── database.StorageError          names the file, what failed and SQLite's reason
+    └── database.StorageError          names the file or directory, what failed and why
+        │                              (SQLite's or the system's reason; `datalock`: the
+        │                              other process's pid)
         └── database.DataLossRefused   a database missing or older than recorded, refused
                                        unless the operator accepts the loss
+
+`atomicfile` and `datarecord` raise `OSError` (and `ValueError` for a record that is not
+one) to their callers, which say what the file was for.
 """
