@@ -65,7 +65,8 @@ from dcocpp.config import ConnectorConfig
 from dcocpp.hardware.interface import HardwareEvent
 from dcocpp.hardware.plc import codec
 from dcocpp.hardware.plc.bridge import read_frames
-from dcocpp.hardware.plc.driver import RX_GATHER_S, PlcBackend, acceptance_filters
+from dcocpp.hardware.plc.busprotocol import acceptance_filters
+from dcocpp.hardware.plc.driver import RX_GATHER_S, PlcBackend
 from dcocpp.hardware.plc.virtualbus import SelectableVirtualBus
 
 # --- the bus and the targets -----------------------------------------------------------------
