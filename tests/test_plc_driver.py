@@ -45,7 +45,8 @@ from dcocpp.hardware.plc.driver import (
     PlcDriverError,
     PlcGun,
 )
-from dcocpp.hardware.plc.emulator import FAULT_NONE, PlcEmulator
+from dcocpp.hardware.plc.emulator import PlcEmulator
+from dcocpp.hardware.plc.interlocks import FAULT_NONE
 from dcocpp.hardware.plc.virtualbus import SelectableVirtualBus
 from tests.plc_frames import ESTOP_FRAMES, IDLE_FRAMES, Signals
 

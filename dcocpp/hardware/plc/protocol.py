@@ -297,12 +297,14 @@ class PlcProtocol:
     def _on_frame(self, decoded: codec.Decoded, now: float) -> list[HardwareEvent]:
         events: list[HardwareEvent] = []
         self._last_rx = now
-        if "rx" in self._comm_causes or "bus" in self._comm_causes:
-            # The PLC talks again: its meter gets a full meter_stale to report before it is
-            # called stale (the silence was the link's fault, already reported).
-            self._last_fresh_meter = max(self._last_fresh_meter, now)
-        self._comm_causes.pop("bus", None)  # frames flow again
-        events += self._faults.cause(FaultKind.COMMUNICATION, "rx", None)
+        comm = self._comm_causes
+        if comm:  # (no cause, no COMMUNICATION fault: nothing to clear, the common case)
+            if "rx" in comm or "bus" in comm:
+                # The PLC talks again: its meter gets a full meter_stale to report before it
+                # is called stale (the silence was the link's fault, already reported).
+                self._last_fresh_meter = max(self._last_fresh_meter, now)
+            comm.pop("bus", None)  # frames flow again
+            events += self._faults.cause(FaultKind.COMMUNICATION, "rx", None)
         s = decoded.signals
         match decoded.message:
             case "RelayStatus":
@@ -367,7 +369,7 @@ class PlcProtocol:
         return not (
             self._active
             or self._comm_causes
-            or self.safety_tripped
+            or self._safety.tripped
             or self._relay_state != self._relay_cmd
             or self._relay_feedback != self._relay_cmd
             or self._mismatch_since is not None
