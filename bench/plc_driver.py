@@ -2,12 +2,13 @@
 
     .venv/bin/python bench/plc_driver.py [--quick] [--profile] [--check]
 
-Everything runs the real driver code (`PlcBackend` with 16 `PlcGun`s, plcId 0..15) on a real
-python-can bus: `SelectableVirtualBus`, python-can's in-process virtual bus plus a file
-descriptor, which the driver reads exactly as it reads socketcan (`trio.lowlevel.wait_readable`,
-then `recv(0)` until empty; no thread). A second `SelectableVirtualBus` on the same channel is
-the PLC side: it sends pre-encoded PLC -> host frames (codec, valid CRC8) and listens for the
-driver's RelayControl frames. One process, one trio run, one thread.
+Everything runs the real driver code (`PlcBackend` with 16 `PlcGun`s over their `PlcProtocol`s,
+plcId 0..15) on a real python-can bus: `SelectableVirtualBus`, python-can's in-process virtual
+bus plus a file descriptor, which the driver reads exactly as it reads socketcan
+(`trio.lowlevel.wait_readable`, then `recv(0)` until empty; no thread). A second
+`SelectableVirtualBus` on the same channel is the PLC side: it sends pre-encoded PLC -> host
+frames (codec, valid CRC8) and listens for the driver's RelayControl frames. One process, one
+trio run, one thread.
 
 Three figures, each against the issue's target:
 

@@ -131,9 +131,11 @@ class PlcGun:
         finally:
             self._waiting -= 1
 
-    def _require_running(self) -> None:
+    def _require_running(self) -> trio.Nursery:
+        """The backend's nursery; PlcDriverError when the backend is not running."""
         if self._nursery is None:
             raise PlcDriverError(f"PLC {self.plc_id}: backend not running")
+        return self._nursery
 
     # --- GunHardware --------------------------------------------------------------------------
 
@@ -187,10 +189,9 @@ class PlcGun:
         """ConfigCmd SET CURRENT_LIMIT_0p1A. Synchronous (the GunHardware contract): the
         `configure` call runs in the backend's nursery and a failure (refused, no ack) is
         logged as a warning."""
-        self._require_running()
-        assert self._nursery is not None
+        nursery = self._require_running()
         raw = max(0, min(round(amps * 10), _S32_MAX))
-        self._nursery.start_soon(self._apply_current_limit, raw)
+        nursery.start_soon(self._apply_current_limit, raw)
 
     async def _apply_current_limit(self, raw: int) -> None:
         try:
