@@ -841,6 +841,44 @@ async def test_a_stored_message_that_cannot_be_built_is_dropped_and_the_rest_goe
     assert all("cannot be built, a bug of this charger" in e for e in errors)
 
 
+async def test_answers_with_unknown_properties_are_taken_once_and_nothing_is_resent(
+    autojump_clock: Any, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A StartTransaction.conf and a StopTransaction.conf with a property OCPP 1.6 does not
+    know (at the top and inside idTagInfo) are used without it: the transactionId is taken,
+    nothing is refused, retried or sent twice."""
+    caplog.set_level(logging.INFO, logger="dcocpp.ocpp.transactions")
+    keys = {"TransactionMessageAttempts": 3, "TransactionMessageRetryInterval": 30}
+    csms = FakeCsms(validate=False)
+    csms.answer(
+        "StartTransaction",
+        {"transactionId": 5, "idTagInfo": {"status": "Accepted", "x": 1}, "foo": 1},
+    )
+    csms.answer("StopTransaction", {"idTagInfo": {"status": "Accepted"}, "foo": 1})
+    async with outbox_rig(tmp_path, csms, keys=keys) as rig:
+        tx = await rig.outbox.start(1, "TAG-X", 1_000_000, T0)
+        await rig.outbox.meter_values(tx, sample(1_000_100, T1))
+        await rig.outbox.stop(tx, 1_000_200, T2, "Local", "TAG-X")
+        with trio.fail_after(LIMIT):
+            await rig.outbox.wait_empty()
+        await trio.sleep(3600)  # no retry comes
+        assert tx.transaction_id == 5
+        assert rig.queued() == [] and rig.db.transactions() == [] and rig.outbox.parked == 0
+        assert rig.session.auth_cache.lookup("TAG-X") == {"status": "Accepted"}
+    assert [(a, p.get("transaction_id")) for _, a, p in csms.scripted] == [
+        ("StartTransaction", None),
+        ("StopTransaction", 5),
+    ]
+    assert [(a, p["transaction_id"]) for a, p in rig.flow()] == [("MeterValues", 5)]
+    assert csms.refused == []
+    assert not [r for r in caplog.records if r.name == "dcocpp.ocpp.transactions"]
+    assert [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING] == [
+        "StartTransaction.conf has properties OCPP 1.6 does not know, used without them:"
+        " idTagInfo/x, foo",
+        "StopTransaction.conf has properties OCPP 1.6 does not know, used without them: foo",
+    ]
+
+
 async def test_stop_answered_with_an_invalid_id_tag_counts_as_delivered(
     autojump_clock: Any, tmp_path: Path
 ) -> None:

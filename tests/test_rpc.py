@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import errno
 import json
+import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from decimal import Decimal
@@ -709,3 +710,64 @@ async def test_our_payload_with_text_that_is_not_unicode_is_not_sent(autojump_cl
         answer = await cp.call(call.Authorize(id_tag="T1"))
     assert answer.id_tag_info["status"] == "Accepted"
     assert handlers.authorized == ["T1"]
+
+
+async def answer_with(raw: WebSocketConnection, payload: dict[str, Any]) -> None:
+    """Read one CALL on the raw peer and answer it with `payload` as it is."""
+    frame = json.loads(await raw.get_message())
+    await raw.send_message(json.dumps([3, frame[1], payload]))
+
+
+async def test_an_answer_with_unknown_properties_is_used_without_them_and_said_once(
+    autojump_clock: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    """OCPP 1.6's schemas forbid properties they do not list, but an answer whose known
+    properties are valid is used without the others: refusing it would resend a message the
+    central system has taken. One WARNING names the action and what was left out (per
+    connection and set of properties: a central system that always adds one is said once)."""
+    start_conf = {
+        "transactionId": 5,
+        "idTagInfo": {"status": "Accepted", "vendorFlag": True},
+        "foo": 1,
+    }
+    async with rpc_and_raw_peer() as (cp, raw), trio.open_nursery() as nursery:
+        request = call.StartTransaction(
+            connector_id=1, id_tag="T1", meter_start=0, timestamp="2026-11-23T10:00:00Z"
+        )
+        for _ in range(2):
+            nursery.start_soon(answer_with, raw, start_conf)
+            result = await cp.call(request)
+            assert result == call_result.StartTransaction(
+                transaction_id=5, id_tag_info={"status": "Accepted"}
+            )
+        nursery.start_soon(answer_with, raw, {"extra": [1]})
+        assert await cp.call(call.StopTransaction(1, "2026-11-23T10:00:00Z", 5)) == (
+            call_result.StopTransaction()
+        )
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert warnings == [
+        "StartTransaction.conf has properties OCPP 1.6 does not know, used without them:"
+        " idTagInfo/vendorFlag, foo",
+        "StopTransaction.conf has properties OCPP 1.6 does not know, used without them: extra",
+    ]
+
+
+@pytest.mark.parametrize(
+    ("answer", "error"),
+    [
+        ({"foo": 1}, "OccurenceConstraintViolation: payload: must contain ['currentTime']"),
+        ({"currentTime": 5, "foo": 1}, "TypeConstraintViolation: currentTime: currentTime must"),
+    ],
+)
+async def test_an_answer_still_invalid_without_its_unknown_properties_fails_the_call(
+    autojump_clock: Any, caplog: pytest.LogCaptureFixture, answer: dict[str, Any], error: str
+) -> None:
+    async with rpc_and_raw_peer() as (cp, raw), trio.open_nursery() as nursery:
+        nursery.start_soon(answer_with, raw, answer)
+        with pytest.raises(InvalidPayload) as caught:
+            await cp.call(call.Heartbeat())
+        assert not cp.closed
+    message = str(caught.value)
+    assert message.startswith(f"Heartbeat: {error}"), message
+    assert message.endswith("(besides properties OCPP 1.6 does not know: foo)"), message
+    assert not [r for r in caplog.records if r.levelno >= logging.WARNING]

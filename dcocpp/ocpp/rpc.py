@@ -89,6 +89,7 @@ class RpcConnection:
         self._handler_slots = trio.Semaphore(max_concurrent_handlers)
         self._max_handlers = max_concurrent_handlers
         self._busy_said = False  # a refusal for lack of slots was logged (see _refuse_busy)
+        self._lenient_said: set[tuple[str, str]] = set()  # see _valid_answer
         # Unique ids need only be unique per connection: a random prefix and a counter are
         # cheaper than uuid4 and still easy to follow in the message log.
         self._id_prefix = secrets.token_hex(4)
@@ -297,11 +298,42 @@ class RpcConnection:
                 response.error_code, response.error_description, response.error_details
             )
         if self._validate:
-            try:
-                return wire.validate(MessageType.CallResult, action, response.payload)
-            except CallErrorException as exc:
-                raise InvalidPayload(action, exc) from None
+            return self._valid_answer(action, response.payload)
         return response.payload
+
+    def _valid_answer(self, action: str, payload: dict[str, Any]) -> dict[str, Any]:
+        """The peer's CALLRESULT payload, held to the schema. One with properties the schema
+        does not know is used without them when the rest is valid: OCPP 1.6 forbids them, but
+        refusing such an answer would make its message a failure (a StartTransaction sent
+        again, its transactionId lost). Said at WARNING once per connection, action and
+        properties (a central system that always adds one says it with every answer)."""
+        try:
+            return wire.validate(MessageType.CallResult, action, payload)
+        except CallErrorException as exc:
+            error = exc
+        known, unknown = wire.without_unknown_properties(MessageType.CallResult, action, payload)
+        if not unknown:
+            raise InvalidPayload(action, error)
+        listed = ", ".join(unknown)
+        try:
+            result = wire.validate(MessageType.CallResult, action, known)
+        except CallErrorException as exc:
+            raise InvalidPayload(
+                action,
+                CallErrorException(
+                    exc.code,
+                    f"{exc.description} (besides properties OCPP 1.6 does not know: {listed})",
+                ),
+            ) from None
+        said = (action, listed)
+        log.log(
+            logging.DEBUG if said in self._lenient_said else logging.WARNING,
+            "%s.conf has properties OCPP 1.6 does not know, used without them: %s",
+            action,
+            listed,
+        )
+        self._lenient_said.add(said)
+        return result
 
     # --- sending -----------------------------------------------------------------------------
 
