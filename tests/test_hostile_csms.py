@@ -389,6 +389,25 @@ async def test_a_frame_nested_2000_deep_is_dropped_and_the_station_runs_on(
     assert "message is nested deeper than 16 levels" in caplog.text
 
 
+async def test_malformed_calls_and_a_close_right_after_leave_the_station_running(
+    autojump_clock: Any, tmp_path: Path
+) -> None:
+    """Malformed CALLs (answered FormationViolation by the reader itself) and a close of the
+    connection right behind them: the answers find it closed, the station reconnects."""
+    csms = FakeCsms()
+    async with running_station(charger_config(tmp_path), csms) as h:
+        await h.booted()
+        rpc = await csms.wait_connected()
+        for n in range(10):
+            await rpc.websocket.send_message(f'[2,"bad-{n}",5,{{}}]')
+        with trio.move_on_after(1):  # the close handshake ends with the CSMS's connection
+            await rpc.websocket.aclose()
+        await csms.wait_connected(2)
+        await h.station.plug(1)
+        await h.station.present_id(1, "TAG-1")
+        await h.wait_status(1, "Charging")
+
+
 async def test_a_lone_surrogate_is_refused_and_the_station_runs_on(
     autojump_clock: Any, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:

@@ -771,3 +771,41 @@ async def test_an_answer_still_invalid_without_its_unknown_properties_fails_the_
     assert message.startswith(f"Heartbeat: {error}"), message
     assert message.endswith("(besides properties OCPP 1.6 does not know: foo)"), message
     assert not [r for r in caplog.records if r.levelno >= logging.WARNING]
+
+
+async def test_a_peer_closing_right_after_malformed_calls_ends_the_reader_quietly(
+    autojump_clock: Any,
+) -> None:
+    """The reader answers a malformed CALL itself; a peer that closes the connection right
+    after sending some leaves those answers nowhere to go: `run()` ends as on any close, it
+    does not raise (which would end the session)."""
+    async with rpc_and_raw_peer() as (cp, raw):
+        for n in range(10):
+            await raw.send_message(f'[2,"bad-{n}",5,{{}}]')  # an action that is no string
+        with trio.move_on_after(1):  # the close handshake: our reader is gone by then
+            await raw.aclose()
+        with trio.fail_after(1):
+            await cp.wait_ended()
+        assert cp.closed and not cp.closed_here
+        assert cp.close_reason is not None and cp.close_reason.code == 1000
+
+
+async def test_a_message_above_the_websocket_limit_is_closed_here_with_1009(
+    autojump_clock: Any,
+) -> None:
+    """trio-websocket closes the connection itself (1009) on a message above its limit:
+    `run()` ends saying so (`closed_here`); a 1009 the peer sends is the peer's close."""
+    async with rpc_and_raw_peer() as (cp, raw):
+        await raw.send_message("[" + " " * wire.MAX_WEBSOCKET_MESSAGE_BYTES + "]")
+        with trio.fail_after(1):
+            await cp.wait_ended()
+        assert cp.close_reason is not None and cp.close_reason.code == 1009
+        assert cp.closed_here
+    async with rpc_and_raw_peer() as (cp, raw):
+        with trio.move_on_after(1):
+            await raw.aclose(code=1009, reason="too big for me")
+        with trio.fail_after(1):
+            await cp.wait_ended()
+        assert cp.close_reason is not None
+        assert (cp.close_reason.code, cp.close_reason.reason) == (1009, "too big for me")
+        assert not cp.closed_here

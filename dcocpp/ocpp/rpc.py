@@ -27,7 +27,7 @@ from ocpp.messages import Call, CallError, CallResult, MessageType
 from ocpp.routing import create_route_map
 from ocpp.v16 import call_result as v16_call_result
 from ocpp.v16.enums import Action
-from trio_websocket import ConnectionClosed, WebSocketConnection
+from trio_websocket import CloseReason, ConnectionClosed, WebSocketConnection
 
 from dcocpp.jsontypes import valid_text
 from dcocpp.ocpp import wire
@@ -61,7 +61,8 @@ class RpcConnection:
     cancelled with it. `call()` raises `ConnectionLost` when the socket closes under it,
     `CallError` when the peer answers with a CALLERROR, and `InvalidPayload` when either side's
     payload fails the schema (`UnsendablePayload` when it is ours: nothing was sent; or the
-    answer is not even a well-formed frame).
+    answer is not even a well-formed frame). Once `run()` has seen the WebSocket close,
+    `close_reason` says how and `closed_here` whether this side closed it.
     """
 
     def __init__(
@@ -86,6 +87,11 @@ class RpcConnection:
         self._call_lock = trio.Lock()
         self._pending: _Pending | None = None
         self._closed = False
+        # How the WebSocket closed under `run()` (None: it did not, e.g. `run()` was
+        # cancelled), and whether this side closed it (`closed_here`).
+        self.close_reason: CloseReason | None = None
+        self.closed_here = False
+        self._ended = trio.Event()
         self._handler_slots = trio.Semaphore(max_concurrent_handlers)
         self._max_handlers = max_concurrent_handlers
         self._busy_said = False  # a refusal for lack of slots was logged (see _refuse_busy)
@@ -114,15 +120,32 @@ class RpcConnection:
                     try:
                         text = await self._ws.get_message()
                     except ConnectionClosed as exc:
-                        self._log.note(f"connection closed: {exc.reason}")
+                        self.close_reason = exc.reason
+                        # trio-websocket discards what is left to read when this side
+                        # closes (aclose, or a message above its max_message_size: 1009),
+                        # reported from its closed receive channel; a close of the peer's
+                        # lets the channel run out (EndOfChannel).
+                        self.closed_here = isinstance(exc.__context__, trio.ClosedResourceError)
+                        side = "here" if self.closed_here else "by the peer"
+                        self._log.note(f"connection closed {side}: {exc.reason}")
                         break
                     self._log.received(text)
-                    await self._dispatch_frame(text, nursery)
+                    try:
+                        await self._dispatch_frame(text, nursery)
+                    except ConnectionLost as exc:
+                        # An answer the reader sends itself (to a malformed CALL, or one
+                        # beyond the slots) met a closed connection; the next read ends it.
+                        log.info("connection closed before an answer could be sent (%s)", exc)
                 nursery.cancel_scope.cancel()
         finally:
             self._closed = True
+            self._ended.set()
             if self._pending is not None:
                 self._pending.done.set()
+
+    async def wait_ended(self) -> None:
+        """Until `run()` has returned (or ended otherwise)."""
+        await self._ended.wait()
 
     async def _dispatch_frame(self, text: str | bytes, nursery: trio.Nursery) -> None:
         try:
@@ -345,7 +368,9 @@ class RpcConnection:
         try:
             await self._ws.send_message(text)
         except ConnectionClosed as exc:
-            raise ConnectionLost(str(exc.reason)) from None
+            reason = exc.reason
+            code = f" (WebSocket close {reason.code} {reason.name})" if reason else ""
+            raise ConnectionLost(f"connection closed{code}") from None
 
     async def aclose(self) -> None:
         """Close the WebSocket (normal closure); `run()` then returns."""
