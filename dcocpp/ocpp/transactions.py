@@ -18,8 +18,13 @@ TransactionMessageRetryInterval x attempt, up to TransactionMessageAttempts; the
 *parked*, logged as an error, and retried after the next reconnect. A message waiting for its
 retry, or parked, holds back the later messages of its own transaction (their order matters)
 but not those of other transactions, which a single poisoned message must not stop being
-billed: it waits aside, and the sender goes on with the others. A refused message of no
-transaction (SecurityEventNotification) holds back nothing.
+billed: it waits aside, and the sender goes on with the others. One exception: a parked
+MeterValues does not hold back its transaction's StopTransaction, which bills and ends the
+session for the central system; it would wait for the next reconnect, which may be days away.
+The stop goes ahead of it (logged), and the parked MeterValues (with the later ones behind it)
+follows after the next reconnect; its transaction, whose transactionId it needs, is forgotten
+only with its last message. A refused message of no transaction (SecurityEventNotification)
+holds back nothing.
 
 Our own bugs. A message that fails our own schema check before it is sent
 (`UnsendablePayload`), or a stored one that cannot even be built, was never seen by the central
@@ -138,6 +143,8 @@ class LocalTransaction:
     # StopTxnSampledData / StopTxnAlignedData samples, sent as StopTransaction.transactionData.
     transaction_data: list[dict[str, Any]] = attrs.field(factory=list)
     on_confirmed: Confirmed | None = None
+    # Its StopTransaction is queued or delivered: the transaction ends with its last message.
+    stopped: bool = False
 
 
 @attrs.define
@@ -249,6 +256,7 @@ class TransactionOutbox:
                 row.transaction_id,
                 transaction_data=samples.get(row.local_id, []),
             )
+            tx.stopped = bool(row.stopped)
             self._transactions[tx.local_id] = tx
             if not row.stopped:
                 register = (registers or {}).get(row.connector_id)
@@ -388,6 +396,7 @@ class TransactionOutbox:
         seq = await self._store.queue_message(
             "StopTransaction", tx.local_id, payload, id_tag, stops=True
         )
+        tx.stopped = True
         self._append(_Message(seq, "StopTransaction", tx.local_id, payload, id_tag))
 
     async def security_event(self, kind: str, timestamp: str, tech_info: str | None = None) -> None:
@@ -445,16 +454,22 @@ class TransactionOutbox:
 
     def _awaited(self) -> Iterator[_Message]:
         """The messages still to be sent, in order, that are neither parked nor behind a
-        message of their own transaction that is parked or waiting for its retry; of those
+        message of their own transaction that is parked or waiting for its retry (but a
+        StopTransaction behind parked MeterValues only, see the module docstring); of those
         outside any transaction, only the ones not waiting for their retry."""
-        held: set[int] = set()
+        # Transactions held back, by local id (never None): True while only parked
+        # MeterValues hold it back, which its StopTransaction passes.
+        held: dict[int | None, bool] = {}
         now = trio.current_time()
         for message in self._queue:
-            if message.local_id is not None and message.local_id in held:
+            local_id = message.local_id
+            passes = message.action == "StopTransaction" and held.get(local_id) is True
+            if local_id in held and not passes:
                 continue
             if message.parked or message.retry_at > now:
-                if message.local_id is not None:
-                    held.add(message.local_id)
+                if local_id is not None:
+                    passable = message.parked and message.action == "MeterValues"
+                    held[local_id] = held.get(local_id, True) and passable
                     if not message.parked:
                         yield message  # its retry is still to come
                 continue
@@ -488,13 +503,17 @@ class TransactionOutbox:
         tx = self._transactions.get(message.local_id) if message.local_id is not None else None
         if message.action in _NEEDS_TRANSACTION_ID:
             if tx is None or tx.transaction_id is None:
-                # Its StartTransaction is neither ahead of it nor holding it back (see
-                # `_awaited`): it was dropped (`_unsendable`), and no id will ever come.
                 log.error(
-                    "%s #%d dropped: the StartTransaction of its transaction could not be"
-                    " sent, so it has no transactionId; payload %s",
+                    "%s #%d dropped: %s, so it has no transactionId; payload %s",
                     message.action,
                     message.seq,
+                    # A transaction is kept until its last message leaves (`_finishes`):
+                    # only a database that lost it (or never held it) has none.
+                    f"its transaction (local id {message.local_id}) is not in the database"
+                    if tx is None
+                    # Its StartTransaction is neither ahead of it nor holding it back (see
+                    # `_awaited`), and never brought an id: it was dropped (`_unsendable`).
+                    else "the StartTransaction of its transaction could not be sent",
                     message.payload,
                 )
                 await self._drop(message, tx)
@@ -536,13 +555,15 @@ class TransactionOutbox:
         if message.action == "StartTransaction":
             assert tx is not None
             confirmed = (tx.local_id, result.transaction_id)
-        finished = tx.local_id if tx is not None and message.action == "StopTransaction" else None
+        finished = self._finishes(message, tx)
         # The transactionId and the delivery in one write: a power cut cannot leave a
         # delivered StartTransaction without its id (it would be sent again).
         await self._store.message_delivered(message.seq, finished=finished, confirmed=confirmed)
         self._done(message)  # memory follows the disk before anything else may run
         if finished is not None:
             self._transactions.pop(finished, None)
+        elif message.action == "StopTransaction" and tx is not None:
+            self._log_stopped_ahead(message, tx)
         if confirmed is not None:
             assert tx is not None
             tx.transaction_id = result.transaction_id
@@ -575,13 +596,36 @@ class TransactionOutbox:
         await self._drop(message, tx)
 
     async def _drop(self, message: _Message, tx: LocalTransaction | None) -> None:
-        """Forget a message that can never be sent; a dropped StopTransaction ends its
-        transaction as a delivered one would."""
-        finished = tx.local_id if tx is not None and message.action == "StopTransaction" else None
+        """Forget a message that can never be sent; it ends its transaction as a delivered
+        one would."""
+        finished = self._finishes(message, tx)
         await self._store.message_delivered(message.seq, finished=finished)
         self._done(message)
         if finished is not None:
             self._transactions.pop(finished, None)
+
+    def _finishes(self, message: _Message, tx: LocalTransaction | None) -> int | None:
+        """The local id of the transaction that ends when `message` leaves the queue: a
+        stopped one of which no other message is left (a StopTransaction that went ahead of
+        a parked MeterValues leaves its transaction for that one's transactionId)."""
+        if tx is None or not tx.stopped:
+            return None
+        if any(m is not message and m.local_id == tx.local_id for m in self._queue):
+            return None
+        return tx.local_id
+
+    def _log_stopped_ahead(self, stop: _Message, tx: LocalTransaction) -> None:
+        """Say which messages of its transaction a delivered StopTransaction went ahead of:
+        parked MeterValues and those queued behind them (`_awaited`)."""
+        behind = [m for m in self._queue if m.local_id == tx.local_id]
+        log.warning(
+            "StopTransaction #%d of transaction %s delivered ahead of its MeterValues %s:"
+            " %s after the next reconnect",
+            stop.seq,
+            tx.transaction_id,
+            ", ".join(f"#{m.seq}" + (" (parked)" if m.parked else "") for m in behind),
+            "they follow" if len(behind) > 1 else "it follows",
+        )
 
     async def _refused(self, message: _Message, exc: Exception) -> None:
         store = self.session.store
@@ -593,11 +637,13 @@ class TransactionOutbox:
             await self._store.message_failed(message.seq, message.attempts, True)
             log.error(
                 "%s #%d refused %d times (%s): parked; it is retried after the next reconnect,"
-                " and the later messages of its transaction wait for it",
+                " and the later %s of its transaction wait for it%s",
                 message.action,
                 message.seq,
                 message.attempts,
                 exc,
+                "MeterValues" if message.action == "MeterValues" else "messages",
+                " (its StopTransaction does not)" if message.action == "MeterValues" else "",
             )
             return
         retry = store.get_int("TransactionMessageRetryInterval") * message.attempts
