@@ -60,8 +60,9 @@ MIGRATIONS: list[list[str]] = [
     ],
     [
         # Every transaction the station ran, from its start until its last message (its
-        # StopTransaction, or a parked MeterValues that follows it) was delivered: what a power cut must not forget (who, where, meter start, the latest
-        # meter reading, and the central system's transactionId once it is known).
+        # StopTransaction, or a parked MeterValues that follows it) was delivered: what a
+        # power cut must not forget (who, where, meter start, the latest meter reading, and
+        # the central system's transactionId once it is known).
         """CREATE TABLE transactions (
                local_id       INTEGER PRIMARY KEY,
                connector_id   INTEGER NOT NULL,
