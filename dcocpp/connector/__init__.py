@@ -7,6 +7,7 @@ MeterValues; `task` is the trio task per gun that feeds the machine from the har
 session and carries out its effects, with cancel scopes enforcing the relay-ack deadlines.
 
 Errors: `machine.MachineInconsistency` (a RuntimeError) is a bug of ours, never expected; the
-task turns the lower layers' errors (`HardwareError`, `OcppError`, `StorageError`) into faults
-and messages.
+task turns a `HardwareError` into a fault and an `OcppError` of an authorization into its
+answer; a `StorageError` (the outbox could not store a message) ends the boot, for the station
+to handle (`Station._database_failed`).
 """

@@ -24,7 +24,8 @@ from ocpp.v16 import call
 from ocpp.v16.enums import AuthorizationStatus, ReadingContext, UnlockStatus
 
 from dcocpp import idtags
-from dcocpp.clock import StationClock, TransactionClock, ocpp_time
+from dcocpp.clock import ocpp_time
+from dcocpp.clock.stationclock import StationClock, TransactionClock
 from dcocpp.config import ConnectorConfig
 from dcocpp.connector import events as ev
 from dcocpp.connector.machine import (

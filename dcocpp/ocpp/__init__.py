@@ -13,12 +13,15 @@ Errors::
     └── errors.OcppError                      the layer's root
         ├── errors.TransportError             cannot connect (TLS, address, handshake)
         ├── errors.ConnectionLost             the connection ended under a CALL
-        ├── errors.CallError                  the central system answered CALLERROR
+        ├── errors.CallError                  a CALLERROR: the central system's answer, or
+        │   │                                 ours to its CALL (handlers, validation)
+        │   └── wire.FrameError               a frame that is no OCPP-J message (also an
+        │                                     `ocpp` package CallErrorException)
         ├── errors.InvalidPayload             an answer that breaks its schema
         │   └── errors.UnsendablePayload      a message of ours that breaks it (our bug)
         ├── session.ResponseTimeout           no answer within the response timeout
         ├── configuration.ConfigurationError  a configuration key's value or file
         ├── authcache.AuthStoreError          the authorization cache's storage failed
         ├── smartcharging.ProfileError        a charging profile OCPP or we cannot take
-        └── smartcharging.ProfileStoreError   the profiles' storage failed
+        └── smartcharging.service.ProfileStoreError   the profiles' storage failed
 """

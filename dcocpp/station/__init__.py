@@ -7,8 +7,9 @@ reservations and tells the connectors. It may import every layer below it (`ocpp
 `connector`, `hardware`, `api`'s server and the leaves `config`, `storage`, `clock`, `idtags`,
 `jsontypes`); only the command line and the demo import it.
 
-Errors: the station has no exception root of its own. It runs the layers' errors through
-(`OcppError`, `HardwareError`, `StorageError`, `ApiError`), which the command line turns into
-one line each, and raises `station.HardReset` (not an error: the central system's Reset Hard,
-which ends the process so that its supervisor starts it again).
+Errors: the station has no exception root of its own. The layers' errors that reach it and
+name a thing and its cause (`HardwareError`, `StorageError`, `ApiError`, an OCPP
+`ConfigurationError`) end the run, and the command line prints them in one line each;
+anything else is a bug. It raises `station.HardReset` (not an error: the central system's
+Reset Hard, which ends the process so that its supervisor starts it again).
 """

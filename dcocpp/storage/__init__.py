@@ -5,7 +5,7 @@ worker thread for the event loop (`AsyncDatabase`); `datarecord` is the data dir
 of the database it holds (so that a lost database or write-ahead log is noticed); `datalock`
 keeps a second process off the data directory; `atomicfile` writes a file whole or not at all;
 `oserrors` puts an OSError in an operator's words. A leaf: any layer may use it, it uses only
-the other leaves (`clock`, `jsontypes`).
+another leaf (`clock`).
 
 Errors::
 
