@@ -39,8 +39,8 @@ from ocpp.v16.enums import CancelReservationStatus, ReservationStatus
 from dcocpp import idtags
 from dcocpp.clock import WallClock, ocpp_time
 from dcocpp.connector import events as ev
-from dcocpp.connector.machine import Truth
 from dcocpp.connector.task import ConnectorTask
+from dcocpp.connector.truth import Truth
 from dcocpp.ocpp.authcache import parse_expiry
 from dcocpp.ocpp.configuration import ConfigurationStore
 from dcocpp.storage.asyncdb import AsyncDatabase
