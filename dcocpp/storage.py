@@ -10,10 +10,13 @@ at every open and after every checkpoint of the write-ahead log. SQLite's automa
 are off: the database checkpoints every CHECKPOINT_INTERVAL writes and raises the generation
 right after, so the main file without its -wal file (which holds every write since the last
 checkpoint) is always below the recorded generation. A clean close checkpoints everything
-into the main file, so nothing is missing without it then. At open, a database that is missing,
-below the recorded generation (its -wal file lost after a crash, or an older copy), or damaged
-(`PRAGMA quick_check`) is refused with one line that says what is wrong and how to go on, unless
-the operator accepts the loss (`accept_data_loss`: `dcocpp run --accept-data-loss`).
+into the main file, so nothing is missing without it then. The record also keeps the
+generation the main file held at the last complete checkpoint (at open, every
+CHECKPOINT_INTERVAL writes, at a clean close): a main file that lost its -wal file holds at
+least that one, an older copy put back holds less. At open, a database that is missing, below
+the recorded generation (its -wal file lost after a crash, or an older copy), or damaged
+(`PRAGMA quick_check`) is refused with one line that says which and how to go on, unless the
+operator accepts the loss (`accept_data_loss`: `dcocpp run --accept-data-loss`).
 
 Every failure is a StorageError whose message names the file, what could not be done and
 SQLite's reason with its code (`database or disk is full (SQLITE_FULL)`), and the state of the
@@ -316,7 +319,15 @@ class Database:
             db._migrate()
             if record is None and version > 0:  # from before records (or the record deleted)
                 log.debug("recording in %s that this directory holds %s", record_path, path)
-            db._advance(record.created if record is not None else _now())
+            # What the main file holds now, before the new generation goes into the log.
+            checkpointed = _generation(connection) if db._checkpoint() else None
+            db._advance(
+                record.created if record is not None else _now(),
+                checkpointed,
+                # Never below the record, also after a loss was accepted: the generation
+                # of this directory only rises.
+                floor=record.generation if record is not None else 0,
+            )
         except sqlite3.Error as exc:
             connection.close()
             raise _open_failure(exc, path) from exc
@@ -325,21 +336,35 @@ class Database:
             raise
         return db
 
-    def _advance(self, created: str) -> None:
-        """Raise the generation, then record it: the record never runs ahead of the file."""
-        assert self._record_path is not None
+    def _advance(self, created: str, checkpointed: int | None, *, floor: int = 0) -> None:
+        """Raise the generation (above `floor` too), then record it with `checkpointed`, the
+        generation the main file holds: the record never runs ahead of the file."""
         with self._db:
             self._db.execute("BEGIN")
+            # An unreadable one (`_check` said so) counts as 0.
+            generation = max(_generation(self._db) or 0, floor) + 1
             self._db.execute(
-                "INSERT INTO data_generation (id, generation) VALUES (0, 1)"
-                " ON CONFLICT (id) DO UPDATE SET generation = generation + 1"
+                "INSERT INTO data_generation (id, generation) VALUES (0, ?)"
+                " ON CONFLICT (id) DO UPDATE SET generation = excluded.generation",
+                (generation,),
             )
-        record = DataRecord(DATABASE_NAME, created, SCHEMA_VERSION, _generation(self._db))
+        self._save_record(
+            DataRecord(DATABASE_NAME, created, SCHEMA_VERSION, generation, checkpointed)
+        )
+
+    def _save_record(self, record: DataRecord) -> None:
+        assert self._record_path is not None
         try:
             datarecord.save(self._record_path, record)
         except OSError as exc:
             raise StorageError(f"{self._record_path}: cannot write it: {reason(exc)}") from exc
         self._record = record
+
+    def _checkpoint(self) -> bool:
+        """Move the write-ahead log into the main file; whether all of it went (PASSIVE
+        never waits for a reader, e.g. an operator's sqlite3: what it still reads stays)."""
+        busy, frames, moved = self._db.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
+        return bool(busy == 0 and frames == moved)
 
     def _migrate(self) -> None:
         version = self._db.execute("PRAGMA user_version").fetchone()[0]
@@ -366,7 +391,17 @@ class Database:
             )
 
     def close(self) -> None:
-        self._db.close()
+        """Close the connection, all of the write-ahead log moved into the main file first
+        and recorded as such (so that a copy of this file put back later shows as older)."""
+        try:
+            if self._record is not None and self._checkpoint():
+                self._save_record(attrs.evolve(self._record, checkpointed=self._record.generation))
+        except (sqlite3.Error, StorageError) as exc:
+            # Nothing is lost: the log stays, and the record keeps the last checkpoint's
+            # generation, which the main file holds (or more).
+            log.debug("database %s: checkpoint at close not recorded: %s", self.path, exc)
+        finally:
+            self._db.close()
 
     # --- availability ------------------------------------------------------------------------
 
@@ -710,8 +745,10 @@ class Database:
         if self._writes <= CHECKPOINT_INTERVAL:
             return
         self._writes = 1
-        self._db.execute("PRAGMA wal_checkpoint(PASSIVE)")
-        self._advance(self._record.created)
+        record = self._record
+        self._advance(
+            record.created, record.generation if self._checkpoint() else record.checkpointed
+        )
 
 
 def _set_list_version(version: int) -> tuple[str, tuple[Any, ...]]:
@@ -782,28 +819,52 @@ def _check(path: Path, record_path: Path, record: DataRecord | None, loss: _Loss
             raise _Damaged(f"{problems[0]} (PRAGMA quick_check)")
         version: int = connection.execute("PRAGMA user_version").fetchone()[0]
         generation = _generation(connection)
-    if record is not None and generation < record.generation:
-        cause = (
-            f"it is an older copy, or its write-ahead log {wal.name} was replaced"
-            if wal_was_there
-            else f"its write-ahead log {wal.name} is missing"
+    if generation is None:
+        # Refusing would stop the charger for one unreadable number; the file is sound.
+        log.error(
+            "database %s: its generation (table data_generation) is unreadable, so whether it"
+            " lacks writes recorded in %s cannot be told; going on with what it holds",
+            path,
+            record_path,
         )
+    elif record is None or generation >= record.generation:
+        pass
+    elif record.checkpointed is not None and generation < record.checkpointed:
+        # Below what the main file alone held at the last checkpoint: no lost log explains it.
+        loss.found(
+            f"database {path} is an older copy than the last one this directory held "
+            f"(generation {generation}; {record_path} records generation {record.generation})",
+            f"put the latest copy back (with its -wal file), or start once with "
+            f"{ACCEPT_DATA_LOSS} to go on with this one",
+            "going on with this older copy (what was written after it is lost)",
+        )
+    else:
+        older = record.checkpointed is None  # a record of an older dcocpp cannot tell
+        if wal_was_there:
+            cause = f"its write-ahead log {wal.name} is not the one it was written with"
+        else:
+            cause = f"its write-ahead log {wal.name} is missing"
         loss.found(
             f"database {path} lacks writes recorded in {record_path} "
-            f"(generation {generation} of {record.generation}): {cause}",
+            f"(generation {generation} of {record.generation}): {cause}"
+            + (", or it is an older copy" if older else ""),
             f"restore it, or start once with {ACCEPT_DATA_LOSS} to go on without them",
             "going on without them",
         )
     return version
 
 
-def _generation(connection: sqlite3.Connection) -> int:
-    """The database's generation; 0 before it has one (new, or older than the record)."""
+def _generation(connection: sqlite3.Connection) -> int | None:
+    """The database's generation; 0 before it has one (new, or older than the record); None
+    when what it holds is no generation (an integer, 0 or more)."""
     try:
         row = connection.execute("SELECT generation FROM data_generation WHERE id = 0").fetchone()
     except sqlite3.OperationalError:  # no such table: a schema older than generations
         return 0
-    return int(row[0]) if row is not None else 0
+    if row is None:
+        return 0
+    generation = row[0]
+    return generation if type(generation) is int and generation >= 0 else None
 
 
 def _open_failure(exc: sqlite3.Error, path: Path) -> Exception:
