@@ -308,7 +308,9 @@ class TransactionOutbox:
         readings and the cut) is not billed. Returns those transactions."""
         rows = await self._store.transactions()
         await self._load_queue(rows)
-        stopping = {m.local_id for m in self._queue if m.action == "StopTransaction"}
+        # A stopped transaction keeps its row while messages of it are left: its
+        # StopTransaction went ahead of a parked MeterValues and was delivered.
+        waiting = {m.local_id for m in self._queue}
         cut_off = []
         samples = await self._store.transaction_data()
         for row in rows:
@@ -324,9 +326,10 @@ class TransactionOutbox:
             )
             tx.stopped = bool(row.stopped)
             self._transactions[tx.local_id] = tx
-            if row.stopped and row.local_id not in stopping:
-                # Its StopTransaction was dropped as it could not be read back (see the
-                # storage layer): the central system must still hear that it ended.
+            if row.stopped and row.local_id not in waiting:
+                # Nothing of it is left, not even its StopTransaction, which was dropped as it
+                # could not be read back (see the storage layer): the central system must
+                # still hear that it ended.
                 log.error(
                     "transaction %d was stopped, but its StopTransaction is lost: stopping it"
                     " again at its last persisted reading %d Wh at %s (reason Other)",
