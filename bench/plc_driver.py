@@ -830,7 +830,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    # As in production (dcocpp.logs: root at WARNING, a formatted line per record), but to
+    # As in production (dcocpp.cli.logs: root at WARNING, a formatted line per record), but to
     # /dev/null: the driver's "safety trip" warning costs its real formatting and write in the
     # latency path without flooding this report.
     with open(os.devnull, "w") as devnull:

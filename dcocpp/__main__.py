@@ -1,5 +1,5 @@
 import sys
 
-from dcocpp.cli import main
+from dcocpp.cli.commands import main
 
 sys.exit(main())

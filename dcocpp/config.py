@@ -101,7 +101,8 @@ class ConnectorConfig:
 class SecurityConfig:
     csms_ca_bundle: Path  # the CAs that may sign the central system's certificate (wss://)
     # Where the charge point's own TLS client certificate and its private key live (see
-    # `dcocpp.station.client_ssl_context`); kept apart so the key directory can be locked down.
+    # `dcocpp.station.station.client_ssl_context`); kept apart so the key directory can be
+    # locked down.
     client_cert_dir: Path
     key_dir: Path
 

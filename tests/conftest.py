@@ -11,7 +11,7 @@ import trio
 import trio.testing
 from hypothesis import settings
 
-from dcocpp.api import TOKEN_ENV
+from dcocpp.api.contract import TOKEN_ENV
 from tests.station_harness import BACKENDS, use_backend
 
 # CI draws the same examples every run (no flake from a new one; the failing example is

@@ -21,7 +21,7 @@ from ocpp.v16 import call_result
 from ocpp.v16.enums import Action, AuthorizationStatus, RegistrationStatus
 from trio_websocket import WebSocketConnection
 
-from dcocpp.connector.metering import WallClock
+from dcocpp.clock import WallClock
 from dcocpp.ocpp.errors import CallError
 from dcocpp.ocpp.messagelog import MessageLog
 from dcocpp.ocpp.rpc import RpcConnection

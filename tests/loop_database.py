@@ -16,8 +16,8 @@ from typing import TypeVar
 import trio
 import trio.testing
 
-from dcocpp.asyncdb import AsyncDatabase, Runner
-from dcocpp.storage import Database
+from dcocpp.storage.asyncdb import AsyncDatabase, Runner
+from dcocpp.storage.database import Database
 
 T = TypeVar("T")
 

@@ -19,8 +19,9 @@ from typing import Any
 import attrs
 import trio
 
+from dcocpp.clock import WallClock, ocpp_time
+from dcocpp.clock.stationclock import TrioWallClock
 from dcocpp.config import ChargerConfig, load_charger_config
-from dcocpp.connector.metering import TrioWallClock, WallClock, ocpp_time
 from dcocpp.connector.task import ConnectorTask
 from dcocpp.hardware.interface import SimulationControl
 from dcocpp.hardware.plc.driver import PlcBackend
@@ -30,7 +31,7 @@ from dcocpp.hardware.simulation import EvModel, SimulatedHardware
 from dcocpp.ocpp.configuration import SPECS
 from dcocpp.ocpp.registration import Registration
 from dcocpp.ocpp.session import CONNECT_TIMEOUT
-from dcocpp.station import USER_CONFIG_NAME, Station
+from dcocpp.station.station import USER_CONFIG_NAME, Station
 from tests.csms import FakeCsms, MemoryNetwork
 from tests.loop_database import runner_for_the_clock
 

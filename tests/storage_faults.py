@@ -22,7 +22,7 @@ import time
 from contextlib import closing
 from pathlib import Path
 
-from dcocpp.storage import DATABASE_NAME, Database
+from dcocpp.storage.database import DATABASE_NAME, Database
 from tests.processes import REPO_ROOT
 
 PAGE_SIZE = 4096  # SQLite's default, what the station's database uses
@@ -87,7 +87,7 @@ _CRASHING_CHILD = textwrap.dedent(
     """
     import os, sys
     from pathlib import Path
-    from dcocpp.storage import Database
+    from dcocpp.storage.database import Database
 
     db = Database.open(Path(sys.argv[1]))
     for n in range(int(sys.argv[2])):

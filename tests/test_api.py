@@ -1,4 +1,4 @@
-"""The local HTTP API (dcocpp.api) and its command line client (dcocpp.simcli)."""
+"""The local HTTP API (dcocpp.api.server) and its command line client (dcocpp.cli.sim)."""
 
 from __future__ import annotations
 
@@ -13,17 +13,10 @@ import httpx
 import pytest
 import trio
 
-from dcocpp import simcli
-from dcocpp.api import (
-    FAULT_KINDS,
-    MAX_REQUESTS,
-    ApiError,
-    StationView,
-    create_app,
-    parse_address,
-    serve_api,
-)
-from dcocpp.station import AUTHORIZATION_WAIT
+from dcocpp.api.contract import FAULT_KINDS, parse_address
+from dcocpp.api.server import MAX_REQUESTS, ApiError, StationView, create_app, serve_api
+from dcocpp.cli import sim as simcli
+from dcocpp.station.station import AUTHORIZATION_WAIT
 from tests.csms import FakeCsms
 from tests.station_harness import charger_config, running_station
 
@@ -657,7 +650,7 @@ async def test_served_over_http_and_driven_by_the_cli(
         for r in caplog.records
         if r.name.startswith(("dcocpp", "hypercorn"))
     ]
-    assert messages == [("dcocpp.api", logging.INFO, f"local API on http://{api}")]
+    assert messages == [("dcocpp.api.server", logging.INFO, f"local API on http://{api}")]
 
     # Stopped: the port no longer answers.
     assert await _cli("status", "--api", api) == 1

@@ -16,16 +16,11 @@ import httpx
 import pytest
 import trio
 
-from dcocpp import cli, demo, simcli
-from dcocpp.api import (
-    NEEDS_TOKEN,
-    TOKEN_ENV,
-    TOKEN_MIN_LENGTH,
-    ApiError,
-    is_loopback,
-    serve_api,
-    token_problem,
-)
+from dcocpp.api.contract import NEEDS_TOKEN, TOKEN_ENV, TOKEN_MIN_LENGTH, is_loopback, token_problem
+from dcocpp.api.server import ApiError, serve_api
+from dcocpp.cli import commands as cli
+from dcocpp.cli import demo
+from dcocpp.cli import sim as simcli
 from tests.processes import ManagedProcess, api_port
 from tests.test_api import FakeView
 

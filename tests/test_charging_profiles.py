@@ -15,6 +15,7 @@ from ocpp.v16.enums import ChargingProfilePurposeType as Purpose
 from ocpp.v16.enums import ChargingRateUnitType as Unit
 from ocpp.v16.enums import RecurrencyKind
 
+from dcocpp.clock import parse_ocpp_time
 from dcocpp.ocpp.errors import OcppError
 from dcocpp.ocpp.smartcharging import (
     ChargingProfile,
@@ -24,7 +25,6 @@ from dcocpp.ocpp.smartcharging import (
     check_profile,
     check_remote_start_profile,
     format_datetime,
-    parse_datetime,
     parse_profile,
 )
 
@@ -117,9 +117,9 @@ def test_integral_decimals_are_integers_and_booleans_are_not() -> None:
 
 
 def test_datetimes_are_utc_whatever_was_sent() -> None:
-    assert parse_datetime("2024-08-21T12:24:36") == T0  # no offset: OCPP means UTC
-    assert parse_datetime("2024-08-21T14:24:36+02:00") == T0
-    assert parse_datetime("2024-08-21T12:24:36.123456789Z") == T0.replace(microsecond=123456)
+    assert parse_ocpp_time("2024-08-21T12:24:36") == T0  # no offset: OCPP means UTC
+    assert parse_ocpp_time("2024-08-21T14:24:36+02:00") == T0
+    assert parse_ocpp_time("2024-08-21T12:24:36.123456789Z") == T0.replace(microsecond=123456)
     assert format_datetime(T0) == "2024-08-21T12:24:36Z"
     assert format_datetime(T0.replace(microsecond=500000)) == "2024-08-21T12:24:36.500Z"
     refused("csChargingProfiles.validFrom", payload(valid_from="yesterday"))

@@ -9,7 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from dcocpp import cli, statecharts
+from dcocpp.cli import commands as cli
+from dcocpp.cli import statecharts
 
 REPO = Path(__file__).resolve().parents[1]
 

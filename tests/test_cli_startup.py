@@ -17,8 +17,8 @@ from pathlib import Path
 import can
 import pytest
 
-from dcocpp import cli
-from dcocpp.cli import EXIT_OK, EXIT_RUNTIME_ERROR, EXIT_USAGE
+from dcocpp.cli import commands as cli
+from dcocpp.cli.commands import EXIT_OK, EXIT_RUNTIME_ERROR, EXIT_USAGE
 from dcocpp.hardware.factory import open_can_bus
 from dcocpp.hardware.plc.driver import CanBusNotFound
 from tests.processes import REPO_ROOT, ManagedProcess
@@ -109,7 +109,7 @@ def test_the_traceback_of_a_start_up_error_only_at_debug(tmp_path: Path, busy_po
         "--api", f"127.0.0.1:{busy_port}", "--log-level", "debug",
     )  # fmt: skip
     assert done.returncode == EXIT_RUNTIME_ERROR, done.stderr
-    assert "Traceback" in done.stderr and "dcocpp.api.ApiError" in done.stderr
+    assert "Traceback" in done.stderr and "dcocpp.api.contract.ApiError" in done.stderr
     assert done.stderr.splitlines()[-1].endswith(
         f"dcocpp: --api 127.0.0.1:{busy_port}: address already in use"
     )
@@ -257,7 +257,9 @@ def test_a_script_starting_the_charger_with_log_level_info_runs(tmp_path: Path) 
         "--log-level", "info",
     ]  # fmt: skip
     with ManagedProcess(argv, name="charger") as charger:
-        charger.stderr.wait_for_line(lambda line: " INFO    dcocpp.station: station " in line, 30)
+        charger.stderr.wait_for_line(
+            lambda line: " INFO    dcocpp.station.station: station " in line, 30
+        )
         charger.send_signal()
         assert charger.wait(10) == EXIT_OK
 
@@ -274,7 +276,9 @@ def test_a_broken_user_configuration_is_reported_once(tmp_path: Path) -> None:
         "--data-dir", str(data), "--log-dir", str(tmp_path / "logs"),
     ]  # fmt: skip
     with ManagedProcess(argv, name="charger") as charger:
-        charger.stderr.wait_for_line(lambda line: " INFO    dcocpp.station: station " in line, 30)
+        charger.stderr.wait_for_line(
+            lambda line: " INFO    dcocpp.station.station: station " in line, 30
+        )
         charger.send_signal()
         assert charger.wait(10) == EXIT_OK
     warnings = [line for line in charger.stderr.lines if "ignoring user configuration" in line]
@@ -328,7 +332,9 @@ def test_a_second_charger_on_the_same_data_directory_is_refused(tmp_path: Path) 
         "--data-dir", str(data), "--log-dir", str(logs),
     ]  # fmt: skip
     with ManagedProcess(argv, name="first") as first:
-        first.stderr.wait_for_line(lambda line: " INFO    dcocpp.station: station " in line, 30)
+        first.stderr.wait_for_line(
+            lambda line: " INFO    dcocpp.station.station: station " in line, 30
+        )
         second = run_charger("-q", "--data-dir", str(data), "--log-dir", str(logs))
         assert second.returncode == EXIT_RUNTIME_ERROR, second.stderr
         assert error_line(second) == (
@@ -339,6 +345,8 @@ def test_a_second_charger_on_the_same_data_directory_is_refused(tmp_path: Path) 
         assert first.wait(10) == EXIT_OK
     # Its lock went with it: the next start runs.
     with ManagedProcess(argv, name="third") as third:
-        third.stderr.wait_for_line(lambda line: " INFO    dcocpp.station: station " in line, 30)
+        third.stderr.wait_for_line(
+            lambda line: " INFO    dcocpp.station.station: station " in line, 30
+        )
         third.send_signal()
         assert third.wait(10) == EXIT_OK

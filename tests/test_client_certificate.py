@@ -17,7 +17,7 @@ from cryptography.hazmat.primitives import serialization
 
 from dcocpp.config import ChargerConfig, SecurityConfig
 from dcocpp.ocpp import transport
-from dcocpp.station import CLIENT_CERTIFICATE, CLIENT_KEY, client_ssl_context
+from dcocpp.station.station import CLIENT_CERTIFICATE, CLIENT_KEY, client_ssl_context
 from tests.station_harness import charger_config
 
 

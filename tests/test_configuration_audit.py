@@ -35,7 +35,7 @@ from dcocpp.config import (
 from dcocpp.connector.metering import MEASURANDS, meter_value
 from dcocpp.hardware.interface import MeterReading
 from dcocpp.ocpp.configuration import SPECS, ConfigurationError
-from dcocpp.station import load_configuration_store
+from dcocpp.station.station import load_configuration_store
 
 REPO = Path(__file__).resolve().parent.parent
 PACKAGE = REPO / "dcocpp"

@@ -8,7 +8,7 @@ reading's time; and what was queued but not delivered before the kill (here Mete
 queued while the central system was away) is delivered after the restart, in order, before
 that StopTransaction. The second test is the orderly version: SIGPWR (a UPS daemon's "mains
 lost") stops every transaction with PowerLoss, delivers it, and exits 0. The last ones are the
-planned stop (dcocpp/station.py `Station.shut_down`): SIGTERM stops every transaction with
+planned stop (dcocpp/station/station.py `Station.shut_down`): SIGTERM stops every transaction with
 Reboot at the reading after its relay opened, stores it, delivers it within SHUTDOWN_GRACE or
 leaves it for the next start (once, never stopped again as PowerLoss), and exits 0; a second
 SIGTERM cuts the grace short.
@@ -30,11 +30,11 @@ from typing import Any
 
 import pytest
 
-from dcocpp.cli import EXIT_OK
+from dcocpp.cli.commands import EXIT_OK
 from dcocpp.connector.task import METER_PERSIST_INTERVAL
 from dcocpp.ocpp import wire
-from dcocpp.station import RESET_FLUSH_TIMEOUT, SHUTDOWN_GRACE, STOP_TIMEOUT
-from dcocpp.storage import DATABASE_NAME, Database, QueuedMessage, TransactionRow
+from dcocpp.station.station import RESET_FLUSH_TIMEOUT, SHUTDOWN_GRACE, STOP_TIMEOUT
+from dcocpp.storage.database import DATABASE_NAME, Database, QueuedMessage, TransactionRow
 from tests.processes import (
     ManagedProcess,
     api_port,

@@ -23,8 +23,9 @@ from ocpp.v16 import call
 from ocpp.v16.enums import Action, AuthorizationStatus, ChargePointStatus
 from trio_websocket import wrap_client_stream
 
-from dcocpp import defaults, demo
-from dcocpp.connector.metering import TrioWallClock
+from dcocpp import defaults
+from dcocpp.cli import demo
+from dcocpp.clock.stationclock import TrioWallClock
 from dcocpp.demo import MIN_SPEED
 from dcocpp.demo.central_system import CsmsEvent, DemoCentralSystem
 from dcocpp.demo.run import REJECTED_TAG, GunSession, default_script, run_demo
@@ -438,7 +439,7 @@ def test_python_m_dcocpp_demo_help() -> None:
         check=False,
     )
     if "invalid choice: 'demo'" in done.stderr:
-        pytest.skip("dcocpp/cli.py does not register `demo` yet")
+        pytest.skip("dcocpp/cli/commands.py does not register `demo` yet")
     assert done.returncode == 0, done.stderr
     assert "embedded central system" in done.stdout
 

@@ -13,7 +13,8 @@ from pathlib import Path, PurePosixPath
 
 import pytest
 
-from dcocpp import cli, defaults
+from dcocpp import defaults
+from dcocpp.cli import commands as cli
 from dcocpp.config import load_charger_config
 from tests.processes import ManagedProcess, api_port, api_request
 

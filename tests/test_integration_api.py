@@ -44,7 +44,7 @@ from typing import Any
 import pytest
 from ocpp.messages import MessageType, get_validator
 
-from dcocpp.cli import EXIT_OK
+from dcocpp.cli.commands import EXIT_OK
 from tests.processes import (
     REPO_ROOT,
     ManagedProcess,

@@ -25,8 +25,8 @@ from typing import Any
 import pytest
 from ocpp.messages import MessageType, get_validator
 
-from dcocpp.cli import EXIT_HARD_RESET, EXIT_OK
-from dcocpp.logs import MESSAGE_LOG_NAME
+from dcocpp.cli.commands import EXIT_HARD_RESET, EXIT_OK
+from dcocpp.cli.logs import MESSAGE_LOG_NAME
 from tests.processes import ManagedProcess, start_charger, start_peer_csms, wait_api_status
 
 pytestmark = pytest.mark.process

@@ -23,9 +23,9 @@ from pathlib import Path
 
 import pytest
 
-from dcocpp.cli import EXIT_OK, EXIT_RUNTIME_ERROR
-from dcocpp.datarecord import RECORD_NAME
-from dcocpp.storage import DATABASE_NAME, Database, TransactionRow
+from dcocpp.cli.commands import EXIT_OK, EXIT_RUNTIME_ERROR
+from dcocpp.storage.database import DATABASE_NAME, Database, TransactionRow
+from dcocpp.storage.datarecord import RECORD_NAME
 from tests.processes import (
     REPO_ROOT,
     ManagedProcess,
@@ -118,8 +118,10 @@ def _accepted_start(charger: Path, warning: str) -> None:
     """Start with --accept-data-loss: the WARNING, then the station up; SIGTERM stops it."""
     argv = [*command(charger), "--accept-data-loss"]
     with ManagedProcess(argv, name="charger") as run:
-        line = run.stderr.wait_for_line(lambda s: " WARNING dcocpp.storage: " in s, TIMEOUT)
-        assert line.split(" WARNING dcocpp.storage: ", 1)[1] == warning
+        line = run.stderr.wait_for_line(
+            lambda s: " WARNING dcocpp.storage.database: " in s, TIMEOUT
+        )
+        assert line.split(" WARNING dcocpp.storage.database: ", 1)[1] == warning
         run.stderr.wait_for_line(lambda s: "station DCOCPP-001 up" in s, TIMEOUT)
         run.send_signal(signal.SIGTERM)
         assert run.wait(TIMEOUT) == EXIT_OK, run.describe()
@@ -212,7 +214,9 @@ def test_a_damaged_database_is_one_line_at_start_and_kept_aside_when_the_loss_is
     )
     assert path.read_bytes() == damaged
     with ManagedProcess([*command(charger), "--accept-data-loss"], name="charger") as run:
-        line = run.stderr.wait_for_line(lambda s: " WARNING dcocpp.storage: " in s, TIMEOUT)
+        line = run.stderr.wait_for_line(
+            lambda s: " WARNING dcocpp.storage.database: " in s, TIMEOUT
+        )
         run.stderr.wait_for_line(lambda s: "station DCOCPP-001 up" in s, TIMEOUT)
         run.send_signal(signal.SIGTERM)
         assert run.wait(TIMEOUT) == EXIT_OK, run.describe()

@@ -22,9 +22,10 @@ from ocpp.v16.enums import AuthorizationStatus, UpdateStatus, UpdateType
 from dcocpp.ocpp.authcache import AuthorizationCache, AuthStoreError
 from dcocpp.ocpp.authorization import Authorizer, Decision
 from dcocpp.ocpp.locallist import ListLimits, LocalAuthorizationList
-from dcocpp.ocpp.session import ChargePointSession, Identity
-from dcocpp.station import load_configuration_store
-from dcocpp.storage import Database, StorageError
+from dcocpp.ocpp.services import Identity
+from dcocpp.ocpp.session import ChargePointSession
+from dcocpp.station.station import load_configuration_store
+from dcocpp.storage.database import Database, StorageError
 from tests.csms import FakeCsms
 from tests.loop_database import on_loop
 from tests.station_harness import WALL_START, Harness, charger_config, running_station

@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import sys
 
-from dcocpp.logs import _FORMAT, MAX_LINE_CHARS, OperatorFormatter
+from dcocpp.cli.logs import _FORMAT, MAX_LINE_CHARS, OperatorFormatter
 
 
 def formatted(message: str, *args: object) -> str:

@@ -13,7 +13,7 @@ import cantools
 import pytest
 from cantools.database.can import Database, Message
 
-from dcocpp import cli
+from dcocpp.cli import commands as cli
 from dcocpp.hardware.plc import crc8, encode, load_database
 from dcocpp.hardware.plc.dbctools import (
     build_tools_database,

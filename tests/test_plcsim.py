@@ -22,23 +22,8 @@ import pytest
 import trio
 import trio.testing
 
-from dcocpp import cli
-from dcocpp.config import ConnectorConfig, load_charger_config
-from dcocpp.hardware.interface import (
-    CablePlugged,
-    CableUnplugged,
-    EvDemand,
-    FaultCleared,
-    FaultKind,
-    FaultRaised,
-    HardwareEvent,
-    RelayState,
-)
-from dcocpp.hardware.plc.driver import PlcBackend
-from dcocpp.hardware.plc.emulated import EmulatedPlcs
-from dcocpp.hardware.plc.virtualbus import SelectableVirtualBus
-from dcocpp.hardware.registercheck import SETTLE_S
-from dcocpp.plcsim import (
+from dcocpp.cli import commands as cli
+from dcocpp.cli.plcsim import (
     MAX_LINE,
     BusOpenError,
     ConsoleError,
@@ -57,6 +42,21 @@ from dcocpp.plcsim import (
     parse_command,
     serve,
 )
+from dcocpp.config import ConnectorConfig, load_charger_config
+from dcocpp.hardware.interface import (
+    CablePlugged,
+    CableUnplugged,
+    EvDemand,
+    FaultCleared,
+    FaultKind,
+    FaultRaised,
+    HardwareEvent,
+    RelayState,
+)
+from dcocpp.hardware.plc.driver import PlcBackend
+from dcocpp.hardware.plc.emulated import EmulatedPlcs
+from dcocpp.hardware.plc.virtualbus import SelectableVirtualBus
+from dcocpp.hardware.registercheck import SETTLE_S
 
 REPO = Path(__file__).resolve().parents[1]
 SHIPPED = REPO / "configs" / "charger.json"

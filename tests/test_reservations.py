@@ -15,10 +15,11 @@ import pytest
 import trio
 from ocpp.v16 import call
 
+from dcocpp.clock import ocpp_time
+from dcocpp.clock.stationclock import TrioWallClock
 from dcocpp.config import ChargerConfig
-from dcocpp.connector.metering import TrioWallClock, ocpp_time
 from dcocpp.ocpp.errors import CallError
-from dcocpp.storage import Database, ReservationRow, StorageError
+from dcocpp.storage.database import Database, ReservationRow, StorageError
 from tests.csms import FakeCsms
 from tests.station_harness import (
     WALL_START,

@@ -16,9 +16,8 @@ import pytest
 import trio
 from ocpp.v16 import call
 
-from dcocpp.connector.metering import TrioWallClock, ocpp_time
-from dcocpp.ocpp.smartcharging import parse_datetime
-from dcocpp.stationclock import SYNC_THRESHOLD_S
+from dcocpp.clock import ocpp_time, parse_ocpp_time
+from dcocpp.clock.stationclock import SYNC_THRESHOLD_S, TrioWallClock
 from tests.csms import FakeCsms
 from tests.station_harness import WALL_START, Harness, charger_config, running_station
 from tests.test_smart_charging import profile, set_profile, setpoint, wait_setpoint
@@ -90,14 +89,14 @@ async def test_a_wall_clock_step_back_and_forward_during_a_transaction(
         (stop,) = await h.wait_calls("StopTransaction")
 
     (start,) = h.csms.received("StartTransaction")
-    started = parse_datetime(start["timestamp"])
-    assert parse_datetime(stop["timestamp"]) >= started
+    started = parse_ocpp_time(start["timestamp"])
+    assert parse_ocpp_time(stop["timestamp"]) >= started
     samples = meter_value_times(h, tx_id)
-    stamps = [parse_datetime(stamp) for _, stamp, _ in samples]
+    stamps = [parse_ocpp_time(stamp) for _, stamp, _ in samples]
     assert stamps and stamps == sorted(stamps) and stamps[0] >= started
-    assert parse_datetime(stop["timestamp"]) >= stamps[-1]
+    assert parse_ocpp_time(stop["timestamp"]) >= stamps[-1]
     for sample in stop.get("transaction_data", []):
-        assert parse_datetime(sample["timestamp"]) >= started
+        assert parse_ocpp_time(sample["timestamp"]) >= started
     # While the clock was right, the timestamps are its time: the truth, not clamped.
     right = [
         (stamp, ocpp_time(WALL_START + timedelta(seconds=t - origin)))
@@ -207,10 +206,10 @@ async def test_the_clock_follows_a_central_system_an_hour_off(
 
         await h.start_charging(1, "TAG-SYNCED")
     (start,) = h.csms.received("StartTransaction")
-    assert abs((parse_datetime(start["timestamp"]) - central.now()).total_seconds()) < 400
+    assert abs((parse_ocpp_time(start["timestamp"]) - central.now()).total_seconds()) < 400
     events = setting_system_time(h)
     assert all(e["tech_info"] and "central system" in e["tech_info"] for e in events)
-    assert parse_datetime(events[0]["timestamp"]) > WALL_START + HOUR - timedelta(seconds=5)
+    assert parse_ocpp_time(events[0]["timestamp"]) > WALL_START + HOUR - timedelta(seconds=5)
 
 
 async def test_a_difference_within_the_threshold_is_not_followed(

@@ -14,7 +14,7 @@ import pytest
 import trio
 from ocpp.v16 import call
 
-from dcocpp.api import create_app
+from dcocpp.api.server import create_app
 from dcocpp.hardware.interface import HardwareError
 from tests.csms import FakeCsms
 from tests.station_harness import charger_config, flow, running_station, statuses_of

@@ -21,7 +21,7 @@ from dcocpp.hardware.plc.driver import ACK_TIMEOUT
 from dcocpp.hardware.plc.emulated import InProcessPlcHardware
 from dcocpp.hardware.plc.emulator import PlcEmulator
 from dcocpp.hardware.simulation import SimulatedHardware
-from dcocpp.storage import Database
+from dcocpp.storage.database import Database
 from tests.billing import assert_billed_physically
 from tests.csms import FakeCsms
 from tests.station_harness import (

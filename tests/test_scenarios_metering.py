@@ -17,8 +17,8 @@ from ocpp.v16.enums import ChargePointStatus
 
 from dcocpp.connector.task import RELAY_ACK_DEADLINE, RELAY_RETRY_INTERVAL
 from dcocpp.hardware.plc.driver import ACK_TIMEOUT, ATTEMPTS, BACKOFF
-from dcocpp.station import RESET_FLUSH_TIMEOUT
-from dcocpp.storage import Database
+from dcocpp.station.station import RESET_FLUSH_TIMEOUT
+from dcocpp.storage.database import Database
 from tests.csms import FakeCsms
 from tests.station_harness import Harness, charger_config, running_station, statuses_of
 

@@ -22,8 +22,8 @@ from ocpp.v16.enums import ResetType
 from dcocpp.config import ChargerConfig
 from dcocpp.connector.task import METER_PERSIST_INTERVAL, RELAY_ACK_DEADLINE
 from dcocpp.hardware.simulation import SimulatedHardware
-from dcocpp.station import RESET_FLUSH_TIMEOUT, HardReset
-from dcocpp.storage import Database
+from dcocpp.station.station import RESET_FLUSH_TIMEOUT, HardReset
+from dcocpp.storage.database import Database
 from tests.csms import FakeCsms
 from tests.station_harness import (
     WAIT_LIMIT,

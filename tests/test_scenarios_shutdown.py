@@ -21,8 +21,8 @@ import pytest
 import trio
 
 from dcocpp.connector.task import METER_PERSIST_INTERVAL, RELAY_ACK_DEADLINE
-from dcocpp.station import SHUTDOWN_GRACE, STOP_TIMEOUT
-from dcocpp.storage import Database, TransactionRow
+from dcocpp.station.station import SHUTDOWN_GRACE, STOP_TIMEOUT
+from dcocpp.storage.database import Database, TransactionRow
 from tests.csms import FakeCsms
 from tests.station_harness import (
     Harness,

@@ -15,7 +15,6 @@ import pytest
 from ocpp.v16.enums import ChargingProfilePurposeType as Purpose
 from ocpp.v16.enums import ChargingRateUnitType as Unit
 
-from dcocpp.limits import LimitEnforcer
 from dcocpp.ocpp.configuration import ConfigurationStore
 from dcocpp.ocpp.smartcharging import InstalledProfiles, RunningTransaction, Supply, parse_profile
 from dcocpp.ocpp.smartcharging.service import (
@@ -23,7 +22,8 @@ from dcocpp.ocpp.smartcharging.service import (
     ChargingContext,
     ChargingProfiles,
 )
-from dcocpp.storage import Database, StorageError
+from dcocpp.station.limits import LimitEnforcer
+from dcocpp.storage.database import Database, StorageError
 from tests.loop_database import on_loop
 
 REPO = Path(__file__).resolve().parents[1]

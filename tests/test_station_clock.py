@@ -1,4 +1,4 @@
-"""The station's clock on its own (dcocpp.stationclock): steps of the system clock noticed,
+"""The station's clock on its own (dcocpp.clock): steps of the system clock noticed,
 slewing not mistaken for one, the central system's time followed only beyond the threshold,
 plausible and not too often, and a transaction's timestamps never going back."""
 
@@ -11,8 +11,7 @@ from typing import Any
 import pytest
 import trio
 
-from dcocpp.connector.metering import TrioWallClock
-from dcocpp.stationclock import (
+from dcocpp.clock.stationclock import (
     CHECK_INTERVAL_S,
     FOLLOW_INTERVAL_S,
     LATEST,
@@ -20,6 +19,7 @@ from dcocpp.stationclock import (
     ClockStep,
     StationClock,
     TransactionClock,
+    TrioWallClock,
 )
 
 START = datetime(2026, 11, 23, 23, 50, tzinfo=UTC)

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from dcocpp.storage import DATABASE_NAME, SCHEMA_VERSION, Database, StorageError
+from dcocpp.storage.database import DATABASE_NAME, SCHEMA_VERSION, Database, StorageError
 
 
 def test_created_under_the_data_directory_with_wal_and_the_current_schema(tmp_path: Path) -> None:
@@ -48,13 +48,13 @@ def test_an_empty_old_file_is_migrated(tmp_path: Path) -> None:
 
 
 def _storage_lines(caplog: pytest.LogCaptureFixture) -> list[str]:
-    return [r.getMessage() for r in caplog.records if r.name == "dcocpp.storage"]
+    return [r.getMessage() for r in caplog.records if r.name == "dcocpp.storage.database"]
 
 
 def test_a_new_database_is_one_line_created(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    caplog.set_level(logging.INFO, logger="dcocpp.storage")
+    caplog.set_level(logging.INFO, logger="dcocpp.storage.database")
     Database.open(tmp_path).close()
     path = tmp_path / DATABASE_NAME
     assert _storage_lines(caplog) == [f"database {path} created (schema version {SCHEMA_VERSION})"]
@@ -66,7 +66,7 @@ def test_a_new_database_is_one_line_created(
 def test_a_migration_is_one_line_from_which_to_which_version(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    from dcocpp.storage import MIGRATIONS
+    from dcocpp.storage.database import MIGRATIONS
 
     connection = sqlite3.connect(tmp_path / DATABASE_NAME)
     for statements in MIGRATIONS[:2]:
@@ -74,7 +74,7 @@ def test_a_migration_is_one_line_from_which_to_which_version(
             connection.execute(statement)
     connection.execute("PRAGMA user_version = 2")
     connection.close()
-    caplog.set_level(logging.INFO, logger="dcocpp.storage")
+    caplog.set_level(logging.INFO, logger="dcocpp.storage.database")
     Database.open(tmp_path).close()
     assert _storage_lines(caplog) == [
         f"database {tmp_path / DATABASE_NAME} migrated from schema version 2 to {SCHEMA_VERSION}"
@@ -118,7 +118,7 @@ def test_a_data_directory_of_every_older_version_is_migrated_keeping_its_data(
 ) -> None:
     """A newer dcocpp opens what an older one wrote: each older schema, with data in it, is
     migrated forward step by step and the data stays."""
-    from dcocpp.storage import MIGRATIONS
+    from dcocpp.storage.database import MIGRATIONS
 
     for version in range(1, SCHEMA_VERSION):
         data_dir = tmp_path / f"v{version}"
@@ -151,7 +151,7 @@ def test_a_data_directory_of_every_older_version_is_migrated_keeping_its_data(
 def test_stored_id_tags_are_folded_keeping_the_newest_of_one_tag(tmp_path: Path) -> None:
     """Schema 5 keys the authorization cache and the local list by the folded idTag (idTags
     are case-insensitive): an older database's "ABC" and "abc" become one entry, the newer."""
-    from dcocpp.storage import MIGRATIONS
+    from dcocpp.storage.database import MIGRATIONS
 
     connection = sqlite3.connect(tmp_path / DATABASE_NAME)
     for statements in MIGRATIONS[:4]:

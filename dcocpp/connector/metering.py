@@ -3,43 +3,12 @@
 from __future__ import annotations
 
 from collections.abc import Iterable
-from datetime import UTC, datetime, timedelta
-from typing import Any, Protocol
+from datetime import UTC, datetime
+from typing import Any
 
-import trio
 from ocpp.v16.enums import Measurand, ReadingContext, UnitOfMeasure
 
 from dcocpp.hardware.interface import MeterReading
-
-
-class WallClock(Protocol):
-    def now(self) -> datetime: ...
-
-
-class SystemClock:
-    """The system's UTC time (the station's clock is this, following the central system's:
-    `dcocpp.stationclock.StationClock`)."""
-
-    def now(self) -> datetime:
-        return datetime.now(UTC)
-
-
-class TrioWallClock:
-    """Wall-clock time that advances with trio's clock: under `autojump_clock` a day of
-    clock-aligned meter values passes in milliseconds and stays on the grid."""
-
-    def __init__(self, start: datetime):
-        self._start = start
-        self._origin = trio.current_time()
-        # What the clock has been set by (a test steps it, as NTP or an operator would).
-        self.offset = timedelta(0)
-
-    def now(self) -> datetime:
-        return self._start + timedelta(seconds=trio.current_time() - self._origin) + self.offset
-
-
-def ocpp_time(moment: datetime) -> str:
-    return moment.astimezone(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
 def seconds_to_next_aligned(now: datetime, interval: int) -> float:

@@ -24,18 +24,14 @@ from ocpp.v16 import call
 from ocpp.v16.enums import AuthorizationStatus, ReadingContext, UnlockStatus
 
 from dcocpp import idtags
+from dcocpp.clock import ocpp_time
+from dcocpp.clock.stationclock import StationClock, TransactionClock
 from dcocpp.config import ConnectorConfig
 from dcocpp.connector import events as ev
-from dcocpp.connector.machine import (
-    ConnectorMachine,
-    Settings,
-    Truth,
-    active_faults,
-    fault_codes,
-    fault_report,
-    kept_for,
-)
-from dcocpp.connector.metering import meter_value, ocpp_time, seconds_to_next_aligned
+from dcocpp.connector.faults import active_faults, fault_codes, fault_report
+from dcocpp.connector.machine import ConnectorMachine
+from dcocpp.connector.metering import meter_value, seconds_to_next_aligned
+from dcocpp.connector.truth import Settings, Truth, kept_for
 from dcocpp.hardware import interface as hw
 from dcocpp.hardware.registercheck import RegisterRun
 from dcocpp.ocpp.authorization import Authorizer, Decision
@@ -44,7 +40,6 @@ from dcocpp.ocpp.control import ConnectorStatus
 from dcocpp.ocpp.errors import OcppError
 from dcocpp.ocpp.transactions import LocalTransaction, TransactionOutbox
 from dcocpp.ocpp.wire import INT32_MAX
-from dcocpp.stationclock import StationClock, TransactionClock
 
 log = logging.getLogger(__name__)
 

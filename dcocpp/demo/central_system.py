@@ -29,7 +29,7 @@ from ocpp.v16.datatypes import IdTagInfo
 from ocpp.v16.enums import Action, AuthorizationStatus, Reason, RegistrationStatus
 from trio_websocket import WebSocketConnection
 
-from dcocpp.connector.metering import WallClock
+from dcocpp.clock import WallClock, ocpp_time
 from dcocpp.ocpp import transport
 from dcocpp.ocpp.messagelog import MessageLog
 from dcocpp.ocpp.rpc import RpcConnection
@@ -52,7 +52,7 @@ _SCALE = {"Wh": 1, "kWh": 1000, "W": 1, "kW": 1000}
 
 def _now(clock: WallClock | None = None) -> str:
     now = datetime.now(UTC) if clock is None else clock.now()
-    return now.astimezone(UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
+    return ocpp_time(now, "seconds")
 
 
 @attrs.define

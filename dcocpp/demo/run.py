@@ -35,18 +35,18 @@ import attrs
 import trio
 from ocpp.v16.enums import Reason
 
-from dcocpp import defaults, simcli
-from dcocpp.api import ApiError, format_address, parse_address
-from dcocpp.asyncdb import Runner
+from dcocpp import defaults
+from dcocpp.api.contract import DEFAULT_API, ApiError, format_address, parse_address
+from dcocpp.clock import WallClock
 from dcocpp.config import ChargerConfig, ConfigError, load_charger_config
 from dcocpp.connector import events as ev
-from dcocpp.connector.metering import WallClock
 from dcocpp.demo import MIN_SPEED
 from dcocpp.demo.central_system import DemoCentralSystem
 from dcocpp.demo.view import DemoView, format_summary
 from dcocpp.ocpp.configuration import ConfigurationError
-from dcocpp.station import Station
-from dcocpp.storage import StorageError
+from dcocpp.station.station import Station
+from dcocpp.storage.asyncdb import Runner
+from dcocpp.storage.database import StorageError
 
 __all__ = [
     "DEFAULT_API_ADDRESS",
@@ -61,7 +61,7 @@ __all__ = [
 ]
 
 # Where `dcocpp status` and `dcocpp sim` look by default.
-DEFAULT_API_ADDRESS = parse_address(simcli.DEFAULT_API)
+DEFAULT_API_ADDRESS = parse_address(DEFAULT_API)
 REJECTED_TAG = "UNKNOWN-TAG"
 # How long one step may take the charger (real or virtual seconds, whatever the speed).
 STEP_TIMEOUT = 30.0
@@ -383,8 +383,8 @@ async def run_demo(
     script early and the summary still prints. With `plc` the charger runs its PLC backend
     against emulated PLCs on a virtual CAN bus instead of the simulated guns.
     `database_runner` is where the charger's database statements run (default: a worker
-    thread; a test on a virtual clock runs them on the loop, see `dcocpp.asyncdb`). Everything
-    started is stopped before it returns; `DemoError` says what went wrong otherwise.
+    thread; a test on a virtual clock runs them on the loop, see `dcocpp.storage.asyncdb`).
+    Everything started is stopped before it returns; `DemoError` says what went wrong otherwise.
     """
     if not (math.isfinite(speed) and speed >= MIN_SPEED):
         raise ValueError(f"speed must be a number from {MIN_SPEED:g} up, not {speed}")

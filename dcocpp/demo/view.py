@@ -14,11 +14,11 @@ import logging
 import shutil
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from datetime import datetime
 from typing import Any, Protocol, TextIO
 
 import trio
 
+from dcocpp.clock import parse_ocpp_time
 from dcocpp.demo.central_system import CsmsEvent, DemoCentralSystem, TransactionRecord
 
 REFRESH_INTERVAL = 0.5
@@ -263,14 +263,14 @@ def _clock_time(timestamp: str | None) -> str:
     if timestamp is None:
         return "-"
     try:
-        return datetime.fromisoformat(timestamp.replace("Z", "+00:00")).strftime("%H:%M:%S")
+        return parse_ocpp_time(timestamp).strftime("%H:%M:%S")
     except ValueError:
         return timestamp
 
 
 def _date(timestamp: str) -> str:
     try:
-        return datetime.fromisoformat(timestamp.replace("Z", "+00:00")).strftime("%Y-%m-%d")
+        return parse_ocpp_time(timestamp).strftime("%Y-%m-%d")
     except ValueError:
         return "?"
 

@@ -25,7 +25,7 @@ from dcocpp.hardware.interface import HardwareBackend, SimulationControl
 from dcocpp.hardware.plc.driver import CanBusNotFound, PlcBackend
 from dcocpp.hardware.plc.emulated import InProcessPlcHardware
 from dcocpp.hardware.simulation import SimulatedHardware
-from dcocpp.oserrors import reason
+from dcocpp.storage.oserrors import reason
 
 __all__ = ["Hardware", "build_hardware", "open_can_bus"]
 

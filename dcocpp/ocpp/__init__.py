@@ -1,0 +1,27 @@
+"""OCPP 1.6J towards the central system: the transport (`transport`, TLS and the WebSocket), the
+RPC framing (`wire`, `rpc`), the session (`session`: registration, heartbeats, reconnects),
+the persistent outbox of transaction messages (`transactions`), the handlers of the central
+system's CALLs (`handlers`, `smartcharging/handlers`), configuration keys, authorization
+(`authcache`, `locallist`) and smart charging (`smartcharging/`). It never imports the
+hardware, the connectors, the station, the API or the command line: what it may ask of the
+charger is the `control.StationControl` protocol, and what its handlers may touch is
+`handlers.SessionServices`.
+
+Errors::
+
+    Exception
+    └── errors.OcppError                      the layer's root
+        ├── errors.TransportError             cannot connect (TLS, address, handshake)
+        ├── errors.ConnectionLost             the connection ended under a CALL
+        ├── errors.CallError                  a CALLERROR: the central system's answer, or
+        │   │                                 ours to its CALL (handlers, validation)
+        │   └── wire.FrameError               a frame that is no OCPP-J message (also an
+        │                                     `ocpp` package CallErrorException)
+        ├── errors.InvalidPayload             an answer that breaks its schema
+        │   └── errors.UnsendablePayload      a message of ours that breaks it (our bug)
+        ├── session.ResponseTimeout           no answer within the response timeout
+        ├── configuration.ConfigurationError  a configuration key's value or file
+        ├── authcache.AuthStoreError          the authorization cache's storage failed
+        ├── smartcharging.ProfileError        a charging profile OCPP or we cannot take
+        └── smartcharging.service.ProfileStoreError   the profiles' storage failed
+"""

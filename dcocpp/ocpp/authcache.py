@@ -19,6 +19,7 @@ import trio
 from ocpp.v16.enums import AuthorizationStatus
 
 from dcocpp import idtags
+from dcocpp.clock import parse_ocpp_time
 from dcocpp.ocpp.configuration import ConfigurationStore
 from dcocpp.ocpp.errors import OcppError
 
@@ -62,14 +63,8 @@ def parse_expiry(value: str | None) -> datetime | None:
     if not value:
         return None
     try:
-        parsed = datetime.fromisoformat(value.replace("Z", "+00:00"))
+        return parse_ocpp_time(value)
     except ValueError:
-        return None
-    if parsed.tzinfo is None:
-        return parsed.replace(tzinfo=UTC)
-    try:
-        return parsed.astimezone(UTC)
-    except OverflowError:
         return None
 
 

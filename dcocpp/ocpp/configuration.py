@@ -41,9 +41,9 @@ from typing import Any
 import attrs
 from ocpp.v16.enums import ConfigurationStatus, Measurand
 
-from dcocpp.atomicfile import replace_file
 from dcocpp.jsontypes import json_type
 from dcocpp.ocpp.errors import OcppError
+from dcocpp.storage.atomicfile import replace_file
 
 __all__ = [
     "SPECS",

@@ -42,7 +42,7 @@ from dcocpp.ocpp.smartcharging.handlers import SmartChargingHandlers
 from dcocpp.ocpp.smartcharging.profiles import ProfileError
 
 if TYPE_CHECKING:
-    from dcocpp.ocpp.session import ChargePointSession
+    from dcocpp.ocpp.services import SessionServices
 
 log = logging.getLogger(__name__)
 
@@ -63,7 +63,7 @@ _TRIGGERABLE = frozenset(
 
 
 class CoreHandlers(SmartChargingHandlers):
-    def __init__(self, session: ChargePointSession):
+    def __init__(self, session: SessionServices):
         self.session = session
 
     def _valid_connector(self, connector_id: int | None, *, allow_zero: bool = True) -> bool:

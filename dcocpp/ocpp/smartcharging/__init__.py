@@ -2,7 +2,7 @@
 schedule with its enforcement helpers (`schedule`), with no I/O, no clock and no trio. Around
 it, still in the OCPP layer: `service` keeps the installed profiles (persisted, answered, removed
 with their transaction) and `handlers` answers the central system's SmartCharging CALLs. The
-enforcement on the guns is station wiring (`dcocpp/limits.py`)."""
+enforcement on the guns is station wiring (`dcocpp/station/limits.py`)."""
 
 from dcocpp.ocpp.smartcharging.profiles import (
     ChargingProfile,
@@ -16,7 +16,6 @@ from dcocpp.ocpp.smartcharging.profiles import (
     check_profile,
     check_remote_start_profile,
     format_datetime,
-    parse_datetime,
     parse_profile,
 )
 from dcocpp.ocpp.smartcharging.schedule import (
@@ -51,7 +50,6 @@ __all__ = [
     "format_datetime",
     "limit_now",
     "next_change",
-    "parse_datetime",
     "parse_profile",
     "share_station_limit",
 ]

@@ -23,7 +23,7 @@ from ocpp.v16.enums import GetCompositeScheduleStatus as CompositeStatus
 from dcocpp.ocpp.smartcharging.profiles import format_datetime
 
 if TYPE_CHECKING:
-    from dcocpp.ocpp.session import ChargePointSession
+    from dcocpp.ocpp.services import SessionServices
 
 log = logging.getLogger(__name__)
 
@@ -32,7 +32,7 @@ _UNIT_NAMES = {"Current": Unit.amps, "Power": Unit.watts}
 
 
 class SmartChargingHandlers:
-    session: ChargePointSession
+    session: SessionServices
 
     def _known_connector(self, connector_id: int) -> bool:
         return connector_id == 0 or connector_id in self.session.control.connector_ids

@@ -59,6 +59,7 @@ from ocpp.v16.enums import ChargingProfilePurposeType as Purpose
 from ocpp.v16.enums import ChargingRateUnitType as Unit
 from ocpp.v16.enums import RecurrencyKind
 
+from dcocpp.clock import ocpp_time, parse_ocpp_time
 from dcocpp.ocpp.errors import OcppError
 from dcocpp.ocpp.wire import INT32_MAX, INT32_MIN
 
@@ -74,7 +75,6 @@ __all__ = [
     "check_profile",
     "check_remote_start_profile",
     "format_datetime",
-    "parse_datetime",
     "parse_profile",
     "recurrence_cycle",
 ]
@@ -181,26 +181,10 @@ def _without_none(**fields: Any) -> dict[str, Any]:
 # --- dates ------------------------------------------------------------------------------------
 
 
-def parse_datetime(text: str) -> datetime:
-    """An OCPP dateTime -> an aware UTC datetime.
-
-    OCPP 1.6 wants UTC; a value without an offset is taken as UTC (some central systems leave
-    the Z out), one with another offset is converted. Raises ValueError, also for an instant
-    that UTC cannot express (0001-01-01T00:00:00+01:00)."""
-    parsed = datetime.fromisoformat(text)
-    if parsed.tzinfo is None:
-        return parsed.replace(tzinfo=UTC)
-    try:
-        return parsed.astimezone(UTC)
-    except OverflowError:
-        raise ValueError(f"{text!r} is outside the range of UTC dates") from None
-
-
 def format_datetime(moment: datetime) -> str:
-    """An aware datetime -> OCPP dateTime in UTC with a Z, to the millisecond when needed."""
-    utc = moment.astimezone(UTC)
-    spec = "seconds" if utc.microsecond == 0 else "milliseconds"
-    return utc.isoformat(timespec=spec).replace("+00:00", "Z")
+    """An aware datetime -> OCPP dateTime, to the millisecond when needed (a schedule's
+    instants are usually whole seconds)."""
+    return ocpp_time(moment, "seconds" if moment.microsecond == 0 else "milliseconds")
 
 
 def _format_optional(moment: datetime | None) -> str | None:
@@ -399,7 +383,7 @@ class _Reader:
             moment = value
         elif isinstance(value, str):
             try:
-                moment = parse_datetime(value)
+                moment = parse_ocpp_time(value)
             except ValueError:
                 raise ProfileError(where, f"{value!r} is not a dateTime (in UTC)") from None
         else:

@@ -20,18 +20,23 @@ from typing import TYPE_CHECKING
 
 import trio
 
-from dcocpp import __version__, api, cliargs, datalock, defaults, demo, plcsim, simcli, statecharts
-from dcocpp.api import ApiError
-from dcocpp.cliargs import DEFAULT_CONFIG, config_argument, log_level_argument
+from dcocpp import __version__
+from dcocpp.api import contract
+from dcocpp.api.contract import ApiError
+from dcocpp.cli import args as cliargs
+from dcocpp.cli import demo, init, plcsim, statecharts
+from dcocpp.cli import sim as simcli
+from dcocpp.cli.args import DEFAULT_CONFIG, config_argument, log_level_argument
+from dcocpp.cli.logs import LoggingError, LoggingSetup
 from dcocpp.config import ChargerConfig, ConfigError, load_charger_config
 from dcocpp.hardware.interface import HardwareError
-from dcocpp.logs import LoggingError, LoggingSetup
 from dcocpp.ocpp.configuration import ConfigurationError, ConfigurationStore
 from dcocpp.ocpp.transport import endpoint_url
-from dcocpp.storage import ACCEPT_DATA_LOSS, Database, StorageError, prepare_data_dir
+from dcocpp.storage import datalock
+from dcocpp.storage.database import ACCEPT_DATA_LOSS, Database, StorageError, prepare_data_dir
 
 if TYPE_CHECKING:
-    from dcocpp.station import Station
+    from dcocpp.station.station import Station
 
 log = logging.getLogger("dcocpp")
 
@@ -140,7 +145,7 @@ def _parser() -> argparse.ArgumentParser:
     dbc.set_defaults(func=_plc_dbc)
     simcli.add_subcommands(commands)
     demo.add_subcommands(commands)
-    defaults.add_subcommands(commands)
+    init.add_subcommands(commands)
     plcsim.add_subcommands(commands)
     return parser
 
@@ -171,7 +176,7 @@ def _load(args: argparse.Namespace) -> ChargerConfig:
 
 
 def _check_config(args: argparse.Namespace) -> int:
-    from dcocpp.station import load_configuration_store
+    from dcocpp.station.station import load_configuration_store
 
     if (hint := cliargs.missing_default_config(args.config, "dcocpp check-config")) is not None:
         print(hint, file=sys.stderr)
@@ -209,7 +214,7 @@ async def _serve(
     api_address: tuple[str, int] | None,
     api_token: str | None,
 ) -> None:
-    from dcocpp.station import Station
+    from dcocpp.station.station import Station
 
     station = Station(config, api_address=api_address, api_token=api_token, store=keys)
     async with trio.open_nursery() as nursery:
@@ -260,16 +265,16 @@ def _api_access_problem(args: argparse.Namespace) -> str | None:
         return None
     token = simcli.api_token(args)
     if token is None:
-        if api.is_loopback(args.api[0]):
+        if contract.is_loopback(args.api[0]):
             return None
-        return f"--api {api.format_address(*args.api)}: {api.NEEDS_TOKEN}"
-    problem = api.token_problem(token)
-    source = "--api-token" if args.api_token is not None else api.TOKEN_ENV
+        return f"--api {contract.format_address(*args.api)}: {contract.NEEDS_TOKEN}"
+    problem = contract.token_problem(token)
+    source = "--api-token" if args.api_token is not None else contract.TOKEN_ENV
     return None if problem is None else f"{source}: the API token {problem}"
 
 
 def _run(args: argparse.Namespace) -> int:
-    from dcocpp.station import load_configuration_store
+    from dcocpp.station.station import load_configuration_store
 
     if (hint := cliargs.missing_default_config(args.config, "dcocpp run --config")) is not None:
         print(hint, file=sys.stderr)
@@ -329,7 +334,7 @@ def _ended_by(error: BaseException, *, debug: bool) -> int:
     """The exit status for the exception that ended a command, and what the operator is told:
     the one place where the exception groups of trio's nurseries are taken apart. A layer's
     error is one line (its traceback only at DEBUG); anything else is a bug and is raised."""
-    from dcocpp.station import HardReset
+    from dcocpp.station.station import HardReset
 
     leaves = _leaves(error)
     if any(isinstance(leaf, BrokenPipeError) for leaf in leaves):

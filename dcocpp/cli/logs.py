@@ -7,7 +7,7 @@ import logging
 from pathlib import Path
 
 from dcocpp.ocpp.messagelog import close_message_file, open_message_file
-from dcocpp.oserrors import directory_problem, reason
+from dcocpp.storage.oserrors import directory_problem, reason
 
 MESSAGE_LOG_NAME = "ocpp-messages.log"
 _FORMAT = "%(asctime)s %(levelname)-7s %(name)s: %(message)s"

@@ -1,4 +1,5 @@
-"""The station's time: its wall clock (`StationClock`) and each transaction's (`TransactionClock`).
+"""The station's wall clock (`StationClock`) and each transaction's (`TransactionClock`), on
+trio's monotonic clock (and `TrioWallClock`, a wall clock that runs with it, for tests).
 
 Two clocks, each for what it is good at:
 
@@ -42,7 +43,7 @@ from datetime import UTC, datetime, timedelta
 import attrs
 import trio
 
-from dcocpp.connector.metering import SystemClock, WallClock, ocpp_time
+from dcocpp.clock import SystemClock, WallClock, ocpp_time
 
 log = logging.getLogger(__name__)
 
@@ -228,3 +229,17 @@ class TransactionClock:
         time it has run. Its Relative charging profiles start there, so that a step of the
         wall clock changes neither their elapsed time nor their limit."""
         return self._clock.now() - timedelta(seconds=self.elapsed())
+
+
+class TrioWallClock:
+    """Wall-clock time that advances with trio's clock: under `autojump_clock` a day of
+    clock-aligned meter values passes in milliseconds and stays on the grid."""
+
+    def __init__(self, start: datetime):
+        self._start = start
+        self._origin = trio.current_time()
+        # What the clock has been set by (a test steps it, as NTP or an operator would).
+        self.offset = timedelta(0)
+
+    def now(self) -> datetime:
+        return self._start + timedelta(seconds=trio.current_time() - self._origin) + self.offset

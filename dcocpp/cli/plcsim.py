@@ -36,7 +36,7 @@ import attrs
 import can
 import trio
 
-from dcocpp.cliargs import config_argument, log_level_argument, missing_default_config
+from dcocpp.cli.args import config_argument, log_level_argument, missing_default_config
 from dcocpp.config import ConfigError, ConnectorConfig, load_charger_config
 from dcocpp.hardware.ev import EvModel
 from dcocpp.hardware.interface import FaultKind, HardwareError
@@ -70,7 +70,8 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-# The same statuses as `dcocpp.cli` (which imports this module, so it cannot be imported here).
+# The same statuses as `dcocpp.cli.commands` (which imports this module, so it cannot be
+# imported here).
 EXIT_OK = 0
 EXIT_RUNTIME_ERROR = 1
 EXIT_USAGE = 2
@@ -642,7 +643,7 @@ def _interface_argument(text: str) -> str:
 
 
 def _plc_sim(args: argparse.Namespace) -> int:
-    from dcocpp.logs import LoggingSetup
+    from dcocpp.cli.logs import LoggingSetup
 
     if (hint := missing_default_config(args.config, "dcocpp plc-sim --config")) is not None:
         print(hint, file=sys.stderr)

@@ -37,14 +37,14 @@ import trio
 from ocpp.v16.enums import CancelReservationStatus, ReservationStatus
 
 from dcocpp import idtags
-from dcocpp.asyncdb import AsyncDatabase
+from dcocpp.clock import WallClock, ocpp_time
 from dcocpp.connector import events as ev
-from dcocpp.connector.machine import Truth
-from dcocpp.connector.metering import WallClock, ocpp_time
 from dcocpp.connector.task import ConnectorTask
+from dcocpp.connector.truth import Truth
 from dcocpp.ocpp.authcache import parse_expiry
 from dcocpp.ocpp.configuration import ConfigurationStore
-from dcocpp.storage import ReservationRow, StorageError
+from dcocpp.storage.asyncdb import AsyncDatabase
+from dcocpp.storage.database import ReservationRow, StorageError
 
 log = logging.getLogger(__name__)
 

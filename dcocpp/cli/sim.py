@@ -1,8 +1,9 @@
 """`dcocpp sim ...` and `dcocpp status`: talk to a running charger's local API.
 
-Plain standard-library HTTP (urllib, JSON) so that they run anywhere the charger does. Exit
-status: 0 on success, 1 when the API cannot be reached or fails, 2 when it refuses the request
-(unknown connector, an action that does not fit the gun's state, ...) or the arguments are bad.
+Through `dcocpp.api.client` (plain standard-library HTTP) so that they run anywhere the charger
+does. Exit status: 0 on success, 1 when the API cannot be reached or fails, 2 when it refuses
+the request (unknown connector, an action that does not fit the gun's state, ...) or the
+arguments are bad.
 `sim authorize` prints what the charger decided about the tag: 0 when the gun took it (a
 session for it, or the transaction stopped), 2 when it refused it (at the reader, or the
 authorization: Invalid, Blocked, Expired, ConcurrentTx), 1 when no decision came in time.
@@ -11,20 +12,14 @@ authorization: Invalid, Blocked, Expired, ConcurrentTx), 1 when no decision came
 from __future__ import annotations
 
 import argparse
-import http.client
 import json
 import os
 import sys
-import urllib.error
-import urllib.request
 from collections.abc import Sequence
 from typing import Any
 
-from dcocpp.api import FAULT_KINDS, TOKEN_ENV, format_address, parse_address, token_problem
-
-DEFAULT_API = "127.0.0.1:8765"
-# Above the charger's own wait for an authorization's decision (station.AUTHORIZATION_WAIT).
-TIMEOUT_SECONDS = 10.0
+from dcocpp.api import client
+from dcocpp.api.contract import DEFAULT_API, FAULT_KINDS, TOKEN_ENV, parse_address, token_problem
 
 EXIT_OK = 0
 EXIT_UNREACHABLE = 1
@@ -236,10 +231,6 @@ def _token(args: argparse.Namespace) -> str | None:
     return token
 
 
-# The API is local: never send it through an HTTP proxy from the environment.
-_opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
-
-
 def _request(
     api: tuple[str, int],
     method: str,
@@ -247,56 +238,11 @@ def _request(
     body: dict[str, Any] | None,
     token: str | None = None,
 ) -> dict[str, Any]:
-    """One JSON request to the API (with `token` as a bearer token); its JSON answer, or
-    `_Failure` with what to tell the user."""
-    where = format_address(*api)
-    data = None if body is None else json.dumps(body).encode()
-    headers = {"Accept": "application/json", "Content-Type": "application/json"}
-    if token is not None:
-        headers["Authorization"] = f"Bearer {token}"
-    request = urllib.request.Request(
-        f"http://{where}{path}", data=data, method=method, headers=headers
-    )
+    """`client.request`, its failure as what to print and the exit status."""
     try:
-        with _opener.open(request, timeout=TIMEOUT_SECONDS) as response:
-            raw = response.read()
-    except urllib.error.HTTPError as error:
-        with error:
-            reason = _error_reason(error.read()) or f"HTTP {error.code} {error.reason}"
-        if error.code == 401:
-            reason += f" (the API at {where} requires its token: set {TOKEN_ENV} or --api-token)"
-        status = EXIT_REFUSED if 400 <= error.code < 500 else EXIT_UNREACHABLE
-        raise _Failure(f"error: {reason}", status) from None
-    except urllib.error.URLError as error:
-        if isinstance(error.reason, ConnectionRefusedError):
-            raise _Failure(
-                f"no dcocpp API at {where} (start it with `dcocpp run --api {where}` "
-                "or `dcocpp demo`)",
-                EXIT_UNREACHABLE,
-            ) from None
-        raise _Failure(
-            f"cannot reach the dcocpp API at {where}: {error.reason}", EXIT_UNREACHABLE
-        ) from None
-    except (TimeoutError, ConnectionError, http.client.HTTPException) as error:
-        raise _Failure(
-            f"dcocpp API at {where} did not answer properly: {error!r}", EXIT_UNREACHABLE
-        ) from None
-    try:
-        answer = json.loads(raw)
-    except ValueError:
-        answer = None
-    if not isinstance(answer, dict):
-        raise _Failure(f"unexpected answer from {where}: not a JSON object", EXIT_UNREACHABLE)
-    return answer
-
-
-def _error_reason(raw: bytes) -> str | None:
-    try:
-        body = json.loads(raw)
-    except ValueError:
-        return None
-    reason = body.get("error") if isinstance(body, dict) else None
-    return reason if isinstance(reason, str) else None
+        return client.request(api, method, path, body, token)
+    except client.ApiClientError as error:
+        raise _Failure(error.message, EXIT_REFUSED if error.refused else EXIT_UNREACHABLE) from None
 
 
 # --- output ----------------------------------------------------------------------------------

@@ -15,7 +15,7 @@ import os
 from collections.abc import Iterator
 from pathlib import Path
 
-from dcocpp.storage import StorageError
+from dcocpp.storage.database import StorageError
 
 LOCK_NAME = "dcocpp.lock"
 

@@ -59,9 +59,9 @@ from ocpp.v16.enums import ChargePointStatus
 from ocpp.v16.enums import ChargingProfilePurposeType as Purpose
 from ocpp.v16.enums import ChargingRateUnitType as Unit
 
+from dcocpp.clock import WallClock
 from dcocpp.config import ConnectorConfig
 from dcocpp.connector import events as ev
-from dcocpp.connector.metering import WallClock
 from dcocpp.connector.task import ConnectorTask
 from dcocpp.hardware.interface import FaultKind, HardwareError
 from dcocpp.ocpp.smartcharging import (

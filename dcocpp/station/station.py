@@ -4,7 +4,7 @@
     ├── hardware backend            started first, runs for the life of the process
     ├── local HTTP API              when asked for (--api), from the first boot's connectors
     │                               on; also outlives soft resets
-    ├── clock watcher               notices a step of the system clock (stationclock)
+    ├── clock watcher               notices a step of the system clock (clock/stationclock.py)
     └── one boot (rebuilt by a soft reset)
         ├── OCPP session, transaction outbox
         └── connector task x N      one per gun, each with its machine
@@ -16,7 +16,7 @@ process exits and its supervisor restarts it.
 
 The station is the only place that knows both the OCPP layer and the hardware: it implements
 `ChargePointControl` for the former and `StationView` for the local API. Its database is
-reached off the event loop (`dcocpp.asyncdb`): nothing here waits for the disk on the loop.
+reached off the event loop (`dcocpp.storage.asyncdb`): nothing here waits for the disk on the loop.
 """
 
 from __future__ import annotations
@@ -43,11 +43,12 @@ from ocpp.v16.enums import (
     UnlockStatus,
 )
 
-from dcocpp import api
-from dcocpp.asyncdb import AsyncDatabase, Runner
+from dcocpp.api import server as api_server
+from dcocpp.clock import WallClock, ocpp_time
+from dcocpp.clock.stationclock import SYNC_THRESHOLD_S, ClockStep, StationClock
 from dcocpp.config import ChargerConfig
 from dcocpp.connector import events as ev
-from dcocpp.connector.metering import MEASURANDS, WallClock, ocpp_time
+from dcocpp.connector.metering import MEASURANDS
 from dcocpp.connector.task import (
     INBOX_SIZE,
     METER_PERSIST_INTERVAL,
@@ -59,19 +60,20 @@ from dcocpp.hardware.events import CoalescingChannel
 from dcocpp.hardware.factory import build_hardware
 from dcocpp.hardware.interface import FaultKind, HardwareBackend, HardwareError, SimulationControl
 from dcocpp.hardware.registercheck import JITTER_S, RESOLUTION_WH
-from dcocpp.limits import LimitEnforcer
 from dcocpp.ocpp import transport
 from dcocpp.ocpp.authcache import AuthorizationCache
 from dcocpp.ocpp.authorization import Authorizer
 from dcocpp.ocpp.configuration import ConfigurationStore
 from dcocpp.ocpp.control import ConnectorStatus
 from dcocpp.ocpp.locallist import LocalAuthorizationList
-from dcocpp.ocpp.session import ChargePointSession, Identity
+from dcocpp.ocpp.services import Identity
+from dcocpp.ocpp.session import ChargePointSession
 from dcocpp.ocpp.smartcharging.service import ChargingContext, ChargingProfiles
 from dcocpp.ocpp.transactions import TransactionOutbox
-from dcocpp.reservations import ReservationBook
-from dcocpp.stationclock import SYNC_THRESHOLD_S, ClockStep, StationClock
-from dcocpp.storage import StorageError
+from dcocpp.station.limits import LimitEnforcer
+from dcocpp.station.reservations import ReservationBook
+from dcocpp.storage.asyncdb import AsyncDatabase, Runner
+from dcocpp.storage.database import StorageError
 
 log = logging.getLogger(__name__)
 
@@ -181,7 +183,7 @@ class Station:
     ):
         self.config = config
         # Where the database's statements run: a worker thread unless told otherwise (see
-        # dcocpp.asyncdb; a test on trio's virtual clock runs them on the loop).
+        # dcocpp.storage.asyncdb; a test on trio's virtual clock runs them on the loop).
         self._database_runner = database_runner
         # The OCPP keys as the command line already loaded them, for the first boot (a soft
         # reset loads them again from the files).
@@ -192,12 +194,13 @@ class Station:
         self.hardware = hardware
         # What the local API's simulation endpoints drive; None on real hardware.
         self.simulation = simulation
-        # The system's clock (or `clock`), following the central system's (see stationclock).
+        # The system's clock (or `clock`), following the central system's (see
+        # dcocpp.clock.stationclock).
         self.clock = StationClock(clock)
         self.clock.subscribe(self._clock_stepped)
         self._open_stream = open_stream
         self._api_address = api_address
-        self._api_token = api_token  # required by the API when given (see dcocpp.api)
+        self._api_token = api_token  # required by the API when given (see dcocpp.api.server)
         self.api_port: int | None = None
         self._scope: trio.CancelScope | None = None
         self._lifetime: trio.Nursery | None = None  # `run`'s: what outlives soft resets
@@ -366,7 +369,7 @@ class Station:
         return self._reset
 
     def _clock_stepped(self, step: ClockStep) -> None:
-        """The station's clock stepped (see `dcocpp.stationclock`): the limits look at their
+        """The station's clock stepped (see `dcocpp.clock`): the limits look at their
         schedules again; a step beyond the threshold is a SettingSystemTime security event
         (queued from the boot's nursery: a database failure there ends the boot as any
         other); a step of the system clock asks the central system's time at once."""
@@ -395,7 +398,7 @@ class Station:
             return
         assert self._lifetime is not None
         _, self.api_port = await self._lifetime.start(
-            partial(api.serve_api, token=self._api_token), self, *self._api_address
+            partial(api_server.serve_api, token=self._api_token), self, *self._api_address
         )
 
     async def _database_failed(self) -> None:
