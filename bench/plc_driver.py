@@ -2,12 +2,13 @@
 
     .venv/bin/python bench/plc_driver.py [--quick] [--profile] [--check]
 
-Everything runs the real driver code (`PlcBackend` with 16 `PlcGun`s, plcId 0..15) on a real
-python-can bus: `SelectableVirtualBus`, python-can's in-process virtual bus plus a file
-descriptor, which the driver reads exactly as it reads socketcan (`trio.lowlevel.wait_readable`,
-then `recv(0)` until empty; no thread). A second `SelectableVirtualBus` on the same channel is
-the PLC side: it sends pre-encoded PLC -> host frames (codec, valid CRC8) and listens for the
-driver's RelayControl frames. One process, one trio run, one thread.
+Everything runs the real driver code (`PlcBackend` with 16 `PlcGun`s over their `PlcProtocol`s,
+plcId 0..15) on a real python-can bus: `SelectableVirtualBus`, python-can's in-process virtual
+bus plus a file descriptor, which the driver reads exactly as it reads socketcan
+(`trio.lowlevel.wait_readable`, then `recv(0)` until empty; no thread). A second
+`SelectableVirtualBus` on the same channel is the PLC side: it sends pre-encoded PLC -> host
+frames (codec, valid CRC8) and listens for the driver's RelayControl frames. One process, one
+trio run, one thread.
 
 Three figures, each against the issue's target:
 
@@ -65,7 +66,8 @@ from dcocpp.config import ConnectorConfig
 from dcocpp.hardware.interface import HardwareEvent
 from dcocpp.hardware.plc import codec
 from dcocpp.hardware.plc.bridge import read_frames
-from dcocpp.hardware.plc.driver import RX_GATHER_S, PlcBackend, acceptance_filters
+from dcocpp.hardware.plc.busprotocol import acceptance_filters
+from dcocpp.hardware.plc.driver import RX_GATHER_S, PlcBackend
 from dcocpp.hardware.plc.virtualbus import SelectableVirtualBus
 
 # --- the bus and the targets -----------------------------------------------------------------

@@ -53,6 +53,8 @@ from typing import Any
 from ocpp.v16 import call, datatypes
 from ocpp.v16.enums import Measurand, ReadingContext, UnitOfMeasure
 
+from dcocpp.clock import ocpp_time
+
 REPO_ROOT = Path(__file__).resolve().parents[1]
 TARGET_RATE_RATIO = 1.5  # dcocpp calls/s / asyncio calls/s, at least
 TARGET_CPU_RATIO = 0.5  # dcocpp CPU per call / asyncio CPU per call, at most
@@ -70,7 +72,7 @@ PROFILE_FILTER = "dcocpp|trio_websocket|wsproto|jsonschema"
 
 
 def utc_now() -> str:
-    return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    return ocpp_time(datetime.now(UTC))
 
 
 def boot_notification() -> call.BootNotification:

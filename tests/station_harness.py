@@ -19,7 +19,8 @@ from typing import Any
 import attrs
 import trio
 
-from dcocpp.clock import TrioWallClock, WallClock, ocpp_time
+from dcocpp.clock import WallClock, ocpp_time
+from dcocpp.clock.stationclock import TrioWallClock
 from dcocpp.config import ChargerConfig, load_charger_config
 from dcocpp.connector.task import ConnectorTask
 from dcocpp.hardware.interface import SimulationControl

@@ -4,7 +4,9 @@ CALLERROR, late, or not at all. Afterwards the central system must hold every tr
 exactly once, StartTransaction before its MeterValues before its StopTransaction, the meter
 values in time order, and no message lost or duplicated (dcocpp/ocpp/transactions.py is the
 spec: at least once on the wire, in order, one in flight, parked after
-TransactionMessageAttempts CALLERRORs and retried after the next reconnect).
+TransactionMessageAttempts CALLERRORs and retried after the next reconnect; a parked
+MeterValues, and those queued behind it, follow its transaction's StopTransaction instead of
+holding it back).
 
 The whole station runs in-process on the in-memory network and virtual time
 (tests/station_harness.py); a seeded schedule decides, per seed:
@@ -136,6 +138,8 @@ class ChaosCsms(FakeCsms):
         self._stored_keys: set[str] = set()
         self.stops: dict[int, dict[str, Any]] = {}
         self.conflicts: list[str] = []
+        # The messages (keys) refused twice in a row: parked by the station.
+        self.parked: set[str] = set()
 
     # --- the schedule ---------------------------------------------------------------------
 
@@ -147,6 +151,8 @@ class ChaosCsms(FakeCsms):
         message = (action, key)
         if message not in self._errors_left:
             self._errors_left[message] = self.rng.choices([0, 1, 2], weights=[84, 9, 7])[0]
+            if self._errors_left[message] == 2:
+                self.parked.add(key)
         if self._errors_left[message] > 0:
             self._errors_left[message] -= 1
             return "error"
@@ -488,17 +494,40 @@ def check_store(csms: ChaosCsms, queued: Queued, context: str) -> None:
     for action, transaction_id, payload in expected:
         wanted.setdefault(transaction_id, []).append((action, payload))
     # Per transaction, in the order the central system first took them: Start, the meter
-    # values as queued (none lost, none twice), Stop.
-    assert by_transaction == wanted, context
+    # values as queued (none lost, none twice), Stop (or a parked one and those behind it
+    # after the Stop).
+    stop_last = {
+        transaction_id: stop_moved_last(entries, lambda e: identity(e[1]) in csms.parked)
+        for transaction_id, entries in by_transaction.items()
+    }
+    assert stop_last == wanted, context
     assert len(stored) == len(expected), context
     for entries in by_transaction.values():
         stamps = [p["meter_value"][0]["timestamp"] for a, p in entries if a == "MeterValues"]
         assert stamps == sorted(stamps), context
 
 
+def stop_moved_last(entries: list[Any], parked: Any) -> list[Any]:
+    """`entries` (`(action, ...)` of one transaction, in order) with its StopTransaction
+    moved to the end if only MeterValues came after it and one of the transaction's
+    MeterValues is `parked`: a parked MeterValues, and those queued behind it, do not hold
+    back their transaction's stop. Anything else after the stop is left where it is, for the
+    caller's check to find."""
+    stops = [i for i, entry in enumerate(entries) if entry[0] == "StopTransaction"]
+    if len(stops) != 1:
+        return entries
+    after = entries[stops[0] + 1 :]
+    if all(e[0] == "MeterValues" for e in after) and any(
+        e[0] == "MeterValues" and parked(e) for e in entries
+    ):
+        return [*entries[: stops[0]], *after, entries[stops[0]]]
+    return entries
+
+
 def check_wire(csms: ChaosCsms, context: str) -> None:
     """What arrived on the wire: per transaction Start before MeterValues before Stop by
-    first arrival, and a message arrives again only after an attempt that was not answered."""
+    first arrival (but a parked MeterValues and those behind it may follow the Stop), and a
+    message arrives again only after an attempt that was not answered."""
     first: dict[str, Attempt] = {}
     duplicates = 0
     previous: dict[str, Attempt] = {}
@@ -512,7 +541,7 @@ def check_wire(csms: ChaosCsms, context: str) -> None:
         previous[attempt.key] = attempt
     # Every message was answered in the end (that is what emptied the outbox).
     assert all(a.answered for a in previous.values()), context
-    order: dict[int, list[str]] = {}
+    order: dict[int, list[tuple[str, str]]] = {}
     stamps: dict[int, list[str]] = {}
     for attempt in first.values():
         payload = json.loads(attempt.key)
@@ -520,10 +549,12 @@ def check_wire(csms: ChaosCsms, context: str) -> None:
             transaction_id = csms.transaction_ids[start_key(payload)]
         else:
             transaction_id = payload["transaction_id"]
-        order.setdefault(transaction_id, []).append(attempt.action)
+        order.setdefault(transaction_id, []).append((attempt.action, attempt.key))
         if attempt.action == "MeterValues":
             stamps.setdefault(transaction_id, []).append(payload["meter_value"][0]["timestamp"])
-    for transaction_id, actions in order.items():
+    for transaction_id, arrivals in order.items():
+        arrivals = stop_moved_last(arrivals, lambda arrival: arrival[1] in csms.parked)
+        actions = [action for action, _ in arrivals]
         assert actions[0] == "StartTransaction", (transaction_id, actions, context)
         assert actions[-1] == "StopTransaction", (transaction_id, actions, context)
         assert set(actions[1:-1]) <= {"MeterValues"}, (transaction_id, actions, context)

@@ -1,5 +1,5 @@
-"""The pure connector machine: the statechart against exhaustive exploration and the OCPP 1.6
-table, hypothesis-driven invariants, and the behaviours the conformance cases rely on."""
+"""The pure connector machine: hypothesis-driven invariants and the behaviours the conformance
+cases rely on (its status rules and statechart: tests/test_connector_rules.py)."""
 
 from __future__ import annotations
 
@@ -18,25 +18,11 @@ from ocpp.v16.enums import (
 )
 
 from dcocpp.connector import events
-from dcocpp.connector.machine import (
-    EDGES,
-    ConnectorMachine,
-    Settings,
-    Truth,
-    derive_status,
-    kept_for,
-    relay_may_close,
-    replay,
-)
+from dcocpp.connector.machine import ConnectorMachine, replay
+from dcocpp.connector.rules import derive_status
+from dcocpp.connector.truth import Settings, Truth, kept_for, relay_may_close
 from dcocpp.hardware.interface import FaultKind
 from dcocpp.ocpp.statuses import allowed_transitions
-from tests.machine_exploration import (
-    ALPHABET,
-    BASE_ALPHABET,
-    COVERING_SETTINGS,
-    RESERVATION_SETTINGS,
-    explore,
-)
 
 ALLOWED = allowed_transitions("connector")
 S = ChargePointStatus
@@ -45,29 +31,6 @@ ACCEPTED, INVALID = AuthorizationStatus.accepted, AuthorizationStatus.invalid
 
 def statuses(effects: list[events.Effect]) -> list[str]:
     return [e.status.value for e in effects if isinstance(e, events.NotifyStatus)]
-
-
-# --- the statechart ------------------------------------------------------------------------------
-
-
-def test_every_edge_is_allowed_by_ocpp16() -> None:
-    for trigger, pairs in EDGES.items():
-        for source, dest in pairs:
-            assert dest in ALLOWED[source], (trigger, source, dest)
-
-
-def test_statechart_is_exactly_what_exhaustive_exploration_finds() -> None:
-    """Every status change any event can cause, for every setting, is an edge, and every edge
-    happens: the exported diagram hides nothing and shows nothing impossible."""
-    observed: set[tuple[str, S, S]] = set()
-    explorations = [(s, BASE_ALPHABET) for s in COVERING_SETTINGS]
-    explorations.append((RESERVATION_SETTINGS, ALPHABET))
-    for machine_settings, alphabet in explorations:
-        found, visited = explore(machine_settings, EDGES, alphabet=alphabet)
-        observed |= found
-        assert visited > 1000
-    declared = {(t, a, b) for t, pairs in EDGES.items() for a, b in pairs}
-    assert observed == declared
 
 
 # --- scenarios ----------------------------------------------------------------------------------

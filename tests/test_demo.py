@@ -25,7 +25,7 @@ from trio_websocket import wrap_client_stream
 
 from dcocpp import defaults
 from dcocpp.cli import demo
-from dcocpp.clock import TrioWallClock
+from dcocpp.clock.stationclock import TrioWallClock
 from dcocpp.demo import MIN_SPEED
 from dcocpp.demo.central_system import CsmsEvent, DemoCentralSystem
 from dcocpp.demo.run import REJECTED_TAG, GunSession, default_script, run_demo

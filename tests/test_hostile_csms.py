@@ -293,7 +293,7 @@ async def test_a_heartbeat_answer_whose_time_is_unreadable_or_absurd_leaves_the_
     )
 
 
-async def test_a_status_notification_answer_with_an_extra_property_is_logged_not_resent(
+async def test_a_status_notification_answer_with_an_extra_property_is_used_without_it(
     autojump_clock: Any, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     csms = FakeCsms(validate=False)
@@ -307,7 +307,32 @@ async def test_a_status_notification_answer_with_an_extra_property_is_logged_not
         await h.wait_status(1, "Charging", since=since)
         assert csms.connections == 1
     assert [p["status"] for _, _, p in csms.scripted] == ["Preparing"]
-    assert "StatusNotification for connector 1 failed: StatusNotification:" in caplog.text
+    assert [p["status"] for p in csms.received("StatusNotification", since)] == ["Charging"]
+    assert (
+        "StatusNotification.conf has properties OCPP 1.6 does not know, used without them: extra"
+        in caplog.text
+    )
+    assert "StatusNotification for connector 1 failed" not in caplog.text
+
+
+async def test_a_heartbeat_answer_with_an_extra_property_brings_its_time(
+    autojump_clock: Any, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The answer is used without the property it should not have: its currentTime, an hour
+    ahead of the station's, is followed."""
+    csms = FakeCsms(interval=60, validate=False)
+    async with running_station(charger_config(tmp_path), csms) as h:
+        await h.booted()
+        ahead = h.wall_time(trio.current_time() + 3600)
+        csms.answer("Heartbeat", {"currentTime": ahead, "foo": {"bar": 1}})
+        await h.wait_until(lambda: len(csms.scripted) == 1)
+        await h.wait_calls("Heartbeat")  # the next one, as the interval says
+        assert timedelta(seconds=3500) < h.station.clock.offset <= timedelta(seconds=3600)
+        assert csms.connections == 1
+    assert "Heartbeat.conf has properties OCPP 1.6 does not know, used without them: foo" in (
+        caplog.text
+    )
+    assert "Heartbeat failed" not in caplog.text
 
 
 async def test_a_refused_triggered_status_does_not_hold_back_the_other_connectors(
@@ -362,6 +387,25 @@ async def test_a_frame_nested_2000_deep_is_dropped_and_the_station_runs_on(
         assert result.list_version == 0
         assert h.csms.connections == 1
     assert "message is nested deeper than 16 levels" in caplog.text
+
+
+async def test_malformed_calls_and_a_close_right_after_leave_the_station_running(
+    autojump_clock: Any, tmp_path: Path
+) -> None:
+    """Malformed CALLs (answered FormationViolation by the reader itself) and a close of the
+    connection right behind them: the answers find it closed, the station reconnects."""
+    csms = FakeCsms()
+    async with running_station(charger_config(tmp_path), csms) as h:
+        await h.booted()
+        rpc = await csms.wait_connected()
+        for n in range(10):
+            await rpc.websocket.send_message(f'[2,"bad-{n}",5,{{}}]')
+        with trio.move_on_after(1):  # the close handshake ends with the CSMS's connection
+            await rpc.websocket.aclose()
+        await csms.wait_connected(2)
+        await h.station.plug(1)
+        await h.station.present_id(1, "TAG-1")
+        await h.wait_status(1, "Charging")
 
 
 async def test_a_lone_surrogate_is_refused_and_the_station_runs_on(

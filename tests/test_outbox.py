@@ -586,39 +586,37 @@ async def test_callerror_is_retried_after_interval_times_attempt_then_parked(
         # B's messages did not wait for A's retries: they went right after A's first refusal.
         start_b = csms.times("StartTransaction")[1]
         assert start_b == pytest.approx(tries[0], abs=1e-6)
-        assert csms.times("StopTransaction")[0] == pytest.approx(tries[0], abs=1e-6)
-        assert rig.outbox.parked == 1 and len(rig.outbox) == 2
-        parked, held = rig.db.queued_messages()
+        stops = csms.times("StopTransaction")
+        # B's stop at once; A's waited for the retries of its MeterValues, not beyond: a
+        # parked MeterValues holds back no StopTransaction.
+        assert stops == pytest.approx([tries[0], tries[2]], abs=1e-6)
+        assert rig.outbox.parked == 1 and len(rig.outbox) == 1
+        (parked,) = rig.db.queued_messages()
         assert (parked.action, parked.attempts, parked.parked) == ("MeterValues", 3, True)
-        assert (held.action, held.attempts, held.parked) == ("StopTransaction", 0, False)
         # Parked: no timer retries it on this connection.
         await trio.sleep(3600)
-        assert len(csms.refused) == 3 and rig.flow("StopTransaction") == [
-            (
-                "StopTransaction",
-                {
-                    "transaction_id": 2,
-                    "meter_stop": 1_100_200,
-                    "timestamp": T3,
-                    "reason": "Local",
-                    "id_tag": "TAG-B",
-                },
-            )
-        ]
+        assert len(csms.refused) == 3 and len(rig.flow("MeterValues")) == 1
         await rig.reconnect()
-        await rig.until(lambda: len(rig.flow("StopTransaction")) == 2)
+        await rig.until(lambda: len(rig.flow("MeterValues")) == 2)
         with trio.fail_after(LIMIT):
             await rig.outbox.wait_empty()
-        assert rig.queued() == [] and rig.outbox.parked == 0
+        assert rig.queued() == [] and rig.outbox.parked == 0 and rig.db.transactions() == []
     assert [(a, p.get("transaction_id")) for a, p in rig.flow()] == [
         ("StartTransaction", None),
         ("StartTransaction", None),
         ("MeterValues", 2),
         ("StopTransaction", 2),
-        ("MeterValues", 1),
         ("StopTransaction", 1),
+        ("MeterValues", 1),
     ]
     assert rig.flow()[4][1] == {
+        "transaction_id": 1,
+        "meter_stop": 1_000_200,
+        "timestamp": T2,
+        "reason": "Local",
+        "id_tag": "TAG-A",
+    }
+    assert rig.flow()[5][1] == {
         "connector_id": 1,
         "transaction_id": 1,
         "meter_value": sample(1_000_100, T1),
@@ -699,24 +697,88 @@ async def test_a_message_waiting_for_its_retry_delays_no_other_transaction_after
         await rig.outbox.meter_values(a, sample(1_000_100, T1))
         await rig.outbox.stop(a, 1_000_200, T2, "Local", "TAG-A")
         await rig.until(lambda: rig.outbox.parked == 1)
+        # A's StopTransaction goes at once: a parked MeterValues does not hold it back.
+        parked_at = trio.current_time()
+        with trio.fail_after(LIMIT):
+            await rig.outbox.wait_empty()  # answered: only the parked message is left
+        assert rig.csms.times("StopTransaction") == pytest.approx([parked_at], abs=1e-6)
         await rig.reconnect()
         retried_at = trio.current_time()
         b = await rig.outbox.start(2, "TAG-B", 1_100_000, T2)
         await rig.outbox.meter_values(b, sample(1_100_100, T2))
         await rig.outbox.stop(b, 1_100_200, T3, "Local", "TAG-B")
-        await rig.until(lambda: len(rig.flow("StopTransaction")) == 1)
+        await rig.until(lambda: len(rig.flow("StopTransaction")) == 2)
         # B went at once, while A's MeterValues waits for its retry.
         assert trio.current_time() - retried_at == pytest.approx(0, abs=0.01)
-        assert [p["transaction_id"] for _, p in rig.flow("MeterValues", "StopTransaction")] == [
-            2,
-            2,
+        assert [(a, p.get("transaction_id")) for a, p in rig.flow()[1:]] == [
+            ("StopTransaction", 1),
+            ("StartTransaction", None),
+            ("MeterValues", 2),
+            ("StopTransaction", 2),
         ]
         await rig.until(lambda: len(csms.refused) == 6)
         retries = [t - retried_at for t, _, _ in csms.refused[3:]]
         assert retries == pytest.approx([0, 30, 30 + 60], abs=0.01)  # unparked at reconnect
         await trio.sleep(1)
         assert rig.outbox.parked == 1
-        assert [m.action for m in rig.db.queued_messages()] == ["MeterValues", "StopTransaction"]
+        assert [m.action for m in rig.db.queued_messages()] == ["MeterValues"]
+
+
+async def test_a_parked_meter_values_does_not_hold_back_its_transactions_stop(
+    autojump_clock: Any, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A MeterValues the central system keeps refusing is parked; its transaction's
+    StopTransaction, which bills, goes at once all the same (logged). The parked one, and the
+    MeterValues behind it, follow in their order after the next reconnect, with the
+    transactionId: the transaction is kept for them, across a reboot too, and forgotten with
+    the last of them."""
+    caplog.set_level(logging.INFO, logger="dcocpp.ocpp.transactions")
+    keys = {"TransactionMessageAttempts": 2, "TransactionMessageRetryInterval": 10}
+    csms = FakeCsms()
+    async with outbox_rig(tmp_path, csms, keys=keys) as rig:
+        tx = await rig.outbox.start(1, "TAG-A", 1_000_000, T0)
+        with trio.fail_after(LIMIT):
+            await rig.outbox.wait_empty()
+        csms.refuse("MeterValues", 2)
+        await rig.outbox.meter_values(tx, sample(1_000_100, T1))
+        await rig.outbox.meter_values(tx, sample(1_000_150, T2))  # held behind the first
+        await rig.until(lambda: rig.outbox.parked == 1)
+        stopped_at = trio.current_time()
+        await rig.outbox.stop(tx, 1_000_200, T3, "Local", "TAG-A")
+        await rig.until(lambda: len(rig.flow("StopTransaction")) == 1)
+        assert trio.current_time() == pytest.approx(stopped_at, abs=1e-6)
+        with trio.fail_after(LIMIT):
+            await rig.outbox.wait_empty()  # the stop counted; the parked ones do not
+        assert [(m.action, m.parked) for m in rig.db.queued_messages()] == [
+            ("MeterValues", True),
+            ("MeterValues", False),
+        ]
+        assert [t.transaction_id for t in rig.db.transactions()] == [1]
+        await rig.reboot()
+        await rig.reconnect()
+        with trio.fail_after(LIMIT):
+            await rig.outbox.wait_empty()
+        assert rig.queued() == [] and rig.db.transactions() == [] and rig.outbox.parked == 0
+    assert [(a, p["transaction_id"], p.get("meter_value")) for a, p in rig.flow()[1:]] == [
+        ("StopTransaction", 1, None),
+        ("MeterValues", 1, sample(1_000_100, T1)),
+        ("MeterValues", 1, sample(1_000_150, T2)),
+    ]
+    logged = [
+        (r.levelname, r.getMessage())
+        for r in caplog.records
+        if r.levelno >= logging.WARNING and r.name == "dcocpp.ocpp.transactions"
+    ]
+    assert [level for level, _ in logged] == ["WARNING", "ERROR", "WARNING"]
+    assert logged[1][1].startswith("MeterValues #2 refused 2 times (InternalError: MeterValues")
+    assert logged[1][1].endswith(
+        ": parked; it is retried after the next reconnect, and the later MeterValues of its"
+        " transaction wait for it (its StopTransaction does not)"
+    )
+    assert logged[2][1] == (
+        "StopTransaction #4 of transaction 1 delivered ahead of its MeterValues #2 (parked),"
+        " #3: they follow after the next reconnect"
+    )
 
 
 async def test_a_stop_that_fails_our_own_schema_check_is_sent_at_once_without_the_bad_data(
@@ -817,7 +879,11 @@ async def test_a_start_that_fails_our_own_schema_check_is_dropped_with_its_trans
     errors = [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
     actions = [e.split(" ")[0] for e in errors]
     assert actions == ["StartTransaction", "MeterValues", "StopTransaction"]
-    assert "T" * 21 in errors[0] and "no transactionId" in errors[2]
+    assert "T" * 21 in errors[0]
+    assert errors[2].startswith(
+        "StopTransaction #3 dropped: the StartTransaction of its transaction could not be sent,"
+        " so it has no transactionId"
+    )
 
 
 async def test_a_stored_message_that_cannot_be_built_is_dropped_and_the_rest_goes(
@@ -840,6 +906,67 @@ async def test_a_stored_message_that_cannot_be_built_is_dropped_and_the_rest_goe
     errors = [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
     assert [e.split(" ")[0] for e in errors] == ["DataTransfer", "SecurityEventNotification"]
     assert all("cannot be built, a bug of this charger" in e for e in errors)
+
+
+async def test_answers_with_unknown_properties_are_taken_once_and_nothing_is_resent(
+    autojump_clock: Any, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A StartTransaction.conf and a StopTransaction.conf with a property OCPP 1.6 does not
+    know (at the top and inside idTagInfo) are used without it: the transactionId is taken,
+    nothing is refused, retried or sent twice."""
+    caplog.set_level(logging.INFO, logger="dcocpp.ocpp.transactions")
+    keys = {"TransactionMessageAttempts": 3, "TransactionMessageRetryInterval": 30}
+    csms = FakeCsms(validate=False)
+    csms.answer(
+        "StartTransaction",
+        {"transactionId": 5, "idTagInfo": {"status": "Accepted", "x": 1}, "foo": 1},
+    )
+    csms.answer("StopTransaction", {"idTagInfo": {"status": "Accepted"}, "foo": 1})
+    async with outbox_rig(tmp_path, csms, keys=keys) as rig:
+        tx = await rig.outbox.start(1, "TAG-X", 1_000_000, T0)
+        await rig.outbox.meter_values(tx, sample(1_000_100, T1))
+        await rig.outbox.stop(tx, 1_000_200, T2, "Local", "TAG-X")
+        with trio.fail_after(LIMIT):
+            await rig.outbox.wait_empty()
+        await trio.sleep(3600)  # no retry comes
+        assert tx.transaction_id == 5
+        assert rig.queued() == [] and rig.db.transactions() == [] and rig.outbox.parked == 0
+        assert rig.session.auth_cache.lookup("TAG-X") == {"status": "Accepted"}
+    assert [(a, p.get("transaction_id")) for _, a, p in csms.scripted] == [
+        ("StartTransaction", None),
+        ("StopTransaction", 5),
+    ]
+    assert [(a, p["transaction_id"]) for a, p in rig.flow()] == [("MeterValues", 5)]
+    assert csms.refused == []
+    assert not [r for r in caplog.records if r.name == "dcocpp.ocpp.transactions"]
+    assert [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING] == [
+        "StartTransaction.conf has properties OCPP 1.6 does not know, used without them:"
+        " idTagInfo/x, foo",
+        "StopTransaction.conf has properties OCPP 1.6 does not know, used without them: foo",
+    ]
+
+
+async def test_a_message_whose_transaction_is_not_in_the_database_does_not_blame_its_start(
+    autojump_clock: Any, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A queued StopTransaction whose transaction the database does not hold (its
+    StartTransaction went long ago) cannot get a transactionId: it is dropped, and the log
+    does not say that its StartTransaction could not be sent."""
+    csms = FakeCsms()
+    async with outbox_rig(tmp_path, csms, online=False) as rig:
+        stop = {"meter_stop": 1_000_200, "timestamp": T1, "reason": "Local"}
+        rig.db.queue_message("StopTransaction", 42, stop)
+        await rig.reboot()
+        await rig.online()
+        with trio.fail_after(LIMIT):
+            await rig.outbox.wait_empty()
+        assert rig.queued() == []
+    assert rig.flow() == []
+    assert "could not be sent" not in caplog.text
+    errors = [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
+    # Dropped as the database reads it back (a row naming no stored transaction).
+    assert len(errors) == 1
+    assert "outbox row seq 1 cannot be read: local_id 42 names no stored transaction" in errors[0]
 
 
 async def test_stop_answered_with_an_invalid_id_tag_counts_as_delivered(
@@ -953,13 +1080,11 @@ async def test_wait_empty_waits_for_deliverable_messages_only(
         await rig.online()
         with trio.fail_after(LIMIT):
             await rig.outbox.wait_empty()
-        # Only the parked MeterValues and the StopTransaction it holds back are left.
-        assert [(m.action, m.parked) for m in rig.db.queued_messages()] == [
-            ("MeterValues", True),
-            ("StopTransaction", False),
-        ]
-        assert rig.outbox.parked == 1 and len(rig.outbox) == 2
-        assert rig.flow() == [("StartTransaction", start_payload(1, "TAG-W", 1_000_000, T0))]
+        # Only the parked MeterValues is left: the StopTransaction went ahead of it (a reset
+        # waits for it).
+        assert [(m.action, m.parked) for m in rig.db.queued_messages()] == [("MeterValues", True)]
+        assert rig.outbox.parked == 1 and len(rig.outbox) == 1
+        assert [a for a, _ in rig.flow()] == ["StartTransaction", "StopTransaction"]
 
 
 # --- power loss -------------------------------------------------------------------------------

@@ -45,7 +45,8 @@ from dcocpp.hardware.plc.driver import (
     PlcDriverError,
     PlcGun,
 )
-from dcocpp.hardware.plc.emulator import FAULT_NONE, PlcEmulator
+from dcocpp.hardware.plc.emulator import PlcEmulator
+from dcocpp.hardware.plc.interlocks import FAULT_NONE
 from dcocpp.hardware.plc.virtualbus import SelectableVirtualBus
 from tests.plc_frames import ESTOP_FRAMES, IDLE_FRAMES, Signals
 
@@ -521,7 +522,7 @@ async def test_config_ack_of_an_earlier_set_does_not_answer_a_new_one() -> None:
 
         async with trio.open_nursery() as nursery:
             nursery.start_soon(configure)
-            await r.wait_until(lambda: gun._config_waiter is not None)
+            await r.wait_until(lambda: gun.protocol.config_exchange.pending)
             ack = {"CFG_PARAM_ID": 1, "ACK_STATUS": 0, "PLC_ID": 3}
             plc.send("ConfigAck", **ack, CFG_VALUE=50)  # the answer to an earlier SET 50
             await plc.sync(gun)
@@ -1193,6 +1194,12 @@ async def test_force_off_of_a_failed_command_outlasts_a_safety_trip() -> None:
 # --- the meter and the relay against physics ---------------------------------------------------
 
 
+def meter_fault_reported(r: Rig, gun: PlcGun) -> bool:
+    """The gun is METER-faulted and the connector has its FaultRaised (the event reaches the
+    connector's task after the state has changed: waiting on the state alone races it)."""
+    return faulted(gun, FaultKind.METER) and any(isinstance(e, FaultRaised) for e in r.events[1])
+
+
 def meter_fault(events: list[HardwareEvent]) -> FaultRaised:
     (raised,) = [e for e in events if isinstance(e, FaultRaised)]
     assert raised.kind == FaultKind.METER
@@ -1216,7 +1223,7 @@ async def test_an_implausible_register_is_a_meter_fault_and_is_not_taken(
         believed = gun.read_meter().energy_wh
         assert believed == 1_300_000  # 1000 kWh + 100 kWh x plcId 3
         emu.set_register(register(believed))
-        await r.wait_until(lambda: faulted(gun, FaultKind.METER))
+        await r.wait_until(lambda: meter_fault_reported(r, gun))
         assert meter_fault(r.events[1]).detail.startswith(detail)
         await trio.sleep(0.3)  # more frames of it: still not taken
         assert gun.read_meter().energy_wh == believed
@@ -1231,7 +1238,7 @@ async def test_a_meter_over_range_is_a_meter_fault_and_its_values_are_not_taken(
         await gun.set_relay(True)
         await r.wait_until(lambda: gun.read_meter().current_a > 0)
         emu.set_meter_overrange(True)
-        await r.wait_until(lambda: faulted(gun, FaultKind.METER))
+        await r.wait_until(lambda: meter_fault_reported(r, gun))
         assert meter_fault(r.events[1]).detail == "PLC 3: meter over range (OVERRANGE)"
         await trio.sleep(0.3)
         reading = gun.read_meter()

@@ -25,15 +25,9 @@ import trio
 
 from dcocpp.config import ConnectorConfig
 from dcocpp.hardware.plc import codec
-from dcocpp.hardware.plc.emulator import (
-    ACK_OK,
-    ACK_OUT_OF_RANGE,
-    ACK_UNKNOWN_PARAM,
-    FAULT_ESTOP,
-    FAULT_NONE,
-    FAULT_RELAY_TIMEOUT,
-    PlcEmulator,
-)
+from dcocpp.hardware.plc.emulator import PlcEmulator
+from dcocpp.hardware.plc.interlocks import FAULT_ESTOP, FAULT_NONE, FAULT_RELAY_TIMEOUT
+from dcocpp.hardware.plc.parameters import ACK_OK, ACK_OUT_OF_RANGE, ACK_UNKNOWN_PARAM
 from dcocpp.hardware.simulation import EvModel
 
 CONNECTOR = ConnectorConfig(

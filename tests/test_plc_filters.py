@@ -5,7 +5,7 @@ from __future__ import annotations
 import hypothesis
 from hypothesis import strategies as st
 
-from dcocpp.hardware.plc.driver import plc_id_blocks
+from dcocpp.hardware.plc.busprotocol import plc_id_blocks
 
 
 @hypothesis.given(st.sets(st.integers(0, 15)))

@@ -1,8 +1,8 @@
-"""Properties of the PLC driver fed frames without a bus, on a `MockClock`: `_on_message` is
-what the reader calls per frame, `_supervise` what the supervisor calls per period, `_command`
-what a relay command does.
+"""Properties of the PLC driver's protocol core fed frames by plain calls, the time an
+argument: `BusProtocol.receive` is what the reader calls per frame, `PlcProtocol.supervise`
+what the supervisor calls per period, `PlcProtocol.command` what a relay command does.
 
-- The repeat fast path (`PlcGun._repeat`): a frame equal to the last one of its id, from a
+- The repeat fast path (`PlcProtocol.repeat`): a frame equal to the last one of its id, from a
   healthy gun, is not decoded. For any sequence of frames (lies included: relays reported
   against the command, registers that go back or jump, meters over range), commands and
   elapsed time, a driver with the fast path ends every step exactly where a driver that
@@ -13,20 +13,18 @@ what a relay command does.
 
 from __future__ import annotations
 
-from contextlib import suppress
 from typing import Any
 
 import attrs
 import can
-import trio
-import trio.testing
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from dcocpp.config import ConnectorConfig
 from dcocpp.hardware.interface import FaultKind, HardwareEvent
 from dcocpp.hardware.plc import codec
-from dcocpp.hardware.plc.driver import PlcBackend, PlcGun
+from dcocpp.hardware.plc.busprotocol import BusProtocol
+from dcocpp.hardware.plc.protocol import PlcProtocol, ProtocolOptions
 from tests.plc_frames import IDLE_FRAMES
 
 PLC_ID = 3
@@ -146,59 +144,54 @@ CONNECTOR = ConnectorConfig(
 )
 
 
-def _no_bus() -> can.BusABC:
-    raise AssertionError("these tests feed frames without a bus")
+def _plain(value: Any) -> Any:
+    """A protocol object as comparable data: its attributes, nested objects of the hardware
+    layer by theirs (attrs classes compare by value already)."""
+    if type(value).__module__.startswith("dcocpp.hardware") and not attrs.has(type(value)):
+        return {name: _plain(v) for name, v in vars(value).items()}
+    return value
 
 
-def _state(gun: PlcGun) -> dict[str, Any]:
-    """Everything a frame can change that anyone reads."""
+def _state(plc: PlcProtocol) -> dict[str, Any]:
+    """Everything a frame can change: what anyone reads, and the protocol's whole state but the
+    repeat path's memory of frames (and the switch that turns the path off)."""
+    state = _plain(plc)
+    del state["_last_frame"], state["_decode_repeats"]
     return {
-        "status": gun.status(),
-        "meter": gun.read_meter(),
-        "relay_control": gun._relay_control(),
-        "last_applied": gun._last_applied,
-        "plc_fault": (gun._plc_fault_reason, gun._plc_comm_fault),
-        "safety": [(i.value, i._clear_count) for i in (gun._estop, gun._earth, gun._chain)],
-        "comm_causes": dict(gun._comm_causes),
-        "heard": (gun._last_rx, gun._last_fresh_meter),
-        "register": (gun._register.energy_wh, gun._register.doubt),
-        "crc_protected": gun._crc_protected,
-        "known": gun._known.is_set(),
+        "status": plc.status(),
+        "meter": plc.meter(),
+        "relay_control": plc.relay_control(),
+        **state,
     }
 
 
-async def _run(steps: list[Step]) -> None:
-    drivers = [
-        PlcBackend([CONNECTOR], bus_factory=_no_bus, debounce_frames=DEBOUNCE) for _ in range(2)
-    ]
-    fast, full = drivers
-    channels = []
-    for backend in drivers:
-        send, receive = trio.open_memory_channel[HardwareEvent](10_000)
-        backend.gun(1)._events = send
-        channels.append(receive)
+def _counts(bus: BusProtocol) -> dict[str, int]:
+    """The receive counters but `repeats`."""
+    return {
+        "rx_frames": bus.rx_frames,
+        "ignored": bus.ignored,
+        "crc_errors": bus.crc_errors,
+        "decode_errors": bus.decode_errors,
+    }
 
-    def events() -> list[list[HardwareEvent]]:
-        out: list[list[HardwareEvent]] = [[], []]
-        for i, receive in enumerate(channels):
-            with suppress(trio.WouldBlock):
-                while True:
-                    out[i].append(receive.receive_nowait())
-        return out
 
-    clock = trio.lowlevel.current_clock()
-    assert isinstance(clock, trio.testing.MockClock)
+def _run(steps: list[Step]) -> None:
+    options = ProtocolOptions(debounce_frames=DEBOUNCE)
+    # The reference decodes every frame: it never has a frame to compare with.
+    buses = [BusProtocol(options), BusProtocol(options, decode_repeats=True)]
+    full = buses[1]
+    plcs = [bus.add(CONNECTOR) for bus in buses]
+    now = 0.0
     sent: list[can.Message] = []
     for n, step in enumerate(steps):
+        events: list[list[HardwareEvent]] = [[], []]
         if isinstance(step, Command):
-            for backend in drivers:
-                backend.gun(1)._command(step.closed, force_off=False)
+            for plc in plcs:
+                plc.command(step.closed, force_off=False)
         elif isinstance(step, Elapse):
-            clock.jump(step.seconds)
-            now = trio.current_time()
-            for backend in drivers:
-                gun = backend.gun(1)
-                await gun._emit(gun._supervise(now))
+            now += step.seconds
+            for i, plc in enumerate(plcs):
+                events[i] = plc.supervise(now)
         else:
             if isinstance(step, Again):
                 if len(sent) < step.back:
@@ -207,16 +200,16 @@ async def _run(steps: list[Step]) -> None:
             else:
                 msg = FRAMES[step]
             sent.append(msg)
-            # The reference decodes every frame: it never has a frame to compare with.
-            full.gun(1)._last_frame.clear()
-            for backend in drivers:
-                await backend._on_message(msg)
-        got_fast, got_full = events()
+            for i, bus in enumerate(buses):
+                received = bus.receive(msg, now)
+                if received is not None:
+                    events[i] = received[1]
+        got_fast, got_full = events
         assert got_fast == got_full, f"step {n}: {steps[: n + 1]}"
-        assert _state(fast.gun(1)) == _state(full.gun(1)), f"step {n}: {steps[: n + 1]}"
-        counts = [{**backend._counts, "repeats": 0} for backend in drivers]
+        assert _state(plcs[0]) == _state(plcs[1]), f"step {n}: {steps[: n + 1]}"
+        counts = [_counts(bus) for bus in buses]
         assert counts[0] == counts[1]
-    assert full._counts["repeats"] == 0
+    assert full.repeats == 0
 
 
 _BY_MESSAGE: dict[str, list[int]] = {}
@@ -279,7 +272,7 @@ STEPS = st.lists(
     ]
 )
 def test_a_repeat_changes_nothing_a_decode_would(steps: list[Step]) -> None:
-    trio.run(_run, steps, clock=trio.testing.MockClock())
+    _run(steps)
 
 
 def test_repeats_of_a_healthy_gun_are_not_decoded() -> None:
@@ -292,14 +285,12 @@ def test_repeats_of_a_healthy_gun_are_not_decoded() -> None:
         _frame("ChargingSession", _SESSION),
     ]
 
-    async def main() -> None:
-        backend = PlcBackend([CONNECTOR], bus_factory=_no_bus)
-        for step in cycle * 3:
-            await backend._on_message(FRAMES[step])
-        assert backend.stats.rx_frames == 12
-        assert backend.stats.repeats == 8
-
-    trio.run(main, clock=trio.testing.MockClock())
+    bus = BusProtocol()
+    bus.add(CONNECTOR)
+    for step in cycle * 3:
+        bus.receive(FRAMES[step], 0.0)
+    assert bus.rx_frames == 12
+    assert bus.repeats == 8
 
 
 # --- a relay reported against the command ------------------------------------------------------
@@ -328,47 +319,43 @@ FEEDBACK_STEPS = st.lists(
 )
 
 
-async def _run_feedback(steps: list[FeedbackStep]) -> None:
+def _run_feedback(steps: list[FeedbackStep]) -> None:
     # A PLC that is always heard and a meter never stale: only the relay is judged here.
-    backend = PlcBackend(
-        [CONNECTOR],
-        bus_factory=_no_bus,
-        ack_timeout=ACK_TIMEOUT,
-        debounce_frames=DEBOUNCE,
-        rx_timeout=1e9,
-        meter_stale=1e9,
+    bus = BusProtocol(
+        ProtocolOptions(
+            ack_timeout=ACK_TIMEOUT, debounce_frames=DEBOUNCE, rx_timeout=1e9, meter_stale=1e9
+        )
     )
-    gun = backend.gun(1)
-    clock = trio.lowlevel.current_clock()
-    assert isinstance(clock, trio.testing.MockClock)
-    # The model: when the reports began to contradict the command (reset by a report that
+    plc = bus.add(CONNECTOR)
+    now = 0.0
+    # The model: the command, when the reports began to contradict it (reset by a report that
     # agrees, or a new command), and how many reports in a row agree.
+    commanded = False
     contradicting_since: float | None = None
     agreeing = 0
     for n, step in enumerate(steps):
-        now = trio.current_time()
         if isinstance(step, Command):
-            gun._command(step.closed, force_off=False)
+            plc.command(step.closed, force_off=False)
+            commanded = step.closed
             contradicting_since, agreeing = None, 0
         elif isinstance(step, Elapse):
-            clock.jump(step.seconds)
-            gun._supervise(trio.current_time())
+            now += step.seconds
+            plc.supervise(now)
         else:
             signals = _RELAY | {"RLY1_STATE": int(step.state), "RLY1_FEEDBACK": int(step.feedback)}
             can_id, data = codec.encode("RelayStatus", PLC_ID, signals, scaling=False)
-            await backend._on_message(can.Message(arbitration_id=can_id, data=data))
-            if step.state == step.feedback == gun._relay_cmd:
+            bus.receive(can.Message(arbitration_id=can_id, data=data), now)
+            if step.state == step.feedback == commanded:
                 contradicting_since, agreeing = None, agreeing + 1
             else:
                 agreeing = 0
                 if contradicting_since is None:
                     contradicting_since = now
-        now = trio.current_time()
         where = f"step {n}: {steps[: n + 1]}"
-        detail = dict(gun.status().faults).get(FaultKind.POWER_SWITCH)
+        detail = dict(plc.status().faults).get(FaultKind.POWER_SWITCH)
         # FORCE_ALL_OFF exactly while the relay's report contradicts the command (nothing
         # else forces it off here: no safety input, no failed set_relay).
-        assert gun._relay_control()["FORCE_ALL_OFF"] == (detail is not None), where
+        assert plc.relay_control()["FORCE_ALL_OFF"] == (detail is not None), where
         assert detail is None or detail.startswith("PLC 3: relay reported "), where
         # Raised once a contradiction has lasted the ack deadline (judged at every report
         # and every supervisor period) ...
@@ -397,4 +384,4 @@ async def _run_feedback(steps: list[FeedbackStep]) -> None:
 def test_a_relay_reported_against_the_command_is_a_power_switch_failure_with_force_off(
     steps: list[FeedbackStep],
 ) -> None:
-    trio.run(_run_feedback, steps, clock=trio.testing.MockClock())
+    _run_feedback(steps)

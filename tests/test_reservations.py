@@ -15,7 +15,8 @@ import pytest
 import trio
 from ocpp.v16 import call
 
-from dcocpp.clock import TrioWallClock, ocpp_time
+from dcocpp.clock import ocpp_time
+from dcocpp.clock.stationclock import TrioWallClock
 from dcocpp.config import ChargerConfig
 from dcocpp.ocpp.errors import CallError
 from dcocpp.storage.database import Database, ReservationRow, StorageError

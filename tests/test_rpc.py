@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import errno
 import json
+import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from decimal import Decimal
@@ -709,3 +710,102 @@ async def test_our_payload_with_text_that_is_not_unicode_is_not_sent(autojump_cl
         answer = await cp.call(call.Authorize(id_tag="T1"))
     assert answer.id_tag_info["status"] == "Accepted"
     assert handlers.authorized == ["T1"]
+
+
+async def answer_with(raw: WebSocketConnection, payload: dict[str, Any]) -> None:
+    """Read one CALL on the raw peer and answer it with `payload` as it is."""
+    frame = json.loads(await raw.get_message())
+    await raw.send_message(json.dumps([3, frame[1], payload]))
+
+
+async def test_an_answer_with_unknown_properties_is_used_without_them_and_said_once(
+    autojump_clock: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    """OCPP 1.6's schemas forbid properties they do not list, but an answer whose known
+    properties are valid is used without the others: refusing it would resend a message the
+    central system has taken. One WARNING names the action and what was left out (per
+    connection and set of properties: a central system that always adds one is said once)."""
+    start_conf = {
+        "transactionId": 5,
+        "idTagInfo": {"status": "Accepted", "vendorFlag": True},
+        "foo": 1,
+    }
+    async with rpc_and_raw_peer() as (cp, raw), trio.open_nursery() as nursery:
+        request = call.StartTransaction(
+            connector_id=1, id_tag="T1", meter_start=0, timestamp="2026-11-23T10:00:00Z"
+        )
+        for _ in range(2):
+            nursery.start_soon(answer_with, raw, start_conf)
+            result = await cp.call(request)
+            assert result == call_result.StartTransaction(
+                transaction_id=5, id_tag_info={"status": "Accepted"}
+            )
+        nursery.start_soon(answer_with, raw, {"extra": [1]})
+        assert await cp.call(call.StopTransaction(1, "2026-11-23T10:00:00Z", 5)) == (
+            call_result.StopTransaction()
+        )
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert warnings == [
+        "StartTransaction.conf has properties OCPP 1.6 does not know, used without them:"
+        " idTagInfo/vendorFlag, foo",
+        "StopTransaction.conf has properties OCPP 1.6 does not know, used without them: extra",
+    ]
+
+
+@pytest.mark.parametrize(
+    ("answer", "error"),
+    [
+        ({"foo": 1}, "OccurenceConstraintViolation: payload: must contain ['currentTime']"),
+        ({"currentTime": 5, "foo": 1}, "TypeConstraintViolation: currentTime: currentTime must"),
+    ],
+)
+async def test_an_answer_still_invalid_without_its_unknown_properties_fails_the_call(
+    autojump_clock: Any, caplog: pytest.LogCaptureFixture, answer: dict[str, Any], error: str
+) -> None:
+    async with rpc_and_raw_peer() as (cp, raw), trio.open_nursery() as nursery:
+        nursery.start_soon(answer_with, raw, answer)
+        with pytest.raises(InvalidPayload) as caught:
+            await cp.call(call.Heartbeat())
+        assert not cp.closed
+    message = str(caught.value)
+    assert message.startswith(f"Heartbeat: {error}"), message
+    assert message.endswith("(besides properties OCPP 1.6 does not know: foo)"), message
+    assert not [r for r in caplog.records if r.levelno >= logging.WARNING]
+
+
+async def test_a_peer_closing_right_after_malformed_calls_ends_the_reader_quietly(
+    autojump_clock: Any,
+) -> None:
+    """The reader answers a malformed CALL itself; a peer that closes the connection right
+    after sending some leaves those answers nowhere to go: `run()` ends as on any close, it
+    does not raise (which would end the session)."""
+    async with rpc_and_raw_peer() as (cp, raw):
+        for n in range(10):
+            await raw.send_message(f'[2,"bad-{n}",5,{{}}]')  # an action that is no string
+        with trio.move_on_after(1):  # the close handshake: our reader is gone by then
+            await raw.aclose()
+        with trio.fail_after(1):
+            await cp.wait_ended()
+        assert cp.closed and not cp.closed_here
+        assert cp.close_reason is not None and cp.close_reason.code == 1000
+
+
+async def test_a_message_above_the_websocket_limit_is_closed_here_with_1009(
+    autojump_clock: Any,
+) -> None:
+    """trio-websocket closes the connection itself (1009) on a message above its limit:
+    `run()` ends saying so (`closed_here`); a 1009 the peer sends is the peer's close."""
+    async with rpc_and_raw_peer() as (cp, raw):
+        await raw.send_message("[" + " " * wire.MAX_WEBSOCKET_MESSAGE_BYTES + "]")
+        with trio.fail_after(1):
+            await cp.wait_ended()
+        assert cp.close_reason is not None and cp.close_reason.code == 1009
+        assert cp.closed_here
+    async with rpc_and_raw_peer() as (cp, raw):
+        with trio.move_on_after(1):
+            await raw.aclose(code=1009, reason="too big for me")
+        with trio.fail_after(1):
+            await cp.wait_ended()
+        assert cp.close_reason is not None
+        assert (cp.close_reason.code, cp.close_reason.reason) == (1009, "too big for me")
+        assert not cp.closed_here

@@ -16,7 +16,8 @@ import pytest
 import trio
 from ocpp.v16 import call
 
-from dcocpp.clock import SYNC_THRESHOLD_S, TrioWallClock, ocpp_time, parse_ocpp_time
+from dcocpp.clock import ocpp_time, parse_ocpp_time
+from dcocpp.clock.stationclock import SYNC_THRESHOLD_S, TrioWallClock
 from tests.csms import FakeCsms
 from tests.station_harness import WALL_START, Harness, charger_config, running_station
 from tests.test_smart_charging import profile, set_profile, setpoint, wait_setpoint

@@ -22,6 +22,7 @@ from dcocpp.ocpp.control import ConnectorStatus
 from dcocpp.ocpp.errors import CallError
 from dcocpp.ocpp.session import MAX_BOOT_RETRY, _coalesced
 from dcocpp.ocpp.statuses import allowed_transitions
+from dcocpp.ocpp.wire import MAX_WEBSOCKET_MESSAGE_BYTES
 from dcocpp.station.station import HardReset, Station
 from tests.csms import FakeCsms, MemoryNetwork
 from tests.loop_database import on_the_loop
@@ -684,6 +685,36 @@ async def test_dead_connection_detected_by_missing_pong(
         await csms.wait_for(lambda: csms.connections == 2)
         assert 10 <= trio.current_time() - frozen_at <= 10 + 10 + 30 + 1
     assert "no WebSocket pong within 10 s" in caplog.text
+
+
+async def test_a_message_above_the_websocket_limit_is_logged_as_closed_by_the_charger(
+    autojump_clock: Any, tmp_path: Path, caplog: Any
+) -> None:
+    """The WebSocket takes messages up to MAX_WEBSOCKET_MESSAGE_BYTES and closes the connection
+    itself (code 1009) above: the log says that the charger closed it, and why, not that the
+    central system did; a close of the central system's own says its code and reason."""
+    url = "ws://csms.test/ocpp/DCOCPP-001"
+    csms = FakeCsms()
+    async with running_station(charger_config(tmp_path), csms) as h:
+        await h.booted()
+        rpc = await csms.wait_connected()
+        data = "x" * MAX_WEBSOCKET_MESSAGE_BYTES
+        await rpc.websocket.send_message(json.dumps([2, "big", "DataTransfer", {"data": data}]))
+        rpc = await csms.wait_connected(2)
+        await h.wait_until(lambda: h.station.session is not None and h.station.session.connected)
+        # The close handshake is answered to the CSMS's connection task (MemoryNetwork),
+        # which ends as the charger's side closes: not waited for here.
+        with trio.move_on_after(1):
+            await rpc.websocket.aclose(code=1009, reason="your frame is too big")
+        await csms.wait_connected(3)
+    lost = [NEXT_ATTEMPT.sub("", line) for line in session_lines(caplog, logging.WARNING)]
+    assert lost == [
+        f"connection state Accepted -> Disconnected: connection to {url} lost: the charger"
+        f" closed it (WebSocket close 1009): a message from the central system exceeded"
+        f" {MAX_WEBSOCKET_MESSAGE_BYTES} bytes",
+        f"connection state Accepted -> Disconnected: connection to {url} lost: closed by the"
+        " central system (WebSocket close 1009 MESSAGE_TOO_BIG: your frame is too big)",
+    ]
 
 
 async def test_connection_state_logged_one_line_per_change(

@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 import trio
 
-from dcocpp.clock import (
+from dcocpp.clock.stationclock import (
     CHECK_INTERVAL_S,
     FOLLOW_INTERVAL_S,
     LATEST,

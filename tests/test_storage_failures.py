@@ -389,15 +389,50 @@ def test_a_write_ahead_log_lost_after_a_crash_is_refused_and_the_data_comes_back
     assert [action for action, _ in queued] == ["StartTransaction"] * writes
 
 
-def test_an_older_copy_of_the_database_is_refused(tmp_path: Path) -> None:
-    _with_data(tmp_path)
-    old = tmp_path / "backup.sqlite3"
-    shutil.copyfile(tmp_path / DATABASE_NAME, old)
-    with closing(Database.open(tmp_path)) as db:
-        start(db, 1, "LATER")
-    shutil.copyfile(old, tmp_path / DATABASE_NAME)
-    with pytest.raises(DataLossRefused, match=r"it is an older copy|write-ahead log .* missing"):
+def _put_back_an_older_copy(data_dir: Path, starts: int) -> Path:
+    """The operator restores a copy of the database taken after a clean stop, `starts`
+    starts (each writing a transaction) later; the copy's path."""
+    _with_data(data_dir)
+    old = data_dir / "backup.sqlite3"
+    shutil.copyfile(data_dir / DATABASE_NAME, old)
+    for n in range(starts):
+        with closing(Database.open(data_dir)) as db:
+            start(db, 1, f"LATER-{n}")
+    shutil.copyfile(old, data_dir / DATABASE_NAME)
+    return old
+
+
+@pytest.mark.parametrize("starts", [1, 3])
+def test_an_older_copy_of_the_database_is_refused_as_an_older_copy(
+    tmp_path: Path, starts: int
+) -> None:
+    """A copy put back is not a lost write-ahead log, even one start old (then its generation
+    is just one behind, as a main file without its -wal file is after a crash)."""
+    _put_back_an_older_copy(tmp_path, starts)
+    path = tmp_path / DATABASE_NAME
+    with pytest.raises(DataLossRefused) as refused:
         Database.open(tmp_path)
+    assert str(refused.value) == (
+        f"database {path} is an older copy than the last one this directory held (generation"
+        f" 1; {tmp_path / RECORD_NAME} records generation {1 + starts}); put the latest copy"
+        " back (with its -wal file), or start once with --accept-data-loss to go on with this"
+        " one"
+    )
+
+
+def test_an_older_copy_the_operator_accepts_is_a_warning_once(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    _put_back_an_older_copy(tmp_path, 2)
+    Database.open(tmp_path, accept_data_loss=True).close()
+    (warning,) = warnings(caplog)
+    assert warning.endswith(
+        "; as --accept-data-loss asks: going on with this older copy (what was written after"
+        " it is lost)"
+    ), warning
+    caplog.clear()
+    assert content(tmp_path)[0] == [f"TAG-{n}" for n in range(40)]
+    assert warnings(caplog) == []
 
 
 def test_a_write_ahead_log_taken_in_by_another_program_is_not_a_loss(tmp_path: Path) -> None:
@@ -489,13 +524,35 @@ def test_the_flag_with_nothing_missing_says_to_leave_it_off(
     ]
 
 
-def test_an_unreadable_record_is_refused_until_accepted(tmp_path: Path) -> None:
+@pytest.mark.parametrize(
+    ("change", "why"),
+    [
+        pytest.param(lambda r: "{", "Expecting property name", id="not-json"),
+        pytest.param(lambda r: "[]", "not a JSON object", id="a-list"),
+        pytest.param(lambda r: {**r, "created": None}, "no 'created'", id="no-created"),
+        pytest.param(lambda r: {**r, "generation": True}, "not integers", id="generation-true"),
+        pytest.param(lambda r: {**r, "generation": 2.0}, "not integers", id="generation-float"),
+        pytest.param(lambda r: {**r, "schemaVersion": False}, "not integers", id="schema-false"),
+        pytest.param(
+            lambda r: {**r, "checkpointedGeneration": True}, "not integers", id="checkpointed-true"
+        ),
+        pytest.param(lambda r: {**r, "generation": -1}, "not integers", id="negative"),
+    ],
+)
+def test_an_unreadable_record_is_refused_until_accepted(
+    tmp_path: Path, change: Callable[[dict[str, Any]], Any], why: str
+) -> None:
+    """A JSON `true` is no generation (bool is an int in Python), nor is 2.0 or -1."""
     _with_data(tmp_path)
     record = tmp_path / RECORD_NAME
-    record.write_text("{", encoding="utf-8")
+    changed = change(json.loads(record.read_text(encoding="utf-8")))
+    if isinstance(changed, dict):
+        changed = {key: value for key, value in changed.items() if value is not None}
+    record.write_text(changed if isinstance(changed, str) else json.dumps(changed))
     with pytest.raises(DataLossRefused) as refused:
         Database.open(tmp_path)
     assert str(refused.value).startswith(f"{record} is unreadable (")
+    assert why in str(refused.value)
     Database.open(tmp_path, accept_data_loss=True).close()
     assert json.loads(record.read_text(encoding="utf-8"))["database"] == DATABASE_NAME
     assert len(content(tmp_path)[0]) == 40

@@ -20,11 +20,11 @@ from typing import TYPE_CHECKING
 
 import trio
 
-from dcocpp import __version__, defaults
+from dcocpp import __version__
 from dcocpp.api import contract
 from dcocpp.api.contract import ApiError
 from dcocpp.cli import args as cliargs
-from dcocpp.cli import demo, plcsim, statecharts
+from dcocpp.cli import demo, init, plcsim, statecharts
 from dcocpp.cli import sim as simcli
 from dcocpp.cli.args import DEFAULT_CONFIG, config_argument, log_level_argument
 from dcocpp.cli.logs import LoggingError, LoggingSetup
@@ -145,7 +145,7 @@ def _parser() -> argparse.ArgumentParser:
     dbc.set_defaults(func=_plc_dbc)
     simcli.add_subcommands(commands)
     demo.add_subcommands(commands)
-    defaults.add_subcommands(commands)
+    init.add_subcommands(commands)
     plcsim.add_subcommands(commands)
     return parser
 

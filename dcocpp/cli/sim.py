@@ -1,9 +1,9 @@
 """`dcocpp sim ...` and `dcocpp status`: talk to a running charger's local API.
 
 Through `dcocpp.api.client` (plain standard-library HTTP) so that they run anywhere the charger
-does. Exit
-status: 0 on success, 1 when the API cannot be reached or fails, 2 when it refuses the request
-(unknown connector, an action that does not fit the gun's state, ...) or the arguments are bad.
+does. Exit status: 0 on success, 1 when the API cannot be reached or fails, 2 when it refuses
+the request (unknown connector, an action that does not fit the gun's state, ...) or the
+arguments are bad.
 `sim authorize` prints what the charger decided about the tag: 0 when the gun took it (a
 session for it, or the transaction stopped), 2 when it refused it (at the reader, or the
 authorization: Invalid, Blocked, Expired, ConcurrentTx), 1 when no decision came in time.

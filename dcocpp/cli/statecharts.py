@@ -1,11 +1,14 @@
 """Export every state machine as a diagram: Mermaid text always, SVG when Graphviz is there.
 
-The Mermaid files under `statecharts/` are committed and checked for freshness (`--check` and a
-test), so the diagrams in the repository are the machines the code runs.
+The files under `statecharts/` are committed and checked for freshness (`--check` and a test),
+so the diagrams in the repository are the machines the code runs. The connector's statechart
+and its table of events are drawn from the connector's status rules and its exhaustive
+exploration (Mermaid and Markdown only); the other machines by transitions' GraphMachine.
 """
 
 from __future__ import annotations
 
+import functools
 import importlib.util
 import shutil
 from collections.abc import Callable
@@ -14,19 +17,21 @@ from typing import Any
 
 from transitions.extensions.diagrams import GraphMachine
 
-from dcocpp.connector import machine as connector
+from dcocpp.connector import exploration
+from dcocpp.connector import statechart as connector
 from dcocpp.ocpp import registration
 
 # name -> (title, function that builds the machine on a model with a given Machine class)
 MACHINES: dict[str, tuple[str, Callable[..., Any]]] = {
-    "connector": (
-        "Connector (one per gun): OCPP 1.6 status changes each event can cause",
-        connector.build_machine,
-    ),
     "session-registration": (
         "OCPP session: connection and registration",
         registration.build_machine,
     ),
+}
+# file name -> function that draws it from the machine's own tables
+DRAWN: dict[str, Callable[[], str]] = {
+    "connector.mmd": connector.mermaid,
+    "connector-events.md": exploration.markdown,
 }
 
 
@@ -52,15 +57,21 @@ def graphviz_available() -> bool:
     return shutil.which("dot") is not None and importlib.util.find_spec("graphviz") is not None
 
 
+def _files() -> dict[str, Callable[[], str]]:
+    """Every committed file: name -> function that writes its text."""
+    return {**DRAWN, **{f"{name}.mmd": functools.partial(mermaid, name) for name in MACHINES}}
+
+
 def export(output: Path) -> list[Path]:
     """Write every diagram into `output`; returns the files written."""
     output.mkdir(parents=True, exist_ok=True)
     written = []
-    for name in MACHINES:
-        path = output / f"{name}.mmd"
-        path.write_text(mermaid(name), encoding="utf-8")
+    for file, text in _files().items():
+        path = output / file
+        path.write_text(text(), encoding="utf-8")
         written.append(path)
-        if graphviz_available():
+    if graphviz_available():
+        for name in MACHINES:
             _svg(name, output / f"{name}.svg")
             written.append(output / f"{name}.svg")
     return written
@@ -69,10 +80,10 @@ def export(output: Path) -> list[Path]:
 def stale(output: Path) -> list[str]:
     """Problems with the committed diagrams in `output`: one line per missing or stale file."""
     problems = []
-    for name in MACHINES:
-        path = output / f"{name}.mmd"
+    for file, text in _files().items():
+        path = output / file
         if not path.is_file():
             problems.append(f"{path}: missing")
-        elif path.read_text(encoding="utf-8") != mermaid(name):
+        elif path.read_text(encoding="utf-8") != text():
             problems.append(f"{path}: stale (run `python -m dcocpp statecharts`)")
     return problems

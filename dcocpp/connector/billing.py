@@ -16,7 +16,8 @@ from datetime import datetime
 import attrs
 import trio
 
-from dcocpp.clock import StationClock, TransactionClock, ocpp_time
+from dcocpp.clock import ocpp_time
+from dcocpp.clock.stationclock import StationClock, TransactionClock
 from dcocpp.connector import events
 from dcocpp.hardware import interface as hw
 from dcocpp.hardware.registercheck import RegisterRun

@@ -2,19 +2,18 @@
 
 The machine keeps two things:
 
-- the *truth* (`Truth`): what is physically and commercially the case — cable plugged, EV
-  asking for energy, relay commanded and confirmed, who is authorized, the running transaction,
-  active faults, availability, the reservations the gun serves;
+- the *truth* (`dcocpp/connector/truth.py`): what is physically and commercially the case —
+  cable plugged, EV asking for energy, relay commanded and confirmed, who is authorized, the
+  running transaction, active faults, availability, the reservations the gun serves;
 - the *reported status*: one of the OCPP 1.6 ChargePointStatus values, held by a `transitions`
-  Machine whose states are those statuses and whose transitions are the status changes each
-  event can cause (`EDGES`, also the exported statechart).
+  Machine (`dcocpp/connector/statechart.py`) whose states are those statuses and whose
+  triggers are the status rules (`dcocpp/connector/rules.py`).
 
-Every event updates the truth first; the status that matches the new truth is then derived
-(`derive_status`) and reached through the event's transition. Faulted is therefore an overlay:
-while any fault is active the status is Faulted, and clearing the last one leads back to
-whatever the truth is then. A derived change without an edge is a bug and raises
-`MachineInconsistency`; the property tests drive random event sequences to show it never does,
-and that every edge is allowed by the OCPP 1.6 transition table.
+Every event updates the truth first; the first status rule that holds for the new truth then
+names the status and the transition that reaches it. Faulted is the first rule, so it is an
+overlay: while any fault is active the status is Faulted, and clearing the last one leads to
+whatever the rules say then. A change the machine has no transition for is a bug and raises
+`MachineInconsistency`; the exhaustive exploration and the property tests show it never does.
 
 Safety lives here, not in the callers: the relay is only ever commanded closed while a
 transaction runs on a plugged EV with no fault active (no safety, communication, meter, relay
@@ -34,38 +33,25 @@ from ocpp.v16.enums import (
     Reason,
     UnlockStatus,
 )
-from transitions import Machine
+from transitions import MachineError
 
 from dcocpp import idtags
-from dcocpp.connector import events as ev
+from dcocpp.connector import events
+from dcocpp.connector.faults import FAULTS, fault_report
+from dcocpp.connector.rules import Rule, derive_status, pass_through, rule_for
+from dcocpp.connector.statechart import build_machine
+from dcocpp.connector.truth import (
+    Authorized,
+    Settings,
+    Transaction,
+    Truth,
+    kept_for,
+    relay_may_close,
+)
 from dcocpp.hardware.interface import FaultKind
 
 S = ChargePointStatus
-
-# How each hardware fault is reported (errorCode, vendorErrorCode) and why it stops a session.
-# Listed by severity: with several faults active, the first one here is the one reported.
-FAULTS: dict[FaultKind, tuple[ChargePointErrorCode, str | None, Reason]] = {
-    FaultKind.EMERGENCY_STOP: (
-        ChargePointErrorCode.other_error,
-        "EmergencyStop",
-        Reason.emergency_stop,
-    ),
-    FaultKind.EARTH_FAULT: (ChargePointErrorCode.ground_failure, None, Reason.other),
-    FaultKind.POWER_SWITCH: (ChargePointErrorCode.power_switch_failure, None, Reason.other),
-    FaultKind.COMMUNICATION: (
-        ChargePointErrorCode.internal_error,
-        "PlcCommunication",
-        Reason.other,
-    ),
-    FaultKind.METER: (ChargePointErrorCode.power_meter_failure, None, Reason.other),
-    FaultKind.LOCK: (ChargePointErrorCode.connector_lock_failure, None, Reason.other),
-}
-_OCPP_TEXT = 50  # info and vendorErrorCode are CiString50
-_NO_FAULT: tuple[ChargePointErrorCode, str | None, str | None] = (
-    ChargePointErrorCode.no_error,
-    None,
-    None,
-)
+_STATUS = {s.value: s for s in ChargePointStatus}
 
 
 class MachineInconsistency(RuntimeError):
@@ -73,355 +59,22 @@ class MachineInconsistency(RuntimeError):
 
 
 @attrs.frozen
-class Settings:
-    """The OCPP keys and hardware facts that shape decisions; the task refreshes them."""
+class Step:
+    """One status change: the rule that now holds took the machine from `source` to its
+    status."""
 
-    stop_on_ev_disconnect: bool = True  # StopTransactionOnEVSideDisconnect
-    unlock_on_ev_disconnect: bool = True  # UnlockConnectorOnEVSideDisconnect
-    stop_on_invalid_id: bool = True  # StopTransactionOnInvalidId
-    fixed_cable: bool = True  # a DC gun's cable is fixed: no socket lock to drive
-    # The station is stopping (SIGTERM, SIGPWR): no new transaction may start, since the
-    # process exits before it could be stopped and billed properly.
-    closing: bool = False
-
-
-@attrs.frozen
-class Authorized:
-    id_tag: str
-    parent_id_tag: str | None = None
-
-
-@attrs.frozen
-class Transaction:
-    id_tag: str
-    parent_id_tag: str | None = None
-    transaction_id: int | None = None  # the central system's id, once StartTransaction.conf came
-    deauthorized: bool = False  # the CSMS refused the tag and StopTransactionOnInvalidId=false
-    past_preparing: bool = False  # left Preparing once; never goes back (not allowed by OCPP)
-
-
-@attrs.frozen
-class Truth:
-    plugged: bool = False
-    ev_requesting: bool = False
-    pending_id: str | None = None  # presented to start, authorization outstanding
-    stop_candidate: str | None = None  # presented to stop, authorization outstanding
-    authorized: Authorized | None = None  # accepted, waiting for the EV / for the fault to clear
-    transaction: Transaction | None = None
-    finishing: bool = False  # a transaction ended and the cable is still there
-    relay_commanded: bool = False
-    relay_closed: bool = False  # as confirmed by the hardware
-    locked: bool = False  # detachable cable: the socket lock holds it
-    locking: bool = False  # the lock was told to engage; the transaction starts once it does
-    evse_suspended: bool = False
-    faults: tuple[tuple[FaultKind, str], ...] = ()  # (kind, detail), in the order raised
-    operative: bool = True
-    scheduled: bool | None = None  # an availability change waiting until not busy
-    # The reservations this gun serves (its own connector's, every connector-0 one) and
-    # whether the station keeps it free for the connector-0 ones (see `kept_for`).
-    reservations: tuple[ev.Reservation, ...] = ()
-    hold_zero: bool = False
+    source: ChargePointStatus
+    rule: Rule
 
     @property
-    def fault_kinds(self) -> frozenset[FaultKind]:
-        return frozenset(kind for kind, _ in self.faults)
-
-
-def relay_may_close(t: Truth) -> bool:
-    """The one rule for energy: an authorized transaction on a plugged EV, nothing wrong."""
-    tx = t.transaction
-    return (
-        tx is not None
-        and not tx.deauthorized
-        and t.plugged
-        and not t.faults
-        and not t.evse_suspended
-    )
-
-
-def kept_for(t: Truth) -> tuple[ev.Reservation, ...]:
-    """The reservations this gun is kept for: while there are any it is Reserved and only their
-    holders may start here (OCPP 1.6 5.13). Its own connector's always; the connector-0 ones
-    while the station needs this gun to keep one free for each of them."""
-    return tuple(r for r in t.reservations if not r.any_connector or t.hold_zero)
-
-
-def derive_status(t: Truth) -> ChargePointStatus:
-    """The OCPP status that tells the truth."""
-    if t.faults:
-        return S.faulted
-    tx = t.transaction
-    if tx is not None:
-        if not t.plugged:
-            return S.suspended_ev  # EV gone but the transaction kept (EV-side disconnect)
-        if t.relay_closed and t.relay_commanded:
-            return S.charging if t.ev_requesting else S.suspended_ev
-        if t.relay_commanded and not tx.past_preparing:
-            return S.preparing  # the relay is closing for the first time
-        return S.suspended_evse
-    if not t.operative:
-        return S.unavailable
-    if t.finishing:
-        return S.finishing
-    if t.authorized is not None:
-        return S.preparing
-    if kept_for(t):
-        return S.reserved  # even with an EV plugged in: only the holder's tag starts it
-    if t.plugged:
-        return S.preparing
-    return S.available
-
-
-def fault_report(t: Truth) -> tuple[ChargePointErrorCode, str | None, str | None]:
-    """(errorCode, vendorErrorCode, info) for the most severe active fault."""
-    faults = active_faults(t)
-    if not faults:
-        return _NO_FAULT
-    kind, detail = faults[0]
-    code, vendor = fault_codes(kind, detail)
-    return code, vendor, _clip(detail or None)
-
-
-def active_faults(t: Truth) -> list[tuple[FaultKind, str]]:
-    """Every active fault with its detail, the most severe first (the one reported)."""
-    severity = list(FAULTS)
-    return sorted(t.faults, key=lambda fault: severity.index(fault[0]))
-
-
-def fault_codes(kind: FaultKind, detail: str) -> tuple[ChargePointErrorCode, str | None]:
-    """(errorCode, vendorErrorCode) that report `kind`: a communication fault's detail says
-    which PLC (or the bus), so it is the vendorErrorCode."""
-    code, vendor, _ = FAULTS[kind]
-    if kind == FaultKind.COMMUNICATION and detail:
-        vendor = detail
-    return code, _clip(vendor)
-
-
-def _clip(text: str | None) -> str | None:
-    return text[:_OCPP_TEXT] if text else text
-
-
-# --- the statechart ----------------------------------------------------------------------------
-
-# Every status change each event can cause: exactly the changes found by exhaustively exploring
-# the truth (tests/machine_exploration.py), each of them allowed by the OCPP 1.6 table; the tests
-# fail when the two drift apart.
-_A, _P, _C, _SEV, _SEVSE, _F, _R, _U, _X = (
-    S.available,
-    S.preparing,
-    S.charging,
-    S.suspended_ev,
-    S.suspended_evse,
-    S.finishing,
-    S.reserved,
-    S.unavailable,
-    S.faulted,
-)
-
-
-EDGES: dict[str, list[tuple[ChargePointStatus, ChargePointStatus]]] = {
-    "authorization_result": [
-        (_A, _P),
-        (_A, _R),
-        (_A, _U),
-        (_P, _C),
-        (_P, _SEVSE),
-        (_P, _SEV),
-        (_P, _F),
-        (_C, _F),
-        (_SEVSE, _F),
-        (_SEV, _A),
-        (_SEV, _F),
-        (_F, _U),
-        (_R, _P),
-        (_R, _U),
-    ],
-    "availability_changed": [
-        (_A, _R),
-        (_A, _U),
-        (_F, _U),
-        (_R, _U),
-        (_U, _A),
-        (_U, _P),
-        (_U, _C),
-        (_U, _SEVSE),
-        (_U, _SEV),
-    ],
-    "connection_timed_out": [(_A, _R), (_A, _U), (_P, _A), (_R, _U)],
-    "ev_requesting": [(_C, _SEV), (_SEV, _C)],
-    "evse_suspended": [(_P, _SEVSE), (_C, _SEVSE), (_SEVSE, _C), (_SEVSE, _SEV), (_SEV, _SEVSE)],
-    "fault_cleared": [
-        (_X, _A),
-        (_X, _P),
-        (_X, _C),
-        (_X, _SEVSE),
-        (_X, _SEV),
-        (_X, _F),
-        (_X, _R),
-        (_X, _U),
-    ],
-    "fault_raised": [
-        (_A, _X),
-        (_P, _X),
-        (_C, _X),
-        (_SEVSE, _X),
-        (_SEV, _X),
-        (_F, _X),
-        (_R, _X),
-        (_U, _X),
-    ],
-    "id_presented": [
-        (_A, _R),
-        (_A, _U),
-        (_P, _F),
-        (_C, _F),
-        (_SEVSE, _F),
-        (_SEV, _A),
-        (_SEV, _F),
-        (_F, _U),
-        (_R, _U),
-    ],
-    "lock_engaged": [(_P, _C), (_P, _SEVSE), (_P, _SEV)],
-    "lock_released": [(_A, _R), (_F, _A), (_F, _P)],
-    "plugged": [(_A, _P), (_P, _SEVSE), (_P, _SEV), (_SEV, _SEVSE)],
-    "relay_confirmed": [
-        (_P, _C),
-        (_P, _SEV),
-        (_C, _SEVSE),
-        (_SEVSE, _C),
-        (_SEVSE, _SEV),
-        (_SEV, _SEVSE),
-        (_X, _A),
-        (_X, _P),
-        (_X, _SEVSE),
-        (_X, _F),
-        (_X, _R),
-        (_X, _U),
-    ],
-    "relay_failed": [
-        (_A, _X),
-        (_P, _X),
-        (_C, _X),
-        (_SEVSE, _X),
-        (_SEV, _X),
-        (_F, _X),
-        (_R, _X),
-        (_U, _X),
-    ],
-    "remote_start_requested": [(_A, _P), (_P, _C), (_P, _SEVSE), (_P, _SEV), (_R, _P)],
-    "reservations_changed": [(_A, _R), (_P, _A), (_R, _A), (_R, _P), (_R, _U)],
-    "stop_requested": [
-        (_A, _R),
-        (_A, _U),
-        (_P, _F),
-        (_C, _F),
-        (_SEVSE, _F),
-        (_SEV, _A),
-        (_SEV, _F),
-        (_F, _U),
-        (_R, _U),
-    ],
-    "transaction_confirmed": [
-        (_A, _R),
-        (_A, _U),
-        (_P, _SEVSE),
-        (_P, _F),
-        (_C, _SEVSE),
-        (_C, _F),
-        (_SEVSE, _F),
-        (_SEV, _A),
-        (_SEV, _SEVSE),
-        (_SEV, _F),
-        (_F, _U),
-        (_R, _U),
-    ],
-    "unlock_requested": [
-        (_A, _R),
-        (_A, _U),
-        (_P, _F),
-        (_C, _F),
-        (_SEVSE, _F),
-        (_SEV, _A),
-        (_SEV, _F),
-        (_F, _U),
-        (_R, _U),
-    ],
-    "unplugged": [
-        (_A, _R),
-        (_A, _U),
-        (_P, _A),
-        (_P, _SEV),
-        (_P, _F),
-        (_C, _A),
-        (_C, _SEV),
-        (_C, _F),
-        (_SEVSE, _A),
-        (_SEVSE, _SEV),
-        (_SEVSE, _F),
-        (_SEV, _A),
-        (_SEV, _F),
-        (_F, _A),
-        (_F, _U),
-        (_R, _U),
-    ],
-}
-
-
-def _trigger_name(event: Any) -> str:
-    kind = type(event)
-    name = _TRIGGERS.get(kind)
-    if name is None:
-        words = "".join("_" + c.lower() if c.isupper() else c for c in kind.__name__)
-        name = _TRIGGERS[kind] = words.lstrip("_")
-    return name
-
-
-_TRIGGERS: dict[type, str] = {}  # event class -> trigger name (dispatch is hot in the tests)
-
-
-_STATUS = {s.value: s for s in ChargePointStatus}
-
-
-def build_machine(
-    model: object,
-    machine_cls: type[Machine] = Machine,
-    *,
-    initial: ChargePointStatus = S.available,
-    edges: dict[str, list[tuple[ChargePointStatus, ChargePointStatus]]] | None = None,
-    conditions: Callable[[ChargePointStatus], Any] | None = None,
-    **kwargs: Any,
-) -> Machine:
-    """The status machine on `model`. Each edge is taken only when the derived target status is
-    its destination (`conditions(dest)` builds that check); diagrams pass no conditions."""
-    transitions = []
-    for trigger, pairs in (EDGES if edges is None else edges).items():
-        for source, dest in dict.fromkeys(pairs):  # de-duplicated, order kept
-            if source == dest:
-                continue  # not a status change; nothing to take
-            transition: dict[str, Any] = {
-                "trigger": trigger,
-                "source": source.value,
-                "dest": dest.value,
-            }
-            if conditions is not None:
-                transition["conditions"] = [conditions(dest)]
-            transitions.append(transition)
-    return machine_cls(
-        model=model,
-        states=[s.value for s in ChargePointStatus],
-        transitions=transitions,
-        initial=initial.value,
-        auto_transitions=False,
-        **kwargs,
-    )
-
-
-# --- the machine -------------------------------------------------------------------------------
+    def dest(self) -> ChargePointStatus:
+        return self.rule.status
 
 
 class ConnectorMachine:
     """A connector's truth and reported status. `dispatch(event)` returns the event's reply (see
-    the event classes) and queues effects, which the caller takes with `take_effects()`."""
+    the event classes) and queues effects, which the caller takes with `take_effects()`;
+    `steps` are the status changes the last dispatch made, each with the rule behind it."""
 
     state: str  # the reported ChargePointStatus value, kept by transitions
 
@@ -430,43 +83,36 @@ class ConnectorMachine:
         connector_id: int,
         settings: Settings | None = None,
         truth: Truth | None = None,
-        *,
-        edges: dict[str, list[tuple[ChargePointStatus, ChargePointStatus]]] | None = None,
     ):
         self.connector_id = connector_id
         self.settings = settings or Settings()
         self.truth = truth or Truth()
-        self._target: ChargePointStatus = derive_status(self.truth)
-        self._effects: list[ev.Effect] = []
+        self.steps: list[Step] = []
+        self._effects: list[events.Effect] = []
         self._reported: tuple[ChargePointStatus, ChargePointErrorCode] | None = None
-        self.machine = build_machine(
-            self,
-            initial=self._target,
-            edges=edges,
-            conditions=lambda dest: lambda: self._target == dest,
-        )
+        self.machine = build_machine(self, initial=derive_status(self.truth))
         self._handlers: dict[type, Callable[[Any], Any]] = {
-            ev.Plugged: self._plugged,
-            ev.Unplugged: self._unplugged,
-            ev.EvRequesting: self._ev_requesting,
-            ev.IdPresented: self._id_presented,
-            ev.RemoteStartRequested: self._remote_start,
-            ev.AuthorizationResult: self._authorization_result,
-            ev.ConnectionTimedOut: self._connection_timed_out,
-            ev.RelayConfirmed: self._relay_confirmed,
-            ev.RelayFailed: self._relay_failed,
-            ev.LockEngaged: self._lock_engaged,
-            ev.LockReleased: self._lock_released,
-            ev.EvseSuspended: self._evse_suspended,
-            ev.FaultRaised: self._fault_raised,
-            ev.FaultCleared: self._fault_cleared,
-            ev.AvailabilityChanged: self._availability_changed,
-            ev.StopRequested: self._stop_requested,
-            ev.TransactionConfirmed: self._transaction_confirmed,
-            ev.UnlockRequested: self._unlock_requested,
-            ev.ReservationsChanged: self._reservations_changed,
+            events.Plugged: self._plugged,
+            events.Unplugged: self._unplugged,
+            events.EvRequesting: self._ev_requesting,
+            events.IdPresented: self._id_presented,
+            events.RemoteStartRequested: self._remote_start,
+            events.AuthorizationResult: self._authorization_result,
+            events.ConnectionTimedOut: self._connection_timed_out,
+            events.RelayConfirmed: self._relay_confirmed,
+            events.RelayFailed: self._relay_failed,
+            events.LockEngaged: self._lock_engaged,
+            events.LockReleased: self._lock_released,
+            events.EvseSuspended: self._evse_suspended,
+            events.FaultRaised: self._fault_raised,
+            events.FaultCleared: self._fault_cleared,
+            events.AvailabilityChanged: self._availability_changed,
+            events.StopRequested: self._stop_requested,
+            events.TransactionConfirmed: self._transaction_confirmed,
+            events.UnlockRequested: self._unlock_requested,
+            events.ReservationsChanged: self._reservations_changed,
         }
-        self._settle(None)
+        self._settle()
 
     # --- public ----------------------------------------------------------------------------
 
@@ -486,20 +132,22 @@ class ConnectorMachine:
             self.status,
         )
 
-    def dispatch(self, event: ev.Event) -> Any:
+    def dispatch(self, event: events.Event) -> Any:
+        self.steps = []
         reply = self._handlers[type(event)](event)
-        self._settle(_trigger_name(event))
+        self._settle()
         return reply
 
     def restore(self, truth: Truth) -> None:
         """Jump to a known truth (a restart, or a test) without reporting anything."""
         self.truth = truth
-        self._target = derive_status(truth)
-        self.machine.set_state(self._target.value)
-        self._reported = (self._target, fault_report(truth)[0])
+        status = derive_status(truth)
+        self.machine.set_state(status.value)
+        self._reported = (status, fault_report(truth)[0])
         self._effects.clear()
+        self.steps = []
 
-    def take_effects(self) -> list[ev.Effect]:
+    def take_effects(self) -> list[events.Effect]:
         effects, self._effects = self._effects, []
         return effects
 
@@ -508,10 +156,10 @@ class ConnectorMachine:
     def _update(self, **changes: Any) -> None:
         self.truth = attrs.evolve(self.truth, **changes)
 
-    def _emit(self, effect: ev.Effect) -> None:
+    def _emit(self, effect: events.Effect) -> None:
         self._effects.append(effect)
 
-    def _settle(self, trigger: str | None) -> None:
+    def _settle(self) -> None:
         """Bring relay, availability, reservations and status in line with the truth."""
         t = self.truth
         if t.finishing and not t.plugged and not t.locked:
@@ -519,9 +167,9 @@ class ConnectorMachine:
         want_closed = relay_may_close(self.truth)
         if want_closed != self.truth.relay_commanded:
             self._update(relay_commanded=want_closed)
-            self._emit(ev.SwitchRelay(want_closed))
+            self._emit(events.SwitchRelay(want_closed))
         self._end_reservations_if_unusable()
-        self._move(trigger)
+        self._move()
         # A scheduled availability change applies once the connector is free. OCPP allows no
         # Preparing -> Unavailable, so a connector leaving Preparing gets there in two steps.
         if self.truth.scheduled is not None and not self.busy:
@@ -529,9 +177,9 @@ class ConnectorMachine:
             self._update(operative=operative, scheduled=None)
             if not operative:
                 self._update(finishing=False)  # Unavailable -> Finishing is not allowed either
-            self._emit(ev.AvailabilityApplied(operative))
+            self._emit(events.AvailabilityApplied(operative))
             self._end_reservations_if_unusable()
-            self._move(trigger)
+            self._move()
         tx = self.truth.transaction
         if tx is not None and not tx.past_preparing and self.status != S.preparing:
             self._update(transaction=attrs.evolve(tx, past_preparing=True))
@@ -547,34 +195,39 @@ class ConnectorMachine:
             self._update(reservations=tuple(r for r in t.reservations if r.any_connector))
             cause = S.faulted.value if t.faults else S.unavailable.value
             for reservation in own:
-                self._emit(ev.ReservationEnded(reservation.reservation_id, cause))
+                self._emit(events.ReservationEnded(reservation.reservation_id, cause))
 
-    def _move(self, trigger: str | None) -> None:
-        """Take the event's transition(s) to the status the truth demands, and report them.
-        OCPP 1.6 allows Reserved only after Available or Faulted, and only Preparing (of the
-        statuses of a session) after Reserved: a gun that becomes Reserved from anywhere else
-        (its holder's authorization timed out) passes through Available, and a reserved gun
-        whose holder's transaction starts at once (the EV was waiting) through Preparing, each
-        reported like any other status."""
-        target = derive_status(self.truth)
-        if target == S.reserved and self.status not in (S.available, S.faulted, S.reserved):
-            self._go(trigger, S.available)
-        elif self.status == S.reserved and target in (S.charging, S.suspended_ev, S.suspended_evse):
-            self._go(trigger, S.preparing)
-        self._go(trigger, target)
+    def _move(self) -> None:
+        """Report the status of the first rule that holds, reached by the transition named
+        after that rule. A change OCPP 1.6 does not allow passes through the status it allows
+        in between (`rules.PASS_THROUGH`), reported like any other."""
+        rule = rule_for(self.truth)
+        if rule.status != self.status:
+            via = pass_through(self.status, rule.status)
+            if via is not None:
+                self._take(via)
+            self._take(rule)
+        else:
+            self._report()
 
-    def _go(self, trigger: str | None, target: ChargePointStatus) -> None:
-        if target != self.status:
-            self._target = target
-            if trigger is None or not self.trigger(trigger):  # type: ignore[attr-defined]
-                raise MachineInconsistency(
-                    f"connector {self.connector_id}: {trigger} would change {self.state} to "
-                    f"{target.value}, which the statechart does not allow (truth: {self.truth})"
-                )
+    def _take(self, rule: Rule) -> None:
+        source = self.status
+        try:
+            self.trigger(rule.cause)  # type: ignore[attr-defined]
+        except MachineError as error:
+            raise MachineInconsistency(
+                f"connector {self.connector_id}: rule {rule.number} ({rule.cause}) would change "
+                f"{source.value} to {rule.status.value}, which the statechart does not allow "
+                f"(truth: {self.truth})"
+            ) from error
+        self.steps.append(Step(source, rule))
+        self._report()
+
+    def _report(self) -> None:
         code, vendor, info = fault_report(self.truth)
         if self._reported != (self.status, code):
             self._reported = (self.status, code)
-            self._emit(ev.NotifyStatus(self.status, code, info, vendor))
+            self._emit(events.NotifyStatus(self.status, code, info, vendor))
 
     def _try_start(self) -> None:
         t = self.truth
@@ -594,7 +247,7 @@ class ConnectorMachine:
             # (ConnectorLockFailure) must leave no transaction behind.
             if not t.locking:
                 self._update(locking=True)
-                self._emit(ev.SetLock(True))
+                self._emit(events.SetLock(True))
             return
         # The reservation this transaction uses ends with it (5.13): its id goes in the
         # StartTransaction; the one this gun is kept for first, else a connector-0 one.
@@ -612,7 +265,7 @@ class ConnectorMachine:
             reservations=tuple(r for r in t.reservations if r != reservation),
         )
         self._emit(
-            ev.StartTransaction(
+            events.StartTransaction(
                 auth.id_tag,
                 auth.parent_id_tag,
                 None if reservation is None else reservation.reservation_id,
@@ -628,25 +281,25 @@ class ConnectorMachine:
         self._update(transaction=None, stop_candidate=None, evse_suspended=False)
         keep_locked = reason == Reason.ev_disconnected and not self.settings.unlock_on_ev_disconnect
         if t.locked and not keep_locked and FaultKind.LOCK not in t.fault_kinds:
-            self._emit(ev.SetLock(False))  # locked stays True until LockReleased
+            self._emit(events.SetLock(False))  # locked stays True until LockReleased
         self._update(finishing=self.truth.plugged or self.truth.locked)
         want_closed = relay_may_close(self.truth)
         if want_closed != self.truth.relay_commanded:
             self._update(relay_commanded=want_closed)
-            self._emit(ev.SwitchRelay(want_closed))
-        self._emit(ev.StopTransaction(reason, id_tag))
+            self._emit(events.SwitchRelay(want_closed))
+        self._emit(events.StopTransaction(reason, id_tag))
 
     # --- event handlers --------------------------------------------------------------------
 
-    def _plugged(self, _: ev.Plugged) -> None:
+    def _plugged(self, _: events.Plugged) -> None:
         if self.truth.plugged:
             return
         self._update(plugged=True)
         if self.truth.authorized is not None:
-            self._emit(ev.ConnectionTimer(False))
+            self._emit(events.ConnectionTimer(False))
         self._try_start()
 
-    def _unplugged(self, _: ev.Unplugged) -> None:
+    def _unplugged(self, _: events.Unplugged) -> None:
         if not self.truth.plugged:
             return
         self._update(plugged=False, ev_requesting=False)
@@ -656,7 +309,7 @@ class ConnectorMachine:
             # Authorized, plugged, never started (a fault): the EV left; so does the session.
             self._update(authorized=None, locking=False)
 
-    def _ev_requesting(self, event: ev.EvRequesting) -> None:
+    def _ev_requesting(self, event: events.EvRequesting) -> None:
         if self.truth.plugged:
             self._update(ev_requesting=event.requesting)
 
@@ -683,24 +336,24 @@ class ConnectorMachine:
             return f"the gun is Reserved for another tag (reservation {ids})"
         return None
 
-    def _id_presented(self, event: ev.IdPresented) -> bool:
+    def _id_presented(self, event: events.IdPresented) -> bool:
         t = self.truth
         if t.transaction is not None:
             if idtags.same(event.id_tag, t.transaction.id_tag):
                 self._stop(Reason.local, event.id_tag)  # the same tag stops without Authorize
             else:
                 self._update(stop_candidate=event.id_tag)
-                self._emit(ev.Authorize(event.id_tag))
+                self._emit(events.Authorize(event.id_tag))
             return True
         if self.reader_refusal(event.id_tag) is not None:
             return False
         if t.authorized is not None and idtags.same(t.authorized.id_tag, event.id_tag):
             return True
         self._update(pending_id=event.id_tag)
-        self._emit(ev.Authorize(event.id_tag))
+        self._emit(events.Authorize(event.id_tag))
         return True
 
-    def _remote_start(self, event: ev.RemoteStartRequested) -> bool:
+    def _remote_start(self, event: events.RemoteStartRequested) -> bool:
         t = self.truth
         if (
             t.transaction is not None
@@ -720,7 +373,7 @@ class ConnectorMachine:
         )
         if authorize:
             self._update(pending_id=event.id_tag)
-            self._emit(ev.Authorize(event.id_tag))
+            self._emit(events.Authorize(event.id_tag))
         else:
             self._accept(Authorized(event.id_tag))
         return True
@@ -738,10 +391,10 @@ class ConnectorMachine:
             return  # accepted, but the gun is reserved for someone else
         self._update(authorized=auth)
         if not self.truth.plugged:
-            self._emit(ev.ConnectionTimer(True))
+            self._emit(events.ConnectionTimer(True))
         self._try_start()
 
-    def _authorization_result(self, event: ev.AuthorizationResult) -> None:
+    def _authorization_result(self, event: events.AuthorizationResult) -> None:
         t = self.truth
         accepted = event.status == AuthorizationStatus.accepted
         if t.transaction is not None and event.id_tag == t.stop_candidate:
@@ -754,11 +407,11 @@ class ConnectorMachine:
             if accepted and t.transaction is None:
                 self._accept(Authorized(event.id_tag, event.parent_id_tag))
 
-    def _connection_timed_out(self, _: ev.ConnectionTimedOut) -> None:
+    def _connection_timed_out(self, _: events.ConnectionTimedOut) -> None:
         if self.truth.authorized is not None and not self.truth.plugged:
             self._update(authorized=None)
 
-    def _relay_confirmed(self, event: ev.RelayConfirmed) -> None:
+    def _relay_confirmed(self, event: events.RelayConfirmed) -> None:
         self._update(relay_closed=event.closed)
         if (
             event.closed == self.truth.relay_commanded
@@ -766,29 +419,29 @@ class ConnectorMachine:
         ):
             self._clear_fault(FaultKind.POWER_SWITCH)  # the relay does as told again
 
-    def _relay_failed(self, event: ev.RelayFailed) -> None:
+    def _relay_failed(self, event: events.RelayFailed) -> None:
         if FaultKind.COMMUNICATION in self.truth.fault_kinds:
             # No confirmation is expected from hardware we cannot talk to: the link is the
             # fault (already reported); the relay worker retries and confirms once it is back.
             return
         self._raise_fault(FaultKind.POWER_SWITCH, event.detail)
 
-    def _lock_engaged(self, _: ev.LockEngaged) -> None:
+    def _lock_engaged(self, _: events.LockEngaged) -> None:
         if not self.truth.locking:
             return  # an answer to a request nobody waits for any more
         self._update(locking=False, locked=True)
         self._try_start()
         if self.truth.transaction is None and self.truth.authorized is None:
             self._update(locked=False)  # the session went away meanwhile: free the cable
-            self._emit(ev.SetLock(False))
+            self._emit(events.SetLock(False))
 
-    def _lock_released(self, _: ev.LockReleased) -> None:
+    def _lock_released(self, _: events.LockReleased) -> None:
         self._update(locked=False)
 
-    def _evse_suspended(self, event: ev.EvseSuspended) -> None:
+    def _evse_suspended(self, event: events.EvseSuspended) -> None:
         self._update(evse_suspended=event.suspended)
 
-    def _fault_raised(self, event: ev.FaultRaised) -> None:
+    def _fault_raised(self, event: events.FaultRaised) -> None:
         self._raise_fault(event.kind, event.detail)
 
     def _raise_fault(self, kind: FaultKind, detail: str) -> None:
@@ -797,14 +450,14 @@ class ConnectorMachine:
         self._update(faults=(*self.truth.faults, (kind, detail)), locking=False)
         self._stop(FAULTS[kind][2])
 
-    def _fault_cleared(self, event: ev.FaultCleared) -> None:
+    def _fault_cleared(self, event: events.FaultCleared) -> None:
         self._clear_fault(event.kind)
 
     def _clear_fault(self, kind: FaultKind) -> None:
         self._update(faults=tuple(f for f in self.truth.faults if f[0] != kind))
         self._try_start()
 
-    def _availability_changed(self, event: ev.AvailabilityChanged) -> str:
+    def _availability_changed(self, event: events.AvailabilityChanged) -> str:
         if self.busy:
             self._update(
                 scheduled=None if event.operative == self.truth.operative else event.operative
@@ -817,13 +470,13 @@ class ConnectorMachine:
             self._try_start()
         return "Accepted"
 
-    def _stop_requested(self, event: ev.StopRequested) -> bool:
+    def _stop_requested(self, event: events.StopRequested) -> bool:
         if self.truth.transaction is None:
             return False
         self._stop(event.reason, event.id_tag)
         return True
 
-    def _transaction_confirmed(self, event: ev.TransactionConfirmed) -> None:
+    def _transaction_confirmed(self, event: events.TransactionConfirmed) -> None:
         tx = self.truth.transaction
         if tx is None:
             return
@@ -841,7 +494,7 @@ class ConnectorMachine:
                 assert tx is not None
                 self._update(transaction=attrs.evolve(tx, deauthorized=True))
 
-    def _reservations_changed(self, event: ev.ReservationsChanged) -> None:
+    def _reservations_changed(self, event: events.ReservationsChanged) -> None:
         self._update(reservations=event.reservations, hold_zero=event.hold_zero)
         auth = self.truth.authorized
         kept = kept_for(self.truth)
@@ -852,7 +505,7 @@ class ConnectorMachine:
         ):
             self._update(authorized=None)  # now reserved for someone else (the station avoids it)
 
-    def _unlock_requested(self, _: ev.UnlockRequested) -> UnlockStatus:
+    def _unlock_requested(self, _: events.UnlockRequested) -> UnlockStatus:
         if self.settings.fixed_cable:
             return UnlockStatus.not_supported
         if FaultKind.LOCK in self.truth.fault_kinds:
@@ -860,14 +513,14 @@ class ConnectorMachine:
         if self.truth.transaction is not None:
             self._stop(Reason.unlock_command)  # releases the lock too
         elif self.truth.locked:
-            self._emit(ev.SetLock(False))
+            self._emit(events.SetLock(False))
         return UnlockStatus.unlocked
 
 
-def replay(machine: ConnectorMachine, events: Iterable[ev.Event]) -> list[ev.Effect]:
+def replay(machine: ConnectorMachine, happened: Iterable[events.Event]) -> list[events.Effect]:
     """Dispatch events in order and return every effect (handy in tests and tools)."""
-    effects: list[ev.Effect] = []
-    for event in events:
+    effects: list[events.Effect] = []
+    for event in happened:
         machine.dispatch(event)
         effects.extend(machine.take_effects())
     return effects

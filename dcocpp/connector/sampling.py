@@ -17,7 +17,7 @@ import trio
 from ocpp.v16 import call
 from ocpp.v16.enums import ReadingContext
 
-from dcocpp.clock import StationClock
+from dcocpp.clock.stationclock import StationClock
 from dcocpp.connector.billing import Billing
 from dcocpp.connector.metering import meter_value, seconds_to_next_aligned
 from dcocpp.hardware import interface as hw

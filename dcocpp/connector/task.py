@@ -24,24 +24,20 @@ import attrs
 import trio
 from ocpp.v16.enums import ReadingContext, UnlockStatus
 
-from dcocpp.clock import StationClock, ocpp_time
+from dcocpp.clock import ocpp_time
+from dcocpp.clock.stationclock import StationClock
 from dcocpp.concurrency import Pulse, RestartableTask, WakeUp
 from dcocpp.config import ConnectorConfig
 from dcocpp.connector import events
 from dcocpp.connector.billing import Billing
-from dcocpp.connector.machine import (
-    ConnectorMachine,
-    Settings,
-    Truth,
-    active_faults,
-    fault_codes,
-    fault_report,
-)
+from dcocpp.connector.faults import active_faults, fault_codes, fault_report
+from dcocpp.connector.machine import ConnectorMachine
 from dcocpp.connector.relay import RelayWorker
 from dcocpp.connector.reservationdesk import ReservationDesk, ReservationSync
 from dcocpp.connector.sampling import Sampler
 from dcocpp.connector.tagwaits import TagOutcome, TagWait, TagWaits
 from dcocpp.connector.transactions import GunTransactions
+from dcocpp.connector.truth import Settings, Truth
 from dcocpp.hardware import interface as hw
 from dcocpp.ocpp.authorization import Authorizer
 from dcocpp.ocpp.configuration import ConfigurationStore

@@ -14,7 +14,7 @@ from typing import Any
 import trio
 from ocpp.v16.enums import ReadingContext
 
-from dcocpp.clock import StationClock, TransactionClock
+from dcocpp.clock.stationclock import StationClock, TransactionClock
 from dcocpp.concurrency import Pulse, RestartableTask
 from dcocpp.connector import events
 from dcocpp.connector.billing import Billing

@@ -11,12 +11,16 @@ from __future__ import annotations
 
 import enum
 from collections.abc import Mapping
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 import attrs
-import trio
 
 from dcocpp.hardware.ev import EvModel
+
+if TYPE_CHECKING:
+    # Types only: the connector's pure core imports this module (FaultKind, MeterReading) and
+    # must not load trio.
+    import trio
 
 
 class HardwareError(Exception):
@@ -159,7 +163,7 @@ class HardwareBackend(Protocol):
         self,
         events: Mapping[int, EventChannel],
         *,
-        task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
+        task_status: trio.TaskStatus[None] = ...,
     ) -> None: ...
 
     def counters(self) -> Mapping[str, int]:

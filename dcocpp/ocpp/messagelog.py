@@ -51,7 +51,9 @@ _second: tuple[int, str] = (-1, "")
 
 
 def _timestamp() -> str:
-    """UTC with milliseconds; the part down to the second is formatted once per second."""
+    """UTC with milliseconds; the part down to the second is formatted once per second (a log
+    line's time, on the path of every frame: not `dcocpp.clock.ocpp_time`, which formats the
+    whole instant each time)."""
     global _second
     now = time.time()
     whole = int(now)

@@ -27,7 +27,7 @@ from ocpp.messages import Call, CallError, CallResult, MessageType
 from ocpp.routing import create_route_map
 from ocpp.v16 import call_result as v16_call_result
 from ocpp.v16.enums import Action
-from trio_websocket import ConnectionClosed, WebSocketConnection
+from trio_websocket import CloseReason, ConnectionClosed, WebSocketConnection
 
 from dcocpp.jsontypes import valid_text
 from dcocpp.ocpp import wire
@@ -61,7 +61,8 @@ class RpcConnection:
     cancelled with it. `call()` raises `ConnectionLost` when the socket closes under it,
     `CallError` when the peer answers with a CALLERROR, and `InvalidPayload` when either side's
     payload fails the schema (`UnsendablePayload` when it is ours: nothing was sent; or the
-    answer is not even a well-formed frame).
+    answer is not even a well-formed frame). Once `run()` has seen the WebSocket close,
+    `close_reason` says how and `closed_here` whether this side closed it.
     """
 
     def __init__(
@@ -86,9 +87,15 @@ class RpcConnection:
         self._call_lock = trio.Lock()
         self._pending: _Pending | None = None
         self._closed = False
+        # How the WebSocket closed under `run()` (None: it did not, e.g. `run()` was
+        # cancelled), and whether this side closed it (`closed_here`).
+        self.close_reason: CloseReason | None = None
+        self.closed_here = False
+        self._ended = trio.Event()
         self._handler_slots = trio.Semaphore(max_concurrent_handlers)
         self._max_handlers = max_concurrent_handlers
         self._busy_said = False  # a refusal for lack of slots was logged (see _refuse_busy)
+        self._lenient_said: set[tuple[str, str]] = set()  # see _valid_answer
         # Unique ids need only be unique per connection: a random prefix and a counter are
         # cheaper than uuid4 and still easy to follow in the message log.
         self._id_prefix = secrets.token_hex(4)
@@ -113,15 +120,32 @@ class RpcConnection:
                     try:
                         text = await self._ws.get_message()
                     except ConnectionClosed as exc:
-                        self._log.note(f"connection closed: {exc.reason}")
+                        self.close_reason = exc.reason
+                        # trio-websocket discards what is left to read when this side
+                        # closes (aclose, or a message above its max_message_size: 1009),
+                        # reported from its closed receive channel; a close of the peer's
+                        # lets the channel run out (EndOfChannel).
+                        self.closed_here = isinstance(exc.__context__, trio.ClosedResourceError)
+                        side = "here" if self.closed_here else "by the peer"
+                        self._log.note(f"connection closed {side}: {exc.reason}")
                         break
                     self._log.received(text)
-                    await self._dispatch_frame(text, nursery)
+                    try:
+                        await self._dispatch_frame(text, nursery)
+                    except ConnectionLost as exc:
+                        # An answer the reader sends itself (to a malformed CALL, or one
+                        # beyond the slots) met a closed connection; the next read ends it.
+                        log.info("connection closed before an answer could be sent (%s)", exc)
                 nursery.cancel_scope.cancel()
         finally:
             self._closed = True
+            self._ended.set()
             if self._pending is not None:
                 self._pending.done.set()
+
+    async def wait_ended(self) -> None:
+        """Until `run()` has returned (or ended otherwise)."""
+        await self._ended.wait()
 
     async def _dispatch_frame(self, text: str | bytes, nursery: trio.Nursery) -> None:
         try:
@@ -297,11 +321,42 @@ class RpcConnection:
                 response.error_code, response.error_description, response.error_details
             )
         if self._validate:
-            try:
-                return wire.validate(MessageType.CallResult, action, response.payload)
-            except CallErrorException as exc:
-                raise InvalidPayload(action, exc) from None
+            return self._valid_answer(action, response.payload)
         return response.payload
+
+    def _valid_answer(self, action: str, payload: dict[str, Any]) -> dict[str, Any]:
+        """The peer's CALLRESULT payload, held to the schema. One with properties the schema
+        does not know is used without them when the rest is valid: OCPP 1.6 forbids them, but
+        refusing such an answer would make its message a failure (a StartTransaction sent
+        again, its transactionId lost). Said at WARNING once per connection, action and
+        properties (a central system that always adds one says it with every answer)."""
+        try:
+            return wire.validate(MessageType.CallResult, action, payload)
+        except CallErrorException as exc:
+            error = exc
+        known, unknown = wire.without_unknown_properties(MessageType.CallResult, action, payload)
+        if not unknown:
+            raise InvalidPayload(action, error)
+        listed = ", ".join(unknown)
+        try:
+            result = wire.validate(MessageType.CallResult, action, known)
+        except CallErrorException as exc:
+            raise InvalidPayload(
+                action,
+                CallErrorException(
+                    exc.code,
+                    f"{exc.description} (besides properties OCPP 1.6 does not know: {listed})",
+                ),
+            ) from None
+        said = (action, listed)
+        log.log(
+            logging.DEBUG if said in self._lenient_said else logging.WARNING,
+            "%s.conf has properties OCPP 1.6 does not know, used without them: %s",
+            action,
+            listed,
+        )
+        self._lenient_said.add(said)
+        return result
 
     # --- sending -----------------------------------------------------------------------------
 
@@ -313,7 +368,9 @@ class RpcConnection:
         try:
             await self._ws.send_message(text)
         except ConnectionClosed as exc:
-            raise ConnectionLost(str(exc.reason)) from None
+            reason = exc.reason
+            code = f" (WebSocket close {reason.code} {reason.name})" if reason else ""
+            raise ConnectionLost(f"connection closed{code}") from None
 
     async def aclose(self) -> None:
         """Close the WebSocket (normal closure); `run()` then returns."""

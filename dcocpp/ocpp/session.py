@@ -18,7 +18,8 @@ round trip of its CALL; the station's clock decides whether to follow it. `heart
 asks for the central system's time at once (the station's clock stepped).
 
 Failures are logged once per change, not once per retry: the first failed attempt of a series
-(and a lost connection) at WARNING, with the URL and the reason; further attempts that fail
+(and a lost connection, with how its WebSocket closed: who closed it, the close code and
+reason) at WARNING, with the URL and the reason; further attempts that fail
 the same way at DEBUG; a new reason at WARNING again; the connection that finally opens at
 INFO. `last_failure` keeps the latest failure for the operator's status.
 
@@ -49,6 +50,7 @@ from ocpp.v16.enums import (
     ChargePointStatus,
     RegistrationStatus,
 )
+from trio_websocket import CloseReason
 
 from dcocpp.clock import ocpp_time, parse_ocpp_time
 from dcocpp.concurrency import Pulse, WakeUp
@@ -65,6 +67,7 @@ from dcocpp.ocpp.rpc import RpcConnection
 from dcocpp.ocpp.services import Identity
 from dcocpp.ocpp.smartcharging.service import ChargingProfiles
 from dcocpp.ocpp.statuses import allowed_transitions
+from dcocpp.ocpp.wire import MAX_WEBSOCKET_MESSAGE_BYTES
 
 log = logging.getLogger("dcocpp.session")
 
@@ -85,6 +88,8 @@ STATUS_BURST = 5
 STATUS_INTERVAL = 0.5
 # A connector's statuses not sent yet: never more than this many (see `_coalesced`).
 STATUS_QUEUE_LIMIT = 12
+# How long a task that met the closed WebSocket waits for the reader to see the close.
+CLOSE_GRACE = 1.0
 
 
 class _ConnectFailed(Exception):
@@ -391,6 +396,7 @@ class ChargePointSession:
 
         Raises `TransportError` when the connection could not be opened."""
         self._drop_reason = None
+        rpc: RpcConnection | None = None
         try:
             with trio.CancelScope() as scope:
                 self._connection_scope = scope
@@ -414,6 +420,10 @@ class ChargePointSession:
         finally:
             self._rpc = None
             self._connection_scope = None
+        if rpc is not None and rpc.close_reason is not None:
+            # What closed the WebSocket, rather than what a task saw of it (a CALL that lost
+            # its connection).
+            return _how_closed(rpc.close_reason, here=rpc.closed_here)
         if self._drop_reason:
             return self._drop_reason
         return (
@@ -456,6 +466,15 @@ class ChargePointSession:
             await task()
         except (ConnectionLost, ResponseTimeout) as exc:
             self._drop_reason = str(exc)
+            rpc = self._rpc
+            closed = rpc.websocket.closed if rpc is not None else None
+            if rpc is not None and closed is not None:
+                # A CALL met the closed WebSocket, which says only that: its reader ends too
+                # and tells how, and who closed it (`_serve_one_connection`). Not waited for
+                # long: a close handshake may hang on a dead link.
+                self._drop_reason = _how_closed(closed, here=None)
+                with trio.move_on_after(CLOSE_GRACE):
+                    await rpc.wait_ended()
             connection.cancel()
         except OcppError as exc:
             log.error("%s failed: %s; reconnecting", task.__name__.lstrip("_"), exc)
@@ -717,6 +736,25 @@ class ChargePointSession:
             ),
             triggered=triggered,
         )
+
+
+def _how_closed(reason: CloseReason, *, here: bool | None) -> str:
+    """How a WebSocket closed, for the operator: its close code, and who closed it (`here`:
+    the charger; None: not known)."""
+    if here:
+        if reason.code == 1009:  # MESSAGE_TOO_BIG: above the transport's max_message_size
+            return (
+                "the charger closed it (WebSocket close 1009): a message from the central system"
+                f" exceeded {MAX_WEBSOCKET_MESSAGE_BYTES} bytes"
+            )
+        return f"the charger closed it (WebSocket close {reason.code} {reason.name})"
+    if reason.code == 1006:  # ABNORMAL_CLOSURE: no close frame came, the stream ended
+        return "the connection ended without a WebSocket close (1006 ABNORMAL_CLOSURE)"
+    detail = f": {reason.reason}" if reason.reason else ""
+    code = f"WebSocket close {reason.code} {reason.name}{detail}"
+    if here is None:
+        return f"the WebSocket was closed ({code})"
+    return f"closed by the central system ({code})"
 
 
 def _validity(info: dict[str, Any]) -> str:

@@ -18,8 +18,13 @@ TransactionMessageRetryInterval x attempt, up to TransactionMessageAttempts; the
 *parked*, logged as an error, and retried after the next reconnect. A message waiting for its
 retry, or parked, holds back the later messages of its own transaction (their order matters)
 but not those of other transactions, which a single poisoned message must not stop being
-billed: it waits aside, and the sender goes on with the others. A refused message of no
-transaction (SecurityEventNotification) holds back nothing.
+billed: it waits aside, and the sender goes on with the others. One exception: a parked
+MeterValues does not hold back its transaction's StopTransaction, which bills and ends the
+session for the central system; it would wait for the next reconnect, which may be days away.
+The stop goes ahead of it (logged), and the parked MeterValues (with the later ones behind it)
+follows after the next reconnect; its transaction, whose transactionId it needs, is forgotten
+only with its last message. A refused message of no transaction (SecurityEventNotification)
+holds back nothing.
 
 Our own bugs. A message that fails our own schema check before it is sent
 (`UnsendablePayload`), or a stored one that cannot even be built, was never seen by the central
@@ -30,6 +35,14 @@ their own first, then all of it) and keeps meterStop, timestamp and reason, whic
 MeterValues loses its samples that fail. A message that cannot be repaired is dropped; a
 dropped StartTransaction takes its transaction's later messages with it (they would need the
 transactionId only it could bring).
+
+Read back. What the database gives back at boot may hold garbage (a bit flip, a hand edit;
+dcocpp/storage.py drops the rows it cannot attribute). A transaction must still be billed: a
+StartTransaction or StopTransaction whose payload cannot be read, or sent even repaired, is
+rebuilt from its transaction (a StopTransaction at its last persisted reading, reason Other),
+and one lost altogether is queued anew (a StartTransaction, ahead of its transaction's other
+messages) or made again (a StopTransaction). Any other message that cannot be read is dropped.
+Each of these is one ERROR line.
 
 Power loss. `recover()` runs at every boot: a transaction the database still holds as running
 was cut off (the process died or the power went) and is stopped with reason PowerLoss. It is
@@ -71,6 +84,9 @@ Confirmed = Callable[[int, dict[str, Any]], Awaitable[None]]
 
 # Messages whose payload gets the central system's transactionId at send time.
 _NEEDS_TRANSACTION_ID = {"MeterValues", "StopTransaction"}
+_OF_A_TRANSACTION = {"StartTransaction", *_NEEDS_TRANSACTION_ID}
+# Those a transaction can tell again when what was stored cannot be read back: they bill.
+_REBUILT = {"StartTransaction", "StopTransaction"}
 _CALLS: dict[str, Callable[..., Any]] = {
     "StartTransaction": call.StartTransaction,
     "MeterValues": call.MeterValues,
@@ -139,6 +155,8 @@ class LocalTransaction:
     # StopTxnSampledData / StopTxnAlignedData samples, sent as StopTransaction.transactionData.
     transaction_data: list[dict[str, Any]] = attrs.field(factory=list)
     on_confirmed: Confirmed | None = None
+    # Its StopTransaction is queued or delivered: the transaction ends with its last message.
+    stopped: bool = False
 
 
 @attrs.define
@@ -169,21 +187,77 @@ def _power_loss_meter_stop(
     return max(candidates, key=lambda candidate: candidate[0])
 
 
+def _message(stored: Any, payload: dict[str, Any]) -> _Message:
+    """The `_Message` of a stored one (the storage layer's `QueuedMessage`), with `payload`."""
+    return _Message(
+        stored.seq,
+        stored.action,
+        stored.local_id,
+        payload,
+        stored.id_tag,
+        stored.attempts,
+        stored.parked,
+    )
+
+
+def _sendable(action: str, payload: Mapping[str, Any] | None) -> bool:
+    """Whether `payload`, or what `_repaired` makes of it, passes our schema check."""
+    while payload is not None:
+        probe = {**payload, "transaction_id": 0} if action in _NEEDS_TRANSACTION_ID else payload
+        try:
+            wire.validate(MessageType.Call, action, wire.to_camel(probe))
+        except CallError:
+            payload = _repaired(action, payload)
+        else:
+            return True
+    return False
+
+
+def _rebuilt(action: str, row: Any, id_tag: str | None) -> tuple[dict[str, Any], str]:
+    """The payload of a StartTransaction or StopTransaction whose own cannot be read back,
+    from its transaction's row, and how it was rebuilt (for the log)."""
+    if action == "StartTransaction":
+        payload: dict[str, Any] = {
+            "connector_id": row.connector_id,
+            "id_tag": row.id_tag,
+            "meter_start": row.meter_start,
+            "timestamp": row.started_at,
+        }
+        if row.reservation_id is not None:
+            payload["reservation_id"] = row.reservation_id
+        return payload, ""
+    payload = {
+        "meter_stop": row.last_meter_wh,
+        "timestamp": row.last_meter_at,
+        "reason": Reason.other,
+    }
+    if id_tag is not None:
+        payload["id_tag"] = id_tag
+    how = (
+        f", at its last persisted reading {row.last_meter_wh} Wh at {row.last_meter_at}"
+        " (reason Other: its own is lost)"
+    )
+    return payload, how
+
+
 def _register_wh(sample: Mapping[str, Any]) -> int | None:
     """The highest Energy.Active.Import.Register reading (Wh) in a MeterValue sample, None
     without one. OCPP 1.6's defaults apply: a value without measurand is that register, one
     without unit is in Wh, one without format is Raw (SignedData is no number)."""
     register = Measurand.energy_active_import_register
     readings = []
-    for value in sample.get("sampled_value", ()):
-        scale = _WH_PER_UNIT.get(value.get("unit", UnitOfMeasure.wh))
-        if value.get("measurand", register) != register or scale is None:
+    values = sample.get("sampled_value", ())
+    # A sample read back from the database may hold anything (see dcocpp/storage/columns.py).
+    for value in values if isinstance(values, list) else ():
+        unit = value.get("unit", UnitOfMeasure.wh) if isinstance(value, dict) else None
+        scale = _WH_PER_UNIT.get(unit) if isinstance(unit, str) else None
+        if scale is None or value.get("measurand", register) != register:
             continue
         if value.get("format", ValueFormat.raw) != ValueFormat.raw:
             continue
         try:
             reading = float(value["value"]) * scale
-        except (KeyError, TypeError, ValueError):
+        except (KeyError, TypeError, ValueError, OverflowError):
             continue
         if math.isfinite(reading):
             readings.append(round(reading))
@@ -233,13 +307,14 @@ class TransactionOutbox:
         reading (see the module docstring). A register above the persisted reading by more
         than `max_rise` (connector id -> Wh: what the gun can deliver between two persisted
         readings and the cut) is not billed. Returns those transactions."""
-        self._queue = [
-            _Message(m.seq, m.action, m.local_id, m.payload, m.id_tag, m.attempts, m.parked)
-            for m in await self._store.queued_messages()
-        ]
+        rows = await self._store.transactions()
+        await self._load_queue(rows)
+        # A stopped transaction keeps its row while messages of it are left: its
+        # StopTransaction went ahead of a parked MeterValues and was delivered.
+        waiting = {m.local_id for m in self._queue}
         cut_off = []
         samples = await self._store.transaction_data()
-        for row in await self._store.transactions():
+        for row in rows:
             tx = LocalTransaction(
                 row.local_id,
                 row.connector_id,
@@ -250,8 +325,21 @@ class TransactionOutbox:
                 row.transaction_id,
                 transaction_data=samples.get(row.local_id, []),
             )
+            tx.stopped = bool(row.stopped)
             self._transactions[tx.local_id] = tx
-            if not row.stopped:
+            if row.stopped and row.local_id not in waiting:
+                # Nothing of it is left, not even its StopTransaction, which was dropped as it
+                # could not be read back (see the storage layer): the central system must
+                # still hear that it ended.
+                log.error(
+                    "transaction %d was stopped, but its StopTransaction is lost: stopping it"
+                    " again at its last persisted reading %d Wh at %s (reason Other)",
+                    row.local_id,
+                    row.last_meter_wh,
+                    row.last_meter_at,
+                )
+                await self.stop(tx, row.last_meter_wh, row.last_meter_at, Reason.other, None)
+            elif not row.stopped:
                 register = (registers or {}).get(row.connector_id)
                 rise = (max_rise or {}).get(row.connector_id)
                 kept = "none kept" if register is None else f"{register} Wh"
@@ -289,6 +377,77 @@ class TransactionOutbox:
                 self.parked,
             )
         return cut_off
+
+    async def _load_queue(self, rows: list[Any]) -> None:
+        """The queue as the database holds it, each message checked (`_read_back`). A
+        transaction whose transactionId is not known and whose StartTransaction is lost
+        (dropped as it could not be read back) has it queued anew, rebuilt from its `rows`
+        entry: only it can bring the id its other messages need. A transaction's
+        StartTransaction goes ahead of its other messages (that one comes last by seq)."""
+        by_id = {row.local_id: row for row in rows}
+        queue = []
+        for stored in await self._store.queued_messages():
+            message = await self._read_back(stored, by_id.get(stored.local_id))
+            if message is not None:
+                queue.append(message)
+        starts: dict[int | None, _Message] = {}
+        for message in queue:
+            if message.action == "StartTransaction":
+                starts.setdefault(message.local_id, message)
+        for row in rows:
+            if row.transaction_id is None and row.local_id not in starts:
+                payload, _ = _rebuilt("StartTransaction", row, None)
+                seq = await self._store.queue_message(
+                    "StartTransaction", row.local_id, payload, row.id_tag
+                )
+                log.error(
+                    "transaction %d has no transactionId and its StartTransaction is lost:"
+                    " queued anew, rebuilt from the transaction",
+                    row.local_id,
+                )
+                message = _Message(seq, "StartTransaction", row.local_id, payload, row.id_tag)
+                starts[row.local_id] = message
+                queue.append(message)
+        # Messages queued from now on come after all of these, whatever their order.
+        self._queue = []
+        waiting = dict(starts)
+        for message in queue:
+            start = waiting.pop(message.local_id, None)  # at its transaction's first message
+            if start is not None:
+                self._queue.append(start)
+            if message is not starts.get(message.local_id):
+                self._queue.append(message)
+
+    async def _read_back(self, stored: Any, row: Any) -> _Message | None:
+        """A queued message as the database gave it back (`row`: its transaction's, None
+        for none): as it is, or, for a StartTransaction or StopTransaction whose payload
+        cannot be read or sent even repaired (`_repaired`), rebuilt from its transaction,
+        which must be billed; else dropped (None) with an ERROR line, as a message that can
+        never be sent."""
+        name = f"{stored.action} #{stored.seq}" + (
+            f" of transaction {stored.local_id}" if stored.local_id is not None else ""
+        )
+        problem = stored.unreadable
+        if row is None and stored.action in _OF_A_TRANSACTION:
+            problem = "belongs to no transaction"
+        elif stored.action not in _REBUILT:
+            if problem is None:  # the sender repairs or drops what fails the schema
+                return _message(stored, stored.payload)
+            problem = f"cannot be read ({problem})"
+        elif problem is None and _sendable(stored.action, stored.payload):
+            return _message(stored, stored.payload)
+        else:
+            payload, how = _rebuilt(stored.action, row, stored.id_tag)
+            log.error(
+                "%s cannot be read (%s): rebuilt from its transaction%s",
+                name,
+                problem or f"fails the OCPP schema: {stored.payload}",
+                how,
+            )
+            return _message(stored, payload)
+        log.error("%s %s: dropped", name, problem)
+        await self._store.message_delivered(stored.seq)
+        return None
 
     # --- enqueueing -----------------------------------------------------------------------
 
@@ -389,6 +548,7 @@ class TransactionOutbox:
         seq = await self._store.queue_message(
             "StopTransaction", tx.local_id, payload, id_tag, stops=True
         )
+        tx.stopped = True
         self._append(_Message(seq, "StopTransaction", tx.local_id, payload, id_tag))
 
     async def security_event(self, kind: str, timestamp: str, tech_info: str | None = None) -> None:
@@ -445,16 +605,22 @@ class TransactionOutbox:
 
     def _awaited(self) -> Iterator[_Message]:
         """The messages still to be sent, in order, that are neither parked nor behind a
-        message of their own transaction that is parked or waiting for its retry; of those
+        message of their own transaction that is parked or waiting for its retry (but a
+        StopTransaction behind parked MeterValues only, see the module docstring); of those
         outside any transaction, only the ones not waiting for their retry."""
-        held: set[int] = set()
+        # Transactions held back, by local id (never None): True while only parked
+        # MeterValues hold it back, which its StopTransaction passes.
+        held: dict[int | None, bool] = {}
         now = trio.current_time()
         for message in self._queue:
-            if message.local_id is not None and message.local_id in held:
+            local_id = message.local_id
+            passes = message.action == "StopTransaction" and held.get(local_id) is True
+            if local_id in held and not passes:
                 continue
             if message.parked or message.retry_at > now:
-                if message.local_id is not None:
-                    held.add(message.local_id)
+                if local_id is not None:
+                    passable = message.parked and message.action == "MeterValues"
+                    held[local_id] = held.get(local_id, True) and passable
                     if not message.parked:
                         yield message  # its retry is still to come
                 continue
@@ -488,13 +654,17 @@ class TransactionOutbox:
         tx = self._transactions.get(message.local_id) if message.local_id is not None else None
         if message.action in _NEEDS_TRANSACTION_ID:
             if tx is None or tx.transaction_id is None:
-                # Its StartTransaction is neither ahead of it nor holding it back (see
-                # `_awaited`): it was dropped (`_unsendable`), and no id will ever come.
                 log.error(
-                    "%s #%d dropped: the StartTransaction of its transaction could not be"
-                    " sent, so it has no transactionId; payload %s",
+                    "%s #%d dropped: %s, so it has no transactionId; payload %s",
                     message.action,
                     message.seq,
+                    # A transaction is kept until its last message leaves (`_finishes`):
+                    # only a database that lost it (or never held it) has none.
+                    f"its transaction (local id {message.local_id}) is not in the database"
+                    if tx is None
+                    # Its StartTransaction is neither ahead of it nor holding it back (see
+                    # `_awaited`), and never brought an id: it was dropped (`_unsendable`).
+                    else "the StartTransaction of its transaction could not be sent",
                     message.payload,
                 )
                 await self._drop(message, tx)
@@ -536,13 +706,15 @@ class TransactionOutbox:
         if message.action == "StartTransaction":
             assert tx is not None
             confirmed = (tx.local_id, result.transaction_id)
-        finished = tx.local_id if tx is not None and message.action == "StopTransaction" else None
+        finished = self._finishes(message, tx)
         # The transactionId and the delivery in one write: a power cut cannot leave a
         # delivered StartTransaction without its id (it would be sent again).
         await self._store.message_delivered(message.seq, finished=finished, confirmed=confirmed)
         self._done(message)  # memory follows the disk before anything else may run
         if finished is not None:
             self._transactions.pop(finished, None)
+        elif message.action == "StopTransaction" and tx is not None:
+            self._log_stopped_ahead(message, tx)
         if confirmed is not None:
             assert tx is not None
             tx.transaction_id = result.transaction_id
@@ -575,13 +747,36 @@ class TransactionOutbox:
         await self._drop(message, tx)
 
     async def _drop(self, message: _Message, tx: LocalTransaction | None) -> None:
-        """Forget a message that can never be sent; a dropped StopTransaction ends its
-        transaction as a delivered one would."""
-        finished = tx.local_id if tx is not None and message.action == "StopTransaction" else None
+        """Forget a message that can never be sent; it ends its transaction as a delivered
+        one would."""
+        finished = self._finishes(message, tx)
         await self._store.message_delivered(message.seq, finished=finished)
         self._done(message)
         if finished is not None:
             self._transactions.pop(finished, None)
+
+    def _finishes(self, message: _Message, tx: LocalTransaction | None) -> int | None:
+        """The local id of the transaction that ends when `message` leaves the queue: a
+        stopped one of which no other message is left (a StopTransaction that went ahead of
+        a parked MeterValues leaves its transaction for that one's transactionId)."""
+        if tx is None or not tx.stopped:
+            return None
+        if any(m is not message and m.local_id == tx.local_id for m in self._queue):
+            return None
+        return tx.local_id
+
+    def _log_stopped_ahead(self, stop: _Message, tx: LocalTransaction) -> None:
+        """Say which messages of its transaction a delivered StopTransaction went ahead of:
+        parked MeterValues and those queued behind them (`_awaited`)."""
+        behind = [m for m in self._queue if m.local_id == tx.local_id]
+        log.warning(
+            "StopTransaction #%d of transaction %s delivered ahead of its MeterValues %s:"
+            " %s after the next reconnect",
+            stop.seq,
+            tx.transaction_id,
+            ", ".join(f"#{m.seq}" + (" (parked)" if m.parked else "") for m in behind),
+            "they follow" if len(behind) > 1 else "it follows",
+        )
 
     async def _refused(self, message: _Message, exc: Exception) -> None:
         store = self.session.store
@@ -593,11 +788,13 @@ class TransactionOutbox:
             await self._store.message_failed(message.seq, message.attempts, True)
             log.error(
                 "%s #%d refused %d times (%s): parked; it is retried after the next reconnect,"
-                " and the later messages of its transaction wait for it",
+                " and the later %s of its transaction wait for it%s",
                 message.action,
                 message.seq,
                 message.attempts,
                 exc,
+                "MeterValues" if message.action == "MeterValues" else "messages",
+                " (its StopTransaction does not)" if message.action == "MeterValues" else "",
             )
             return
         retry = store.get_int("TransactionMessageRetryInterval") * message.attempts
@@ -624,7 +821,7 @@ def _repaired(action: str, payload: Mapping[str, Any]) -> dict[str, Any] | None:
     transactionData, then its idTag, keeping what bills (meterStop, timestamp, reason)."""
     field = _SAMPLES.get(action)
     samples = payload.get(field) if field is not None else None
-    if field is not None and samples:
+    if field is not None and isinstance(samples, list) and samples:  # stored: may be anything
         valid = [sample for sample in samples if _valid_alone(action, payload, field, sample)]
         if valid and len(valid) < len(samples):
             return {**payload, field: valid}

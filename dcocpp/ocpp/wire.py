@@ -83,7 +83,7 @@ def _json_default(value: Any) -> Any:
     raise TypeError(f"{type(value).__name__} is not JSON serializable")
 
 
-def _dumps(frame: list[Any]) -> str:
+def _dumps(frame: Any) -> str:
     return json.dumps(frame, separators=(",", ":"), ensure_ascii=False, default=_json_default)
 
 
@@ -319,9 +319,19 @@ def _compiled(message_type_id: int, action: str) -> Callable[[Any], Any]:
     return fastjsonschema.compile(schema(message_type_id, action), use_formats=False)
 
 
-@functools.lru_cache(maxsize=8)
-def _decimal_validator(message_type_id: int, action: str) -> Draft4Validator:
+@functools.lru_cache(maxsize=64)
+def _interpreted(message_type_id: int, action: str) -> Draft4Validator:
+    """`schema(action)` for jsonschema, which reports every problem with where it lies (and
+    validates Decimal numbers exactly)."""
     return Draft4Validator(schema(message_type_id, action))
+
+
+def _parsed_copy(message_type_id: int, action: str, payload: dict[str, Any]) -> Any:
+    """A deep copy of `payload`, its numbers Decimal for the three `multipleOf` schemas."""
+    number: Callable[[str], Any] = float
+    if (message_type_id, action) in _DECIMAL_ACTIONS:
+        number = decimal.Decimal
+    return json.loads(_dumps(payload), parse_float=number)
 
 
 def validate(message_type_id: int, action: str, payload: dict[str, Any]) -> dict[str, Any]:
@@ -332,8 +342,8 @@ def validate(message_type_id: int, action: str, payload: dict[str, Any]) -> dict
     if (message_type_id, action) in _DECIMAL_ACTIONS:
         # multipleOf 0.1 needs exact decimals: validate Decimal numbers against a schema that
         # was read with Decimal, as the package does.
-        validator = _decimal_validator(message_type_id, action)
-        payload = json.loads(_dumps(payload), parse_float=decimal.Decimal)  # type: ignore[arg-type]
+        validator = _interpreted(message_type_id, action)
+        payload = _parsed_copy(message_type_id, action, payload)
         try:
             error = best_match(validator.iter_errors(payload))
         except decimal.DecimalException:
@@ -357,3 +367,29 @@ def validate(message_type_id: int, action: str, payload: dict[str, Any]) -> dict
             _error_code(str(exc.rule), not path, exc.value), f"{where}: {message}"
         ) from None
     return payload
+
+
+def without_unknown_properties(
+    message_type_id: int, action: str, payload: dict[str, Any]
+) -> tuple[dict[str, Any], list[str]]:
+    """A copy of `payload` without the properties `schema(action)` does not know, at any
+    depth, and where they were ("foo", "idTagInfo/bar"), in the order jsonschema finds them.
+    OCPP 1.6's schemas forbid them (additionalProperties: false); a lenient reader uses an
+    answer without them when what it knows is valid (`validate` the copy)."""
+    copy = _parsed_copy(message_type_id, action, payload)
+    try:
+        # Listed before anything is taken away: jsonschema walks the objects lazily.
+        extra = [
+            error
+            for error in _interpreted(message_type_id, action).iter_errors(copy)
+            if error.validator == "additionalProperties" and isinstance(error.instance, dict)
+        ]
+    except decimal.DecimalException:  # multipleOf of a number beyond Decimal's precision
+        return copy, []
+    unknown = []
+    for error in extra:
+        known = error.schema.get("properties", {})
+        for key in [key for key in error.instance if key not in known]:
+            del error.instance[key]
+            unknown.append("/".join([*map(str, error.absolute_path), key]))
+    return copy, unknown

@@ -40,9 +40,9 @@ from dcocpp import idtags
 from dcocpp.clock import WallClock, ocpp_time
 from dcocpp.concurrency import RestartableTask
 from dcocpp.connector import events
-from dcocpp.connector.machine import Truth
 from dcocpp.connector.reservationdesk import in_line
 from dcocpp.connector.task import ConnectorTask
+from dcocpp.connector.truth import Truth
 from dcocpp.ocpp.authcache import parse_expiry
 from dcocpp.ocpp.configuration import ConfigurationStore
 from dcocpp.storage.asyncdb import AsyncDatabase

@@ -4,7 +4,7 @@
     ├── hardware backend            started first, runs for the life of the process
     ├── local HTTP API              when asked for (--api), from the first boot's connectors
     │                               on; also outlives soft resets
-    ├── clock watcher               notices a step of the system clock (stationclock)
+    ├── clock watcher               notices a step of the system clock (clock/stationclock.py)
     └── one boot (rebuilt by a soft reset)
         ├── OCPP session, transaction outbox
         └── connector task x N      one per gun, each with its machine
@@ -43,8 +43,9 @@ from ocpp.v16.enums import (
     UnlockStatus,
 )
 
-from dcocpp.api import server as api
-from dcocpp.clock import SYNC_THRESHOLD_S, ClockStep, StationClock, WallClock, ocpp_time
+from dcocpp.api import server as api_server
+from dcocpp.clock import WallClock, ocpp_time
+from dcocpp.clock.stationclock import SYNC_THRESHOLD_S, ClockStep, StationClock
 from dcocpp.config import ChargerConfig
 from dcocpp.connector import events
 from dcocpp.connector.metering import MEASURANDS
@@ -189,7 +190,8 @@ class Station:
         self.hardware = hardware
         # What the local API's simulation endpoints drive; None on real hardware.
         self.simulation = simulation
-        # The system's clock (or `clock`), following the central system's (see stationclock).
+        # The system's clock (or `clock`), following the central system's (see
+        # dcocpp.clock.stationclock).
         self.clock = StationClock(clock)
         self.clock.subscribe(self._clock_stepped)
         self._open_stream = open_stream
@@ -392,7 +394,7 @@ class Station:
             return
         assert self._lifetime is not None
         _, self.api_port = await self._lifetime.start(
-            partial(api.serve_api, token=self._api_token), self, *self._api_address
+            partial(api_server.serve_api, token=self._api_token), self, *self._api_address
         )
 
     async def _database_failed(self) -> None:

@@ -4,8 +4,8 @@ A write with `synchronous=FULL` waits for the disk (an fsync, more at a checkpoi
 can be slow or stop answering for seconds (flash wear levelling, a file system frozen for a
 snapshot or remounted). On the event loop that would stop everything else with it, the PLC's
 RelayControl keep-alive among it (the PLC opens every relay after about 300 ms without one)
-and the local API. `AsyncDatabase` offers what `storage.Database` does, as coroutines that run
-it in a worker thread (`WorkerThread`); `storage.Database` stays the synchronous, SQL-only part.
+and the local API. `AsyncDatabase` offers what `database.Database` does, as coroutines that run
+it in a worker thread (`WorkerThread`); `database.Database` stays the synchronous, SQL-only part.
 
 Order. One call at a time, in the order they were made: a call takes its place in line (a
 `trio.CapacityLimiter(1)`, first come first served) before it yields to any other task. A
@@ -58,8 +58,8 @@ class WorkerThread:
 
 
 class AsyncDatabase:
-    """`storage.Database` off the event loop. `open` it (in the worker thread too: its checks
-    read the whole file), `close` it when done; the methods are those of `storage.Database`
+    """`database.Database` off the event loop. `open` it (in the worker thread too: its checks
+    read the whole file), `close` it when done; the methods are those of `database.Database`
     (see there), awaited."""
 
     def __init__(self, db: Database, run: Runner | None = None):
@@ -71,7 +71,7 @@ class AsyncDatabase:
     async def open(
         cls, data_dir: Path, *, run: Runner | None = None, accept_data_loss: bool = False
     ) -> AsyncDatabase:
-        """`storage.Database.open`, in the worker thread (it raises the same errors)."""
+        """`database.Database.open`, in the worker thread (it raises the same errors)."""
         run = run if run is not None else WorkerThread()
         db = await run(
             functools.partial(Database.open, data_dir, accept_data_loss=accept_data_loss)

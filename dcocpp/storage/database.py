@@ -10,14 +10,26 @@ at every open and after every checkpoint of the write-ahead log. SQLite's automa
 are off: the database checkpoints every CHECKPOINT_INTERVAL writes and raises the generation
 right after, so the main file without its -wal file (which holds every write since the last
 checkpoint) is always below the recorded generation. A clean close checkpoints everything
-into the main file, so nothing is missing without it then. At open, a database that is missing,
-below the recorded generation (its -wal file lost after a crash, or an older copy), or damaged
-(`PRAGMA quick_check`) is refused with one line that says what is wrong and how to go on, unless
-the operator accepts the loss (`accept_data_loss`: `dcocpp run --accept-data-loss`).
+into the main file, so nothing is missing without it then. The record also keeps the
+generation the main file held at the last complete checkpoint (at open, every
+CHECKPOINT_INTERVAL writes, at a clean close): a main file that lost its -wal file holds at
+least that one, an older copy put back holds less. At open, a database that is missing, below
+the recorded generation (its -wal file lost after a crash, or an older copy), or damaged
+(`PRAGMA quick_check`) is refused with one line that says which and how to go on, unless the
+operator accepts the loss (`accept_data_loss`: `dcocpp run --accept-data-loss`).
 
 Every failure is a StorageError whose message names the file, what could not be done and
 SQLite's reason with its code (`database or disk is full (SQLITE_FULL)`), and the state of the
 file system when that explains it (full, read-only).
+
+Rows are read back checked (dcocpp/storage/columns.py): what a bit flip, a hand edit or an older
+version's bug left in a row never becomes a traceback at the start, nor a boot loop. A row
+that cannot be understood is dropped as it is read (at the start: every reader runs then),
+with one ERROR line naming its table, its key, what is wrong and what the row held; every
+other row stays. A transaction is never dropped, it must be billed: a column that cannot be
+read stands in for by what can (its start reading for its latest one, and so on), each said in
+an ERROR line; a queued message whose payload cannot be read comes with `unreadable` set, for
+the outbox to rebuild from its transaction (ocpp/transactions.py).
 
 Everything here is synchronous and blocks on the disk: the station reaches it through
 `dcocpp.storage.asyncdb.AsyncDatabase`, which runs it in a worker thread, never on the event loop.
@@ -31,15 +43,17 @@ import json
 import logging
 import os
 import sqlite3
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import attrs
+from ocpp.v16.enums import AuthorizationStatus
 
 from dcocpp.clock import ocpp_time
-from dcocpp.storage import datarecord
+from dcocpp.storage import columns, datarecord
+from dcocpp.storage.columns import Unreadable, shown
 from dcocpp.storage.datarecord import RECORD_NAME, DataRecord
 from dcocpp.storage.oserrors import directory_problem, reason
 
@@ -59,9 +73,10 @@ MIGRATIONS: list[list[str]] = [
            )""",
     ],
     [
-        # Every transaction the station ran, from its start until its StopTransaction was
-        # delivered: what a power cut must not forget (who, where, meter start, the latest
-        # meter reading, and the central system's transactionId once it is known).
+        # Every transaction the station ran, from its start until its last message (its
+        # StopTransaction, or a parked MeterValues that follows it) was delivered: what a
+        # power cut must not forget (who, where, meter start, the latest meter reading, and
+        # the central system's transactionId once it is known).
         """CREATE TABLE transactions (
                local_id       INTEGER PRIMARY KEY,
                connector_id   INTEGER NOT NULL,
@@ -167,6 +182,12 @@ _DISK_REFUSED = {
 }
 # Below this much free space a file system counts as full: a write needs pages and WAL frames.
 _LOW_SPACE = 1 << 20
+# The most an OCPP 1.6 integer (meterStart, meterStop) carries.
+_MAX_WH = 2**31 - 1
+_AUTHORIZATION_STATUSES = {status.value for status in AuthorizationStatus}
+
+T = TypeVar("T")
+Statement = tuple[str, tuple[Any, ...]]
 
 
 class StorageError(Exception):
@@ -225,15 +246,18 @@ class ReservationRow:
 
 @attrs.frozen
 class QueuedMessage:
-    """A transaction-related message waiting in the outbox (see the `outbox` table)."""
+    """A transaction-related message waiting in the outbox (see the `outbox` table).
+    `payload` is None when the stored one cannot be read (`unreadable` says why): the
+    outbox rebuilds it from its transaction where it can."""
 
     seq: int
     action: str
     local_id: int | None
-    payload: dict[str, Any]
+    payload: dict[str, Any] | None
     id_tag: str | None
     attempts: int
     parked: bool
+    unreadable: str | None = None
 
 
 class Database:
@@ -317,7 +341,15 @@ class Database:
             db._migrate()
             if record is None and version > 0:  # from before records (or the record deleted)
                 log.debug("recording in %s that this directory holds %s", record_path, path)
-            db._advance(record.created if record is not None else _now())
+            # What the main file holds now, before the new generation goes into the log.
+            checkpointed = _generation(connection) if db._checkpoint() else None
+            db._advance(
+                record.created if record is not None else _now(),
+                checkpointed,
+                # Never below the record, also after a loss was accepted: the generation
+                # of this directory only rises.
+                floor=record.generation if record is not None else 0,
+            )
         except sqlite3.Error as exc:
             connection.close()
             raise _open_failure(exc, path) from exc
@@ -326,21 +358,35 @@ class Database:
             raise
         return db
 
-    def _advance(self, created: str) -> None:
-        """Raise the generation, then record it: the record never runs ahead of the file."""
-        assert self._record_path is not None
+    def _advance(self, created: str, checkpointed: int | None, *, floor: int = 0) -> None:
+        """Raise the generation (above `floor` too), then record it with `checkpointed`, the
+        generation the main file holds: the record never runs ahead of the file."""
         with self._db:
             self._db.execute("BEGIN")
+            # An unreadable one (`_check` said so) counts as 0.
+            generation = max(_generation(self._db) or 0, floor) + 1
             self._db.execute(
-                "INSERT INTO data_generation (id, generation) VALUES (0, 1)"
-                " ON CONFLICT (id) DO UPDATE SET generation = generation + 1"
+                "INSERT INTO data_generation (id, generation) VALUES (0, ?)"
+                " ON CONFLICT (id) DO UPDATE SET generation = excluded.generation",
+                (generation,),
             )
-        record = DataRecord(DATABASE_NAME, created, SCHEMA_VERSION, _generation(self._db))
+        self._save_record(
+            DataRecord(DATABASE_NAME, created, SCHEMA_VERSION, generation, checkpointed)
+        )
+
+    def _save_record(self, record: DataRecord) -> None:
+        assert self._record_path is not None
         try:
             datarecord.save(self._record_path, record)
         except OSError as exc:
             raise StorageError(f"{self._record_path}: cannot write it: {reason(exc)}") from exc
         self._record = record
+
+    def _checkpoint(self) -> bool:
+        """Move the write-ahead log into the main file; whether all of it went (PASSIVE
+        never waits for a reader, e.g. an operator's sqlite3: what it still reads stays)."""
+        busy, frames, moved = self._db.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
+        return bool(busy == 0 and frames == moved)
 
     def _migrate(self) -> None:
         version = self._db.execute("PRAGMA user_version").fetchone()[0]
@@ -367,15 +413,30 @@ class Database:
             )
 
     def close(self) -> None:
-        self._db.close()
+        """Close the connection, all of the write-ahead log moved into the main file first
+        and recorded as such (so that a copy of this file put back later shows as older)."""
+        try:
+            if self._record is not None and self._checkpoint():
+                self._save_record(attrs.evolve(self._record, checkpointed=self._record.generation))
+        except (sqlite3.Error, StorageError) as exc:
+            # Nothing is lost: the log stays, and the record keeps the last checkpoint's
+            # generation, which the main file holds (or more).
+            log.debug("database %s: checkpoint at close not recorded: %s", self.path, exc)
+        finally:
+            self._db.close()
 
     # --- availability ------------------------------------------------------------------------
 
     def availability(self) -> dict[int, bool]:
         """connector id -> operative, for every connector the central system ever set."""
-        with self._reading("cannot read the availability"):
-            rows = self._db.execute("SELECT connector_id, operative FROM availability")
-            return {cid: bool(operative) for cid, operative in rows}
+        rows = self._read(
+            "cannot read the availability",
+            "availability",
+            "connector_id",
+            lambda row: (row["connector_id"], columns.flag("operative", row["operative"])),
+            "the connector is operative",
+        )
+        return dict(rows)
 
     def set_availability(self, connector_id: int, operative: bool) -> None:
         self._write(
@@ -394,20 +455,159 @@ class Database:
     # memory and writes here first, so a message exists on disk before anyone is told.
 
     def transactions(self) -> list[TransactionRow]:
+        """Every stored transaction, by local id. Never drops one (see the module docstring):
+        a column that cannot be read is replaced, with an ERROR line, by what can be."""
         with self._reading("cannot read the transactions"):
-            rows = self._db.execute(f"SELECT {_TX_COLUMNS} FROM transactions ORDER BY local_id")
-            return [TransactionRow(*row) for row in rows]
+            rows = self._db.execute(
+                f"SELECT {_TX_COLUMNS} FROM transactions ORDER BY local_id"
+            ).fetchall()
+            stops = {
+                local_id
+                for (local_id,) in self._db.execute(
+                    "SELECT local_id FROM outbox WHERE action = 'StopTransaction'"
+                )
+            }
+        return [self._transaction(row, stops) for row in rows]
+
+    def _transaction(self, row: Sequence[Any], stops: set[Any]) -> TransactionRow:
+        """A `transactions` row as the station uses it; what cannot be read stands in for by
+        what can (`stops`: the local ids of the queued StopTransactions)."""
+        (local_id, connector_id, id_tag, meter_start, started_at) = row[:5]
+        (reservation_id, transaction_id, last_meter_wh, last_meter_at, stopped) = row[5:]
+        key = f"local_id {local_id}"
+
+        def read(
+            check: Callable[[str, Any], T], column: str, value: Any, fallback: T, then: str
+        ) -> T:
+            return self._or("transactions", key, check, column, value, fallback, then)
+
+        def say(problem: str) -> None:
+            log.error("database %s: transactions row %s: %s", self.path, key, problem)
+
+        connector_id = read(
+            columns.integer,
+            "connector_id",
+            connector_id,
+            0,
+            "it is stopped and billed without knowing its connector (0)",
+        )
+        id_tag = read(
+            columns.text, "id_tag", id_tag, "(unreadable)", "it is stopped without its idTag"
+        )
+        start_wh, start_problem = _checked(_meter_reading, "meter_start", meter_start)
+        last_wh, last_problem = _checked(_meter_reading, "last_meter_wh", last_meter_wh)
+        if start_problem and last_problem:
+            say(
+                f"{start_problem}, and {last_problem}: billing from 0 Wh (or a stop sample it"
+                " carries, if higher)"
+            )
+        elif last_problem:
+            say(
+                f"{last_problem}; billing from meter_start {start_wh} Wh instead (or a stop"
+                " sample it carries, if higher)"
+            )
+        elif start_problem:
+            say(f"{start_problem}; taking its latest reading {last_wh} Wh for it")
+        start_wh = start_wh if start_wh is not None else (last_wh or 0)
+        last_wh = last_wh if last_wh is not None else start_wh
+        started, start_problem = _checked(columns.timestamp, "started_at", started_at)
+        last_at, last_problem = _checked(columns.timestamp, "last_meter_at", last_meter_at)
+        if started is None and last_at is None:
+            started = last_at = _now()
+            say(f"{start_problem}, and {last_problem}: taking now ({started}) for both")
+        elif last_at is None:
+            say(f"{last_problem}; taking its start ({started}) for its latest reading's time")
+        elif started is None:
+            say(f"{start_problem}; taking its latest reading's time ({last_at}) for its start")
+        started = started or last_at
+        last_at = last_at or started
+        assert started is not None and last_at is not None
+        reservation_id = read(
+            columns.optional_integer, "reservation_id", reservation_id, None, "ignored"
+        )
+        transaction_id = read(
+            columns.optional_integer,
+            "transaction_id",
+            transaction_id,
+            None,
+            "its MeterValues and StopTransaction cannot be sent unless its StartTransaction"
+            " is still queued",
+        )
+        queued = local_id in stops
+        stopped = read(
+            columns.flag,
+            "stopped",
+            stopped,
+            queued,
+            f"taken as {int(queued)}: a StopTransaction of it is {'' if queued else 'not '}queued",
+        )
+        return TransactionRow(
+            local_id,
+            connector_id,
+            id_tag,
+            start_wh,
+            started,
+            reservation_id,
+            transaction_id,
+            last_wh,
+            last_at,
+            stopped,
+        )
 
     def queued_messages(self) -> list[QueuedMessage]:
+        """The outbox in queue order. A message that cannot be attributed (its action, its
+        transaction) is dropped; one whose payload cannot be read comes with `unreadable`."""
         with self._reading("cannot read the queued messages"):
-            rows = self._db.execute(
-                "SELECT seq, action, local_id, payload, id_tag, attempts, parked FROM outbox"
-                " ORDER BY seq"
+            local_ids = self._transaction_ids()
+
+        def decode(row: dict[str, Any]) -> QueuedMessage:
+            action = columns.text("action", row["action"])
+            local_id = columns.optional_integer("local_id", row["local_id"])
+            if local_id is not None and local_id not in local_ids:
+                raise Unreadable(f"local_id {local_id} names no stored transaction")
+            try:
+                payload, unreadable = columns.json_object("payload", row["payload"]), None
+            except Unreadable as exc:
+                payload, unreadable = None, str(exc)
+            key = f"seq {row['seq']}"
+            return QueuedMessage(
+                row["seq"],
+                action,
+                local_id,
+                payload,
+                self._or(
+                    "outbox",
+                    key,
+                    columns.optional_text,
+                    "id_tag",
+                    row["id_tag"],
+                    None,
+                    "its answer's idTagInfo is not cached",
+                ),
+                self._or(
+                    "outbox",
+                    key,
+                    columns.integer,
+                    "attempts",
+                    row["attempts"],
+                    0,
+                    "counting its attempts from 0",
+                ),
+                self._or("outbox", key, columns.flag, "parked", row["parked"], False, "not parked"),
+                unreadable,
             )
-            return [
-                QueuedMessage(seq, action, local_id, json.loads(payload), id_tag, attempts, bool(p))
-                for seq, action, local_id, payload, id_tag, attempts, p in rows
-            ]
+
+        return self._read(
+            "cannot read the queued messages",
+            "outbox",
+            "seq",
+            decode,
+            "the message is not sent",
+            order="seq",
+        )
+
+    def _transaction_ids(self) -> set[int]:
+        return {local_id for (local_id,) in self._db.execute("SELECT local_id FROM transactions")}
 
     def begin_transaction(
         self, fields: Mapping[str, Any], start_payload: Mapping[str, Any], id_tag: str
@@ -459,11 +659,25 @@ class Database:
 
     def transaction_data(self) -> dict[int, list[dict[str, Any]]]:
         """local_id -> the stop samples of each transaction not stopped yet, in order."""
-        samples: dict[int, list[dict[str, Any]]] = {}
         with self._reading("cannot read the stop samples"):
-            rows = self._db.execute("SELECT local_id, sample FROM transaction_data ORDER BY id")
-            for local_id, sample in rows:
-                samples.setdefault(local_id, []).append(json.loads(sample))
+            local_ids = self._transaction_ids()
+
+        def decode(row: dict[str, Any]) -> tuple[int, dict[str, Any]]:
+            local_id = columns.integer("local_id", row["local_id"])
+            if local_id not in local_ids:
+                raise Unreadable(f"local_id {local_id} names no stored transaction")
+            return local_id, columns.json_object("sample", row["sample"])
+
+        samples: dict[int, list[dict[str, Any]]] = {}
+        for local_id, sample in self._read(
+            "cannot read the stop samples",
+            "transaction_data",
+            "id",
+            decode,
+            "its transaction's StopTransaction goes without it",
+            order="id",
+        ):
+            samples.setdefault(local_id, []).append(sample)
         return samples
 
     def add_transaction_data(
@@ -527,9 +741,15 @@ class Database:
 
     def auth_cache(self) -> dict[str, dict[str, Any]]:
         """idTag -> idTagInfo, the least recently updated first (the cache evicts from there)."""
-        with self._reading("cannot read the authorization cache"):
-            rows = self._db.execute("SELECT id_tag, info FROM auth_cache ORDER BY rowid")
-            return {id_tag: json.loads(info) for id_tag, info in rows}
+        entries = self._read(
+            "cannot read the authorization cache",
+            "auth_cache",
+            "id_tag",
+            _id_tag_entry,
+            "the tag is not cached",
+            order="rowid",
+        )
+        return dict(entries)
 
     def put_auth_cache(self, id_tag: str, info: Mapping[str, Any]) -> None:
         self._write(
@@ -553,11 +773,27 @@ class Database:
         self._write("cannot clear the authorization cache", statements)
 
     def local_list(self) -> tuple[int, dict[str, dict[str, Any]]]:
-        """(listVersion, idTag -> idTagInfo); version 0 when no list was ever sent."""
-        with self._reading("cannot read the local authorization list"):
-            row = self._db.execute("SELECT version FROM local_list_version WHERE id = 0").fetchone()
-            rows = self._db.execute("SELECT id_tag, info FROM local_list")
-            return (row[0] if row else 0), {id_tag: json.loads(info) for id_tag, info in rows}
+        """(listVersion, idTag -> idTagInfo); version 0 when no list was ever sent, or when
+        an entry could not be read (it is dropped): the list is no longer the one the
+        central system sent, which version 0 makes it send whole again."""
+        what = "cannot read the local authorization list"
+        entries = self._read(
+            what,
+            "local_list",
+            "id_tag",
+            _id_tag_entry,
+            "the tag is left out of the list, whose version becomes 0 so that the central"
+            " system sends it whole again",
+            also=[_set_list_version(0)],
+        )
+        versions = self._read(
+            what,
+            "local_list_version",
+            "id",
+            lambda row: columns.integer("version", row["version"]),
+            "the list's version counts as 0",
+        )
+        return (versions[0] if versions else 0), dict(entries)
 
     def replace_local_list(self, version: int, entries: Mapping[str, Mapping[str, Any]]) -> None:
         """A Full update: the list becomes `entries`, atomically."""
@@ -594,14 +830,23 @@ class Database:
 
     def charging_profiles(self) -> list[tuple[int, dict[str, Any]]]:
         """(connector_id, profile) of every installed charging profile, by id."""
-        with self._reading("cannot read the charging profiles"):
-            rows = self._db.execute(
-                "SELECT connector_id, profile FROM charging_profiles ORDER BY charging_profile_id"
-            )
-            return [
-                (connector_id, json.loads(profile, parse_float=decimal.Decimal))
-                for connector_id, profile in rows
-            ]
+
+        def decode(row: dict[str, Any]) -> tuple[int, dict[str, Any]]:
+            connector_id = columns.integer("connector_id", row["connector_id"])
+            profile = columns.json_object("profile", row["profile"], decimals=True)
+            key, named = row["charging_profile_id"], profile.get("charging_profile_id")
+            if type(named) is not int or named != key:  # deleted by the id it names
+                raise Unreadable(f"profile is profile {shown(named)}, not {key}")
+            return connector_id, profile
+
+        return self._read(
+            "cannot read the charging profiles",
+            "charging_profiles",
+            "charging_profile_id",
+            decode,
+            "the profile is not applied",
+            order="charging_profile_id",
+        )
 
     def put_charging_profile(
         self, connector_id: int, profile: Mapping[str, Any], *, replaces: Iterable[int] = ()
@@ -640,12 +885,20 @@ class Database:
 
     def reservations(self) -> list[ReservationRow]:
         """Every stored reservation, by id."""
-        with self._reading("cannot read the reservations"):
-            rows = self._db.execute(
-                "SELECT reservation_id, connector_id, id_tag, parent_id_tag, expiry_date"
-                " FROM reservations ORDER BY reservation_id"
-            )
-            return [ReservationRow(*row) for row in rows]
+        return self._read(
+            "cannot read the reservations",
+            "reservations",
+            "reservation_id",
+            lambda row: ReservationRow(
+                row["reservation_id"],
+                columns.integer("connector_id", row["connector_id"]),
+                columns.text("id_tag", row["id_tag"]),
+                columns.optional_text("parent_id_tag", row["parent_id_tag"]),
+                columns.timestamp("expiry_date", row["expiry_date"]),
+            ),
+            "the reservation is not restored",
+            order="reservation_id",
+        )
 
     def put_reservation(self, row: ReservationRow) -> None:
         """Store a reservation, replacing the one with the same id (ReserveNow replaces)."""
@@ -669,6 +922,72 @@ class Database:
                 for reservation_id in reservation_ids
             ],
         )
+
+    # --- reading ------------------------------------------------------------------------------
+
+    def _read(
+        self,
+        what: str,
+        table: str,
+        key: str,
+        decode: Callable[[dict[str, Any]], T],
+        consequence: str,
+        *,
+        order: str = "rowid",
+        also: Sequence[Statement] = (),
+    ) -> list[T]:
+        """`decode` of every row of `table` (a dict by column name), in `order`. The rows it
+        finds Unreadable are dropped, with `also`, in one write, each with an ERROR line
+        naming it by its `key` column, saying what is wrong and `consequence`, and showing
+        what it held."""
+        with self._reading(what):
+            cursor = self._db.execute(f"SELECT rowid, * FROM {table} ORDER BY {order}")
+            names = [description[0] for description in cursor.description[1:]]
+            rows = cursor.fetchall()
+        decoded: list[T] = []
+        unreadable: list[tuple[int, dict[str, Any], str]] = []
+        for rowid, *values in rows:
+            row = dict(zip(names, values, strict=True))
+            try:
+                decoded.append(decode(row))
+            except Unreadable as exc:
+                unreadable.append((rowid, row, str(exc)))
+        if not unreadable:
+            return decoded
+        self._write(
+            f"cannot drop the rows of {table} that cannot be read",
+            [(f"DELETE FROM {table} WHERE rowid = ?", (rowid,)) for rowid, _, _ in unreadable]
+            + list(also),
+        )
+        for _, row, problem in unreadable:
+            log.error(
+                "database %s: %s row %s %s cannot be read: %s; dropped, %s (the row held %s)",
+                self.path,
+                table,
+                key,
+                shown(row[key]),
+                problem,
+                consequence,
+                ", ".join(f"{name} {shown(value)}" for name, value in row.items() if name != key),
+            )
+        return decoded
+
+    def _or(
+        self,
+        table: str,
+        key: str,
+        check: Callable[[str, Any], T],
+        column: str,
+        value: Any,
+        fallback: T,
+        then: str,
+    ) -> T:
+        """`check(column, value)`, or `fallback` with an ERROR line (the row is kept)."""
+        try:
+            return check(column, value)
+        except Unreadable as exc:
+            log.error("database %s: %s row %s: %s; %s", self.path, table, key, exc, then)
+            return fallback
 
     # --- writing ------------------------------------------------------------------------------
 
@@ -711,8 +1030,10 @@ class Database:
         if self._writes <= CHECKPOINT_INTERVAL:
             return
         self._writes = 1
-        self._db.execute("PRAGMA wal_checkpoint(PASSIVE)")
-        self._advance(self._record.created)
+        record = self._record
+        self._advance(
+            record.created, record.generation if self._checkpoint() else record.checkpointed
+        )
 
 
 def _set_list_version(version: int) -> tuple[str, tuple[Any, ...]]:
@@ -721,6 +1042,36 @@ def _set_list_version(version: int) -> tuple[str, tuple[Any, ...]]:
         " ON CONFLICT (id) DO UPDATE SET version = excluded.version",
         (version,),
     )
+
+
+def _checked(check: Callable[[str, Any], T], column: str, value: Any) -> tuple[T | None, str]:
+    """(the value, "") or (None, what is wrong with it)."""
+    try:
+        return check(column, value), ""
+    except Unreadable as exc:
+        return None, str(exc)
+
+
+def _meter_reading(column: str, value: Any) -> int:
+    if type(value) is not int or not 0 <= value <= _MAX_WH:
+        raise Unreadable(
+            f"{column} {shown(value)} is not a meter reading (an integer from 0 to {_MAX_WH})"
+        )
+    return value
+
+
+def _id_tag_entry(row: Mapping[str, Any]) -> tuple[str, dict[str, Any]]:
+    """(idTag, idTagInfo) of an `auth_cache` or `local_list` row: the idTagInfo as the OCPP
+    layer stores it (snake_case status, expiry_date, parent_id_tag) and reads it back."""
+    id_tag = columns.text("id_tag", row["id_tag"])
+    info = columns.json_object("info", row["info"])
+    status = info.get("status")
+    if not isinstance(status, str) or status not in _AUTHORIZATION_STATUSES:
+        raise Unreadable(f"info status {shown(status)} is not an authorization status")
+    if info.get("expiry_date") is not None:
+        columns.timestamp("info expiry_date", info["expiry_date"])
+    columns.optional_text("info parent_id_tag", info.get("parent_id_tag"))
+    return id_tag, info
 
 
 def _json_decimal(value: Any) -> Any:
@@ -783,28 +1134,52 @@ def _check(path: Path, record_path: Path, record: DataRecord | None, loss: _Loss
             raise _Damaged(f"{problems[0]} (PRAGMA quick_check)")
         version: int = connection.execute("PRAGMA user_version").fetchone()[0]
         generation = _generation(connection)
-    if record is not None and generation < record.generation:
-        cause = (
-            f"it is an older copy, or its write-ahead log {wal.name} was replaced"
-            if wal_was_there
-            else f"its write-ahead log {wal.name} is missing"
+    if generation is None:
+        # Refusing would stop the charger for one unreadable number; the file is sound.
+        log.error(
+            "database %s: its generation (table data_generation) is unreadable, so whether it"
+            " lacks writes recorded in %s cannot be told; going on with what it holds",
+            path,
+            record_path,
         )
+    elif record is None or generation >= record.generation:
+        pass
+    elif record.checkpointed is not None and generation < record.checkpointed:
+        # Below what the main file alone held at the last checkpoint: no lost log explains it.
+        loss.found(
+            f"database {path} is an older copy than the last one this directory held "
+            f"(generation {generation}; {record_path} records generation {record.generation})",
+            f"put the latest copy back (with its -wal file), or start once with "
+            f"{ACCEPT_DATA_LOSS} to go on with this one",
+            "going on with this older copy (what was written after it is lost)",
+        )
+    else:
+        older = record.checkpointed is None  # a record of an older dcocpp cannot tell
+        if wal_was_there:
+            cause = f"its write-ahead log {wal.name} is not the one it was written with"
+        else:
+            cause = f"its write-ahead log {wal.name} is missing"
         loss.found(
             f"database {path} lacks writes recorded in {record_path} "
-            f"(generation {generation} of {record.generation}): {cause}",
+            f"(generation {generation} of {record.generation}): {cause}"
+            + (", or it is an older copy" if older else ""),
             f"restore it, or start once with {ACCEPT_DATA_LOSS} to go on without them",
             "going on without them",
         )
     return version
 
 
-def _generation(connection: sqlite3.Connection) -> int:
-    """The database's generation; 0 before it has one (new, or older than the record)."""
+def _generation(connection: sqlite3.Connection) -> int | None:
+    """The database's generation; 0 before it has one (new, or older than the record); None
+    when what it holds is no generation (an integer, 0 or more)."""
     try:
         row = connection.execute("SELECT generation FROM data_generation WHERE id = 0").fetchone()
     except sqlite3.OperationalError:  # no such table: a schema older than generations
         return 0
-    return int(row[0]) if row is not None else 0
+    if row is None:
+        return 0
+    generation = row[0]
+    return generation if type(generation) is int and generation >= 0 else None
 
 
 def _open_failure(exc: sqlite3.Error, path: Path) -> Exception:

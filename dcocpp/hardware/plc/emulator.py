@@ -2,10 +2,10 @@
 
 `PlcEmulator` is the other end of the CAN contract in `dcocpp_plc.dbc` (see README.md, section
 "Firmware behaviour"): it answers RelayControl and ConfigCmd for its plcId, sends the periodic
-status frames, runs the RelayControl watchdog and the safety interlocks, and models a plugged EV
-and the DC meter. The EV and energy model is the simulation module's (`EvModel` and its
-closed-form charging curve), so a charge through the emulator reads like one in
-`SimulatedHardware`. Everything is timed on trio's clock.
+status frames, runs the RelayControl watchdog and the safety interlocks. What it sees behind its
+relay, a plugged EV and the DC meter, is `emulator_ev.EmulatedEv`, charged with the EV model
+`SimulatedHardware` uses too (`hardware/ev.py`), so a charge through the emulator reads like one
+in `SimulatedHardware`. Everything is timed on trio's clock.
 
 Receiving: `bridge.read_frames`, the same reader the driver uses (fd wait on buses that have one,
 a joined Notifier thread otherwise).
@@ -14,72 +14,40 @@ a joined Notifier thread otherwise).
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 
 import attrs
 import can
 import trio
 
 from dcocpp.config import ConnectorConfig
-
-# The simulation's helpers are private; the emulator shares them on purpose so that both
-# simulated backends charge an EV identically.
-from dcocpp.hardware.ev import (
-    INITIAL_REGISTER_WH,
-    REGISTER_STEP_WH,
-    EvModel,
-    battery_voltage,
-    seconds_to_soc,
-    soc_after,
-)
+from dcocpp.hardware.ev import INITIAL_REGISTER_WH, REGISTER_STEP_WH, EvModel
 from dcocpp.hardware.interface import HardwareError, MeterReading
 from dcocpp.hardware.plc import codec
 from dcocpp.hardware.plc.bridge import BusReadError, read_frames
+from dcocpp.hardware.plc.emulator_ev import EmulatedEv
+from dcocpp.hardware.plc.interlocks import FAULT_RELAY_TIMEOUT, DebouncedInput, Interlocks
+from dcocpp.hardware.plc.parameters import (
+    PARAM_CURRENT_LIMIT,
+    PARAM_METER_PERIOD,
+    PARAM_POWER_LIMIT,
+    PARAM_RELAY_TIMEOUT,
+    PARAM_VOLTAGE_LIMIT,
+    Parameter,
+    answer_config,
+)
 
 __all__ = [
-    "ACK_OK",
-    "ACK_OUT_OF_RANGE",
-    "ACK_READ_ONLY",
-    "ACK_UNKNOWN_PARAM",
     "DEBOUNCE_S",
-    "FAULT_CRC_FAILURE",
-    "FAULT_EARTH_FAULT",
-    "FAULT_ESTOP",
-    "FAULT_NONE",
-    "FAULT_RELAY_TIMEOUT",
-    "FAULT_REMOTE_FORCE_OFF",
     "PlcEmulator",
     "PlcEmulatorError",
+    "PlcEmulatorStats",
     "PlcState",
-    "PlcStats",
 ]
 
 DEBOUNCE_S = 0.020  # a safety input must be stable this long before SAFETY_OK follows it
 
-FAULT_NONE = 0
-FAULT_RELAY_TIMEOUT = 1
-FAULT_CRC_FAILURE = 3
-FAULT_ESTOP = 4
-FAULT_EARTH_FAULT = 5
-FAULT_REMOTE_FORCE_OFF = 6
-
-ACK_OK = 0
-ACK_UNKNOWN_PARAM = 1
-ACK_OUT_OF_RANGE = 2
-ACK_READ_ONLY = 3
-
-PARAM_CURRENT_LIMIT = 1
-PARAM_POWER_LIMIT = 2
-PARAM_RELAY_TIMEOUT = 3
-PARAM_METER_PERIOD = 4
-PARAM_VOLTAGE_LIMIT = 5
-
-CP_A, CP_B, CP_C = 0, 1, 2
-_CP_VOLTS = {CP_A: 12.0, CP_B: 9.0, CP_C: 6.0}
-_DC_DUTY_PCT = 5  # IEC 61851-23: 5 % duty = "use digital communication"
 _SW_MASK = 0b11  # switch input 0 = estop, input 1 = earth-fault monitor
-_RAW_S16_MAX = 32767
-_MAX_REGISTER_WH = (2**32 - 1) * 100  # IMPORT_ENERGY_0p1kWh is a u32 of 0.1 kWh
 
 
 class PlcEmulatorError(HardwareError):
@@ -87,7 +55,9 @@ class PlcEmulatorError(HardwareError):
 
 
 @attrs.frozen
-class PlcStats:
+class PlcEmulatorStats:
+    """What the emulated PLC counted on the bus (`PlcEmulator.stats`)."""
+
     rx_frames: int = 0  # frames read from the bus, every id
     ignored: int = 0  # for another plcId, or not a host -> PLC message
     crc_errors: int = 0  # host frames with a wrong (non-zero) CRC byte: dropped
@@ -121,15 +91,6 @@ class PlcState:
     silent: bool
     relay_stuck: bool
     relay_welded: bool
-
-
-class _Input:
-    """One debounced safety input."""
-
-    def __init__(self) -> None:
-        self.raw = False
-        self.stable = False
-        self.scope: trio.CancelScope | None = None
 
 
 class PlcEmulator:
@@ -172,46 +133,58 @@ class PlcEmulator:
         }
         self._nursery: trio.Nursery | None = None
         # Counted in a plain dict (the hot path); `stats` is a frozen snapshot of it.
-        self._counts = dict.fromkeys(attrs.fields_dict(PlcStats), 0)
+        self._counts = dict.fromkeys(attrs.fields_dict(PlcEmulatorStats), 0)
 
         # relay and host commands
         self._relay_closed = False
         self._last_applied: int | None = None  # reported as 0; any first seq is new
         self._move: tuple[int, trio.CancelScope] | None = None  # (seq, scope) of a pending move
-        self._force_off = False
-        self._sys_enable = True
         self._relay_stuck = False
         self._relay_welded = False
         # watchdog: armed by the first RelayControl (before it the relay is open anyway)
         self._last_control: float | None = None
         self._starved = False
         self._watchdog_scope: trio.CancelScope | None = None
-        self._comm_fault = False
-        # latched FAULT_REASONs, oldest first; the oldest is reported
-        self._latched: list[int] = []
-        self._estop = _Input()
-        self._earth = _Input()
+        self._interlocks = Interlocks()
+        # Safety inputs waiting to be stable for `debounce` (their debounce task's scope).
+        self._settling: dict[DebouncedInput, trio.CancelScope] = {}
 
         # transmit
         self._silent = False
         self._corrupt_next = False
         self._tick = 0
 
-        # ConfigCmd parameters
-        self._current_limit_a = connector.max_current_a
-        self._power_limit_w = connector.max_power_w
-        self._voltage_limit_v = 1000.0
-
         # EV and meter
-        self._ev: EvModel | None = None
-        self._soc = 0.0
-        self._ev_suspended = False
         if initial_energy_wh is None:
             initial_energy_wh = INITIAL_REGISTER_WH + REGISTER_STEP_WH * plc_id
-        self._energy_wh = initial_energy_wh
-        self._updated_at: float | None = None
-        self._frozen: MeterReading | None = None
-        self._overrange = False
+        self._ev = ev = EmulatedEv(connector, initial_energy_wh)
+
+        # ConfigCmd: the current and power limits are what the EV may draw.
+        self._voltage_limit_v = 1000.0
+        self._parameters = {
+            PARAM_CURRENT_LIMIT: Parameter(
+                lambda: round(ev.current_limit_a * 10),
+                lambda raw: ev.set_limits(trio.current_time(), current_a=raw / 10),
+                0,
+                math.floor(connector.max_current_a * 10),
+            ),
+            PARAM_POWER_LIMIT: Parameter(
+                lambda: round(ev.power_limit_w),
+                lambda raw: ev.set_limits(trio.current_time(), power_w=float(raw)),
+                0,
+                math.floor(connector.max_power_w),
+            ),
+            PARAM_RELAY_TIMEOUT: Parameter(
+                lambda: round(self._watchdog * 1000), self._set_relay_timeout, 50, 60_000
+            ),
+            PARAM_METER_PERIOD: Parameter(lambda: round(self._period * 1000)),
+            PARAM_VOLTAGE_LIMIT: Parameter(
+                lambda: round(self._voltage_limit_v * 10),
+                lambda raw: setattr(self, "_voltage_limit_v", raw / 10),
+                0,
+                65_535,
+            ),
+        }
 
     # --- lifetime -------------------------------------------------------------------------
 
@@ -224,7 +197,7 @@ class PlcEmulator:
         try:
             async with trio.open_nursery() as nursery:
                 self._nursery = nursery
-                self._updated_at = trio.current_time()
+                self._ev.start(trio.current_time())
                 nursery.start_soon(self._transmit_loop)
                 nursery.start_soon(self._watchdog_loop)
                 await nursery.start(self._read)
@@ -246,19 +219,15 @@ class PlcEmulator:
     # --- controls (fault injection and the EV) --------------------------------------------
 
     def set_estop(self, active: bool) -> None:
-        self._set_input(self._estop, active)
+        self._set_input(self._interlocks.estop, active)
 
     def set_earth_fault(self, active: bool) -> None:
-        self._set_input(self._earth, active)
+        self._set_input(self._interlocks.earth, active)
 
     def set_meter_stale(self, active: bool) -> None:
         """DATA_STALE=1 and the meter values frozen; the energy keeps flowing underneath."""
         self._require_running()
-        self._advance()
-        if active and self._frozen is None:
-            self._frozen = self._live_reading()
-        elif not active:
-            self._frozen = None
+        self._ev.set_stale(active, trio.current_time())
 
     def set_silent(self, active: bool) -> None:
         """The PLC stops transmitting entirely (it still receives and acts)."""
@@ -274,24 +243,21 @@ class PlcEmulator:
         `RLY1_STATE` reports); `RLY1_FEEDBACK`, the auxiliary contact, says closed and energy
         flows to a plugged EV. Released, the contacts follow the coil again."""
         self._require_running()
-        self._advance()
         self._relay_welded = active
+        self._ev.set_contacts(self._contacts_closed(), trio.current_time())
         self._send_relay_status()
 
     def set_register(self, energy_wh: float) -> None:
         """The meter's import register jumps to `energy_wh` (a meter reset, replaced, or
         corrupting its register) and counts on from there."""
         self._require_running()
-        if not 0 <= energy_wh <= _MAX_REGISTER_WH:
-            raise ValueError(f"register {energy_wh} Wh outside 0..{_MAX_REGISTER_WH}")
-        self._advance()
-        self._energy_wh = float(energy_wh)
+        self._ev.set_register(energy_wh, trio.current_time())
 
     def set_meter_overrange(self, active: bool) -> None:
         """The meter measures beyond its range (a shorted shunt, a runaway converter): MUX 0
         reports current and power saturated at +327.67 A / kW, both branches `OVERRANGE=1`."""
         self._require_running()
-        self._overrange = active
+        self._ev.overrange = active
 
     def corrupt_next_crc(self) -> None:
         """The next frame sent carries a wrong, non-zero CRC byte."""
@@ -299,67 +265,54 @@ class PlcEmulator:
 
     def plug(self, ev: EvModel | None = None) -> None:
         self._require_running()
-        if self._ev is not None:
+        if self._ev.plugged is not None:
             raise ValueError(f"PLC {self._plc_id}: already plugged")
-        self._advance()
-        self._ev = ev if ev is not None else EvModel()
-        self._soc = self._ev.soc
-        self._ev_suspended = False
+        self._ev.plug(ev if ev is not None else EvModel(), trio.current_time())
         self._send_cp_status()  # a control pilot change is reported at once
 
     def unplug(self) -> None:
         self._require_running()
-        if self._ev is None:
+        if self._ev.plugged is None:
             raise ValueError(f"PLC {self._plc_id}: not plugged")
-        self._advance()
-        self._ev = None
-        self._ev_suspended = False
+        now = trio.current_time()
+        self._ev.unplug(now)
         self._send_cp_status()
         # The session is over: the host must not go on reporting the gone EV's SoC.
-        self._send(
-            "ChargingSession",
-            {
-                "SESSION_ACTIVE": 0,
-                "SOC_PCT": 0,
-                "EVDC_MAX_CURRENT_0p1A": 0,
-                "EVDC_MAX_VOLTAGE_0p1V": 0,
-                "EVDC_TARGET_CURRENT_0p1A": 0,
-            },
-        )
+        self._send("ChargingSession", self._ev.session(now))
 
     def set_ev_suspended(self, suspended: bool) -> None:
         self._require_running()
-        if self._ev is None:
+        if self._ev.plugged is None:
             raise ValueError(f"PLC {self._plc_id}: no EV plugged")
-        self._advance()
-        self._ev_suspended = suspended
+        self._ev.set_suspended(suspended, trio.current_time())
         self._send_cp_status()
 
     @property
-    def stats(self) -> PlcStats:
-        return PlcStats(**self._counts)
+    def stats(self) -> PlcEmulatorStats:
+        return PlcEmulatorStats(**self._counts)
 
     @property
     def state(self) -> PlcState:
         meter = self.read_meter()
+        ev, interlocks = self._ev, self._interlocks
         return PlcState(
             plc_id=self._plc_id,
             relay_closed=self._relay_closed,
             last_cmd_seq_applied=self._last_applied or 0,
-            safety_ok=self._safety_ok(),
-            estop=self._estop.stable,
-            earth_fault=self._earth.stable,
-            comm_fault=self._comm_fault,
-            force_off_active=self._force_off,
-            fault_reason=self._fault_reason(),
-            plugged=self._ev is not None,
-            ev_requesting=self._requesting(),
-            soc=self._soc if self._ev is not None else None,
-            current_limit_a=self._current_limit_a,
-            power_limit_w=self._power_limit_w,
+            safety_ok=interlocks.safety_ok,
+            estop=interlocks.estop.stable,
+            earth_fault=interlocks.earth.stable,
+            comm_fault=interlocks.comm_fault,
+            force_off_active=interlocks.force_off,
+            fault_reason=interlocks.fault_reason,
+            plugged=ev.plugged is not None,
+            ev_requesting=ev.requesting,
+            soc=ev.soc if ev.plugged is not None else None,
+            current_limit_a=ev.current_limit_a,
+            power_limit_w=ev.power_limit_w,
             meter=meter,
-            meter_stale=self._frozen is not None,
-            meter_overrange=self._overrange,
+            meter_stale=ev.frozen is not None,
+            meter_overrange=ev.overrange,
             silent=self._silent,
             relay_stuck=self._relay_stuck,
             relay_welded=self._relay_welded,
@@ -367,9 +320,7 @@ class PlcEmulator:
 
     def read_meter(self) -> MeterReading:
         """What the meter reports now (frozen while stale)."""
-        if self._updated_at is not None:
-            self._advance()
-        return self._frozen if self._frozen is not None else self._live_reading()
+        return self._ev.reading(trio.current_time() if self._ev.started else None)
 
     # --- receiving ------------------------------------------------------------------------
 
@@ -398,15 +349,16 @@ class PlcEmulator:
         self._starved = False
         self._rearm_watchdog()
 
-        self._sys_enable = bool(signals["SYS_ENABLE"])
-        self._force_off = bool(signals["FORCE_ALL_OFF"])
+        interlocks = self._interlocks
+        interlocks.sys_enable = bool(signals["SYS_ENABLE"])
+        interlocks.force_off = bool(signals["FORCE_ALL_OFF"])
         if signals["CLEAR_FAULTS"]:
-            self._clear_faults()
-        if not self._closing_allowed():
+            interlocks.clear_faults()
+        if not interlocks.closing_allowed:
             self._open_relay()  # force-off / SYS_ENABLE=0 act at once, on any frame
 
         seq = int(signals["CMD_SEQ"])
-        wanted = bool(signals["RLY1_CMD"]) and self._sys_enable
+        wanted = bool(signals["RLY1_CMD"]) and interlocks.sys_enable
         if seq == self._last_applied or self._relay_stuck:
             return
         if self._move is not None:
@@ -423,20 +375,17 @@ class PlcEmulator:
             await trio.sleep(self._relay_delay)
             if self._move is not None and self._move[1] is scope:
                 self._move = None
-            if self._relay_stuck or (closed and not self._closing_allowed()):
+            if self._relay_stuck or (closed and not self._interlocks.closing_allowed):
                 return  # not applied: keep-alives repeating `seq` try again
             self._set_relay(closed)
             self._last_applied = seq
             self._send_relay_status()
 
     def _on_config_cmd(self, signals: Mapping[str, float | int]) -> None:
-        param, op, value = (
-            int(signals["CFG_PARAM_ID"]),
-            int(signals["CFG_OP"]),
-            signals["CFG_VALUE"],
+        param = int(signals["CFG_PARAM_ID"])
+        status, reply = answer_config(
+            self._parameters, param, int(signals["CFG_OP"]), int(signals["CFG_VALUE"])
         )
-        value = int(value)
-        status, reply = self._configure(param, op, value)
         self._send(
             "ConfigAck",
             {
@@ -446,56 +395,6 @@ class PlcEmulator:
                 "CFG_VALUE": reply,
             },
         )
-
-    def _configure(self, param: int, op: int, value: int) -> tuple[int, int]:
-        """(ACK_STATUS, CFG_VALUE after the operation) for one ConfigCmd."""
-        params: dict[int, tuple[Callable[[], int], Callable[[int], None] | None, int, int]] = {
-            PARAM_CURRENT_LIMIT: (
-                lambda: round(self._current_limit_a * 10),
-                lambda raw: self._set_limits(current_a=raw / 10),
-                0,
-                math.floor(self._config.max_current_a * 10),
-            ),
-            PARAM_POWER_LIMIT: (
-                lambda: round(self._power_limit_w),
-                lambda raw: self._set_limits(power_w=float(raw)),
-                0,
-                math.floor(self._config.max_power_w),
-            ),
-            PARAM_RELAY_TIMEOUT: (
-                lambda: round(self._watchdog * 1000),
-                self._set_relay_timeout,
-                50,
-                60_000,
-            ),
-            PARAM_METER_PERIOD: (lambda: round(self._period * 1000), None, 0, 0),
-            PARAM_VOLTAGE_LIMIT: (
-                lambda: round(self._voltage_limit_v * 10),
-                lambda raw: setattr(self, "_voltage_limit_v", raw / 10),
-                0,
-                65_535,
-            ),
-        }
-        if param not in params:
-            return ACK_UNKNOWN_PARAM, value
-        get, set_, low, high = params[param]
-        if op == 0:
-            return ACK_OK, get()
-        if op != 1:
-            return ACK_OUT_OF_RANGE, get()
-        if set_ is None:
-            return ACK_READ_ONLY, get()
-        if not low <= value <= high:
-            return ACK_OUT_OF_RANGE, get()
-        set_(value)
-        return ACK_OK, get()
-
-    def _set_limits(self, *, current_a: float | None = None, power_w: float | None = None) -> None:
-        self._advance()  # settle the energy delivered under the old limit
-        if current_a is not None:
-            self._current_limit_a = current_a
-        if power_w is not None:
-            self._power_limit_w = power_w
 
     def _set_relay_timeout(self, ms: int) -> None:
         self._watchdog = ms / 1000
@@ -509,8 +408,8 @@ class PlcEmulator:
     def _set_relay(self, closed: bool) -> None:
         if closed == self._relay_closed:
             return
-        self._advance()
         self._relay_closed = closed
+        self._ev.set_contacts(self._contacts_closed(), trio.current_time())
         self._send_relay_status()
 
     def _open_relay(self) -> None:
@@ -523,38 +422,6 @@ class PlcEmulator:
     def _contacts_closed(self) -> bool:
         """Whether current can flow: the coil holds the relay closed, or its contacts welded."""
         return self._relay_closed or self._relay_welded
-
-    def _safety_ok(self) -> bool:
-        return not (self._estop.stable or self._earth.stable)
-
-    def _closing_allowed(self) -> bool:
-        return (
-            self._safety_ok()
-            and self._sys_enable
-            and not self._force_off
-            and not self._comm_fault
-            and not self._latched
-        )
-
-    def _latch(self, reason: int) -> None:
-        if reason not in self._latched:
-            self._latched.append(reason)
-
-    def _fault_reason(self) -> int:
-        if self._latched:
-            return self._latched[0]
-        return FAULT_REMOTE_FORCE_OFF if self._force_off else FAULT_NONE
-
-    def _clear_faults(self) -> None:
-        """CLEAR_FAULTS: drop every latched fault whose cause is gone. It arrives in a
-        RelayControl, so the host's traffic is back by definition."""
-        self._comm_fault = False
-        gone = {FAULT_RELAY_TIMEOUT, FAULT_CRC_FAILURE}
-        if not self._estop.stable:
-            gone.add(FAULT_ESTOP)
-        if not self._earth.stable:
-            gone.add(FAULT_EARTH_FAULT)
-        self._latched = [reason for reason in self._latched if reason not in gone]
 
     def _watchdog_deadline(self) -> float:
         if self._last_control is None or self._starved:
@@ -572,31 +439,29 @@ class PlcEmulator:
                 await trio.sleep_forever()
             if trio.current_time() >= self._watchdog_deadline():
                 self._starved = True
-                self._comm_fault = True
-                self._latch(FAULT_RELAY_TIMEOUT)
+                self._interlocks.comm_fault = True
+                self._interlocks.latch(FAULT_RELAY_TIMEOUT)
                 self._open_relay()
                 self._send_relay_status()
 
-    def _set_input(self, which: _Input, active: bool) -> None:
+    def _set_input(self, which: DebouncedInput, active: bool) -> None:
         self._require_running()
         if active == which.raw:
             return
         which.raw = active
-        if which.scope is not None:
-            which.scope.cancel()  # the input bounced: its stable time starts again
-        which.scope = trio.CancelScope()
+        if (settling := self._settling.get(which)) is not None:
+            settling.cancel()  # the input bounced: its stable time starts again
+        scope = self._settling[which] = trio.CancelScope()
         assert self._nursery is not None
-        self._nursery.start_soon(self._debounce, which, which.scope)
+        self._nursery.start_soon(self._debounce, which, scope)
 
-    async def _debounce(self, which: _Input, scope: trio.CancelScope) -> None:
+    async def _debounce(self, which: DebouncedInput, scope: trio.CancelScope) -> None:
         with scope:
             await trio.sleep(self._debounce_s)
-            which.scope = None
-            if which.stable == which.raw:
+            self._settling.pop(which, None)
+            if not self._interlocks.settle(which):
                 return
-            which.stable = which.raw
             if which.stable:
-                self._latch(FAULT_ESTOP if which is self._estop else FAULT_EARTH_FAULT)
                 self._open_relay()
             self._send_relay_status()
 
@@ -611,92 +476,41 @@ class PlcEmulator:
 
     def _send_periodic(self) -> None:
         self._send_relay_status()
-        safety_ok = self._safety_ok()
+        interlocks = self._interlocks
         self._send(
             "SafetySwitchStatus",
             {
-                "SW_STATES": self._switch_states(),
-                "ESTOP": int(self._estop.stable),
-                "SAFETY_OK": int(safety_ok),
-                "EARTH_FAULT": int(self._earth.stable),
+                "SW_STATES": interlocks.switch_states,
+                "ESTOP": int(interlocks.estop.stable),
+                "SAFETY_OK": int(interlocks.safety_ok),
+                "EARTH_FAULT": int(interlocks.earth.stable),
                 "SW_MASK": _SW_MASK,
             },
         )
         self._send_cp_status()
-        self._send_meter(self._tick % 2)
-        if self._ev is not None:
-            self._send_session(self._ev)
+        now = trio.current_time()
+        self._send("EnergyMeterData", self._ev.meter_data(self._tick % 2, now))
+        if self._ev.plugged is not None:
+            self._send("ChargingSession", self._ev.session(now))
 
     def _send_cp_status(self) -> None:
-        cp_state = CP_A if self._ev is None else (CP_C if self._requesting() else CP_B)
-        self._send(
-            "CpStatus",
-            {
-                "CP_STATE": cp_state,
-                "PLUGGED": int(self._ev is not None),
-                "EV_READY": int(cp_state == CP_C),
-                "CP_VOLTAGE_0p1V": round(_CP_VOLTS[cp_state] * 10),
-                "CP_DUTY_PCT": 100 if cp_state == CP_A else _DC_DUTY_PCT,
-            },
-        )
-
-    def _switch_states(self) -> int:
-        return int(self._estop.stable) | int(self._earth.stable) << 1
+        self._send("CpStatus", self._ev.cp_status())
 
     def _send_relay_status(self) -> None:
+        interlocks = self._interlocks
         self._send(
             "RelayStatus",
             {
                 "RLY1_STATE": int(self._relay_closed),
                 "RLY1_FEEDBACK": int(self._contacts_closed()),
-                "SAFETY_OK": int(self._safety_ok()),
-                "EARTH_FAULT": int(self._earth.stable),
-                "ESTOP_INPUT": int(self._estop.stable),
-                "COMM_FAULT": int(self._comm_fault),
-                "FORCE_OFF_ACTIVE": int(self._force_off),
-                "SW_STATES": self._switch_states(),
-                "FAULT_REASON": self._fault_reason(),
+                "SAFETY_OK": int(interlocks.safety_ok),
+                "EARTH_FAULT": int(interlocks.earth.stable),
+                "ESTOP_INPUT": int(interlocks.estop.stable),
+                "COMM_FAULT": int(interlocks.comm_fault),
+                "FORCE_OFF_ACTIVE": int(interlocks.force_off),
+                "SW_STATES": interlocks.switch_states,
+                "FAULT_REASON": interlocks.fault_reason,
                 "LAST_CMD_SEQ_APPLIED": self._last_applied or 0,
-            },
-        )
-
-    def _send_meter(self, mux: int) -> None:
-        reading = self.read_meter()
-        current = round(reading.current_a * 100)
-        power = round(reading.power_w / 10)  # 0.01 kW
-        if self._overrange:
-            current = power = _RAW_S16_MAX + 1
-        overrange = abs(current) > _RAW_S16_MAX or abs(power) > _RAW_S16_MAX
-        flags = {
-            "MUX": mux,
-            "METER_OK": 1,
-            "COMM_ERROR": 0,
-            "DATA_STALE": int(self._frozen is not None),
-            "OVERRANGE": int(overrange),
-        }
-        if mux == 0:
-            signals = {
-                "VOLTAGE_0p1V": min(round(reading.voltage_v * 10), 0xFFFF),
-                "CURRENT_0p01A": max(-_RAW_S16_MAX, min(current, _RAW_S16_MAX)),
-                "ACTIVE_POWER_0p01kW": max(-_RAW_S16_MAX, min(power, _RAW_S16_MAX)),
-            }
-        else:
-            # A register never shows energy not yet delivered: floor, not round.
-            signals = {"IMPORT_ENERGY_0p1kWh": int(reading.energy_wh // 100), "FREQ_0p01Hz": 0}
-        self._send("EnergyMeterData", {**flags, **signals})
-
-    def _send_session(self, ev: EvModel) -> None:
-        self._advance()
-        self._send(
-            "ChargingSession",
-            {
-                "SESSION_ACTIVE": 1,
-                "SOC_PCT": min(100, math.floor(self._soc)),
-                "EVDC_MAX_CURRENT_0p1A": min(round(ev.max_current_a * 10), 0xFFFF),
-                "EVDC_MAX_VOLTAGE_0p1V": round(battery_voltage(100.0) * 10),
-                "EVDC_TARGET_CURRENT_0p1A": (
-                    min(round(ev.max_current_a * 10), 0xFFFF) if self._requesting() else 0
-                ),
             },
         )
 
@@ -716,60 +530,9 @@ class PlcEmulator:
         else:
             self._bump("tx_frames")
 
-    # --- EV and meter ---------------------------------------------------------------------
-
     def _require_running(self) -> None:
         if self._nursery is None:
             raise RuntimeError(f"PLC {self._plc_id} emulator is not running")
 
     def _bump(self, field: str) -> None:
         self._counts[field] += 1
-
-    def _requesting(self) -> bool:
-        ev = self._ev
-        return ev is not None and not self._ev_suspended and self._soc < ev.target_soc
-
-    def _flow(self) -> tuple[EvModel, float, float] | None:
-        """(EV, constant current, power cap) while energy flows at all."""
-        ev = self._ev
-        if ev is None or not self._contacts_closed() or not self._requesting():
-            return None
-        amps = min(ev.max_current_a, self._current_limit_a, self._config.max_current_a)
-        watts = min(self._power_limit_w, self._config.max_power_w)
-        return (ev, amps, watts) if amps > 0 and watts > 0 else None
-
-    def _advance(self) -> None:
-        """Bring the SoC and the register up to trio's current time (closed form, so the
-        result does not depend on how often anyone looks). Call before any change of the
-        relay, the limits or the EV."""
-        now = trio.current_time()
-        flow = self._flow()
-        if flow is not None and self._updated_at is not None:
-            ev, amps, watts = flow
-            elapsed = now - self._updated_at
-            full = seconds_to_soc(self._soc, ev.target_soc, amps, watts, ev.capacity_wh)
-            if elapsed >= full:
-                soc = ev.target_soc
-            else:
-                soc = min(soc_after(self._soc, elapsed, amps, watts, ev.capacity_wh), ev.target_soc)
-            self._energy_wh += (soc - self._soc) * ev.capacity_wh / 100.0
-            self._soc = soc
-        self._updated_at = now
-
-    def _live_reading(self) -> MeterReading:
-        soc = self._soc if self._ev is not None else None
-        flow = self._flow()
-        if flow is None:
-            return MeterReading(
-                energy_wh=self._energy_wh, power_w=0.0, current_a=0.0, voltage_v=0.0, soc=soc
-            )
-        _, amps, watts = flow
-        volts = battery_voltage(self._soc)
-        amps = min(amps, watts / volts)
-        return MeterReading(
-            energy_wh=self._energy_wh,
-            power_w=volts * amps,
-            current_a=amps,
-            voltage_v=volts,
-            soc=soc,
-        )

@@ -85,7 +85,8 @@ class ProfileStore(Protocol):
     """What the profiles need from persistent storage (`asyncdb.AsyncDatabase` provides it)."""
 
     async def charging_profiles(self) -> list[tuple[int, dict[str, Any]]]:
-        """(connector_id, profile payload) of every installed profile."""
+        """(connector_id, profile payload) of every installed profile; each payload holds
+        the charging_profile_id it is stored by (whatever else it holds)."""
         ...
 
     async def put_charging_profile(
@@ -179,8 +180,18 @@ class ChargingProfiles:
             try:
                 profile = parse_profile(payload)
             except ProfileError as exc:
-                log.warning("stored charging profile %s dropped: %s", payload, exc)
-                dropped.append(payload.get("charging_profile_id", -1))
+                # The storage layer gives back JSON objects keyed by their own id; what they
+                # hold may be anything (a hand edit, an older version's bug).
+                profile_id = payload["charging_profile_id"]
+                log.error(
+                    "stored charging profile %s on connector %d cannot be applied (%s):"
+                    " dropped; it held %s",
+                    profile_id,
+                    connector_id,
+                    exc,
+                    payload,
+                )
+                dropped.append(profile_id)
                 continue
             if profile.charging_profile_purpose is Purpose.tx_profile:
                 dropped.append(profile.charging_profile_id)  # its transaction is over

@@ -1,5 +1,5 @@
-"""Time: the wall clocks and the one OCPP dateTime format (`ocpp_time`, `parse_ocpp_time`), the
-station's wall clock (`StationClock`) and each transaction's (`TransactionClock`).
+"""The station's wall clock (`StationClock`) and each transaction's (`TransactionClock`), on
+trio's monotonic clock (and `TrioWallClock`, a wall clock that runs with it, for tests).
 
 Two clocks, each for what it is good at:
 
@@ -39,61 +39,11 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
-from typing import Protocol
 
 import attrs
 import trio
 
-# --- wall clocks and the OCPP dateTime ---------------------------------------------------------
-
-
-class WallClock(Protocol):
-    def now(self) -> datetime: ...
-
-
-class SystemClock:
-    """The system's UTC time (the station's clock is this, following the central system's:
-    `dcocpp.clock.StationClock`)."""
-
-    def now(self) -> datetime:
-        return datetime.now(UTC)
-
-
-class TrioWallClock:
-    """Wall-clock time that advances with trio's clock: under `autojump_clock` a day of
-    clock-aligned meter values passes in milliseconds and stays on the grid."""
-
-    def __init__(self, start: datetime):
-        self._start = start
-        self._origin = trio.current_time()
-        # What the clock has been set by (a test steps it, as NTP or an operator would).
-        self.offset = timedelta(0)
-
-    def now(self) -> datetime:
-        return self._start + timedelta(seconds=trio.current_time() - self._origin) + self.offset
-
-
-def ocpp_time(moment: datetime, timespec: str = "milliseconds") -> str:
-    """An aware datetime -> OCPP dateTime: UTC with a Z (`timespec` as `isoformat`'s)."""
-    return moment.astimezone(UTC).isoformat(timespec=timespec).replace("+00:00", "Z")
-
-
-def parse_ocpp_time(text: str) -> datetime:
-    """An OCPP dateTime -> an aware UTC datetime.
-
-    OCPP 1.6 wants UTC; a value without an offset is taken as UTC (some central systems leave
-    the Z out), one with another offset is converted. Raises ValueError, also for an instant
-    that UTC cannot express (0001-01-01T00:00:00+01:00, 9999-12-31T23:00:00-02:00)."""
-    parsed = datetime.fromisoformat(text)
-    if parsed.tzinfo is None:
-        return parsed.replace(tzinfo=UTC)
-    try:
-        return parsed.astimezone(UTC)
-    except OverflowError:
-        raise ValueError(f"{text!r} is outside the range of UTC dates") from None
-
-
-# --- the station's clock ----------------------------------------------------------------------
+from dcocpp.clock import SystemClock, WallClock, ocpp_time
 
 log = logging.getLogger(__name__)
 
@@ -279,3 +229,17 @@ class TransactionClock:
         time it has run. Its Relative charging profiles start there, so that a step of the
         wall clock changes neither their elapsed time nor their limit."""
         return self._clock.now() - timedelta(seconds=self.elapsed())
+
+
+class TrioWallClock:
+    """Wall-clock time that advances with trio's clock: under `autojump_clock` a day of
+    clock-aligned meter values passes in milliseconds and stays on the grid."""
+
+    def __init__(self, start: datetime):
+        self._start = start
+        self._origin = trio.current_time()
+        # What the clock has been set by (a test steps it, as NTP or an operator would).
+        self.offset = timedelta(0)
+
+    def now(self) -> datetime:
+        return self._start + timedelta(seconds=trio.current_time() - self._origin) + self.offset
