@@ -1,9 +1,12 @@
 """One gun: its OCPP status as rules over the physical truth, and the task that drives it.
 
 The pure core (no trio, no I/O): `events` are what happens to a gun (from the hardware, the
-driver, the central system) and what it asks for in return; `machine` is the state machine (a
-`transitions` Machine over the OCPP statuses); `metering` turns meter readings into OCPP
-MeterValues.
+driver, the central system) and what it asks for in return; `truth` the facts about the gun;
+`rules` the numbered status rules that decide its OCPP status (`faults` how a fault is
+reported); `statechart` the rules as a `transitions` Machine over the OCPP statuses, and its
+picture; `machine` takes the events and keeps the truth; `exploration` walks every truth the
+events reach (the tests and the generated event table); `metering` turns meter readings into
+OCPP MeterValues.
 
 The async shell around it, one `task.ConnectorTask` per gun: the inbox loop that feeds the
 machine and carries out its effects (`task`), the relay worker with its ack deadlines
