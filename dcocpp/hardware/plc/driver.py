@@ -53,6 +53,7 @@ import attrs
 import can
 import trio
 
+from dcocpp.concurrency import WakeUp
 from dcocpp.config import ConnectorConfig
 from dcocpp.hardware.interface import EventChannel
 from dcocpp.hardware.plc import codec
@@ -134,7 +135,7 @@ class BusPort:
         self.name = name
         self.bus: can.BusABC | None = None
         self.error: str | None = None
-        self.failed = trio.Event()
+        self.failed = WakeUp()
         # Why the bus last failed, until it works again (see `progress`): its state changes
         # are logged, not every reopen.
         self.trouble: str | None = None
@@ -147,7 +148,7 @@ class BusPort:
         """`bus` is the one to use from now on (None: none until the next `serve`)."""
         if bus is not None:
             self.error = None
-            self.failed = trio.Event()
+            self.failed.clear()
             self._tx_error_streak = 0
         self.bus = bus
 

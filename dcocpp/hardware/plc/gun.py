@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Protocol
 
 import trio
 
+from dcocpp.concurrency import Pulse
 from dcocpp.config import ConnectorConfig
 from dcocpp.hardware.interface import (
     EventChannel,
@@ -87,7 +88,7 @@ class PlcGun:
         self._events: EventChannel | None = None
         self._nursery: trio.Nursery | None = None
         # Tasks waiting for the protocol's state (`_until`), woken by `notify`.
-        self._changed = trio.Event()
+        self._changed = Pulse()
         self._waiting = 0
         self._config_lock = trio.Lock()  # one ConfigCmd in flight
 
@@ -104,8 +105,7 @@ class PlcGun:
     def notify(self) -> None:
         """The protocol handled a frame: whoever waits for its state looks again."""
         if self._waiting:
-            self._changed.set()
-            self._changed = trio.Event()
+            self._changed.fire()
 
     async def until_known(self) -> None:
         """Until the PLC has reported its relay, cable and meter (`PlcProtocol.known`)."""
