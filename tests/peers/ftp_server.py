@@ -61,7 +61,7 @@ def handler_classes(args: argparse.Namespace) -> type[FTPHandler]:
     tls = args.cert is not None
     base_dtp: type[DTPHandler] = TLS_DTPHandler if tls else DTPHandler
 
-    class Dtp(base_dtp):  # type: ignore[valid-type,misc]
+    class Dtp(base_dtp):
         def use_sendfile(self) -> bool:
             return False  # every byte goes through send(), where the cut happens
 
@@ -76,6 +76,7 @@ def handler_classes(args: argparse.Namespace) -> type[FTPHandler]:
             return sent
 
         def handle_ssl_established(self) -> None:
+            # pyOpenSSL has no session_reused(); its binding of OpenSSL's function does.
             if args.require_session_reuse and not SSL._lib.SSL_session_reused(self.socket._ssl):
                 emit(event="refused", reason="TLS session not reused")
                 self.cmd_channel.respond("522 SSL connection failed: session reuse required")
@@ -83,7 +84,7 @@ def handler_classes(args: argparse.Namespace) -> type[FTPHandler]:
 
     base_handler: type[FTPHandler] = TLS_FTPHandler if tls else FTPHandler
 
-    class Handler(base_handler):  # type: ignore[valid-type,misc]
+    class Handler(base_handler):
         dtp_handler = Dtp
         banner = "dcocpp test FTP server ready."
         auth_failed_timeout = 0  # answer a wrong password at once (pyftpdlib waits 3 s)
