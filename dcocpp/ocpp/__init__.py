@@ -2,10 +2,11 @@
 RPC framing (`wire`, `rpc`), the session (`session`: registration, heartbeats, reconnects),
 the persistent outbox of transaction messages (`transactions`), the handlers of the central
 system's CALLs (`handlers`, `smartcharging/handlers`), configuration keys, authorization
-(`authcache`, `locallist`) and smart charging (`smartcharging/`). It never imports the
-hardware, the connectors, the station, the API or the command line: what it may ask of the
-charger is the `control.ChargePointControl` protocol, and what its handlers may touch is
-`services.SessionServices`.
+(`authcache`, `locallist`), smart charging (`smartcharging/`) and the version-neutral file
+transfer service (`transfer/`: downloads and uploads over FTP(S) and HTTP(S)). It never
+imports the hardware, the connectors, the station, the API or the command line: what it may
+ask of the charger is the `control.ChargePointControl` protocol, and what its handlers may
+touch is `services.SessionServices`.
 
 Errors::
 
@@ -26,6 +27,7 @@ Errors::
         ├── configuration.ConfigurationError      a configuration file, or a key's value
         ├── authcache.AuthStoreError              the authorization cache's storage failed
         ├── smartcharging.ProfileError            a charging profile OCPP or we cannot take
-        └── smartcharging.service.ProfileStoreError
-                                                  the installed profiles' storage failed
+        ├── smartcharging.service.ProfileStoreError
+        │                                         the installed profiles' storage failed
+        └── transfer.TransferError                a download or upload that did not happen
 """
