@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import sys
 
-from dcocpp.cli.logs import _FORMAT, MAX_LINE_CHARS, OperatorFormatter
+from dcocpp.cli.logs import _FORMAT, MAX_LINE_CHARS, LoggingSetup, OperatorFormatter
 
 
 def formatted(message: str, *args: object) -> str:
@@ -47,3 +47,17 @@ def test_a_traceback_still_follows_on_lines_of_its_own() -> None:
     text = OperatorFormatter(_FORMAT).format(record)
     assert text.splitlines()[0].endswith("dcocpp: failed")
     assert "Traceback (most recent call last):" in text.splitlines()[1]
+
+
+def test_the_http_clients_request_lines_stay_off_the_console_even_at_info() -> None:
+    # httpx2 logs each request's URL at INFO: a presigned URL's signature would show there.
+    root_level = logging.getLogger().level
+    setup = LoggingSetup()
+    setup.start("INFO", None, console=False)
+    try:
+        assert not logging.getLogger("httpx2").isEnabledFor(logging.INFO)
+        assert logging.getLogger("httpx2").isEnabledFor(logging.WARNING)
+        assert logging.getLogger("dcocpp.ocpp.transfer").isEnabledFor(logging.INFO)
+    finally:
+        setup.stop()
+        logging.getLogger().setLevel(root_level)

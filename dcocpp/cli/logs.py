@@ -64,6 +64,9 @@ class LoggingSetup:
             self._handlers.append((root, stream))
         # transitions logs every callback at INFO; only its warnings are news to an operator.
         logging.getLogger("transitions").setLevel(logging.WARNING)
+        # httpx2 logs every request's URL at INFO, a presigned URL's signature in its query
+        # included; the file transfer service logs each transfer itself, without credentials.
+        logging.getLogger("httpx2").setLevel(logging.WARNING)
         if log_dir is not None:
             self.open_message_log(log_dir, max_bytes=max_bytes, backup_count=backup_count)
 
