@@ -92,6 +92,7 @@ _CALLS: dict[str, Callable[..., Any]] = {
     "MeterValues": call.MeterValues,
     "StopTransaction": call.StopTransaction,
     "SecurityEventNotification": call.SecurityEventNotification,
+    "DiagnosticsStatusNotification": call.DiagnosticsStatusNotification,
 }
 # A central system without the security extension answers these; it will not change its mind.
 _UNSUPPORTED = {"NotImplemented", "NotSupported"}
@@ -558,6 +559,13 @@ class TransactionOutbox:
         payload: dict[str, Any] = {"type": kind, "timestamp": timestamp, "tech_info": tech_info}
         seq = await self._store.queue_message("SecurityEventNotification", None, payload)
         self._append(_Message(seq, "SecurityEventNotification", None, payload, None))
+
+    async def diagnostics_status(self, status: str) -> None:
+        """DiagnosticsStatusNotification (GetDiagnostics' progress): queued like the others,
+        so that a connection lost during the upload, or a restart, does not lose its end."""
+        payload: dict[str, Any] = {"status": status}
+        seq = await self._store.queue_message("DiagnosticsStatusNotification", None, payload)
+        self._append(_Message(seq, "DiagnosticsStatusNotification", None, payload, None))
 
     def _append(self, message: _Message) -> None:
         # In seq order: two writes resume their tasks in either order.
