@@ -1,5 +1,6 @@
 """Transaction messages to the central system: StartTransaction, transaction MeterValues,
-StopTransaction (and SecurityEventNotification), persisted, sent in order, one in flight, each
+StopTransaction (and SecurityEventNotification, DiagnosticsStatusNotification), persisted, sent
+in order, one in flight, each
 until it is answered.
 
 Every message is written to the station database (`OutboxStore`) before the state it
