@@ -1,7 +1,6 @@
 """Transaction messages to the central system: StartTransaction, transaction MeterValues,
 StopTransaction (and SecurityEventNotification, DiagnosticsStatusNotification), persisted, sent
-in order, one in flight, each
-until it is answered.
+in order, one in flight, each until it is answered.
 
 Every message is written to the station database (`OutboxStore`) before the state it
 describes is acknowledged to anyone, and deleted only when its CALLRESULT arrives, so neither a
@@ -24,8 +23,8 @@ MeterValues does not hold back its transaction's StopTransaction, which bills an
 session for the central system; it would wait for the next reconnect, which may be days away.
 The stop goes ahead of it (logged), and the parked MeterValues (with the later ones behind it)
 follows after the next reconnect; its transaction, whose transactionId it needs, is forgotten
-only with its last message. A refused message of no transaction (SecurityEventNotification)
-holds back nothing.
+only with its last message. A refused message of no transaction (SecurityEventNotification,
+DiagnosticsStatusNotification) holds back nothing.
 
 Our own bugs. A message that fails our own schema check before it is sent
 (`UnsendablePayload`), or a stored one that cannot even be built, was never seen by the central
