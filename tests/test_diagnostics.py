@@ -111,6 +111,7 @@ def check_contents(members: dict[str, bytes]) -> None:
     configuration = json.loads(members["configuration.json"])
     assert configuration["AuthorizationKey"] == "(redacted)"
     assert configuration["HeartbeatInterval"]
+    assert configuration["GetConfigurationMaxKeys"] != "(redacted)"  # not a secret
     assert not any(AUTH_KEY.encode() in data for data in members.values())
     status = json.loads(members["status.json"])
     assert [c["id"] for c in status["connectors"]] == [1, 2]

@@ -9,6 +9,7 @@ import io
 import json
 import re
 import tarfile
+import tempfile
 import time
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from datetime import UTC, datetime
@@ -79,14 +80,21 @@ def build_archive(
                 _add(tar, f"{name}.json", data, now)
                 names.append(f"{name}.json")
             for path in log_files:
-                try:
-                    with path.open(encoding="utf-8", errors="replace", newline="") as source:
-                        data = "".join(within(source, start, stop)).encode()
-                    mtime = path.stat().st_mtime
-                except FileNotFoundError:
-                    continue
-                _add(tar, f"logs/{path.name}", data, mtime)
-                names.append(f"logs/{path.name}")
+                # Through a temporary file, not memory (a log is megabytes): a tar member
+                # needs its size before its bytes.
+                with tempfile.TemporaryFile(dir=target.parent) as cut:
+                    try:
+                        with path.open(encoding="utf-8", errors="replace", newline="") as source:
+                            for line in within(source, start, stop):
+                                cut.write(line.encode())
+                        mtime = path.stat().st_mtime
+                    except FileNotFoundError:
+                        continue
+                    info = tarfile.TarInfo(f"logs/{path.name}")
+                    info.size, info.mtime, info.mode = cut.tell(), int(mtime), 0o644
+                    cut.seek(0)
+                    tar.addfile(info, cut)
+                names.append(info.name)
     except OSError as exc:
         target.unlink(missing_ok=True)
         problem = f"cannot write the diagnostics archive: {reason(exc)}"

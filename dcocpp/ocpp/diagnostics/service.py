@@ -38,8 +38,9 @@ log = logging.getLogger(__name__)
 ATTEMPT_TIMEOUT = 300.0
 # retryInterval absent: this many seconds between attempts.
 DEFAULT_RETRY_INTERVAL = 60
-# Configuration keys whose values never leave the charger, besides the write-only ones.
-_SECRET_NAME = re.compile(r"key|password|secret|token|passphrase", re.IGNORECASE)
+# Configuration keys whose values never leave the charger, besides the write-only ones
+# (AuthorizationKey, a vendor's ...Password; not GetConfigurationMaxKeys).
+_SECRET_NAME = re.compile(r"(key|password|secret|token|passphrase)$", re.IGNORECASE)
 REDACTED = "(redacted)"
 _VERSIONED = ("dcocpp", "ocpp", "trio")
 
@@ -146,6 +147,7 @@ class DiagnosticsService:
         interval = DEFAULT_RETRY_INTERVAL if retry_interval is None else max(0, retry_interval)
         self.upload = Upload(file_name, redact(location), attempts)
         self._running = scope = trio.CancelScope()
+        self.state = UploadState.UPLOADING  # a TriggerMessage right after the answer says so
         self._nursery.start_soon(self._upload, scope, self.upload, archive, location, interval)
         return file_name
 
@@ -156,8 +158,8 @@ class DiagnosticsService:
         return documents
 
     def _configuration(self) -> dict[str, str | None]:
-        """Every key with its value; secrets (write-only keys, names of keys, passwords,
-        tokens) only as set or not."""
+        """Every key with its value; a secret (a write-only key, one whose name ends in Key,
+        Password, Secret, Token or Passphrase) only as `(redacted)` when set."""
         result: dict[str, str | None] = {}
         for name in self._store.keys:
             value = self._store.get(name)
