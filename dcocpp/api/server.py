@@ -97,6 +97,14 @@ class StationView(Protocol):
                              "at": str, "since": str,  # OCPP dateTime: latest, first
                              "attempts": int},  # failures since a connection last opened
                          "outbox": {"queued": int, "parked": int},
+                         # GetDiagnostics: Idle, Uploading, Uploaded or UploadFailed, and
+                         # the upload in progress (or the last one) of this boot
+                         "diagnostics": {"status": str, "upload": None | {
+                             "file_name": str, "location": str,  # without credentials
+                             "attempts": int, "attempt": int,  # attempt n of m
+                             "bytes_done": int, "bytes_total": int | None,
+                             "next_attempt_at": str | None,  # OCPP dateTime, between attempts
+                             "error": str | None}},  # the last attempt's failure
                          "hardware": {str: int}},
          "connectors": [{"id": int, "status": str, "errorCode": str,
                          "transactionId": int | None, "idTag": str | None, "plugged": bool,

@@ -263,6 +263,21 @@ _COLUMNS = (
 )
 
 
+def _diagnostics_line(status: str, upload: dict[str, Any]) -> str:
+    """The last GetDiagnostics upload: what, where, how far, which attempt, when the next."""
+    total = upload["bytes_total"]
+    size = f"{upload['bytes_done']}/{total if total is not None else '?'} bytes"
+    line = (
+        f"diagnostics {upload['file_name']} to {upload['location']}: {status}, {size}, "
+        f"attempt {upload['attempt']} of {upload['attempts']}"
+    )
+    if upload["next_attempt_at"] and status == "Uploading":
+        line += f", waiting: next attempt at {upload['next_attempt_at']}"
+    if upload["error"]:
+        line += f" (last error: {upload['error']})"
+    return line
+
+
 def format_status(snapshot: dict[str, Any]) -> str:
     """The `status` table: one line for the charge point (and, when there is one, one for the
     last failed connection to the central system), one row per connector, then one line per
@@ -282,6 +297,9 @@ def format_status(snapshot: dict[str, Any]) -> str:
             f"last connection failure {failure['at']} ({failure['attempts']} failure(s) since "
             f"{failure['since']}), {failure['url']}: {failure['reason']}"
         )
+    diagnostics = (cp.get("diagnostics") or {}).get("upload")
+    if diagnostics:
+        lines.append(_diagnostics_line(cp["diagnostics"]["status"], diagnostics))
     counters = cp.get("hardware") or {}
     if counters:
         # The PLC backend's CAN bus counters: errors here explain a gun's COMMUNICATION fault.

@@ -9,7 +9,8 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from datetime import datetime
-from typing import TYPE_CHECKING, Protocol
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Protocol
 
 import attrs
 from ocpp.v16.enums import (
@@ -93,4 +94,17 @@ class ChargePointControl(Protocol):
     def charging_context(self, connector_id: int) -> ChargingContext:
         """What smart charging needs to know about a connector (0: the charge point): its
         running transaction, how amperes and watts relate there, its own maximum."""
+        ...
+
+
+class DiagnosticsSource(Protocol):
+    """What the charger gives the archive (the station implements it)."""
+
+    def log_files(self) -> Sequence[Path]:
+        """The log files to include (the OCPP message log, the console log, rotations)."""
+        ...
+
+    async def diagnostics_documents(self) -> dict[str, Any]:
+        """JSON documents for the archive by name: the status snapshot, the database's schema
+        version and queue counts, ..."""
         ...

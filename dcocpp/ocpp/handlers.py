@@ -1,5 +1,5 @@
 """Handlers of the central system's Core, RemoteTrigger, LocalAuthListManagement and
-Reservation CALLs that need no transaction.
+Reservation CALLs that need no transaction, and GetDiagnostics (on `diagnostics.service`).
 
 Each `@on` handler answers from state it can read at once; anything the CALLRESULT must precede
 (the triggered message, the reset) runs in the matching `@after` hook, which the RPC layer runs
@@ -34,6 +34,7 @@ from ocpp.v16.enums import (
     UpdateType,
 )
 
+from dcocpp.clock import parse_ocpp_time
 from dcocpp.ocpp.authcache import AuthStoreError, cache_enabled, parse_expiry
 from dcocpp.ocpp.errors import CallError, InvalidPayload
 from dcocpp.ocpp.locallist import NO_LIST_SUPPORT, limits_of, list_enabled, tags_of
@@ -251,14 +252,44 @@ class CoreHandlers(SmartChargingHandlers):
         elif message == MessageTrigger.meter_values:
             await session.control.trigger_meter_values(connector_id)
         elif message == MessageTrigger.diagnostics_status_notification:
-            # No upload has ever run on this charger, so the status is Idle.
+            # Idle until the first GetDiagnostics of this boot, then its latest step.
+            state = session.diagnostics.state.value if session.diagnostics else "Idle"
             await session.call(
-                call.DiagnosticsStatusNotification(status=DiagnosticsStatus.idle), triggered=True
+                call.DiagnosticsStatusNotification(status=DiagnosticsStatus(state)),
+                triggered=True,
             )
         elif message == MessageTrigger.firmware_status_notification:
             await session.call(
                 call.FirmwareStatusNotification(status=FirmwareStatus.idle), triggered=True
             )
+
+    # --- diagnostics -------------------------------------------------------------------------
+
+    @on(Action.get_diagnostics)
+    async def on_get_diagnostics(
+        self,
+        location: str,
+        retries: int | None = None,
+        retry_interval: int | None = None,
+        start_time: str | None = None,
+        stop_time: str | None = None,
+        **_: Any,
+    ) -> Any:
+        """5.9: the archive's name at once (none: nothing to send), its upload afterwards."""
+        try:
+            start = None if start_time is None else parse_ocpp_time(start_time)
+            stop = None if stop_time is None else parse_ocpp_time(stop_time)
+        except ValueError:
+            raise CallError(
+                "PropertyConstraintViolation", "startTime/stopTime is no dateTime"
+            ) from None
+        diagnostics = self.session.diagnostics
+        if diagnostics is None:
+            return call_result.GetDiagnostics()
+        file_name = await diagnostics.request(
+            location, retries=retries, retry_interval=retry_interval, start=start, stop=stop
+        )
+        return call_result.GetDiagnostics(file_name=file_name)
 
     # --- misc --------------------------------------------------------------------------------
 

@@ -17,6 +17,7 @@ if TYPE_CHECKING:
     from dcocpp.ocpp.authcache import AuthorizationCache
     from dcocpp.ocpp.configuration import ConfigurationStore
     from dcocpp.ocpp.control import ChargePointControl, ConnectorStatus
+    from dcocpp.ocpp.diagnostics import DiagnosticsService
     from dcocpp.ocpp.locallist import LocalAuthorizationList
     from dcocpp.ocpp.registration import Registration
     from dcocpp.ocpp.smartcharging.service import ChargingProfiles
@@ -42,6 +43,7 @@ class SessionServices(Protocol):
     auth_cache: AuthorizationCache
     local_list: LocalAuthorizationList
     charging_profiles: ChargingProfiles
+    diagnostics: DiagnosticsService | None  # None: GetDiagnostics has nothing to send
 
     @property
     def state(self) -> Registration: ...

@@ -58,6 +58,7 @@ from dcocpp.ocpp import transport
 from dcocpp.ocpp.authcache import AuthorizationCache, cache_enabled
 from dcocpp.ocpp.configuration import ConfigurationError, ConfigurationStore
 from dcocpp.ocpp.control import ChargePointControl, ConnectorStatus
+from dcocpp.ocpp.diagnostics import DiagnosticsService
 from dcocpp.ocpp.errors import CallError, ConnectionLost, InvalidPayload, OcppError, TransportError
 from dcocpp.ocpp.handlers import CoreHandlers
 from dcocpp.ocpp.locallist import LocalAuthorizationList, list_enabled
@@ -132,6 +133,7 @@ class ChargePointSession:
         auth_cache: AuthorizationCache | None = None,
         local_list: LocalAuthorizationList | None = None,
         charging_profiles: ChargingProfiles | None = None,
+        diagnostics: DiagnosticsService | None = None,
         rng: random.Random | None = None,
         clock: Callable[[], datetime] | None = None,
         central_time: CentralTime | None = None,
@@ -150,6 +152,7 @@ class ChargePointSession:
         self.charging_profiles = (
             ChargingProfiles(store) if charging_profiles is None else charging_profiles
         )
+        self.diagnostics = diagnostics
         self._ssl_context = ssl_context
         self._client_certificate = client_certificate  # `ssl_context` presents one
         self._open_stream = open_stream

@@ -1,6 +1,6 @@
 """Transaction messages to the central system: StartTransaction, transaction MeterValues,
-StopTransaction (and SecurityEventNotification), persisted, sent in order, one in flight, each
-until it is answered.
+StopTransaction (and SecurityEventNotification, DiagnosticsStatusNotification), persisted, sent
+in order, one in flight, each until it is answered.
 
 Every message is written to the station database (`OutboxStore`) before the state it
 describes is acknowledged to anyone, and deleted only when its CALLRESULT arrives, so neither a
@@ -23,8 +23,8 @@ MeterValues does not hold back its transaction's StopTransaction, which bills an
 session for the central system; it would wait for the next reconnect, which may be days away.
 The stop goes ahead of it (logged), and the parked MeterValues (with the later ones behind it)
 follows after the next reconnect; its transaction, whose transactionId it needs, is forgotten
-only with its last message. A refused message of no transaction (SecurityEventNotification)
-holds back nothing.
+only with its last message. A refused message of no transaction (SecurityEventNotification,
+DiagnosticsStatusNotification) holds back nothing.
 
 Our own bugs. A message that fails our own schema check before it is sent
 (`UnsendablePayload`), or a stored one that cannot even be built, was never seen by the central
@@ -92,6 +92,7 @@ _CALLS: dict[str, Callable[..., Any]] = {
     "MeterValues": call.MeterValues,
     "StopTransaction": call.StopTransaction,
     "SecurityEventNotification": call.SecurityEventNotification,
+    "DiagnosticsStatusNotification": call.DiagnosticsStatusNotification,
 }
 # A central system without the security extension answers these; it will not change its mind.
 _UNSUPPORTED = {"NotImplemented", "NotSupported"}
@@ -558,6 +559,13 @@ class TransactionOutbox:
         payload: dict[str, Any] = {"type": kind, "timestamp": timestamp, "tech_info": tech_info}
         seq = await self._store.queue_message("SecurityEventNotification", None, payload)
         self._append(_Message(seq, "SecurityEventNotification", None, payload, None))
+
+    async def diagnostics_status(self, status: str) -> None:
+        """DiagnosticsStatusNotification (GetDiagnostics' progress): queued like the others,
+        so that a connection lost during the upload, or a restart, does not lose its end."""
+        payload: dict[str, Any] = {"status": status}
+        seq = await self._store.queue_message("DiagnosticsStatusNotification", None, payload)
+        self._append(_Message(seq, "DiagnosticsStatusNotification", None, payload, None))
 
     def _append(self, message: _Message) -> None:
         # In seq order: two writes resume their tasks in either order.

@@ -23,9 +23,11 @@ from __future__ import annotations
 
 import logging
 import ssl
+from collections import Counter
 from collections.abc import Sequence
 from datetime import datetime
 from functools import partial
+from pathlib import Path
 from typing import Any
 
 import attrs
@@ -61,6 +63,7 @@ from dcocpp.ocpp.authcache import AuthorizationCache
 from dcocpp.ocpp.authorization import Authorizer
 from dcocpp.ocpp.configuration import ConfigurationStore
 from dcocpp.ocpp.control import ConnectorStatus
+from dcocpp.ocpp.diagnostics import DiagnosticsService, UploadState
 from dcocpp.ocpp.locallist import LocalAuthorizationList
 from dcocpp.ocpp.services import Identity
 from dcocpp.ocpp.session import ChargePointSession
@@ -69,7 +72,7 @@ from dcocpp.ocpp.transactions import TransactionOutbox
 from dcocpp.station.limits import LimitEnforcer
 from dcocpp.station.reservations import ReservationBook
 from dcocpp.storage.asyncdb import AsyncDatabase, Runner
-from dcocpp.storage.database import StorageError
+from dcocpp.storage.database import SCHEMA_VERSION, StorageError
 
 log = logging.getLogger(__name__)
 
@@ -205,6 +208,7 @@ class Station:
         self.session: ChargePointSession | None = None
         self.store: ConfigurationStore | None = None
         self.outbox: TransactionOutbox | None = None
+        self.diagnostics: DiagnosticsService | None = None  # GetDiagnostics', per boot
         self._db: AsyncDatabase | None = None
         self.connectors: dict[int, ConnectorTask] = {}
         self.limits: LimitEnforcer | None = None  # smart charging's enforcement, per boot
@@ -282,6 +286,14 @@ class Station:
                 db, clock=self.clock.now, store_errors=(StorageError,)
             )
             await local_list.load()
+            self.diagnostics = diagnostics = DiagnosticsService(
+                self,
+                store,
+                config.data_dir,
+                self._report_diagnostics,
+                ca_bundle=config.security.csms_ca_bundle,
+                clock=self.clock.now,
+            )
             self.session = session = ChargePointSession(
                 Identity(cp.id, cp.vendor, cp.model, cp.firmware_version, cp.serial_number),
                 cp.central_system_uri,
@@ -290,6 +302,7 @@ class Station:
                 auth_cache=auth_cache,
                 local_list=local_list,
                 charging_profiles=charging_profiles,
+                diagnostics=diagnostics,
                 ssl_context=ssl_context,
                 client_certificate=client_certificate,
                 open_stream=self._open_stream,
@@ -349,6 +362,7 @@ class Station:
                     # The guns' current limits are in place before the central system is.
                     await nursery.start(limits.run)
                     await nursery.start(outbox.run)
+                    await nursery.start(diagnostics.run)
                     await nursery.start(session.run)
                     log.info(
                         "station %s up: %d connectors, central system %s",
@@ -649,6 +663,37 @@ class Station:
         assert self.limits is not None
         return self.limits.context(connector_id)
 
+    # --- DiagnosticsSource (for GetDiagnostics) ----------------------------------------------
+
+    async def _report_diagnostics(self, state: UploadState) -> None:
+        """Each step of an upload goes through the outbox: persisted, delivered in order once
+        connected, so that a connection lost meanwhile does not lose the final status."""
+        if self.outbox is not None:
+            await self.outbox.diagnostics_status(state.value)
+
+    def log_files(self) -> list[Path]:
+        """Every file of the log directory (the OCPP message log and its rotations, and
+        whatever console log the integrator writes there)."""
+        folder = self.config.log_dir
+        try:
+            return sorted(path for path in folder.iterdir() if path.is_file())
+        except OSError as exc:
+            log.warning("diagnostics: log directory %s not read: %s", folder, exc)
+            return []
+
+    async def diagnostics_documents(self) -> dict[str, Any]:
+        assert self._db is not None
+        queued = Counter(message.action for message in await self._db.queued_messages())
+        return {
+            "status": self.snapshot(),
+            "database": {
+                "schemaVersion": SCHEMA_VERSION,
+                "outboxByAction": dict(queued),
+                "outboxParked": self.outbox.parked if self.outbox else 0,
+                "transactions": len(await self._db.transactions()),
+            },
+        }
+
     # --- StationView (for the local API) -----------------------------------------------------
 
     def snapshot(self) -> dict[str, Any]:
@@ -671,6 +716,12 @@ class Station:
                 },
                 # The hardware's own counters (the PLC backend's CAN frames and errors).
                 "hardware": dict(self.hardware.counters()),
+                # GetDiagnostics: the status and the upload in progress (or the last one).
+                "diagnostics": (
+                    self.diagnostics.snapshot()
+                    if self.diagnostics
+                    else {"status": "Idle", "upload": None}
+                ),
             },
             "connectors": [
                 {**task.snapshot(), "currentLimitA": self._current_limit(cid)}
