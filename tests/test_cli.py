@@ -104,6 +104,15 @@ def test_statecharts_are_fresh() -> None:
     assert statecharts.stale(REPO / "statecharts") == []
 
 
+@pytest.mark.parametrize("name", ["connector.mmd", "session-registration.mmd"])
+def test_each_diagram_carries_its_title_as_mermaid_front_matter(name: str) -> None:
+    # Mermaid's front matter is YAML: a `title:` key, its value with no colon of its own.
+    lines = (REPO / "statecharts" / name).read_text().splitlines()
+    assert lines[0] == "---" and lines[2] == "---" and lines[3].startswith("stateDiagram-v2")
+    key, _, title = lines[1].partition(": ")
+    assert key == "title" and title and ":" not in title
+
+
 def test_statecharts_export_and_check(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert cli.main(["statecharts", "--check", "--output", str(tmp_path)]) == 1
     assert "missing" in capsys.readouterr().err

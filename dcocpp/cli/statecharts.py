@@ -24,7 +24,7 @@ from dcocpp.ocpp import registration
 # name -> (title, function that builds the machine on a model with a given Machine class)
 MACHINES: dict[str, tuple[str, Callable[..., Any]]] = {
     "session-registration": (
-        "OCPP session: connection and registration",
+        "OCPP session - connection and registration",
         registration.build_machine,
     ),
 }
@@ -42,7 +42,11 @@ class _Model:
 def mermaid(name: str) -> str:
     title, build = MACHINES[name]
     model = _Model()
-    build(model, GraphMachine, graph_engine="mermaid", title=title, show_conditions=True)
+    # transitions writes the title bare between the front matter's dashes; Mermaid's front
+    # matter is YAML and reads the diagram's title from a `title:` key.
+    build(
+        model, GraphMachine, graph_engine="mermaid", title=f"title: {title}", show_conditions=True
+    )
     return str(model.get_graph().draw(None)).rstrip() + "\n"  # type: ignore[attr-defined]
 
 
