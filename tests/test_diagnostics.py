@@ -204,10 +204,20 @@ async def test_tc_054_triggered_diagnostics_status_is_idle_then_uploading_then_u
     http_server.refuse_put = http_server.refuse_post = True
     location = http_server.url("/diag", f"{USER}:{PASSWORD}")
     await h.csms_call(get_diagnostics(location, retries=1, retry_interval=2))
-    # The first attempt failed (its POST was refused too).
-    await h.wait_until(lambda: bool(http_server.requests_of("POST")), limit=LIMIT, poll=0.01)
+    # The first attempt failed (its POST was refused too): the charger waits for its retry.
+    # (Not as soon as the server saw the POST: the charger has yet to read the refusal.)
+
+    def upload_state() -> dict[str, Any] | None:
+        state: dict[str, Any] | None = h.station.snapshot()["chargePoint"]["diagnostics"]["upload"]
+        return state
+
+    await h.wait_until(
+        lambda: (upload_state() or {}).get("next_attempt_at") is not None, limit=LIMIT, poll=0.01
+    )
+    assert http_server.requests_of("POST")
     assert await trigger() == "Uploading"  # waiting for its retry
-    upload = h.station.snapshot()["chargePoint"]["diagnostics"]["upload"]
+    upload = upload_state()
+    assert upload is not None
     assert upload["attempt"] == 1 and upload["next_attempt_at"] is not None
     assert "waiting" in format_status(h.station.snapshot())
     http_server.refuse_put = False
