@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from ocpp.v16.enums import AuthorizationStatus, ChargePointStatus
 
-from dcocpp.connector import events
+from dcocpp.connector import events, exploration
 from dcocpp.connector.exploration import explored
 from dcocpp.connector.machine import ConnectorMachine
 from dcocpp.connector.rules import PASS_THROUGH, RULES, derive_status, pass_through, rule, rule_for
@@ -170,3 +170,16 @@ def test_machine_reports_the_rule_behind_each_change() -> None:
         (S.preparing, S.available, 11),  # passing through: OCPP allows no Preparing -> Reserved
         (S.available, S.reserved, 10),
     ]
+
+
+def test_the_committed_event_table_is_what_the_exploration_finds() -> None:
+    # `statecharts --check` trusts the table's fingerprint of its sources; this draws it again.
+    committed = (REPO / "statecharts" / "connector-events.md").read_text(encoding="utf-8")
+    assert committed == exploration.markdown()
+
+
+def test_a_table_drawn_from_other_sources_is_stale() -> None:
+    table = exploration.markdown()
+    assert exploration.generated_from_these_sources(table)
+    digest = exploration.fingerprint().split()[2]
+    assert not exploration.generated_from_these_sources(table.replace(digest, "0" * 64))

@@ -10,8 +10,10 @@ the findings as `statecharts/connector-events.md` for auditors (`markdown()`).
 from __future__ import annotations
 
 import functools
+import hashlib
 import itertools
 from collections import deque
+from importlib import resources
 
 import attrs
 from ocpp.v16.enums import AuthorizationStatus, ChargePointStatus, Reason
@@ -80,6 +82,26 @@ EXPLORATIONS: list[tuple[Settings, list[events.Event]]] = [
 ]
 
 
+# The files whose content decides what the exploration finds (the connector's pure core and
+# what it reads). `statecharts --check` compares their fingerprint with the one the table was
+# generated from: the exploration takes half a minute, the fingerprint milliseconds. The test
+# suite still compares the whole table (tests/test_connector_rules.py).
+SOURCES = (
+    ("dcocpp.connector", "events.py"),
+    ("dcocpp.connector", "truth.py"),
+    ("dcocpp.connector", "rules.py"),
+    ("dcocpp.connector", "faults.py"),
+    ("dcocpp.connector", "statechart.py"),
+    ("dcocpp.connector", "machine.py"),
+    ("dcocpp.connector", "exploration.py"),
+    ("dcocpp", "idtags.py"),
+    ("dcocpp.hardware", "interface.py"),
+    ("dcocpp.ocpp", "statuses.py"),
+    ("dcocpp.ocpp", "status-transitions.json"),
+)
+FINGERPRINT_PREFIX = "<!-- sources sha256:"
+
+
 @attrs.frozen
 class Finding:
     """Dispatched on a truth whose status is `status`, an event of type `event` made the
@@ -132,6 +154,19 @@ def explore_everything() -> frozenset[Finding]:
     return frozenset().union(*(explore(settings, ALPHABET)[0] for settings in ALL_SETTINGS))
 
 
+def fingerprint() -> str:
+    """The line naming the digest of `SOURCES`, as the table carries it."""
+    digest = hashlib.sha256()
+    for package, name in SOURCES:
+        digest.update(resources.files(package).joinpath(name).read_bytes())
+    return f"{FINGERPRINT_PREFIX} {digest.hexdigest()} -->"
+
+
+def generated_from_these_sources(table: str) -> bool:
+    """Whether `table` (a committed `markdown()`) was generated from the sources as they are."""
+    return fingerprint() in table.splitlines()
+
+
 def markdown() -> str:
     """The findings as a (status, event) -> status table."""
     findings, visited = explored()
@@ -167,6 +202,7 @@ def markdown() -> str:
         )
         text = "; ".join(_path(path) for path in cells)
         lines.append(f"| {status.value} | {event} | {text} |")
+    lines += ["", fingerprint()]
     return "\n".join(lines) + "\n"
 
 
