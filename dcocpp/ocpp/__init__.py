@@ -13,7 +13,9 @@ Errors::
     Exception
     └── errors.OcppError                          the layer's root
         ├── errors.TransportError                 cannot connect (address, TLS, HTTP reject,
-        │                                         subprotocol)
+        │   │                                     subprotocol)
+        │   └── errors.UntrustedCertificate       the central system's certificate fails
+        │                                         verification
         ├── errors.ConnectionLost                 no connection for a CALL, or it ended
         │                                         under one
         ├── errors.CallError                      a CALLERROR: the central system's answer,

@@ -54,7 +54,7 @@ from trio_websocket import CloseReason
 
 from dcocpp.clock import ocpp_time, parse_ocpp_time
 from dcocpp.concurrency import Pulse, WakeUp
-from dcocpp.ocpp import transport
+from dcocpp.ocpp import authkey, transport
 from dcocpp.ocpp.authcache import AuthorizationCache, cache_enabled
 from dcocpp.ocpp.configuration import ConfigurationError, ConfigurationStore
 from dcocpp.ocpp.control import ChargePointControl, ConnectorStatus
@@ -441,7 +441,7 @@ class ChargePointSession:
             transport.run_client,
             self.csms_url,
             charge_point_id=self.identity.charge_point_id,
-            authorization_key=self.store.get("AuthorizationKey") or None,
+            password=self._password(),
             ssl_context=self._ssl_context,
         )
         if self._open_stream is not None:
@@ -456,6 +456,10 @@ class ChargePointSession:
             f"no answer within {CONNECT_TIMEOUT:g} s (TCP, TLS and WebSocket handshake)"
         )
         return None
+
+    def _password(self) -> bytes | None:
+        key = self.store.get("AuthorizationKey")
+        return authkey.password(key) if key else None
 
     _drop_reason: str | None = None
     _reconnecting: str | None = None  # why `reconnect` drops the connection on purpose
