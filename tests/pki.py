@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import ssl
 import tempfile
+import warnings
 from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -58,8 +59,11 @@ class Issued:
         """A server context presenting this certificate (and `chain` after it)."""
         context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
         if maximum is not None:
-            context.minimum_version = ssl.TLSVersion.MINIMUM_SUPPORTED
-            context.maximum_version = maximum
+            # A server that speaks only what Python deprecates (TLS 1.0/1.1), on purpose.
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", DeprecationWarning)
+                context.minimum_version = ssl.TLSVersion.MINIMUM_SUPPORTED
+                context.maximum_version = maximum
             if maximum < ssl.TLSVersion.TLSv1_2:
                 context.set_ciphers("DEFAULT:@SECLEVEL=0")  # OpenSSL 3 allows TLS 1.1 only so
         self.write_chain(context, chain)
