@@ -199,12 +199,9 @@ async def installed_ids(h: Any, kind: str) -> tuple[str, list[dict[str, str]]]:
 
 @pytest.mark.parametrize(
     "kind",
-    [
-        pytest.param("ManufacturerRootCertificate", marks=pytest.mark.tc("TC_075_1")),
-        pytest.param("CentralSystemRootCertificate", marks=pytest.mark.tc("TC_075_2")),
-    ],
+    ["ManufacturerRootCertificate", "CentralSystemRootCertificate"],  # TC_075_1, TC_075_2
 )
-async def test_tc_075_install_a_root_then_read_back_its_hash_data(
+async def test_tc_075_1_and_2_install_a_root_then_read_back_its_hash_data(
     autojump_clock: Any, tmp_path: Path, kind: str
 ) -> None:
     root = issue(f"{kind} test")
