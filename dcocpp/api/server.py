@@ -104,7 +104,11 @@ class StationView(Protocol):
                              "attempts": int, "attempt": int,  # attempt n of m
                              "bytes_done": int, "bytes_total": int | None,
                              "next_attempt_at": str | None,  # OCPP dateTime, between attempts
-                             "error": str | None}},  # the last attempt's failure
+                             "error": str | None,  # the last attempt's failure
+                             "refusal": str | None,  # what it meant: PermissionDenied, ...
+                             "request_id": int | None}},  # GetLog's requestId
+                         # GetLog: the same for the log upload of this boot
+                         "logs": {"status": str, "upload": None | {...}},
                          "hardware": {str: int}},
          "connectors": [{"id": int, "status": str, "errorCode": str,
                          "transactionId": int | None, "idTag": str | None, "plugged": bool,

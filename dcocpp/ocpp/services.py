@@ -18,7 +18,7 @@ if TYPE_CHECKING:
     from dcocpp.ocpp.certificates.store import CertificateStore
     from dcocpp.ocpp.configuration import ConfigurationStore
     from dcocpp.ocpp.control import ChargePointControl, ConnectorStatus
-    from dcocpp.ocpp.diagnostics import DiagnosticsService
+    from dcocpp.ocpp.diagnostics import DiagnosticsService, LogService
     from dcocpp.ocpp.locallist import LocalAuthorizationList
     from dcocpp.ocpp.registration import Registration
     from dcocpp.ocpp.smartcharging.service import ChargingProfiles
@@ -35,6 +35,19 @@ class Identity:
     serial_number: str | None = None
 
 
+class CertificateSigner(Protocol):
+    """Renews the charge point certificate: a new key pair, and SignCertificate with its CSR
+    (ExtendedTriggerMessage SignChargePointCertificate)."""
+
+    def can_sign(self) -> bool:
+        """Whether a SignCertificate can go now (the trigger is Rejected otherwise)."""
+        ...
+
+    async def sign_charge_point_certificate(self) -> None:
+        """Send SignCertificate (after the trigger's answer)."""
+        ...
+
+
 class SessionServices(Protocol):
     """The session as its handlers see it."""
 
@@ -46,6 +59,8 @@ class SessionServices(Protocol):
     charging_profiles: ChargingProfiles
     diagnostics: DiagnosticsService | None  # None: GetDiagnostics has nothing to send
     certificates: CertificateStore | None  # None: no certificate store
+    logs: LogService | None  # None: GetLog has nothing to send
+    certificate_signer: CertificateSigner | None  # None: no charge point certificate to renew
     csms_url: str  # as configured (ws:// or wss://)
 
     @property
@@ -56,6 +71,8 @@ class SessionServices(Protocol):
     def reconnect(self, reason: str) -> None: ...
 
     async def security_event(self, kind: str, tech_info: str | None = None) -> None: ...
+
+    async def security_note(self, entry: str, detail: str) -> None: ...
 
     def boot_now(self) -> None: ...
 

@@ -60,7 +60,7 @@ from dcocpp.ocpp.certificates.store import CertificateStore
 from dcocpp.ocpp.certificates.tls import CentralSystemTrust
 from dcocpp.ocpp.configuration import ConfigurationError, ConfigurationStore
 from dcocpp.ocpp.control import ChargePointControl, ConnectorStatus
-from dcocpp.ocpp.diagnostics import DiagnosticsService
+from dcocpp.ocpp.diagnostics import DiagnosticsService, LogService
 from dcocpp.ocpp.errors import (
     CallError,
     ConnectionLost,
@@ -74,7 +74,7 @@ from dcocpp.ocpp.locallist import LocalAuthorizationList, list_enabled
 from dcocpp.ocpp.messagelog import MessageLog
 from dcocpp.ocpp.registration import Registration, RegistrationMachine
 from dcocpp.ocpp.rpc import RpcConnection
-from dcocpp.ocpp.services import Identity
+from dcocpp.ocpp.services import CertificateSigner, Identity
 from dcocpp.ocpp.smartcharging.service import ChargingProfiles
 from dcocpp.ocpp.statuses import allowed_transitions
 from dcocpp.ocpp.wire import MAX_WEBSOCKET_MESSAGE_BYTES
@@ -83,6 +83,8 @@ log = logging.getLogger("dcocpp.session")
 
 # Queues a security event: (the whitepaper's type, techInfo).
 SecurityEvents = Callable[[str, str | None], Awaitable[None]]
+# Writes another entry to the security log: (what, the detail).
+SecurityNotes = Callable[[str, str], Awaitable[None]]
 # Told the central system's time (currentTime), the round trip (s) of the CALL whose answer
 # brought it, and that CALL's action.
 CentralTime = Callable[[datetime, float, str], object]
@@ -141,11 +143,14 @@ class ChargePointSession:
         tls: CentralSystemTrust | None = None,
         certificates: CertificateStore | None = None,
         security_events: SecurityEvents | None = None,
+        security_notes: SecurityNotes | None = None,
+        certificate_signer: CertificateSigner | None = None,
         open_stream: transport.OpenStream | None = None,
         auth_cache: AuthorizationCache | None = None,
         local_list: LocalAuthorizationList | None = None,
         charging_profiles: ChargingProfiles | None = None,
         diagnostics: DiagnosticsService | None = None,
+        logs: LogService | None = None,
         rng: random.Random | None = None,
         clock: Callable[[], datetime] | None = None,
         central_time: CentralTime | None = None,
@@ -165,10 +170,14 @@ class ChargePointSession:
             ChargingProfiles(store) if charging_profiles is None else charging_profiles
         )
         self.diagnostics = diagnostics
+        self.logs = logs
         self._tls = tls  # wss:// only
         # None: no certificate store (InstallCertificate and its kin cannot be served).
         self.certificates = certificates
         self._security_events = security_events
+        self._security_notes = security_notes
+        # None: ExtendedTriggerMessage(SignChargePointCertificate) is Rejected.
+        self.certificate_signer = certificate_signer
         self._open_stream = open_stream
         self._rng = rng or random.Random()
         self._clock = clock or (lambda: datetime.now(UTC))  # the time of connection failures
@@ -390,11 +399,19 @@ class ChargePointSession:
         )
 
     async def security_event(self, kind: str, tech_info: str | None = None) -> None:
-        """Queue a SecurityEventNotification (and log it): `kind` is the whitepaper's type."""
+        """Write a security event to the security log, and queue a SecurityEventNotification
+        where the whitepaper says so (see `dcocpp.ocpp.securitylog.events`): `kind` is the
+        whitepaper's type."""
         log.warning("security event %s%s", kind, f": {tech_info}" if tech_info else "")
         if self._security_events is not None:
             # techInfo is a CiString255.
             await self._security_events(kind, None if tech_info is None else tech_info[:255])
+
+    async def security_note(self, entry: str, detail: str) -> None:
+        """Write another entry to the security log (what the charger trusts changed)."""
+        log.info("security log: %s: %s", entry, detail)
+        if self._security_notes is not None:
+            await self._security_notes(entry, detail)
 
     def _report_security_profile(self) -> None:
         """SecurityProfile reports the profile the next connection really uses (the base file
