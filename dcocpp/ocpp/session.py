@@ -74,6 +74,7 @@ from dcocpp.ocpp.locallist import LocalAuthorizationList, list_enabled
 from dcocpp.ocpp.messagelog import MessageLog
 from dcocpp.ocpp.registration import Registration, RegistrationMachine
 from dcocpp.ocpp.rpc import RpcConnection
+from dcocpp.ocpp.securitylog.events import sent_to_central_system
 from dcocpp.ocpp.services import CertificateSigner, Identity
 from dcocpp.ocpp.smartcharging.service import ChargingProfiles
 from dcocpp.ocpp.statuses import allowed_transitions
@@ -401,8 +402,10 @@ class ChargePointSession:
     async def security_event(self, kind: str, tech_info: str | None = None) -> None:
         """Write a security event to the security log, and queue a SecurityEventNotification
         where the whitepaper says so (see `dcocpp.ocpp.securitylog.events`): `kind` is the
-        whitepaper's type."""
-        log.warning("security event %s%s", kind, f": {tech_info}" if tech_info else "")
+        whitepaper's type. On the console at WARNING when the central system hears of it too
+        (a critical event), else at INFO."""
+        level = logging.WARNING if sent_to_central_system(kind) else logging.INFO
+        log.log(level, "security event %s%s", kind, f": {tech_info}" if tech_info else "")
         if self._security_events is not None:
             # techInfo is a CiString255.
             await self._security_events(kind, None if tech_info is None else tech_info[:255])
