@@ -27,7 +27,14 @@ from dcocpp.ocpp.securitylog.events import (
 from dcocpp.storage.asyncdb import WorkerThread
 from tests.csms import FakeCsms
 from tests.pki import issue
-from tests.station_harness import WALL_START, Harness, charger_config, running_station
+from tests.station_harness import (
+    WALL_START,
+    Harness,
+    charger_config,
+    preset_keys,
+    running_station,
+)
+from tests.test_security_tls import HOST, over_wss
 
 AUTH_KEY = "00112233445566778899aabbccddeeff00112233"  # 20 bytes, hex
 ENTRY = re.compile(r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}\.\d{3}Z \S")
@@ -210,3 +217,50 @@ async def test_a_log_directory_that_cannot_be_written_leaves_the_charger_running
     async with running_station(config) as h:
         await h.booted()
     assert any("security events go to this log only" in r.getMessage() for r in caplog.records)
+
+
+async def test_an_untrusted_csms_certificate_is_one_event_per_change_not_per_attempt(
+    autojump_clock: Any, tmp_path: Path
+) -> None:
+    """A central system whose certificate chains to a root the charger does not trust: every
+    attempt fails at once, the security event (sent: the OCTT's TC_078 kind) is raised once."""
+    trusted, stranger = issue("CSMS Root"), issue("Another Root")
+    server = issue(HOST, stranger, ca=False)
+    config = charger_config(tmp_path)
+    async with running_station(config) as h:
+        await h.booted()
+        result = await h.csms_call(
+            call.InstallCertificate(
+                certificate_type="CentralSystemRootCertificate", certificate=trusted.pem
+            )
+        )
+        assert result.status == "Accepted"
+    async with running_station(over_wss(config, tmp_path), tls=server.server_context()) as h:
+        await trio.sleep(300)
+        attempts = len(h.network.tls_failures)
+        queued = h.station.snapshot()["chargePoint"]["outbox"]["queued"]
+    assert attempts >= 3
+    [line] = logged(h, "InvalidCentralSystemCertificate")
+    assert "SecurityEvent InvalidCentralSystemCertificate (sent): " in line
+    assert "not trusted" in line
+    assert queued == 2  # this start's StartupOfTheDevice, and the event, for the next connection
+
+
+async def test_a_refused_authorization_key_is_logged_once_and_not_sent(
+    autojump_clock: Any, tmp_path: Path
+) -> None:
+    config = charger_config(tmp_path)
+    wrong, right = "0a" * 20, "0b" * 20
+    preset_keys(config, AuthorizationKey=wrong)
+    csms = FakeCsms(authenticate=lambda cp, pw: pw == bytes.fromhex(right), security_events=True)
+    async with running_station(config, csms) as h:
+        await trio.sleep(120)
+        assert len(h.network.attempts) >= 3
+        h.store.set_value("AuthorizationKey", right)
+        await h.booted()
+        await trio.sleep(10)
+    [line] = logged(h, "FailedToAuthenticateAtCentralSystem")
+    assert line.endswith("(wrong or missing AuthorizationKey?)") and "(sent)" not in line
+    assert wrong not in "\n".join(entries(h)) and right not in "\n".join(entries(h))
+    sent = [event["type"] for event in csms.received("SecurityEventNotification")]
+    assert sent == ["StartupOfTheDevice"]

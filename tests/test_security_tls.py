@@ -137,6 +137,7 @@ async def test_tc_086_a_server_below_tls_1_2_fails_at_once_with_the_tls_error(
         for reason in ("TLSV1_ALERT_PROTOCOL_VERSION", "UNSUPPORTED_PROTOCOL")
     ), str(info.value)
     assert not isinstance(info.value, UntrustedCertificate)
+    assert info.value.security_event == "InvalidTLSVersion"  # for the security log
 
 
 @pytest.mark.tc("TC_086")

@@ -365,6 +365,9 @@ class ChargePointSession:
                     + (f" (attempt {failure.attempts})" if repeated else ""),
                     level=logging.DEBUG if repeated else logging.WARNING,
                 )
+                if self._drop_event is not None and not repeated:
+                    # Once per change of the failure, as the line above: not per attempt.
+                    await self.security_event(self._drop_event, reason)
             await trio.sleep(delay)
 
     def _record_failure(self, reason: str) -> ConnectionFailure:
@@ -439,7 +442,7 @@ class ChargePointSession:
         """Connect and run until the connection ends; returns why it ended.
 
         Raises `TransportError` when the connection could not be opened."""
-        self._drop_reason = None
+        self._drop_reason = self._drop_event = None
         rpc: RpcConnection | None = None
         try:
             with trio.CancelScope() as scope:
@@ -496,17 +499,18 @@ class ChargePointSession:
                 try:
                     ws = await nursery.start(partial(run_client, ssl_context=context))
                 except UntrustedCertificate as exc:
-                    self._drop_reason = str(exc)
+                    self._drop_reason, self._drop_event = str(exc), exc.security_event
                     if index + 1 < len(contexts):
                         log.info("%s; trying the replaced CSMS root (the fallback)", exc)
                     continue
                 except TransportError as exc:
-                    self._drop_reason = str(exc)
+                    self._drop_reason, self._drop_event = str(exc), exc.security_event
                     return None
                 if self._tls is not None:
                     self._tls.verified(index)
                 return ws
             return None
+        self._drop_event = None
         self._drop_reason = (
             f"no answer within {CONNECT_TIMEOUT:g} s (TCP, TLS and WebSocket handshake)"
         )
@@ -517,6 +521,7 @@ class ChargePointSession:
         return authkey.password(key) if key else None
 
     _drop_reason: str | None = None
+    _drop_event: str | None = None  # the security event the failed connect is, if any
     _reconnecting: str | None = None  # why `reconnect` drops the connection on purpose
 
     async def _guard(self, task: Callable[[], Any], connection: trio.CancelScope) -> None:
