@@ -34,7 +34,7 @@ from tests.station_harness import (
     preset_keys,
     running_station,
 )
-from tests.test_security_tls import HOST, over_wss
+from tests.test_security_tls import HOST, install_csms_root, over_wss
 
 AUTH_KEY = "00112233445566778899aabbccddeeff00112233"  # 20 bytes, hex
 ENTRY = re.compile(r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}\.\d{3}Z \S")
@@ -227,14 +227,7 @@ async def test_an_untrusted_csms_certificate_is_one_event_per_change_not_per_att
     trusted, stranger = issue("CSMS Root"), issue("Another Root")
     server = issue(HOST, stranger, ca=False)
     config = charger_config(tmp_path)
-    async with running_station(config) as h:
-        await h.booted()
-        result = await h.csms_call(
-            call.InstallCertificate(
-                certificate_type="CentralSystemRootCertificate", certificate=trusted.pem
-            )
-        )
-        assert result.status == "Accepted"
+    await install_csms_root(config, trusted)
     async with running_station(over_wss(config, tmp_path), tls=server.server_context()) as h:
         await trio.sleep(300)
         attempts = len(h.network.tls_failures)

@@ -37,7 +37,6 @@ from ocpp.v16.enums import (
     UploadLogStatus,
 )
 
-from dcocpp.clock import parse_ocpp_time
 from dcocpp.ocpp.authcache import AuthStoreError, cache_enabled, parse_expiry
 from dcocpp.ocpp.errors import CallError, InvalidPayload
 from dcocpp.ocpp.locallist import NO_LIST_SUPPORT, limits_of, list_enabled, tags_of
@@ -45,6 +44,7 @@ from dcocpp.ocpp.registration import Registration
 from dcocpp.ocpp.securityhandlers import SecurityHandlers
 from dcocpp.ocpp.smartcharging.handlers import SmartChargingHandlers
 from dcocpp.ocpp.smartcharging.profiles import ProfileError
+from dcocpp.ocpp.timewindow import time_window
 
 if TYPE_CHECKING:
     from dcocpp.ocpp.services import SessionServices
@@ -341,13 +341,7 @@ class CoreHandlers(SmartChargingHandlers, SecurityHandlers):
         **_: Any,
     ) -> Any:
         """5.9: the archive's name at once (none: nothing to send), its upload afterwards."""
-        try:
-            start = None if start_time is None else parse_ocpp_time(start_time)
-            stop = None if stop_time is None else parse_ocpp_time(stop_time)
-        except ValueError:
-            raise CallError(
-                "PropertyConstraintViolation", "startTime/stopTime is no dateTime"
-            ) from None
+        start, stop = time_window(start_time, stop_time, "startTime/stopTime")
         diagnostics = self.session.diagnostics
         if diagnostics is None:
             return call_result.GetDiagnostics()

@@ -21,12 +21,11 @@ from ocpp.v16.enums import (
     LogStatus,
 )
 
-from dcocpp.clock import parse_ocpp_time
 from dcocpp.ocpp.certificates import CertificateRejected, CertificateStoreError
 from dcocpp.ocpp.certificates.certid import CertId
 from dcocpp.ocpp.certificates.store import Installed, RootKind
 from dcocpp.ocpp.diagnostics.logs import LogKind
-from dcocpp.ocpp.errors import CallError
+from dcocpp.ocpp.timewindow import time_window
 
 if TYPE_CHECKING:
     from dcocpp.ocpp.services import SessionServices
@@ -123,15 +122,11 @@ class SecurityHandlers:
     ) -> Any:
         """The file's name at once (Rejected: nothing to send; AcceptedCanceled: it replaces
         an upload still running), its upload afterwards."""
-        try:
-            oldest, latest = (
-                None if log.get(name) is None else parse_ocpp_time(log[name])
-                for name in ("oldest_timestamp", "latest_timestamp")
-            )
-        except ValueError:
-            raise CallError(
-                "PropertyConstraintViolation", "oldestTimestamp/latestTimestamp is no dateTime"
-            ) from None
+        oldest, latest = time_window(
+            log.get("oldest_timestamp"),
+            log.get("latest_timestamp"),
+            "oldestTimestamp/latestTimestamp",
+        )
         logs = self.session.logs
         if logs is None:
             return call_result.GetLog(status=LogStatus.rejected)
