@@ -18,6 +18,7 @@ if TYPE_CHECKING:
     from dcocpp.ocpp.configuration import ConfigurationStore
     from dcocpp.ocpp.control import ChargePointControl, ConnectorStatus
     from dcocpp.ocpp.diagnostics import DiagnosticsService
+    from dcocpp.ocpp.firmware import FirmwareService
     from dcocpp.ocpp.locallist import LocalAuthorizationList
     from dcocpp.ocpp.registration import Registration
     from dcocpp.ocpp.smartcharging.service import ChargingProfiles
@@ -44,6 +45,7 @@ class SessionServices(Protocol):
     local_list: LocalAuthorizationList
     charging_profiles: ChargingProfiles
     diagnostics: DiagnosticsService | None  # None: GetDiagnostics has nothing to send
+    firmware: FirmwareService | None  # None: UpdateFirmware is refused
 
     @property
     def state(self) -> Registration: ...

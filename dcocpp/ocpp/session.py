@@ -60,6 +60,7 @@ from dcocpp.ocpp.configuration import ConfigurationError, ConfigurationStore
 from dcocpp.ocpp.control import ChargePointControl, ConnectorStatus
 from dcocpp.ocpp.diagnostics import DiagnosticsService
 from dcocpp.ocpp.errors import CallError, ConnectionLost, InvalidPayload, OcppError, TransportError
+from dcocpp.ocpp.firmware import FirmwareService
 from dcocpp.ocpp.handlers import CoreHandlers
 from dcocpp.ocpp.locallist import LocalAuthorizationList, list_enabled
 from dcocpp.ocpp.messagelog import MessageLog
@@ -134,6 +135,7 @@ class ChargePointSession:
         local_list: LocalAuthorizationList | None = None,
         charging_profiles: ChargingProfiles | None = None,
         diagnostics: DiagnosticsService | None = None,
+        firmware: FirmwareService | None = None,
         rng: random.Random | None = None,
         clock: Callable[[], datetime] | None = None,
         central_time: CentralTime | None = None,
@@ -153,6 +155,7 @@ class ChargePointSession:
             ChargingProfiles(store) if charging_profiles is None else charging_profiles
         )
         self.diagnostics = diagnostics
+        self.firmware = firmware
         self._ssl_context = ssl_context
         self._client_certificate = client_certificate  # `ssl_context` presents one
         self._open_stream = open_stream

@@ -64,11 +64,13 @@ from dcocpp.ocpp.authorization import Authorizer
 from dcocpp.ocpp.configuration import ConfigurationStore
 from dcocpp.ocpp.control import ConnectorStatus
 from dcocpp.ocpp.diagnostics import DiagnosticsService, UploadState
+from dcocpp.ocpp.firmware import FirmwarePlan, FirmwareService, FirmwareState, InstallHook
 from dcocpp.ocpp.locallist import LocalAuthorizationList
 from dcocpp.ocpp.services import Identity
 from dcocpp.ocpp.session import ChargePointSession
 from dcocpp.ocpp.smartcharging.service import ChargingContext, ChargingProfiles
 from dcocpp.ocpp.transactions import TransactionOutbox
+from dcocpp.ocpp.transfer import SUPPORTED_PROTOCOLS
 from dcocpp.station.limits import LimitEnforcer
 from dcocpp.station.reservations import ReservationBook
 from dcocpp.storage.asyncdb import AsyncDatabase, Runner
@@ -77,6 +79,8 @@ from dcocpp.storage.database import SCHEMA_VERSION, StorageError
 log = logging.getLogger(__name__)
 
 USER_CONFIG_NAME = "ocpp16-user-config.json"
+# Where UpdateFirmware's downloads go, in the data directory.
+FIRMWARE_DIR = "firmware"
 # The charge point's TLS client certificate (PEM, intermediates after it) and its private key
 # (PEM, unencrypted), presented on wss:// (security profile 3).
 CLIENT_CERTIFICATE = "charge-point.pem"
@@ -159,6 +163,8 @@ def load_configuration_store(config: ChargerConfig) -> ConfigurationStore:
             "ChargePointId": config.charge_point.id,
             "CentralSystemURI": config.charge_point.central_system_uri,
             "NumberOfConnectors": len(config.connectors),
+            # What the file transfer service really speaks.
+            "SupportedFileTransferProtocols": ",".join(SUPPORTED_PROTOCOLS),
         },
         measurable=MEASURANDS,
     )
@@ -209,6 +215,7 @@ class Station:
         self.store: ConfigurationStore | None = None
         self.outbox: TransactionOutbox | None = None
         self.diagnostics: DiagnosticsService | None = None  # GetDiagnostics', per boot
+        self.firmware: FirmwareService | None = None  # UpdateFirmware's, per boot
         self._db: AsyncDatabase | None = None
         self.connectors: dict[int, ConnectorTask] = {}
         self.limits: LimitEnforcer | None = None  # smart charging's enforcement, per boot
@@ -294,8 +301,23 @@ class Station:
                 ca_bundle=config.security.csms_ca_bundle,
                 clock=self.clock.now,
             )
+            # The version an install recorded replaces charger.json's.
+            running = await db.firmware_version() or cp.firmware_version
+            install = config.firmware
+            self.firmware = firmware = FirmwareService(
+                self,
+                config.data_dir / FIRMWARE_DIR,
+                version=running,
+                hook=(
+                    None
+                    if install.install_command is None
+                    else InstallHook(install.install_command, install.install_timeout)
+                ),
+                ca_bundle=config.security.csms_ca_bundle,
+                clock=self.clock.now,
+            )
             self.session = session = ChargePointSession(
-                Identity(cp.id, cp.vendor, cp.model, cp.firmware_version, cp.serial_number),
+                Identity(cp.id, cp.vendor, cp.model, running, cp.serial_number),
                 cp.central_system_uri,
                 store,
                 self,
@@ -303,6 +325,7 @@ class Station:
                 local_list=local_list,
                 charging_profiles=charging_profiles,
                 diagnostics=diagnostics,
+                firmware=firmware,
                 ssl_context=ssl_context,
                 client_certificate=client_certificate,
                 open_stream=self._open_stream,
@@ -315,9 +338,14 @@ class Station:
             # the register of a meter that kept counting through it (a PLC's) where there is one.
             recovered = await outbox.recover(now, self._surviving_registers(), self._max_rise())
             cut_off = {tx.connector_id for tx in recovered}
+            # Installed / InstallationFailed of an update the last run ended, before the session.
+            plan = await db.firmware_plan()
+            after_update = await firmware.recover(
+                None if plan is None else FirmwarePlan.from_row(plan)
+            )
             if self._first_boot:
                 self._first_boot = False
-                await outbox.security_event("StartupOfTheDevice", now)
+                await outbox.security_event("StartupOfTheDevice", now, after_update)
             self.reservations = reservations = ReservationBook(
                 db, store, self.clock, lambda: self.connectors, lambda: self._operative0
             )
@@ -363,6 +391,7 @@ class Station:
                     await nursery.start(limits.run)
                     await nursery.start(outbox.run)
                     await nursery.start(diagnostics.run)
+                    await nursery.start(firmware.run)
                     await nursery.start(session.run)
                     log.info(
                         "station %s up: %d connectors, central system %s",
@@ -507,11 +536,16 @@ class Station:
         self._boot_nursery.start_soon(self._reset_now, kind, stopped)
         await stopped.wait()
 
-    async def _reset_now(self, kind: ResetType, stopped: trio.Event) -> None:
-        log.warning("%s reset requested by the central system", kind.value.lower())
+    async def _reset_now(
+        self, kind: ResetType, stopped: trio.Event, cause: str | None = None
+    ) -> None:
+        if cause is None:
+            log.warning("%s reset requested by the central system", kind.value.lower())
         if self.outbox is not None:
             await self.outbox.security_event(
-                "ResetOrReboot", ocpp_time(self.clock.now()), f"{kind.value} reset by the CSMS"
+                "ResetOrReboot",
+                ocpp_time(self.clock.now()),
+                cause or f"{kind.value} reset by the CSMS",
             )
         window = self._flush_window()
         await self._stop_transactions(_RESET_REASONS[kind])
@@ -663,6 +697,47 @@ class Station:
         assert self.limits is not None
         return self.limits.context(connector_id)
 
+    # --- FirmwareHost (for UpdateFirmware) ---------------------------------------------------
+
+    async def record_firmware(
+        self,
+        plan: FirmwarePlan | None,
+        status: FirmwareState | None,
+        *,
+        version: str | None = None,
+        security_event: tuple[str, str, str | None] | None = None,
+    ) -> None:
+        assert self.outbox is not None
+        await self.outbox.firmware_step(
+            None if plan is None else plan.row(),
+            None if status is None else status.value,
+            version=version,
+            security_event=security_event,
+        )
+
+    async def hold_for_firmware(self, held: bool) -> None:
+        log.info(
+            "guns %s for the firmware install",
+            "held (Unavailable once free, no new transaction)" if held else "released",
+        )
+        for task in self.connectors.values():
+            await task.ask(events.MaintenanceHold(held))
+
+    async def wait_no_transaction(self) -> None:
+        for task in self.connectors.values():
+            await task.wait_truth(lambda truth: truth.transaction is None)
+            await task.wait_settled()  # its StopTransaction is in the outbox
+
+    async def reboot_for_firmware(self) -> None:
+        """The hard-reset path, in the boot's nursery (it cancels the boot, the caller too)."""
+        if self._boot_nursery is None:
+            return
+        stopped = trio.Event()
+        self._boot_nursery.start_soon(
+            self._reset_now, ResetType.hard, stopped, "reboot into the installed firmware"
+        )
+        await stopped.wait()
+
     # --- DiagnosticsSource (for GetDiagnostics) ----------------------------------------------
 
     async def _report_diagnostics(self, state: UploadState) -> None:
@@ -721,6 +796,17 @@ class Station:
                     self.diagnostics.snapshot()
                     if self.diagnostics
                     else {"status": "Idle", "upload": None}
+                ),
+                # UpdateFirmware: the last status told, the running version, the update under
+                # way (or the last one).
+                "firmware": (
+                    self.firmware.snapshot()
+                    if self.firmware
+                    else {
+                        "status": "Idle",
+                        "version": self.config.charge_point.firmware_version,
+                        "update": None,
+                    }
                 ),
             },
             "connectors": [
