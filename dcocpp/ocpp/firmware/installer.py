@@ -102,13 +102,15 @@ async def _run_hook(hook: InstallHook, path: Path, version: str) -> str | None:
         output.unlink(missing_ok=True)
         return f"install command {hook.command[0]} cannot be started: {exc.strerror or exc}"
     tail = await trio.to_thread.run_sync(_tail, output)
-    if tail:
-        log.info("firmware install command output (last lines):\n%s", tail)
+    error = None
     if deadline.cancelled_caught:
-        return f"install command killed after its time limit of {hook.timeout:g} s"
-    if process.returncode != 0:
-        return f"install command exited with status {process.returncode}"
-    return None
+        error = f"install command killed after its time limit of {hook.timeout:g} s"
+    elif process.returncode != 0:
+        error = f"install command exited with status {process.returncode}"
+    if tail:
+        level = logging.INFO if error is None else logging.WARNING
+        log.log(level, "firmware install command output (last lines):\n%s", tail)
+    return error
 
 
 async def _kill_group(process: trio.Process) -> None:
