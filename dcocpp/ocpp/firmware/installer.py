@@ -81,7 +81,7 @@ async def _run_hook(hook: InstallHook, path: Path, version: str) -> str | None:
     """The hook's failure in words, None when it exited with 0."""
     argv = [*hook.command, str(path), version]
     env = {**os.environ, "DCOCPP_FIRMWARE_FILE": str(path), "DCOCPP_FIRMWARE_VERSION": version}
-    output = path.with_name(path.name + ".log")
+    output = hook_output(path)
     log.info("firmware install: running %s", " ".join(argv))
     try:
         # A file, not a pipe: its tail is there even after a kill.
@@ -111,6 +111,11 @@ async def _run_hook(hook: InstallHook, path: Path, version: str) -> str | None:
         level = logging.INFO if error is None else logging.WARNING
         log.log(level, "firmware install command output (last lines):\n%s", tail)
     return error
+
+
+def hook_output(path: Path) -> Path:
+    """Where the hook's output goes while it runs (beside the file it installs)."""
+    return path.with_name(path.name + ".log")
 
 
 async def _kill_group(process: trio.Process) -> None:

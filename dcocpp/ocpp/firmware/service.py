@@ -34,7 +34,7 @@ import trio
 from dcocpp.clock import ocpp_time, parse_ocpp_time
 from dcocpp.ocpp.control import FirmwareHost
 from dcocpp.ocpp.errors import OcppError
-from dcocpp.ocpp.firmware.installer import InstallHook, image_version, install
+from dcocpp.ocpp.firmware.installer import InstallHook, hook_output, image_version, install
 from dcocpp.ocpp.firmware.plan import FirmwarePlan, Phase, file_name_of
 from dcocpp.ocpp.transfer import TransferError, discard, download
 from dcocpp.ocpp.transfer.urls import parse, redact
@@ -352,11 +352,12 @@ class FirmwareService:
         return self._work_dir / plan.file_name
 
     async def _remove_files(self, file_name: str) -> None:
-        """The downloaded file and what a download left to resume."""
+        """The downloaded file, what a download left to resume, an install hook's output."""
         target = self._work_dir / file_name
         try:
             await discard(target)
             await trio.Path(target).unlink(missing_ok=True)
+            await trio.Path(hook_output(target)).unlink(missing_ok=True)
         except (TransferError, OSError) as exc:
             log.error("firmware file %s not removed: %s", target, exc)
 
