@@ -138,10 +138,10 @@ CHART = REPO / "statecharts" / "connector.mmd"
 
 
 def test_statechart_stays_readable() -> None:
-    """At most 35 arrows, at most two labels on any, every status described by its rules."""
+    """At most 38 arrows, at most two labels on any, every status described by its rules."""
     text = mermaid()
     arrows = re.findall(r"^\s*(\S+) --> (\S+) : (.*)$", text, re.MULTILINE)
-    assert len(re.findall("-->", text)) <= 35
+    assert len(re.findall("-->", text)) <= 38
     assert max(label.count("|") + 1 for _, _, label in arrows) <= 2
     for r in RULES:
         assert f"{r.status.value} : {r.number}. {r.when}" in text

@@ -183,7 +183,7 @@ async def test_tc_045_2_refused_upload_reports_upload_failed_after_every_attempt
 
 
 @pytest.mark.tc("TC_054")
-async def test_tc_054_triggered_diagnostics_status_is_idle_then_uploading_then_uploaded(
+async def test_tc_054_triggered_diagnostics_status_is_uploading_while_an_upload_runs_else_idle(
     station: Harness, http_server: FileServer
 ) -> None:
     h = station

@@ -152,9 +152,7 @@ async def location(
 
 def update_firmware(h: Harness, url: str, *, after: float = 0, **fields: Any) -> Any:
     when = h.station.clock.now() + timedelta(seconds=after)
-    return h.csms_call(
-        call.UpdateFirmware(location=url, retrieve_date=ocpp_time(when), **fields)
-    )
+    return h.csms_call(call.UpdateFirmware(location=url, retrieve_date=ocpp_time(when), **fields))
 
 
 def statuses(csms: FakeCsms) -> list[str]:
@@ -170,6 +168,10 @@ async def wait_statuses(h: Harness, *expected: str) -> None:
 def firmware_files(config: ChargerConfig) -> list[str]:
     folder = config.data_dir / FIRMWARE_DIR
     return sorted(p.name for p in folder.iterdir()) if folder.exists() else []
+
+
+async def nothing(h: Harness) -> None:
+    """What a test does while the station runs to its reboot on its own."""
 
 
 async def until_hard_reset(
@@ -201,7 +203,7 @@ def versions_booted(csms: FakeCsms) -> list[str]:
     return [p["firmware_version"] for p in csms.received("BootNotification")]
 
 
-# --- TC_044_1: download, install, reboot, Installed ------------------------------------------
+# --- TC_044_1: download, install, reboot, Installed ----------------------------------------------
 
 
 async def installs_and_reports_installed_once(config: ChargerConfig, url: str) -> FakeCsms:
@@ -275,7 +277,7 @@ async def test_the_operator_sees_the_update_with_its_progress_and_without_creden
     await until_hard_reset(config, FakeCsms(), update)
 
 
-# --- TC_044_2: the download fails --------------------------------------------------------------
+# --- TC_044_2: the download fails ----------------------------------------------------------------
 
 
 @pytest.mark.tc("TC_044_2")
@@ -303,7 +305,7 @@ async def test_tc_044_2_download_failed_after_exactly_retries_plus_one_attempts(
         assert [c.machine.status for c in h.station.connectors.values()] == ["Available"] * 2
 
 
-# --- TC_044_3: not an image ---------------------------------------------------------------------
+# --- TC_044_3: not an image ----------------------------------------------------------------------
 
 
 @pytest.mark.tc("TC_044_3")
@@ -427,7 +429,7 @@ async def test_a_restart_during_the_download_resumes_it_with_one_downloading(
             assert part.stat().st_size == 100_000
         # The process is gone mid-download; the next one resumes where it was.
         server.silent = False
-        await until_hard_reset(config, csms, lambda h: trio.sleep(0))
+        await until_hard_reset(config, csms, nothing)
         assert server.requests[-1].headers["range"] == "bytes=100000-"
         await next_boot(config, csms)
     assert statuses(csms) == ["Downloading", "Downloaded", "Installing", "Installed"]
@@ -475,7 +477,7 @@ async def test_a_full_disk_is_download_failed_and_nothing_is_installed(
         )
 
 
-# --- the plan across restarts ----------------------------------------------------------------------
+# --- the plan across restarts --------------------------------------------------------------------
 
 
 async def test_a_retrieve_date_in_the_future_is_waited_for_across_a_restart(
@@ -528,7 +530,7 @@ async def test_a_restart_during_installing_reports_installation_failed_once(
     assert firmware_files(config) == []
 
 
-# --- the guns during an update -----------------------------------------------------------------------
+# --- the guns during an update -------------------------------------------------------------------
 
 
 async def test_the_install_waits_for_a_running_transaction_and_availability_is_restored(
@@ -546,9 +548,7 @@ async def test_the_install_waits_for_a_running_transaction_and_availability_is_r
         assert statuses(h.csms) == ["Downloading", "Downloaded"]  # no install meanwhile
         with pytest.raises(ValueError, match="held for a firmware install"):
             await h.station.present_id(2, "TAG-2")
-        result = await h.csms_call(
-            call.RemoteStartTransaction(id_tag="TAG-2", connector_id=2)
-        )
+        result = await h.csms_call(call.RemoteStartTransaction(id_tag="TAG-2", connector_id=2))
         assert result.status == "Rejected"
         # The central system takes gun 2 out of service meanwhile: that is what counts after.
         result = await h.csms_call(call.ChangeAvailability(connector_id=2, type="Inoperative"))
@@ -602,7 +602,7 @@ async def test_a_second_update_replaces_the_first_before_its_install_and_is_refu
         ]
 
 
-# --- the install hook ---------------------------------------------------------------------------------
+# --- the install hook ----------------------------------------------------------------------------
 
 
 def hook_script(tmp_path: Path, body: str) -> list[str]:
@@ -663,7 +663,7 @@ def alive(pid: int) -> bool:
         return False
 
 
-# --- configuration and storage -----------------------------------------------------------------------
+# --- configuration and storage -------------------------------------------------------------------
 
 
 def test_the_install_hook_in_charger_json_is_checked(tmp_path: Path) -> None:

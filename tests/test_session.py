@@ -406,9 +406,7 @@ async def test_unimplemented_and_unknown_actions_answer_callerror(
 ) -> None:
     async with running_station(charger_config(tmp_path)) as h:
         with pytest.raises(CallError) as info:
-            await h.csms_call(
-                call.UpdateFirmware(location="ftp://x", retrieve_date="2026-01-01T00:00:00Z")
-            )
+            await h.csms_call(call.ExtendedTriggerMessage(requested_message="Heartbeat"))
         assert info.value.code == "NotImplemented"
         rpc = await h.csms.wait_connected()
         rpc._validate = False  # let the fake CSMS send an action OCPP 1.6 does not know

@@ -26,8 +26,7 @@ from ocpp.v16.enums import (
 )
 
 if TYPE_CHECKING:
-    from dcocpp.ocpp.firmware.plan import FirmwarePlan
-    from dcocpp.ocpp.firmware.service import FirmwareState
+    from dcocpp.ocpp.firmware.plan import FirmwarePlan, FirmwareState
     from dcocpp.ocpp.smartcharging.service import ChargingContext
 
 

@@ -6,8 +6,8 @@ install and the status the central system and the operator see. No OCPP message 
 SignedUpdateFirmware and OCPP 2.0.1 sit on top."""
 
 from dcocpp.ocpp.firmware.installer import InstallHook, image_version
-from dcocpp.ocpp.firmware.plan import FirmwarePlan, Phase
-from dcocpp.ocpp.firmware.service import FirmwareBusy, FirmwareService, FirmwareState
+from dcocpp.ocpp.firmware.plan import FirmwarePlan, FirmwareState, Phase
+from dcocpp.ocpp.firmware.service import FirmwareBusy, FirmwareService
 
 __all__ = [
     "FirmwareBusy",

@@ -21,6 +21,18 @@ DEFAULT_FILE_NAME = "firmware.bin"
 _UNSAFE = re.compile(r"[^A-Za-z0-9._-]")
 
 
+class FirmwareState(enum.Enum):
+    """The statuses of FirmwareStatusNotification."""
+
+    IDLE = "Idle"
+    DOWNLOADING = "Downloading"
+    DOWNLOADED = "Downloaded"
+    DOWNLOAD_FAILED = "DownloadFailed"
+    INSTALLING = "Installing"
+    INSTALLED = "Installed"
+    INSTALLATION_FAILED = "InstallationFailed"
+
+
 class Phase(enum.Enum):
     SCHEDULED = "scheduled"  # waiting for its retrieveDate
     DOWNLOADING = "downloading"  # an attempt under way, or the wait for the next

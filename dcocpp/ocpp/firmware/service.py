@@ -21,7 +21,6 @@ removed, it reports nothing more); from Installing on it raises FirmwareBusy.
 
 from __future__ import annotations
 
-import enum
 import logging
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
@@ -35,7 +34,7 @@ from dcocpp.clock import ocpp_time, parse_ocpp_time
 from dcocpp.ocpp.control import FirmwareHost
 from dcocpp.ocpp.errors import OcppError
 from dcocpp.ocpp.firmware.installer import InstallHook, hook_output, image_version, install
-from dcocpp.ocpp.firmware.plan import FirmwarePlan, Phase, file_name_of
+from dcocpp.ocpp.firmware.plan import FirmwarePlan, FirmwareState, Phase, file_name_of
 from dcocpp.ocpp.transfer import TransferError, discard, download
 from dcocpp.ocpp.transfer.urls import parse, redact
 
@@ -45,18 +44,6 @@ log = logging.getLogger(__name__)
 ATTEMPT_TIMEOUT = 300.0
 # retryInterval absent: this many seconds between attempts.
 DEFAULT_RETRY_INTERVAL = 60
-
-
-class FirmwareState(enum.Enum):
-    """The statuses of FirmwareStatusNotification."""
-
-    IDLE = "Idle"
-    DOWNLOADING = "Downloading"
-    DOWNLOADED = "Downloaded"
-    DOWNLOAD_FAILED = "DownloadFailed"
-    INSTALLING = "Installing"
-    INSTALLED = "Installed"
-    INSTALLATION_FAILED = "InstallationFailed"
 
 
 # What a triggered notification says in each phase of a running plan.
