@@ -5,7 +5,8 @@ UpdateFirmware (on `diagnostics.service` and `firmware.service`).
 Each `@on` handler answers from state it can read at once; anything the CALLRESULT must precede
 (the triggered message, the reset) runs in the matching `@after` hook, which the RPC layer runs
 once the answer is on the wire. Actions without a handler are answered NotImplemented by the RPC.
-The SmartCharging CALLs come from a mixin (`smartcharging/handlers.py`).
+The SmartCharging CALLs come from a mixin (`smartcharging/handlers.py`), the certificate CALLs
+from another (`securityhandlers.py`).
 """
 
 from __future__ import annotations
@@ -41,6 +42,7 @@ from dcocpp.ocpp.errors import CallError, InvalidPayload
 from dcocpp.ocpp.firmware import FirmwareBusy
 from dcocpp.ocpp.locallist import NO_LIST_SUPPORT, limits_of, list_enabled, tags_of
 from dcocpp.ocpp.registration import Registration
+from dcocpp.ocpp.securityhandlers import SecurityHandlers
 from dcocpp.ocpp.smartcharging.handlers import SmartChargingHandlers
 from dcocpp.ocpp.smartcharging.profiles import ProfileError
 
@@ -65,7 +67,7 @@ _TRIGGERABLE = frozenset(
 )
 
 
-class CoreHandlers(SmartChargingHandlers):
+class CoreHandlers(SmartChargingHandlers, SecurityHandlers):
     def __init__(self, session: SessionServices):
         self.session = session
 

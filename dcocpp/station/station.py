@@ -61,6 +61,8 @@ from dcocpp.hardware.registercheck import JITTER_S, RESOLUTION_WH
 from dcocpp.ocpp import transport
 from dcocpp.ocpp.authcache import AuthorizationCache
 from dcocpp.ocpp.authorization import Authorizer
+from dcocpp.ocpp.certificates.store import CertificateStore
+from dcocpp.ocpp.certificates.tls import CentralSystemTrust, client_context
 from dcocpp.ocpp.configuration import ConfigurationStore
 from dcocpp.ocpp.control import ConnectorStatus
 from dcocpp.ocpp.diagnostics import DiagnosticsService, UploadState
@@ -81,6 +83,8 @@ log = logging.getLogger(__name__)
 USER_CONFIG_NAME = "ocpp16-user-config.json"
 # Where UpdateFirmware's downloads go, in the data directory.
 FIRMWARE_DIR = "firmware"
+# The certificate store, in the data directory (`certificates.store`).
+CERTIFICATES = "certificates"
 # The charge point's TLS client certificate (PEM, intermediates after it) and its private key
 # (PEM, unencrypted), presented on wss:// (security profile 3).
 CLIENT_CERTIFICATE = "charge-point.pem"
@@ -122,16 +126,15 @@ class HardReset(Exception):
     """The central system asked for a hard reset: the process must exit and be restarted."""
 
 
-def client_ssl_context(config: ChargerConfig) -> tuple[ssl.SSLContext, bool]:
-    """TLS for wss:// (OCPP 1.6 security profiles 2/3 require TLS 1.2 or newer), and whether
-    it presents a client certificate: `CLIENT_CERTIFICATE` in security.clientCertDir with
-    `CLIENT_KEY` in security.keyDir, when both are there. A pair that cannot be used is
-    logged and not presented: the charger runs on, and a central system that wants one says
-    so when it refuses the connection."""
+def client_ssl_context(config: ChargerConfig, trusted_pem: str = "") -> tuple[ssl.SSLContext, bool]:
+    """TLS for wss:// trusting the installed CSMS roots `trusted_pem` and security.csmsCaBundle
+    (`certificates.tls.client_context`: TLS 1.2 or newer), and whether it presents a client
+    certificate: `CLIENT_CERTIFICATE` in security.clientCertDir with `CLIENT_KEY` in
+    security.keyDir, when both are there. A pair that cannot be used is logged and not
+    presented: the charger runs on, and a central system that wants one says so when it
+    refuses the connection."""
     security = config.security
-    bundle = security.csms_ca_bundle
-    context = ssl.create_default_context(cafile=str(bundle) if bundle.is_file() else None)
-    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    context = client_context(trusted_pem=trusted_pem, ca_bundle=security.csms_ca_bundle)
     cert = security.client_cert_dir / CLIENT_CERTIFICATE
     key = security.key_dir / CLIENT_KEY
     found = [path for path in (cert, key) if path.is_file()]
@@ -273,10 +276,12 @@ class Station:
             saved = await db.availability()
             self._operative0 = saved.get(0, True)
             cp = config.charge_point
-            ssl_context, client_certificate = (
-                client_ssl_context(config)
+            certificates = CertificateStore(config.data_dir / CERTIFICATES, clock=self.clock.now)
+            certificates.load()
+            tls = (
+                CentralSystemTrust(certificates, partial(client_ssl_context, config))
                 if cp.central_system_uri.startswith("wss")
-                else (None, False)
+                else None
             )
             charging_profiles = ChargingProfiles(
                 store,
@@ -326,8 +331,9 @@ class Station:
                 charging_profiles=charging_profiles,
                 diagnostics=diagnostics,
                 firmware=firmware,
-                ssl_context=ssl_context,
-                client_certificate=client_certificate,
+                tls=tls,
+                certificates=certificates,
+                security_events=self._security_event,
                 open_stream=self._open_stream,
                 clock=self.clock.now,
                 central_time=self.clock.follow,
@@ -739,6 +745,10 @@ class Station:
         await stopped.wait()
 
     # --- DiagnosticsSource (for GetDiagnostics) ----------------------------------------------
+
+    async def _security_event(self, kind: str, tech_info: str | None) -> None:
+        if self.outbox is not None:
+            await self.outbox.security_event(kind, ocpp_time(self.clock.now()), tech_info)
 
     async def _report_diagnostics(self, state: UploadState) -> None:
         """Each step of an upload goes through the outbox: persisted, delivered in order once
