@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import functools
 import inspect
+import ssl
 from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
 from typing import Any
@@ -378,11 +379,17 @@ class MemoryNetwork:
     `down = True` refuses new connections (like a CSMS that is not running); `hang_up = True`
     accepts them and closes each at once, before the WebSocket upgrade; `drop()` closes
     the current connections abruptly; `freeze()` makes the CSMS side stop reading and answering
-    (a dead link that TCP has not noticed)."""
+    (a dead link that TCP has not noticed). With `ssl_context` the central system speaks TLS
+    (wss://) on its side of each link, with that context."""
 
-    def __init__(self, csms: FakeCsms, nursery: trio.Nursery):
+    def __init__(
+        self, csms: FakeCsms, nursery: trio.Nursery, ssl_context: ssl.SSLContext | None = None
+    ):
         self.csms = csms
         self._nursery = nursery
+        self.ssl_context = ssl_context
+        # Why each TLS handshake the central system's side saw fail, in order.
+        self.tls_failures: list[str] = []
         self.down = False
         self.hang_up = False
         self.attempts: list[float] = []
@@ -405,6 +412,15 @@ class MemoryNetwork:
 
     async def _serve_link(self, scope: trio.CancelScope, stream: trio.abc.Stream) -> None:
         with scope:
+            if self.ssl_context is not None:
+                tls = trio.SSLStream(stream, self.ssl_context, server_side=True)
+                try:
+                    await tls.do_handshake()
+                except trio.BrokenResourceError as exc:
+                    self.tls_failures.append(str(exc.__cause__ or exc))
+                    await trio.aclose_forcefully(stream)
+                    return
+                stream = tls
             await serve_stream(stream, self.csms.serve, authenticate=self.csms.authenticate)
 
     async def drop(self) -> None:

@@ -9,6 +9,7 @@ and, unless a test passes its own `clock=`, a wall clock that advances with trio
 from __future__ import annotations
 
 import json
+import ssl
 import uuid
 from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import asynccontextmanager
@@ -252,6 +253,7 @@ async def running_station(
     keys: Mapping[str, Any] | None = None,
     hardware: SimulatedHardware | PlcBackend | None = None,
     simulation: SimulationControl | None = None,
+    tls: ssl.SSLContext | None = None,
 ) -> AsyncIterator[Harness]:
     """A started station; by default without WebSocket pings (tests that want them say so).
 
@@ -259,11 +261,12 @@ async def running_station(
     `clock` (the system's wall clock, under the station's) defaults to a `TrioWallClock`
     starting at `WALL_START`, and is the CSMS's too unless it has its own; `hardware` to what the
     configuration asks for, built by the station. A `PlcBackend` comes with the `simulation`
-    of the PLCs it drives (`emulated_plcs`); a `SimulatedHardware` is its own."""
+    of the PLCs it drives (`emulated_plcs`); a `SimulatedHardware` is its own. With `tls` the
+    central system serves wss:// with that server context."""
     csms = csms or FakeCsms()
     preset_keys(config, WebSocketPingInterval=ping, **dict(keys or {}))
     async with trio.open_nursery() as nursery:
-        network = MemoryNetwork(csms, nursery)
+        network = MemoryNetwork(csms, nursery, tls)
         wall_origin = None
         if clock is None:
             wall_origin = trio.current_time()

@@ -28,7 +28,7 @@ PATCHES = {
     "CentralSystemURI": "ws://csms.test/ocpp/",
     "NumberOfConnectors": 3,
 }
-SECRET = "s3cr3t-Auth0rizati0nKey"
+SECRET = "5ec2e7" * 10  # an AuthorizationKey as OCPP sends it: 30 bytes in hex
 
 # OCPP 1.6 section 9: every required key of the profiles this charger supports, and whether
 # it is read-only here.
@@ -123,6 +123,7 @@ def test_shipped_config_loads_with_patches(store: ConfigurationStore) -> None:
     # Only the profiles that are implemented; later issues add theirs.
     assert store.get_list("SupportedFeatureProfiles") == [
         "Core",
+        "FirmwareManagement",
         "LocalAuthListManagement",
         "RemoteTrigger",
         "Reservation",
@@ -145,6 +146,7 @@ def test_shipped_base_file_groups_like_libocpp() -> None:
     assert list(document) == [
         "Internal",
         "Core",
+        "FirmwareManagement",
         "LocalAuthListManagement",
         "Reservation",
         "SmartCharging",
@@ -539,7 +541,13 @@ def test_authorization_key_is_write_only(
 
 
 @pytest.mark.parametrize(
-    "value", ["short-key", "k" * 41, "sixteen-chars-é!", "tab\tseparated-key!"]
+    "value",
+    [
+        "short-key",
+        "k" * 41,
+        "sixteen-chars-é!",
+        "tab\tseparated-key!",
+    ],
 )
 def test_invalid_authorization_key_is_rejected_without_echo(
     store: ConfigurationStore, caplog: pytest.LogCaptureFixture, value: str
@@ -552,6 +560,31 @@ def test_invalid_authorization_key_is_rejected_without_echo(
     assert value not in str(info.value)
     assert str(len(value)) not in str(info.value)
     assert store.get("AuthorizationKey") is None
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        "legacy-text-passwd",  # the files may hold one (see authkey); OCPP may not set one
+        "ab" * 19,  # 19 bytes
+        "ab" * 41,  # 41 bytes
+        "a" * 41,  # an odd number of digits
+        "0x" + "ab" * 20,
+        "zz" * 20,
+    ],
+)
+def test_authorization_key_set_over_ocpp_must_be_20_to_40_bytes_in_hex(
+    store: ConfigurationStore, caplog: pytest.LogCaptureFixture, value: str
+) -> None:
+    caplog.set_level(logging.DEBUG)
+    assert store.change("AuthorizationKey", value) == ConfigurationStatus.rejected
+    with pytest.raises(ConfigurationError) as info:
+        store.set_value("AuthorizationKey", value)
+    # The rule, nothing of the value.
+    assert str(info.value) == "AuthorizationKey: must be 40 to 80 hex digits (20 to 40 bytes)"
+    assert value not in caplog.text
+    assert store.get("AuthorizationKey") is None
+    assert store.change("AuthorizationKey", "AB" * 40) == ConfigurationStatus.accepted
 
 
 # -- persistence ------------------------------------------------------------------------------
@@ -740,6 +773,7 @@ def test_spec_types() -> None:
         readonly=False,
         write_only=True,
         min_length=16,
-        max_length=40,
+        max_length=80,
         printable_ascii=True,
+        hex_key=True,
     )

@@ -297,7 +297,7 @@ async def test_change_configuration_takes_key_names_in_any_letters(
         changed = await h.csms_call(call.ChangeConfiguration(key="ConnectionTimeout", value="33"))
         read = await h.csms_call(call.GetConfiguration(key=["connectiontimeout"]))
         assert h.store.get_int("ConnectionTimeOut") == 33
-        key = "0123456789abcdef0123"
+        key = "0123456789abcdef0123" * 2  # 20 bytes in hex
         result = await h.csms_call(call.ChangeConfiguration(key="authorizationkey", value=key))
         await h.wait_until(lambda: h.csms.connections == 2)  # it reconnected with the new key
     assert (changed.status, result.status) == ("Accepted", "Accepted")
@@ -307,42 +307,65 @@ async def test_change_configuration_takes_key_names_in_any_letters(
     assert read.unknown_key is None
 
 
-async def test_authorization_key_change_reconnects_with_new_basic_auth(
-    autojump_clock: Any, tmp_path: Path
+async def test_tc_073_authorization_key_change_reconnects_with_its_bytes_as_password(
+    autojump_clock: Any, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    """TC_073 / TC_085: the Basic-auth password is the AuthorizationKey, used from the next
-    connection on, and never returned by GetConfiguration."""
-    passwords: list[str | None] = []
+    """TC_073 / TC_085: the AuthorizationKey arrives in hex; its decoded bytes are the
+    Basic-auth password from a reconnect at once on; it is never returned by GetConfiguration
+    nor logged."""
+    caplog.set_level(logging.DEBUG)
+    passwords: list[bytes | None] = []
 
-    def authenticate(cp_id: str, password: str | None) -> bool:
+    def authenticate(cp_id: str, password: bytes | None) -> bool:
         passwords.append(password)
         return cp_id == "DCOCPP-001"
 
     csms = FakeCsms(authenticate=authenticate)
+    key = "9f" * 8 + "00ff" + "3a" * 10  # 20 bytes, a NUL and ':' among them
     async with running_station(charger_config(tmp_path), csms) as h:
         await csms.wait_for_calls("StatusNotification", 3)
-        key = "0123456789abcdef0123"
+        refused = await h.csms_call(
+            call.ChangeConfiguration(key="AuthorizationKey", value="ab" * 19)
+        )
         result = await h.csms_call(call.ChangeConfiguration(key="AuthorizationKey", value=key))
-        assert result.status == "Accepted"
+        assert (refused.status, result.status) == ("Rejected", "Accepted")
         await csms.wait_connected(2)
         read = await h.csms_call(call.GetConfiguration(key=["AuthorizationKey"]))
-    assert passwords == [None, key]
+    assert passwords == [None, bytes.fromhex(key)]
     assert len(csms.received("BootNotification")) == 1  # a reconnect, not a reboot
     assert read.configuration_key is None or read.configuration_key == []
+    assert read.unknown_key == ["AuthorizationKey"]
+    assert key not in caplog.text and key.upper() not in caplog.text
 
 
 async def test_tc_085_wrong_password_is_refused_and_retried(
     autojump_clock: Any, tmp_path: Path
 ) -> None:
     config = charger_config(tmp_path)
-    preset_keys(config, AuthorizationKey="wrong-password-0123")
-    csms = FakeCsms(authenticate=lambda cp, pw: pw == "right-password-0123")
+    wrong, right = "0a" * 20, "0b" * 20
+    preset_keys(config, AuthorizationKey=wrong)
+    csms = FakeCsms(authenticate=lambda cp, pw: pw == bytes.fromhex(right))
     async with running_station(config, csms) as h:
         await trio.sleep(120)
         assert csms.connections == 0
         assert len(h.network.attempts) >= 3
-        h.store.set_value("AuthorizationKey", "right-password-0123")
+        h.store.set_value("AuthorizationKey", right)
         await csms.wait_for_calls("BootNotification", 1)
+
+
+async def test_a_legacy_text_key_in_the_files_is_its_utf8_bytes(
+    autojump_clock: Any, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A key an older dcocpp took as text keeps working after the update (with a warning),
+    so the update does not cut the charger off from its central system."""
+    config = charger_config(tmp_path)
+    preset_keys(config, AuthorizationKey="legacy-password-1")
+    csms = FakeCsms(authenticate=lambda cp, pw: pw == b"legacy-password-1")
+    async with running_station(config, csms):
+        await csms.wait_for_calls("BootNotification", 1)
+    [warning] = [r.getMessage() for r in caplog.records if "AuthorizationKey" in r.getMessage()]
+    assert "is not 40 to 80 hex digits: taken as text" in warning
+    assert "legacy-password-1" not in caplog.text
 
 
 # --- remote trigger, data transfer, cache, unknown actions ---------------------------------------
@@ -406,9 +429,7 @@ async def test_unimplemented_and_unknown_actions_answer_callerror(
 ) -> None:
     async with running_station(charger_config(tmp_path)) as h:
         with pytest.raises(CallError) as info:
-            await h.csms_call(
-                call.UpdateFirmware(location="ftp://x", retrieve_date="2026-01-01T00:00:00Z")
-            )
+            await h.csms_call(call.ExtendedTriggerMessage(requested_message="Heartbeat"))
         assert info.value.code == "NotImplemented"
         rpc = await h.csms.wait_connected()
         rpc._validate = False  # let the fake CSMS send an action OCPP 1.6 does not know
@@ -834,7 +855,7 @@ async def test_security_profile_reports_what_the_connection_uses(
     async with running_station(charger_config(tmp_path)) as h:
         await h.booted()
         assert h.store.get_int("SecurityProfile") == 0
-        key = "0123456789abcdef0123"
+        key = "0123456789abcdef0123" * 2  # 20 bytes in hex
         result = await h.csms_call(call.ChangeConfiguration(key="AuthorizationKey", value=key))
         assert result.status == "Accepted"
         await h.csms.wait_connected(2)  # it reconnected with the key

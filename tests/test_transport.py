@@ -16,7 +16,7 @@ import trio
 import trustme
 from trio_websocket import ConnectionClosed, WebSocketRequest, serve_websocket
 
-from dcocpp.ocpp import transport
+from dcocpp.ocpp import authkey, transport
 from dcocpp.ocpp.errors import TransportError
 
 
@@ -36,13 +36,27 @@ def test_charge_point_id_is_one_path_segment(base: str, expected: str) -> None:
     assert transport.endpoint_url(base, "CP 1") == expected
 
 
-def test_tc_085_basic_auth_header_is_base64_of_id_and_key() -> None:
-    name, value = transport.basic_auth_header("CP-1", "0123456789abcdef")
+@pytest.mark.tc("TC_085")
+def test_tc_085_basic_auth_password_is_the_keys_decoded_bytes() -> None:
+    """The AuthorizationKey arrives in hex; the password is its bytes, printable or not."""
+    key = "00ff3a0d0a" + "41" * 15  # a NUL, 0xff, ':' and CR LF among them: 20 bytes
+    password = authkey.password(key)
+    assert password == bytes.fromhex(key)
+    name, value = transport.basic_auth_header("CP-1", password)
     assert name == b"Authorization"
-    assert value == b"Basic " + base64.b64encode(b"CP-1:0123456789abcdef")
-    assert transport.parse_basic_auth([(b"authorization", value)]) == ("CP-1", "0123456789abcdef")
+    assert value == b"Basic " + base64.b64encode(b"CP-1:" + bytes.fromhex(key))
+    # The server side reads the same bytes back: the password ends at the end, not at ':'.
+    assert transport.parse_basic_auth([(b"authorization", value)]) == ("CP-1", password)
     assert transport.parse_basic_auth([(b"Authorization", b"Bearer x")]) is None
     assert transport.parse_basic_auth([(b"Authorization", b"Basic !!!")]) is None
+
+
+def test_a_legacy_text_key_is_its_utf8_bytes() -> None:
+    assert authkey.password("0123456789abcdef") == b"0123456789abcdef"  # 8 bytes: not hex
+    assert authkey.password("A1" * 20) == b"\xa1" * 20  # 40 digits: hex
+
+
+KEY = "c0ffee" * 7 + "00"  # an AuthorizationKey as OCPP sends it: 22 bytes in hex
 
 
 async def serve_raw(
@@ -142,7 +156,7 @@ async def test_server_side_checks_subprotocol_and_basic_auth(nursery: trio.Nurse
             handler,
             "127.0.0.1",
             0,
-            authenticate=lambda cp, pw: pw == "0123456789abcdef",
+            authenticate=lambda cp, pw: pw == bytes.fromhex(KEY),
         )
     )
     url = f"ws://127.0.0.1:{port}/ocpp"
@@ -154,7 +168,7 @@ async def test_server_side_checks_subprotocol_and_basic_auth(nursery: trio.Nurse
                 transport.run_client,
                 url,
                 charge_point_id="CP 7",
-                authorization_key="0123456789abcdef",
+                password=authkey.password(KEY),
             )
         )
         assert ws.subprotocol == "ocpp1.6"

@@ -23,6 +23,8 @@ so `set_value` on a readonly key changes it for this run only.
 
 AuthorizationKey is write-only: GetConfiguration never reports it, and no log line or
 exception text contains its value (or its length). `get` still returns it, for the transport.
+Set over OCPP (ChangeConfiguration, `set_value`) it must be hex digits (`authkey`); the files
+may also hold a legacy text key, which loads with a warning.
 
 Pure synchronous code: callers in trio tasks call it directly; a change costs one fsync.
 """
@@ -42,6 +44,7 @@ import attrs
 from ocpp.v16.enums import ConfigurationStatus, Measurand
 
 from dcocpp.jsontypes import json_type
+from dcocpp.ocpp import authkey
 from dcocpp.ocpp.errors import OcppError
 from dcocpp.storage.atomicfile import replace_file
 
@@ -105,6 +108,8 @@ class KeySpec:
     item_pattern: str | None = None
     # STRING must be printable ASCII (it ends up in an HTTP header).
     printable_ascii: bool = False
+    # Set over OCPP it must be an `authkey` hex key; the files may hold a legacy text key.
+    hex_key: bool = False
 
 
 def _spec(name: str, profile: str, type_: KeyType, readonly: bool, **kw: Any) -> KeySpec:
@@ -243,9 +248,11 @@ _ALL_SPECS = [
         _S,
         _RW,
         write_only=True,
+        # What the files may hold: a legacy text key (16 to 40) or the hex digits (40 to 80).
         min_length=16,
-        max_length=40,
+        max_length=2 * authkey.MAX_OCTETS,
         printable_ascii=True,
+        hex_key=True,
     ),
     _spec("CertificateSignedMaxChainSize", "Security", _I, _R, minimum=0, maximum=10000),
     _spec("CertificateStoreMaxLength", "Security", _I, _R, minimum=0),
@@ -301,6 +308,16 @@ def _validate(spec: KeySpec, text: str, lookup: Lookup = _no_lookup) -> str:
         _validate_string(spec, text)
         return text
     return ",".join(_validate_list(spec, text, lookup))
+
+
+def _validate_hex_key(spec: KeySpec, text: str) -> None:
+    """What OCPP sets must be hex (the files may hold a legacy text key, see `authkey`)."""
+    if spec.hex_key and not authkey.is_hex_key(text):
+        low, high = 2 * authkey.MIN_OCTETS, 2 * authkey.MAX_OCTETS
+        raise _Invalid(
+            f"must be {low} to {high} hex digits"
+            f" ({authkey.MIN_OCTETS} to {authkey.MAX_OCTETS} bytes)"
+        )
 
 
 def _validate_integer(spec: KeySpec, text: str) -> int:
@@ -456,6 +473,18 @@ class ConfigurationStore:
 
         overlay = _load_overlay(Path(user_path), specs, values)
         values.update(overlay)
+        for spec in specs.values():
+            text = values.get(spec.name)
+            if spec.hex_key and text is not None and not authkey.is_hex_key(text):
+                where = user_path if spec.name in overlay else base_path
+                logger.warning(
+                    "%s: %s is not %d to %d hex digits: taken as text, the UTF-8 bytes of which"
+                    " are the Basic-auth password (as earlier dcocpp did); set it in hex",
+                    where,
+                    spec.name,
+                    2 * authkey.MIN_OCTETS,
+                    2 * authkey.MAX_OCTETS,
+                )
         return cls(specs, values, overlay, Path(user_path))
 
     # -- reading ----------------------------------------------------------------------------
@@ -522,6 +551,7 @@ class ConfigurationStore:
             logger.info("configuration key %s: change refused, key is read-only", key)
             return ConfigurationStatus.rejected
         try:
+            _validate_hex_key(spec, value)
             text = _validate(spec, value, self._values.get)
             current = self._values.get(key)
             if spec.only_increase and current is not None and int(text) < int(current):
@@ -549,6 +579,7 @@ class ConfigurationStore:
         if spec is None:
             raise ConfigurationError([f"{key}: unknown configuration key"])
         try:
+            _validate_hex_key(spec, _to_text(spec, value))
             text = _validate(spec, _to_text(spec, value), self._values.get)
         except _Invalid as err:
             raise ConfigurationError([f"{key}: {err}"]) from None

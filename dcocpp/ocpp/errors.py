@@ -13,6 +13,11 @@ class TransportError(OcppError):
     """The WebSocket to the peer could not be opened (refused, TLS, HTTP reject, subprotocol)."""
 
 
+class UntrustedCertificate(TransportError):
+    """The central system's TLS certificate does not verify against what the charger trusts
+    (or does not name the host connected to)."""
+
+
 class ConnectionLost(OcppError):
     """The WebSocket closed while a CALL was outstanding or being sent."""
 

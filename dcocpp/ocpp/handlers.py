@@ -1,10 +1,12 @@
 """Handlers of the central system's Core, RemoteTrigger, LocalAuthListManagement and
-Reservation CALLs that need no transaction, and GetDiagnostics (on `diagnostics.service`).
+Reservation CALLs that need no transaction, and FirmwareManagement's GetDiagnostics and
+UpdateFirmware (on `diagnostics.service` and `firmware.service`).
 
 Each `@on` handler answers from state it can read at once; anything the CALLRESULT must precede
 (the triggered message, the reset) runs in the matching `@after` hook, which the RPC layer runs
 once the answer is on the wire. Actions without a handler are answered NotImplemented by the RPC.
-The SmartCharging CALLs come from a mixin (`smartcharging/handlers.py`).
+The SmartCharging CALLs come from a mixin (`smartcharging/handlers.py`), the certificate CALLs
+from another (`securityhandlers.py`).
 """
 
 from __future__ import annotations
@@ -37,8 +39,10 @@ from ocpp.v16.enums import (
 from dcocpp.clock import parse_ocpp_time
 from dcocpp.ocpp.authcache import AuthStoreError, cache_enabled, parse_expiry
 from dcocpp.ocpp.errors import CallError, InvalidPayload
+from dcocpp.ocpp.firmware import FirmwareBusy
 from dcocpp.ocpp.locallist import NO_LIST_SUPPORT, limits_of, list_enabled, tags_of
 from dcocpp.ocpp.registration import Registration
+from dcocpp.ocpp.securityhandlers import SecurityHandlers
 from dcocpp.ocpp.smartcharging.handlers import SmartChargingHandlers
 from dcocpp.ocpp.smartcharging.profiles import ProfileError
 
@@ -63,7 +67,7 @@ _TRIGGERABLE = frozenset(
 )
 
 
-class CoreHandlers(SmartChargingHandlers):
+class CoreHandlers(SmartChargingHandlers, SecurityHandlers):
     def __init__(self, session: SessionServices):
         self.session = session
 
@@ -252,15 +256,17 @@ class CoreHandlers(SmartChargingHandlers):
         elif message == MessageTrigger.meter_values:
             await session.control.trigger_meter_values(connector_id)
         elif message == MessageTrigger.diagnostics_status_notification:
-            # Idle until the first GetDiagnostics of this boot, then its latest step.
-            state = session.diagnostics.state.value if session.diagnostics else "Idle"
+            # 4.4: Idle when no upload runs, else Uploading.
+            state = session.diagnostics.current.value if session.diagnostics else "Idle"
             await session.call(
                 call.DiagnosticsStatusNotification(status=DiagnosticsStatus(state)),
                 triggered=True,
             )
         elif message == MessageTrigger.firmware_status_notification:
+            # 4.5: Idle when no firmware task runs, else its current step.
+            state = session.firmware.state.value if session.firmware else "Idle"
             await session.call(
-                call.FirmwareStatusNotification(status=FirmwareStatus.idle), triggered=True
+                call.FirmwareStatusNotification(status=FirmwareStatus(state)), triggered=True
             )
 
     # --- diagnostics -------------------------------------------------------------------------
@@ -290,6 +296,32 @@ class CoreHandlers(SmartChargingHandlers):
             location, retries=retries, retry_interval=retry_interval, start=start, stop=stop
         )
         return call_result.GetDiagnostics(file_name=file_name)
+
+    @on(Action.update_firmware)
+    async def on_update_firmware(
+        self,
+        location: str,
+        retrieve_date: str,
+        retries: int | None = None,
+        retry_interval: int | None = None,
+        **_: Any,
+    ) -> Any:
+        """5.19: answered at once, the download at retrieveDate. UpdateFirmware.conf has no
+        status: an install in progress is refused with a CALLERROR (an empty answer would
+        claim the update was taken)."""
+        try:
+            when = parse_ocpp_time(retrieve_date)
+        except ValueError:
+            raise CallError("PropertyConstraintViolation", "retrieveDate is no dateTime") from None
+        firmware = self.session.firmware
+        if firmware is None:
+            raise CallError("NotSupported", "no firmware updates on this charger")
+        try:
+            await firmware.request(location, when, retries=retries, retry_interval=retry_interval)
+        except FirmwareBusy:
+            log.warning("UpdateFirmware refused: a firmware installation is in progress")
+            raise CallError("GenericError", "a firmware installation is in progress") from None
+        return call_result.UpdateFirmware()
 
     # --- misc --------------------------------------------------------------------------------
 

@@ -15,9 +15,11 @@ import attrs
 
 if TYPE_CHECKING:
     from dcocpp.ocpp.authcache import AuthorizationCache
+    from dcocpp.ocpp.certificates.store import CertificateStore
     from dcocpp.ocpp.configuration import ConfigurationStore
     from dcocpp.ocpp.control import ChargePointControl, ConnectorStatus
     from dcocpp.ocpp.diagnostics import DiagnosticsService
+    from dcocpp.ocpp.firmware import FirmwareService
     from dcocpp.ocpp.locallist import LocalAuthorizationList
     from dcocpp.ocpp.registration import Registration
     from dcocpp.ocpp.smartcharging.service import ChargingProfiles
@@ -44,6 +46,9 @@ class SessionServices(Protocol):
     local_list: LocalAuthorizationList
     charging_profiles: ChargingProfiles
     diagnostics: DiagnosticsService | None  # None: GetDiagnostics has nothing to send
+    firmware: FirmwareService | None  # None: UpdateFirmware is refused
+    certificates: CertificateStore | None  # None: no certificate store
+    csms_url: str  # as configured (ws:// or wss://)
 
     @property
     def state(self) -> Registration: ...
@@ -51,6 +56,8 @@ class SessionServices(Protocol):
     def security_profile_in_use(self) -> int: ...
 
     def reconnect(self, reason: str) -> None: ...
+
+    async def security_event(self, kind: str, tech_info: str | None = None) -> None: ...
 
     def boot_now(self) -> None: ...
 

@@ -36,7 +36,7 @@ import logging
 import math
 import random
 import ssl
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from datetime import UTC, datetime
 from functools import partial
 from typing import Any
@@ -54,12 +54,22 @@ from trio_websocket import CloseReason
 
 from dcocpp.clock import ocpp_time, parse_ocpp_time
 from dcocpp.concurrency import Pulse, WakeUp
-from dcocpp.ocpp import transport
+from dcocpp.ocpp import authkey, transport
 from dcocpp.ocpp.authcache import AuthorizationCache, cache_enabled
+from dcocpp.ocpp.certificates.store import CertificateStore
+from dcocpp.ocpp.certificates.tls import CentralSystemTrust
 from dcocpp.ocpp.configuration import ConfigurationError, ConfigurationStore
 from dcocpp.ocpp.control import ChargePointControl, ConnectorStatus
 from dcocpp.ocpp.diagnostics import DiagnosticsService
-from dcocpp.ocpp.errors import CallError, ConnectionLost, InvalidPayload, OcppError, TransportError
+from dcocpp.ocpp.errors import (
+    CallError,
+    ConnectionLost,
+    InvalidPayload,
+    OcppError,
+    TransportError,
+    UntrustedCertificate,
+)
+from dcocpp.ocpp.firmware import FirmwareService
 from dcocpp.ocpp.handlers import CoreHandlers
 from dcocpp.ocpp.locallist import LocalAuthorizationList, list_enabled
 from dcocpp.ocpp.messagelog import MessageLog
@@ -72,6 +82,8 @@ from dcocpp.ocpp.wire import MAX_WEBSOCKET_MESSAGE_BYTES
 
 log = logging.getLogger("dcocpp.session")
 
+# Queues a security event: (the whitepaper's type, techInfo).
+SecurityEvents = Callable[[str, str | None], Awaitable[None]]
 # Told the central system's time (currentTime), the round trip (s) of the CALL whose answer
 # brought it, and that CALL's action.
 CentralTime = Callable[[datetime, float, str], object]
@@ -127,13 +139,15 @@ class ChargePointSession:
         store: ConfigurationStore,
         control: ChargePointControl,
         *,
-        ssl_context: ssl.SSLContext | None = None,
-        client_certificate: bool = False,
+        tls: CentralSystemTrust | None = None,
+        certificates: CertificateStore | None = None,
+        security_events: SecurityEvents | None = None,
         open_stream: transport.OpenStream | None = None,
         auth_cache: AuthorizationCache | None = None,
         local_list: LocalAuthorizationList | None = None,
         charging_profiles: ChargingProfiles | None = None,
         diagnostics: DiagnosticsService | None = None,
+        firmware: FirmwareService | None = None,
         rng: random.Random | None = None,
         clock: Callable[[], datetime] | None = None,
         central_time: CentralTime | None = None,
@@ -153,8 +167,11 @@ class ChargePointSession:
             ChargingProfiles(store) if charging_profiles is None else charging_profiles
         )
         self.diagnostics = diagnostics
-        self._ssl_context = ssl_context
-        self._client_certificate = client_certificate  # `ssl_context` presents one
+        self.firmware = firmware
+        self._tls = tls  # wss:// only
+        # None: no certificate store (InstallCertificate and its kin cannot be served).
+        self.certificates = certificates
+        self._security_events = security_events
         self._open_stream = open_stream
         self._rng = rng or random.Random()
         self._clock = clock or (lambda: datetime.now(UTC))  # the time of connection failures
@@ -372,8 +389,15 @@ class ChargePointSession:
         return transport.security_profile(
             self.csms_url,
             authorization_key=bool(self.store.get("AuthorizationKey")),
-            client_certificate=self._client_certificate,
+            client_certificate=self._tls is not None and self._tls.client_certificate,
         )
+
+    async def security_event(self, kind: str, tech_info: str | None = None) -> None:
+        """Queue a SecurityEventNotification (and log it): `kind` is the whitepaper's type."""
+        log.warning("security event %s%s", kind, f": {tech_info}" if tech_info else "")
+        if self._security_events is not None:
+            # techInfo is a CiString255.
+            await self._security_events(kind, None if tech_info is None else tech_info[:255])
 
     def _report_security_profile(self) -> None:
         """SecurityProfile reports the profile the next connection really uses (the base file
@@ -436,26 +460,44 @@ class ChargePointSession:
         )
 
     async def _open(self, nursery: trio.Nursery) -> Any:
-        """Open the WebSocket in `nursery` (which keeps its reader) within CONNECT_TIMEOUT."""
+        """Open the WebSocket in `nursery` (which keeps its reader) within CONNECT_TIMEOUT.
+        Over TLS, a server certificate that fails to verify against the installed CSMS roots
+        is tried against the root they replaced, while that is kept as the fallback."""
         run_client = partial(
             transport.run_client,
             self.csms_url,
             charge_point_id=self.identity.charge_point_id,
-            authorization_key=self.store.get("AuthorizationKey") or None,
-            ssl_context=self._ssl_context,
+            password=self._password(),
         )
         if self._open_stream is not None:
             run_client = partial(run_client, open_stream=self._open_stream)
+        contexts: list[ssl.SSLContext | None] = [None]
+        if self._tls is not None:
+            contexts = list(self._tls.contexts())
         with trio.move_on_after(CONNECT_TIMEOUT):
-            try:
-                return await nursery.start(run_client)
-            except TransportError as exc:
-                self._drop_reason = str(exc)
-                return None
+            for index, context in enumerate(contexts):
+                try:
+                    ws = await nursery.start(partial(run_client, ssl_context=context))
+                except UntrustedCertificate as exc:
+                    self._drop_reason = str(exc)
+                    if index + 1 < len(contexts):
+                        log.info("%s; trying the replaced CSMS root (the fallback)", exc)
+                    continue
+                except TransportError as exc:
+                    self._drop_reason = str(exc)
+                    return None
+                if self._tls is not None:
+                    self._tls.verified(index)
+                return ws
+            return None
         self._drop_reason = (
             f"no answer within {CONNECT_TIMEOUT:g} s (TCP, TLS and WebSocket handshake)"
         )
         return None
+
+    def _password(self) -> bytes | None:
+        key = self.store.get("AuthorizationKey")
+        return authkey.password(key) if key else None
 
     _drop_reason: str | None = None
     _reconnecting: str | None = None  # why `reconnect` drops the connection on purpose

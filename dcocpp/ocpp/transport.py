@@ -1,7 +1,8 @@
 """Opening OCPP-J WebSockets: the charge point's client side and the central system's server.
 
-Both sides insist on the `ocpp1.6` subprotocol and speak HTTP Basic auth
-(`ChargePointId:AuthorizationKey`, OCPP 1.6 security profile 1/2).
+Both sides insist on the `ocpp1.6` subprotocol and speak HTTP Basic auth (OCPP 1.6 security
+profiles 1/2): the user is the charge point id, the password bytes (the AuthorizationKey's
+decoded bytes, `authkey.password`), so the credentials are built and checked as bytes.
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ from trio_websocket import (
     wrap_server_stream,
 )
 
-from dcocpp.ocpp.errors import TransportError
+from dcocpp.ocpp.errors import TransportError, UntrustedCertificate
 from dcocpp.ocpp.wire import MAX_WEBSOCKET_MESSAGE_BYTES, SUBPROTOCOL
 
 log = logging.getLogger(__name__)
@@ -59,24 +60,28 @@ def security_profile(url: str, *, authorization_key: bool, client_certificate: b
     return 0
 
 
-def basic_auth_header(charge_point_id: str, authorization_key: str) -> tuple[bytes, bytes]:
-    token = base64.b64encode(f"{charge_point_id}:{authorization_key}".encode()).decode("ascii")
-    return (b"Authorization", f"Basic {token}".encode("ascii"))
+def basic_auth_header(charge_point_id: str, password: bytes) -> tuple[bytes, bytes]:
+    """The Authorization header of `charge_point_id` with `password`, whatever its bytes."""
+    token = base64.b64encode(charge_point_id.encode() + b":" + password)
+    return (b"Authorization", b"Basic " + token)
 
 
-def parse_basic_auth(headers: list[tuple[bytes, bytes]]) -> tuple[str, str] | None:
-    """(user, password) from an Authorization: Basic header, or None."""
+def parse_basic_auth(headers: list[tuple[bytes, bytes]]) -> tuple[str, bytes] | None:
+    """(user, password bytes) from an Authorization: Basic header, or None. The user (the
+    charge point id) is text; the password is not: it ends at the end, not at a NUL or at
+    bytes that are no UTF-8."""
     for name, value in headers:
         if name.lower() != b"authorization":
             continue
-        scheme, _, token = value.decode("latin-1").partition(" ")
-        if scheme.lower() != "basic":
+        scheme, _, token = value.partition(b" ")
+        if scheme.lower() != b"basic":
             return None
         try:
-            user, sep, password = base64.b64decode(token, validate=True).decode().partition(":")
+            user, sep, password = base64.b64decode(token.strip(), validate=True).partition(b":")
+            user_text = user.decode()
         except (binascii.Error, UnicodeDecodeError):
             return None
-        return (user, password) if sep else None
+        return (user_text, password) if sep else None
     return None
 
 
@@ -88,7 +93,7 @@ async def run_client(
     url: str,
     *,
     charge_point_id: str,
-    authorization_key: str | None = None,
+    password: bytes | None = None,
     ssl_context: ssl.SSLContext | None = None,
     open_stream: OpenStream = _open_stream_default,
     task_status: trio.TaskStatus[WebSocketConnection] = trio.TASK_STATUS_IGNORED,
@@ -109,8 +114,8 @@ async def run_client(
     resource = target.path + (f"?{target.query}" if target.query else "")
     host_header = host if port in (80, 443) else f"{host}:{port}"
     headers = []
-    if authorization_key:
-        headers.append(basic_auth_header(charge_point_id, authorization_key))
+    if password:
+        headers.append(basic_auth_header(charge_point_id, password))
     try:
         stream: trio.abc.Stream = await open_stream(host, port)
     except OSError as exc:
@@ -128,7 +133,10 @@ async def run_client(
             try:
                 await stream.do_handshake()
             except trio.BrokenResourceError as exc:
-                raise TransportError(_tls_failure(exc.__cause__ or exc)) from exc
+                cause = exc.__cause__ or exc
+                if isinstance(cause, ssl.SSLCertVerificationError):
+                    raise UntrustedCertificate(_tls_failure(cause)) from exc
+                raise TransportError(_tls_failure(cause)) from exc
         await _run_websocket(stream, tls, host_header, resource, headers, task_status)
     finally:
         # Whatever happened above, the socket is ours to close (a no-op when already closed).
@@ -333,7 +341,8 @@ async def _shielded_nursery(
 
 # --- central system side -----------------------------------------------------------------------
 
-Authenticate = Callable[[str, str | None], bool]
+# (charge point id, password bytes or None without Basic auth) -> let it in?
+Authenticate = Callable[[str, bytes | None], bool]
 ConnectionHandler = Callable[[str, WebSocketConnection], Awaitable[None]]
 
 

@@ -61,14 +61,18 @@ from dcocpp.hardware.registercheck import JITTER_S, RESOLUTION_WH
 from dcocpp.ocpp import transport
 from dcocpp.ocpp.authcache import AuthorizationCache
 from dcocpp.ocpp.authorization import Authorizer
+from dcocpp.ocpp.certificates.store import CertificateStore
+from dcocpp.ocpp.certificates.tls import CentralSystemTrust, client_context
 from dcocpp.ocpp.configuration import ConfigurationStore
 from dcocpp.ocpp.control import ConnectorStatus
 from dcocpp.ocpp.diagnostics import DiagnosticsService, UploadState
+from dcocpp.ocpp.firmware import FirmwarePlan, FirmwareService, FirmwareState, InstallHook
 from dcocpp.ocpp.locallist import LocalAuthorizationList
 from dcocpp.ocpp.services import Identity
 from dcocpp.ocpp.session import ChargePointSession
 from dcocpp.ocpp.smartcharging.service import ChargingContext, ChargingProfiles
 from dcocpp.ocpp.transactions import TransactionOutbox
+from dcocpp.ocpp.transfer import SUPPORTED_PROTOCOLS
 from dcocpp.station.limits import LimitEnforcer
 from dcocpp.station.reservations import ReservationBook
 from dcocpp.storage.asyncdb import AsyncDatabase, Runner
@@ -77,6 +81,10 @@ from dcocpp.storage.database import SCHEMA_VERSION, StorageError
 log = logging.getLogger(__name__)
 
 USER_CONFIG_NAME = "ocpp16-user-config.json"
+# Where UpdateFirmware's downloads go, in the data directory.
+FIRMWARE_DIR = "firmware"
+# The certificate store, in the data directory (`certificates.store`).
+CERTIFICATES = "certificates"
 # The charge point's TLS client certificate (PEM, intermediates after it) and its private key
 # (PEM, unencrypted), presented on wss:// (security profile 3).
 CLIENT_CERTIFICATE = "charge-point.pem"
@@ -118,16 +126,15 @@ class HardReset(Exception):
     """The central system asked for a hard reset: the process must exit and be restarted."""
 
 
-def client_ssl_context(config: ChargerConfig) -> tuple[ssl.SSLContext, bool]:
-    """TLS for wss:// (OCPP 1.6 security profiles 2/3 require TLS 1.2 or newer), and whether
-    it presents a client certificate: `CLIENT_CERTIFICATE` in security.clientCertDir with
-    `CLIENT_KEY` in security.keyDir, when both are there. A pair that cannot be used is
-    logged and not presented: the charger runs on, and a central system that wants one says
-    so when it refuses the connection."""
+def client_ssl_context(config: ChargerConfig, trusted_pem: str = "") -> tuple[ssl.SSLContext, bool]:
+    """TLS for wss:// trusting the installed CSMS roots `trusted_pem` and security.csmsCaBundle
+    (`certificates.tls.client_context`: TLS 1.2 or newer), and whether it presents a client
+    certificate: `CLIENT_CERTIFICATE` in security.clientCertDir with `CLIENT_KEY` in
+    security.keyDir, when both are there. A pair that cannot be used is logged and not
+    presented: the charger runs on, and a central system that wants one says so when it
+    refuses the connection."""
     security = config.security
-    bundle = security.csms_ca_bundle
-    context = ssl.create_default_context(cafile=str(bundle) if bundle.is_file() else None)
-    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    context = client_context(trusted_pem=trusted_pem, ca_bundle=security.csms_ca_bundle)
     cert = security.client_cert_dir / CLIENT_CERTIFICATE
     key = security.key_dir / CLIENT_KEY
     found = [path for path in (cert, key) if path.is_file()]
@@ -159,6 +166,8 @@ def load_configuration_store(config: ChargerConfig) -> ConfigurationStore:
             "ChargePointId": config.charge_point.id,
             "CentralSystemURI": config.charge_point.central_system_uri,
             "NumberOfConnectors": len(config.connectors),
+            # What the file transfer service really speaks.
+            "SupportedFileTransferProtocols": ",".join(SUPPORTED_PROTOCOLS),
         },
         measurable=MEASURANDS,
     )
@@ -209,6 +218,7 @@ class Station:
         self.store: ConfigurationStore | None = None
         self.outbox: TransactionOutbox | None = None
         self.diagnostics: DiagnosticsService | None = None  # GetDiagnostics', per boot
+        self.firmware: FirmwareService | None = None  # UpdateFirmware's, per boot
         self._db: AsyncDatabase | None = None
         self.connectors: dict[int, ConnectorTask] = {}
         self.limits: LimitEnforcer | None = None  # smart charging's enforcement, per boot
@@ -266,10 +276,12 @@ class Station:
             saved = await db.availability()
             self._operative0 = saved.get(0, True)
             cp = config.charge_point
-            ssl_context, client_certificate = (
-                client_ssl_context(config)
+            certificates = CertificateStore(config.data_dir / CERTIFICATES, clock=self.clock.now)
+            certificates.load()
+            tls = (
+                CentralSystemTrust(certificates, partial(client_ssl_context, config))
                 if cp.central_system_uri.startswith("wss")
-                else (None, False)
+                else None
             )
             charging_profiles = ChargingProfiles(
                 store,
@@ -294,8 +306,23 @@ class Station:
                 ca_bundle=config.security.csms_ca_bundle,
                 clock=self.clock.now,
             )
+            # The version an install recorded replaces charger.json's.
+            running = await db.firmware_version() or cp.firmware_version
+            install = config.firmware
+            self.firmware = firmware = FirmwareService(
+                self,
+                config.data_dir / FIRMWARE_DIR,
+                version=running,
+                hook=(
+                    None
+                    if install.install_command is None
+                    else InstallHook(install.install_command, install.install_timeout)
+                ),
+                ca_bundle=config.security.csms_ca_bundle,
+                clock=self.clock.now,
+            )
             self.session = session = ChargePointSession(
-                Identity(cp.id, cp.vendor, cp.model, cp.firmware_version, cp.serial_number),
+                Identity(cp.id, cp.vendor, cp.model, running, cp.serial_number),
                 cp.central_system_uri,
                 store,
                 self,
@@ -303,8 +330,10 @@ class Station:
                 local_list=local_list,
                 charging_profiles=charging_profiles,
                 diagnostics=diagnostics,
-                ssl_context=ssl_context,
-                client_certificate=client_certificate,
+                firmware=firmware,
+                tls=tls,
+                certificates=certificates,
+                security_events=self._security_event,
                 open_stream=self._open_stream,
                 clock=self.clock.now,
                 central_time=self.clock.follow,
@@ -315,9 +344,14 @@ class Station:
             # the register of a meter that kept counting through it (a PLC's) where there is one.
             recovered = await outbox.recover(now, self._surviving_registers(), self._max_rise())
             cut_off = {tx.connector_id for tx in recovered}
+            # Installed / InstallationFailed of an update the last run ended, before the session.
+            plan = await db.firmware_plan()
+            after_update = await firmware.recover(
+                None if plan is None else FirmwarePlan.from_row(plan)
+            )
             if self._first_boot:
                 self._first_boot = False
-                await outbox.security_event("StartupOfTheDevice", now)
+                await outbox.security_event("StartupOfTheDevice", now, after_update)
             self.reservations = reservations = ReservationBook(
                 db, store, self.clock, lambda: self.connectors, lambda: self._operative0
             )
@@ -363,6 +397,7 @@ class Station:
                     await nursery.start(limits.run)
                     await nursery.start(outbox.run)
                     await nursery.start(diagnostics.run)
+                    await nursery.start(firmware.run)
                     await nursery.start(session.run)
                     log.info(
                         "station %s up: %d connectors, central system %s",
@@ -507,11 +542,16 @@ class Station:
         self._boot_nursery.start_soon(self._reset_now, kind, stopped)
         await stopped.wait()
 
-    async def _reset_now(self, kind: ResetType, stopped: trio.Event) -> None:
-        log.warning("%s reset requested by the central system", kind.value.lower())
+    async def _reset_now(
+        self, kind: ResetType, stopped: trio.Event, cause: str | None = None
+    ) -> None:
+        if cause is None:
+            log.warning("%s reset requested by the central system", kind.value.lower())
         if self.outbox is not None:
             await self.outbox.security_event(
-                "ResetOrReboot", ocpp_time(self.clock.now()), f"{kind.value} reset by the CSMS"
+                "ResetOrReboot",
+                ocpp_time(self.clock.now()),
+                cause or f"{kind.value} reset by the CSMS",
             )
         window = self._flush_window()
         await self._stop_transactions(_RESET_REASONS[kind])
@@ -663,7 +703,52 @@ class Station:
         assert self.limits is not None
         return self.limits.context(connector_id)
 
+    # --- FirmwareHost (for UpdateFirmware) ---------------------------------------------------
+
+    async def record_firmware(
+        self,
+        plan: FirmwarePlan | None,
+        status: FirmwareState | None,
+        *,
+        version: str | None = None,
+        security_event: tuple[str, str, str | None] | None = None,
+    ) -> None:
+        assert self.outbox is not None
+        await self.outbox.firmware_step(
+            None if plan is None else plan.row(),
+            None if status is None else status.value,
+            version=version,
+            security_event=security_event,
+        )
+
+    async def hold_for_firmware(self, held: bool) -> None:
+        log.info(
+            "guns %s for the firmware install",
+            "held (Unavailable once free, no new transaction)" if held else "released",
+        )
+        for task in self.connectors.values():
+            await task.ask(events.MaintenanceHold(held))
+
+    async def wait_no_transaction(self) -> None:
+        for task in self.connectors.values():
+            await task.wait_truth(lambda truth: truth.transaction is None)
+            await task.wait_settled()  # its StopTransaction is in the outbox
+
+    async def reboot_for_firmware(self) -> None:
+        """The hard-reset path, in the boot's nursery (it cancels the boot, the caller too)."""
+        if self._boot_nursery is None:
+            return
+        stopped = trio.Event()
+        self._boot_nursery.start_soon(
+            self._reset_now, ResetType.hard, stopped, "reboot into the installed firmware"
+        )
+        await stopped.wait()
+
     # --- DiagnosticsSource (for GetDiagnostics) ----------------------------------------------
+
+    async def _security_event(self, kind: str, tech_info: str | None) -> None:
+        if self.outbox is not None:
+            await self.outbox.security_event(kind, ocpp_time(self.clock.now()), tech_info)
 
     async def _report_diagnostics(self, state: UploadState) -> None:
         """Each step of an upload goes through the outbox: persisted, delivered in order once
@@ -721,6 +806,17 @@ class Station:
                     self.diagnostics.snapshot()
                     if self.diagnostics
                     else {"status": "Idle", "upload": None}
+                ),
+                # UpdateFirmware: the last status told, the running version, the update under
+                # way (or the last one).
+                "firmware": (
+                    self.firmware.snapshot()
+                    if self.firmware
+                    else {
+                        "status": "Idle",
+                        "version": self.config.charge_point.firmware_version,
+                        "update": None,
+                    }
                 ),
             },
             "connectors": [

@@ -1,5 +1,5 @@
 """Small files that must survive a power cut whole: the OCPP keys the central system changed,
-the data directory's record of its database."""
+the data directory's record of its database, the certificate store."""
 
 from __future__ import annotations
 
@@ -25,9 +25,27 @@ def replace_file(path: Path, text: str) -> None:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp_name)
         raise
+    # The rename itself is only durable once the directory entry is on disk.
+    _sync_directory(path.parent)
+
+
+def move_file(source: Path, target: Path) -> None:
+    """Rename `source` to `target` (same file system), durably. Raises OSError."""
+    os.replace(source, target)
+    _sync_directory(target.parent)
+    if source.parent != target.parent:
+        _sync_directory(source.parent)
+
+
+def remove_file(path: Path) -> None:
+    """Remove `path` durably (after a power cut it is gone). Raises OSError."""
+    os.unlink(path)
+    _sync_directory(path.parent)
+
+
+def _sync_directory(directory: Path) -> None:
     if os.name == "posix":
-        # The rename itself is only durable once the directory entry is on disk.
-        dir_fd = os.open(path.parent, os.O_RDONLY)
+        dir_fd = os.open(directory, os.O_RDONLY)
         try:
             os.fsync(dir_fd)
         finally:
