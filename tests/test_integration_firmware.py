@@ -13,6 +13,7 @@ import json
 import os
 import signal
 import threading
+import time
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -46,7 +47,7 @@ class FirmwareServer:
         class Handler(BaseHTTPRequestHandler):
             protocol_version = "HTTP/1.1"
 
-            def do_GET(self) -> None:  # noqa: N802 (the standard library's name)
+            def do_GET(self) -> None:
                 seen = {"path": self.path, "range": self.headers.get("Range")}
                 server.requests.append(seen)
                 if self.path != "/fw.bin":
@@ -60,7 +61,9 @@ class FirmwareServer:
                 body = IMAGE[start:]
                 self.send_response(206 if start else 200)
                 if start:
-                    self.send_header("Content-Range", f"bytes {start}-{len(IMAGE) - 1}/{len(IMAGE)}")
+                    self.send_header(
+                        "Content-Range", f"bytes {start}-{len(IMAGE) - 1}/{len(IMAGE)}"
+                    )
                 self.send_header("Content-Length", str(len(body)))
                 self.send_header("ETag", '"v1"')
                 self.send_header("Accept-Ranges", "bytes")
@@ -74,11 +77,16 @@ class FirmwareServer:
                     return
                 self.wfile.write(body)
 
-            def log_message(self, format: str, *args: Any) -> None:  # noqa: A002
+            def log_message(self, format: str, *args: Any) -> None:
                 pass  # quiet: the test's own assertions say what was asked
 
-        self._httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self._httpd.daemon_threads = True
+        class Server(ThreadingHTTPServer):
+            daemon_threads = True
+
+            def handle_error(self, request: Any, client_address: Any) -> None:
+                pass  # a charger killed mid-transfer resets its connection: expected here
+
+        self._httpd = Server(("127.0.0.1", 0), Handler)
         self.url = f"http://127.0.0.1:{self._httpd.server_address[1]}/fw.bin"
         self._thread = threading.Thread(target=self._httpd.serve_forever, daemon=True)
         self._thread.start()
@@ -172,10 +180,24 @@ def update_steps(url: str, statuses_before_reboot: int, statuses_after: int) -> 
             "count": statuses_before_reboot,
             "timeout": FLOW_TIMEOUT,
         },
-        {"wait_for": "FirmwareStatusNotification", "count": statuses_after, "timeout": FLOW_TIMEOUT},
+        {
+            "wait_for": "FirmwareStatusNotification",
+            "count": statuses_after,
+            "timeout": FLOW_TIMEOUT,
+        },
         # Long enough for a duplicate to show (the outbox sends at once once Accepted).
         {"sleep": 3},
     ]
+
+
+def wait_until(condition: Callable[[], bool], timeout: float = FLOW_TIMEOUT) -> bool:
+    """Whether `condition` came true within `timeout` s (polled)."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.05)
+    return True
 
 
 def calls(events: list[dict[str, Any]], action: str) -> list[dict[str, Any]]:
@@ -255,8 +277,13 @@ def test_a_charger_killed_during_the_download_resumes_it_and_reports_each_step_o
 ) -> None:
     server = firmware_server(stall_at=100_000)
 
+    part = tmp_path / "data" / "firmware" / "fw.bin.part"
+
     def kill_mid_file(supervisor: Supervisor) -> None:
         assert server.stalled.wait(FLOW_TIMEOUT), supervisor.describe()
+        # Killed once the charger has written what the server sent (not while it is still in
+        # its socket buffer).
+        assert wait_until(lambda: part.exists() and part.stat().st_size > 0), supervisor.describe()
         supervisor.current.send_signal(signal.SIGKILL)  # the supervisor starts it again
         server.release.set()
 
@@ -281,16 +308,14 @@ def test_a_charger_killed_during_the_install_reports_installation_failed_once(
     started = tmp_path / "hook-started"
     hook = tmp_path / "install-hook"
     # An updater that takes its time: it says it started (with its pid), then works.
-    hook.write_text(f'#!/bin/sh\necho $$ > "{started}.tmp"\nmv "{started}.tmp" "{started}"\nsleep 60\n')
+    hook.write_text(
+        f'#!/bin/sh\necho $$ > "{started}.tmp"\nmv "{started}.tmp" "{started}"\nsleep 60\n'
+    )
     hook.chmod(0o755)
     config = charger_config(tmp_path, [str(hook)])
 
     def kill_during_install(supervisor: Supervisor) -> None:
-        for _ in range(int(FLOW_TIMEOUT * 10)):
-            if started.exists():
-                break
-            threading.Event().wait(0.1)
-        assert started.exists(), supervisor.describe()
+        assert wait_until(started.exists), supervisor.describe()
         supervisor.current.send_signal(signal.SIGKILL)
         # A killed charger leaves its hook running (it is the updater's own process): gone
         # here so that the test leaves nothing behind.
