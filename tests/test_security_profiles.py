@@ -391,3 +391,26 @@ async def test_without_a_certificate_profile_3_asks_for_one_once_registered(
         await h.csms.wait_connected(2)  # at profile 3 with it at once
         assert await reported_profile(h) == "3"
         assert h.network.client_certificates[-1] is not None
+
+
+def test_a_pending_request_and_the_certificate_survive_a_restart(tmp_path: Path) -> None:
+    """The key of a request not answered yet is on disk (0600): a CertificateSigned after a
+    restart still matches it; the certificate then installed is what the next start loads."""
+    pki = Pki()
+    store = CertificateStore(tmp_path / CERTIFICATES, clock=lambda: NOW)
+    store.install(RootKind.CENTRAL_SYSTEM, pki.root.pem)
+
+    def restarted() -> ChargePointCertificates:
+        certificates = ChargePointCertificates(store, charge_point_id=CP_ID, clock=lambda: NOW)
+        certificates.load()
+        return certificates
+
+    csr = restarted().new_request()
+    pending = tmp_path / CERTIFICATES / "keys" / "charge-point-pending.key"
+    assert stat.S_IMODE(pending.stat().st_mode) == 0o600
+    installed = restarted().install_signed(pki.sign(csr))
+    assert not pending.exists()
+    again = restarted()
+    assert again.current == installed
+    assert again.valid_now() and not again.pending
+    assert again.renewal_reason() is None
