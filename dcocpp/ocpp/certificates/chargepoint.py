@@ -212,7 +212,7 @@ class ChargePointCertificates:
         except CertificateStoreError as exc:
             log.error("certificate signing request not sent: %s", exc)
             return False
-        log.info("certificate signing request sent for %s", self._charge_point_id)
+        log.info("sending a certificate signing request for %s", self._charge_point_id)
         return await self.send_csr(csr)
 
     # --- the answer --------------------------------------------------------------------------
