@@ -21,7 +21,6 @@ from ocpp.v16.enums import (
     AvailabilityStatus,
     AvailabilityType,
     ClearCacheStatus,
-    ConfigurationStatus,
     DataTransferStatus,
     DiagnosticsStatus,
     FirmwareStatus,
@@ -52,7 +51,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 # Keys whose change must reach the transport: the next connection uses them. (SecurityProfile
-# is only Accepted for the profile in use, see on_change_configuration: nothing to reconnect.)
+# has its own way, see on_change_configuration.)
 _RECONNECT_KEYS = frozenset({"AuthorizationKey"})
 
 _TRIGGERABLE = frozenset(
@@ -106,23 +105,17 @@ class CoreHandlers(SmartChargingHandlers, SecurityHandlers):
     @on(Action.change_configuration)
     def on_change_configuration(self, key: str, value: str, **_: Any) -> Any:
         if key.casefold() == "securityprofile":
-            in_use = self.session.security_profile_in_use()
-            if value.strip() != str(in_use):
-                # Moving to another profile means a new URL scheme or credentials this
-                # charger cannot switch to on its own yet: accepting it would be a promise
-                # the next connection breaks (it reports the profile it really uses).
-                log.warning(
-                    "SecurityProfile %s refused: the connection uses profile %d and this "
-                    "charger cannot change it over OCPP",
-                    value,
-                    in_use,
-                )
-                return call_result.ChangeConfiguration(status=ConfigurationStatus.rejected)
+            # Not the key store's: the key reports the profile in use, the session keeps the
+            # one set (and its fallback).
+            status = self.session.change_security_profile(value)
+            return call_result.ChangeConfiguration(status=status)
         return call_result.ChangeConfiguration(status=self.session.store.change(key, value))
 
     @after(Action.change_configuration)
     def after_change_configuration(self, key: str, value: str, **_: Any) -> None:
         key = self.session.store.canonical(key) or key  # in whatever letters it came
+        if key == "SecurityProfile" and self.session.security_profiles.on_trial:
+            self.session.reconnect(f"SecurityProfile {value.strip()} to be tried")
         if key in _RECONNECT_KEYS and self.session.store.get(key) == value:
             self.session.reconnect(f"{key} changed")
 

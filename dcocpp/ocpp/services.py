@@ -14,7 +14,10 @@ from typing import TYPE_CHECKING, Any, Protocol
 import attrs
 
 if TYPE_CHECKING:
+    from ocpp.v16.enums import ConfigurationStatus
+
     from dcocpp.ocpp.authcache import AuthorizationCache
+    from dcocpp.ocpp.certificates.chargepoint import ChargePointCertificates
     from dcocpp.ocpp.certificates.store import CertificateStore
     from dcocpp.ocpp.configuration import ConfigurationStore
     from dcocpp.ocpp.control import ChargePointControl, ConnectorStatus
@@ -22,6 +25,7 @@ if TYPE_CHECKING:
     from dcocpp.ocpp.firmware import FirmwareService
     from dcocpp.ocpp.locallist import LocalAuthorizationList
     from dcocpp.ocpp.registration import Registration
+    from dcocpp.ocpp.securityprofile import SecurityProfiles
     from dcocpp.ocpp.smartcharging.service import ChargingProfiles
 
 
@@ -48,12 +52,21 @@ class SessionServices(Protocol):
     diagnostics: DiagnosticsService | None  # None: GetDiagnostics has nothing to send
     firmware: FirmwareService | None  # None: UpdateFirmware is refused
     certificates: CertificateStore | None  # None: no certificate store
-    csms_url: str  # as configured (ws:// or wss://)
+    # None: no charge point certificate (SignCertificate, CertificateSigned).
+    charge_point_certificates: ChargePointCertificates | None
+    security_profiles: SecurityProfiles  # the profile the central system set
+
+    @property
+    def csms_url(self) -> str: ...  # connected to (ws:// or wss://, as the profile asks)
 
     @property
     def state(self) -> Registration: ...
 
     def security_profile_in_use(self) -> int: ...
+
+    def security_profile_target(self) -> int: ...
+
+    def change_security_profile(self, value: str) -> ConfigurationStatus: ...
 
     def reconnect(self, reason: str) -> None: ...
 

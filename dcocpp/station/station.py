@@ -61,6 +61,7 @@ from dcocpp.hardware.registercheck import JITTER_S, RESOLUTION_WH
 from dcocpp.ocpp import transport
 from dcocpp.ocpp.authcache import AuthorizationCache
 from dcocpp.ocpp.authorization import Authorizer
+from dcocpp.ocpp.certificates.chargepoint import ChargePointCertificates
 from dcocpp.ocpp.certificates.store import CertificateStore
 from dcocpp.ocpp.certificates.tls import CentralSystemTrust, client_context
 from dcocpp.ocpp.configuration import ConfigurationStore
@@ -68,6 +69,8 @@ from dcocpp.ocpp.control import ConnectorStatus
 from dcocpp.ocpp.diagnostics import DiagnosticsService, UploadState
 from dcocpp.ocpp.firmware import FirmwarePlan, FirmwareService, FirmwareState, InstallHook
 from dcocpp.ocpp.locallist import LocalAuthorizationList
+from dcocpp.ocpp.securityprofile import STATE_FILE as SECURITY_PROFILE_FILE
+from dcocpp.ocpp.securityprofile import SecurityProfiles
 from dcocpp.ocpp.services import Identity
 from dcocpp.ocpp.session import ChargePointSession
 from dcocpp.ocpp.smartcharging.service import ChargingContext, ChargingProfiles
@@ -126,15 +129,28 @@ class HardReset(Exception):
     """The central system asked for a hard reset: the process must exit and be restarted."""
 
 
-def client_ssl_context(config: ChargerConfig, trusted_pem: str = "") -> tuple[ssl.SSLContext, bool]:
+def client_ssl_context(
+    config: ChargerConfig,
+    trusted_pem: str = "",
+    present: bool = True,
+    charge_point: ChargePointCertificates | None = None,
+) -> tuple[ssl.SSLContext, bool]:
     """TLS for wss:// trusting the installed CSMS roots `trusted_pem` and security.csmsCaBundle
     (`certificates.tls.client_context`: TLS 1.2 or newer), and whether it presents a client
-    certificate: `CLIENT_CERTIFICATE` in security.clientCertDir with `CLIENT_KEY` in
-    security.keyDir, when both are there. A pair that cannot be used is logged and not
-    presented: the charger runs on, and a central system that wants one says so when it
-    refuses the connection."""
+    certificate. With `present`, it does: the charge point certificate of the store
+    (`charge_point`) while it is valid, else `CLIENT_CERTIFICATE` in security.clientCertDir
+    with `CLIENT_KEY` in security.keyDir, when both are there (the initial certificate, and
+    the fallback). A pair that cannot be used is logged and not presented: the charger runs
+    on, and a central system that wants one says so when it refuses the connection."""
     security = config.security
     context = client_context(trusted_pem=trusted_pem, ca_bundle=security.csms_ca_bundle)
+    if not present:
+        return context, False
+    if charge_point is not None and charge_point.valid_now():
+        current = charge_point.current
+        assert current is not None
+        if _load_pair(context, current.path, current.key_path):
+            return context, True
     cert = security.client_cert_dir / CLIENT_CERTIFICATE
     key = security.key_dir / CLIENT_KEY
     found = [path for path in (cert, key) if path.is_file()]
@@ -144,18 +160,26 @@ def client_ssl_context(config: ChargerConfig, trusted_pem: str = "") -> tuple[ss
         missing = key if found[0] == cert else cert
         log.warning("no TLS client certificate presented: %s is missing", missing)
         return context, False
+    return context, _load_pair(context, cert, key)
+
+
+def _load_pair(context: ssl.SSLContext, cert: Path, key: Path) -> bool:
     try:
         # Never OpenSSL's own prompt on the terminal for an encrypted key.
         context.load_cert_chain(cert, key, password=_no_key_password)
     except (OSError, ssl.SSLError) as exc:
         log.error("no TLS client certificate presented: %s with %s: %s", cert, key, exc)
-        return context, False
+        return False
     log.info("TLS client certificate: %s", cert)
-    return context, True
+    return True
 
 
 def _no_key_password() -> bytes:
     raise ssl.SSLError("the key is encrypted; it must not be (protect it by its directory)")
+
+
+def _int_or_none(text: str | None) -> int | None:
+    return None if text is None else int(text)
 
 
 def load_configuration_store(config: ChargerConfig) -> ConfigurationStore:
@@ -278,10 +302,20 @@ class Station:
             cp = config.charge_point
             certificates = CertificateStore(config.data_dir / CERTIFICATES, clock=self.clock.now)
             certificates.load()
-            tls = (
-                CentralSystemTrust(certificates, partial(client_ssl_context, config))
-                if cp.central_system_uri.startswith("wss")
-                else None
+            charge_point_certificates = ChargePointCertificates(
+                certificates,
+                charge_point_id=cp.id,
+                clock=self.clock.now,
+                organization=lambda: store.get("CpoName"),
+                max_chain_size=lambda: _int_or_none(store.get("CertificateSignedMaxChainSize")),
+            )
+            charge_point_certificates.load()
+            # Built for ws:// too: a higher SecurityProfile may turn the connection into wss://.
+            tls = CentralSystemTrust(
+                certificates,
+                partial(client_ssl_context, config, charge_point=charge_point_certificates),
+                ca_bundle=config.security.csms_ca_bundle,
+                charge_point=charge_point_certificates,
             )
             charging_profiles = ChargingProfiles(
                 store,
@@ -321,6 +355,8 @@ class Station:
                 ca_bundle=config.security.csms_ca_bundle,
                 clock=self.clock.now,
             )
+            security_profiles = SecurityProfiles(config.data_dir / SECURITY_PROFILE_FILE)
+            security_profiles.load()
             self.session = session = ChargePointSession(
                 Identity(cp.id, cp.vendor, cp.model, running, cp.serial_number),
                 cp.central_system_uri,
@@ -333,6 +369,8 @@ class Station:
                 firmware=firmware,
                 tls=tls,
                 certificates=certificates,
+                charge_point_certificates=charge_point_certificates,
+                security_profiles=security_profiles,
                 security_events=self._security_event,
                 open_stream=self._open_stream,
                 clock=self.clock.now,
@@ -801,6 +839,10 @@ class Station:
                 },
                 # The hardware's own counters (the PLC backend's CAN frames and errors).
                 "hardware": dict(self.hardware.counters()),
+                # The security profile in use, the one the central system set (on trial
+                # until a connection opens with it) and the latest fallback from one that
+                # could not connect.
+                "security": self._security_snapshot(),
                 # GetDiagnostics: the status and the upload in progress (or the last one).
                 "diagnostics": (
                     self.diagnostics.snapshot()
@@ -823,6 +865,24 @@ class Station:
                 {**task.snapshot(), "currentLimitA": self._current_limit(cid)}
                 for cid, task in self.connectors.items()
             ],
+        }
+
+    def _security_snapshot(self) -> dict[str, Any] | None:
+        session = self.session
+        if session is None:
+            return None
+        profiles = session.security_profiles
+        fallback = profiles.last_fallback
+        certificates = session.charge_point_certificates
+        current = certificates.current if certificates is not None else None
+        return {
+            "securityProfile": session.security_profile_in_use(),
+            "configuredProfile": profiles.profile,
+            "onTrial": profiles.on_trial,
+            "lastFallback": None if fallback is None else attrs.asdict(fallback),
+            "chargePointCertificateValidTo": (
+                None if current is None else ocpp_time(current.certificate.not_valid_after_utc)
+            ),
         }
 
     def _current_limit(self, connector_id: int) -> float | None:
