@@ -9,8 +9,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-import attrs
 import trio
+from cryptography import x509
 from ocpp.v16 import call
 
 from tests.station_harness import Harness, charger_config, running_station
@@ -111,37 +111,30 @@ async def test_extended_trigger_for_an_unknown_connector_is_rejected(
     assert [action for _, action, _ in sent] == []
 
 
-@attrs.define
-class Signer:
-    """Stands for the charge point certificate's renewal (the security profile work provides
-    the real one): the trigger asks it whether it can, then has it send SignCertificate."""
-
-    able: bool
-    asked: list[float] = attrs.Factory(list)
-
-    def can_sign(self) -> bool:
-        return self.able
-
-    async def sign_charge_point_certificate(self) -> None:
-        self.asked.append(trio.current_time())
-
-
-async def test_extended_trigger_sign_charge_point_certificate_needs_a_signer(
+async def test_tc_074_extended_trigger_sign_charge_point_certificate_sends_a_new_csr(
     autojump_clock: Any, tmp_path: Path
 ) -> None:
+    """The trigger is answered first, then SignCertificate carries a CSR of a new key for
+    this charge point; without the charge point certificate service it is Rejected."""
     async with running_station(charger_config(tmp_path)) as h:
         await h.booted()
         session = h.station.session
         assert session is not None
-        without, _ = await extended_trigger(h, "SignChargePointCertificate")
-        unable = Signer(able=False)
-        session.certificate_signer = unable
-        refused, _ = await extended_trigger(h, "SignChargePointCertificate")
-        able = Signer(able=True)
-        session.certificate_signer = able
-        answered_at = trio.current_time()
-        accepted, _ = await extended_trigger(h, "SignChargePointCertificate")
+        status, since = await extended_trigger(h, "SignChargePointCertificate")
+        assert status == "Accepted"
+        first = await h.wait_calls("SignCertificate", since=since)
+        status, since = await extended_trigger(h, "SignChargePointCertificate")
+        second = await h.wait_calls("SignCertificate", since=since)
+        certificates, session.charge_point_certificates = session.charge_point_certificates, None
+        refused, since = await extended_trigger(h, "SignChargePointCertificate")
         await trio.sleep(1)
-    assert (without, refused, accepted) == ("Rejected", "Rejected", "Accepted")
-    assert unable.asked == []
-    assert len(able.asked) == 1 and able.asked[0] >= answered_at
+        assert h.csms.received("SignCertificate", since) == []
+        session.charge_point_certificates = certificates
+    assert refused == "Rejected"
+    requests = [x509.load_pem_x509_csr(calls[0]["csr"].encode()) for calls in (first, second)]
+    for request in requests:
+        assert request.is_signature_valid
+        common_name = request.subject.get_attributes_for_oid(x509.NameOID.COMMON_NAME)
+        assert common_name[0].value == h.station.config.charge_point.id
+    # A new key pair for each request.
+    assert requests[0].public_key() != requests[1].public_key()

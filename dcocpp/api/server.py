@@ -109,6 +109,18 @@ class StationView(Protocol):
                              "request_id": int | None}},  # GetLog's requestId
                          # GetLog: the same for the log upload of this boot
                          "logs": {"status": str, "upload": None | {...}},
+                         # UpdateFirmware: the last FirmwareStatusNotification status told,
+                         # the running firmware, the update under way (or the last one)
+                         "firmware": {"status": str, "version": str, "update": None | {
+                             "location": str,  # without credentials
+                             "retrieveDate": str,
+                             # scheduled, downloading, downloaded, installing, installed, ended
+                             "phase": str,
+                             "attempt": int, "attempts": int,
+                             "bytesDone": int, "bytesTotal": int | None,
+                             "percent": float | None,
+                             "nextAttemptAt": str | None,  # its retrieveDate, or the retry's
+                             "error": str | None, "fileName": str}},
                          "hardware": {str: int}},
          "connectors": [{"id": int, "status": str, "errorCode": str,
                          "transactionId": int | None, "idTag": str | None, "plugged": bool,

@@ -1,6 +1,7 @@
 """Handlers of the central system's Core, RemoteTrigger, LocalAuthListManagement and
-Reservation CALLs that need no transaction, GetDiagnostics (on `diagnostics.service`) and the
-security whitepaper's ExtendedTriggerMessage (it shares TriggerMessage's code).
+Reservation CALLs that need no transaction, FirmwareManagement's GetDiagnostics and
+UpdateFirmware (on `diagnostics.service` and `firmware.service`), and the security whitepaper's
+ExtendedTriggerMessage (it shares TriggerMessage's code).
 
 Each `@on` handler answers from state it can read at once; anything the CALLRESULT must precede
 (the triggered message, the reset) runs in the matching `@after` hook, which the RPC layer runs
@@ -21,7 +22,6 @@ from ocpp.v16.enums import (
     AvailabilityStatus,
     AvailabilityType,
     ClearCacheStatus,
-    ConfigurationStatus,
     DataTransferStatus,
     DiagnosticsStatus,
     FirmwareStatus,
@@ -37,8 +37,10 @@ from ocpp.v16.enums import (
     UploadLogStatus,
 )
 
+from dcocpp.clock import parse_ocpp_time
 from dcocpp.ocpp.authcache import AuthStoreError, cache_enabled, parse_expiry
 from dcocpp.ocpp.errors import CallError, InvalidPayload
+from dcocpp.ocpp.firmware import FirmwareBusy
 from dcocpp.ocpp.locallist import NO_LIST_SUPPORT, limits_of, list_enabled, tags_of
 from dcocpp.ocpp.registration import Registration
 from dcocpp.ocpp.securityhandlers import SecurityHandlers
@@ -52,7 +54,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 # Keys whose change must reach the transport: the next connection uses them. (SecurityProfile
-# is only Accepted for the profile in use, see on_change_configuration: nothing to reconnect.)
+# has its own way, see on_change_configuration.)
 _RECONNECT_KEYS = frozenset({"AuthorizationKey"})
 
 _TRIGGERABLE = frozenset(
@@ -118,23 +120,17 @@ class CoreHandlers(SmartChargingHandlers, SecurityHandlers):
     @on(Action.change_configuration)
     def on_change_configuration(self, key: str, value: str, **_: Any) -> Any:
         if key.casefold() == "securityprofile":
-            in_use = self.session.security_profile_in_use()
-            if value.strip() != str(in_use):
-                # Moving to another profile means a new URL scheme or credentials this
-                # charger cannot switch to on its own yet: accepting it would be a promise
-                # the next connection breaks (it reports the profile it really uses).
-                log.warning(
-                    "SecurityProfile %s refused: the connection uses profile %d and this "
-                    "charger cannot change it over OCPP",
-                    value,
-                    in_use,
-                )
-                return call_result.ChangeConfiguration(status=ConfigurationStatus.rejected)
+            # Not the key store's: the key reports the profile in use, the session keeps the
+            # one set (and its fallback).
+            status = self.session.change_security_profile(value)
+            return call_result.ChangeConfiguration(status=status)
         return call_result.ChangeConfiguration(status=self.session.store.change(key, value))
 
     @after(Action.change_configuration)
     async def after_change_configuration(self, key: str, value: str, **_: Any) -> None:
         key = self.session.store.canonical(key) or key  # in whatever letters it came
+        if key == "SecurityProfile" and self.session.security_profiles.on_trial:
+            self.session.reconnect(f"SecurityProfile {value.strip()} to be tried")
         if key in _RECONNECT_KEYS and self.session.store.get(key) == value:
             await self.session.security_event(
                 "ReconfigurationOfSecurityParameters", f"{key} changed by the central system"
@@ -278,8 +274,8 @@ class CoreHandlers(SmartChargingHandlers, SecurityHandlers):
         if message not in triggerable:
             return TriggerMessageStatus.not_implemented
         if message == MessageTrigger.sign_charge_point_certificate:
-            signer = self.session.certificate_signer
-            if signer is None or not signer.can_sign():
+            certificates = self.session.charge_point_certificates
+            if certificates is None or not certificates.can_request():
                 log.warning("SignChargePointCertificate rejected: no certificate can be renewed")
                 return TriggerMessageStatus.rejected
         return TriggerMessageStatus.accepted
@@ -306,15 +302,17 @@ class CoreHandlers(SmartChargingHandlers, SecurityHandlers):
         elif message == MessageTrigger.meter_values:
             await session.control.trigger_meter_values(connector_id)
         elif message == MessageTrigger.diagnostics_status_notification:
-            # Idle until the first GetDiagnostics of this boot, then its latest step.
-            state = session.diagnostics.state.value if session.diagnostics else "Idle"
+            # 4.4: Idle when no upload runs, else Uploading.
+            state = session.diagnostics.current.value if session.diagnostics else "Idle"
             await session.call(
                 call.DiagnosticsStatusNotification(status=DiagnosticsStatus(state)),
                 triggered=True,
             )
         elif message == MessageTrigger.firmware_status_notification:
+            # 4.5: Idle when no firmware task runs, else its current step.
+            state = session.firmware.state.value if session.firmware else "Idle"
             await session.call(
-                call.FirmwareStatusNotification(status=FirmwareStatus.idle), triggered=True
+                call.FirmwareStatusNotification(status=FirmwareStatus(state)), triggered=True
             )
         elif message == MessageTrigger.log_status_notification:
             # Uploading with its requestId while a GetLog's upload runs, else Idle.
@@ -323,10 +321,11 @@ class CoreHandlers(SmartChargingHandlers, SecurityHandlers):
             await session.call(
                 call.LogStatusNotification(status=status, request_id=request_id), triggered=True
             )
-        elif message == MessageTrigger.sign_charge_point_certificate:
-            signer = session.certificate_signer
-            if signer is not None:
-                await signer.sign_charge_point_certificate()
+        elif (
+            message == MessageTrigger.sign_charge_point_certificate
+            and session.charge_point_certificates is not None
+        ):
+            await session.charge_point_certificates.request_certificate()
 
     # --- diagnostics -------------------------------------------------------------------------
 
@@ -349,6 +348,32 @@ class CoreHandlers(SmartChargingHandlers, SecurityHandlers):
             location, retries=retries, retry_interval=retry_interval, start=start, stop=stop
         )
         return call_result.GetDiagnostics(file_name=file_name)
+
+    @on(Action.update_firmware)
+    async def on_update_firmware(
+        self,
+        location: str,
+        retrieve_date: str,
+        retries: int | None = None,
+        retry_interval: int | None = None,
+        **_: Any,
+    ) -> Any:
+        """5.19: answered at once, the download at retrieveDate. UpdateFirmware.conf has no
+        status: an install in progress is refused with a CALLERROR (an empty answer would
+        claim the update was taken)."""
+        try:
+            when = parse_ocpp_time(retrieve_date)
+        except ValueError:
+            raise CallError("PropertyConstraintViolation", "retrieveDate is no dateTime") from None
+        firmware = self.session.firmware
+        if firmware is None:
+            raise CallError("NotSupported", "no firmware updates on this charger")
+        try:
+            await firmware.request(location, when, retries=retries, retry_interval=retry_interval)
+        except FirmwareBusy:
+            log.warning("UpdateFirmware refused: a firmware installation is in progress")
+            raise CallError("GenericError", "a firmware installation is in progress") from None
+        return call_result.UpdateFirmware()
 
     # --- misc --------------------------------------------------------------------------------
 

@@ -14,13 +14,18 @@ from typing import TYPE_CHECKING, Any, Protocol
 import attrs
 
 if TYPE_CHECKING:
+    from ocpp.v16.enums import ConfigurationStatus
+
     from dcocpp.ocpp.authcache import AuthorizationCache
+    from dcocpp.ocpp.certificates.chargepoint import ChargePointCertificates
     from dcocpp.ocpp.certificates.store import CertificateStore
     from dcocpp.ocpp.configuration import ConfigurationStore
     from dcocpp.ocpp.control import ChargePointControl, ConnectorStatus
     from dcocpp.ocpp.diagnostics import DiagnosticsService, LogService
+    from dcocpp.ocpp.firmware import FirmwareService
     from dcocpp.ocpp.locallist import LocalAuthorizationList
     from dcocpp.ocpp.registration import Registration
+    from dcocpp.ocpp.securityprofile import SecurityProfiles
     from dcocpp.ocpp.smartcharging.service import ChargingProfiles
 
 
@@ -35,19 +40,6 @@ class Identity:
     serial_number: str | None = None
 
 
-class CertificateSigner(Protocol):
-    """Renews the charge point certificate: a new key pair, and SignCertificate with its CSR
-    (ExtendedTriggerMessage SignChargePointCertificate)."""
-
-    def can_sign(self) -> bool:
-        """Whether a SignCertificate can go now (the trigger is Rejected otherwise)."""
-        ...
-
-    async def sign_charge_point_certificate(self) -> None:
-        """Send SignCertificate (after the trigger's answer)."""
-        ...
-
-
 class SessionServices(Protocol):
     """The session as its handlers see it."""
 
@@ -58,15 +50,24 @@ class SessionServices(Protocol):
     local_list: LocalAuthorizationList
     charging_profiles: ChargingProfiles
     diagnostics: DiagnosticsService | None  # None: GetDiagnostics has nothing to send
+    firmware: FirmwareService | None  # None: UpdateFirmware is refused
     certificates: CertificateStore | None  # None: no certificate store
     logs: LogService | None  # None: GetLog has nothing to send
-    certificate_signer: CertificateSigner | None  # None: no charge point certificate to renew
-    csms_url: str  # as configured (ws:// or wss://)
+    # None: no charge point certificate (SignCertificate, CertificateSigned).
+    charge_point_certificates: ChargePointCertificates | None
+    security_profiles: SecurityProfiles  # the profile the central system set
+
+    @property
+    def csms_url(self) -> str: ...  # connected to (ws:// or wss://, as the profile asks)
 
     @property
     def state(self) -> Registration: ...
 
     def security_profile_in_use(self) -> int: ...
+
+    def security_profile_target(self) -> int: ...
+
+    def change_security_profile(self, value: str) -> ConfigurationStatus: ...
 
     def reconnect(self, reason: str) -> None: ...
 

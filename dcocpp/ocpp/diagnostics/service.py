@@ -71,6 +71,13 @@ class DiagnosticsService:
         """Hosts the uploads until cancelled."""
         await self.uploads.run(task_status=task_status)
 
+    @property
+    def current(self) -> UploadState:
+        """What a triggered DiagnosticsStatusNotification says (OCPP 1.6 4.4): Uploading
+        while an upload runs (also between its attempts), else Idle, whatever the last one
+        ended with (`state`, which the operator sees)."""
+        return UploadState.UPLOADING if self.uploads.running else UploadState.IDLE
+
     async def request(
         self,
         location: str,
