@@ -117,14 +117,16 @@ class FirmwareHost(Protocol):
     async def record_firmware(
         self,
         plan: FirmwarePlan | None,
-        status: FirmwareState | None,
+        statuses: Sequence[FirmwareState] = (),
         *,
+        request_id: int | None = None,
         version: str | None = None,
         security_event: tuple[str, str, str | None] | None = None,
     ) -> None:
-        """In ONE database write: the plan (None: ended), the FirmwareStatusNotification
-        `status` queued in the outbox (and a security event (type, timestamp, techInfo)), the
-        installed `version`. Returns once it is on disk."""
+        """In ONE database write: the plan (None: ended), the status notifications of
+        `statuses` queued in the outbox (with a signed update's `request_id`, whose statuses
+        they are; and a security event (type, timestamp, techInfo)), the installed `version`.
+        Returns once it is on disk."""
         ...
 
     async def hold_for_firmware(self, held: bool) -> None:

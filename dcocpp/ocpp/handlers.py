@@ -258,7 +258,9 @@ class CoreHandlers(SmartChargingHandlers, SecurityHandlers):
     ) -> None:
         status = self._trigger_answer(requested_message, connector_id, _EXTENDED_TRIGGERABLE)
         if status == TriggerMessageStatus.accepted:
-            await self._send_triggered(MessageTrigger(requested_message), connector_id)
+            await self._send_triggered(
+                MessageTrigger(requested_message), connector_id, extended=True
+            )
 
     def _trigger_answer(
         self,
@@ -280,8 +282,11 @@ class CoreHandlers(SmartChargingHandlers, SecurityHandlers):
                 return TriggerMessageStatus.rejected
         return TriggerMessageStatus.accepted
 
-    async def _send_triggered(self, message: MessageTrigger, connector_id: int | None) -> None:
-        """The message a TriggerMessage or ExtendedTriggerMessage asked for, after its answer."""
+    async def _send_triggered(
+        self, message: MessageTrigger, connector_id: int | None, *, extended: bool = False
+    ) -> None:
+        """The message a TriggerMessage or ExtendedTriggerMessage (`extended`) asked for,
+        after its answer."""
         session = self.session
         if message == MessageTrigger.boot_notification:
             session.boot_now()
@@ -309,11 +314,7 @@ class CoreHandlers(SmartChargingHandlers, SecurityHandlers):
                 triggered=True,
             )
         elif message == MessageTrigger.firmware_status_notification:
-            # 4.5: Idle when no firmware task runs, else its current step.
-            state = session.firmware.state.value if session.firmware else "Idle"
-            await session.call(
-                call.FirmwareStatusNotification(status=FirmwareStatus(state)), triggered=True
-            )
+            await self._send_firmware_status(extended)
         elif message == MessageTrigger.log_status_notification:
             # Uploading with its requestId while a GetLog's upload runs, else Idle.
             upload, request_id = session.logs.status() if session.logs else (None, None)
@@ -326,6 +327,23 @@ class CoreHandlers(SmartChargingHandlers, SecurityHandlers):
             and session.charge_point_certificates is not None
         ):
             await session.charge_point_certificates.request_certificate()
+
+    async def _send_firmware_status(self, extended: bool) -> None:
+        """4.5: Idle when no firmware update runs, else its current step; in the message of
+        the update running: a signed one's SignedFirmwareStatusNotification with its
+        requestId, UpdateFirmware's FirmwareStatusNotification. With none running,
+        ExtendedTriggerMessage (the whitepaper's) asks for SignedFirmwareStatusNotification
+        (Idle, no requestId), TriggerMessage for FirmwareStatusNotification."""
+        firmware = self.session.firmware
+        state = FirmwareStatus(firmware.state.value if firmware else "Idle")
+        running = firmware is not None and firmware.running
+        request_id = firmware.request_id if firmware else None
+        if request_id is not None or (extended and not running):
+            # requestId left out (None) when triggered with none running (the whitepaper).
+            payload: Any = call.SignedFirmwareStatusNotification(status=state, request_id=request_id)
+        else:
+            payload = call.FirmwareStatusNotification(status=state)
+        await self.session.call(payload, triggered=True)
 
     # --- diagnostics -------------------------------------------------------------------------
 

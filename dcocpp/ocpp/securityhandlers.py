@@ -1,8 +1,10 @@
 """Handlers of the OCPP 1.6 security whitepaper's certificate CALLs: InstallCertificate,
 GetInstalledCertificateIds and DeleteCertificate, on the version-neutral certificate store
 (`certificates/`), CertificateSigned, on the charge point certificate
-(`certificates.chargepoint`), and GetLog (on `diagnostics.logs`). A mixin of
-`handlers.CoreHandlers`. What changes the roots the charger trusts goes to the security log."""
+(`certificates.chargepoint`), GetLog (on `diagnostics.logs`) and SignedUpdateFirmware (on
+`firmware.service`, its signing certificate checked against the ManufacturerRootCertificates).
+A mixin of `handlers.CoreHandlers`. What changes the roots the charger trusts goes to the
+security log."""
 
 from __future__ import annotations
 
@@ -21,12 +23,17 @@ from ocpp.v16.enums import (
     GetInstalledCertificateStatus,
     HashAlgorithm,
     LogStatus,
+    UpdateFirmwareStatus,
 )
 
+from dcocpp.clock import ocpp_time, parse_ocpp_time
 from dcocpp.ocpp.certificates import CertificateRejected, CertificateStoreError
 from dcocpp.ocpp.certificates.certid import CertId
 from dcocpp.ocpp.certificates.store import Installed, RootKind
 from dcocpp.ocpp.diagnostics.logs import LogKind
+from dcocpp.ocpp.errors import CallError
+from dcocpp.ocpp.firmware import FirmwareBusy, Signed, SigningCertificateRejected
+from dcocpp.ocpp.firmware.signature import decode
 from dcocpp.ocpp.timewindow import time_window
 
 if TYPE_CHECKING:
@@ -171,6 +178,68 @@ class SecurityHandlers:
             return call_result.GetLog(status=LogStatus.rejected)
         status = LogStatus.accepted_canceled if outcome.replaced else LogStatus.accepted
         return call_result.GetLog(status=status, filename=outcome.file_name)
+
+    # --- signed firmware ---------------------------------------------------------------------
+
+    @on(Action.signed_update_firmware)
+    async def on_signed_update_firmware(
+        self,
+        request_id: int,
+        firmware: dict[str, Any],
+        retries: int | None = None,
+        retry_interval: int | None = None,
+        **_: Any,
+    ) -> Any:
+        """Answered at once: InvalidCertificate (with the security event) for a signing
+        certificate not valid now or not chained to an installed ManufacturerRootCertificate,
+        Rejected for a signature that is no base64 or while an install is in progress,
+        AcceptedCanceled when it replaces an update still running, else Accepted; the
+        download at retrieveDateTime, the signature checked before the install."""
+        try:
+            retrieve = parse_ocpp_time(firmware["retrieve_date_time"])
+            install = firmware.get("install_date_time")
+            install = None if install is None else ocpp_time(parse_ocpp_time(install))
+        except ValueError:
+            raise CallError(
+                "PropertyConstraintViolation", "retrieveDateTime/installDateTime is no dateTime"
+            ) from None
+        session = self.session
+        service = session.firmware
+        if service is None:
+            log.warning("SignedUpdateFirmware %d rejected: no firmware updates", request_id)
+            return call_result.SignedUpdateFirmware(status=UpdateFirmwareStatus.rejected)
+        signed = Signed(
+            request_id, firmware["signing_certificate"], firmware.get("signature") or "", install
+        )
+        store = session.certificates
+        roots = [] if store is None else store.installed(RootKind.MANUFACTURER)
+        try:
+            service.check_signing_certificate(signed, [root.certificate for root in roots])
+        except SigningCertificateRejected as exc:
+            log.warning("SignedUpdateFirmware %d: signing certificate %s", request_id, exc)
+            await session.security_event("InvalidFirmwareSigningCertificate", str(exc))
+            return call_result.SignedUpdateFirmware(
+                status=UpdateFirmwareStatus.invalid_certificate
+            )
+        try:
+            decode(signed.signature)
+        except ValueError as exc:
+            log.warning("SignedUpdateFirmware %d rejected: %s", request_id, exc)
+            return call_result.SignedUpdateFirmware(status=UpdateFirmwareStatus.rejected)
+        try:
+            replaced = await service.request(
+                firmware["location"],
+                retrieve,
+                retries=retries,
+                retry_interval=retry_interval,
+                signed=signed,
+            )
+        except FirmwareBusy:
+            log.warning("SignedUpdateFirmware %d rejected: an install is in progress", request_id)
+            return call_result.SignedUpdateFirmware(status=UpdateFirmwareStatus.rejected)
+        if replaced:
+            return call_result.SignedUpdateFirmware(status=UpdateFirmwareStatus.accepted_canceled)
+        return call_result.SignedUpdateFirmware(status=UpdateFirmwareStatus.accepted)
 
 
 def _described(installed: Installed) -> str:

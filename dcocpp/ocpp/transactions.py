@@ -1,5 +1,6 @@
 """Transaction messages to the central system: StartTransaction, transaction MeterValues,
-StopTransaction (and SecurityEventNotification, Diagnostics-, Firmware- and LogStatusNotification),
+StopTransaction (and SecurityEventNotification, Diagnostics-, (Signed)Firmware- and
+LogStatusNotification),
 persisted, sent in order, one in flight, each until it is answered.
 
 Every message is written to the station database (`OutboxStore`) before the state it
@@ -95,6 +96,7 @@ _CALLS: dict[str, Callable[..., Any]] = {
     "DiagnosticsStatusNotification": call.DiagnosticsStatusNotification,
     "LogStatusNotification": call.LogStatusNotification,
     "FirmwareStatusNotification": call.FirmwareStatusNotification,
+    "SignedFirmwareStatusNotification": call.SignedFirmwareStatusNotification,
 }
 # A central system without the security extension answers these; it will not change its mind.
 _UNSUPPORTED = {"NotImplemented", "NotSupported"}
@@ -150,6 +152,10 @@ class OutboxStore(Protocol):
         *,
         version: str | None = None,
     ) -> list[int]: ...
+
+    async def upload_step(
+        self, kind: str, running: Any, action: str, payload: Mapping[str, Any]
+    ) -> int: ...
 
 
 @attrs.define(eq=False)
@@ -569,52 +575,45 @@ class TransactionOutbox:
         payload = {"type": kind, "timestamp": timestamp, "tech_info": tech_info}
         await self._queue_of_no_transaction("SecurityEventNotification", payload)
 
-    async def diagnostics_status(self, status: str) -> None:
-        """DiagnosticsStatusNotification (GetDiagnostics' progress): queued like the others,
-        so that a connection lost during the upload, or a restart, does not lose its end."""
-        await self._queue_of_no_transaction("DiagnosticsStatusNotification", {"status": status})
-
-    async def log_status(self, status: str, request_id: int | None) -> None:
-        """LogStatusNotification (GetLog's progress), as `diagnostics_status`."""
-        payload = {"status": status, "request_id": request_id}
-        await self._queue_of_no_transaction("LogStatusNotification", payload)
+    async def upload_status(
+        self, kind: str, running: Any, action: str, payload: dict[str, Any]
+    ) -> None:
+        """An upload's status message (DiagnosticsStatusNotification, LogStatusNotification)
+        in the same database write as the upload of `kind` it tells of (the storage layer's
+        row; None: the upload ended): one left at boot was cut off, and is told so once."""
+        seq = await self._store.upload_step(kind, running, action, payload)
+        self._append(_Message(seq, action, None, payload, None))
 
     async def _queue_of_no_transaction(self, action: str, payload: dict[str, Any]) -> None:
         seq = await self._store.queue_message(action, None, payload)
         self._append(_Message(seq, action, None, payload, None))
 
-    async def firmware_status(self, status: str) -> None:
-        """FirmwareStatusNotification (UpdateFirmware's progress), queued like the others."""
-        await self.firmware_step(None, status, keep_plan=True)
-
     async def firmware_step(
         self,
         plan: Any,
-        status: str | None,
+        statuses: Sequence[str] = (),
         *,
-        keep_plan: bool = False,
+        request_id: int | None = None,
         version: str | None = None,
         security_event: tuple[str, str, str | None] | None = None,
     ) -> None:
-        """UpdateFirmware's plan (the storage layer's row; None: deleted) written in the same
-        database write as the FirmwareStatusNotification `status` that tells its change (and
-        a SecurityEventNotification (type, timestamp, techInfo); and the installed `version`):
-        a restart at any point neither loses nor repeats a step. `keep_plan`: the status
-        alone, the plan as it is."""
+        """The firmware update's plan (the storage layer's row; None: deleted) written in the
+        same database write as the status notifications that tell its change
+        (SignedFirmwareStatusNotification with `request_id` for a signed update, else
+        FirmwareStatusNotification), a SecurityEventNotification (type, timestamp, techInfo)
+        and the installed `version`: a restart at any point neither loses nor repeats a step."""
         messages: list[tuple[str, dict[str, Any]]] = []
-        if status is not None:
-            messages.append(("FirmwareStatusNotification", {"status": status}))
+        for status in statuses:
+            if request_id is None:
+                messages.append(("FirmwareStatusNotification", {"status": status}))
+            else:
+                payload = {"status": status, "request_id": request_id}
+                messages.append(("SignedFirmwareStatusNotification", payload))
         if security_event is not None:
             kind, timestamp, tech_info = security_event
             payload = {"type": kind, "timestamp": timestamp, "tech_info": tech_info}
             messages.append(("SecurityEventNotification", payload))
-        if keep_plan:
-            seqs = [
-                await self._store.queue_message(action, None, payload)
-                for action, payload in messages
-            ]
-        else:
-            seqs = await self._store.firmware_step(plan, messages, version=version)
+        seqs = await self._store.firmware_step(plan, messages, version=version)
         for seq, (action, payload) in zip(seqs, messages, strict=True):
             self._append(_Message(seq, action, None, payload, None))
 

@@ -66,7 +66,15 @@ from dcocpp.ocpp.certificates.store import CertificateStore
 from dcocpp.ocpp.certificates.tls import CentralSystemTrust, client_context
 from dcocpp.ocpp.configuration import ConfigurationStore
 from dcocpp.ocpp.control import ConnectorStatus
-from dcocpp.ocpp.diagnostics import DiagnosticsService, LogService, Upload, UploadState, log_status
+from dcocpp.ocpp.diagnostics import (
+    DIAGNOSTICS_UPLOADS,
+    LOG_UPLOADS,
+    DiagnosticsService,
+    LogService,
+    Upload,
+    UploadState,
+    log_status,
+)
 from dcocpp.ocpp.firmware import FirmwarePlan, FirmwareService, FirmwareState, InstallHook
 from dcocpp.ocpp.locallist import LocalAuthorizationList
 from dcocpp.ocpp.securitylog import (
@@ -85,7 +93,7 @@ from dcocpp.ocpp.transfer import SUPPORTED_PROTOCOLS
 from dcocpp.station.limits import LimitEnforcer
 from dcocpp.station.reservations import ReservationBook
 from dcocpp.storage.asyncdb import AsyncDatabase, Runner
-from dcocpp.storage.database import SCHEMA_VERSION, StorageError
+from dcocpp.storage.database import SCHEMA_VERSION, StorageError, UploadRow
 
 log = logging.getLogger(__name__)
 
@@ -419,6 +427,7 @@ class Station:
             after_update = await firmware.recover(
                 None if plan is None else FirmwarePlan.from_row(plan)
             )
+            await self._recover_uploads(db)
             if self._first_boot:
                 self._first_boot = False
                 await self.security_event("StartupOfTheDevice", after_update)
@@ -771,15 +780,17 @@ class Station:
     async def record_firmware(
         self,
         plan: FirmwarePlan | None,
-        status: FirmwareState | None,
+        statuses: Sequence[FirmwareState] = (),
         *,
+        request_id: int | None = None,
         version: str | None = None,
         security_event: tuple[str, str, str | None] | None = None,
     ) -> None:
         assert self.outbox is not None
         await self.outbox.firmware_step(
             None if plan is None else plan.row(),
-            None if status is None else status.value,
+            [status.value for status in statuses],
+            request_id=request_id,
             version=version,
             security_event=security_event,
         )
@@ -823,16 +834,38 @@ class Station:
         if sent and self.outbox is not None:
             await self.outbox.security_event(kind, ocpp_time(at), tech_info)
 
-    async def _report_diagnostics(self, state: UploadState) -> None:
+    async def _report_diagnostics(self, state: UploadState, job: Upload) -> None:
         """Each step of an upload goes through the outbox: persisted, delivered in order once
-        connected, so that a connection lost meanwhile does not lose the final status."""
-        if self.outbox is not None:
-            await self.outbox.diagnostics_status(state.value)
+        connected, so that a connection lost meanwhile does not lose the final status; the
+        upload is recorded running with its Uploading, ended with its final status (one left
+        at the next boot was cut off: `_recover_uploads`)."""
+        payload = {"status": state.value}
+        action = "DiagnosticsStatusNotification"
+        await self._report_upload(DIAGNOSTICS_UPLOADS, state, job, action, payload)
 
     async def _report_log(self, state: UploadState, job: Upload) -> None:
         """GetLog's steps, as `_report_diagnostics`, with the request's id."""
-        if self.outbox is not None:
-            await self.outbox.log_status(log_status(state, job), job.request_id)
+        payload = {"status": log_status(state, job), "request_id": job.request_id}
+        await self._report_upload(LOG_UPLOADS, state, job, "LogStatusNotification", payload)
+
+    async def _report_upload(
+        self, kind: str, state: UploadState, job: Upload, action: str, payload: dict[str, Any]
+    ) -> None:
+        if self.outbox is None:
+            return
+        running = None
+        if state is UploadState.UPLOADING:
+            running = UploadRow(kind, job.request_id, job.file_name, job.location)
+        await self.outbox.upload_status(kind, running, action, payload)
+
+    async def _recover_uploads(self, db: AsyncDatabase) -> None:
+        """An upload the last run left running was cut off (its file was temporary): told
+        failed once, in the write that forgets it."""
+        uploads = [service.uploads for service in (self.diagnostics, self.logs) if service]
+        for row in await db.running_uploads():
+            for service in uploads:
+                if service.kind == row.kind:
+                    await service.recover(row.file_name, row.location, row.request_id)
 
     def log_files(self) -> list[Path]:
         """Every file of the log directory (the OCPP message log and its rotations, and

@@ -40,6 +40,7 @@ from dcocpp.storage.database import (
     QueuedMessage,
     ReservationRow,
     TransactionRow,
+    UploadRow,
 )
 
 __all__ = ["AsyncDatabase", "Runner", "WorkerThread"]
@@ -223,4 +224,16 @@ class AsyncDatabase:
     ) -> list[int]:
         return await self._run(
             functools.partial(self._db.firmware_step, plan, list(messages), version=version)
+        )
+
+    # --- uploads -----------------------------------------------------------------------------
+
+    async def running_uploads(self) -> list[UploadRow]:
+        return await self._run(self._db.running_uploads)
+
+    async def upload_step(
+        self, kind: str, running: UploadRow | None, action: str, payload: Mapping[str, Any]
+    ) -> int:
+        return await self._run(
+            functools.partial(self._db.upload_step, kind, running, action, dict(payload))
         )

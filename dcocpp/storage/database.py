@@ -185,6 +185,23 @@ MIGRATIONS: list[list[str]] = [
                version TEXT NOT NULL
            )""",
     ],
+    [
+        # A signed firmware update (SignedUpdateFirmware) keeps its request id, signing
+        # certificate (PEM), signature (base64) and install date in the plan; all NULL for
+        # UpdateFirmware's.
+        "ALTER TABLE firmware_plan ADD COLUMN request_id INTEGER",
+        "ALTER TABLE firmware_plan ADD COLUMN signing_certificate TEXT",
+        "ALTER TABLE firmware_plan ADD COLUMN signature TEXT",
+        "ALTER TABLE firmware_plan ADD COLUMN install_date TEXT",
+        # The upload running of each kind (GetDiagnostics', GetLog's), from the write of its
+        # Uploading until the write of its final status: one left at boot was cut off.
+        """CREATE TABLE uploads (
+               kind       TEXT PRIMARY KEY,
+               request_id INTEGER,
+               file_name  TEXT NOT NULL,
+               location   TEXT NOT NULL
+           )""",
+    ],
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
 # Writes between two checkpoints of the write-ahead log (a write is a few pages: about as
@@ -277,9 +294,30 @@ class FirmwarePlanRow:
     phase: str
     expected_version: str | None
     file_name: str
+    # A signed update's (SignedUpdateFirmware); None for UpdateFirmware's.
+    request_id: int | None = None
+    signing_certificate: str | None = None  # PEM
+    signature: str | None = None  # base64
+    install_date: str | None = None  # OCPP dateTime, UTC
 
 
-_FIRMWARE_PHASES = frozenset({"scheduled", "downloading", "downloaded", "installing", "installed"})
+_FIRMWARE_PHASES = frozenset(
+    {"scheduled", "downloading", "downloaded", "verified", "installing", "installed"}
+)
+
+# What uploads there are: GetDiagnostics', GetLog's.
+_UPLOAD_KINDS = frozenset({"diagnostics", "log"})
+
+
+@attrs.frozen
+class UploadRow:
+    """An upload under way (see the `uploads` table): its kind ("diagnostics", "log"), the
+    request's id where it has one, its file, where to (without credentials)."""
+
+    kind: str
+    request_id: int | None
+    file_name: str
+    location: str
 
 
 @attrs.frozen
@@ -972,16 +1010,7 @@ class Database:
             "cannot read the firmware plan",
             "firmware_plan",
             "id",
-            lambda row: FirmwarePlanRow(
-                columns.text("location", row["location"]),
-                columns.timestamp("retrieve_date", row["retrieve_date"]),
-                _positive("attempts", row["attempts"]),
-                columns.integer("retry_interval", row["retry_interval"]),
-                columns.integer("attempt", row["attempt"]),
-                _firmware_phase(row["phase"]),
-                columns.optional_text("expected_version", row["expected_version"]),
-                _file_name(row["file_name"]),
-            ),
+            _firmware_plan,
             "the firmware update is forgotten",
         )
         return rows[0] if rows else None
@@ -1011,8 +1040,9 @@ class Database:
             if plan is not None:
                 self._db.execute(
                     "INSERT INTO firmware_plan (id, location, retrieve_date, attempts,"
-                    " retry_interval, attempt, phase, expected_version, file_name)"
-                    " VALUES (0, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    " retry_interval, attempt, phase, expected_version, file_name, request_id,"
+                    " signing_certificate, signature, install_date)"
+                    " VALUES (0, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                     attrs.astuple(plan),
                 )
             if version is not None:
@@ -1023,6 +1053,40 @@ class Database:
             return [
                 self._insert_message(action, None, payload, None) for action, payload in messages
             ]
+
+    # --- uploads --------------------------------------------------------------------------------
+    # The upload running of each kind, written with its Uploading and deleted with its final
+    # status (`upload_step`): one still here at boot was cut off by the restart.
+
+    def running_uploads(self) -> list[UploadRow]:
+        """The uploads the last run left running (a row that cannot be read: dropped)."""
+        return self._read(
+            "cannot read the running uploads",
+            "uploads",
+            "kind",
+            lambda row: UploadRow(
+                _upload_kind(row["kind"]),
+                columns.optional_integer("request_id", row["request_id"]),
+                _file_name(row["file_name"]),
+                columns.text("location", row["location"]),
+            ),
+            "its end is not reported",
+        )
+
+    def upload_step(
+        self, kind: str, running: UploadRow | None, action: str, payload: Mapping[str, Any]
+    ) -> int:
+        """In one write: the upload of `kind` running (None: it ended) and the status message
+        that tells it appended to the outbox. Returns the message's seq."""
+        with self._writing(f"cannot queue {action}"):
+            self._db.execute("DELETE FROM uploads WHERE kind = ?", (kind,))
+            if running is not None:
+                self._db.execute(
+                    "INSERT INTO uploads (kind, request_id, file_name, location)"
+                    " VALUES (?, ?, ?, ?)",
+                    attrs.astuple(running),
+                )
+            return self._insert_message(action, None, payload, None)
 
     # --- reading ------------------------------------------------------------------------------
 
@@ -1166,8 +1230,41 @@ def _firmware_phase(value: Any) -> str:
     return phase
 
 
+def _firmware_plan(row: Mapping[str, Any]) -> FirmwarePlanRow:
+    plan = FirmwarePlanRow(
+        columns.text("location", row["location"]),
+        columns.timestamp("retrieve_date", row["retrieve_date"]),
+        _positive("attempts", row["attempts"]),
+        columns.integer("retry_interval", row["retry_interval"]),
+        columns.integer("attempt", row["attempt"]),
+        _firmware_phase(row["phase"]),
+        columns.optional_text("expected_version", row["expected_version"]),
+        _file_name(row["file_name"]),
+        columns.optional_integer("request_id", row["request_id"]),
+        columns.optional_text("signing_certificate", row["signing_certificate"]),
+        columns.optional_text("signature", row["signature"]),
+        _optional_timestamp("install_date", row["install_date"]),
+    )
+    signed = (plan.request_id, plan.signing_certificate, plan.signature)
+    if any(value is not None for value in signed) and None in signed:
+        # Half a signed update: installing it unchecked would be a lie to the central system.
+        raise Unreadable("request_id, signing_certificate and signature are not all set")
+    return plan
+
+
+def _upload_kind(value: Any) -> str:
+    kind = columns.text("kind", value)
+    if kind not in _UPLOAD_KINDS:
+        raise Unreadable(f"kind {shown(value)} is none of {', '.join(sorted(_UPLOAD_KINDS))}")
+    return kind
+
+
+def _optional_timestamp(column: str, value: Any) -> str | None:
+    return None if value is None else columns.timestamp(column, value)
+
+
 def _file_name(value: Any) -> str:
-    """A plain file name: the plan's file lives in the data directory's firmware folder."""
+    """A plain file name (in the data directory, or its firmware folder)."""
     name = columns.text("file_name", value)
     if not name or "/" in name or "\\" in name or name in (".", ".."):
         raise Unreadable(f"file_name {shown(value)} is not a file name")

@@ -6,11 +6,13 @@ GetDiagnostics (in `dcocpp.ocpp.handlers`), the security extension's GetLog
 (`dcocpp.ocpp.securityhandlers`) and OCPP 2.0.1 sit on top."""
 
 from dcocpp.ocpp.diagnostics.archive import ArchiveError, build_archive
-from dcocpp.ocpp.diagnostics.logs import LogKind, LogRequest, LogService, log_status
-from dcocpp.ocpp.diagnostics.service import DiagnosticsService
+from dcocpp.ocpp.diagnostics.logs import LOG_UPLOADS, LogKind, LogRequest, LogService, log_status
+from dcocpp.ocpp.diagnostics.service import DIAGNOSTICS_UPLOADS, DiagnosticsService
 from dcocpp.ocpp.diagnostics.uploads import Upload, Uploads, UploadState
 
 __all__ = [
+    "DIAGNOSTICS_UPLOADS",
+    "LOG_UPLOADS",
     "ArchiveError",
     "DiagnosticsService",
     "LogKind",

@@ -28,6 +28,9 @@ from dcocpp.ocpp.transfer.urls import parse
 
 log = logging.getLogger(__name__)
 
+# The kind of GetLog's uploads (what the station records of one running).
+LOG_UPLOADS = "log"
+
 
 class LogKind(enum.Enum):
     SECURITY = "SecurityLog"
@@ -62,7 +65,9 @@ class LogService:
         self._security_log = security_log
         self._diagnostics = diagnostics
         self._charge_point_id = charge_point_id
-        self.uploads = Uploads("log", report, ca_bundle=ca_bundle, clock=clock)
+        self.uploads = Uploads(
+            LOG_UPLOADS, report, ca_bundle=ca_bundle, clock=clock, work_dir=diagnostics.work_dir
+        )
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Hosts the uploads until cancelled."""

@@ -14,7 +14,7 @@ import importlib.metadata
 import logging
 import platform
 import re
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -24,7 +24,7 @@ import trio
 from dcocpp.ocpp.configuration import SPECS, ConfigurationStore
 from dcocpp.ocpp.control import DiagnosticsSource
 from dcocpp.ocpp.diagnostics.archive import ArchiveError, build_archive
-from dcocpp.ocpp.diagnostics.uploads import Upload, Uploads, UploadState
+from dcocpp.ocpp.diagnostics.uploads import Report, Upload, Uploads, UploadState
 from dcocpp.ocpp.transfer import TransferError
 from dcocpp.ocpp.transfer.urls import parse
 
@@ -35,8 +35,8 @@ log = logging.getLogger(__name__)
 _SECRET_NAME = re.compile(r"(key|password|secret|token|passphrase)$", re.IGNORECASE)
 REDACTED = "(redacted)"
 _VERSIONED = ("dcocpp", "ocpp", "trio")
-
-Report = Callable[[UploadState], Awaitable[None]]
+# The kind of GetDiagnostics' uploads (what the station records of one running).
+DIAGNOSTICS_UPLOADS = "diagnostics"
 
 
 class DiagnosticsService:
@@ -53,11 +53,9 @@ class DiagnosticsService:
         self._source = source
         self._store = store
         self.work_dir = work_dir
-
-        async def report_state(state: UploadState, _: Upload) -> None:
-            await report(state)
-
-        self.uploads = Uploads("diagnostics", report_state, ca_bundle=ca_bundle, clock=clock)
+        self.uploads = Uploads(
+            DIAGNOSTICS_UPLOADS, report, ca_bundle=ca_bundle, clock=clock, work_dir=work_dir
+        )
 
     @property
     def state(self) -> UploadState:

@@ -8,6 +8,11 @@ boot's nursery: a lost connection to the central system does not end it). Each a
 UPLOAD_FAILED only after the last attempt (the job says what the server's refusal meant, where
 it told). The file is removed once the upload ended. A new upload cancels the one running (the
 central system asked anew); that one reports nothing more.
+
+A restart (reset, crash, kill) cuts an upload off: its file was temporary, so it is not taken
+up again. The station records the upload running with its UPLOADING report and ended with its
+final one; at the next boot it hands what was left running to `recover`, which reports it
+UPLOAD_FAILED, once.
 """
 
 from __future__ import annotations
@@ -70,8 +75,10 @@ class Uploads:
         *,
         ca_bundle: Path | None = None,
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+        work_dir: Path | None = None,
     ):
         self._what = what
+        self._work_dir = work_dir  # where its files are written (what `recover` cleans up)
         self._report = report
         self._ca_bundle = ca_bundle
         self._clock = clock
@@ -86,6 +93,30 @@ class Uploads:
             self._nursery = nursery
             task_status.started()
             await trio.sleep_forever()
+
+    @property
+    def kind(self) -> str:
+        """What it uploads ("diagnostics", "log"): the key of its running upload's record."""
+        return self._what
+
+    async def recover(self, file_name: str, location: str, request_id: int | None) -> None:
+        """At boot: the upload of `file_name` to `location` (without credentials) was cut off
+        by the restart. Reported UPLOAD_FAILED (once: the report ends its record), what is
+        left of its file removed."""
+        log.error(
+            "%s upload of %s to %s was cut off by a restart: reported failed (the file was"
+            " temporary)",
+            self._what,
+            file_name,
+            location,
+        )
+        job = Upload(file_name, location, 1, request_id)
+        job.error = "cut off by a restart of the charger"
+        self.upload = job
+        if self._work_dir is not None:
+            leftover = self._work_dir / file_name
+            await trio.to_thread.run_sync(lambda: leftover.unlink(missing_ok=True))
+        await self._set(UploadState.UPLOAD_FAILED, job)
 
     @property
     def running(self) -> bool:

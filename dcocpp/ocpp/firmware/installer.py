@@ -46,10 +46,13 @@ class InstallHook:
 
 @attrs.frozen
 class Outcome:
-    """An install's result: `error` None when installed; the version to record, if any."""
+    """An install's result: `error` None when installed; the version to record, if any.
+    `verification_failed`: the file failed the check before the install (nothing was
+    installed: the built-in installer found no image)."""
 
     version: str | None
     error: str | None = None
+    verification_failed: bool = False
 
 
 def image_version(path: Path) -> str | None:
@@ -71,7 +74,11 @@ async def install(path: Path, hook: InstallHook | None) -> Outcome:
         return Outcome(None, f"{path}: cannot read: {exc.strerror or exc}")
     if hook is None:
         if version is None:
-            return Outcome(None, f"{path.name} is not a firmware image (no DCOCPP-FIRMWARE line)")
+            return Outcome(
+                None,
+                f"{path.name} is not a firmware image (no DCOCPP-FIRMWARE line)",
+                verification_failed=True,
+            )
         return Outcome(version)
     error = await _run_hook(hook, path, version or "")
     return Outcome(version, error)

@@ -1,10 +1,12 @@
-"""UpdateFirmware's plan as it is persisted: one at a time, from the request until the
-installed firmware's first boot has told the central system.
+"""A firmware update's plan as it is persisted (UpdateFirmware's, or a signed one's:
+SignedUpdateFirmware's), one at a time, from the request until the installed firmware's first
+boot has told the central system.
 
 The phase says where a restart picks it up (`service.py`): SCHEDULED and DOWNLOADING resume
-the download (at `attempt`, the partial file resuming), DOWNLOADED waits for the guns again,
-INSTALLING was cut off (its outcome unknown: InstallationFailed), INSTALLED is the reboot
-after a successful install (Installed is told once, after it).
+the download (at `attempt`, the partial file resuming), DOWNLOADED checks a signed file's
+signature (VERIFIED: checked) and waits for the install date and the guns again, INSTALLING
+was cut off (its outcome unknown: InstallationFailed), INSTALLED is the reboot after a
+successful install (Installed is told once, after it).
 """
 
 from __future__ import annotations
@@ -22,7 +24,8 @@ _UNSAFE = re.compile(r"[^A-Za-z0-9._-]")
 
 
 class FirmwareState(enum.Enum):
-    """The statuses of FirmwareStatusNotification."""
+    """The statuses of FirmwareStatusNotification, and those only a signed update reports
+    (the security whitepaper's SignedFirmwareStatusNotification)."""
 
     IDLE = "Idle"
     DOWNLOADING = "Downloading"
@@ -31,14 +34,34 @@ class FirmwareState(enum.Enum):
     INSTALLING = "Installing"
     INSTALLED = "Installed"
     INSTALLATION_FAILED = "InstallationFailed"
+    # A signed update's only.
+    DOWNLOAD_SCHEDULED = "DownloadScheduled"
+    INVALID_SIGNATURE = "InvalidSignature"
+    SIGNATURE_VERIFIED = "SignatureVerified"
+    INSTALL_SCHEDULED = "InstallScheduled"
+    INSTALL_REBOOTING = "InstallRebooting"
+    INSTALL_VERIFICATION_FAILED = "InstallVerificationFailed"
 
 
 class Phase(enum.Enum):
     SCHEDULED = "scheduled"  # waiting for its retrieveDate
     DOWNLOADING = "downloading"  # an attempt under way, or the wait for the next
-    DOWNLOADED = "downloaded"  # the file is complete: waiting for the guns to be free
+    DOWNLOADED = "downloaded"  # the file is complete (a signed one's signature not checked)
+    VERIFIED = "verified"  # a signed file's signature holds: its install date, the guns next
     INSTALLING = "installing"
     INSTALLED = "installed"  # installed, the reboot (and then Installed) pending
+
+
+@attrs.frozen
+class Signed:
+    """What a signed update adds to its plan: the central system's request id (which every
+    status carries), the signing certificate (PEM, checked against the manufacturer roots
+    when requested), the file's signature (base64) and when to install (None: at once)."""
+
+    request_id: int
+    signing_certificate: str
+    signature: str
+    install_date: str | None = None  # OCPP dateTime, UTC
 
 
 @attrs.frozen
@@ -51,8 +74,14 @@ class FirmwarePlan:
     phase: Phase = Phase.SCHEDULED
     expected_version: str | None = None  # the image header's, once downloaded
     file_name: str = DEFAULT_FILE_NAME  # in the data directory's firmware folder
+    signed: Signed | None = None  # None: UpdateFirmware's
+
+    @property
+    def request_id(self) -> int | None:
+        return None if self.signed is None else self.signed.request_id
 
     def row(self) -> FirmwarePlanRow:
+        signed = self.signed
         return FirmwarePlanRow(
             self.location,
             self.retrieve_date,
@@ -62,10 +91,23 @@ class FirmwarePlan:
             self.phase.value,
             self.expected_version,
             self.file_name,
+            None if signed is None else signed.request_id,
+            None if signed is None else signed.signing_certificate,
+            None if signed is None else signed.signature,
+            None if signed is None else signed.install_date,
         )
 
     @classmethod
     def from_row(cls, row: FirmwarePlanRow) -> FirmwarePlan:
+        signed = None
+        if (
+            row.request_id is not None
+            and row.signing_certificate is not None
+            and row.signature is not None
+        ):
+            signed = Signed(
+                row.request_id, row.signing_certificate, row.signature, row.install_date
+            )
         return cls(
             row.location,
             row.retrieve_date,
@@ -75,6 +117,7 @@ class FirmwarePlan:
             Phase(row.phase),
             row.expected_version,
             row.file_name,
+            signed,
         )
 
 

@@ -1,6 +1,6 @@
-"""UpdateFirmware's work, version-neutral: download at the retrieve date with retries, hold
-the guns, install, reboot; and the status the central system (TriggerMessage) and the
-operator (`/api/status`) see.
+"""A firmware update's work, version-neutral: download at the retrieve date with retries,
+check a signed file's signature, hold the guns, install, reboot; and the status the central
+system (TriggerMessage) and the operator (`/api/status`) see.
 
 One plan at a time, persisted (`plan.py`) through the station (`FirmwareHost`): every change
 of its phase is written in the same database write as the status notification that tells it,
@@ -15,6 +15,14 @@ no new transaction; a running one goes on until it ends); Installing once no gun
 transaction; then InstallationFailed (the guns released) or the installed version recorded
 and the reboot, after which the next boot tells Installed once (`recover`).
 
+A signed update (`Signed`: SignedUpdateFirmware's) reports the whitepaper's statuses with its
+request id: DownloadScheduled while its retrieve date is ahead; after Downloaded the
+signature is checked (`signature.py`): InvalidSignature (the file removed, the security event
+InvalidFirmwareSignature in the same write) or SignatureVerified, then InstallScheduled while
+its install date is ahead; the guns are held from the install date on; a file the built-in
+installer finds no image is InstallVerificationFailed; InstallRebooting is told with the
+recorded install, before the reboot.
+
 A new request before Installing replaces the plan (the running one is cancelled, its files
 removed, it reports nothing more); from Installing on it raises FirmwareBusy.
 """
@@ -22,19 +30,21 @@ removed, it reports nothing more); from Installing on it raises FirmwareBusy.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import attrs
 import trio
+from cryptography import x509
 
 from dcocpp.clock import ocpp_time, parse_ocpp_time
 from dcocpp.ocpp.control import FirmwareHost
 from dcocpp.ocpp.errors import OcppError
 from dcocpp.ocpp.firmware.installer import InstallHook, hook_output, image_version, install
-from dcocpp.ocpp.firmware.plan import FirmwarePlan, FirmwareState, Phase, file_name_of
+from dcocpp.ocpp.firmware.plan import FirmwarePlan, FirmwareState, Phase, Signed, file_name_of
+from dcocpp.ocpp.firmware.signature import check_signing_certificate, verify_signature
 from dcocpp.ocpp.transfer import TransferError, discard, download
 from dcocpp.ocpp.transfer.urls import parse, redact
 
@@ -53,6 +63,16 @@ _TRIGGERED = {
     Phase.DOWNLOADED: FirmwareState.DOWNLOADED,
     Phase.INSTALLING: FirmwareState.INSTALLING,
     Phase.INSTALLED: FirmwareState.INSTALLING,  # recorded, the reboot under way
+}
+# ... of a signed one: the whitepaper's statuses (VERIFIED: `_current` tells InstallScheduled
+# while its install date is ahead).
+_TRIGGERED_SIGNED = {
+    Phase.SCHEDULED: FirmwareState.DOWNLOAD_SCHEDULED,
+    Phase.DOWNLOADING: FirmwareState.DOWNLOADING,
+    Phase.DOWNLOADED: FirmwareState.DOWNLOADED,
+    Phase.VERIFIED: FirmwareState.SIGNATURE_VERIFIED,
+    Phase.INSTALLING: FirmwareState.INSTALLING,
+    Phase.INSTALLED: FirmwareState.INSTALL_REBOOTING,
 }
 
 
@@ -114,7 +134,8 @@ class FirmwareService:
             log.info("firmware %s installed: this is its first boot", self.version)
             await self._host.record_firmware(
                 None,
-                FirmwareState.INSTALLED,
+                [FirmwareState.INSTALLED],
+                request_id=plan.request_id,
                 security_event=("FirmwareUpdated", now, f"firmware {self.version} installed"),
             )
             self.status = FirmwareState.INSTALLED
@@ -125,12 +146,14 @@ class FirmwareService:
                 " is unknown, reported InstallationFailed",
                 plan.file_name,
             )
-            await self._host.record_firmware(None, FirmwareState.INSTALLATION_FAILED)
+            await self._host.record_firmware(
+                None, [FirmwareState.INSTALLATION_FAILED], request_id=plan.request_id
+            )
             self.status = FirmwareState.INSTALLATION_FAILED
             await self._remove_files(plan.file_name)
             return None
         self._pending = plan
-        self.status = _TRIGGERED[plan.phase]
+        self.status = self._current(plan)
         return None
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
@@ -148,9 +171,40 @@ class FirmwareService:
 
     @property
     def state(self) -> FirmwareState:
-        """What a triggered FirmwareStatusNotification says: the current step, Idle when
-        nothing is being done (no plan, one waiting for its retrieve date, or it ended)."""
-        return FirmwareState.IDLE if self._job is None else _TRIGGERED[self._job.plan.phase]
+        """What a triggered status notification says: the current step, Idle when nothing is
+        being done (no plan, an UpdateFirmware's waiting for its retrieve date, or it
+        ended)."""
+        return FirmwareState.IDLE if self._job is None else self._current(self._job.plan)
+
+    @property
+    def running(self) -> bool:
+        """A plan runs (also one waiting for its retrieve or install date)."""
+        return self._job is not None
+
+    @property
+    def request_id(self) -> int | None:
+        """The running plan's request id: a signed update runs (its statuses carry it)."""
+        return None if self._job is None else self._job.plan.request_id
+
+    def check_signing_certificate(
+        self, signed: Signed, roots: Sequence[x509.Certificate]
+    ) -> x509.Certificate:
+        """The signing certificate of `signed`, valid now and chained to one of the
+        manufacturer `roots`; SigningCertificateRejected (why) otherwise."""
+        return check_signing_certificate(signed.signing_certificate, roots, self._clock())
+
+    def _current(self, plan: FirmwarePlan) -> FirmwareState:
+        if plan.signed is None:
+            return _TRIGGERED[plan.phase]
+        if plan.phase is Phase.VERIFIED and self._ahead(plan.signed.install_date) > 0:
+            return FirmwareState.INSTALL_SCHEDULED
+        return _TRIGGERED_SIGNED[plan.phase]
+
+    def _ahead(self, moment: str | None) -> float:
+        """Seconds until `moment` (OCPP dateTime; None or past: 0 or less)."""
+        if moment is None:
+            return 0.0
+        return (parse_ocpp_time(moment) - self._clock()).total_seconds()
 
     async def request(
         self,
@@ -159,10 +213,12 @@ class FirmwareService:
         *,
         retries: int | None = None,
         retry_interval: int | None = None,
-    ) -> None:
-        """Plan the download of `location` from `retrieve_date` on, replacing a plan not yet
-        installing; FirmwareBusy once one is. A location that cannot be used is taken too: its
-        download fails (DownloadFailed), as the central system must hear."""
+        signed: Signed | None = None,
+    ) -> bool:
+        """Plan the download of `location` from `retrieve_date` on (a signed update's with
+        `signed`, its certificate already checked), replacing a plan not yet installing
+        (returns whether it did); FirmwareBusy once one is. A location that cannot be used is
+        taken too: its download fails (DownloadFailed), as the central system must hear."""
         if self._nursery is None:
             raise RuntimeError("FirmwareService.run() must be running")
         old = self._job
@@ -178,20 +234,28 @@ class FirmwareService:
             max(1, (retries or 0) + 1),
             DEFAULT_RETRY_INTERVAL if retry_interval is None else max(0, retry_interval),
             file_name=name,
+            signed=signed,
         )
         if old is not None:
-            log.info("firmware update replaced by a new UpdateFirmware (%s)", old.plan.phase.value)
+            log.info("firmware update replaced by a new request (%s)", old.plan.phase.value)
             old.replaced = True
             old.scope.cancel()
             await old.done.wait()
-        await self._host.record_firmware(plan, None)
+        told = []
+        if signed is not None and self._ahead(plan.retrieve_date) > 0:
+            told = [FirmwareState.DOWNLOAD_SCHEDULED]
+        await self._host.record_firmware(plan, told, request_id=plan.request_id)
+        if told:
+            self.status = told[0]
         log.info(
-            "firmware update planned: %s at %s, %d attempt(s)",
+            "%sfirmware update planned: %s at %s, %d attempt(s)",
+            "" if signed is None else f"signed (request {signed.request_id}) ",
             redact(location),
             plan.retrieve_date,
             plan.attempts,
         )
         self._start(plan)
+        return old is not None
 
     def _start(self, plan: FirmwarePlan) -> None:
         assert self._nursery is not None
@@ -233,7 +297,13 @@ class FirmwareService:
             downloaded = attrs.evolve(job.plan, phase=Phase.DOWNLOADED, expected_version=version)
             log.info("firmware %s downloaded (version %s)", target.name, version or "unknown")
             await self._record(job, downloaded, FirmwareState.DOWNLOADED)
-        if job.plan.phase is Phase.DOWNLOADED:
+        signed = job.plan.signed
+        unchecked = job.plan.phase is Phase.DOWNLOADED
+        if signed is not None and unchecked and not await self._verify(job, signed):
+            return
+        if job.plan.phase in (Phase.DOWNLOADED, Phase.VERIFIED):
+            if job.plan.signed is not None:
+                await self._wait_for_install_date(job.plan.signed)
             job.held = True
             await self._host.hold_for_firmware(True)
             log.info("firmware install waits for every transaction to end")
@@ -242,6 +312,39 @@ class FirmwareService:
                 job, attrs.evolve(job.plan, phase=Phase.INSTALLING), FirmwareState.INSTALLING
             )
         await self._install(job)
+
+    async def _verify(self, job: _Job, signed: Signed) -> bool:
+        """Check the downloaded file's signature: SignatureVerified (and InstallScheduled when
+        the install date is ahead) in one write, or InvalidSignature with its security event,
+        the file removed (False)."""
+        target = self._target(job.plan)
+        problem = await trio.to_thread.run_sync(
+            verify_signature, target, signed.signing_certificate, signed.signature
+        )
+        if problem is not None:
+            job.error = f"invalid signature: {problem}"
+            log.error("firmware %s not installed: %s", target.name, job.error)
+            await self._remove_files(job.plan.file_name)
+            now = ocpp_time(self._clock())
+            await self._record(
+                job,
+                None,
+                FirmwareState.INVALID_SIGNATURE,
+                security_event=("InvalidFirmwareSignature", now, f"{target.name}: {problem}"),
+            )
+            return False
+        told = [FirmwareState.SIGNATURE_VERIFIED]
+        if self._ahead(signed.install_date) > 0:
+            told.append(FirmwareState.INSTALL_SCHEDULED)
+        log.info("firmware %s: signature verified", target.name)
+        await self._record(job, attrs.evolve(job.plan, phase=Phase.VERIFIED), *told)
+        return True
+
+    async def _wait_for_install_date(self, signed: Signed) -> None:
+        delay = self._ahead(signed.install_date)
+        if delay > 0:
+            log.info("firmware install waits until %s", signed.install_date)
+            await trio.sleep(delay)
 
     async def _wait_for_retrieve_date(self, job: _Job) -> None:
         delay = (parse_ocpp_time(job.plan.retrieve_date) - self._clock()).total_seconds()
@@ -264,7 +367,7 @@ class FirmwareService:
         await trio.Path(self._work_dir).mkdir(parents=True, exist_ok=True)
         for attempt in range(max(1, plan.attempt), plan.attempts + 1):
             if attempt != job.plan.attempt:
-                await self._record(job, attrs.evolve(job.plan, attempt=attempt), None)
+                await self._record(job, attrs.evolve(job.plan, attempt=attempt))
             job.next_attempt_at = None
             log.info("downloading firmware %s (attempt %d of %d)", shown, attempt, plan.attempts)
             with trio.move_on_after(ATTEMPT_TIMEOUT) as deadline:
@@ -307,13 +410,18 @@ class FirmwareService:
         if outcome.error is not None:
             job.error = outcome.error
             log.error("firmware install failed: %s", outcome.error)
-            await self._record(job, None, FirmwareState.INSTALLATION_FAILED)
+            failed = FirmwareState.INSTALLATION_FAILED
+            if job.plan.signed is not None and outcome.verification_failed:
+                failed = FirmwareState.INSTALL_VERIFICATION_FAILED
+            await self._record(job, None, failed)
             job.held = False
             await self._host.hold_for_firmware(False)
             return
         version = outcome.version
+        # A signed update tells the reboot to come (the whitepaper's InstallRebooting).
+        rebooting = [] if job.plan.signed is None else [FirmwareState.INSTALL_REBOOTING]
         await self._record(
-            job, attrs.evolve(job.plan, phase=Phase.INSTALLED), None, version=version
+            job, attrs.evolve(job.plan, phase=Phase.INSTALLED), *rebooting, version=version
         )
         log.warning(
             "firmware %s installed: rebooting into it", version or "(version not told by the image)"
@@ -324,16 +432,23 @@ class FirmwareService:
         self,
         job: _Job,
         plan: FirmwarePlan | None,
-        status: FirmwareState | None,
-        *,
+        *statuses: FirmwareState,
         version: str | None = None,
+        security_event: tuple[str, str, str | None] | None = None,
     ) -> None:
-        """One write: the plan's change and the status telling it (and the version)."""
-        await self._host.record_firmware(plan, status, version=version)
+        """One write: the plan's change and the statuses telling it (with a signed update's
+        request id; and the version, a security event)."""
+        await self._host.record_firmware(
+            plan,
+            statuses,
+            request_id=job.plan.request_id,
+            version=version,
+            security_event=security_event,
+        )
         if plan is not None:
             job.plan = plan
-        if status is not None:
-            self.status = status
+        if statuses:
+            self.status = statuses[-1]
 
     def _target(self, plan: FirmwarePlan) -> Path:
         return self._work_dir / plan.file_name
@@ -370,5 +485,7 @@ class FirmwareService:
                 "nextAttemptAt": job.next_attempt_at,
                 "error": job.error,
                 "fileName": plan.file_name,
+                "requestId": plan.request_id,  # a signed update's
+                "installDate": None if plan.signed is None else plan.signed.install_date,
             }
         return {"status": self.status.value, "version": self.version, "update": update}
