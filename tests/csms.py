@@ -325,6 +325,11 @@ class FakeCsms:
         self._record("FirmwareStatusNotification", payload)
         return call_result.FirmwareStatusNotification()
 
+    @_handles(Action.signed_firmware_status_notification)
+    def on_signed_firmware_status(self, **payload: Any) -> Any:
+        self._record("SignedFirmwareStatusNotification", payload)
+        return call_result.SignedFirmwareStatusNotification()
+
     @_handles(Action.authorize)
     def on_authorize(self, id_tag: str, **payload: Any) -> Any:
         self._record("Authorize", {"id_tag": id_tag, **payload})

@@ -44,14 +44,20 @@ async def test_extended_trigger_sends_boot_heartbeat_firmware_and_log_status(
 ) -> None:
     async with running_station(charger_config(tmp_path)) as h:
         await h.booted()
-        for message in ("BootNotification", "Heartbeat", "FirmwareStatusNotification"):
+        for message in ("BootNotification", "Heartbeat"):
             status, since = await extended_trigger(h, message)
             assert status == "Accepted"
             await h.wait_calls(message, since=since)
+        # The whitepaper's trigger asks for SignedFirmwareStatusNotification: Idle, no
+        # requestId while no update runs.
+        status, since = await extended_trigger(h, "FirmwareStatusNotification")
+        assert status == "Accepted"
+        signed = await h.wait_calls("SignedFirmwareStatusNotification", since=since)
+        assert signed == [{"status": "Idle"}]
         status, since = await extended_trigger(h, "LogStatusNotification")
         assert status == "Accepted"
         assert await h.wait_calls("LogStatusNotification", since=since) == [{"status": "Idle"}]
-        # TriggerMessage's FirmwareStatusNotification is the same (the firmware's state).
+        # TriggerMessage's FirmwareStatusNotification: the same state, 1.6's message.
         since = h.csms.mark()
         result = await h.csms_call(
             call.TriggerMessage(requested_message="FirmwareStatusNotification")
@@ -59,7 +65,7 @@ async def test_extended_trigger_sends_boot_heartbeat_firmware_and_log_status(
         assert result.status == "Accepted"
         await h.wait_calls("FirmwareStatusNotification", since=since)
         firmware = h.csms.received("FirmwareStatusNotification")
-    assert len(firmware) == 2 and firmware[0] == firmware[1]
+    assert firmware == [{"status": "Idle"}]
 
 
 async def test_extended_trigger_status_notification_of_one_connector_or_all(

@@ -698,8 +698,9 @@ def test_a_firmware_plan_row_that_cannot_be_read_is_dropped_with_one_error(
     db = Database.open(tmp_path)
     try:
         db._db.execute(
-            "INSERT INTO firmware_plan VALUES (0, 'http://x/f', 'soon', 1, 60, 0, 'scheduled',"
-            " NULL, 'f')"
+            "INSERT INTO firmware_plan (id, location, retrieve_date, attempts, retry_interval,"
+            " attempt, phase, expected_version, file_name)"
+            " VALUES (0, 'http://x/f', 'soon', 1, 60, 0, 'scheduled', NULL, 'f')"
         )
         db._db.commit()
         assert db.firmware_plan() is None

@@ -340,7 +340,9 @@ class CoreHandlers(SmartChargingHandlers, SecurityHandlers):
         request_id = firmware.request_id if firmware else None
         if request_id is not None or (extended and not running):
             # requestId left out (None) when triggered with none running (the whitepaper).
-            payload: Any = call.SignedFirmwareStatusNotification(status=state, request_id=request_id)
+            payload: Any = call.SignedFirmwareStatusNotification(
+                status=state, request_id=request_id
+            )
         else:
             payload = call.FirmwareStatusNotification(status=state)
         await self.session.call(payload, triggered=True)

@@ -218,9 +218,7 @@ class SecurityHandlers:
         except SigningCertificateRejected as exc:
             log.warning("SignedUpdateFirmware %d: signing certificate %s", request_id, exc)
             await session.security_event("InvalidFirmwareSigningCertificate", str(exc))
-            return call_result.SignedUpdateFirmware(
-                status=UpdateFirmwareStatus.invalid_certificate
-            )
+            return call_result.SignedUpdateFirmware(status=UpdateFirmwareStatus.invalid_certificate)
         try:
             decode(signed.signature)
         except ValueError as exc:
