@@ -16,7 +16,7 @@ from pathlib import Path
 import attrs
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from tests.station_harness import WALL_START
@@ -39,7 +39,7 @@ def _name(common_name: str) -> x509.Name:
 @attrs.frozen
 class Issued:
     certificate: x509.Certificate
-    key: ec.EllipticCurvePrivateKey
+    key: ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey
 
     @property
     def pem(self) -> str:
@@ -87,14 +87,15 @@ def issue(
     san: list[str] | None = None,
     not_before: datetime | None = None,
     not_after: datetime | None = None,
-    key: ec.EllipticCurvePrivateKey | None = None,
+    key: ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey | None = None,
     basic_constraints: bool = True,
     serial: int | None = None,
     issuer_name: str | None = None,
+    usage: x509.ObjectIdentifier = ExtendedKeyUsageOID.SERVER_AUTH,
 ) -> Issued:
     """A certificate for `subject`, signed by `issuer` (self-signed without one). A CA by
-    default; `ca=False` gives a TLS server certificate, with `san` DNS names or none (CN
-    only)."""
+    default; `ca=False` gives a TLS server certificate (another `usage`: e.g. a firmware
+    signing certificate's codeSigning), with `san` DNS names or none (CN only)."""
     key = key or ec.generate_private_key(ec.SECP256R1())
     signer = issuer.key if issuer is not None else key
     issuer_subject = issuer.certificate.subject if issuer is not None else _name(subject)
@@ -134,9 +135,7 @@ def issue(
             critical=True,
         )
     else:
-        builder = builder.add_extension(
-            x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False
-        )
+        builder = builder.add_extension(x509.ExtendedKeyUsage([usage]), critical=False)
         if san:
             builder = builder.add_extension(
                 x509.SubjectAlternativeName([x509.DNSName(n) for n in san]), critical=False
