@@ -21,7 +21,13 @@ import trio
 import trio.testing
 
 from dcocpp.storage.asyncdb import AsyncDatabase
-from dcocpp.storage.database import DATABASE_NAME, FirmwarePlanRow, ReservationRow, StorageError
+from dcocpp.storage.database import (
+    DATABASE_NAME,
+    FirmwarePlanRow,
+    ReservationRow,
+    StorageError,
+    UploadRow,
+)
 from tests.starvation import Starvation
 from tests.storage_faults import make_read_only, slow_commits
 
@@ -195,6 +201,13 @@ CALLS: dict[str, tuple[object, ...]] = {
     "firmware_step": (
         FirmwarePlanRow("http://x/f", AT, 1, 60, 1, "downloading", None, "f"),
         [("FirmwareStatusNotification", {"status": "Downloading"})],
+    ),
+    "running_uploads": (),
+    "upload_step": (
+        "log",
+        UploadRow("log", 7, "security-log.log", "http://x/logs"),
+        "LogStatusNotification",
+        {"status": "Uploading", "request_id": 7},
     ),
 }
 
