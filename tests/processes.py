@@ -222,9 +222,11 @@ def start_peer_csms(
     name: str = "csms",
     heartbeat_interval: int = 1,
     timeout: float = 15.0,
+    extra_args: Sequence[str] = (),
 ) -> tuple[ManagedProcess, int]:
     """The independent asyncio CSMS (tests/peers/asyncio_csms.py) on port 0, recording its
-    events to `<tmp>/<name>.jsonl`; returns the process and its port."""
+    events to `<tmp>/<name>.jsonl` (`extra_args`: its TLS and auth options); returns the
+    process and its port."""
     argv = [
         sys.executable,
         "-m",
@@ -240,6 +242,7 @@ def start_peer_csms(
         script = tmp / f"{name}-script.json"
         script.write_text(json.dumps(steps), encoding="utf-8")
         argv += ["--script", str(script)]
+    argv += extra_args
     csms = ManagedProcess(argv, name=name)
     try:
         line = csms.stdout.wait_for_line(lambda s: s.startswith("LISTENING "), timeout)

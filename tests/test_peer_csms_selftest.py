@@ -157,6 +157,7 @@ def test_asyncio_csms_selftest(tmp_path: Path) -> None:
             "subprotocol": "ocpp1.6",
             "authorization": None,
             "path": "/ocpp/SELFTEST-CP",
+            "client_subject": None,  # no TLS here
         }
         boot = reader.until(lambda e: e["event"] == "call")
         assert boot["action"] == "BootNotification"

@@ -9,6 +9,7 @@ import contextlib
 import json
 import socket
 import ssl
+from datetime import timedelta
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -148,6 +149,34 @@ async def test_tc_086_tls_1_2_and_1_3_are_accepted(nursery: trio.Nursery) -> Non
         port = await serve_tls(nursery, server.server_context(maximum=version))
         assert await connect(port, client_context(trusted_pem=root.pem, ca_bundle=None)) == "CP1"
     assert client_context(trusted_pem="", ca_bundle=None).minimum_version == ssl.TLSVersion.TLSv1_2
+
+
+@pytest.mark.parametrize("problem", ["expired", "untrusted"])
+async def test_an_expired_or_untrusted_server_certificate_fails_at_once(
+    nursery: trio.Nursery, problem: str
+) -> None:
+    """The handshake fails on the certificate itself, in real time well before the session's
+    CONNECT_TIMEOUT (20 s), with what was wrong and the security event it is."""
+    root = issue("CSMS Root")
+    if problem == "expired":
+        server = issue(
+            HOST,
+            root,
+            ca=False,
+            san=[HOST],
+            not_before=NOW - timedelta(days=30),
+            not_after=NOW - timedelta(days=1),
+        )
+        trusted = root
+    else:
+        server = issue(HOST, root, ca=False, san=[HOST])
+        trusted = issue("Another Root")
+    port = await serve_tls(nursery, server.server_context())
+    with trio.fail_after(5), pytest.raises(UntrustedCertificate) as info:
+        await nursery.start(client(port, client_context(trusted_pem=trusted.pem, ca_bundle=None)))
+    assert info.value.security_event == "InvalidCentralSystemCertificate"
+    expected = "certificate has expired" if problem == "expired" else "unable to get local issuer"
+    assert expected in str(info.value), str(info.value)
 
 
 # --- the station ------------------------------------------------------------------------------

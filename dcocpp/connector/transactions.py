@@ -104,6 +104,10 @@ class GunTransactions:
             effect.id_tag,
             tx.meter_start,
         )
+        # The writes above finish even when the connector is being cancelled (shielded), and
+        # by then the nursery of the timers may be closed: the station is going down, and the
+        # stored transaction is recovered at the next start.
+        await trio.lowlevel.checkpoint_if_cancelled()
         self._timers.restart(self._nursery, self._sampler.during, tx)
 
     def stop(self, effect: events.StopTransaction) -> None:

@@ -6,6 +6,11 @@ served by the ``websockets`` asyncio server. It runs as a separate process::
 
     python -m tests.peers.asyncio_csms --port 0 --script steps.json --record events.jsonl
 
+With ``--tls-cert``/``--tls-key`` it serves wss:// (TLS 1.2 or newer), with ``--tls-client-ca``
+it requires a client certificate issued by that CA (security profile 3), and with
+``--auth-key-hex`` it requires HTTP Basic auth whose password is that key's bytes (the
+security whitepaper's AuthorizationKey, OCTT TC_085).
+
 Once listening it prints ``LISTENING <port>`` on stdout, then one JSON object
 per line for every event (see ``Recorder`` and ``Script``). It exits 0 on
 SIGTERM or SIGINT.
@@ -15,11 +20,14 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import base64
+import binascii
 import contextlib
 import itertools
 import json
 import logging
 import signal
+import ssl
 import sys
 import time
 import urllib.parse
@@ -38,6 +46,7 @@ from ocpp.v16.enums import (
     Action,
     AuthorizationStatus,
     DataTransferStatus,
+    GenericStatus,
     RegistrationStatus,
 )
 from websockets.asyncio.server import Server, ServerConnection, serve
@@ -246,6 +255,20 @@ class CsmsChargePoint(_V16ChargePoint):
     def on_firmware_status_notification(self, **_: Any) -> call_result.FirmwareStatusNotification:
         return call_result.FirmwareStatusNotification()
 
+    @on(Action.sign_certificate)
+    def on_sign_certificate(self, **_: Any) -> call_result.SignCertificate:
+        return call_result.SignCertificate(status=GenericStatus.accepted)
+
+    @on(Action.log_status_notification)
+    def on_log_status_notification(self, **_: Any) -> call_result.LogStatusNotification:
+        return call_result.LogStatusNotification()
+
+    @on(Action.signed_firmware_status_notification)
+    def on_signed_firmware_status_notification(
+        self, **_: Any
+    ) -> call_result.SignedFirmwareStatusNotification:
+        return call_result.SignedFirmwareStatusNotification()
+
     @on(Action.security_event_notification)
     def on_security_event_notification(self, **_: Any) -> call_result.SecurityEventNotification:
         return call_result.SecurityEventNotification()
@@ -430,8 +453,9 @@ def cp_id_from_path(path: str) -> str:
     return urllib.parse.unquote(segments[-1]) if segments else ""
 
 
-def make_process_request(password: str):
-    """HTTP Basic auth ``<chargePointId>:<password>``, HTTP 401 otherwise."""
+def make_process_request(password: str | bytes):
+    """HTTP Basic auth ``<chargePointId>:<password>``, HTTP 401 otherwise; a `bytes` password
+    is compared byte for byte (it need not be text)."""
 
     def unauthorized(connection: ServerConnection, why: str) -> Response:
         LOG.warning("rejecting %s: %s", connection.request.path if connection.request else "?", why)
@@ -443,6 +467,19 @@ def make_process_request(password: str):
         header = request.headers.get("Authorization")
         if header is None:
             return unauthorized(connection, "Missing credentials")
+        if isinstance(password, bytes):
+            scheme, _, token = header.partition(" ")
+            try:
+                decoded = base64.b64decode(token, validate=True)
+            except (binascii.Error, ValueError):
+                return unauthorized(connection, "Unsupported credentials")
+            user, colon, given_bytes = decoded.partition(b":")
+            expected_user = cp_id_from_path(request.path).encode()
+            if scheme.lower() != "basic" or not colon or user != expected_user:
+                return unauthorized(connection, "Invalid credentials")
+            if given_bytes != password:
+                return unauthorized(connection, "Invalid credentials")
+            return None
         try:
             username, given = parse_authorization_basic(header)
         except InvalidHeader:
@@ -464,12 +501,15 @@ async def handle_connection(csms: Csms, connection: ServerConnection) -> None:
     assert request is not None
     headers: Headers = request.headers
     cp_id = cp_id_from_path(request.path)
+    peer = connection.transport.get_extra_info("peercert") if connection.transport else None
     csms.rec.event(
         "connected",
         cp_id=cp_id,
         subprotocol=connection.subprotocol,
         authorization=headers.get("Authorization"),
         path=request.path,
+        # The subject of the client certificate the charge point presented (mutual TLS).
+        client_subject=dict(item for rdn in peer["subject"] for item in rdn) if peer else None,
     )
     try:
         if connection.subprotocol != SUBPROTOCOL:
@@ -504,11 +544,32 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="answer the first N BootNotifications with --boot-status, then Accepted",
     )
     parser.add_argument("--auth-password", default=None)
+    parser.add_argument(
+        "--auth-key-hex", default=None, help="Basic auth password: these hex digits' bytes"
+    )
+    parser.add_argument("--tls-cert", default=None, help="PEM chain: serve wss://")
+    parser.add_argument("--tls-key", default=None, help="PEM private key of --tls-cert")
+    parser.add_argument(
+        "--tls-client-ca", default=None, help="require client certificates issued by this CA"
+    )
     parser.add_argument("--script", default=None, help="JSON file with a list of steps")
     parser.add_argument("--record", default=None, help="also append events to this file")
     parser.add_argument("--ping-interval", type=float, default=20, help="0 disables pings")
     parser.add_argument("--verbose", "-v", action="store_true", help="log frames to stderr")
     return parser.parse_args(argv)
+
+
+def server_context(args: argparse.Namespace) -> ssl.SSLContext | None:
+    """TLS 1.2+ with --tls-cert/--tls-key; client certificates required with --tls-client-ca."""
+    if args.tls_cert is None:
+        return None
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    context.load_cert_chain(args.tls_cert, args.tls_key)
+    if args.tls_client_ca is not None:
+        context.verify_mode = ssl.CERT_REQUIRED
+        context.load_verify_locations(args.tls_client_ca)
+    return context
 
 
 async def amain(args: argparse.Namespace) -> None:
@@ -519,6 +580,9 @@ async def amain(args: argparse.Namespace) -> None:
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
 
+    password: str | bytes | None = args.auth_password
+    if args.auth_key_hex is not None:
+        password = bytes.fromhex(args.auth_key_hex)
     server: Server
     try:
         async with serve(
@@ -527,9 +591,8 @@ async def amain(args: argparse.Namespace) -> None:
             args.port,
             subprotocols=[SUBPROTOCOL],
             select_subprotocol=select_subprotocol,
-            process_request=(
-                make_process_request(args.auth_password) if args.auth_password else None
-            ),
+            process_request=make_process_request(password) if password else None,
+            ssl=server_context(args),
             ping_interval=args.ping_interval or None,
             close_timeout=2,
         ) as server:
