@@ -12,11 +12,13 @@ an install date, which runs on the autojump clock once the file is on disk.
 from __future__ import annotations
 
 import base64
+import json
 import math
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
+import attrs
 import pytest
 import trio
 import trio.testing
@@ -26,6 +28,7 @@ from cryptography.x509.oid import ExtendedKeyUsageOID
 from ocpp.v16 import call
 
 from dcocpp.clock import ocpp_time
+from dcocpp.ocpp.errors import CallError
 from dcocpp.ocpp.firmware.signature import verify_signature
 from tests.csms import FakeCsms
 from tests.file_server import FileServer
@@ -434,3 +437,51 @@ async def test_an_update_firmware_keeps_its_own_status_message_beside_signed_one
         assert (await h.csms_call(trigger)).status == "Accepted"
         await h.wait_calls("FirmwareStatusNotification", since=since)
         assert h.csms.received(SIGNED) == []
+
+
+# --- signed firmware only (whitepaper L01.FR.20) -------------------------------------------------
+
+
+@pytest.mark.parametrize("firmware_management", [True, False])
+async def test_a_plain_update_firmware_follows_supported_feature_profiles(
+    http: FileServer,
+    tmp_path: Path,
+    autojump_clock: trio.testing.MockClock,
+    firmware_management: bool,
+) -> None:
+    """FirmwareManagement listed: UpdateFirmware is taken (as TC_044_1 shows). Left out of
+    SupportedFeatureProfiles by the integrator: the charger takes signed firmware only, a plain
+    UpdateFirmware is CALLERROR NotSupported and nothing is downloaded; SignedUpdateFirmware
+    is taken in both modes."""
+    config = config_for(tmp_path)
+    document = json.loads(config.ocpp_config_path.read_text())
+    profiles = document["Core"]["SupportedFeatureProfiles"].split(",")
+    if not firmware_management:
+        profiles.remove("FirmwareManagement")
+    document["Core"]["SupportedFeatureProfiles"] = ",".join(profiles)
+    key_file = tmp_path / "ocpp16-config.json"
+    key_file.write_text(json.dumps(document))
+    config = attrs.evolve(config, ocpp_config_path=key_file)
+    root = manufacturer_root()
+    signing = signer(root)
+    async with running_station(config) as h:
+        await h.booted()
+        await install_root(h, root)
+        plain = call.UpdateFirmware(
+            location=http_url(http, IMAGE),
+            retrieve_date=ocpp_time(h.station.clock.now() + timedelta(hours=1)),
+        )
+        if firmware_management:
+            await h.csms_call(plain)
+            assert h.station.snapshot()["chargePoint"]["firmware"]["update"] is not None
+        else:
+            with pytest.raises(CallError) as refused:
+                await h.csms_call(plain)
+            assert refused.value.code == "NotSupported"
+            assert h.station.snapshot()["chargePoint"]["firmware"]["update"] is None
+        # Signed firmware is taken either way (it replaces a plain plan not yet installing).
+        result = await signed_update(
+            h, http_url(http, IMAGE), signing, sign(signing, IMAGE), 5, after=3600
+        )
+        assert result.status == ("AcceptedCanceled" if firmware_management else "Accepted")
+    assert http.requests == []  # both wait for their dates

@@ -380,7 +380,14 @@ class CoreHandlers(SmartChargingHandlers, SecurityHandlers):
     ) -> Any:
         """5.19: answered at once, the download at retrieveDate. UpdateFirmware.conf has no
         status: an install in progress is refused with a CALLERROR (an empty answer would
-        claim the update was taken)."""
+        claim the update was taken). A charger whose SupportedFeatureProfiles leaves
+        FirmwareManagement out takes signed firmware only (SignedUpdateFirmware): the plain
+        request is NotSupported (security whitepaper L01.FR.20)."""
+        if "FirmwareManagement" not in self.session.store.get_list("SupportedFeatureProfiles"):
+            raise CallError(
+                "NotSupported",
+                "unsigned firmware is not taken here: use SignedUpdateFirmware",
+            )
         try:
             when = parse_ocpp_time(retrieve_date)
         except ValueError:
