@@ -5,7 +5,8 @@ connector's status) and `Feed.frame()` for each line of the OCPP message log. Bo
 station's path and never wait: each open stream has a bounded buffer of frames and a "changed"
 flag; a stream that does not keep up loses its oldest frames (and is told how many) and gets
 one fresh snapshot for any number of changes. The feed keeps the last `HISTORY` frames, so a
-page opened now shows the messages that led here.
+page opened now shows the messages that led here, and the last hour of each gun's power,
+current, limit and SoC (`sample`, while the API runs), so its plots start full.
 """
 
 from __future__ import annotations
@@ -20,6 +21,10 @@ from typing import Any
 import trio
 
 HISTORY = 500  # frames kept for a page opened later
+# The guns' measurements a page opened now plots at once: one point every TREND_INTERVAL
+# seconds for the last hour (the page adds its own live points to them).
+TREND_INTERVAL = 2.0
+TREND_POINTS = 1800
 STREAM_BUFFER = 200  # frames waiting for one slow stream before its oldest are dropped
 
 
@@ -66,6 +71,7 @@ class Feed:
         self._history: deque[dict[str, Any]] = deque(maxlen=HISTORY)
         self._seq = itertools.count(1)
         self._streams: set[Stream] = set()
+        self._trend: dict[int, deque[list[float | None]]] = {}
 
     @property
     def streams(self) -> int:
@@ -89,6 +95,25 @@ class Feed:
 
     def history(self) -> list[dict[str, Any]]:
         return list(self._history)
+
+    def sample(self, snapshot: dict[str, Any], at: float) -> None:
+        """Each gun's measurements of `snapshot` (the body of GET /api/status) at `at` (Unix
+        time): [at, kW, A, limit A, SoC %], None where there is no value."""
+        for entry in snapshot["connectors"]:
+            points = self._trend.setdefault(entry["id"], deque(maxlen=TREND_POINTS))
+            points.append(
+                [
+                    round(at, 3),
+                    round(entry["powerW"] / 1000, 3),
+                    entry["currentA"],
+                    entry["currentLimitA"],
+                    entry["soc"],
+                ]
+            )
+
+    def trend(self) -> dict[str, list[list[float | None]]]:
+        """Per gun (by id, as text: a JSON object's keys), its sampled points, oldest first."""
+        return {str(cid): list(points) for cid, points in self._trend.items()}
 
     @contextmanager
     def stream(self) -> Iterator[Stream]:

@@ -495,5 +495,6 @@ async def serve_api(
         # Starlette's ASGI types are looser than Hypercorn's; the app is a plain ASGI 3 app.
         asgi_app = cast(ASGIFramework, app)
         await nursery.start(partial(hypercorn_serve, asgi_app, config))
+        nursery.start_soon(console.record_trend, view)
         log.info("local API on http://%s", format_address(host, bound_port))
         task_status.started((host, bound_port))

@@ -9,7 +9,8 @@ session history.
                                   measured changes, at most every MEASUREMENT_INTERVAL;
                                   `frames` (the OCPP message log: the last ones first, then
                                   each as it is written, with how many a slow client lost);
-                                  `configuration` at once and when a key changes
+                                  `configuration` at once and when a key changes;
+                                  `trend` at once: the last hour of each gun's measurements
 - `GET /api/configuration`        the configuration keys (write-only ones left out)
 - `GET /api/transactions`         the session history, newest first (`?limit=`, default
                                   DEFAULT_LIMIT); CSV with `?format=csv` or `Accept: text/csv`
@@ -25,6 +26,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import time
 from collections.abc import AsyncIterator, Sequence
 from importlib.resources import files
 from typing import Any, Protocol
@@ -43,7 +45,7 @@ from starlette.routing import BaseRoute, Mount, Route
 from starlette.staticfiles import StaticFiles
 
 from dcocpp.api.answers import Reject, answering
-from dcocpp.api.feed import Feed
+from dcocpp.api.feed import TREND_INTERVAL, Feed
 from dcocpp.api.metrics import registry_for
 from dcocpp.storage.database import StorageError
 
@@ -167,6 +169,14 @@ def console_routes(view: ConsoleView, *, token: str | None) -> list[BaseRoute]:
     ]
 
 
+async def record_trend(view: ConsoleView) -> None:
+    """Sample the guns' measurements into the feed's trend every TREND_INTERVAL, until
+    cancelled (runs beside the API's server)."""
+    while True:
+        view.feed.sample(view.snapshot(), time.time())
+        await trio.sleep(TREND_INTERVAL)
+
+
 def _limit(request: Request) -> int:
     raw = request.query_params.get("limit")
     if raw is None:
@@ -193,12 +203,14 @@ async def _events(view: ConsoleView) -> AsyncIterator[str]:
     with view.feed.stream() as stream:
         # Taken before the first yield: every later frame is in the stream's buffer, once.
         frames = view.feed.history()
+        trend = view.feed.trend()
         shown = view.snapshot()
         keys = view.configuration()
         yield "retry: 2000\n\n"  # how soon the browser reconnects after a break
         yield _event("snapshot", shown)
         yield _event("configuration", keys)
         yield _event("frames", {"frames": frames, "dropped": 0})
+        yield _event("trend", trend)
         next_look = trio.current_time() + MEASUREMENT_INTERVAL
         quiet_since = trio.current_time()
         while True:
