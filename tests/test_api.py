@@ -14,8 +14,10 @@ import pytest
 import trio
 
 from dcocpp.api.contract import FAULT_KINDS, parse_address
+from dcocpp.api.feed import Feed
 from dcocpp.api.server import MAX_REQUESTS, ApiError, StationView, create_app, serve_api
 from dcocpp.cli import sim as simcli
+from dcocpp.ocpp.traffic import LinkTraffic
 from dcocpp.station.station import AUTHORIZATION_WAIT
 from tests.csms import FakeCsms
 from tests.station_harness import charger_config, running_station
@@ -32,6 +34,21 @@ class FakeView:
         self.connectors = {cid: _connector(cid) for cid in (1, 2)}
         self.faults: dict[int, set[str]] = {1: set(), 2: set()}
         self.calls: list[tuple[Any, ...]] = []
+        self.feed = Feed()
+
+    def link_counters(self) -> dict[str, Any]:
+        return LinkTraffic().counters()
+
+    def configuration(self) -> list[dict[str, Any]]:
+        return [{"key": "HeartbeatInterval", "readonly": False, "value": "60"}]
+
+    async def transactions(self, limit: int) -> list[dict[str, Any]]:
+        await trio.lowlevel.checkpoint()
+        return []
+
+    async def transaction_meter_values(self, session_id: int) -> dict[str, Any]:
+        await trio.lowlevel.checkpoint()
+        raise KeyError(session_id)
 
     def snapshot(self) -> dict[str, Any]:
         return {
@@ -323,7 +340,7 @@ async def test_bad_body_is_422(
 
 async def test_unknown_route_is_404_json(client: httpx.AsyncClient) -> None:
     for method, path in [
-        ("GET", "/"),
+        ("GET", "/nothing-here"),
         ("GET", "/api"),
         ("GET", "/api/connectors/1"),
         ("POST", "/api/connectors/1/explode"),

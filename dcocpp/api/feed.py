@@ -104,10 +104,10 @@ class Feed:
             points.append(
                 [
                     round(at, 3),
-                    round(entry["powerW"] / 1000, 3),
-                    entry["currentA"],
-                    entry["currentLimitA"],
-                    entry["soc"],
+                    round(entry.get("powerW", 0.0) / 1000, 3),
+                    entry.get("currentA"),
+                    entry.get("currentLimitA"),
+                    entry.get("soc"),
                 ]
             )
 

@@ -26,6 +26,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import logging
 import time
 from collections.abc import AsyncIterator, Sequence
 from importlib.resources import files
@@ -48,6 +49,8 @@ from dcocpp.api.answers import Reject, answering
 from dcocpp.api.feed import TREND_INTERVAL, Feed
 from dcocpp.api.metrics import registry_for
 from dcocpp.storage.database import StorageError
+
+log = logging.getLogger(__name__)
 
 # The cookie the page's `?token=` is kept in (HttpOnly: the page's script never sees it).
 COOKIE = "dcocpp_api_token"
@@ -171,9 +174,13 @@ def console_routes(view: ConsoleView, *, token: str | None) -> list[BaseRoute]:
 
 async def record_trend(view: ConsoleView) -> None:
     """Sample the guns' measurements into the feed's trend every TREND_INTERVAL, until
-    cancelled (runs beside the API's server)."""
+    cancelled (runs beside the API's server). A snapshot that fails is logged and the
+    sampling goes on: the plots must not take the charger down."""
     while True:
-        view.feed.sample(view.snapshot(), time.time())
+        try:
+            view.feed.sample(view.snapshot(), time.time())
+        except Exception:
+            log.exception("console: the guns' measurements not sampled for the plots")
         await trio.sleep(TREND_INTERVAL)
 
 
