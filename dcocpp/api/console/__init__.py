@@ -15,7 +15,8 @@ session history.
 - `GET /api/transactions`         the session history, newest first (`?limit=`, default
                                   DEFAULT_LIMIT); CSV with `?format=csv` or `Accept: text/csv`
 - `GET /api/transactions/{id}/meter-values`   one session with its readings as points
-- `GET /metrics`                  Prometheus' text format (`dcocpp.api.metrics`)
+- `GET /metrics`                  Prometheus' text format, or OpenMetrics when asked for
+                                  (`dcocpp.api.metrics`)
 
 An event stream never holds the station back: the station only sets flags and appends to each
 stream's bounded buffer (`dcocpp.api.feed`); the stream does the rest in its own task.
@@ -33,7 +34,7 @@ from importlib.resources import files
 from typing import Any, Protocol
 
 import trio
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client.exposition import choose_encoder
 from starlette.requests import Request
 from starlette.responses import (
     HTMLResponse,
@@ -121,7 +122,9 @@ def console_routes(view: ConsoleView, *, token: str | None) -> list[BaseRoute]:
         )
 
     async def metrics(request: Request) -> Response:
-        return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
+        # The format the scraper asks for (Prometheus' text format, or OpenMetrics).
+        encode, content_type = choose_encoder(request.headers.get("accept", ""))
+        return Response(encode(registry), headers={"Content-Type": content_type})
 
     async def configuration(request: Request) -> Response:
         return JSONResponse(view.configuration())
