@@ -104,8 +104,10 @@ def console_station(tmp: Path, **keys: Any) -> Iterator[ConsoleStation]:
         wait_api_status(
             port,
             charger,
-            lambda s: s["chargePoint"]["registration"] == "Accepted"
-            and all(c["status"] == "Available" for c in s["connectors"]),
+            lambda s: (
+                s["chargePoint"]["registration"] == "Accepted"
+                and all(c["status"] == "Available" for c in s["connectors"])
+            ),
             "registered with both guns Available",
             START_TIMEOUT,
         )
@@ -116,7 +118,9 @@ def console_station(tmp: Path, **keys: Any) -> Iterator[ConsoleStation]:
         csms.stop()
 
 
-def read_events(station: ConsoleStation, until: Callable[[str, Any], bool], timeout: float) -> float:
+def read_events(
+    station: ConsoleStation, until: Callable[[str, Any], bool], timeout: float
+) -> float:
     """Read GET /api/events until `until(kind, data)` holds; the seconds it took from the
     first event. AssertionError after `timeout`."""
     request = urllib.request.Request(station.base + "/api/events")

@@ -140,9 +140,9 @@ def test_metrics_agree_with_the_status(station: ConsoleStation) -> None:
             entry["energyWh"] * 3600
         )
         assert value("dcocpp_connector_power_watts", connector=cid) == entry["powerW"]
-        assert value("dcocpp_connector_current_limit_amperes", connector=cid) == entry[
-            "currentLimitA"
-        ]
+        assert (
+            value("dcocpp_connector_current_limit_amperes", connector=cid) == entry["currentLimitA"]
+        )
         assert value("dcocpp_connector_fault_active", connector=cid, kind="estop") == 0
     cp = status["chargePoint"]
     assert value("dcocpp_ocpp_connected") == 1
