@@ -52,7 +52,13 @@ class FakeView:
 
     def snapshot(self) -> dict[str, Any]:
         return {
-            "chargePoint": {"id": "CP-TEST", "connected": True, "registration": "Accepted"},
+            "chargePoint": {
+                "id": "CP-TEST",
+                "connected": True,
+                "registration": "Accepted",
+                "outbox": {"queued": 0, "parked": 0},
+                "hardware": {},
+            },
             "connectors": [dict(c) for c in self.connectors.values()],
         }
 
@@ -125,6 +131,8 @@ def _connector(cid: int) -> dict[str, Any]:
         "currentA": 0.0,
         "voltageV": 0.0,
         "soc": None,
+        "faults": [],
+        "currentLimitA": None,
     }
 
 
