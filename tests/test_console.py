@@ -11,7 +11,7 @@ from typing import Any
 import httpx
 import pytest
 
-from dcocpp.api.console import COOKIE, CONSOLE_HEADER
+from dcocpp.api.console import CONSOLE_HEADER, COOKIE
 from dcocpp.api.feed import HISTORY, STREAM_BUFFER, TREND_POINTS, Feed
 from dcocpp.api.server import create_app
 from dcocpp.ocpp.traffic import ROUND_TRIP_BUCKETS, LinkTraffic
