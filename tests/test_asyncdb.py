@@ -190,6 +190,9 @@ CALLS: dict[str, tuple[object, ...]] = {
     "reservations": (),
     "put_reservation": (ReservationRow(1, 1, "TAG", None, AT),),
     "delete_reservations": ([1],),
+    "sessions": (10,),
+    "session": (1,),
+    "session_samples": ([1],),
 }
 
 
