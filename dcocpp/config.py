@@ -32,6 +32,7 @@ __all__ = [
     "ConfigError",
     "ConfigProblem",
     "ConnectorConfig",
+    "FirmwareConfig",
     "SecurityConfig",
     "load_charger_config",
 ]
@@ -43,6 +44,7 @@ _FIRMWARE_MAX = 50
 _SERIAL_MAX = 25
 _CHARGE_POINT_ID_MAX = 48
 _PLC_ID_MAX = 15  # the low nibble of the PLC's CAN ids
+_INSTALL_TIMEOUT = 600.0  # firmware.installTimeoutSeconds' default
 
 # Fields an older charger.json may still carry, with what replaced them. Still errors (a
 # field nothing reads must not pass silently), but not "unknown": the operator set them on
@@ -108,6 +110,15 @@ class SecurityConfig:
 
 
 @attrs.frozen
+class FirmwareConfig:
+    """How a downloaded firmware is installed (charger.json's optional `firmware`): the
+    integrator's command, or (None) the built-in installer of dcocpp images."""
+
+    install_command: tuple[str, ...] | None = None
+    install_timeout: float = _INSTALL_TIMEOUT
+
+
+@attrs.frozen
 class ChargerConfig:
     path: Path
     charge_point: ChargePointConfig
@@ -116,6 +127,7 @@ class ChargerConfig:
     data_dir: Path
     log_dir: Path
     ocpp_config_path: Path
+    firmware: FirmwareConfig = FirmwareConfig()
 
 
 def load_charger_config(
@@ -306,7 +318,9 @@ class _Checker:
         if not isinstance(document, dict):
             self.problem(file_label, f"must be a JSON object, not {json_type(document)}")
             return None
-        top = self.fields(document, "", ["chargePoint", "connectors", "security"], ["paths"])
+        top = self.fields(
+            document, "", ["chargePoint", "connectors", "security"], ["paths", "firmware"]
+        )
         assert top is not None
         base = file_path.parent
 
@@ -319,10 +333,17 @@ class _Checker:
         connectors = self.connectors(top["connectors"], cp_can) if "connectors" in top else None
         security = self.security(top["security"], base) if "security" in top else None
         paths = self.paths(top.get("paths", {}), base, data_dir, log_dir)
+        firmware = self.firmware(top.get("firmware", {}))
 
-        if charge_point is None or connectors is None or security is None or paths is None:
+        if (
+            charge_point is None
+            or connectors is None
+            or security is None
+            or paths is None
+            or firmware is None
+        ):
             return None
-        return ChargerConfig(file_path, charge_point, connectors, security, *paths)
+        return ChargerConfig(file_path, charge_point, connectors, security, *paths, firmware)
 
     def charge_point(self, value: Any, csms: str | None) -> ChargePointConfig | None:
         path = "chargePoint"
@@ -470,6 +491,31 @@ class _Checker:
         if any(v is _MISSING for v in values):
             return None
         return SecurityConfig(*values)
+
+    def firmware(self, value: Any) -> FirmwareConfig | None:
+        path = "firmware"
+        obj = self.fields(value, path, [], ["installCommand", "installTimeoutSeconds"])
+        if obj is None:
+            return None
+        command = obj.get("installCommand")
+        if command is not None and (
+            not isinstance(command, list)
+            or not command
+            or not all(isinstance(arg, str) for arg in command)
+            or not command[0].strip()
+        ):
+            self.problem(
+                f"{path}.installCommand",
+                "must be a non-empty list of strings, the program first"
+                ' (e.g. ["/usr/local/bin/install-firmware"])',
+            )
+            return None
+        timeout = _INSTALL_TIMEOUT
+        if "installTimeoutSeconds" in obj:
+            timeout = self.positive_number(obj, path, "installTimeoutSeconds")
+            if timeout is _MISSING:
+                return None
+        return FirmwareConfig(None if command is None else tuple(command), timeout)
 
     def paths(
         self,

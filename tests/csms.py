@@ -19,7 +19,7 @@ import trio
 import trio.testing
 from ocpp.routing import on
 from ocpp.v16 import call_result
-from ocpp.v16.enums import Action, AuthorizationStatus, RegistrationStatus
+from ocpp.v16.enums import Action, AuthorizationStatus, GenericStatus, RegistrationStatus
 from trio_websocket import WebSocketConnection
 
 from dcocpp.clock import WallClock
@@ -353,6 +353,11 @@ class FakeCsms:
         self._record("MeterValues", payload)
         return call_result.MeterValues()
 
+    @_handles(Action.sign_certificate)
+    def on_sign_certificate(self, **payload: Any) -> Any:
+        self._record("SignCertificate", payload)
+        return call_result.SignCertificate(status=GenericStatus.accepted)
+
     @_handles(Action.security_event_notification)
     async def on_security_event(self, **payload: Any) -> Any:
         if not self.security_events:
@@ -380,7 +385,9 @@ class MemoryNetwork:
     accepts them and closes each at once, before the WebSocket upgrade; `drop()` closes
     the current connections abruptly; `freeze()` makes the CSMS side stop reading and answering
     (a dead link that TCP has not noticed). With `ssl_context` the central system speaks TLS
-    (wss://) on its side of each link, with that context."""
+    (wss://) on its side of each link, with that context. `ports` holds the port of every
+    connection attempt (80: ws://, 443: wss://), `client_certificates` the DER of the client
+    certificate each TLS link presented (None: none)."""
 
     def __init__(
         self, csms: FakeCsms, nursery: trio.Nursery, ssl_context: ssl.SSLContext | None = None
@@ -393,10 +400,13 @@ class MemoryNetwork:
         self.down = False
         self.hang_up = False
         self.attempts: list[float] = []
+        self.ports: list[int] = []
+        self.client_certificates: list[bytes | None] = []
         self._links: list[tuple[trio.CancelScope, trio.abc.Stream]] = []
 
     async def open_stream(self, host: str, port: int) -> trio.abc.Stream:
         self.attempts.append(trio.current_time())
+        self.ports.append(port)
         if self.down:
             raise ConnectionRefusedError(111, "Connection refused")
         if self.hang_up:
@@ -420,6 +430,7 @@ class MemoryNetwork:
                     self.tls_failures.append(str(exc.__cause__ or exc))
                     await trio.aclose_forcefully(stream)
                     return
+                self.client_certificates.append(tls.getpeercert(binary_form=True))
                 stream = tls
             await serve_stream(stream, self.csms.serve, authenticate=self.csms.authenticate)
 

@@ -142,3 +142,40 @@ def issue(
                 x509.SubjectAlternativeName([x509.DNSName(n) for n in san]), critical=False
             )
     return Issued(builder.sign(signer, hashes.SHA256()), key)
+
+
+def sign_csr(
+    csr_pem: str,
+    issuer: Issued,
+    *,
+    common_name: str | None = None,
+    not_before: datetime | None = None,
+    not_after: datetime | None = None,
+) -> x509.Certificate:
+    """The certificate a central system's CA issues for a charge point's CSR: the CSR's subject
+    (or CN `common_name` instead), no subjectAltName, clientAuth, key identifiers."""
+    csr = x509.load_pem_x509_csr(csr_pem.encode())
+    assert csr.is_signature_valid
+    subject = csr.subject if common_name is None else _name(common_name)
+    public_key = csr.public_key()
+    return (
+        x509.CertificateBuilder()
+        .subject_name(subject)
+        .issuer_name(issuer.certificate.subject)
+        .public_key(public_key)
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(not_before or VALID_FROM)
+        .not_valid_after(not_after or VALID_TO)
+        .add_extension(x509.SubjectKeyIdentifier.from_public_key(public_key), critical=False)  # type: ignore[arg-type]
+        .add_extension(
+            x509.AuthorityKeyIdentifier.from_issuer_public_key(issuer.key.public_key()),
+            critical=False,
+        )
+        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+        .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.CLIENT_AUTH]), critical=False)
+        .sign(issuer.key, hashes.SHA256())
+    )
+
+
+def pem_of(certificate: x509.Certificate) -> str:
+    return certificate.public_bytes(serialization.Encoding.PEM).decode("ascii")

@@ -21,7 +21,7 @@ import trio
 import trio.testing
 
 from dcocpp.storage.asyncdb import AsyncDatabase
-from dcocpp.storage.database import DATABASE_NAME, ReservationRow, StorageError
+from dcocpp.storage.database import DATABASE_NAME, FirmwarePlanRow, ReservationRow, StorageError
 from tests.starvation import Starvation
 from tests.storage_faults import make_read_only, slow_commits
 
@@ -190,6 +190,12 @@ CALLS: dict[str, tuple[object, ...]] = {
     "reservations": (),
     "put_reservation": (ReservationRow(1, 1, "TAG", None, AT),),
     "delete_reservations": ([1],),
+    "firmware_plan": (),
+    "firmware_version": (),
+    "firmware_step": (
+        FirmwarePlanRow("http://x/f", AT, 1, 60, 1, "downloading", None, "f"),
+        [("FirmwareStatusNotification", {"status": "Downloading"})],
+    ),
     "sessions": (10,),
     "session": (1,),
     "session_samples": ([1],),

@@ -35,6 +35,7 @@ from dcocpp.config import (
 from dcocpp.connector.metering import MEASURANDS, meter_value
 from dcocpp.hardware.interface import MeterReading
 from dcocpp.ocpp.configuration import SPECS, ConfigurationError
+from dcocpp.ocpp.transfer import SUPPORTED_PROTOCOLS
 from dcocpp.station.station import load_configuration_store
 
 REPO = Path(__file__).resolve().parent.parent
@@ -59,6 +60,8 @@ REPORT_ONLY: Mapping[str, str] = {
     "ChargePointId": "chargePoint.id, the id appended to the URL and sent as the Basic-auth user",
     "CentralSystemURI": "chargePoint.centralSystemURI (or --csms), the URL connected to",
     "NumberOfConnectors": "the number of connectors[] in charger.json",
+    "SupportedFileTransferProtocols": "what dcocpp.ocpp.transfer downloads and uploads"
+    " (SUPPORTED_PROTOCOLS)",
     # A DC gun has no AC phases.
     "ConnectorPhaseRotation": "0.NotApplicable: no phase rotation on a DC charger",
     "ConnectorSwitch3to1PhaseSupported": "false: a DC charger switches no phases",
@@ -209,6 +212,9 @@ def test_patched_keys_describe_the_shipped_charger(tmp_path: Path) -> None:
     document = json.loads(KEY_FILES[0].read_text(encoding="utf-8"))
     assert document["Internal"]["ChargePointId"] == config.charge_point.id
     assert document["Core"]["NumberOfConnectors"] == len(config.connectors)
+    protocols = ",".join(SUPPORTED_PROTOCOLS)
+    assert store.get("SupportedFileTransferProtocols") == protocols
+    assert document["FirmwareManagement"]["SupportedFileTransferProtocols"] == protocols
 
 
 def test_supported_measurands_are_the_ones_the_meter_values_carry() -> None:

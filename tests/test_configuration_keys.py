@@ -123,6 +123,7 @@ def test_shipped_config_loads_with_patches(store: ConfigurationStore) -> None:
     # Only the profiles that are implemented; later issues add theirs.
     assert store.get_list("SupportedFeatureProfiles") == [
         "Core",
+        "FirmwareManagement",
         "LocalAuthListManagement",
         "RemoteTrigger",
         "Reservation",
@@ -145,6 +146,7 @@ def test_shipped_base_file_groups_like_libocpp() -> None:
     assert list(document) == [
         "Internal",
         "Core",
+        "FirmwareManagement",
         "LocalAuthListManagement",
         "Reservation",
         "SmartCharging",

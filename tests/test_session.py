@@ -429,9 +429,7 @@ async def test_unimplemented_and_unknown_actions_answer_callerror(
 ) -> None:
     async with running_station(charger_config(tmp_path)) as h:
         with pytest.raises(CallError) as info:
-            await h.csms_call(
-                call.UpdateFirmware(location="ftp://x", retrieve_date="2026-01-01T00:00:00Z")
-            )
+            await h.csms_call(call.ExtendedTriggerMessage(requested_message="Heartbeat"))
         assert info.value.code == "NotImplemented"
         rpc = await h.csms.wait_connected()
         rpc._validate = False  # let the fake CSMS send an action OCPP 1.6 does not know
@@ -828,24 +826,32 @@ async def test_failed_reconnects_logged_once_per_reason_and_shown_in_the_status(
     )
 
 
-async def test_a_security_profile_the_charger_cannot_switch_to_is_rejected(
-    autojump_clock: Any, tmp_path: Path
+async def test_a_security_profile_without_its_prerequisites_is_rejected(
+    autojump_clock: Any, tmp_path: Path, caplog: Any
 ) -> None:
-    """Accepting SecurityProfile 1 without an AuthorizationKey, or 2/3 on ws://, would be a
-    promise the next connection breaks: Rejected, no reconnect; the profile in use is
-    Accepted (nothing changes)."""
+    """Accepting SecurityProfile 1 or 2 without an AuthorizationKey, or 2/3 without a CSMS
+    root, would be a promise the next connection breaks: Rejected, no reconnect; the profile
+    in use is Rejected too (the whitepaper allows only a higher one; libocpp answers so)."""
+    caplog.set_level(logging.WARNING, logger="dcocpp.session")
     async with running_station(charger_config(tmp_path)) as h:
         await h.booted()
         assert h.station.session is not None
         connection = h.station.session.connection_number
-        for value in ("1", "2", "3"):
+        for value in ("1", "2", "3", "0", "4", "x"):
             result = await h.csms_call(call.ChangeConfiguration(key="SecurityProfile", value=value))
             assert result.status == "Rejected", value
-        same = await h.csms_call(call.ChangeConfiguration(key="SecurityProfile", value="0"))
-        assert same.status == "Accepted"
         await trio.sleep(5)
         assert h.station.session.connection_number == connection  # no reconnect
         assert h.store.get_int("SecurityProfile") == 0
+    assert session_lines(caplog, logging.WARNING) == [
+        "SecurityProfile 1 refused: no AuthorizationKey is set (Basic auth)",
+        "SecurityProfile 2 refused: no AuthorizationKey is set (Basic auth)",
+        "SecurityProfile 3 refused: no CentralSystemRootCertificate is installed"
+        " (nor a csmsCaBundle configured)",
+        "SecurityProfile 0 refused: it is not above the profile in use (0)",
+        "SecurityProfile '4' refused: there are profiles 0 to 3",
+        "SecurityProfile 'x' refused: there are profiles 0 to 3",
+    ]
 
 
 async def test_security_profile_reports_what_the_connection_uses(

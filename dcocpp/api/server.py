@@ -135,6 +135,18 @@ class StationView(Protocol):
                              "bytes_done": int, "bytes_total": int | None,
                              "next_attempt_at": str | None,  # OCPP dateTime, between attempts
                              "error": str | None}},  # the last attempt's failure
+                         # UpdateFirmware: the last FirmwareStatusNotification status told,
+                         # the running firmware, the update under way (or the last one)
+                         "firmware": {"status": str, "version": str, "update": None | {
+                             "location": str,  # without credentials
+                             "retrieveDate": str,
+                             # scheduled, downloading, downloaded, installing, installed, ended
+                             "phase": str,
+                             "attempt": int, "attempts": int,
+                             "bytesDone": int, "bytesTotal": int | None,
+                             "percent": float | None,
+                             "nextAttemptAt": str | None,  # its retrieveDate, or the retry's
+                             "error": str | None, "fileName": str}},
                          "hardware": {str: int}},
          "connectors": [{"id": int, "status": str, "errorCode": str,
                          "transactionId": int | None, "idTag": str | None, "plugged": bool,

@@ -278,6 +278,27 @@ def _diagnostics_line(status: str, upload: dict[str, Any]) -> str:
     return line
 
 
+def _firmware_line(firmware: dict[str, Any]) -> str:
+    """The firmware running, and the update under way (or the last one): from where, which
+    step, how far, which attempt, when the next, its last error."""
+    line = f"firmware {firmware['version']}"
+    update = firmware.get("update")
+    if not update:
+        return line
+    total = update["bytesTotal"]
+    percent = f" ({update['percent']:g}%)" if update["percent"] is not None else ""
+    size = f"{update['bytesDone']}/{total if total is not None else '?'} bytes{percent}"
+    line += (
+        f", update {update['fileName']} from {update['location']}: {firmware['status']},"
+        f" {update['phase']}, {size}, attempt {update['attempt']} of {update['attempts']}"
+    )
+    if update["nextAttemptAt"] and update["phase"] in ("scheduled", "downloading"):
+        line += f", waiting: next attempt at {update['nextAttemptAt']}"
+    if update["error"]:
+        line += f" (last error: {update['error']})"
+    return line
+
+
 def format_status(snapshot: dict[str, Any]) -> str:
     """The `status` table: one line for the charge point (and, when there is one, one for the
     last failed connection to the central system), one row per connector, then one line per
@@ -300,6 +321,8 @@ def format_status(snapshot: dict[str, Any]) -> str:
     diagnostics = (cp.get("diagnostics") or {}).get("upload")
     if diagnostics:
         lines.append(_diagnostics_line(cp["diagnostics"]["status"], diagnostics))
+    if cp.get("firmware"):
+        lines.append(_firmware_line(cp["firmware"]))
     counters = cp.get("hardware") or {}
     if counters:
         # The PLC backend's CAN bus counters: errors here explain a gun's COMMUNICATION fault.

@@ -108,6 +108,16 @@ class AvailabilityChanged:
 
 
 @attrs.frozen
+class MaintenanceHold:
+    """The station holds the gun for a firmware install (`held`), or releases it. Not the
+    central system's availability, and not persisted: while held no transaction starts, a
+    running one goes on, and the gun is Unavailable once it is free (no transaction, no EV,
+    no tag waiting); released, it is what the central system's availability makes it."""
+
+    held: bool
+
+
+@attrs.frozen
 class StopRequested:
     """Stop the running transaction. Reply: whether there was one."""
 
@@ -176,6 +186,7 @@ Event = (
     | FaultRaised
     | FaultCleared
     | AvailabilityChanged
+    | MaintenanceHold
     | StopRequested
     | TransactionConfirmed
     | UnlockRequested

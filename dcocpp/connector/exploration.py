@@ -65,7 +65,9 @@ RESERVATIONS: list[events.Event] = [
     events.ReservationsChanged((events.Reservation(2, "B", any_connector=True),), hold_zero=True),
     events.ReservationsChanged(),
 ]
-ALPHABET = BASE_ALPHABET + RESERVATIONS
+# The station's hold for a firmware install.
+MAINTENANCE: list[events.Event] = [events.MaintenanceHold(True), events.MaintenanceHold(False)]
+ALPHABET = BASE_ALPHABET + RESERVATIONS + MAINTENANCE
 
 # The four settings that change what the machine decides, in all sixteen combinations.
 ALL_SETTINGS = [Settings(*flags) for flags in itertools.product([True, False], repeat=4)]

@@ -107,6 +107,7 @@ class ConnectorMachine:
             events.FaultRaised: self._fault_raised,
             events.FaultCleared: self._fault_cleared,
             events.AvailabilityChanged: self._availability_changed,
+            events.MaintenanceHold: self._maintenance_hold,
             events.StopRequested: self._stop_requested,
             events.TransactionConfirmed: self._transaction_confirmed,
             events.UnlockRequested: self._unlock_requested,
@@ -188,7 +189,7 @@ class ConnectorMachine:
         """OCPP 1.6 5.13: a reservation ends when its connector becomes Faulted or Unavailable.
         The connector-0 ones are the station's: it keeps them on its other guns."""
         t = self.truth
-        if not (t.faults or not t.operative):
+        if not (t.faults or not t.operative or t.maintenance):
             return
         own = [r for r in t.reservations if not r.any_connector]
         if own:
@@ -238,6 +239,7 @@ class ConnectorMachine:
             or t.transaction is not None
             or t.faults
             or not t.operative
+            or t.maintenance
             or t.finishing
             or self.settings.closing
         ):
@@ -324,6 +326,8 @@ class ConnectorMachine:
             return f"the gun is Faulted ({', '.join(detail or kind for kind, detail in t.faults)})"
         if not t.operative:
             return "the gun is Unavailable"
+        if t.maintenance:
+            return "the gun is held for a firmware install"
         if t.finishing:
             return "the gun is Finishing (unplug the EV first)"
         if t.pending_id is not None:
@@ -359,6 +363,7 @@ class ConnectorMachine:
             t.transaction is not None
             or t.faults
             or not t.operative
+            or t.maintenance
             or t.finishing
             or t.pending_id is not None
             or t.authorized is not None
@@ -469,6 +474,11 @@ class ConnectorMachine:
         if event.operative:
             self._try_start()
         return "Accepted"
+
+    def _maintenance_hold(self, event: events.MaintenanceHold) -> None:
+        self._update(maintenance=event.held)
+        if not event.held:
+            self._try_start()
 
     def _stop_requested(self, event: events.StopRequested) -> bool:
         if self.truth.transaction is None:

@@ -126,6 +126,15 @@ RULES: tuple[Rule, ...] = (
     ),
     Rule(
         10,
+        S.unavailable,
+        "held_for_maintenance",
+        lambda t: t.maintenance,
+        "held by the station for a firmware install, the gun free (no session, no EV)",
+        frozenset({S.available, S.finishing, S.reserved, S.charging, S.suspended_ev})
+        | {S.suspended_evse},
+    ),
+    Rule(
+        11,
         S.reserved,
         "reserved",
         lambda t: bool(kept_for(t)),
@@ -133,7 +142,7 @@ RULES: tuple[Rule, ...] = (
         frozenset({S.available}),
     ),
     Rule(
-        11,
+        12,
         S.available,
         "freed",
         lambda t: True,
@@ -156,7 +165,7 @@ class PassThrough:
 PASS_THROUGH: tuple[PassThrough, ...] = (
     PassThrough(
         frozenset({S.reserved}),
-        11,
+        12,
         "Reserved follows only Available or Faulted: a gun kept for a reservation as its "
         "session ends, or as its holder's authorization times out, is Available first",
     ),
@@ -165,6 +174,12 @@ PASS_THROUGH: tuple[PassThrough, ...] = (
         5,
         "of a session's statuses only Preparing follows Reserved: a reserved gun whose "
         "holder's transaction starts at once (the EV was waiting) is Preparing first",
+    ),
+    PassThrough(
+        frozenset({S.unavailable}),
+        12,
+        "Unavailable does not follow Preparing: a gun held for maintenance whose EV leaves "
+        "before a transaction started is Available first",
     ),
 )
 

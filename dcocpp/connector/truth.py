@@ -59,6 +59,8 @@ class Truth:
     # whether the station keeps it free for the connector-0 ones (see `kept_for`).
     reservations: tuple[events.Reservation, ...] = ()
     hold_zero: bool = False
+    # Held by the station for a firmware install (events.MaintenanceHold; not persisted).
+    maintenance: bool = False
 
     @property
     def fault_kinds(self) -> frozenset[FaultKind]:

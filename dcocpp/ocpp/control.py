@@ -26,6 +26,7 @@ from ocpp.v16.enums import (
 )
 
 if TYPE_CHECKING:
+    from dcocpp.ocpp.firmware.plan import FirmwarePlan, FirmwareState
     from dcocpp.ocpp.smartcharging.service import ChargingContext
 
 
@@ -107,4 +108,35 @@ class DiagnosticsSource(Protocol):
     async def diagnostics_documents(self) -> dict[str, Any]:
         """JSON documents for the archive by name: the status snapshot, the database's schema
         version and queue counts, ..."""
+        ...
+
+
+class FirmwareHost(Protocol):
+    """What a firmware update needs of the charger (the station implements it)."""
+
+    async def record_firmware(
+        self,
+        plan: FirmwarePlan | None,
+        status: FirmwareState | None,
+        *,
+        version: str | None = None,
+        security_event: tuple[str, str, str | None] | None = None,
+    ) -> None:
+        """In ONE database write: the plan (None: ended), the FirmwareStatusNotification
+        `status` queued in the outbox (and a security event (type, timestamp, techInfo)), the
+        installed `version`. Returns once it is on disk."""
+        ...
+
+    async def hold_for_firmware(self, held: bool) -> None:
+        """Hold the guns for the install (idle ones Unavailable, no new transaction; a
+        running one goes on), or release them to the availability the central system set."""
+        ...
+
+    async def wait_no_transaction(self) -> None:
+        """Until no gun has a transaction (the guns held, none starts meanwhile)."""
+        ...
+
+    async def reboot_for_firmware(self) -> None:
+        """The installed firmware runs after a reboot: the hard-reset path (the process ends
+        with EXIT_HARD_RESET for its supervisor to start it again)."""
         ...

@@ -1,5 +1,6 @@
 """Handlers of the central system's Core, RemoteTrigger, LocalAuthListManagement and
-Reservation CALLs that need no transaction, and GetDiagnostics (on `diagnostics.service`).
+Reservation CALLs that need no transaction, and FirmwareManagement's GetDiagnostics and
+UpdateFirmware (on `diagnostics.service` and `firmware.service`).
 
 Each `@on` handler answers from state it can read at once; anything the CALLRESULT must precede
 (the triggered message, the reset) runs in the matching `@after` hook, which the RPC layer runs
@@ -20,7 +21,6 @@ from ocpp.v16.enums import (
     AvailabilityStatus,
     AvailabilityType,
     ClearCacheStatus,
-    ConfigurationStatus,
     DataTransferStatus,
     DiagnosticsStatus,
     FirmwareStatus,
@@ -38,6 +38,7 @@ from ocpp.v16.enums import (
 from dcocpp.clock import parse_ocpp_time
 from dcocpp.ocpp.authcache import AuthStoreError, cache_enabled, parse_expiry
 from dcocpp.ocpp.errors import CallError, InvalidPayload
+from dcocpp.ocpp.firmware import FirmwareBusy
 from dcocpp.ocpp.locallist import NO_LIST_SUPPORT, limits_of, list_enabled, tags_of
 from dcocpp.ocpp.registration import Registration
 from dcocpp.ocpp.securityhandlers import SecurityHandlers
@@ -50,7 +51,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 # Keys whose change must reach the transport: the next connection uses them. (SecurityProfile
-# is only Accepted for the profile in use, see on_change_configuration: nothing to reconnect.)
+# has its own way, see on_change_configuration.)
 _RECONNECT_KEYS = frozenset({"AuthorizationKey"})
 
 _TRIGGERABLE = frozenset(
@@ -104,23 +105,17 @@ class CoreHandlers(SmartChargingHandlers, SecurityHandlers):
     @on(Action.change_configuration)
     def on_change_configuration(self, key: str, value: str, **_: Any) -> Any:
         if key.casefold() == "securityprofile":
-            in_use = self.session.security_profile_in_use()
-            if value.strip() != str(in_use):
-                # Moving to another profile means a new URL scheme or credentials this
-                # charger cannot switch to on its own yet: accepting it would be a promise
-                # the next connection breaks (it reports the profile it really uses).
-                log.warning(
-                    "SecurityProfile %s refused: the connection uses profile %d and this "
-                    "charger cannot change it over OCPP",
-                    value,
-                    in_use,
-                )
-                return call_result.ChangeConfiguration(status=ConfigurationStatus.rejected)
+            # Not the key store's: the key reports the profile in use, the session keeps the
+            # one set (and its fallback).
+            status = self.session.change_security_profile(value)
+            return call_result.ChangeConfiguration(status=status)
         return call_result.ChangeConfiguration(status=self.session.store.change(key, value))
 
     @after(Action.change_configuration)
     def after_change_configuration(self, key: str, value: str, **_: Any) -> None:
         key = self.session.store.canonical(key) or key  # in whatever letters it came
+        if key == "SecurityProfile" and self.session.security_profiles.on_trial:
+            self.session.reconnect(f"SecurityProfile {value.strip()} to be tried")
         if key in _RECONNECT_KEYS and self.session.store.get(key) == value:
             self.session.reconnect(f"{key} changed")
 
@@ -254,15 +249,17 @@ class CoreHandlers(SmartChargingHandlers, SecurityHandlers):
         elif message == MessageTrigger.meter_values:
             await session.control.trigger_meter_values(connector_id)
         elif message == MessageTrigger.diagnostics_status_notification:
-            # Idle until the first GetDiagnostics of this boot, then its latest step.
-            state = session.diagnostics.state.value if session.diagnostics else "Idle"
+            # 4.4: Idle when no upload runs, else Uploading.
+            state = session.diagnostics.current.value if session.diagnostics else "Idle"
             await session.call(
                 call.DiagnosticsStatusNotification(status=DiagnosticsStatus(state)),
                 triggered=True,
             )
         elif message == MessageTrigger.firmware_status_notification:
+            # 4.5: Idle when no firmware task runs, else its current step.
+            state = session.firmware.state.value if session.firmware else "Idle"
             await session.call(
-                call.FirmwareStatusNotification(status=FirmwareStatus.idle), triggered=True
+                call.FirmwareStatusNotification(status=FirmwareStatus(state)), triggered=True
             )
 
     # --- diagnostics -------------------------------------------------------------------------
@@ -292,6 +289,32 @@ class CoreHandlers(SmartChargingHandlers, SecurityHandlers):
             location, retries=retries, retry_interval=retry_interval, start=start, stop=stop
         )
         return call_result.GetDiagnostics(file_name=file_name)
+
+    @on(Action.update_firmware)
+    async def on_update_firmware(
+        self,
+        location: str,
+        retrieve_date: str,
+        retries: int | None = None,
+        retry_interval: int | None = None,
+        **_: Any,
+    ) -> Any:
+        """5.19: answered at once, the download at retrieveDate. UpdateFirmware.conf has no
+        status: an install in progress is refused with a CALLERROR (an empty answer would
+        claim the update was taken)."""
+        try:
+            when = parse_ocpp_time(retrieve_date)
+        except ValueError:
+            raise CallError("PropertyConstraintViolation", "retrieveDate is no dateTime") from None
+        firmware = self.session.firmware
+        if firmware is None:
+            raise CallError("NotSupported", "no firmware updates on this charger")
+        try:
+            await firmware.request(location, when, retries=retries, retry_interval=retry_interval)
+        except FirmwareBusy:
+            log.warning("UpdateFirmware refused: a firmware installation is in progress")
+            raise CallError("GenericError", "a firmware installation is in progress") from None
+        return call_result.UpdateFirmware()
 
     # --- misc --------------------------------------------------------------------------------
 

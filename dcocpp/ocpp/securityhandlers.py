@@ -1,6 +1,7 @@
 """Handlers of the OCPP 1.6 security whitepaper's certificate CALLs: InstallCertificate,
 GetInstalledCertificateIds and DeleteCertificate, on the version-neutral certificate store
-(`certificates/`). A mixin of `handlers.CoreHandlers`."""
+(`certificates/`), and CertificateSigned, on the charge point certificate
+(`certificates.chargepoint`). A mixin of `handlers.CoreHandlers`."""
 
 from __future__ import annotations
 
@@ -8,10 +9,11 @@ import logging
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
-from ocpp.routing import on
+from ocpp.routing import after, on
 from ocpp.v16 import call_result, datatypes
 from ocpp.v16.enums import (
     Action,
+    CertificateSignedStatus,
     CertificateStatus,
     CertificateUse,
     DeleteCertificateStatus,
@@ -101,6 +103,32 @@ class SecurityHandlers:
             log.error("DeleteCertificate failed: %s", exc)
             return call_result.DeleteCertificate(status=DeleteCertificateStatus.failed)
         return call_result.DeleteCertificate(status=DeleteCertificateStatus.accepted)
+
+    @on(Action.certificate_signed)
+    async def on_certificate_signed(self, certificate_chain: str, **_: Any) -> Any:
+        session = self.session
+        certificates = session.charge_point_certificates
+        if certificates is None:
+            return call_result.CertificateSigned(status=CertificateSignedStatus.rejected)
+        try:
+            certificates.install_signed(certificate_chain)
+        except CertificateRejected as exc:
+            log.warning("CertificateSigned rejected: %s", exc)
+            await session.security_event("InvalidChargePointCertificate", str(exc))
+            return call_result.CertificateSigned(status=CertificateSignedStatus.rejected)
+        except CertificateStoreError as exc:
+            log.error("CertificateSigned rejected: %s", exc)
+            return call_result.CertificateSigned(status=CertificateSignedStatus.rejected)
+        return call_result.CertificateSigned(status=CertificateSignedStatus.accepted)
+
+    @after(Action.certificate_signed)
+    def after_certificate_signed(self, certificate_chain: str, **_: Any) -> None:
+        session = self.session
+        certificates = session.charge_point_certificates
+        if certificates is None or not certificates.is_current(certificate_chain):
+            return  # rejected
+        if session.security_profile_target() >= 3:
+            session.reconnect("a new charge point certificate")
 
 
 def _hash_data(cert_id: CertId) -> datatypes.CertificateHashData:

@@ -14,13 +14,18 @@ from typing import TYPE_CHECKING, Any, Protocol
 import attrs
 
 if TYPE_CHECKING:
+    from ocpp.v16.enums import ConfigurationStatus
+
     from dcocpp.ocpp.authcache import AuthorizationCache
+    from dcocpp.ocpp.certificates.chargepoint import ChargePointCertificates
     from dcocpp.ocpp.certificates.store import CertificateStore
     from dcocpp.ocpp.configuration import ConfigurationStore
     from dcocpp.ocpp.control import ChargePointControl, ConnectorStatus
     from dcocpp.ocpp.diagnostics import DiagnosticsService
+    from dcocpp.ocpp.firmware import FirmwareService
     from dcocpp.ocpp.locallist import LocalAuthorizationList
     from dcocpp.ocpp.registration import Registration
+    from dcocpp.ocpp.securityprofile import SecurityProfiles
     from dcocpp.ocpp.smartcharging.service import ChargingProfiles
 
 
@@ -45,13 +50,23 @@ class SessionServices(Protocol):
     local_list: LocalAuthorizationList
     charging_profiles: ChargingProfiles
     diagnostics: DiagnosticsService | None  # None: GetDiagnostics has nothing to send
+    firmware: FirmwareService | None  # None: UpdateFirmware is refused
     certificates: CertificateStore | None  # None: no certificate store
-    csms_url: str  # as configured (ws:// or wss://)
+    # None: no charge point certificate (SignCertificate, CertificateSigned).
+    charge_point_certificates: ChargePointCertificates | None
+    security_profiles: SecurityProfiles  # the profile the central system set
+
+    @property
+    def csms_url(self) -> str: ...  # connected to (ws:// or wss://, as the profile asks)
 
     @property
     def state(self) -> Registration: ...
 
     def security_profile_in_use(self) -> int: ...
+
+    def security_profile_target(self) -> int: ...
+
+    def change_security_profile(self, value: str) -> ConfigurationStatus: ...
 
     def reconnect(self, reason: str) -> None: ...
 

@@ -17,6 +17,13 @@ that rejects the charger is not its clock) and Heartbeat.conf goes to `central_t
 round trip of its CALL; the station's clock decides whether to follow it. `heartbeat_now`
 asks for the central system's time at once (the station's clock stepped).
 
+Security profile (`securityprofile`). The URL connected to is the configured one with the
+scheme the profile the central system set asks for (`wss://` for 2 and 3); a profile on trial
+that fails FALLBACK_ATTEMPTS attempts gives way to the previous one, with a security event.
+SecurityProfile reports what each connection really uses. At profile 3 the charge point
+certificate is renewed (SignCertificate) when it is missing or expires within RENEWAL_MARGIN,
+looked at once registered and every CERTIFICATE_CHECK_INTERVAL.
+
 Failures are logged once per change, not once per retry: the first failed attempt of a series
 (and a lost connection, with how its WebSocket closed: who closed it, the close code and
 reason) at WARNING, with the URL and the reason; further attempts that fail
@@ -48,6 +55,8 @@ from ocpp.v16.enums import (
     AuthorizationStatus,
     ChargePointErrorCode,
     ChargePointStatus,
+    ConfigurationStatus,
+    GenericStatus,
     RegistrationStatus,
 )
 from trio_websocket import CloseReason
@@ -56,6 +65,7 @@ from dcocpp.clock import ocpp_time, parse_ocpp_time
 from dcocpp.concurrency import Pulse, WakeUp
 from dcocpp.ocpp import authkey, transport
 from dcocpp.ocpp.authcache import AuthorizationCache, cache_enabled
+from dcocpp.ocpp.certificates.chargepoint import ChargePointCertificates
 from dcocpp.ocpp.certificates.store import CertificateStore
 from dcocpp.ocpp.certificates.tls import CentralSystemTrust
 from dcocpp.ocpp.configuration import ConfigurationError, ConfigurationStore
@@ -69,11 +79,13 @@ from dcocpp.ocpp.errors import (
     TransportError,
     UntrustedCertificate,
 )
+from dcocpp.ocpp.firmware import FirmwareService
 from dcocpp.ocpp.handlers import CoreHandlers
 from dcocpp.ocpp.locallist import LocalAuthorizationList, list_enabled
 from dcocpp.ocpp.messagelog import MessageLog
 from dcocpp.ocpp.registration import Registration, RegistrationMachine
 from dcocpp.ocpp.rpc import RpcConnection
+from dcocpp.ocpp.securityprofile import FALLBACK_ATTEMPTS, Fallback, SecurityProfiles, refusal
 from dcocpp.ocpp.services import Identity
 from dcocpp.ocpp.smartcharging.service import ChargingProfiles
 from dcocpp.ocpp.statuses import allowed_transitions
@@ -103,6 +115,9 @@ STATUS_INTERVAL = 0.5
 STATUS_QUEUE_LIMIT = 12
 # How long a task that met the closed WebSocket waits for the reader to see the close.
 CLOSE_GRACE = 1.0
+# At security profile 3 the charge point certificate is looked at this often (and once
+# registered): a day, as its renewal margin is counted in days.
+CERTIFICATE_CHECK_INTERVAL = 24 * 3600.0
 
 
 class _ConnectFailed(Exception):
@@ -141,21 +156,26 @@ class ChargePointSession:
         *,
         tls: CentralSystemTrust | None = None,
         certificates: CertificateStore | None = None,
+        charge_point_certificates: ChargePointCertificates | None = None,
+        security_profiles: SecurityProfiles | None = None,
         security_events: SecurityEvents | None = None,
         open_stream: transport.OpenStream | None = None,
         auth_cache: AuthorizationCache | None = None,
         local_list: LocalAuthorizationList | None = None,
         charging_profiles: ChargingProfiles | None = None,
         diagnostics: DiagnosticsService | None = None,
+        firmware: FirmwareService | None = None,
         rng: random.Random | None = None,
         clock: Callable[[], datetime] | None = None,
         central_time: CentralTime | None = None,
         traffic: LinkTraffic | None = None,
     ):
         self.identity = identity
-        self.csms_url = csms_url
-        # What is connected to: the configured URL with the charge point id appended.
-        self.endpoint = transport.endpoint_url(csms_url, identity.charge_point_id)
+        self._configured_url = csms_url
+        # The profile the central system set, and its fallback.
+        self.security_profiles = (
+            SecurityProfiles() if security_profiles is None else security_profiles
+        )
         self.last_failure: ConnectionFailure | None = None
         # What the link did (the console, /metrics): the station's, kept across soft resets.
         self.traffic = traffic if traffic is not None else LinkTraffic()
@@ -169,9 +189,15 @@ class ChargePointSession:
             ChargingProfiles(store) if charging_profiles is None else charging_profiles
         )
         self.diagnostics = diagnostics
+        self.firmware = firmware
         self._tls = tls  # wss:// only
         # None: no certificate store (InstallCertificate and its kin cannot be served).
         self.certificates = certificates
+        # None: no charge point certificate can be requested or installed.
+        self.charge_point_certificates = charge_point_certificates
+        if charge_point_certificates is not None:
+            charge_point_certificates.send_csr = self._sign_certificate
+        self._certificate_requested = -math.inf  # trio time of the last renewal request
         self._security_events = security_events
         self._open_stream = open_stream
         self._rng = rng or random.Random()
@@ -207,6 +233,16 @@ class ChargePointSession:
     @property
     def connected(self) -> bool:
         return self.registration.is_connected
+
+    @property
+    def csms_url(self) -> str:
+        """The URL connected to: the configured one, `wss://` at security profile 2 and 3."""
+        return self.security_profiles.url(self._configured_url)
+
+    @property
+    def endpoint(self) -> str:
+        """What is connected to: `csms_url` with the charge point id appended."""
+        return transport.endpoint_url(self.csms_url, self.identity.charge_point_id)
 
     @property
     def state(self) -> Registration:
@@ -361,6 +397,7 @@ class ChargePointSession:
                     + (f" (attempt {failure.attempts})" if repeated else ""),
                     level=logging.DEBUG if repeated else logging.WARNING,
                 )
+                await self._profile_attempt_failed(reason)
             await trio.sleep(delay)
 
     def _record_failure(self, reason: str) -> ConnectionFailure:
@@ -390,11 +427,116 @@ class ChargePointSession:
     def security_profile_in_use(self) -> int:
         """The security profile the next connection really uses: the URL's scheme, an
         AuthorizationKey, a client certificate."""
+        url = self.csms_url
+        tls = self._tls
         return transport.security_profile(
-            self.csms_url,
+            url,
             authorization_key=bool(self.store.get("AuthorizationKey")),
-            client_certificate=self._tls is not None and self._tls.client_certificate,
+            client_certificate=url.startswith("wss")
+            and tls is not None
+            and tls.client_certificate(self._wants_client_certificate()),
         )
+
+    def security_profile_target(self) -> int:
+        """The profile the charger is at: the one in use, or the higher one the central
+        system set (at 3 without a usable certificate, the connection uses 2)."""
+        return max(self.security_profile_in_use(), self.security_profiles.profile or 0)
+
+    def _wants_client_certificate(self) -> bool:
+        """A client certificate is presented at profile 3, or, while the central system has
+        set no profile, whenever the configuration provides one."""
+        return self.security_profiles.profile in (None, 3)
+
+    def change_security_profile(self, value: str) -> ConfigurationStatus:
+        """ChangeConfiguration of SecurityProfile: Accepted for a higher profile whose
+        prerequisites hold (persisted before the answer; `after_change_configuration`
+        reconnects with it), Rejected otherwise."""
+        text = value.strip()
+        if text not in ("0", "1", "2", "3"):
+            log.warning("SecurityProfile %r refused: there are profiles 0 to 3", value[:10])
+            return ConfigurationStatus.rejected
+        new, current = int(text), self.security_profile_target()
+        tls = self._tls
+        why = refusal(
+            new,
+            current=current,
+            authorization_key=bool(self.store.get("AuthorizationKey")),
+            csms_root=tls is not None and tls.has_roots(),
+            client_certificate=tls is not None and tls.client_certificate(True),
+        )
+        if why is not None:
+            log.warning("SecurityProfile %d refused: %s", new, why)
+            return ConfigurationStatus.rejected
+        try:
+            self.security_profiles.switch(new, current)
+        except OSError as exc:
+            log.error("SecurityProfile %d refused: it cannot be stored: %s", new, exc)
+            return ConfigurationStatus.rejected
+        log.info("SecurityProfile %d accepted (from %d): reconnecting with it", new, current)
+        return ConfigurationStatus.accepted
+
+    async def _sign_certificate(self, csr: str) -> bool:
+        """SignCertificate with `csr` (`ChargePointCertificates.send_csr`); whether the
+        central system accepted it."""
+        try:
+            result = await self.call(call.SignCertificate(csr=csr))
+        except (CallError, InvalidPayload, ConnectionLost, ResponseTimeout) as exc:
+            log.warning("SignCertificate failed: %s", exc)
+            return False
+        if result.status != GenericStatus.accepted:
+            log.warning("the central system rejected the certificate signing request")
+            return False
+        return True
+
+    async def _renew_certificate(self) -> None:
+        """At security profile 3, a new charge point certificate when there is none or it
+        expires within the renewal margin; looked at once registered and every
+        CERTIFICATE_CHECK_INTERVAL, and asked for at most once per interval (the answer,
+        CertificateSigned, may take the central system a while)."""
+        certificates = self.charge_point_certificates
+        if certificates is None:
+            return
+        await self.wait_until_accepted()
+        while True:
+            reason = certificates.renewal_reason()
+            due = trio.current_time() - self._certificate_requested >= CERTIFICATE_CHECK_INTERVAL
+            if reason is not None and due and self.security_profile_target() >= 3:
+                log.info("requesting a new charge point certificate: %s", reason)
+                self._certificate_requested = trio.current_time()
+                await certificates.request_certificate()
+            await trio.sleep(CERTIFICATE_CHECK_INTERVAL)
+
+    async def _profile_connected(self) -> None:
+        """A connection opened: a profile on trial has proved itself."""
+        confirmed = self.security_profiles.connected()
+        if confirmed is not None:
+            before, after = confirmed
+            log.info("SecurityProfile %d connected: it replaces %d", after, before)
+            await self.security_event(
+                "ReconfigurationOfSecurityParameters", f"SecurityProfile {before} -> {after}"
+            )
+
+    async def _profile_attempt_failed(self, reason: str) -> None:
+        """A connection attempt failed: after the last one a profile on trial gets, the
+        previous profile comes back, with the security event that names the failure."""
+        fallback = self.security_profiles.attempt_failed(reason, ocpp_time(self._clock()))
+        if fallback is None:
+            return
+        log.warning(
+            "SecurityProfile %d could not connect in %d attempts (%s): back to profile %d",
+            fallback.failed,
+            FALLBACK_ATTEMPTS,
+            fallback.reason,
+            fallback.restored,
+        )
+        # The whitepaper's event: the central system's certificate when that failed, else the
+        # change of security parameters the fallback is.
+        kind = (
+            "InvalidCentralSystemCertificate"
+            if self._untrusted
+            else "ReconfigurationOfSecurityParameters"
+        )
+        await self.security_event(kind, _fallback_info(fallback))
 
     async def security_event(self, kind: str, tech_info: str | None = None) -> None:
         """Queue a SecurityEventNotification (and log it): `kind` is the whitepaper's type."""
@@ -450,7 +592,14 @@ class ChargePointSession:
                     self._answered = False
                     self._connections += 1
                     self.registration.connected(reason=self._connected_reason())
-                    for task in (self._register, self._send_statuses, self._heartbeat, self._ping):
+                    await self._profile_connected()
+                    for task in (
+                        self._register,
+                        self._send_statuses,
+                        self._heartbeat,
+                        self._ping,
+                        self._renew_certificate,
+                    ):
                         nursery.start_soon(self._guard, task, nursery.cancel_scope)
                     await rpc.run()
                     nursery.cancel_scope.cancel()
@@ -484,13 +633,15 @@ class ChargePointSession:
         if self._open_stream is not None:
             run_client = partial(run_client, open_stream=self._open_stream)
         contexts: list[ssl.SSLContext | None] = [None]
-        if self._tls is not None:
-            contexts = list(self._tls.contexts())
+        if self._tls is not None and self.csms_url.startswith("wss"):
+            contexts = list(self._tls.contexts(client_certificate=self._wants_client_certificate()))
+        self._untrusted = False
         with trio.move_on_after(CONNECT_TIMEOUT):
             for index, context in enumerate(contexts):
                 try:
                     ws = await nursery.start(partial(run_client, ssl_context=context))
                 except UntrustedCertificate as exc:
+                    self._untrusted = True
                     self._drop_reason = str(exc)
                     if index + 1 < len(contexts):
                         log.info("%s; trying the replaced CSMS root (the fallback)", exc)
@@ -513,6 +664,7 @@ class ChargePointSession:
 
     _drop_reason: str | None = None
     _reconnecting: str | None = None  # why `reconnect` drops the connection on purpose
+    _untrusted = False  # the last attempt failed on the central system's certificate
 
     async def _guard(self, task: Callable[[], Any], connection: trio.CancelScope) -> None:
         """Run a per-connection task; a broken connection ends the whole connection. So does
@@ -797,6 +949,13 @@ class ChargePointSession:
             ),
             triggered=triggered,
         )
+
+
+def _fallback_info(fallback: Fallback) -> str:
+    return (
+        f"SecurityProfile {fallback.failed} could not connect ({fallback.reason});"
+        f" back to {fallback.restored}"
+    )
 
 
 def _how_closed(reason: CloseReason, *, here: bool | None) -> str:

@@ -1,5 +1,6 @@
 """Transaction messages to the central system: StartTransaction, transaction MeterValues,
-StopTransaction (and SecurityEventNotification, DiagnosticsStatusNotification), persisted, sent
+StopTransaction (and SecurityEventNotification, Diagnostics- and FirmwareStatusNotification),
+persisted, sent
 in order, one in flight, each until it is answered.
 
 Every message is written to the station database (`OutboxStore`) before the state it
@@ -64,7 +65,7 @@ from __future__ import annotations
 import bisect
 import logging
 import math
-from collections.abc import Awaitable, Callable, Iterator, Mapping
+from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
 from typing import Any, Protocol
 
 import attrs
@@ -93,6 +94,7 @@ _CALLS: dict[str, Callable[..., Any]] = {
     "StopTransaction": call.StopTransaction,
     "SecurityEventNotification": call.SecurityEventNotification,
     "DiagnosticsStatusNotification": call.DiagnosticsStatusNotification,
+    "FirmwareStatusNotification": call.FirmwareStatusNotification,
 }
 # A central system without the security extension answers these; it will not change its mind.
 _UNSUPPORTED = {"NotImplemented", "NotSupported"}
@@ -140,6 +142,14 @@ class OutboxStore(Protocol):
     async def message_failed(self, seq: int, attempts: int, parked: bool) -> None: ...
 
     async def unpark_messages(self) -> None: ...
+
+    async def firmware_step(
+        self,
+        plan: Any,
+        messages: Sequence[tuple[str, Mapping[str, Any]]] = (),
+        *,
+        version: str | None = None,
+    ) -> list[int]: ...
 
 
 @attrs.define(eq=False)
@@ -575,6 +585,41 @@ class TransactionOutbox:
         payload: dict[str, Any] = {"status": status}
         seq = await self._store.queue_message("DiagnosticsStatusNotification", None, payload)
         self._append(_Message(seq, "DiagnosticsStatusNotification", None, payload, None))
+
+    async def firmware_status(self, status: str) -> None:
+        """FirmwareStatusNotification (UpdateFirmware's progress), queued like the others."""
+        await self.firmware_step(None, status, keep_plan=True)
+
+    async def firmware_step(
+        self,
+        plan: Any,
+        status: str | None,
+        *,
+        keep_plan: bool = False,
+        version: str | None = None,
+        security_event: tuple[str, str, str | None] | None = None,
+    ) -> None:
+        """UpdateFirmware's plan (the storage layer's row; None: deleted) written in the same
+        database write as the FirmwareStatusNotification `status` that tells its change (and
+        a SecurityEventNotification (type, timestamp, techInfo); and the installed `version`):
+        a restart at any point neither loses nor repeats a step. `keep_plan`: the status
+        alone, the plan as it is."""
+        messages: list[tuple[str, dict[str, Any]]] = []
+        if status is not None:
+            messages.append(("FirmwareStatusNotification", {"status": status}))
+        if security_event is not None:
+            kind, timestamp, tech_info = security_event
+            payload = {"type": kind, "timestamp": timestamp, "tech_info": tech_info}
+            messages.append(("SecurityEventNotification", payload))
+        if keep_plan:
+            seqs = [
+                await self._store.queue_message(action, None, payload)
+                for action, payload in messages
+            ]
+        else:
+            seqs = await self._store.firmware_step(plan, messages, version=version)
+        for seq, (action, payload) in zip(seqs, messages, strict=True):
+            self._append(_Message(seq, action, None, payload, None))
 
     def _append(self, message: _Message) -> None:
         # In seq order: two writes resume their tasks in either order.

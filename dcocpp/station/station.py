@@ -62,17 +62,22 @@ from dcocpp.hardware.registercheck import JITTER_S, RESOLUTION_WH
 from dcocpp.ocpp import transport
 from dcocpp.ocpp.authcache import AuthorizationCache
 from dcocpp.ocpp.authorization import Authorizer
+from dcocpp.ocpp.certificates.chargepoint import ChargePointCertificates
 from dcocpp.ocpp.certificates.store import CertificateStore
 from dcocpp.ocpp.certificates.tls import CentralSystemTrust, client_context
 from dcocpp.ocpp.configuration import ConfigurationStore
 from dcocpp.ocpp.control import ConnectorStatus
 from dcocpp.ocpp.diagnostics import DiagnosticsService, UploadState
+from dcocpp.ocpp.firmware import FirmwarePlan, FirmwareService, FirmwareState, InstallHook
 from dcocpp.ocpp.locallist import LocalAuthorizationList
+from dcocpp.ocpp.securityprofile import STATE_FILE as SECURITY_PROFILE_FILE
+from dcocpp.ocpp.securityprofile import SecurityProfiles
 from dcocpp.ocpp.services import Identity
 from dcocpp.ocpp.session import ChargePointSession
 from dcocpp.ocpp.smartcharging.service import ChargingContext, ChargingProfiles
 from dcocpp.ocpp.traffic import LinkTraffic
 from dcocpp.ocpp.transactions import TransactionOutbox
+from dcocpp.ocpp.transfer import SUPPORTED_PROTOCOLS
 from dcocpp.station import history
 from dcocpp.station.limits import LimitEnforcer
 from dcocpp.station.reservations import ReservationBook
@@ -82,6 +87,8 @@ from dcocpp.storage.database import SCHEMA_VERSION, StorageError
 log = logging.getLogger(__name__)
 
 USER_CONFIG_NAME = "ocpp16-user-config.json"
+# Where UpdateFirmware's downloads go, in the data directory.
+FIRMWARE_DIR = "firmware"
 # The certificate store, in the data directory (`certificates.store`).
 CERTIFICATES = "certificates"
 # The charge point's TLS client certificate (PEM, intermediates after it) and its private key
@@ -125,15 +132,28 @@ class HardReset(Exception):
     """The central system asked for a hard reset: the process must exit and be restarted."""
 
 
-def client_ssl_context(config: ChargerConfig, trusted_pem: str = "") -> tuple[ssl.SSLContext, bool]:
+def client_ssl_context(
+    config: ChargerConfig,
+    trusted_pem: str = "",
+    present: bool = True,
+    charge_point: ChargePointCertificates | None = None,
+) -> tuple[ssl.SSLContext, bool]:
     """TLS for wss:// trusting the installed CSMS roots `trusted_pem` and security.csmsCaBundle
     (`certificates.tls.client_context`: TLS 1.2 or newer), and whether it presents a client
-    certificate: `CLIENT_CERTIFICATE` in security.clientCertDir with `CLIENT_KEY` in
-    security.keyDir, when both are there. A pair that cannot be used is logged and not
-    presented: the charger runs on, and a central system that wants one says so when it
-    refuses the connection."""
+    certificate. With `present`, it does: the charge point certificate of the store
+    (`charge_point`) while it is valid, else `CLIENT_CERTIFICATE` in security.clientCertDir
+    with `CLIENT_KEY` in security.keyDir, when both are there (the initial certificate, and
+    the fallback). A pair that cannot be used is logged and not presented: the charger runs
+    on, and a central system that wants one says so when it refuses the connection."""
     security = config.security
     context = client_context(trusted_pem=trusted_pem, ca_bundle=security.csms_ca_bundle)
+    if not present:
+        return context, False
+    if charge_point is not None and charge_point.valid_now():
+        current = charge_point.current
+        assert current is not None
+        if _load_pair(context, current.path, current.key_path):
+            return context, True
     cert = security.client_cert_dir / CLIENT_CERTIFICATE
     key = security.key_dir / CLIENT_KEY
     found = [path for path in (cert, key) if path.is_file()]
@@ -143,18 +163,26 @@ def client_ssl_context(config: ChargerConfig, trusted_pem: str = "") -> tuple[ss
         missing = key if found[0] == cert else cert
         log.warning("no TLS client certificate presented: %s is missing", missing)
         return context, False
+    return context, _load_pair(context, cert, key)
+
+
+def _load_pair(context: ssl.SSLContext, cert: Path, key: Path) -> bool:
     try:
         # Never OpenSSL's own prompt on the terminal for an encrypted key.
         context.load_cert_chain(cert, key, password=_no_key_password)
     except (OSError, ssl.SSLError) as exc:
         log.error("no TLS client certificate presented: %s with %s: %s", cert, key, exc)
-        return context, False
+        return False
     log.info("TLS client certificate: %s", cert)
-    return context, True
+    return True
 
 
 def _no_key_password() -> bytes:
     raise ssl.SSLError("the key is encrypted; it must not be (protect it by its directory)")
+
+
+def _int_or_none(text: str | None) -> int | None:
+    return None if text is None else int(text)
 
 
 def load_configuration_store(config: ChargerConfig) -> ConfigurationStore:
@@ -165,6 +193,8 @@ def load_configuration_store(config: ChargerConfig) -> ConfigurationStore:
             "ChargePointId": config.charge_point.id,
             "CentralSystemURI": config.charge_point.central_system_uri,
             "NumberOfConnectors": len(config.connectors),
+            # What the file transfer service really speaks.
+            "SupportedFileTransferProtocols": ",".join(SUPPORTED_PROTOCOLS),
         },
         measurable=MEASURANDS,
     )
@@ -215,6 +245,7 @@ class Station:
         self.store: ConfigurationStore | None = None
         self.outbox: TransactionOutbox | None = None
         self.diagnostics: DiagnosticsService | None = None  # GetDiagnostics', per boot
+        self.firmware: FirmwareService | None = None  # UpdateFirmware's, per boot
         self._db: AsyncDatabase | None = None
         self.connectors: dict[int, ConnectorTask] = {}
         self.limits: LimitEnforcer | None = None  # smart charging's enforcement, per boot
@@ -279,10 +310,20 @@ class Station:
             cp = config.charge_point
             certificates = CertificateStore(config.data_dir / CERTIFICATES, clock=self.clock.now)
             certificates.load()
-            tls = (
-                CentralSystemTrust(certificates, partial(client_ssl_context, config))
-                if cp.central_system_uri.startswith("wss")
-                else None
+            charge_point_certificates = ChargePointCertificates(
+                certificates,
+                charge_point_id=cp.id,
+                clock=self.clock.now,
+                organization=lambda: store.get("CpoName"),
+                max_chain_size=lambda: _int_or_none(store.get("CertificateSignedMaxChainSize")),
+            )
+            charge_point_certificates.load()
+            # Built for ws:// too: a higher SecurityProfile may turn the connection into wss://.
+            tls = CentralSystemTrust(
+                certificates,
+                partial(client_ssl_context, config, charge_point=charge_point_certificates),
+                ca_bundle=config.security.csms_ca_bundle,
+                charge_point=charge_point_certificates,
             )
             charging_profiles = ChargingProfiles(
                 store,
@@ -307,8 +348,25 @@ class Station:
                 ca_bundle=config.security.csms_ca_bundle,
                 clock=self.clock.now,
             )
+            # The version an install recorded replaces charger.json's.
+            running = await db.firmware_version() or cp.firmware_version
+            install = config.firmware
+            self.firmware = firmware = FirmwareService(
+                self,
+                config.data_dir / FIRMWARE_DIR,
+                version=running,
+                hook=(
+                    None
+                    if install.install_command is None
+                    else InstallHook(install.install_command, install.install_timeout)
+                ),
+                ca_bundle=config.security.csms_ca_bundle,
+                clock=self.clock.now,
+            )
+            security_profiles = SecurityProfiles(config.data_dir / SECURITY_PROFILE_FILE)
+            security_profiles.load()
             self.session = session = ChargePointSession(
-                Identity(cp.id, cp.vendor, cp.model, cp.firmware_version, cp.serial_number),
+                Identity(cp.id, cp.vendor, cp.model, running, cp.serial_number),
                 cp.central_system_uri,
                 store,
                 self,
@@ -316,8 +374,11 @@ class Station:
                 local_list=local_list,
                 charging_profiles=charging_profiles,
                 diagnostics=diagnostics,
+                firmware=firmware,
                 tls=tls,
                 certificates=certificates,
+                charge_point_certificates=charge_point_certificates,
+                security_profiles=security_profiles,
                 security_events=self._security_event,
                 open_stream=self._open_stream,
                 clock=self.clock.now,
@@ -330,9 +391,14 @@ class Station:
             # the register of a meter that kept counting through it (a PLC's) where there is one.
             recovered = await outbox.recover(now, self._surviving_registers(), self._max_rise())
             cut_off = {tx.connector_id for tx in recovered}
+            # Installed / InstallationFailed of an update the last run ended, before the session.
+            plan = await db.firmware_plan()
+            after_update = await firmware.recover(
+                None if plan is None else FirmwarePlan.from_row(plan)
+            )
             if self._first_boot:
                 self._first_boot = False
-                await outbox.security_event("StartupOfTheDevice", now)
+                await outbox.security_event("StartupOfTheDevice", now, after_update)
             self.reservations = reservations = ReservationBook(
                 db, store, self.clock, lambda: self.connectors, lambda: self._operative0
             )
@@ -378,6 +444,7 @@ class Station:
                     await nursery.start(limits.run)
                     await nursery.start(outbox.run)
                     await nursery.start(diagnostics.run)
+                    await nursery.start(firmware.run)
                     await nursery.start(session.run)
                     log.info(
                         "station %s up: %d connectors, central system %s",
@@ -522,11 +589,16 @@ class Station:
         self._boot_nursery.start_soon(self._reset_now, kind, stopped)
         await stopped.wait()
 
-    async def _reset_now(self, kind: ResetType, stopped: trio.Event) -> None:
-        log.warning("%s reset requested by the central system", kind.value.lower())
+    async def _reset_now(
+        self, kind: ResetType, stopped: trio.Event, cause: str | None = None
+    ) -> None:
+        if cause is None:
+            log.warning("%s reset requested by the central system", kind.value.lower())
         if self.outbox is not None:
             await self.outbox.security_event(
-                "ResetOrReboot", ocpp_time(self.clock.now()), f"{kind.value} reset by the CSMS"
+                "ResetOrReboot",
+                ocpp_time(self.clock.now()),
+                cause or f"{kind.value} reset by the CSMS",
             )
         window = self._flush_window()
         await self._stop_transactions(_RESET_REASONS[kind])
@@ -678,6 +750,47 @@ class Station:
         assert self.limits is not None
         return self.limits.context(connector_id)
 
+    # --- FirmwareHost (for UpdateFirmware) ---------------------------------------------------
+
+    async def record_firmware(
+        self,
+        plan: FirmwarePlan | None,
+        status: FirmwareState | None,
+        *,
+        version: str | None = None,
+        security_event: tuple[str, str, str | None] | None = None,
+    ) -> None:
+        assert self.outbox is not None
+        await self.outbox.firmware_step(
+            None if plan is None else plan.row(),
+            None if status is None else status.value,
+            version=version,
+            security_event=security_event,
+        )
+
+    async def hold_for_firmware(self, held: bool) -> None:
+        log.info(
+            "guns %s for the firmware install",
+            "held (Unavailable once free, no new transaction)" if held else "released",
+        )
+        for task in self.connectors.values():
+            await task.ask(events.MaintenanceHold(held))
+
+    async def wait_no_transaction(self) -> None:
+        for task in self.connectors.values():
+            await task.wait_truth(lambda truth: truth.transaction is None)
+            await task.wait_settled()  # its StopTransaction is in the outbox
+
+    async def reboot_for_firmware(self) -> None:
+        """The hard-reset path, in the boot's nursery (it cancels the boot, the caller too)."""
+        if self._boot_nursery is None:
+            return
+        stopped = trio.Event()
+        self._boot_nursery.start_soon(
+            self._reset_now, ResetType.hard, stopped, "reboot into the installed firmware"
+        )
+        await stopped.wait()
+
     # --- DiagnosticsSource (for GetDiagnostics) ----------------------------------------------
 
     async def _security_event(self, kind: str, tech_info: str | None) -> None:
@@ -735,11 +848,26 @@ class Station:
                 },
                 # The hardware's own counters (the PLC backend's CAN frames and errors).
                 "hardware": dict(self.hardware.counters()),
+                # The security profile in use, the one the central system set (on trial
+                # until a connection opens with it) and the latest fallback from one that
+                # could not connect.
+                "security": self._security_snapshot(),
                 # GetDiagnostics: the status and the upload in progress (or the last one).
                 "diagnostics": (
                     self.diagnostics.snapshot()
                     if self.diagnostics
                     else {"status": "Idle", "upload": None}
+                ),
+                # UpdateFirmware: the last status told, the running version, the update under
+                # way (or the last one).
+                "firmware": (
+                    self.firmware.snapshot()
+                    if self.firmware
+                    else {
+                        "status": "Idle",
+                        "version": self.config.charge_point.firmware_version,
+                        "update": None,
+                    }
                 ),
             },
             "connectors": [
@@ -748,6 +876,24 @@ class Station:
             ],
         }
         return self._console_details(snapshot)
+
+    def _security_snapshot(self) -> dict[str, Any] | None:
+        session = self.session
+        if session is None:
+            return None
+        profiles = session.security_profiles
+        fallback = profiles.last_fallback
+        certificates = session.charge_point_certificates
+        current = certificates.current if certificates is not None else None
+        return {
+            "securityProfile": session.security_profile_in_use(),
+            "configuredProfile": profiles.profile,
+            "onTrial": profiles.on_trial,
+            "lastFallback": None if fallback is None else attrs.asdict(fallback),
+            "chargePointCertificateValidTo": (
+                None if current is None else ocpp_time(current.certificate.not_valid_after_utc)
+            ),
+        }
 
     def _current_limit(self, connector_id: int) -> float | None:
         """The current limit smart charging gave the gun's hardware (None: not yet)."""

@@ -28,7 +28,7 @@ SQLite transaction).
 from __future__ import annotations
 
 import functools
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Protocol, TypeVar
 
@@ -36,6 +36,7 @@ import trio
 
 from dcocpp.storage.database import (
     Database,
+    FirmwarePlanRow,
     QueuedMessage,
     ReservationRow,
     SessionRow,
@@ -216,3 +217,22 @@ class AsyncDatabase:
 
     async def delete_reservations(self, reservation_ids: Iterable[int]) -> None:
         await self._run(functools.partial(self._db.delete_reservations, list(reservation_ids)))
+
+    # --- firmware ----------------------------------------------------------------------------
+
+    async def firmware_plan(self) -> FirmwarePlanRow | None:
+        return await self._run(self._db.firmware_plan)
+
+    async def firmware_version(self) -> str | None:
+        return await self._run(self._db.firmware_version)
+
+    async def firmware_step(
+        self,
+        plan: FirmwarePlanRow | None,
+        messages: Sequence[tuple[str, Mapping[str, Any]]] = (),
+        *,
+        version: str | None = None,
+    ) -> list[int]:
+        return await self._run(
+            functools.partial(self._db.firmware_step, plan, list(messages), version=version)
+        )

@@ -165,6 +165,27 @@ MIGRATIONS: list[list[str]] = [
            )""",
     ],
     [
+        # UpdateFirmware's plan, from the request until the installed firmware's first boot
+        # told the central system (one row): where from (with its credentials: the data
+        # directory is private), when, how many attempts and how far, and its phase.
+        """CREATE TABLE firmware_plan (
+               id               INTEGER PRIMARY KEY CHECK (id = 0),
+               location         TEXT NOT NULL,
+               retrieve_date    TEXT NOT NULL,
+               attempts         INTEGER NOT NULL,
+               retry_interval   INTEGER NOT NULL,
+               attempt          INTEGER NOT NULL,
+               phase            TEXT NOT NULL,
+               expected_version TEXT,
+               file_name        TEXT NOT NULL
+           )""",
+        # The firmware version an install recorded (one row; none: charger.json's).
+        """CREATE TABLE firmware_version (
+               id      INTEGER PRIMARY KEY CHECK (id = 0),
+               version TEXT NOT NULL
+           )""",
+    ],
+    [
         # The session history the operator looks back on (the console, GET /api/transactions):
         # a transaction's row leaves `transactions` once its last message is delivered; this
         # one stays, with what it billed, until HISTORY_KEPT newer ones push it out. local_id
@@ -289,6 +310,23 @@ class ReservationRow:
     id_tag: str
     parent_id_tag: str | None
     expiry_date: str  # OCPP dateTime, UTC
+
+
+@attrs.frozen
+class FirmwarePlanRow:
+    """UpdateFirmware's plan as stored (see the `firmware_plan` table)."""
+
+    location: str
+    retrieve_date: str  # OCPP dateTime, UTC
+    attempts: int
+    retry_interval: int
+    attempt: int  # the attempt under way or next (0: none begun)
+    phase: str
+    expected_version: str | None
+    file_name: str
+
+
+_FIRMWARE_PHASES = frozenset({"scheduled", "downloading", "downloaded", "installing", "installed"})
 
 
 @attrs.frozen
@@ -1076,6 +1114,69 @@ class Database:
             ],
         )
 
+    # --- firmware -------------------------------------------------------------------------------
+    # UpdateFirmware's plan and the version an install recorded. Every change of the plan's
+    # phase is written with the status notification that tells it (`firmware_step`): a
+    # restart at any point neither loses nor repeats one.
+
+    def firmware_plan(self) -> FirmwarePlanRow | None:
+        """The plan, None when there is none (or the stored one cannot be read: dropped)."""
+        rows = self._read(
+            "cannot read the firmware plan",
+            "firmware_plan",
+            "id",
+            lambda row: FirmwarePlanRow(
+                columns.text("location", row["location"]),
+                columns.timestamp("retrieve_date", row["retrieve_date"]),
+                _positive("attempts", row["attempts"]),
+                columns.integer("retry_interval", row["retry_interval"]),
+                columns.integer("attempt", row["attempt"]),
+                _firmware_phase(row["phase"]),
+                columns.optional_text("expected_version", row["expected_version"]),
+                _file_name(row["file_name"]),
+            ),
+            "the firmware update is forgotten",
+        )
+        return rows[0] if rows else None
+
+    def firmware_version(self) -> str | None:
+        """The firmware version the last install recorded (None: none did)."""
+        rows = self._read(
+            "cannot read the firmware version",
+            "firmware_version",
+            "id",
+            lambda row: _version_text(row["version"]),
+            "the configured firmwareVersion is reported",
+        )
+        return rows[0] if rows else None
+
+    def firmware_step(
+        self,
+        plan: FirmwarePlanRow | None,
+        messages: Sequence[tuple[str, Mapping[str, Any]]] = (),
+        *,
+        version: str | None = None,
+    ) -> list[int]:
+        """In one write: the plan (None: deleted), the installed `version` when given, and
+        `messages` appended to the outbox. Returns the messages' seqs."""
+        with self._writing("cannot store the firmware update"):
+            self._db.execute("DELETE FROM firmware_plan")
+            if plan is not None:
+                self._db.execute(
+                    "INSERT INTO firmware_plan (id, location, retrieve_date, attempts,"
+                    " retry_interval, attempt, phase, expected_version, file_name)"
+                    " VALUES (0, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    attrs.astuple(plan),
+                )
+            if version is not None:
+                self._db.execute(
+                    "INSERT OR REPLACE INTO firmware_version (id, version) VALUES (0, ?)",
+                    (version,),
+                )
+            return [
+                self._insert_message(action, None, payload, None) for action, payload in messages
+            ]
+
     # --- reading ------------------------------------------------------------------------------
 
     def _read(
@@ -1207,6 +1308,34 @@ def _checked(check: Callable[[str, Any], T], column: str, value: Any) -> tuple[T
         return check(column, value), ""
     except Unreadable as exc:
         return None, str(exc)
+
+
+def _positive(column: str, value: Any) -> int:
+    if columns.integer(column, value) < 1:
+        raise Unreadable(f"{column} {shown(value)} is not 1 or more")
+    return int(value)
+
+
+def _firmware_phase(value: Any) -> str:
+    phase = columns.text("phase", value)
+    if phase not in _FIRMWARE_PHASES:
+        raise Unreadable(f"phase {shown(value)} is none of {', '.join(sorted(_FIRMWARE_PHASES))}")
+    return phase
+
+
+def _file_name(value: Any) -> str:
+    """A plain file name: the plan's file lives in the data directory's firmware folder."""
+    name = columns.text("file_name", value)
+    if not name or "/" in name or "\\" in name or name in (".", ".."):
+        raise Unreadable(f"file_name {shown(value)} is not a file name")
+    return name
+
+
+def _version_text(value: Any) -> str:
+    version = columns.text("version", value)
+    if not 1 <= len(version) <= 50:
+        raise Unreadable(f"version {shown(value)} is not 1 to 50 characters")
+    return version
 
 
 def _meter_reading(column: str, value: Any) -> int:

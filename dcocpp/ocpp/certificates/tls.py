@@ -10,7 +10,8 @@ AdditionalRootCertificateCheck): `VERIFY_X509_PARTIAL_CHAIN`. Certificates are c
 it issued the Authority Key Identifier), as Python 3.13's default context does, so a charger
 behaves alike on every Python. The host name is checked against the subjectAltName, or, where
 a certificate has none (OCPP's certificate profile puts the identity in the CN), against the
-CN: `hostname_checks_common_name`.
+CN: `hostname_checks_common_name`. The client certificate (security profile 3) is the charge
+point certificate, when one is presented at all: the caller says whether.
 """
 
 from __future__ import annotations
@@ -20,15 +21,16 @@ import ssl
 from collections.abc import Callable
 from pathlib import Path
 
+from dcocpp.ocpp.certificates.chargepoint import ChargePointCertificates
 from dcocpp.ocpp.certificates.store import CertificateStore, Installed, RootKind
 
 __all__ = ["CentralSystemTrust", "client_context"]
 
 log = logging.getLogger(__name__)
 
-# Given the PEM of the roots to trust (may be empty): a client context, and whether it
-# presents a client certificate.
-BuildContext = Callable[[str], tuple[ssl.SSLContext, bool]]
+# Given the PEM of the roots to trust (may be empty) and whether to present a client
+# certificate: a client context, and whether it presents one.
+BuildContext = Callable[[str, bool], tuple[ssl.SSLContext, bool]]
 
 
 def client_context(*, trusted_pem: str, ca_bundle: Path | None) -> ssl.SSLContext:
@@ -48,18 +50,34 @@ class CentralSystemTrust:
     the fallback, one trusting that instead. A connection that verifies with the first drops
     the fallback (`verified`)."""
 
-    def __init__(self, store: CertificateStore | None, build: BuildContext):
+    def __init__(
+        self,
+        store: CertificateStore | None,
+        build: BuildContext,
+        *,
+        ca_bundle: Path | None = None,
+        charge_point: ChargePointCertificates | None = None,
+    ):
         self._store = store
         self._build = build
-        self._built: tuple[int, list[ssl.SSLContext], bool] | None = None
+        self._ca_bundle = ca_bundle
+        self._charge_point = charge_point
+        self._built: dict[bool, tuple[tuple[int, int], list[ssl.SSLContext], bool]] = {}
 
-    def contexts(self) -> list[ssl.SSLContext]:
-        return self._current()[1]
+    def contexts(self, *, client_certificate: bool = True) -> list[ssl.SSLContext]:
+        """The contexts to try in turn; with `client_certificate`, presenting one if there
+        is one."""
+        return self._current(client_certificate)[1]
 
-    @property
-    def client_certificate(self) -> bool:
+    def client_certificate(self, wanted: bool = True) -> bool:
         """Whether the contexts present a client certificate (security profile 3)."""
-        return self._current()[2]
+        return self._current(wanted)[2]
+
+    def has_roots(self) -> bool:
+        """Whether anything but the system's CAs is trusted: an installed CSMS root, or the
+        configured CA bundle."""
+        bundle = self._ca_bundle is not None and self._ca_bundle.is_file()
+        return bool(self._roots()) or bundle
 
     def verified(self, index: int) -> None:
         """The connection verified with `contexts()[index]`."""
@@ -74,17 +92,21 @@ class CentralSystemTrust:
                 " replaced: it stays trusted as the fallback"
             )
 
-    def _current(self) -> tuple[int, list[ssl.SSLContext], bool]:
-        generation = self._store.generation if self._store is not None else 0
-        if self._built is None or self._built[0] != generation:
+    def _current(self, wanted: bool) -> tuple[tuple[int, int], list[ssl.SSLContext], bool]:
+        generation = (
+            self._store.generation if self._store is not None else 0,
+            self._charge_point.generation if self._charge_point is not None else 0,
+        )
+        built = self._built.get(wanted)
+        if built is None or built[0] != generation:
             roots = self._roots()
-            context, presented = self._build(_pem(roots))
+            context, presented = self._build(_pem(roots), wanted)
             contexts = [context]
             fallback = self._store.fallback if self._store is not None else None
             if fallback is not None:
-                contexts.append(self._build(fallback.pem)[0])
-            self._built = (generation, contexts, presented)
-        return self._built
+                contexts.append(self._build(fallback.pem, wanted)[0])
+            self._built[wanted] = built = (generation, contexts, presented)
+        return built
 
     def _roots(self) -> list[Installed]:
         return self._store.installed(RootKind.CENTRAL_SYSTEM) if self._store is not None else []

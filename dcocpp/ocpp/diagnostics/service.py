@@ -98,6 +98,13 @@ class DiagnosticsService:
             task_status.started()
             await trio.sleep_forever()
 
+    @property
+    def current(self) -> UploadState:
+        """What a triggered DiagnosticsStatusNotification says (OCPP 1.6 4.4): Uploading
+        while an upload runs (also between its attempts), else Idle, whatever the last one
+        ended with (`state`, which the operator sees)."""
+        return UploadState.UPLOADING if self._running is not None else UploadState.IDLE
+
     async def request(
         self,
         location: str,
