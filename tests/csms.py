@@ -315,6 +315,11 @@ class FakeCsms:
         self._record("DiagnosticsStatusNotification", payload)
         return call_result.DiagnosticsStatusNotification()
 
+    @_handles(Action.log_status_notification)
+    def on_log_status(self, **payload: Any) -> Any:
+        self._record("LogStatusNotification", payload)
+        return call_result.LogStatusNotification()
+
     @_handles(Action.firmware_status_notification)
     def on_firmware_status(self, **payload: Any) -> Any:
         self._record("FirmwareStatusNotification", payload)

@@ -6,7 +6,8 @@ multipart/form-data POSTs in `received`, records every request it read in `reque
 misbehaves on demand: `cut_after` (the next GET answer stops after that many bytes of its body
 and the connection drops), `claimed_size` (the next GET answer announces a file of that size,
 then drops), `silent` (requests are read, never answered), `refuse_put`,
-`refuse_post` (405 to every PUT, POST), `credentials` (Basic auth required).
+`refuse_post` (`refusal`, 405 unless set, to every PUT, POST), `credentials` (Basic auth
+required).
 """
 
 from __future__ import annotations
@@ -49,6 +50,7 @@ class FileServer:
     silent: bool = False
     refuse_put: bool = False
     refuse_post: bool = False
+    refusal: int = 405  # the status of a refused PUT or POST
     claimed_size: int | None = None  # the next GET announces this size, sends nothing, drops
     # Set when the client closed a connection that a silent server held.
     hung_up: trio.Event = attrs.Factory(trio.Event)
@@ -121,7 +123,7 @@ class FileServer:
             return await self._get(stream, connection, seen)
         if seen.method == "PUT":
             if self.refuse_put:
-                await _send(stream, connection, 405, b"", [("Allow", "GET, POST")])
+                await _send(stream, connection, self.refusal, b"", [("Allow", "GET, POST")])
             else:
                 self.received[seen.path] = seen.body
                 await _send(stream, connection, 201, b"")
@@ -131,7 +133,7 @@ class FileServer:
                 self.received[seen.path.rstrip("/") + "/" + name] = content
             await _send(stream, connection, 201, b"")
             return True
-        await _send(stream, connection, 405, b"")
+        await _send(stream, connection, self.refusal if self.refuse_post else 405, b"")
         return True
 
     async def _get(self, stream: trio.abc.Stream, connection: h11.Connection, seen: Seen) -> bool:

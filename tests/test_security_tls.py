@@ -137,6 +137,7 @@ async def test_tc_086_a_server_below_tls_1_2_fails_at_once_with_the_tls_error(
         for reason in ("TLSV1_ALERT_PROTOCOL_VERSION", "UNSUPPORTED_PROTOCOL")
     ), str(info.value)
     assert not isinstance(info.value, UntrustedCertificate)
+    assert info.value.security_event == "InvalidTLSVersion"  # for the security log
 
 
 @pytest.mark.tc("TC_086")
@@ -150,6 +151,19 @@ async def test_tc_086_tls_1_2_and_1_3_are_accepted(nursery: trio.Nursery) -> Non
 
 
 # --- the station ------------------------------------------------------------------------------
+
+
+async def install_csms_root(config: ChargerConfig, root: Issued) -> None:
+    """Install `root` as a CentralSystemRootCertificate over ws://, as the central system
+    does before it moves a charger to wss://."""
+    async with running_station(config) as h:
+        await h.booted()
+        result = await h.csms_call(
+            call.InstallCertificate(
+                certificate_type="CentralSystemRootCertificate", certificate=root.pem
+            )
+        )
+        assert result.status == "Accepted"
 
 
 def over_wss(config: ChargerConfig, tmp_path: Path, **keys: Any) -> ChargerConfig:
@@ -177,14 +191,7 @@ async def test_a_csms_root_installed_over_ocpp_is_what_wss_trusts(
     intermediate = issue("CSMS Issuing CA", root)
     server = issue(HOST, intermediate, ca=False)
     config = charger_config(tmp_path)
-    async with running_station(config) as h:
-        await h.booted()
-        result = await h.csms_call(
-            call.InstallCertificate(
-                certificate_type="CentralSystemRootCertificate", certificate=root.pem
-            )
-        )
-        assert result.status == "Accepted"
+    await install_csms_root(config, root)
     tls = server.server_context(chain=[intermediate])
     async with running_station(over_wss(config, tmp_path), tls=tls) as h:
         await h.booted()

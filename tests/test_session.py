@@ -429,7 +429,17 @@ async def test_unimplemented_and_unknown_actions_answer_callerror(
 ) -> None:
     async with running_station(charger_config(tmp_path)) as h:
         with pytest.raises(CallError) as info:
-            await h.csms_call(call.ExtendedTriggerMessage(requested_message="Heartbeat"))
+            await h.csms_call(
+                call.SignedUpdateFirmware(
+                    request_id=1,
+                    firmware={
+                        "location": "https://x/fw.bin",
+                        "retrieve_date_time": "2026-01-01T00:00:00Z",
+                        "signing_certificate": "-",
+                        "signature": "-",
+                    },
+                )
+            )
         assert info.value.code == "NotImplemented"
         rpc = await h.csms.wait_connected()
         rpc._validate = False  # let the fake CSMS send an action OCPP 1.6 does not know

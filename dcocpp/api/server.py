@@ -134,7 +134,11 @@ class StationView(Protocol):
                              "attempts": int, "attempt": int,  # attempt n of m
                              "bytes_done": int, "bytes_total": int | None,
                              "next_attempt_at": str | None,  # OCPP dateTime, between attempts
-                             "error": str | None}},  # the last attempt's failure
+                             "error": str | None,  # the last attempt's failure
+                             "refusal": str | None,  # what it meant: PermissionDenied, ...
+                             "request_id": int | None}},  # GetLog's requestId
+                         # GetLog: the same for the log upload of this boot
+                         "logs": {"status": str, "upload": None | {...}},
                          # UpdateFirmware: the last FirmwareStatusNotification status told,
                          # the running firmware, the update under way (or the last one)
                          "firmware": {"status": str, "version": str, "update": None | {

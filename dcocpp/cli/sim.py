@@ -263,12 +263,13 @@ _COLUMNS = (
 )
 
 
-def _diagnostics_line(status: str, upload: dict[str, Any]) -> str:
-    """The last GetDiagnostics upload: what, where, how far, which attempt, when the next."""
+def _upload_line(what: str, status: str, upload: dict[str, Any]) -> str:
+    """The last GetDiagnostics (GetLog) upload: what, where, how far, which attempt, when the
+    next."""
     total = upload["bytes_total"]
     size = f"{upload['bytes_done']}/{total if total is not None else '?'} bytes"
     line = (
-        f"diagnostics {upload['file_name']} to {upload['location']}: {status}, {size}, "
+        f"{what} {upload['file_name']} to {upload['location']}: {status}, {size}, "
         f"attempt {upload['attempt']} of {upload['attempts']}"
     )
     if upload["next_attempt_at"] and status == "Uploading":
@@ -318,9 +319,10 @@ def format_status(snapshot: dict[str, Any]) -> str:
             f"last connection failure {failure['at']} ({failure['attempts']} failure(s) since "
             f"{failure['since']}), {failure['url']}: {failure['reason']}"
         )
-    diagnostics = (cp.get("diagnostics") or {}).get("upload")
-    if diagnostics:
-        lines.append(_diagnostics_line(cp["diagnostics"]["status"], diagnostics))
+    for key, what in (("diagnostics", "diagnostics"), ("logs", "log")):
+        upload = (cp.get(key) or {}).get("upload")
+        if upload:
+            lines.append(_upload_line(what, cp[key]["status"], upload))
     if cp.get("firmware"):
         lines.append(_firmware_line(cp["firmware"]))
     counters = cp.get("hardware") or {}

@@ -10,12 +10,20 @@ class OcppError(Exception):
 
 
 class TransportError(OcppError):
-    """The WebSocket to the peer could not be opened (refused, TLS, HTTP reject, subprotocol)."""
+    """The WebSocket to the peer could not be opened (refused, TLS, HTTP reject, subprotocol).
+    `security_event`: the security whitepaper's event this failure is, if any."""
+
+    def __init__(self, message: str, *, security_event: str | None = None):
+        super().__init__(message)
+        self.security_event = security_event
 
 
 class UntrustedCertificate(TransportError):
     """The central system's TLS certificate does not verify against what the charger trusts
     (or does not name the host connected to)."""
+
+    def __init__(self, message: str):
+        super().__init__(message, security_event="InvalidCentralSystemCertificate")
 
 
 class ConnectionLost(OcppError):

@@ -1,6 +1,7 @@
 """Handlers of the central system's Core, RemoteTrigger, LocalAuthListManagement and
-Reservation CALLs that need no transaction, and FirmwareManagement's GetDiagnostics and
-UpdateFirmware (on `diagnostics.service` and `firmware.service`).
+Reservation CALLs that need no transaction, FirmwareManagement's GetDiagnostics and
+UpdateFirmware (on `diagnostics.service` and `firmware.service`), and the security whitepaper's
+ExtendedTriggerMessage (it shares TriggerMessage's code).
 
 Each `@on` handler answers from state it can read at once; anything the CALLRESULT must precede
 (the triggered message, the reset) runs in the matching `@after` hook, which the RPC layer runs
@@ -33,6 +34,7 @@ from ocpp.v16.enums import (
     UnlockStatus,
     UpdateStatus,
     UpdateType,
+    UploadLogStatus,
 )
 
 from dcocpp.clock import parse_ocpp_time
@@ -44,6 +46,7 @@ from dcocpp.ocpp.registration import Registration
 from dcocpp.ocpp.securityhandlers import SecurityHandlers
 from dcocpp.ocpp.smartcharging.handlers import SmartChargingHandlers
 from dcocpp.ocpp.smartcharging.profiles import ProfileError
+from dcocpp.ocpp.timewindow import time_window
 
 if TYPE_CHECKING:
     from dcocpp.ocpp.services import SessionServices
@@ -62,6 +65,18 @@ _TRIGGERABLE = frozenset(
         MessageTrigger.diagnostics_status_notification,
         MessageTrigger.firmware_status_notification,
         MessageTrigger.meter_values,
+    }
+)
+# ExtendedTriggerMessage's own list (the security whitepaper): no DiagnosticsStatusNotification.
+_EXTENDED_TRIGGERABLE = frozenset(
+    {
+        MessageTrigger.boot_notification,
+        MessageTrigger.heartbeat,
+        MessageTrigger.status_notification,
+        MessageTrigger.firmware_status_notification,
+        MessageTrigger.meter_values,
+        MessageTrigger.log_status_notification,
+        MessageTrigger.sign_charge_point_certificate,
     }
 )
 
@@ -112,11 +127,14 @@ class CoreHandlers(SmartChargingHandlers, SecurityHandlers):
         return call_result.ChangeConfiguration(status=self.session.store.change(key, value))
 
     @after(Action.change_configuration)
-    def after_change_configuration(self, key: str, value: str, **_: Any) -> None:
+    async def after_change_configuration(self, key: str, value: str, **_: Any) -> None:
         key = self.session.store.canonical(key) or key  # in whatever letters it came
         if key == "SecurityProfile" and self.session.security_profiles.on_trial:
             self.session.reconnect(f"SecurityProfile {value.strip()} to be tried")
         if key in _RECONNECT_KEYS and self.session.store.get(key) == value:
+            await self.session.security_event(
+                "ReconfigurationOfSecurityParameters", f"{key} changed by the central system"
+            )
             self.session.reconnect(f"{key} changed")
 
     # --- availability and reset --------------------------------------------------------------
@@ -216,19 +234,54 @@ class CoreHandlers(SmartChargingHandlers, SecurityHandlers):
     def on_trigger_message(
         self, requested_message: str, connector_id: int | None = None, **_: Any
     ) -> Any:
-        if not self._valid_connector(connector_id):
-            return call_result.TriggerMessage(status=TriggerMessageStatus.rejected)
-        if MessageTrigger(requested_message) not in _TRIGGERABLE:
-            return call_result.TriggerMessage(status=TriggerMessageStatus.not_implemented)
-        return call_result.TriggerMessage(status=TriggerMessageStatus.accepted)
+        status = self._trigger_answer(requested_message, connector_id, _TRIGGERABLE)
+        return call_result.TriggerMessage(status=status)
 
     @after(Action.trigger_message)
     async def after_trigger_message(
         self, requested_message: str, connector_id: int | None = None, **_: Any
     ) -> None:
+        status = self._trigger_answer(requested_message, connector_id, _TRIGGERABLE)
+        if status == TriggerMessageStatus.accepted:
+            await self._send_triggered(MessageTrigger(requested_message), connector_id)
+
+    @on(Action.extended_trigger_message)
+    def on_extended_trigger_message(
+        self, requested_message: str, connector_id: int | None = None, **_: Any
+    ) -> Any:
+        status = self._trigger_answer(requested_message, connector_id, _EXTENDED_TRIGGERABLE)
+        return call_result.ExtendedTriggerMessage(status=status)
+
+    @after(Action.extended_trigger_message)
+    async def after_extended_trigger_message(
+        self, requested_message: str, connector_id: int | None = None, **_: Any
+    ) -> None:
+        status = self._trigger_answer(requested_message, connector_id, _EXTENDED_TRIGGERABLE)
+        if status == TriggerMessageStatus.accepted:
+            await self._send_triggered(MessageTrigger(requested_message), connector_id)
+
+    def _trigger_answer(
+        self,
+        requested_message: str,
+        connector_id: int | None,
+        triggerable: frozenset[MessageTrigger],
+    ) -> TriggerMessageStatus:
+        """Rejected for a connector this charger does not have; NotImplemented for a message
+        it cannot send on request; Rejected for a certificate it cannot renew now."""
         message = MessageTrigger(requested_message)
-        if message not in _TRIGGERABLE or not self._valid_connector(connector_id):
-            return
+        if not self._valid_connector(connector_id):
+            return TriggerMessageStatus.rejected
+        if message not in triggerable:
+            return TriggerMessageStatus.not_implemented
+        if message == MessageTrigger.sign_charge_point_certificate:
+            certificates = self.session.charge_point_certificates
+            if certificates is None or not certificates.can_request():
+                log.warning("SignChargePointCertificate rejected: no certificate can be renewed")
+                return TriggerMessageStatus.rejected
+        return TriggerMessageStatus.accepted
+
+    async def _send_triggered(self, message: MessageTrigger, connector_id: int | None) -> None:
+        """The message a TriggerMessage or ExtendedTriggerMessage asked for, after its answer."""
         session = self.session
         if message == MessageTrigger.boot_notification:
             session.boot_now()
@@ -261,6 +314,18 @@ class CoreHandlers(SmartChargingHandlers, SecurityHandlers):
             await session.call(
                 call.FirmwareStatusNotification(status=FirmwareStatus(state)), triggered=True
             )
+        elif message == MessageTrigger.log_status_notification:
+            # Uploading with its requestId while a GetLog's upload runs, else Idle.
+            upload, request_id = session.logs.status() if session.logs else (None, None)
+            status = UploadLogStatus(upload.value if upload else "Idle")
+            await session.call(
+                call.LogStatusNotification(status=status, request_id=request_id), triggered=True
+            )
+        elif (
+            message == MessageTrigger.sign_charge_point_certificate
+            and session.charge_point_certificates is not None
+        ):
+            await session.charge_point_certificates.request_certificate()
 
     # --- diagnostics -------------------------------------------------------------------------
 
@@ -275,13 +340,7 @@ class CoreHandlers(SmartChargingHandlers, SecurityHandlers):
         **_: Any,
     ) -> Any:
         """5.9: the archive's name at once (none: nothing to send), its upload afterwards."""
-        try:
-            start = None if start_time is None else parse_ocpp_time(start_time)
-            stop = None if stop_time is None else parse_ocpp_time(stop_time)
-        except ValueError:
-            raise CallError(
-                "PropertyConstraintViolation", "startTime/stopTime is no dateTime"
-            ) from None
+        start, stop = time_window(start_time, stop_time, "startTime/stopTime")
         diagnostics = self.session.diagnostics
         if diagnostics is None:
             return call_result.GetDiagnostics()

@@ -71,7 +71,7 @@ class MessageFile:
     def __init__(self, path: Path, *, max_bytes: int, backup_count: int):
         path.parent.mkdir(parents=True, exist_ok=True)
         self.path = path
-        self._handler = _BatchFile(
+        self._handler = RotatingLogFile(
             path, maxBytes=max_bytes, backupCount=backup_count, encoding="utf-8"
         )
         self._handler.setFormatter(logging.Formatter("%(message)s"))
@@ -150,7 +150,7 @@ class MessageFile:
             _warn.warning("%s: not closed cleanly: %s", self.path, exc)
 
 
-class _BatchFile(logging.handlers.RotatingFileHandler):
+class RotatingLogFile(logging.handlers.RotatingFileHandler):
     """The rotating file, keeping a write's error for its writer (`take_error`) instead of
     printing logging's "--- Logging error ---" traceback to the console for every batch."""
 

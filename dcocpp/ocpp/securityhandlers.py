@@ -1,7 +1,8 @@
 """Handlers of the OCPP 1.6 security whitepaper's certificate CALLs: InstallCertificate,
 GetInstalledCertificateIds and DeleteCertificate, on the version-neutral certificate store
-(`certificates/`), and CertificateSigned, on the charge point certificate
-(`certificates.chargepoint`). A mixin of `handlers.CoreHandlers`."""
+(`certificates/`), CertificateSigned, on the charge point certificate
+(`certificates.chargepoint`), and GetLog (on `diagnostics.logs`). A mixin of
+`handlers.CoreHandlers`. What changes the roots the charger trusts goes to the security log."""
 
 from __future__ import annotations
 
@@ -19,11 +20,14 @@ from ocpp.v16.enums import (
     DeleteCertificateStatus,
     GetInstalledCertificateStatus,
     HashAlgorithm,
+    LogStatus,
 )
 
 from dcocpp.ocpp.certificates import CertificateRejected, CertificateStoreError
 from dcocpp.ocpp.certificates.certid import CertId
-from dcocpp.ocpp.certificates.store import RootKind
+from dcocpp.ocpp.certificates.store import Installed, RootKind
+from dcocpp.ocpp.diagnostics.logs import LogKind
+from dcocpp.ocpp.timewindow import time_window
 
 if TYPE_CHECKING:
     from dcocpp.ocpp.services import SessionServices
@@ -50,7 +54,7 @@ class SecurityHandlers:
         store = session.store
         limit = store.get("CertificateStoreMaxLength")
         try:
-            session.certificates.install(
+            installed = session.certificates.install(
                 kind,
                 certificate,
                 max_count=None if limit is None else int(limit),
@@ -64,6 +68,7 @@ class SecurityHandlers:
         except CertificateStoreError as exc:
             log.error("InstallCertificate %s failed: %s", certificate_type, exc)
             return call_result.InstallCertificate(status=CertificateStatus.failed)
+        await session.security_note("CertificateInstalled", _described(installed))
         return call_result.InstallCertificate(status=CertificateStatus.accepted)
 
     @on(Action.get_installed_certificate_ids)
@@ -81,7 +86,7 @@ class SecurityHandlers:
         )
 
     @on(Action.delete_certificate)
-    def on_delete_certificate(self, certificate_hash_data: dict[str, Any], **_: Any) -> Any:
+    async def on_delete_certificate(self, certificate_hash_data: dict[str, Any], **_: Any) -> Any:
         session = self.session
         store = session.certificates
         found = store.find(_cert_id(certificate_hash_data)) if store is not None else None
@@ -102,6 +107,7 @@ class SecurityHandlers:
         except CertificateStoreError as exc:
             log.error("DeleteCertificate failed: %s", exc)
             return call_result.DeleteCertificate(status=DeleteCertificateStatus.failed)
+        await session.security_note("CertificateDeleted", _described(found))
         return call_result.DeleteCertificate(status=DeleteCertificateStatus.accepted)
 
     @on(Action.certificate_signed)
@@ -129,6 +135,48 @@ class SecurityHandlers:
             return  # rejected
         if session.security_profile_target() >= 3:
             session.reconnect("a new charge point certificate")
+
+    # --- logs --------------------------------------------------------------------------------
+
+    @on(Action.get_log)
+    async def on_get_log(
+        self,
+        log: dict[str, Any],
+        log_type: str,
+        request_id: int,
+        retries: int | None = None,
+        retry_interval: int | None = None,
+        **_: Any,
+    ) -> Any:
+        """The file's name at once (Rejected: nothing to send; AcceptedCanceled: it replaces
+        an upload still running), its upload afterwards."""
+        oldest, latest = time_window(
+            log.get("oldest_timestamp"),
+            log.get("latest_timestamp"),
+            "oldestTimestamp/latestTimestamp",
+        )
+        logs = self.session.logs
+        if logs is None:
+            return call_result.GetLog(status=LogStatus.rejected)
+        outcome = await logs.request(
+            LogKind(log_type),
+            log["remote_location"],
+            request_id,
+            retries=retries,
+            retry_interval=retry_interval,
+            oldest=oldest,
+            latest=latest,
+        )
+        if outcome.file_name is None:
+            return call_result.GetLog(status=LogStatus.rejected)
+        status = LogStatus.accepted_canceled if outcome.replaced else LogStatus.accepted
+        return call_result.GetLog(status=status, filename=outcome.file_name)
+
+
+def _described(installed: Installed) -> str:
+    """For the security log: what kind of root, whose, and which (the store's file name)."""
+    subject = installed.certificate.subject.rfc4514_string()
+    return f"{installed.kind.value} {subject} ({installed.path.name})"
 
 
 def _hash_data(cert_id: CertId) -> datatypes.CertificateHashData:

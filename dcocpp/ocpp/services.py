@@ -21,7 +21,7 @@ if TYPE_CHECKING:
     from dcocpp.ocpp.certificates.store import CertificateStore
     from dcocpp.ocpp.configuration import ConfigurationStore
     from dcocpp.ocpp.control import ChargePointControl, ConnectorStatus
-    from dcocpp.ocpp.diagnostics import DiagnosticsService
+    from dcocpp.ocpp.diagnostics import DiagnosticsService, LogService
     from dcocpp.ocpp.firmware import FirmwareService
     from dcocpp.ocpp.locallist import LocalAuthorizationList
     from dcocpp.ocpp.registration import Registration
@@ -52,6 +52,7 @@ class SessionServices(Protocol):
     diagnostics: DiagnosticsService | None  # None: GetDiagnostics has nothing to send
     firmware: FirmwareService | None  # None: UpdateFirmware is refused
     certificates: CertificateStore | None  # None: no certificate store
+    logs: LogService | None  # None: GetLog has nothing to send
     # None: no charge point certificate (SignCertificate, CertificateSigned).
     charge_point_certificates: ChargePointCertificates | None
     security_profiles: SecurityProfiles  # the profile the central system set
@@ -71,6 +72,8 @@ class SessionServices(Protocol):
     def reconnect(self, reason: str) -> None: ...
 
     async def security_event(self, kind: str, tech_info: str | None = None) -> None: ...
+
+    async def security_note(self, entry: str, detail: str) -> None: ...
 
     def boot_now(self) -> None: ...
 

@@ -70,7 +70,7 @@ from dcocpp.ocpp.certificates.store import CertificateStore
 from dcocpp.ocpp.certificates.tls import CentralSystemTrust
 from dcocpp.ocpp.configuration import ConfigurationError, ConfigurationStore
 from dcocpp.ocpp.control import ChargePointControl, ConnectorStatus
-from dcocpp.ocpp.diagnostics import DiagnosticsService
+from dcocpp.ocpp.diagnostics import DiagnosticsService, LogService
 from dcocpp.ocpp.errors import (
     CallError,
     ConnectionLost,
@@ -85,6 +85,7 @@ from dcocpp.ocpp.locallist import LocalAuthorizationList, list_enabled
 from dcocpp.ocpp.messagelog import MessageLog
 from dcocpp.ocpp.registration import Registration, RegistrationMachine
 from dcocpp.ocpp.rpc import RpcConnection
+from dcocpp.ocpp.securitylog.events import sent_to_central_system
 from dcocpp.ocpp.securityprofile import FALLBACK_ATTEMPTS, Fallback, SecurityProfiles, refusal
 from dcocpp.ocpp.services import Identity
 from dcocpp.ocpp.smartcharging.service import ChargingProfiles
@@ -96,6 +97,8 @@ log = logging.getLogger("dcocpp.session")
 
 # Queues a security event: (the whitepaper's type, techInfo).
 SecurityEvents = Callable[[str, str | None], Awaitable[None]]
+# Writes another entry to the security log: (what, the detail).
+SecurityNotes = Callable[[str, str], Awaitable[None]]
 # Told the central system's time (currentTime), the round trip (s) of the CALL whose answer
 # brought it, and that CALL's action.
 CentralTime = Callable[[datetime, float, str], object]
@@ -159,11 +162,13 @@ class ChargePointSession:
         charge_point_certificates: ChargePointCertificates | None = None,
         security_profiles: SecurityProfiles | None = None,
         security_events: SecurityEvents | None = None,
+        security_notes: SecurityNotes | None = None,
         open_stream: transport.OpenStream | None = None,
         auth_cache: AuthorizationCache | None = None,
         local_list: LocalAuthorizationList | None = None,
         charging_profiles: ChargingProfiles | None = None,
         diagnostics: DiagnosticsService | None = None,
+        logs: LogService | None = None,
         firmware: FirmwareService | None = None,
         rng: random.Random | None = None,
         clock: Callable[[], datetime] | None = None,
@@ -189,6 +194,7 @@ class ChargePointSession:
             ChargingProfiles(store) if charging_profiles is None else charging_profiles
         )
         self.diagnostics = diagnostics
+        self.logs = logs
         self.firmware = firmware
         self._tls = tls  # wss:// only
         # None: no certificate store (InstallCertificate and its kin cannot be served).
@@ -199,6 +205,7 @@ class ChargePointSession:
             charge_point_certificates.send_csr = self._sign_certificate
         self._certificate_requested = -math.inf  # trio time of the last renewal request
         self._security_events = security_events
+        self._security_notes = security_notes
         self._open_stream = open_stream
         self._rng = rng or random.Random()
         self._clock = clock or (lambda: datetime.now(UTC))  # the time of connection failures
@@ -397,6 +404,9 @@ class ChargePointSession:
                     + (f" (attempt {failure.attempts})" if repeated else ""),
                     level=logging.DEBUG if repeated else logging.WARNING,
                 )
+                if self._drop_event is not None and not repeated:
+                    # Once per change of the failure, as the line above: not per attempt.
+                    await self.security_event(self._drop_event, reason)
                 await self._profile_attempt_failed(reason)
             await trio.sleep(delay)
 
@@ -539,11 +549,21 @@ class ChargePointSession:
         await self.security_event(kind, _fallback_info(fallback))
 
     async def security_event(self, kind: str, tech_info: str | None = None) -> None:
-        """Queue a SecurityEventNotification (and log it): `kind` is the whitepaper's type."""
-        log.warning("security event %s%s", kind, f": {tech_info}" if tech_info else "")
+        """Write a security event to the security log, and queue a SecurityEventNotification
+        where the whitepaper says so (see `dcocpp.ocpp.securitylog.events`): `kind` is the
+        whitepaper's type. On the console at WARNING when the central system hears of it too
+        (a critical event), else at INFO."""
+        level = logging.WARNING if sent_to_central_system(kind) else logging.INFO
+        log.log(level, "security event %s%s", kind, f": {tech_info}" if tech_info else "")
         if self._security_events is not None:
             # techInfo is a CiString255.
             await self._security_events(kind, None if tech_info is None else tech_info[:255])
+
+    async def security_note(self, entry: str, detail: str) -> None:
+        """Write another entry to the security log (what the charger trusts changed)."""
+        log.info("security log: %s: %s", entry, detail)
+        if self._security_notes is not None:
+            await self._security_notes(entry, detail)
 
     def _report_security_profile(self) -> None:
         """SecurityProfile reports the profile the next connection really uses (the base file
@@ -568,7 +588,7 @@ class ChargePointSession:
         """Connect and run until the connection ends; returns why it ended.
 
         Raises `TransportError` when the connection could not be opened."""
-        self._drop_reason = None
+        self._drop_reason = self._drop_event = None
         rpc: RpcConnection | None = None
         try:
             with trio.CancelScope() as scope:
@@ -642,17 +662,18 @@ class ChargePointSession:
                     ws = await nursery.start(partial(run_client, ssl_context=context))
                 except UntrustedCertificate as exc:
                     self._untrusted = True
-                    self._drop_reason = str(exc)
+                    self._drop_reason, self._drop_event = str(exc), exc.security_event
                     if index + 1 < len(contexts):
                         log.info("%s; trying the replaced CSMS root (the fallback)", exc)
                     continue
                 except TransportError as exc:
-                    self._drop_reason = str(exc)
+                    self._drop_reason, self._drop_event = str(exc), exc.security_event
                     return None
                 if self._tls is not None:
                     self._tls.verified(index)
                 return ws
             return None
+        self._drop_event = None
         self._drop_reason = (
             f"no answer within {CONNECT_TIMEOUT:g} s (TCP, TLS and WebSocket handshake)"
         )
@@ -663,6 +684,7 @@ class ChargePointSession:
         return authkey.password(key) if key else None
 
     _drop_reason: str | None = None
+    _drop_event: str | None = None  # the security event the failed connect is, if any
     _reconnecting: str | None = None  # why `reconnect` drops the connection on purpose
     _untrusted = False  # the last attempt failed on the central system's certificate
 

@@ -1,7 +1,6 @@
 """Transaction messages to the central system: StartTransaction, transaction MeterValues,
-StopTransaction (and SecurityEventNotification, Diagnostics- and FirmwareStatusNotification),
-persisted, sent
-in order, one in flight, each until it is answered.
+StopTransaction (and SecurityEventNotification, Diagnostics-, Firmware- and LogStatusNotification),
+persisted, sent in order, one in flight, each until it is answered.
 
 Every message is written to the station database (`OutboxStore`) before the state it
 describes is acknowledged to anyone, and deleted only when its CALLRESULT arrives, so neither a
@@ -25,7 +24,7 @@ session for the central system; it would wait for the next reconnect, which may 
 The stop goes ahead of it (logged), and the parked MeterValues (with the later ones behind it)
 follows after the next reconnect; its transaction, whose transactionId it needs, is forgotten
 only with its last message. A refused message of no transaction (SecurityEventNotification,
-DiagnosticsStatusNotification) holds back nothing.
+DiagnosticsStatusNotification, LogStatusNotification) holds back nothing.
 
 Our own bugs. A message that fails our own schema check before it is sent
 (`UnsendablePayload`), or a stored one that cannot even be built, was never seen by the central
@@ -94,6 +93,7 @@ _CALLS: dict[str, Callable[..., Any]] = {
     "StopTransaction": call.StopTransaction,
     "SecurityEventNotification": call.SecurityEventNotification,
     "DiagnosticsStatusNotification": call.DiagnosticsStatusNotification,
+    "LogStatusNotification": call.LogStatusNotification,
     "FirmwareStatusNotification": call.FirmwareStatusNotification,
 }
 # A central system without the security extension answers these; it will not change its mind.
@@ -575,16 +575,22 @@ class TransactionOutbox:
         """SecurityEventNotification (OCPP 1.6 security whitepaper): queued like the others."""
         # tech_info always given: the package's dataclass has no default for it (None is
         # left out on the wire).
-        payload: dict[str, Any] = {"type": kind, "timestamp": timestamp, "tech_info": tech_info}
-        seq = await self._store.queue_message("SecurityEventNotification", None, payload)
-        self._append(_Message(seq, "SecurityEventNotification", None, payload, None))
+        payload = {"type": kind, "timestamp": timestamp, "tech_info": tech_info}
+        await self._queue_of_no_transaction("SecurityEventNotification", payload)
 
     async def diagnostics_status(self, status: str) -> None:
         """DiagnosticsStatusNotification (GetDiagnostics' progress): queued like the others,
         so that a connection lost during the upload, or a restart, does not lose its end."""
-        payload: dict[str, Any] = {"status": status}
-        seq = await self._store.queue_message("DiagnosticsStatusNotification", None, payload)
-        self._append(_Message(seq, "DiagnosticsStatusNotification", None, payload, None))
+        await self._queue_of_no_transaction("DiagnosticsStatusNotification", {"status": status})
+
+    async def log_status(self, status: str, request_id: int | None) -> None:
+        """LogStatusNotification (GetLog's progress), as `diagnostics_status`."""
+        payload = {"status": status, "request_id": request_id}
+        await self._queue_of_no_transaction("LogStatusNotification", payload)
+
+    async def _queue_of_no_transaction(self, action: str, payload: dict[str, Any]) -> None:
+        seq = await self._store.queue_message(action, None, payload)
+        self._append(_Message(seq, action, None, payload, None))
 
     async def firmware_status(self, status: str) -> None:
         """FirmwareStatusNotification (UpdateFirmware's progress), queued like the others."""

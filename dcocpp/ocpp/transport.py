@@ -136,7 +136,8 @@ async def run_client(
                 cause = exc.__cause__ or exc
                 if isinstance(cause, ssl.SSLCertVerificationError):
                     raise UntrustedCertificate(_tls_failure(cause)) from exc
-                raise TransportError(_tls_failure(cause)) from exc
+                event = _TLS_EVENTS.get(str(getattr(cause, "reason", "")))
+                raise TransportError(_tls_failure(cause), security_event=event) from exc
         await _run_websocket(stream, tls, host_header, resource, headers, task_status)
     finally:
         # Whatever happened above, the socket is ours to close (a no-op when already closed).
@@ -199,7 +200,9 @@ async def _run_websocket(
         failures = _leaves(group)
         rejected = [e for e in failures if isinstance(e, ConnectionRejected)]
         if rejected:
-            raise TransportError(_http_rejection(rejected[0])) from None
+            refused = rejected[0].status_code in (401, 403)
+            event = "FailedToAuthenticateAtCentralSystem" if refused else None
+            raise TransportError(_http_rejection(rejected[0]), security_event=event) from None
         raise failures[0] from None
 
 
@@ -269,6 +272,15 @@ _TLS_HINTS = {
     "UNEXPECTED_EOF_WHILE_READING": "the central system hung up during the TLS handshake "
     "(is that port TLS at all, i.e. wss:// where it serves ws://? does it require a client "
     "certificate?)",
+}
+
+
+# OpenSSL's reasons that are security events (the whitepaper's names).
+_TLS_EVENTS = {
+    "TLSV1_ALERT_PROTOCOL_VERSION": "InvalidTLSVersion",
+    "UNSUPPORTED_PROTOCOL": "InvalidTLSVersion",
+    "NO_SHARED_CIPHER": "InvalidTLSCipherSuite",
+    "NO_CIPHERS_AVAILABLE": "InvalidTLSCipherSuite",
 }
 
 

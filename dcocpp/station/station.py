@@ -67,9 +67,15 @@ from dcocpp.ocpp.certificates.store import CertificateStore
 from dcocpp.ocpp.certificates.tls import CentralSystemTrust, client_context
 from dcocpp.ocpp.configuration import ConfigurationStore
 from dcocpp.ocpp.control import ConnectorStatus
-from dcocpp.ocpp.diagnostics import DiagnosticsService, UploadState
+from dcocpp.ocpp.diagnostics import DiagnosticsService, LogService, Upload, UploadState, log_status
 from dcocpp.ocpp.firmware import FirmwarePlan, FirmwareService, FirmwareState, InstallHook
 from dcocpp.ocpp.locallist import LocalAuthorizationList
+from dcocpp.ocpp.securitylog import (
+    SECURITY_LOG,
+    SecurityLog,
+    SecurityLogError,
+    sent_to_central_system,
+)
 from dcocpp.ocpp.securityprofile import STATE_FILE as SECURITY_PROFILE_FILE
 from dcocpp.ocpp.securityprofile import SecurityProfiles
 from dcocpp.ocpp.services import Identity
@@ -217,8 +223,9 @@ class Station:
         database_runner: Runner | None = None,
     ):
         self.config = config
-        # Where the database's statements run: a worker thread unless told otherwise (see
-        # dcocpp.storage.asyncdb; a test on trio's virtual clock runs them on the loop).
+        # Where the database's statements (and the security log's writes) run: a worker
+        # thread unless told otherwise (see dcocpp.storage.asyncdb; a test on trio's virtual
+        # clock runs them on the loop).
         self._database_runner = database_runner
         # The OCPP keys as the command line already loaded them, for the first boot (a soft
         # reset loads them again from the files).
@@ -245,6 +252,11 @@ class Station:
         self.store: ConfigurationStore | None = None
         self.outbox: TransactionOutbox | None = None
         self.diagnostics: DiagnosticsService | None = None  # GetDiagnostics', per boot
+        self.logs: LogService | None = None  # GetLog's, per boot
+        # Every security event, of every boot (see dcocpp.ocpp.securitylog).
+        self.security_log = SecurityLog(
+            config.log_dir / SECURITY_LOG, clock=self.clock.now, run=database_runner
+        )
         self.firmware: FirmwareService | None = None  # UpdateFirmware's, per boot
         self._db: AsyncDatabase | None = None
         self.connectors: dict[int, ConnectorTask] = {}
@@ -274,6 +286,16 @@ class Station:
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Run until cancelled; raises `HardReset` when a hard reset was accepted."""
+        try:
+            self.security_log.open()
+        except SecurityLogError as exc:  # the charger works on; the console has the events
+            log.error("%s: security events go to this log only", exc)
+        try:
+            await self._run(task_status)
+        finally:
+            self.security_log.close()
+
+    async def _run(self, task_status: trio.TaskStatus[None]) -> None:
         async with trio.open_nursery() as nursery:
             # The backend never waits for a connector (its reader serves every gun, safety
             # inputs included): what a busy connector cannot take yet is held and coalesced.
@@ -348,6 +370,14 @@ class Station:
                 ca_bundle=config.security.csms_ca_bundle,
                 clock=self.clock.now,
             )
+            self.logs = logs = LogService(
+                self.security_log,
+                diagnostics,
+                self._report_log,
+                charge_point_id=cp.id,
+                ca_bundle=config.security.csms_ca_bundle,
+                clock=self.clock.now,
+            )
             # The version an install recorded replaces charger.json's.
             running = await db.firmware_version() or cp.firmware_version
             install = config.firmware
@@ -374,12 +404,14 @@ class Station:
                 local_list=local_list,
                 charging_profiles=charging_profiles,
                 diagnostics=diagnostics,
+                logs=logs,
                 firmware=firmware,
                 tls=tls,
                 certificates=certificates,
                 charge_point_certificates=charge_point_certificates,
                 security_profiles=security_profiles,
-                security_events=self._security_event,
+                security_events=self.security_event,
+                security_notes=self.security_log.note,
                 open_stream=self._open_stream,
                 clock=self.clock.now,
                 central_time=self.clock.follow,
@@ -398,7 +430,7 @@ class Station:
             )
             if self._first_boot:
                 self._first_boot = False
-                await outbox.security_event("StartupOfTheDevice", now, after_update)
+                await self.security_event("StartupOfTheDevice", after_update)
             self.reservations = reservations = ReservationBook(
                 db, store, self.clock, lambda: self.connectors, lambda: self._operative0
             )
@@ -444,6 +476,7 @@ class Station:
                     await nursery.start(limits.run)
                     await nursery.start(outbox.run)
                     await nursery.start(diagnostics.run)
+                    await nursery.start(logs.run)
                     await nursery.start(firmware.run)
                     await nursery.start(session.run)
                     log.info(
@@ -475,10 +508,7 @@ class Station:
             self.session.heartbeat_now()
 
     async def _report_clock_step(self, step: ClockStep) -> None:
-        if self.outbox is not None:
-            await self.outbox.security_event(
-                "SettingSystemTime", ocpp_time(step.after), step.describe()
-            )
+        await self.security_event("SettingSystemTime", step.describe(), at=step.after)
 
     async def _serve_api(self) -> None:
         """Start the local API, if asked for, the first time a boot has its connectors (not
@@ -594,12 +624,7 @@ class Station:
     ) -> None:
         if cause is None:
             log.warning("%s reset requested by the central system", kind.value.lower())
-        if self.outbox is not None:
-            await self.outbox.security_event(
-                "ResetOrReboot",
-                ocpp_time(self.clock.now()),
-                cause or f"{kind.value} reset by the CSMS",
-            )
+        await self.security_event("ResetOrReboot", cause or f"{kind.value} reset by the CSMS")
         window = self._flush_window()
         await self._stop_transactions(_RESET_REASONS[kind])
         await self._deliver(window)
@@ -767,6 +792,10 @@ class Station:
             version=version,
             security_event=security_event,
         )
+        if security_event is not None:
+            # Queued with the step that caused it (one write); the security log hears of it too.
+            kind, at, tech_info = security_event
+            await self.security_log.event(kind, tech_info, sent=True, at=parse_ocpp_time(at))
 
     async def hold_for_firmware(self, held: bool) -> None:
         log.info(
@@ -793,15 +822,26 @@ class Station:
 
     # --- DiagnosticsSource (for GetDiagnostics) ----------------------------------------------
 
-    async def _security_event(self, kind: str, tech_info: str | None) -> None:
-        if self.outbox is not None:
-            await self.outbox.security_event(kind, ocpp_time(self.clock.now()), tech_info)
+    async def security_event(
+        self, kind: str, tech_info: str | None = None, *, at: datetime | None = None
+    ) -> None:
+        """To the security log; to the central system too where the whitepaper says so."""
+        at = at or self.clock.now()
+        sent = sent_to_central_system(kind)
+        await self.security_log.event(kind, tech_info, sent=sent, at=at)
+        if sent and self.outbox is not None:
+            await self.outbox.security_event(kind, ocpp_time(at), tech_info)
 
     async def _report_diagnostics(self, state: UploadState) -> None:
         """Each step of an upload goes through the outbox: persisted, delivered in order once
         connected, so that a connection lost meanwhile does not lose the final status."""
         if self.outbox is not None:
             await self.outbox.diagnostics_status(state.value)
+
+    async def _report_log(self, state: UploadState, job: Upload) -> None:
+        """GetLog's steps, as `_report_diagnostics`, with the request's id."""
+        if self.outbox is not None:
+            await self.outbox.log_status(log_status(state, job), job.request_id)
 
     def log_files(self) -> list[Path]:
         """Every file of the log directory (the OCPP message log and its rotations, and
@@ -858,6 +898,8 @@ class Station:
                     if self.diagnostics
                     else {"status": "Idle", "upload": None}
                 ),
+                # GetLog: the same.
+                "logs": self.logs.snapshot() if self.logs else {"status": "Idle", "upload": None},
                 # UpdateFirmware: the last status told, the running version, the update under
                 # way (or the last one).
                 "firmware": (

@@ -199,6 +199,10 @@ class ChargePointCertificates:
         )
         return csr.public_bytes(serialization.Encoding.PEM).decode("ascii")
 
+    def can_request(self) -> bool:
+        """Whether a SignCertificate can be sent (an OCPP session carries it)."""
+        return self.send_csr is not None
+
     async def request_certificate(self) -> bool:
         """Ask the central system to sign a new certificate (SignCertificate): a new key pair,
         its CSR sent through `send_csr`. Whether the central system accepted the request (the

@@ -26,7 +26,7 @@ from typing import Any
 import trio
 
 from dcocpp.ocpp.transfer import tls
-from dcocpp.ocpp.transfer.errors import TransferError
+from dcocpp.ocpp.transfer.errors import TransferError, ftp_refusal
 from dcocpp.ocpp.transfer.partfile import PartialFile
 from dcocpp.ocpp.transfer.progress import Progress
 from dcocpp.ocpp.transfer.urls import TransferUrl
@@ -272,7 +272,8 @@ class _Transfer:
     def _failed(self, exc: BaseException) -> TransferError:
         if isinstance(exc, ssl.SSLError):  # whichever step: the TLS is what failed
             return TransferError(f"{self.url}: {tls.describe(exc)}")
-        return TransferError(f"{self.url}: {self.step}: {self._cause(exc)}")
+        refusal = ftp_refusal(str(exc)) if isinstance(exc, ftplib.Error) else None
+        return TransferError(f"{self.url}: {self.step}: {self._cause(exc)}", refusal=refusal)
 
     def _cause(self, exc: BaseException) -> str:
         if isinstance(exc, ssl.SSLError):

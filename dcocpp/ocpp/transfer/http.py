@@ -23,7 +23,7 @@ import httpx2
 import trio
 
 from dcocpp.ocpp.transfer import tls
-from dcocpp.ocpp.transfer.errors import TransferError
+from dcocpp.ocpp.transfer.errors import TransferError, http_refusal
 from dcocpp.ocpp.transfer.partfile import PartialFile
 from dcocpp.ocpp.transfer.progress import Progress
 from dcocpp.ocpp.transfer.urls import TransferUrl
@@ -103,7 +103,9 @@ async def _get(
         elif response.status_code == 416 and part.size and _complete(response, part.size):
             return  # every byte was there already
         else:
-            raise TransferError(f"{url}: {_status(response)}")
+            raise TransferError(
+                f"{url}: {_status(response)}", refusal=http_refusal(response.status_code)
+            )
         await trio.to_thread.run_sync(part.expect, validator, total)
         if progress is not None:
             progress(part.size, total)
@@ -140,7 +142,10 @@ async def upload(
             if response.is_success:
                 return "PUT"
             if response.status_code not in PUT_REFUSED:
-                raise TransferError(f"{target}: PUT: {_status(response)}")
+                raise TransferError(
+                    f"{target}: PUT: {_status(response)}",
+                    refusal=http_refusal(response.status_code),
+                )
             refused = _status(response)
             log.info("%s: PUT: %s; trying a multipart POST to %s", target, refused, location)
             boundary = secrets.token_hex(16)
@@ -162,7 +167,8 @@ async def upload(
             if response.is_success:
                 return "POST"
             raise TransferError(
-                f"{target}: PUT: {refused}; multipart POST to {location}: {_status(response)}"
+                f"{target}: PUT: {refused}; multipart POST to {location}: {_status(response)}",
+                refusal=http_refusal(response.status_code),
             )
         except httpx2.HTTPError as exc:
             raise TransferError(f"{target}: {describe(exc)}") from exc
