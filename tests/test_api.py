@@ -22,6 +22,8 @@ from dcocpp.station.station import AUTHORIZATION_WAIT
 from tests.csms import FakeCsms
 from tests.station_harness import charger_config, running_station
 
+JSON = {"Content-Type": "application/json"}
+
 
 class FakeView:
     """An in-memory charger with two connectors, implementing StationView.
@@ -175,7 +177,7 @@ async def test_status_is_the_snapshot(client: httpx.AsyncClient, view: FakeView)
 
 
 async def test_plug_and_unplug(client: httpx.AsyncClient, view: FakeView) -> None:
-    response = await client.post("/api/connectors/1/plug")
+    response = await client.post("/api/connectors/1/plug", json={})
     assert response.status_code == 200
     expected = _connector(1) | {"plugged": True, "status": "Preparing"}
     assert response.json() == {"ok": True, "connector": expected}
@@ -189,11 +191,11 @@ async def test_plug_and_unplug(client: httpx.AsyncClient, view: FakeView) -> Non
 async def test_action_that_does_not_fit_the_state_is_422(
     client: httpx.AsyncClient, view: FakeView
 ) -> None:
-    await client.post("/api/connectors/2/plug")
-    response = await client.post("/api/connectors/2/plug")
+    await client.post("/api/connectors/2/plug", json={})
+    response = await client.post("/api/connectors/2/plug", json={})
     assert response.status_code == 422
     assert response.json() == {"error": "connector 2 is already plugged"}
-    response = await client.post("/api/connectors/1/unplug")
+    response = await client.post("/api/connectors/1/unplug", json={})
     assert response.status_code == 422
     assert response.json() == {"error": "connector 1 is not plugged"}
 
@@ -276,7 +278,7 @@ async def test_unknown_connector_is_404(
 
 
 async def test_key_error_from_the_view_is_404(client: httpx.AsyncClient, view: FakeView) -> None:
-    response = await client.post("/api/connectors/3/plug")
+    response = await client.post("/api/connectors/3/plug", json={})
     assert response.status_code == 404
     assert response.json() == {"error": "unknown connector '3'"}
     assert view.calls == [("plug", 3)]
@@ -346,6 +348,53 @@ async def test_bad_body_is_422(
     assert view.calls == []
 
 
+@pytest.mark.parametrize(
+    ("content_type", "content"),
+    [
+        # What a page on another site can make a browser POST without a CORS preflight.
+        (None, b""),
+        ("text/plain", b'{"idTag": "T"}'),
+        ("text/plain;charset=UTF-8", b'{"idTag": "T"}'),
+        ("application/x-www-form-urlencoded", b"idTag=T"),
+        ("multipart/form-data; boundary=b", b'--b\r\nContent-Disposition: form-data; name="idTag"'),
+        # Nor anything else that is not JSON.
+        ("application/jsonx", b'{"idTag": "T"}'),
+    ],
+)
+async def test_a_post_not_declared_json_is_refused_415_before_anything_happens(
+    view: FakeView, content_type: str | None, content: bytes
+) -> None:
+    transport = httpx.ASGITransport(app=create_app(view))
+    headers = {} if content_type is None else {"Content-Type": content_type}
+    async with httpx.AsyncClient(transport=transport, base_url="http://t") as client:
+        for path in ("plug", "authorize", "faults/estop"):
+            response = await client.post(
+                f"/api/connectors/1/{path}", content=content, headers=headers
+            )
+            assert response.status_code == 415, path
+            said = "no Content-Type" if content_type is None else repr(content_type)
+            assert response.json() == {
+                "error": f"send the body as JSON (Content-Type: application/json), got {said}"
+            }
+    assert view.calls == []
+
+
+@pytest.mark.parametrize(
+    "content_type", ["application/json", "application/json; charset=utf-8", "Application/JSON"]
+)
+async def test_a_post_declared_json_is_served(view: FakeView, content_type: str) -> None:
+    transport = httpx.ASGITransport(app=create_app(view))
+    async with httpx.AsyncClient(transport=transport, base_url="http://t") as client:
+        plug = await client.post("/api/connectors/1/plug", headers={"Content-Type": content_type})
+        tag = await client.post(
+            "/api/connectors/1/authorize",
+            content=b'{"idTag": "T"}',
+            headers={"Content-Type": content_type},
+        )
+    assert (plug.status_code, tag.status_code) == (200, 200)
+    assert view.calls == [("plug", 1), ("present_id", 1, "T")]
+
+
 async def test_unknown_route_is_404_json(client: httpx.AsyncClient) -> None:
     for method, path in [
         ("GET", "/nothing-here"),
@@ -378,7 +427,7 @@ async def test_wrong_method_is_405_json(client: httpx.AsyncClient, view: FakeVie
 
 async def test_oversized_body_is_413_json(client: httpx.AsyncClient, view: FakeView) -> None:
     body = json.dumps({"idTag": "X" * 20_000}).encode()
-    response = await client.post("/api/connectors/1/authorize", content=body)
+    response = await client.post("/api/connectors/1/authorize", content=body, headers=JSON)
     assert response.status_code == 413
     assert response.json() == {"error": "request body larger than 16384 bytes"}
 
@@ -386,7 +435,7 @@ async def test_oversized_body_is_413_json(client: httpx.AsyncClient, view: FakeV
         for _ in range(20):
             yield b" " * 1000
 
-    response = await client.post("/api/connectors/1/plug", content=chunked())
+    response = await client.post("/api/connectors/1/plug", content=chunked(), headers=JSON)
     assert response.status_code == 413
     assert response.json() == {"error": "request body larger than 16384 bytes"}
     assert view.calls == []
@@ -712,7 +761,7 @@ async def test_serve_api_on_ipv6_loopback(view: FakeView) -> None:
         assert host == "::1"
         assert await _cli("sim", "plug", "1", "--api", f"[::1]:{port}") == 0
         async with _http_client(f"http://[::1]:{port}") as client:
-            response = await client.post("/api/connectors/2/plug")
+            response = await client.post("/api/connectors/2/plug", json={})
         assert response.json()["connector"]["plugged"] is True
         nursery.cancel_scope.cancel()
 

@@ -210,7 +210,7 @@ async def test_a_post_with_the_cookie_needs_the_consoles_header(guarded: httpx.A
     refused = await guarded.post("/api/connectors/1/plug")
     assert refused.status_code == 401
     assert CONSOLE_HEADER in refused.json()["error"]
-    done = await guarded.post("/api/connectors/1/plug", headers={CONSOLE_HEADER: "1"})
+    done = await guarded.post("/api/connectors/1/plug", headers={CONSOLE_HEADER: "1"}, json={})
     assert done.status_code == 200
 
 

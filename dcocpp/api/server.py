@@ -22,6 +22,12 @@ Routes (JSON in and out; every error is `{"error": "<reason>"}`):
 - `POST /api/connectors/{id}/ev`              `{"suspended": true|false}`
 - `POST /api/connectors/{id}/faults/{kind}`   `{"active": true|false}`, kind in FAULT_KINDS
 
+A POST must say its body is JSON (`Content-Type: application/json`, even with no body): any
+other is answered 415 before it does anything. On loopback without a token this is what keeps
+a web page the operator happens to visit from driving the charger: a browser sends another
+site's POST without asking first only as a "simple" request (form data, plain text or no
+type), and one declared JSON needs a CORS preflight, which this API never grants.
+
 A successful POST answers `{"ok": true, "connector": <that connector's snapshot entry>}`;
 `authorize` adds `"authorization"` (see `StationView.present_id`). Unknown connector, fault kind
 or route -> 404; a bad body, or an action that does not fit the connector's state (a tag the
@@ -84,6 +90,7 @@ log = logging.getLogger("dcocpp.api.server")
 server_log = logging.getLogger("dcocpp.api.server.server")
 
 MAX_BODY_BYTES = 16 * 1024  # the bodies are a few dozen bytes
+JSON_MEDIA_TYPE = "application/json"  # what every POST's Content-Type must say
 
 
 class StationView(Protocol):
@@ -399,9 +406,17 @@ _TYPE_NAMES = {str: "a string", bool: "true or false"}
 async def _json_object(request: Request, fields: Mapping[str, type]) -> dict[str, Any]:
     """The request body as a JSON object with exactly `fields` (name -> type).
 
-    An empty body counts as `{}` (so `curl -X POST .../plug` works). The types are checked
-    exactly: `true` is not a string and `1` is not a bool.
+    The body must be declared JSON (415 otherwise, see the module docstring). An empty body
+    counts as `{}` (`curl -X POST -H 'Content-Type: application/json' .../plug`). The types
+    are checked exactly: `true` is not a string and `1` is not a bool.
     """
+    declared = request.headers.get("content-type")
+    if declared is None or _media_type(declared) != JSON_MEDIA_TYPE:
+        raise _Reject(
+            415,
+            f"send the body as JSON (Content-Type: {JSON_MEDIA_TYPE}),"
+            f" got {'no Content-Type' if declared is None else repr(declared[:60])}",
+        )
     raw = await _body(request)
     if not raw.strip():
         body: Any = {}
@@ -424,6 +439,11 @@ async def _json_object(request: Request, fields: Mapping[str, type]) -> dict[str
         if type(body[name]) is not kind:
             raise _Reject(422, f"{name} must be {_TYPE_NAMES[kind]}, got {json_type(body[name])}")
     return body
+
+
+def _media_type(content_type: str) -> str:
+    """`application/json; charset=utf-8` -> `application/json`."""
+    return content_type.partition(";")[0].strip().lower()
 
 
 async def _body(request: Request) -> bytes:
