@@ -134,6 +134,13 @@ class StationView(Protocol):
                              "at": str, "since": str,  # OCPP dateTime: latest, first
                              "attempts": int},  # failures since a connection last opened
                          "outbox": {"queued": int, "parked": int},
+                         # the security profile and when the certificates expire (dates only)
+                         "security": None | {"securityProfile": int,  # in use
+                             "configuredProfile": int | None, "onTrial": bool,
+                             "lastFallback": None | {"failed", "restored", "reason", "at"},
+                             "chargePointCertificateValidTo": str | None,  # OCPP dateTime
+                             "centralSystemRoots": int,  # CentralSystemRootCertificates
+                             "centralSystemRootsValidTo": str | None},  # the earliest
                          # GetDiagnostics: Idle, Uploading, Uploaded or UploadFailed, and
                          # the upload in progress (or the last one) of this boot
                          "diagnostics": {"status": str, "upload": None | {

@@ -63,7 +63,7 @@ from dcocpp.ocpp import transport
 from dcocpp.ocpp.authcache import AuthorizationCache
 from dcocpp.ocpp.authorization import Authorizer
 from dcocpp.ocpp.certificates.chargepoint import ChargePointCertificates
-from dcocpp.ocpp.certificates.store import CertificateStore
+from dcocpp.ocpp.certificates.store import CertificateStore, RootKind
 from dcocpp.ocpp.certificates.tls import CentralSystemTrust, client_context
 from dcocpp.ocpp.configuration import ConfigurationStore
 from dcocpp.ocpp.control import ConnectorStatus
@@ -927,6 +927,13 @@ class Station:
         fallback = profiles.last_fallback
         certificates = session.charge_point_certificates
         current = certificates.current if certificates is not None else None
+        # Only the dates: what the console warns of before TLS stops working.
+        roots = (
+            []
+            if session.certificates is None
+            else session.certificates.installed(RootKind.CENTRAL_SYSTEM)
+        )
+        earliest = min((root.certificate.not_valid_after_utc for root in roots), default=None)
         return {
             "securityProfile": session.security_profile_in_use(),
             "configuredProfile": profiles.profile,
@@ -935,6 +942,8 @@ class Station:
             "chargePointCertificateValidTo": (
                 None if current is None else ocpp_time(current.certificate.not_valid_after_utc)
             ),
+            "centralSystemRoots": len(roots),
+            "centralSystemRootsValidTo": None if earliest is None else ocpp_time(earliest),
         }
 
     def _current_limit(self, connector_id: int) -> float | None:
