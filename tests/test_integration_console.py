@@ -149,6 +149,10 @@ def test_metrics_agree_with_the_status(station: ConsoleStation) -> None:
     assert value("dcocpp_ocpp_registration", state="Accepted") == 1
     assert value("dcocpp_outbox_messages") == cp["outbox"]["queued"] == 0
     assert value("dcocpp_outbox_parked_messages") == cp["outbox"]["parked"]
+    # No firmware update asked for: Idle, the running version as the info's label.
+    assert value("dcocpp_firmware_status", status=cp["firmware"]["status"]) == 1
+    assert value("dcocpp_firmware_status", status="Downloading") == 0
+    assert value("dcocpp_firmware_info", version=cp["firmware"]["version"]) == 1
     # The link's counters agree with what the central system received.
     for action in ("StartTransaction", "StopTransaction", "MeterValues"):
         received = len(station.calls(action))

@@ -16,9 +16,12 @@ from prometheus_client.core import (
     CounterMetricFamily,
     GaugeMetricFamily,
     HistogramMetricFamily,
+    InfoMetricFamily,
     Metric,
 )
 from prometheus_client.registry import Collector, CollectorRegistry
+
+from dcocpp.clock import parse_ocpp_time
 
 JOULES_PER_WH = 3600.0
 # OCPP 1.6's ChargePointStatus, the states of `dcocpp_connector_status`.
@@ -32,6 +35,16 @@ STATUSES = (
     "Reserved",
     "Unavailable",
     "Faulted",
+)
+# OCPP 1.6's FirmwareStatus, the states of `dcocpp_firmware_status`.
+FIRMWARE_STATUSES = (
+    "Idle",
+    "Downloading",
+    "Downloaded",
+    "DownloadFailed",
+    "Installing",
+    "Installed",
+    "InstallationFailed",
 )
 # The fault kinds a gun reports (the API's FAULT_KINDS, plus the relay's own supervision).
 FAULTS = ("estop", "earth", "comm", "meter", "lock", "relay")
@@ -67,6 +80,10 @@ class StationCollector(Collector):
         snapshot = self._source.snapshot()
         yield from _connectors(snapshot["connectors"])
         yield from _charge_point(snapshot["chargePoint"])
+        if snapshot["chargePoint"].get("firmware"):
+            yield from _firmware(snapshot["chargePoint"]["firmware"])
+        yield from _transfers(snapshot["chargePoint"])
+        yield from _certificates(snapshot["chargePoint"].get("security"))
         yield from _link(self._source.link_counters())
         yield from _hardware(snapshot["chargePoint"]["hardware"])
 
@@ -165,6 +182,65 @@ def _charge_point(cp: Mapping[str, Any]) -> Iterator[Metric]:
             "the last WebSocket ping's round trip",
             value=link["pingRoundTripS"],
         )
+
+
+def _firmware(firmware: Mapping[str, Any]) -> Iterator[Metric]:
+    status = GaugeMetricFamily(
+        "dcocpp_firmware_status",
+        "the last FirmwareStatusNotification status (1 on the current one)",
+        labels=["status"],
+    )
+    for state in dict.fromkeys((*FIRMWARE_STATUSES, firmware["status"])):
+        status.add_metric([state], 1.0 if firmware["status"] == state else 0.0)
+    yield status
+    yield InfoMetricFamily(
+        "dcocpp_firmware", "the firmware running", value={"version": firmware["version"]}
+    )
+
+
+def _transfers(cp: Mapping[str, Any]) -> Iterator[Metric]:
+    """The firmware download, the diagnostics and the log upload under way (or the last one of
+    this start): each has its own field names in the status."""
+    moved = GaugeMetricFamily(
+        "dcocpp_transfer_bytes",
+        "bytes moved by the file transfer under way, or the last one since the start",
+        labels=["transfer"],
+    )
+    size = GaugeMetricFamily(
+        "dcocpp_transfer_size_bytes",
+        "the size of the transferred file, where known",
+        labels=["transfer"],
+    )
+    transfers = [
+        ("firmware", (cp.get("firmware") or {}).get("update"), "bytesDone", "bytesTotal"),
+        ("diagnostics", (cp.get("diagnostics") or {}).get("upload"), "bytes_done", "bytes_total"),
+        ("log", (cp.get("logs") or {}).get("upload"), "bytes_done", "bytes_total"),
+    ]
+    for name, transfer, done, total in transfers:
+        if transfer is None:
+            continue
+        moved.add_metric([name], float(transfer[done]))
+        if transfer[total] is not None:
+            size.add_metric([name], float(transfer[total]))
+    yield moved
+    yield size
+
+
+def _certificates(security: Mapping[str, Any] | None) -> Iterator[Metric]:
+    expiry = GaugeMetricFamily(
+        "dcocpp_certificate_expiry_timestamp_seconds",
+        "notAfter of the charge point certificate, and the earliest of the installed"
+        " CentralSystemRootCertificates (Unix time)",
+        labels=["certificate"],
+    )
+    if security is not None:
+        for name, field in (
+            ("charge_point", "chargePointCertificateValidTo"),
+            ("central_system_root", "centralSystemRootsValidTo"),
+        ):
+            if security.get(field) is not None:
+                expiry.add_metric([name], parse_ocpp_time(security[field]).timestamp())
+    yield expiry
 
 
 def _link(counters: Mapping[str, Any]) -> Iterator[Metric]:
