@@ -92,10 +92,13 @@ def charging(entry: dict[str, Any]) -> bool:
 
 
 @contextmanager
-def console_station(tmp: Path, **keys: Any) -> Iterator[ConsoleStation]:
-    """The charger (OCPP keys preset to `keys`) and its central system, both stopped after."""
+def console_station(
+    tmp: Path, *, csms_steps: list[dict[str, Any]] | None = None, **keys: Any
+) -> Iterator[ConsoleStation]:
+    """The charger (OCPP keys preset to `keys`) and its central system (running `csms_steps`,
+    its script, once the charger connects), both stopped after."""
     preset_user_keys(tmp, **keys)
-    csms, csms_port = start_peer_csms(tmp, None, heartbeat_interval=60, timeout=START_TIMEOUT)
+    csms, csms_port = start_peer_csms(tmp, csms_steps, heartbeat_interval=60, timeout=START_TIMEOUT)
     charger: ManagedProcess | None = None
     try:
         charger = start_charger(tmp, f"ws://127.0.0.1:{csms_port}/ocpp", api_port=0)

@@ -13,7 +13,6 @@
   const actions = new Set();
   const connectorsSeen = new Set();
   let snapshot = null;
-  let keys = [];
   let sessionIds = "";
 
   const $ = (selector, root = document) => root.querySelector(selector);
@@ -31,8 +30,21 @@
     const h = Math.floor(s / 3600), m = Math.floor((s % 3600) / 60);
     return (h ? `${h} h ` : "") + (h || m ? `${m} min ` : "") + `${s % 60} s`;
   };
+  // [term, value] or [term, value, class of the value: "warn" or "bad"]
   const facts = (dl, pairs) =>
-    dl.replaceChildren(...pairs.flatMap(([term, value]) => [el("dt", term), el("dd", value)]));
+    dl.replaceChildren(...pairs.flatMap(([term, value, tone]) => [el("dt", term), el("dd", value, tone)]));
+  const bytes = (n) => {
+    if (n < 1024) return `${n} B`;
+    if (n < 1024 * 1024) return `${fixed(n / 1024)} KiB`;
+    return `${fixed(n / (1024 * 1024))} MiB`;
+  };
+  const DAY_MS = 24 * 3600 * 1000;
+  // A certificate's notAfter: when, how far off, and a warning tone within a month.
+  const expiry = (iso) => {
+    const days = Math.floor((Date.parse(iso) - Date.now()) / DAY_MS);
+    if (days < 0) return [`expired ${time(iso)}`, "bad"];
+    return [`expires ${time(iso)} (in ${days} day${days === 1 ? "" : "s"})`, days < 30 ? "warn" : undefined];
+  };
 
   // --- the guns ---------------------------------------------------------------------------
 
@@ -203,7 +215,6 @@
     live.textContent = cp.simulation ? `${cp.simulation} hardware` : "real hardware";
     const link = cp.link || {};
     const failure = cp.lastConnectionFailure;
-    const profile = keys.find((k) => k.key === "SecurityProfile");
     facts($("#link-facts"), [
       ["URL", cp.url ?? "–"],
       ["registration", cp.registration],
@@ -214,24 +225,116 @@
       ["connections", link.connections ?? 0],
       ["heartbeat", link.heartbeatAt ? `${time(link.heartbeatAt)}, ${fixed(link.heartbeatRoundTripS * 1000, 0)} ms` : "–"],
       ["ping round trip", link.pingRoundTripS === null || link.pingRoundTripS === undefined ? "–" : `${fixed(link.pingRoundTripS * 1000, 0)} ms`],
-      ["security profile", profile ? profile.value : "–"],
+      ...securityFacts(cp.security),
     ]);
-    const diag = cp.diagnostics || { status: "Idle", upload: null };
-    const upload = diag.upload;
     facts($("#outbox-facts"), [
       ["queued", cp.outbox.queued],
-      ["parked", cp.outbox.parked],
+      ["parked", cp.outbox.parked, cp.outbox.parked ? "warn" : undefined],
       ["oldest waiting", cp.outbox.oldestAgeS === null || cp.outbox.oldestAgeS === undefined ? "–" : span(cp.outbox.oldestAgeS)],
-      ["diagnostics", diag.status],
-      ...(upload ? [["upload", `${upload.file_name} to ${upload.location}: ${upload.bytes_done}` +
-        `${upload.bytes_total ? ` of ${upload.bytes_total}` : ""} bytes, attempt ${upload.attempt} of ${upload.attempts}` +
-        `${upload.error ? `; ${upload.error}` : ""}`]] : []),
     ]);
+    renderFirmware(cp.firmware);
+    renderUpload("diagnostics", cp.diagnostics);
+    renderUpload("logs", cp.logs);
     const counters = Object.entries(cp.hardware || {});
     facts($("#hardware-facts"), [
       ["kind", cp.simulation ? `${cp.simulation} (the controls are on)` : "real"],
       ...(counters.length ? counters.map(([name, value]) => [name, value]) : [["counters", "none kept"]]),
     ]);
+  }
+
+  const PROFILES = {
+    0: "no authentication, no TLS",
+    1: "Basic auth, no TLS",
+    2: "TLS and Basic auth",
+    3: "TLS with the charge point certificate",
+  };
+
+  function securityFacts(security) {
+    if (!security) return [["security profile", "–"]];
+    const inUse = security.securityProfile;
+    const configured = security.configuredProfile;
+    const fallback = security.lastFallback;
+    const pairs = [
+      ["security profile", `${inUse} (${PROFILES[inUse] || "unknown"})`],
+      ["configured profile", configured === null ? "none set by the central system"
+        : `${configured}${security.onTrial ? " (on trial: not connected with it yet)" : ""}`,
+        security.onTrial ? "warn" : undefined],
+      ["last fallback", fallback ? `${fallback.failed} → ${fallback.restored} at ${time(fallback.at)}: ${fallback.reason}` : "none",
+        fallback ? "warn" : undefined],
+    ];
+    const own = security.chargePointCertificateValidTo;
+    pairs.push(["charge point certificate", ...(own ? expiry(own) : ["none"])]);
+    const roots = security.centralSystemRoots || 0;
+    if (roots) {
+      const [text, tone] = expiry(security.centralSystemRootsValidTo);
+      pairs.push(["CSMS root certificates", `${roots} installed; the first ${text}`, tone]);
+    } else {
+      pairs.push(["CSMS root certificates", "none installed"]);
+    }
+    return pairs;
+  }
+
+  // One transfer's box: its status, its facts and a progress bar (bytes of the total; without
+  // a known total the bar is indeterminate).
+  function renderTransfer(id, status, done, total, percent, pairs) {
+    const box = $(`#transfer-${id}`);
+    box.dataset.status = status;
+    $(".transfer-status", box).textContent = status;
+    facts($("dl", box), pairs);
+    const line = $(".progress-line", box);
+    line.hidden = done === null;
+    if (done === null) return;
+    const bar = $("progress", box);
+    if (total) {
+      bar.max = total;
+      bar.value = Math.min(done, total);
+    } else {
+      bar.removeAttribute("value");
+    }
+    box.dataset.bytesDone = String(done);
+    box.dataset.bytesTotal = total ? String(total) : "";
+    $(".progress-text", box).textContent = total
+      ? `${fixed(percent ?? (100 * done) / total)} % (${bytes(done)} of ${bytes(total)})`
+      : `${bytes(done)} of an unknown size`;
+  }
+
+  function attemptFacts(attempt, attempts, nextAt, error) {
+    return [
+      ["attempt", attempt ? `${attempt} of ${attempts}` : `none yet (of ${attempts})`],
+      ...(nextAt ? [["next try", time(nextAt)]] : []),
+      ["last error", error || "none", error ? "bad" : undefined],
+    ];
+  }
+
+  function renderFirmware(firmware) {
+    if (!firmware) return renderTransfer("firmware", "–", null, null, null, []);
+    const update = firmware.update;
+    const pairs = [["running", firmware.version]];
+    if (update) {
+      pairs.push(["update", `${update.fileName} from ${update.location}`], ["phase", update.phase],
+        ...attemptFacts(update.attempt, update.attempts, update.nextAttemptAt, update.error));
+    } else {
+      pairs.push(["update", "none"]);
+    }
+    const begun = update && update.phase !== "scheduled";
+    renderTransfer("firmware", firmware.status, begun ? update.bytesDone : null,
+      update ? update.bytesTotal : null, update ? update.percent : null, pairs);
+    $("#transfer-firmware").dataset.phase = update ? update.phase : "";
+  }
+
+  function renderUpload(id, state) {
+    if (!state) return renderTransfer(id, "–", null, null, null, []);
+    const upload = state.upload;
+    const pairs = [];
+    if (upload) {
+      pairs.push(["file", `${upload.file_name} to ${upload.location}`],
+        ...(upload.request_id === null || upload.request_id === undefined ? [] : [["request", upload.request_id]]),
+        ...attemptFacts(upload.attempt, upload.attempts, upload.next_attempt_at, upload.error),
+        ...(upload.refusal ? [["refused as", upload.refusal, "bad"]] : []));
+    } else {
+      pairs.push(["file", "none"]);
+    }
+    renderTransfer(id, state.status, upload ? upload.bytes_done : null, upload ? upload.bytes_total : null, null, pairs);
   }
 
   function render(next) {
@@ -326,13 +429,11 @@
   // --- configuration and history ----------------------------------------------------------
 
   function renderKeys(list) {
-    keys = list;
     $("#keys tbody").replaceChildren(...list.map((k) => {
       const row = el("tr");
       row.append(el("td", k.key), el("td", k.value), el("td", k.readonly ? "read-only" : ""));
       return row;
     }));
-    if (snapshot) renderChargePoint(snapshot.chargePoint);
   }
 
   async function loadHistory() {
