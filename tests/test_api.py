@@ -14,11 +14,15 @@ import pytest
 import trio
 
 from dcocpp.api.contract import FAULT_KINDS, parse_address
+from dcocpp.api.feed import Feed
 from dcocpp.api.server import MAX_REQUESTS, ApiError, StationView, create_app, serve_api
 from dcocpp.cli import sim as simcli
+from dcocpp.ocpp.traffic import LinkTraffic
 from dcocpp.station.station import AUTHORIZATION_WAIT
 from tests.csms import FakeCsms
 from tests.station_harness import charger_config, running_station
+
+JSON = {"Content-Type": "application/json"}
 
 
 class FakeView:
@@ -32,10 +36,31 @@ class FakeView:
         self.connectors = {cid: _connector(cid) for cid in (1, 2)}
         self.faults: dict[int, set[str]] = {1: set(), 2: set()}
         self.calls: list[tuple[Any, ...]] = []
+        self.feed = Feed()
+
+    def link_counters(self) -> dict[str, Any]:
+        return LinkTraffic().counters()
+
+    def configuration(self) -> list[dict[str, Any]]:
+        return [{"key": "HeartbeatInterval", "readonly": False, "value": "60"}]
+
+    async def transactions(self, limit: int) -> list[dict[str, Any]]:
+        await trio.lowlevel.checkpoint()
+        return []
+
+    async def transaction_meter_values(self, session_id: int) -> dict[str, Any]:
+        await trio.lowlevel.checkpoint()
+        raise KeyError(session_id)
 
     def snapshot(self) -> dict[str, Any]:
         return {
-            "chargePoint": {"id": "CP-TEST", "connected": True, "registration": "Accepted"},
+            "chargePoint": {
+                "id": "CP-TEST",
+                "connected": True,
+                "registration": "Accepted",
+                "outbox": {"queued": 0, "parked": 0},
+                "hardware": {},
+            },
             "connectors": [dict(c) for c in self.connectors.values()],
         }
 
@@ -108,6 +133,8 @@ def _connector(cid: int) -> dict[str, Any]:
         "currentA": 0.0,
         "voltageV": 0.0,
         "soc": None,
+        "faults": [],
+        "currentLimitA": None,
     }
 
 
@@ -150,7 +177,7 @@ async def test_status_is_the_snapshot(client: httpx.AsyncClient, view: FakeView)
 
 
 async def test_plug_and_unplug(client: httpx.AsyncClient, view: FakeView) -> None:
-    response = await client.post("/api/connectors/1/plug")
+    response = await client.post("/api/connectors/1/plug", json={})
     assert response.status_code == 200
     expected = _connector(1) | {"plugged": True, "status": "Preparing"}
     assert response.json() == {"ok": True, "connector": expected}
@@ -164,11 +191,11 @@ async def test_plug_and_unplug(client: httpx.AsyncClient, view: FakeView) -> Non
 async def test_action_that_does_not_fit_the_state_is_422(
     client: httpx.AsyncClient, view: FakeView
 ) -> None:
-    await client.post("/api/connectors/2/plug")
-    response = await client.post("/api/connectors/2/plug")
+    await client.post("/api/connectors/2/plug", json={})
+    response = await client.post("/api/connectors/2/plug", json={})
     assert response.status_code == 422
     assert response.json() == {"error": "connector 2 is already plugged"}
-    response = await client.post("/api/connectors/1/unplug")
+    response = await client.post("/api/connectors/1/unplug", json={})
     assert response.status_code == 422
     assert response.json() == {"error": "connector 1 is not plugged"}
 
@@ -251,7 +278,7 @@ async def test_unknown_connector_is_404(
 
 
 async def test_key_error_from_the_view_is_404(client: httpx.AsyncClient, view: FakeView) -> None:
-    response = await client.post("/api/connectors/3/plug")
+    response = await client.post("/api/connectors/3/plug", json={})
     assert response.status_code == 404
     assert response.json() == {"error": "unknown connector '3'"}
     assert view.calls == [("plug", 3)]
@@ -321,9 +348,56 @@ async def test_bad_body_is_422(
     assert view.calls == []
 
 
+@pytest.mark.parametrize(
+    ("content_type", "content"),
+    [
+        # What a page on another site can make a browser POST without a CORS preflight.
+        (None, b""),
+        ("text/plain", b'{"idTag": "T"}'),
+        ("text/plain;charset=UTF-8", b'{"idTag": "T"}'),
+        ("application/x-www-form-urlencoded", b"idTag=T"),
+        ("multipart/form-data; boundary=b", b'--b\r\nContent-Disposition: form-data; name="idTag"'),
+        # Nor anything else that is not JSON.
+        ("application/jsonx", b'{"idTag": "T"}'),
+    ],
+)
+async def test_a_post_not_declared_json_is_refused_415_before_anything_happens(
+    view: FakeView, content_type: str | None, content: bytes
+) -> None:
+    transport = httpx.ASGITransport(app=create_app(view))
+    headers = {} if content_type is None else {"Content-Type": content_type}
+    async with httpx.AsyncClient(transport=transport, base_url="http://t") as client:
+        for path in ("plug", "authorize", "faults/estop"):
+            response = await client.post(
+                f"/api/connectors/1/{path}", content=content, headers=headers
+            )
+            assert response.status_code == 415, path
+            said = "no Content-Type" if content_type is None else repr(content_type)
+            assert response.json() == {
+                "error": f"send the body as JSON (Content-Type: application/json), got {said}"
+            }
+    assert view.calls == []
+
+
+@pytest.mark.parametrize(
+    "content_type", ["application/json", "application/json; charset=utf-8", "Application/JSON"]
+)
+async def test_a_post_declared_json_is_served(view: FakeView, content_type: str) -> None:
+    transport = httpx.ASGITransport(app=create_app(view))
+    async with httpx.AsyncClient(transport=transport, base_url="http://t") as client:
+        plug = await client.post("/api/connectors/1/plug", headers={"Content-Type": content_type})
+        tag = await client.post(
+            "/api/connectors/1/authorize",
+            content=b'{"idTag": "T"}',
+            headers={"Content-Type": content_type},
+        )
+    assert (plug.status_code, tag.status_code) == (200, 200)
+    assert view.calls == [("plug", 1), ("present_id", 1, "T")]
+
+
 async def test_unknown_route_is_404_json(client: httpx.AsyncClient) -> None:
     for method, path in [
-        ("GET", "/"),
+        ("GET", "/nothing-here"),
         ("GET", "/api"),
         ("GET", "/api/connectors/1"),
         ("POST", "/api/connectors/1/explode"),
@@ -353,7 +427,7 @@ async def test_wrong_method_is_405_json(client: httpx.AsyncClient, view: FakeVie
 
 async def test_oversized_body_is_413_json(client: httpx.AsyncClient, view: FakeView) -> None:
     body = json.dumps({"idTag": "X" * 20_000}).encode()
-    response = await client.post("/api/connectors/1/authorize", content=body)
+    response = await client.post("/api/connectors/1/authorize", content=body, headers=JSON)
     assert response.status_code == 413
     assert response.json() == {"error": "request body larger than 16384 bytes"}
 
@@ -361,7 +435,7 @@ async def test_oversized_body_is_413_json(client: httpx.AsyncClient, view: FakeV
         for _ in range(20):
             yield b" " * 1000
 
-    response = await client.post("/api/connectors/1/plug", content=chunked())
+    response = await client.post("/api/connectors/1/plug", content=chunked(), headers=JSON)
     assert response.status_code == 413
     assert response.json() == {"error": "request body larger than 16384 bytes"}
     assert view.calls == []
@@ -687,7 +761,7 @@ async def test_serve_api_on_ipv6_loopback(view: FakeView) -> None:
         assert host == "::1"
         assert await _cli("sim", "plug", "1", "--api", f"[::1]:{port}") == 0
         async with _http_client(f"http://[::1]:{port}") as client:
-            response = await client.post("/api/connectors/2/plug")
+            response = await client.post("/api/connectors/2/plug", json={})
         assert response.json()["connector"]["plugged"] is True
         nursery.cancel_scope.cancel()
 

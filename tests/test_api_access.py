@@ -90,10 +90,44 @@ async def test_loopback_without_a_token_stays_open() -> None:
         _, port = await nursery.start(serve_api, view, "127.0.0.1", 0)
         async with _client(port) as client:
             assert (await client.get("/api/status")).status_code == 200
-            assert (await client.post("/api/connectors/1/plug")).status_code == 200
+            assert (await client.post("/api/connectors/1/plug", json={})).status_code == 200
         assert await _cli("status", "--api", f"127.0.0.1:{port}") == 0
         nursery.cancel_scope.cancel()
     assert view.calls == [("plug", 1)]
+
+
+async def test_on_loopback_another_sites_page_cannot_drive_the_charger() -> None:
+    """Without a token, what a page elsewhere can make the operator's browser send (a simple
+    POST: form data, plain text, no body) is refused 415; the preflight a JSON POST needs is
+    not granted; `dcocpp sim` (JSON) still drives the charger."""
+    view = FakeView()
+    page = {"Origin": "http://attacker.example", "Referer": "http://attacker.example/"}
+    async with trio.open_nursery() as nursery:
+        _, port = await nursery.start(serve_api, view, "127.0.0.1", 0)
+        async with _client(port) as client:
+            for headers, content in (
+                ({}, b""),
+                ({"Content-Type": "text/plain"}, b'{"active": true}'),
+                ({"Content-Type": "application/x-www-form-urlencoded"}, b"active=true"),
+            ):
+                for path in ("/api/connectors/1/plug", "/api/connectors/1/faults/estop"):
+                    response = await client.post(path, headers=page | headers, content=content)
+                    assert response.status_code == 415, (path, headers)
+            preflight = await client.options(
+                "/api/connectors/1/plug",
+                headers=page
+                | {
+                    "Access-Control-Request-Method": "POST",
+                    "Access-Control-Request-Headers": "content-type",
+                },
+            )
+            assert preflight.status_code == 405
+            assert not any(name.startswith("access-control-") for name in preflight.headers)
+        assert view.calls == []
+        assert await _cli("sim", "plug", "1", "--api", f"127.0.0.1:{port}") == 0
+        assert await _cli("sim", "fault", "1", "estop", "on", "--api", f"127.0.0.1:{port}") == 0
+        nursery.cancel_scope.cancel()
+    assert view.calls == [("plug", 1), ("set_fault", 1, "estop", True)]
 
 
 @pytest.mark.parametrize("host", ["0.0.0.0", "::", "192.168.1.20", "charger.local"])
@@ -136,7 +170,7 @@ async def test_with_a_token_every_request_needs_it() -> None:
 
             good = {"Authorization": f"Bearer {TOKEN}"}
             assert (await client.get("/api/status", headers=good)).status_code == 200
-            plugged = await client.post("/api/connectors/1/plug", headers=good)
+            plugged = await client.post("/api/connectors/1/plug", headers=good, json={})
             assert plugged.status_code == 200
             assert plugged.json()["connector"]["plugged"] is True
             # The scheme is case-insensitive (RFC 7235).

@@ -209,6 +209,9 @@ CALLS: dict[str, tuple[object, ...]] = {
         "LogStatusNotification",
         {"status": "Uploading", "request_id": 7},
     ),
+    "sessions": (10,),
+    "session": (1,),
+    "session_samples": ([1],),
 }
 
 

@@ -305,6 +305,23 @@ async def test_tc_044_2_download_failed_after_exactly_retries_plus_one_attempts(
         assert [c.machine.status for c in h.station.connectors.values()] == ["Available"] * 2
 
 
+async def test_a_location_that_is_no_transfer_url_fails_after_one_attempt(
+    tmp_path: Path,
+) -> None:
+    """No retry mends it: a central system asking for 2**31 - 1 retries with no interval
+    gets DownloadFailed at once, not a charger busy retrying for ever (found by the CSMS
+    fuzz test)."""
+    async with running_station(config_for(tmp_path)) as h:
+        await h.booted()
+        await update_firmware(h, "not a URL at all", retries=2**31 - 1, retry_interval=0)
+        await wait_statuses(h, "Downloading", "DownloadFailed")
+        update = h.station.snapshot()["chargePoint"]["firmware"]["update"]
+    assert (update["attempt"], update["attempts"], update["phase"]) == (1, 1, "ended")
+    assert update["error"] == (
+        "not a URL at all: no scheme (only ftp://, ftps://, http://, https://)"
+    )
+
+
 # --- TC_044_3: not an image ----------------------------------------------------------------------
 
 

@@ -19,13 +19,14 @@ import pytest
 import trio
 from ocpp.v16 import call
 
+from dcocpp.clock import ocpp_time
 from dcocpp.config import ChargerConfig, SecurityConfig
 from dcocpp.ocpp import transport
 from dcocpp.ocpp.certificates.store import CertificateStore, RootKind
 from dcocpp.ocpp.certificates.tls import client_context
 from dcocpp.ocpp.errors import TransportError, UntrustedCertificate
 from dcocpp.station.station import CERTIFICATES
-from tests.pki import NOW, Issued, issue
+from tests.pki import NOW, VALID_TO, Issued, issue
 from tests.station_harness import charger_config, running_station
 
 HOST = "csms.test"
@@ -234,6 +235,35 @@ async def test_a_csms_root_installed_over_ocpp_is_what_wss_trusts(
         profile = h.station.session.security_profile_in_use()
     assert deleted == {"status": "Failed"}  # the last root, on the connection that uses it
     assert profile == 0  # TLS without credentials (no AuthorizationKey, no client certificate)
+
+
+async def test_the_status_shows_when_the_earliest_installed_csms_root_expires(
+    autojump_clock: Any, tmp_path: Path
+) -> None:
+    """What the console warns of before TLS to the central system stops working: how many
+    CSMS roots are installed and the earliest notAfter among them (dates only, no PEM)."""
+    later = issue("CSMS Root 2030", not_after=VALID_TO)
+    sooner = issue("CSMS Root soon", not_after=VALID_TO - timedelta(days=200))
+    async with running_station(charger_config(tmp_path)) as h:
+        await h.booted()
+
+        def security() -> dict[str, Any]:
+            return dict(h.station.snapshot()["chargePoint"]["security"])
+
+        before = security()
+        for root in (later, sooner):
+            result = await h.csms_call(
+                call.InstallCertificate(
+                    certificate_type="CentralSystemRootCertificate", certificate=root.pem
+                )
+            )
+            assert result.status == "Accepted"
+        after = security()
+        shown = json.dumps(h.station.snapshot())
+    assert (before["centralSystemRoots"], before["centralSystemRootsValidTo"]) == (0, None)
+    assert after["centralSystemRoots"] == 2
+    assert after["centralSystemRootsValidTo"] == ocpp_time(sooner.certificate.not_valid_after_utc)
+    assert "BEGIN CERTIFICATE" not in shown and "PRIVATE" not in shown
 
 
 async def test_without_an_installed_root_wss_to_a_private_pki_fails(

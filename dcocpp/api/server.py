@@ -22,6 +22,12 @@ Routes (JSON in and out; every error is `{"error": "<reason>"}`):
 - `POST /api/connectors/{id}/ev`              `{"suspended": true|false}`
 - `POST /api/connectors/{id}/faults/{kind}`   `{"active": true|false}`, kind in FAULT_KINDS
 
+A POST must say its body is JSON (`Content-Type: application/json`, even with no body): any
+other is answered 415 before it does anything. On loopback without a token this is what keeps
+a web page the operator happens to visit from driving the charger: a browser sends another
+site's POST without asking first only as a "simple" request (form data, plain text or no
+type), and one declared JSON needs a CORS preflight, which this API never grants.
+
 A successful POST answers `{"ok": true, "connector": <that connector's snapshot entry>}`;
 `authorize` adds `"authorization"` (see `StationView.present_id`). Unknown connector, fault kind
 or route -> 404; a bad body, or an action that does not fit the connector's state (a tag the
@@ -33,11 +39,12 @@ before anything else: a client that floods the API cannot pile up work in the ch
 from __future__ import annotations
 
 import hmac
+import html
 import json
 import logging
 import re
 import socket
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Awaitable, Mapping, Sequence
 from contextlib import aclosing
 from functools import partial
 from typing import Any, Protocol, cast
@@ -57,9 +64,13 @@ from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
 from starlette.middleware.authentication import AuthenticationMiddleware
 from starlette.requests import HTTPConnection, Request
-from starlette.responses import JSONResponse, Response
-from starlette.routing import Route
+from starlette.responses import HTMLResponse, JSONResponse, Response
+from starlette.routing import BaseRoute, Route
 
+from dcocpp.api import console
+from dcocpp.api.answers import Reject as _Reject
+from dcocpp.api.answers import answering as _answering
+from dcocpp.api.answers import error as _error
 from dcocpp.api.contract import (
     FAULT_KINDS,
     ID_TAG_MAX_LENGTH,
@@ -69,6 +80,7 @@ from dcocpp.api.contract import (
     is_loopback,
     token_problem,
 )
+from dcocpp.api.feed import Feed
 from dcocpp.jsontypes import json_type, valid_text
 from dcocpp.storage.oserrors import reason
 
@@ -78,6 +90,7 @@ log = logging.getLogger("dcocpp.api.server")
 server_log = logging.getLogger("dcocpp.api.server.server")
 
 MAX_BODY_BYTES = 16 * 1024  # the bodies are a few dozen bytes
+JSON_MEDIA_TYPE = "application/json"  # what every POST's Content-Type must say
 
 
 class StationView(Protocol):
@@ -86,6 +99,30 @@ class StationView(Protocol):
     Methods raise `KeyError` for an unknown connector and `ValueError` with a human readable
     message for an action that does not fit the connector's current state.
     """
+
+    @property
+    def feed(self) -> Feed:
+        """The station's news for the console's event streams."""
+        ...
+
+    def link_counters(self) -> dict[str, Any]:
+        """What went over the link to the central system (`ocpp.traffic.LinkTraffic.counters`):
+        {"messages": [{"action", "direction", "type", "count"}], "roundTrip": {"buckets":
+        [(upper bound s, cumulative count)], "sum", "count"}, "connections",
+        "connectionFailures"}."""
+        ...
+
+    def configuration(self) -> list[dict[str, Any]]:
+        """The configuration keys, [{"key", "value", "readonly"}]; write-only ones left out."""
+        ...
+
+    async def transactions(self, limit: int) -> list[dict[str, Any]]:
+        """The newest `limit` sessions of the history (see `dcocpp.station.history`)."""
+        ...
+
+    async def transaction_meter_values(self, session_id: int) -> dict[str, Any]:
+        """A session of the history with its readings ("points"); KeyError: none such."""
+        ...
 
     def snapshot(self) -> dict[str, Any]:
         """Exactly the body of GET /api/status:
@@ -97,6 +134,13 @@ class StationView(Protocol):
                              "at": str, "since": str,  # OCPP dateTime: latest, first
                              "attempts": int},  # failures since a connection last opened
                          "outbox": {"queued": int, "parked": int},
+                         # the security profile and when the certificates expire (dates only)
+                         "security": None | {"securityProfile": int,  # in use
+                             "configuredProfile": int | None, "onTrial": bool,
+                             "lastFallback": None | {"failed", "restored", "reason", "at"},
+                             "chargePointCertificateValidTo": str | None,  # OCPP dateTime
+                             "centralSystemRoots": int,  # CentralSystemRootCertificates
+                             "centralSystemRootsValidTo": str | None},  # the earliest
                          # GetDiagnostics: Idle, Uploading, Uploaded or UploadFailed, and
                          # the upload in progress (or the last one) of this boot
                          "diagnostics": {"status": str, "upload": None | {
@@ -159,15 +203,6 @@ class StationView(Protocol):
     async def set_fault(self, connector_id: int, kind: str, active: bool) -> None:
         """Raise or clear a simulated fault; kind is one of FAULT_KINDS."""
         ...
-
-
-class _Reject(Exception):
-    """An error answer: status code and the human readable reason."""
-
-    def __init__(self, status_code: int, reason: str) -> None:
-        super().__init__(reason)
-        self.status_code = status_code
-        self.reason = reason
 
 
 # --- the application -------------------------------------------------------------------------
@@ -251,15 +286,17 @@ def create_app(view: StationView, *, token: str | None = None) -> Starlette:
         return await act(cid, view.set_fault(cid, kind, active), what)
 
     connector = "/api/connectors/{connector_id}"
-    routes = [
+    routes: list[BaseRoute] = [
         Route("/api/status", _answering(status), methods=["GET"]),
         Route(f"{connector}/plug", _answering(plug), methods=["POST"]),
         Route(f"{connector}/unplug", _answering(unplug), methods=["POST"]),
         Route(f"{connector}/authorize", _answering(authorize), methods=["POST"]),
         Route(f"{connector}/ev", _answering(ev), methods=["POST"]),
         Route(f"{connector}/faults/{{kind}}", _answering(fault), methods=["POST"]),
+        *console.console_routes(view, token=token),
     ]
-    middleware = [Middleware(_AtMost, limit=MAX_REQUESTS)]
+    # An event stream stays open as long as its page: it has its own limit (console).
+    middleware = [Middleware(_AtMost, limit=MAX_REQUESTS, streams=frozenset({"/api/events"}))]
     if token is not None:
         middleware.append(
             Middleware(
@@ -276,13 +313,14 @@ def create_app(view: StationView, *, token: str | None = None) -> Starlette:
 class _AtMost:
     """ASGI middleware: at most `limit` HTTP requests in progress; the next is answered 503."""
 
-    def __init__(self, app: Any, *, limit: int) -> None:
+    def __init__(self, app: Any, *, limit: int, streams: frozenset[str] = frozenset()) -> None:
         self._app = app
         self._limit = limit
+        self._streams = streams  # paths of long-lived streams, not counted
         self._running = 0
 
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
-        if scope["type"] != "http":
+        if scope["type"] != "http" or scope["path"] in self._streams:
             await self._app(scope, receive, send)
             return
         if self._running >= self._limit:
@@ -297,17 +335,33 @@ class _AtMost:
 
 
 class _BearerToken(AuthenticationBackend):
-    """Lets through only requests with `Authorization: Bearer <the token>` (RFC 6750)."""
+    """Lets through only requests with `Authorization: Bearer <the token>` (RFC 6750), or,
+    from the console's page in a browser, the token's cookie (a POST with it only with the
+    console's header, see `console.CONSOLE_HEADER`), or `GET /?token=<the token>` (the page
+    then sets the cookie)."""
 
     def __init__(self, token: str) -> None:
         self._token = token.encode()
 
     async def authenticate(self, conn: HTTPConnection) -> tuple[AuthCredentials, SimpleUser]:
         scheme, _, credentials = conn.headers.get("authorization", "").partition(" ")
-        if scheme.lower() != "bearer" or not credentials.strip():
+        cookie = conn.cookies.get(console.COOKIE)
+        if scheme.lower() == "bearer" and credentials.strip():
+            given = credentials.strip()
+        elif conn.url.path == "/" and "token" in conn.query_params:
+            given = conn.query_params["token"]
+        elif cookie:
+            safe = conn.scope.get("method") in ("GET", "HEAD")
+            if not safe and console.CONSOLE_HEADER.lower() not in conn.headers:
+                raise AuthenticationError(
+                    f"the API token's cookie is for the console's page (its requests carry"
+                    f" {console.CONSOLE_HEADER}); other clients send Authorization: Bearer"
+                )
+            given = cookie
+        else:
             raise AuthenticationError("missing API token: send Authorization: Bearer <token>")
         # Constant time: the answer's timing must not tell how much of a guess was right.
-        if not hmac.compare_digest(credentials.strip().encode(), self._token):
+        if not hmac.compare_digest(given.encode(), self._token):
             raise AuthenticationError("wrong API token")
         return AuthCredentials(["api"]), SimpleUser("operator")
 
@@ -315,27 +369,25 @@ class _BearerToken(AuthenticationBackend):
 def _unauthorized(conn: HTTPConnection, exc: AuthenticationError) -> Response:
     client = format_address(*conn.client) if conn.client else "unknown client"
     log.info("API: refused a request for %s from %s: %s", conn.url.path, client, exc)
-    return _error(401, str(exc), {"WWW-Authenticate": 'Bearer realm="dcocpp"'})
+    challenge = {"WWW-Authenticate": 'Bearer realm="dcocpp"'}
+    if conn.url.path == "/" and "text/html" in conn.headers.get("accept", ""):
+        # A browser opening the console: a form that asks for the token (GET /?token=...).
+        return HTMLResponse(_LOGIN.format(reason=html.escape(str(exc))), 401, challenge)
+    return _error(401, str(exc), challenge)
+
+
+_LOGIN = """<!doctype html>
+<html lang="en"><head><meta charset="utf-8"><title>dcocpp console: API token</title>
+<meta name="viewport" content="width=device-width, initial-scale=1"></head>
+<body style="font-family: sans-serif; max-width: 32em; margin: 4em auto">
+<h1>dcocpp console</h1><p>This API needs its token ({reason}).</p>
+<form method="get" action="/"><label>API token <input name="token" type="password"
+autocomplete="current-password" required autofocus></label> <button>Open</button></form>
+</body></html>
+"""
 
 
 _DIGITS = re.compile(r"[0-9]{1,9}")
-_Endpoint = Callable[[Request], Awaitable[Response]]
-
-
-def _answering(endpoint: _Endpoint) -> _Endpoint:
-    """Turn a `_Reject` raised by the endpoint into its JSON error answer."""
-
-    async def answer(request: Request) -> Response:
-        try:
-            return await endpoint(request)
-        except _Reject as reject:
-            return _error(reject.status_code, reject.reason)
-
-    return answer
-
-
-def _error(status_code: int, reason: str, headers: Mapping[str, str] | None = None) -> Response:
-    return JSONResponse({"error": reason}, status_code=status_code, headers=headers)
 
 
 _HTTP_REASONS = {404: "no such route", 405: "method not allowed"}
@@ -361,9 +413,17 @@ _TYPE_NAMES = {str: "a string", bool: "true or false"}
 async def _json_object(request: Request, fields: Mapping[str, type]) -> dict[str, Any]:
     """The request body as a JSON object with exactly `fields` (name -> type).
 
-    An empty body counts as `{}` (so `curl -X POST .../plug` works). The types are checked
-    exactly: `true` is not a string and `1` is not a bool.
+    The body must be declared JSON (415 otherwise, see the module docstring). An empty body
+    counts as `{}` (`curl -X POST -H 'Content-Type: application/json' .../plug`). The types
+    are checked exactly: `true` is not a string and `1` is not a bool.
     """
+    declared = request.headers.get("content-type")
+    if declared is None or _media_type(declared) != JSON_MEDIA_TYPE:
+        raise _Reject(
+            415,
+            f"send the body as JSON (Content-Type: {JSON_MEDIA_TYPE}),"
+            f" got {'no Content-Type' if declared is None else repr(declared[:60])}",
+        )
     raw = await _body(request)
     if not raw.strip():
         body: Any = {}
@@ -386,6 +446,11 @@ async def _json_object(request: Request, fields: Mapping[str, type]) -> dict[str
         if type(body[name]) is not kind:
             raise _Reject(422, f"{name} must be {_TYPE_NAMES[kind]}, got {json_type(body[name])}")
     return body
+
+
+def _media_type(content_type: str) -> str:
+    """`application/json; charset=utf-8` -> `application/json`."""
+    return content_type.partition(";")[0].strip().lower()
 
 
 async def _body(request: Request) -> bytes:
@@ -473,5 +538,6 @@ async def serve_api(
         # Starlette's ASGI types are looser than Hypercorn's; the app is a plain ASGI 3 app.
         asgi_app = cast(ASGIFramework, app)
         await nursery.start(partial(hypercorn_serve, asgi_app, config))
+        nursery.start_soon(console.record_trend, view)
         log.info("local API on http://%s", format_address(host, bound_port))
         task_status.started((host, bound_port))

@@ -20,6 +20,7 @@ import logging.handlers
 import sys
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 MESSAGE_LOGGER = "dcocpp.messages"
@@ -182,10 +183,12 @@ def close_message_file() -> None:
 
 
 class MessageLog:
-    """Writes `<time> <peer> <direction> <frame>` lines; `>>` sent, `<<` received."""
+    """Writes `<time> <peer> <direction> <frame>` lines; `>>` sent, `<<` received. `tap`
+    gets each line's direction and redacted text too (the operator's console)."""
 
-    def __init__(self, peer: str):
+    def __init__(self, peer: str, *, tap: Callable[[str, str], None] | None = None):
         self.peer = peer
+        self._tap = tap
 
     def sent(self, text: str) -> None:
         self._line(">>", text)
@@ -201,7 +204,13 @@ class MessageLog:
 
     def _line(self, direction: str, text: str) -> None:
         sink = _file
+        tap = self._tap
+        if sink is None and tap is None and not log.isEnabledFor(logging.DEBUG):
+            return
+        text = redact(text)
+        if tap is not None:
+            tap(direction, text)
         if sink is not None:
-            sink.write(f"{_timestamp()} {self.peer} {direction} {redact(text)}")
+            sink.write(f"{_timestamp()} {self.peer} {direction} {text}")
         elif log.isEnabledFor(logging.DEBUG):
-            log.debug("%s %s %s", self.peer, direction, redact(text))
+            log.debug("%s %s %s", self.peer, direction, text)

@@ -34,6 +34,7 @@ from dcocpp.ocpp import wire
 from dcocpp.ocpp.errors import CallError as CallErrorException
 from dcocpp.ocpp.errors import ConnectionLost, InvalidPayload, OcppError, UnsendablePayload
 from dcocpp.ocpp.messagelog import MessageLog
+from dcocpp.ocpp.traffic import RECEIVED, SENT, LinkTraffic
 
 log = logging.getLogger(__name__)
 
@@ -50,6 +51,7 @@ class _Pending:
     unique_id: str
     action: str
     done: trio.Event = attrs.field(factory=trio.Event)
+    sent_at: float = 0.0  # trio time, for the round trip
     # The answer; a FrameError when the answer came but could not be read.
     response: CallResult | CallError | wire.FrameError | None = None
 
@@ -75,8 +77,11 @@ class RpcConnection:
         validate: bool = True,
         max_concurrent_handlers: int = 8,
         answers: Callable[[str], bool] | None = None,
+        traffic: LinkTraffic | None = None,
     ):
         self._ws = ws
+        # Counts what goes over the link (the console, /metrics); a throwaway one if none.
+        self._traffic = traffic if traffic is not None else LinkTraffic()
         self._routes = create_route_map(handlers)
         self._log = message_log
         self._call_results = call_results
@@ -174,6 +179,7 @@ class RpcConnection:
                 await self._refuse_busy(frame)
                 return
             self._busy_said = False
+            self._traffic.count(frame.action, RECEIVED, "CALL")
             nursery.start_soon(self._handle_call, frame)
             return
         pending = self._pending
@@ -183,6 +189,9 @@ class RpcConnection:
             self._log.note(f"dropped response to unknown CALL {frame.unique_id}")
             return
         pending.response = frame
+        kind = "CALLERROR" if isinstance(frame, CallError) else "CALLRESULT"
+        self._traffic.count(pending.action, RECEIVED, kind)
+        self._traffic.round_trips.observe(trio.current_time() - pending.sent_at)
         pending.done.set()
 
     # --- incoming CALLs ----------------------------------------------------------------------
@@ -203,6 +212,7 @@ class RpcConnection:
                 "GenericError",
                 f"{busy} CALLs are in progress; OCPP-J allows one at a time from each side",
             ),
+            frame.action,
         )
 
     async def _handle_call(self, msg: Call) -> None:
@@ -212,12 +222,13 @@ class RpcConnection:
                 handlers = self._routes.get(msg.action)
                 payload = await self._run_handler(msg, handlers)
             except CallErrorException as exc:
-                await self._send_error(msg.unique_id, exc)
+                await self._send_error(msg.unique_id, exc, msg.action)
                 return
             except ocpp_exceptions.OCPPError as exc:
                 code = _OCPP16_CODES.get(exc.code, exc.code)
                 # The package's details may hold non-JSON objects; the description says it all.
-                await self._send_error(msg.unique_id, CallErrorException(code, exc.description))
+                error = CallErrorException(code, exc.description)
+                await self._send_error(msg.unique_id, error, msg.action)
                 return
             except Exception:
                 # A bug in one handler must not take the session down: answer, log, go on.
@@ -225,8 +236,10 @@ class RpcConnection:
                 await self._send_error(
                     msg.unique_id,
                     CallErrorException("InternalError", f"{msg.action} could not be processed"),
+                    msg.action,
                 )
                 return
+            self._traffic.count(msg.action, SENT, "CALLRESULT")
             await self._send(wire.encode_result(msg.unique_id, payload))
             if handlers is not None and "_after_action" in handlers:
                 await self._run_after(msg, handlers["_after_action"])
@@ -305,6 +318,8 @@ class RpcConnection:
             pending = _Pending(f"{self._id_prefix}-{next(self._counter)}", action)
             self._pending = pending
             try:
+                pending.sent_at = trio.current_time()
+                self._traffic.count(action, SENT, "CALL")
                 await self._send(wire.encode_call(pending.unique_id, action, body))
                 await pending.done.wait()
             finally:
@@ -360,7 +375,11 @@ class RpcConnection:
 
     # --- sending -----------------------------------------------------------------------------
 
-    async def _send_error(self, unique_id: str, exc: CallErrorException) -> None:
+    async def _send_error(
+        self, unique_id: str, exc: CallErrorException, action: str | None = None
+    ) -> None:
+        if action is not None:
+            self._traffic.count(action, SENT, "CALLERROR")
         await self._send(wire.encode_error(unique_id, exc.code, exc.description, exc.details))
 
     async def _send(self, text: str) -> None:

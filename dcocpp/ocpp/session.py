@@ -44,7 +44,7 @@ import math
 import random
 import ssl
 from collections.abc import Awaitable, Callable, Mapping
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from functools import partial
 from typing import Any
 
@@ -90,6 +90,7 @@ from dcocpp.ocpp.securityprofile import FALLBACK_ATTEMPTS, Fallback, SecurityPro
 from dcocpp.ocpp.services import Identity
 from dcocpp.ocpp.smartcharging.service import ChargingProfiles
 from dcocpp.ocpp.statuses import allowed_transitions
+from dcocpp.ocpp.traffic import LinkTraffic
 from dcocpp.ocpp.wire import MAX_WEBSOCKET_MESSAGE_BYTES
 
 log = logging.getLogger("dcocpp.session")
@@ -172,6 +173,7 @@ class ChargePointSession:
         rng: random.Random | None = None,
         clock: Callable[[], datetime] | None = None,
         central_time: CentralTime | None = None,
+        traffic: LinkTraffic | None = None,
     ):
         self.identity = identity
         self._configured_url = csms_url
@@ -180,6 +182,8 @@ class ChargePointSession:
             SecurityProfiles() if security_profiles is None else security_profiles
         )
         self.last_failure: ConnectionFailure | None = None
+        # What the link did (the console, /metrics): the station's, kept across soft resets.
+        self.traffic = traffic if traffic is not None else LinkTraffic()
         self._failing = False  # no connection has opened since `last_failure`
         self.store = store
         self.control = control
@@ -376,6 +380,8 @@ class ChargePointSession:
             failures = 0 if was_accepted and self._answered else failures + 1
             delay = self._backoff(failures)
             retry = f"next attempt in {delay:.1f} s"
+            self.traffic.connected_since = None
+            self.traffic.next_attempt_at = ocpp_time(self._clock() + timedelta(seconds=delay))
             if self.registration.is_connected:
                 # A connection that was up and went away is news every time, unless we
                 # dropped it ourselves.
@@ -415,6 +421,7 @@ class ChargePointSession:
             attempts=previous.attempts + 1 if previous is not None else 1,
         )
         self._failing = True
+        self.traffic.connection_failures += 1
         return failure
 
     def _connected_reason(self) -> str:
@@ -590,9 +597,17 @@ class ChargePointSession:
                     ws = await self._open(nursery)
                     if ws is None:
                         raise _ConnectFailed(self._drop_reason or "connection failed")
+                    traffic = self.traffic
                     rpc = RpcConnection(
-                        ws, self._handlers, message_log=MessageLog("csms"), answers=self._answers
+                        ws,
+                        self._handlers,
+                        message_log=MessageLog("csms", tap=traffic.frame),
+                        answers=self._answers,
+                        traffic=traffic,
                     )
+                    traffic.connections += 1
+                    traffic.connected_since = ocpp_time(self._clock())
+                    traffic.next_attempt_at = None
                     self._rpc = rpc
                     self._answered = False
                     self._connections += 1
@@ -820,6 +835,8 @@ class ChargePointSession:
                 self.boot_now()
             raise
         self._resume_unconfirmed = False
+        self.traffic.heartbeat_at = ocpp_time(self._clock())
+        self.traffic.heartbeat_round_trip_s = trio.current_time() - sent
         log.debug("heartbeat answered, central system time %s", result.current_time)
         self._tell_time(result.current_time, sent, "Heartbeat")
 
@@ -857,9 +874,11 @@ class ChargePointSession:
                 await trio.sleep(60)  # disabled; look at the key again later
                 continue
             await trio.sleep(interval)
+            sent = trio.current_time()
             with trio.move_on_after(interval) as scope:
                 try:
                     await rpc.websocket.ping()
+                    self.traffic.ping_round_trip_s = trio.current_time() - sent
                 except Exception as exc:  # trio_websocket.ConnectionClosed; ping() may raise more
                     raise ConnectionLost(f"ping failed: {exc}") from exc
             if scope.cancelled_caught:

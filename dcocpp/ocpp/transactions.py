@@ -188,6 +188,8 @@ class _Message:
     # A refused message waits for its retry aside (trio time), holding back only the later
     # messages of its own transaction.
     retry_at: float = float("-inf")
+    # When it joined the queue of this boot (trio time): the console shows the oldest's age.
+    queued_at: float = attrs.field(factory=trio.current_time)
 
 
 def _power_loss_meter_stop(
@@ -308,6 +310,13 @@ class TransactionOutbox:
     @property
     def parked(self) -> int:
         return sum(1 for m in self._queue if m.parked)
+
+    def oldest_age(self) -> float | None:
+        """Seconds the oldest queued message has waited (since this boot loaded it); None:
+        the queue is empty."""
+        if not self._queue:
+            return None
+        return trio.current_time() - min(m.queued_at for m in self._queue)
 
     # --- boot -----------------------------------------------------------------------------
 

@@ -155,6 +155,44 @@ class LimitEnforcer:
         nominal = [nominal_voltage(task.config) for task in connectors.values()]
         self._station_supply = Supply.dc(min(nominal, default=Decimal(400)))
 
+    def explain(self, connector_id: int) -> dict[str, object] | None:
+        """Where the gun's current limit comes from, for the operator's console: `source` is
+        "rating" (its maxCurrentA / maxPowerW), "charging profile", "station share" (of the
+        ChargePointMaxProfile) or "safe limit" (it cannot be computed, see the module
+        docstring); `profiles` the valid ones that concern it. None: no limit applied yet."""
+        applied = self.applied.get(connector_id)
+        if applied is None:
+            return None
+        now = self._clock.now()
+        installed = self._profiles.installed
+        ctx = self.context(connector_id)
+        rating = _floor(ctx.local_limit(Unit.amps))
+        failure = self._failures.get(connector_id)
+        if failure is None:
+            try:
+                own = self._own_limit(installed, connector_id, ctx, now)
+            except Exception as exc:  # shown to the operator, as the loop logs it
+                failure = repr(exc)
+        if failure is not None:
+            source = "safe limit"
+        elif applied < own:
+            source = "station share"
+        elif own < rating:
+            source = "charging profile"
+        else:
+            source = "rating"
+        profiles = [
+            {
+                "id": entry.profile.charging_profile_id,
+                "purpose": entry.profile.charging_profile_purpose.value,
+                "stackLevel": entry.profile.stack_level,
+                "connectorId": entry.connector_id,
+            }
+            for entry in installed
+            if entry.connector_id in (0, connector_id) and entry.profile.valid_at(now)
+        ]
+        return {"source": source, "ratingA": float(rating), "profiles": profiles, "error": failure}
+
     # --- what the OCPP layer asks ---------------------------------------------------------
 
     def context(self, connector_id: int) -> ChargingContext:

@@ -206,6 +206,18 @@ class ReservationBook:
         ended, self._ended = self._ended, []
         await self._forget(ended)
 
+    def listed(self) -> list[dict[str, object]]:
+        """The reservations in force, for the operator (connectorId 0: any gun)."""
+        return [
+            {
+                "reservationId": row.reservation_id,
+                "connectorId": row.connector_id,
+                "idTag": row.id_tag,
+                "expiryDate": row.expiry_date,
+            }
+            for row in sorted(self._rows.values(), key=lambda r: r.reservation_id)
+        ]
+
     def preferred_connectors(self, id_tag: str) -> list[int]:
         """Every connector, those reserved for `id_tag` first (RemoteStartTransaction without
         a connectorId uses the holder's reservation rather than leave it unused)."""

@@ -46,6 +46,7 @@ from ocpp.v16.enums import (
 )
 
 from dcocpp.api import server as api_server
+from dcocpp.api.feed import Feed
 from dcocpp.clock import WallClock, ocpp_time, parse_ocpp_time
 from dcocpp.clock.stationclock import SYNC_THRESHOLD_S, ClockStep, StationClock
 from dcocpp.config import ChargerConfig
@@ -62,7 +63,7 @@ from dcocpp.ocpp import transport
 from dcocpp.ocpp.authcache import AuthorizationCache
 from dcocpp.ocpp.authorization import Authorizer
 from dcocpp.ocpp.certificates.chargepoint import ChargePointCertificates
-from dcocpp.ocpp.certificates.store import CertificateStore
+from dcocpp.ocpp.certificates.store import CertificateStore, RootKind
 from dcocpp.ocpp.certificates.tls import CentralSystemTrust, client_context
 from dcocpp.ocpp.configuration import ConfigurationStore
 from dcocpp.ocpp.control import ConnectorStatus
@@ -88,8 +89,10 @@ from dcocpp.ocpp.securityprofile import SecurityProfiles
 from dcocpp.ocpp.services import Identity
 from dcocpp.ocpp.session import ChargePointSession
 from dcocpp.ocpp.smartcharging.service import ChargingContext, ChargingProfiles
+from dcocpp.ocpp.traffic import LinkTraffic
 from dcocpp.ocpp.transactions import TransactionOutbox
 from dcocpp.ocpp.transfer import SUPPORTED_PROTOCOLS
+from dcocpp.station import history
 from dcocpp.station.limits import LimitEnforcer
 from dcocpp.station.reservations import ReservationBook
 from dcocpp.storage.asyncdb import AsyncDatabase, Runner
@@ -277,6 +280,11 @@ class Station:
         self._delivery: trio.CancelScope | None = None
         self._delivery_cut = False  # `end_delivery` was called: no delivery waits any more
         self._closing = False  # shut_down / power_failure began: no new transaction
+        # The operator's console (the local API): the link's counters, kept across soft
+        # resets, and the news its event streams follow (status changes, message-log lines).
+        self.traffic = LinkTraffic()
+        self.feed = Feed()
+        self.traffic.tap = self.feed.frame
 
     @property
     def connector_ids(self) -> Sequence[int]:
@@ -415,6 +423,7 @@ class Station:
                 open_stream=self._open_stream,
                 clock=self.clock.now,
                 central_time=self.clock.follow,
+                traffic=self.traffic,
             )
             self.outbox = outbox = TransactionOutbox(session, db)
             now = ocpp_time(self.clock.now())
@@ -440,7 +449,7 @@ class Station:
                 outbox=outbox,
                 authorizer=Authorizer(session),
                 clock=self.clock,
-                report_status=session.report_status,
+                report_status=partial(self._report_status, session),
                 availability_applied=self._availability_applied,
             )
             before = {cid: task.machine.truth for cid, task in self.connectors.items()}
@@ -895,7 +904,7 @@ class Station:
     def snapshot(self) -> dict[str, Any]:
         session = self.session
         outbox = self.outbox
-        return {
+        snapshot = {
             "chargePoint": {
                 "id": self.config.charge_point.id,
                 "connected": bool(session and session.connected),
@@ -937,10 +946,11 @@ class Station:
                 ),
             },
             "connectors": [
-                {**task.snapshot(), "currentLimitA": self._current_limit(cid)}
+                {**task.snapshot(), "currentLimitA": self._current_limit(cid), **self._gun(cid)}
                 for cid, task in self.connectors.items()
             ],
         }
+        return self._console_details(snapshot)
 
     def _security_snapshot(self) -> dict[str, Any] | None:
         session = self.session
@@ -950,6 +960,13 @@ class Station:
         fallback = profiles.last_fallback
         certificates = session.charge_point_certificates
         current = certificates.current if certificates is not None else None
+        # Only the dates: what the console warns of before TLS stops working.
+        roots = (
+            []
+            if session.certificates is None
+            else session.certificates.installed(RootKind.CENTRAL_SYSTEM)
+        )
+        earliest = min((root.certificate.not_valid_after_utc for root in roots), default=None)
         return {
             "securityProfile": session.security_profile_in_use(),
             "configuredProfile": profiles.profile,
@@ -958,6 +975,8 @@ class Station:
             "chargePointCertificateValidTo": (
                 None if current is None else ocpp_time(current.certificate.not_valid_after_utc)
             ),
+            "centralSystemRoots": len(roots),
+            "centralSystemRootsValidTo": None if earliest is None else ocpp_time(earliest),
         }
 
     def _current_limit(self, connector_id: int) -> float | None:
@@ -1015,3 +1034,75 @@ class Station:
             raise ValueError(str(exc)) from exc
         with trio.move_on_after(SIMULATION_SETTLE_TIMEOUT):
             await self._task(connector_id).wait_truth(lambda t: (fault in t.fault_kinds) == active)
+
+    # --- the operator's console (the local API) ----------------------------------------------
+
+    def _report_status(self, session: ChargePointSession, status: ConnectorStatus) -> None:
+        session.report_status(status)
+        self.feed.changed()  # the console shows a status change at once
+
+    def _console_details(self, snapshot: dict[str, Any]) -> dict[str, Any]:
+        """The snapshot with what it shows the operator's console besides (see
+        `StationView.snapshot`)."""
+        cp = snapshot["chargePoint"]
+        oldest = self.outbox.oldest_age() if self.outbox is not None else None
+        cp["outbox"]["oldestAgeS"] = None if oldest is None else round(oldest, 1)
+        cp["simulation"] = None if self.simulation is None else self._simulation_kind()
+        cp["link"] = self.traffic.snapshot()
+        cp["reservations"] = self.reservations.listed() if self.reservations else []
+        return snapshot
+
+    def _simulation_kind(self) -> str:
+        """ "simulated" (guns simulated in-process) or "emulated" (emulated PLCs on a virtual
+        CAN bus, through the real driver)."""
+        return "emulated" if self.config.charge_point.use_plc else "simulated"
+
+    def _gun(self, connector_id: int) -> dict[str, Any]:
+        """A gun's running transaction and where its current limit comes from."""
+        task = self.connectors[connector_id]
+        tx = task.transaction
+        transaction = None
+        if tx is not None:
+            energy = task.gun.read_meter().energy_wh - tx.meter_start
+            started = parse_ocpp_time(tx.started_at)
+            transaction = {
+                "transactionId": tx.transaction_id,
+                "idTag": tx.id_tag,
+                "startedAt": tx.started_at,
+                "durationS": round((self.clock.now() - started).total_seconds(), 1),
+                "energyWh": round(max(0.0, energy), 1),
+            }
+        limit = self.limits.explain(connector_id) if self.limits is not None else None
+        return {"transaction": transaction, "currentLimit": limit}
+
+    def link_counters(self) -> dict[str, Any]:
+        return self.traffic.counters()
+
+    def configuration(self) -> list[dict[str, Any]]:
+        """Every configuration key with its value, write-only ones (AuthorizationKey) left
+        out, as GetConfiguration reports them."""
+        if self.store is None:
+            return []
+        return [dict(entry) for entry in self.store.get_configuration(None)[0]]
+
+    async def transactions(self, limit: int) -> list[dict[str, Any]]:
+        """The newest `limit` sessions of the history (see `dcocpp.station.history`)."""
+        db = self._database()
+        sessions = await db.sessions(limit)
+        samples = await db.session_samples(row.id for row in sessions)
+        return [history.summary(row, history.points(row, samples[row.id])) for row in sessions]
+
+    async def transaction_meter_values(self, session_id: int) -> dict[str, Any]:
+        """A session of the history with its readings as points; KeyError: no such one."""
+        db = self._database()
+        row = await db.session(session_id)
+        if row is None:
+            raise KeyError(session_id)
+        samples = await db.session_samples([row.id])
+        points = history.points(row, samples[row.id])
+        return {**history.summary(row, points), "points": points}
+
+    def _database(self) -> AsyncDatabase:
+        if self._db is None:
+            raise ValueError("the station is restarting; try again in a moment")
+        return self._db

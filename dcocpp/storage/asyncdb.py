@@ -39,6 +39,7 @@ from dcocpp.storage.database import (
     FirmwarePlanRow,
     QueuedMessage,
     ReservationRow,
+    SessionRow,
     TransactionRow,
     UploadRow,
 )
@@ -154,6 +155,17 @@ class AsyncDatabase:
 
     async def unpark_messages(self) -> None:
         await self._run(self._db.unpark_messages)
+
+    # --- session history ----------------------------------------------------------------------
+
+    async def sessions(self, limit: int) -> list[SessionRow]:
+        return await self._run(functools.partial(self._db.sessions, limit))
+
+    async def session(self, session_id: int) -> SessionRow | None:
+        return await self._run(functools.partial(self._db.session, session_id))
+
+    async def session_samples(self, sessions: Iterable[int]) -> dict[int, list[dict[str, Any]]]:
+        return await self._run(functools.partial(self._db.session_samples, list(sessions)))
 
     # --- authorization cache and local authorization list -----------------------------------
 

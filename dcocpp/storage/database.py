@@ -202,11 +202,41 @@ MIGRATIONS: list[list[str]] = [
                location   TEXT NOT NULL
            )""",
     ],
+    [
+        # The session history the operator looks back on (the console, GET /api/transactions):
+        # a transaction's row leaves `transactions` once its last message is delivered; this
+        # one stays, with what it billed, until HISTORY_KEPT newer ones push it out. local_id
+        # links it to its running transaction (SQLite may give a later one the same local_id
+        # again: the newest row of a local_id is the running one).
+        """CREATE TABLE session_history (
+               id             INTEGER PRIMARY KEY AUTOINCREMENT,
+               local_id       INTEGER NOT NULL,
+               connector_id   INTEGER NOT NULL,
+               id_tag         TEXT NOT NULL,
+               transaction_id INTEGER,
+               started_at     TEXT NOT NULL,
+               meter_start    INTEGER NOT NULL,
+               stopped_at     TEXT,
+               meter_stop     INTEGER,
+               reason         TEXT
+           )""",
+        "CREATE INDEX session_history_by_local_id ON session_history (local_id)",
+        # Each MeterValue the session sent (MeterValues, and StopTransaction's
+        # transactionData), as the message's snake_case JSON: the session's plot.
+        """CREATE TABLE session_samples (
+               id      INTEGER PRIMARY KEY AUTOINCREMENT,
+               session INTEGER NOT NULL,
+               sample  TEXT NOT NULL
+           )""",
+        "CREATE INDEX session_samples_by_session ON session_samples (session)",
+    ],
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
 # Writes between two checkpoints of the write-ahead log (a write is a few pages: about as
 # often as SQLite's own automatic checkpoint, every 1000 pages).
 CHECKPOINT_INTERVAL = 250
+# Sessions the history keeps (with their samples); older ones are deleted as new ones begin.
+HISTORY_KEPT = 1000
 # What lets the operator start on a database that lost data (`dcocpp run`).
 ACCEPT_DATA_LOSS = "--accept-data-loss"
 # SQLite's primary result codes for a file whose content is not a sound database.
@@ -269,6 +299,23 @@ class TransactionRow:
     last_meter_wh: int
     last_meter_at: str
     stopped: bool = attrs.field(converter=bool)
+
+
+@attrs.frozen
+class SessionRow:
+    """A session of the history (see the `session_history` table); the stop fields are None
+    while it runs. `reason` None on a stopped session: StopTransaction without one (Local)."""
+
+    id: int
+    local_id: int
+    connector_id: int
+    id_tag: str
+    transaction_id: int | None
+    started_at: str
+    meter_start: int
+    stopped_at: str | None
+    meter_stop: int | None
+    reason: str | None
 
 
 @attrs.frozen
@@ -700,7 +747,35 @@ class Database:
             local_id = cursor.lastrowid
             assert local_id is not None
             seq = self._insert_message("StartTransaction", local_id, start_payload, id_tag)
+            self._begin_session(local_id, fields)
         return local_id, seq
+
+    def _begin_session(self, local_id: int, fields: Mapping[str, Any]) -> None:
+        """The new transaction's history row; the oldest beyond HISTORY_KEPT go."""
+        self._db.execute(
+            "INSERT INTO session_history"
+            " (local_id, connector_id, id_tag, started_at, meter_start) VALUES (?, ?, ?, ?, ?)",
+            (
+                local_id,
+                fields["connector_id"],
+                fields["id_tag"],
+                fields["started_at"],
+                fields["meter_start"],
+            ),
+        )
+        kept = "SELECT id FROM session_history ORDER BY id DESC LIMIT ?"
+        self._db.execute(
+            f"DELETE FROM session_samples WHERE session NOT IN ({kept})", (HISTORY_KEPT,)
+        )
+        self._db.execute(f"DELETE FROM session_history WHERE id NOT IN ({kept})", (HISTORY_KEPT,))
+
+    def _session_samples(self, local_id: int, samples: Iterable[Any]) -> None:
+        for sample in samples:
+            self._db.execute(
+                "INSERT INTO session_samples (session, sample)"
+                " SELECT max(id), ? FROM session_history WHERE local_id = ? HAVING count(*) > 0",
+                (json.dumps(sample), local_id),
+            )
 
     def queue_message(
         self,
@@ -715,13 +790,26 @@ class Database:
         same write. Returns the message's seq."""
         with self._writing(f"cannot queue {action}"):
             seq = self._insert_message(action, local_id, payload, id_tag)
+            if local_id is not None and action == "MeterValues":
+                self._session_samples(local_id, payload.get("meter_value") or ())
             if stops:
                 self._db.execute(
                     "UPDATE transactions SET stopped = 1 WHERE local_id = ?", (local_id,)
                 )
                 # The StopTransaction carries the samples now.
                 self._db.execute("DELETE FROM transaction_data WHERE local_id = ?", (local_id,))
+                self._stop_session(local_id, payload)
         return seq
+
+    def _stop_session(self, local_id: int | None, stop: Mapping[str, Any]) -> None:
+        """The history row of the transaction `stop` (a StopTransaction's payload) ends."""
+        self._db.execute(
+            "UPDATE session_history SET stopped_at = ?, meter_stop = ?, reason = ?"
+            " WHERE id = (SELECT max(id) FROM session_history WHERE local_id = ?)",
+            (stop.get("timestamp"), stop.get("meter_stop"), stop.get("reason"), local_id),
+        )
+        if local_id is not None:
+            self._session_samples(local_id, stop.get("transaction_data") or ())
 
     def _insert_message(
         self, action: str, local_id: int | None, payload: Mapping[str, Any], id_tag: str | None
@@ -791,6 +879,13 @@ class Database:
                     (confirmed[1], confirmed[0]),
                 )
             )
+            statements.append(
+                (
+                    "UPDATE session_history SET transaction_id = ?"
+                    " WHERE id = (SELECT max(id) FROM session_history WHERE local_id = ?)",
+                    (confirmed[1], confirmed[0]),
+                )
+            )
         if finished is not None:
             statements.append(("DELETE FROM transactions WHERE local_id = ?", (finished,)))
         self._write("cannot remove a delivered message", statements)
@@ -811,6 +906,64 @@ class Database:
             "cannot unpark messages",
             [("UPDATE outbox SET attempts = 0, parked = 0 WHERE parked = 1", ())],
         )
+
+    # --- session history ----------------------------------------------------------------------
+
+    def sessions(self, limit: int) -> list[SessionRow]:
+        """The newest `limit` sessions of the history, newest first. A row that cannot be read
+        is dropped (an ERROR line says what it held; its samples go with the next pruning):
+        the history is for looking back, nothing is billed from it."""
+        return self._read(
+            "cannot read the session history",
+            "session_history",
+            "id",
+            _session_row,
+            "the session is left out of the history",
+            order="id DESC",
+            where=(
+                "WHERE id IN (SELECT id FROM session_history ORDER BY id DESC LIMIT ?)",
+                (limit,),
+            ),
+        )
+
+    def session(self, session_id: int) -> SessionRow | None:
+        """The history's session `session_id` (`SessionRow.id`), None if there is none."""
+        rows = self._read(
+            "cannot read the session history",
+            "session_history",
+            "id",
+            _session_row,
+            "the session is left out of the history",
+            where=("WHERE id = ?", (session_id,)),
+        )
+        return rows[0] if rows else None
+
+    def session_samples(self, sessions: Iterable[int]) -> dict[int, list[dict[str, Any]]]:
+        """The MeterValue samples of those history sessions (by `SessionRow.id`), in order;
+        one that cannot be read is dropped (said in an ERROR line)."""
+        ids = sorted(set(sessions))
+        found: dict[int, list[dict[str, Any]]] = {session: [] for session in ids}
+        if not ids:
+            return found
+
+        def decode(row: dict[str, Any]) -> tuple[int, dict[str, Any]]:
+            return (
+                columns.integer("session", row["session"]),
+                columns.json_object("sample", row["sample"]),
+            )
+
+        marks = ", ".join("?" for _ in ids)
+        for session, sample in self._read(
+            "cannot read the session samples",
+            "session_samples",
+            "id",
+            decode,
+            "the session's plot goes without it",
+            order="id",
+            where=(f"WHERE session IN ({marks})", tuple(ids)),
+        ):
+            found[session].append(sample)
+        return found
 
     # --- authorization cache and local authorization list -----------------------------------
     # idTagInfo is stored as the JSON of the snake_case dict the OCPP layer uses.
@@ -1100,13 +1253,17 @@ class Database:
         *,
         order: str = "rowid",
         also: Sequence[Statement] = (),
+        where: Statement = ("", ()),
     ) -> list[T]:
-        """`decode` of every row of `table` (a dict by column name), in `order`. The rows it
-        finds Unreadable are dropped, with `also`, in one write, each with an ERROR line
-        naming it by its `key` column, saying what is wrong and `consequence`, and showing
-        what it held."""
+        """`decode` of every row of `table` (a dict by column name; those `where` selects), in
+        `order`. The rows it finds Unreadable are dropped, with `also`, in one write, each
+        with an ERROR line naming it by its `key` column, saying what is wrong and
+        `consequence`, and showing what it held."""
         with self._reading(what):
-            cursor = self._db.execute(f"SELECT rowid, * FROM {table} ORDER BY {order}")
+            condition, parameters = where
+            cursor = self._db.execute(
+                f"SELECT rowid, * FROM {table} {condition} ORDER BY {order}", parameters
+            )
             names = [description[0] for description in cursor.description[1:]]
             rows = cursor.fetchall()
         decoded: list[T] = []
@@ -1284,6 +1441,22 @@ def _meter_reading(column: str, value: Any) -> int:
             f"{column} {shown(value)} is not a meter reading (an integer from 0 to {_MAX_WH})"
         )
     return value
+
+
+def _session_row(row: dict[str, Any]) -> SessionRow:
+    stopped_at, meter_stop = row["stopped_at"], row["meter_stop"]
+    return SessionRow(
+        columns.integer("id", row["id"]),
+        columns.integer("local_id", row["local_id"]),
+        columns.integer("connector_id", row["connector_id"]),
+        columns.text("id_tag", row["id_tag"]),
+        columns.optional_integer("transaction_id", row["transaction_id"]),
+        columns.timestamp("started_at", row["started_at"]),
+        _meter_reading("meter_start", row["meter_start"]),
+        None if stopped_at is None else columns.timestamp("stopped_at", stopped_at),
+        None if meter_stop is None else _meter_reading("meter_stop", meter_stop),
+        columns.optional_text("reason", row["reason"]),
+    )
 
 
 def _id_tag_entry(row: Mapping[str, Any]) -> tuple[str, dict[str, Any]]:

@@ -218,20 +218,23 @@ class FirmwareService:
         """Plan the download of `location` from `retrieve_date` on (a signed update's with
         `signed`, its certificate already checked), replacing a plan not yet installing
         (returns whether it did); FirmwareBusy once one is. A location that cannot be used is
-        taken too: its download fails (DownloadFailed), as the central system must hear."""
+        taken too: its download fails (DownloadFailed), as the central system must hear, after one
+        attempt: no retry mends it (and `retries` may be 2**31 with no interval between)."""
         if self._nursery is None:
             raise RuntimeError("FirmwareService.run() must be running")
         old = self._job
         if old is not None and old.plan.phase in (Phase.INSTALLING, Phase.INSTALLED):
             raise FirmwareBusy("a firmware installation is in progress")
+        attempts = max(1, (retries or 0) + 1)
         try:
             name = file_name_of(parse(location).path)
         except TransferError:
             name = file_name_of(location)
+            attempts = 1
         plan = FirmwarePlan(
             location,
             ocpp_time(retrieve_date.astimezone(UTC)),
-            max(1, (retries or 0) + 1),
+            attempts,
             DEFAULT_RETRY_INTERVAL if retry_interval is None else max(0, retry_interval),
             file_name=name,
             signed=signed,
