@@ -465,8 +465,8 @@ async def test_a_server_that_never_answers_fails_each_attempt_at_its_deadline(
         elapsed = trio.current_time() - began
         deadline = firmware_service.ATTEMPT_TIMEOUT
         # Not before the deadlines; bounded after them (real socket I/O under the autojump
-        # clock lets it jump to other timers now and then: a few hundred virtual seconds).
-        assert 2 * deadline + 10 <= elapsed < 3 * deadline + 10
+        # clock lets it jump to other timers now and then: up to a few hundred seconds).
+        assert 2 * deadline + 10 <= elapsed < 4 * deadline
         error = h.station.snapshot()["chargePoint"]["firmware"]["update"]["error"]
         assert error == f"no answer within {deadline:g} s"
 
