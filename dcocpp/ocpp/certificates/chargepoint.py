@@ -42,14 +42,9 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.asymmetric.types import PublicKeyTypes
 from cryptography.x509.oid import NameOID
-from cryptography.x509.verification import (
-    ExtensionPolicy,
-    PolicyBuilder,
-    Store,
-    VerificationError,
-)
 
 from dcocpp.ocpp.certificates import CertificateRejected, CertificateStoreError
+from dcocpp.ocpp.certificates.chains import VerificationError, verify_chain
 from dcocpp.ocpp.certificates.store import CertificateStore, RootKind
 from dcocpp.storage.atomicfile import remove_file, replace_file
 
@@ -260,18 +255,8 @@ class ChargePointCertificates:
         roots = [i.certificate for i in self._store.installed(RootKind.CENTRAL_SYSTEM)]
         if not roots:
             raise CertificateRejected("no CentralSystemRootCertificate is installed to verify it")
-        verifier = (
-            PolicyBuilder()
-            .store(Store(roots))
-            .time(now)
-            .extension_policies(
-                ee_policy=ExtensionPolicy.permit_all(),
-                ca_policy=ExtensionPolicy.webpki_defaults_ca(),
-            )
-            .build_client_verifier()
-        )
         try:
-            verifier.verify(leaf, chain)
+            verify_chain(leaf, chain, roots, now)
         except VerificationError as exc:
             raise CertificateRejected(
                 f"it does not chain to an installed CentralSystemRootCertificate ({exc})"

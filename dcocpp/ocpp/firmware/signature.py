@@ -26,13 +26,8 @@ from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
 from cryptography.hazmat.primitives.asymmetric.utils import Prehashed
-from cryptography.x509.verification import (
-    ExtensionPolicy,
-    PolicyBuilder,
-    Store,
-    VerificationError,
-)
 
+from dcocpp.ocpp.certificates.chains import VerificationError, verify_chain
 from dcocpp.ocpp.errors import OcppError
 from dcocpp.storage.oserrors import reason
 
@@ -58,18 +53,8 @@ def check_signing_certificate(
     if not roots:
         raise SigningCertificateRejected("no ManufacturerRootCertificate is installed")
     leaf, intermediates = certificates[0], certificates[1:]
-    verifier = (
-        PolicyBuilder()
-        .store(Store(list(roots)))
-        .time(now)
-        .extension_policies(
-            ee_policy=ExtensionPolicy.permit_all(),
-            ca_policy=ExtensionPolicy.webpki_defaults_ca(),
-        )
-        .build_client_verifier()
-    )
     try:
-        verifier.verify(leaf, intermediates)
+        verify_chain(leaf, intermediates, roots, now)
     except VerificationError as exc:
         raise SigningCertificateRejected(
             f"{leaf.subject.rfc4514_string()}: not valid now or not chained to an installed"
