@@ -12,6 +12,7 @@ import trio.testing
 from hypothesis import settings
 
 from dcocpp.api.contract import TOKEN_ENV
+from tests.file_server import Tls, make_tls
 from tests.station_harness import BACKENDS, use_backend
 
 # CI draws the same examples every run (no flake from a new one; the failing example is
@@ -64,3 +65,9 @@ def _no_api_token_from_the_environment() -> Iterator[None]:
     with pytest.MonkeyPatch.context() as patch:
         patch.delenv(TOKEN_ENV, raising=False)
         yield
+
+
+@pytest.fixture(scope="module")
+def tls(tmp_path_factory: pytest.TempPathFactory) -> Tls:
+    """The TLS material of the file transfer tests' servers (tests/file_server.py)."""
+    return make_tls(tmp_path_factory.mktemp("tls"))

@@ -21,10 +21,12 @@ import ssl
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from functools import partial
+from pathlib import Path
 
 import attrs
 import h11
 import trio
+import trustme
 
 CHUNK = 16 * 1024
 _RANGE = re.compile(r"bytes=(\d+)-")
@@ -222,3 +224,28 @@ async def serve_files(
         server.port = tcp.socket.getsockname()[1]
         yield server
         nursery.cancel_scope.cancel()
+
+
+# --- TLS for the test servers -----------------------------------------------------------------
+
+
+@attrs.frozen
+class Tls:
+    """A CA (trustme) and a server certificate from it, and one from a CA nobody trusts."""
+
+    ca_bundle: Path  # the CA of every server's certificate
+    server_pem: Path  # certificate and key, for the FTP server
+    server_context: ssl.SSLContext
+    stranger_context: ssl.SSLContext  # a certificate of a CA nobody trusts
+
+
+def make_tls(folder: Path) -> Tls:
+    ca = trustme.CA()
+    cert = ca.issue_cert("127.0.0.1", "localhost")
+    ca.cert_pem.write_to_path(str(folder / "ca.pem"))
+    cert.private_key_and_cert_chain_pem.write_to_path(str(folder / "server.pem"))
+    server_context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    cert.configure_cert(server_context)
+    stranger_context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    trustme.CA().issue_cert("127.0.0.1").configure_cert(stranger_context)
+    return Tls(folder / "ca.pem", folder / "server.pem", server_context, stranger_context)

@@ -23,7 +23,6 @@ from pathlib import Path
 import attrs
 import pytest
 import trio
-import trustme
 
 from dcocpp.ocpp.errors import OcppError
 from dcocpp.ocpp.transfer import (
@@ -35,7 +34,7 @@ from dcocpp.ocpp.transfer import (
 )
 from dcocpp.ocpp.transfer.partfile import partial_path, state_path
 from dcocpp.ocpp.transfer.urls import parse
-from tests.file_server import FileServer, serve_files
+from tests.file_server import FileServer, Tls, serve_files
 from tests.processes import ManagedProcess
 
 USER = "charger"
@@ -44,28 +43,6 @@ USERINFO = f"{USER}:{PASSWORD}"
 FILE = random.Random(14).randbytes(300_000)  # several chunks of every protocol's size
 CUT = 100_000
 DEADLINE = 0.5
-
-
-@attrs.frozen
-class Tls:
-    ca_bundle: Path  # the CA of every server's certificate
-    server_pem: Path  # certificate and key, for the FTP server
-    server_context: ssl.SSLContext
-    stranger_context: ssl.SSLContext  # a certificate of a CA nobody trusts
-
-
-@pytest.fixture(scope="module")
-def tls(tmp_path_factory: pytest.TempPathFactory) -> Tls:
-    folder = tmp_path_factory.mktemp("tls")
-    ca = trustme.CA()
-    cert = ca.issue_cert("127.0.0.1", "localhost")
-    ca.cert_pem.write_to_path(str(folder / "ca.pem"))
-    cert.private_key_and_cert_chain_pem.write_to_path(str(folder / "server.pem"))
-    server_context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    cert.configure_cert(server_context)
-    stranger_context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    trustme.CA().issue_cert("127.0.0.1").configure_cert(stranger_context)
-    return Tls(folder / "ca.pem", folder / "server.pem", server_context, stranger_context)
 
 
 @attrs.frozen

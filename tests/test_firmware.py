@@ -14,7 +14,6 @@ from __future__ import annotations
 import json
 import os
 import random
-import ssl
 import sys
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from datetime import timedelta
@@ -24,7 +23,6 @@ from typing import Any
 import attrs
 import pytest
 import trio
-import trustme
 from ocpp.v16 import call
 
 from dcocpp.cli.sim import format_status
@@ -36,7 +34,7 @@ from dcocpp.ocpp.transfer.partfile import partial_path
 from dcocpp.station.station import FIRMWARE_DIR, HardReset
 from dcocpp.storage.database import Database
 from tests.csms import FakeCsms
-from tests.file_server import FileServer, serve_files
+from tests.file_server import FileServer, Tls, serve_files
 from tests.processes import ManagedProcess
 from tests.station_harness import REPO, Harness, charger_config, running_station
 
@@ -47,28 +45,6 @@ IMAGE = f"DCOCPP-FIRMWARE {VERSION}\n".encode() + random.Random(44).randbytes(30
 NOT_AN_IMAGE = b"#!/bin/sh\necho this is no dcocpp image\n" + bytes(1000)
 PATH = "/fw/dcocpp-2.0.bin"
 LIMIT = 30.0  # seconds a step may take at most
-
-
-@attrs.frozen
-class Tls:
-    ca_bundle: Path
-    server_pem: Path
-    server_context: ssl.SSLContext
-    stranger_context: ssl.SSLContext  # a certificate of a CA nobody trusts
-
-
-@pytest.fixture(scope="module")
-def tls(tmp_path_factory: pytest.TempPathFactory) -> Tls:
-    folder = tmp_path_factory.mktemp("tls")
-    ca = trustme.CA()
-    cert = ca.issue_cert("127.0.0.1", "localhost")
-    ca.cert_pem.write_to_path(str(folder / "ca.pem"))
-    cert.private_key_and_cert_chain_pem.write_to_path(str(folder / "server.pem"))
-    server_context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    cert.configure_cert(server_context)
-    stranger_context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    trustme.CA().issue_cert("127.0.0.1").configure_cert(stranger_context)
-    return Tls(folder / "ca.pem", folder / "server.pem", server_context, stranger_context)
 
 
 def config_for(
